@@ -1,0 +1,1 @@
+"""The ``tripwire`` command: the one place that wires the rooms together."""

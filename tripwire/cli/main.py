@@ -1,0 +1,56 @@
+"""Entry point: ``tripwire [--config FILE] COMMAND ...``.
+
+Each command lives in its own module of this package exposing
+``register(subparsers)``; the handler it sets receives the parsed args and the
+loaded :class:`~tripwire.config.Config` and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from tripwire import __version__
+from tripwire.config import ConfigError, load_config
+
+# Modules of tripwire.cli that contribute sub-commands, in --help order.
+COMMAND_MODULES = ["run", "collector", "events"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tripwire",
+        description="Self-hosted event tracking collector and real-time trigger rules engine.",
+        epilog="Every config key can be overridden with TRIPWIRE_<SECTION>__<KEY>; see the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"tripwire {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="tripwire.toml to read (default: $TRIPWIRE_CONFIG or ./tripwire.toml)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"tripwire.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        return int(args.handler(args, config) or 0)
+    except ConfigError as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""``tripwire run``: the whole stack in one process on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+
+from tripwire.config import Config
+from tripwire.log import open_log
+from tripwire.service import Service, run_services
+
+# "module:function" factories, each ``create_service(config, log) -> Service | None``
+# (None when that part is switched off in config). Started in this order,
+# stopped in reverse: the collector stops taking requests first.
+SERVICE_FACTORIES = [
+    "collector.service:create_service",
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="run collector, rules engine, webhooks and sink in one process (embedded log)")
+    run.add_argument("--host", help="listen address (server.host)")
+    run.add_argument("--port", type=int, help="listen port (server.port)")
+    run.set_defaults(handler=lambda args, config: asyncio.run(run_command(args, config)))
+
+
+def build_services(config: Config, log: object, factories: list[str] = SERVICE_FACTORIES) -> list[Service]:
+    services = []
+    for spec in factories:
+        module, _, func = spec.partition(":")
+        service = getattr(importlib.import_module(module), func)(config, log)
+        if service is not None:
+            services.append(service)
+    return services
+
+
+async def run_command(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
+    server = replace(
+        config.server,
+        host=args.host or config.server.host,
+        port=args.port if args.port is not None else config.server.port,
+    )
+    config = replace(config, server=server)
+    log = open_log(config)
+    await log.start()
+    try:
+        await run_services(build_services(config, log))
+    finally:
+        await log.stop()
+    return 0

@@ -1,0 +1,220 @@
+"""Configuration: one TOML file, ``TRIPWIRE_*`` environment overrides, defaults for all.
+
+Every key has a default, so ``tripwire run`` works with no file. Nested keys are
+overridden with ``__`` between levels, e.g. ``TRIPWIRE_LOG__BACKEND=kafka`` or
+``TRIPWIRE_SOURCES__WEB__WRITE_KEY=...``. An override's value is read as a TOML
+value when it parses as one (``8``, ``true``, ``["a", "b"]``) and as a plain
+string otherwise.
+
+Each room declares its own section as a dataclass and reads it with
+:func:`Config.section`; the spine only owns the top-level keys and the
+``server`` and ``log`` sections. Errors name the key and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ENV_PREFIX = "TRIPWIRE_"
+DEFAULT_FILE = "tripwire.toml"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key is missing, unknown or has a value of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    backend: str = "sqlite"  # "sqlite" or "kafka"
+    partitions: int = 4  # embedded backend; Kafka topics keep their own count
+    group_commit_max_records: int = 10_000
+    retention_hours: int = 168  # embedded backend: older records are deleted
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "tripwire"
+    kafka_idempotent: bool = False  # the test broker (tansu) lacks it
+    kafka_linger_ms: int = 2
+    kafka_request_timeout_ms: int = 10_000
+    spill_max_bytes: int = 512 * 1024 * 1024
+    spill_retry_after_s: int = 5
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("sqlite", "kafka"):
+            raise ConfigError(f"Config 'log.backend' has value {self.backend!r}. Expected 'sqlite' or 'kafka'.")
+        if self.partitions < 1:
+            raise ConfigError(f"Config 'log.partitions' has value {self.partitions!r}. Must be >= 1.")
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("data")
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    raw: Mapping[str, Any] = field(default_factory=dict)  # every section, for the rooms
+    source_path: Path | None = None  # the file read, if any
+
+    def section(self, name: str, cls: type[T]) -> T:
+        """Build a room's settings dataclass from section ``name`` (defaults if absent)."""
+        value = self.raw.get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"Config '{name}' must be a table, got {type(value).__name__}.")
+        return build(cls, value, name)
+
+    def table(self, name: str) -> Mapping[str, Any]:
+        """A section as a plain mapping (for tables keyed by user names, e.g. sources)."""
+        value = self.raw.get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"Config '{name}' must be a table, got {type(value).__name__}.")
+        return value
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from config: relative ones are relative to the config file's folder."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or self.source_path is None:
+            return p
+        return self.source_path.parent / p
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or ``$TRIPWIRE_CONFIG``, or ``./tripwire.toml`` if present) plus overrides."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source: Path | None = None
+    if path is None:
+        path = environ.get(ENV_PREFIX + "CONFIG") or (DEFAULT_FILE if Path(DEFAULT_FILE).exists() else None)
+    if path is not None:
+        source = Path(path)
+        try:
+            with source.open("rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"Config file '{source}' does not exist.") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Config file '{source}' is not valid TOML: {exc}") from exc
+    apply_env(data, environ)
+    return from_dict(data, source)
+
+
+def from_dict(data: Mapping[str, Any], source: Path | None = None) -> Config:
+    top = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
+    unknown = set(top) - {"data_dir"}
+    if unknown:
+        raise ConfigError(f"Unknown config key(s) {', '.join(sorted(unknown))!s}.")
+    data_dir = Path(_coerce(top.get("data_dir", "data"), str, "data_dir")).expanduser()
+    if source is not None and not data_dir.is_absolute():
+        data_dir = source.parent / data_dir
+    cfg = Config(data_dir=data_dir, raw=dict(data), source_path=source)
+    return dataclasses.replace(
+        cfg, server=cfg.section("server", ServerConfig), log=cfg.section("log", LogConfig)
+    )
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"Environment variable {name} overrides '{part}', which is not a table.")
+            node = child
+        node[path[-1]] = _env_value(text)
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
+    """Instantiate dataclass ``cls`` from ``values``, checking names and types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = set(values) - fields
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key '{where}.{sorted(unknown)[0]}'. Known keys: {', '.join(sorted(fields))}."
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Config '{where}': {exc}") from exc
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise _bad(key, value, "a list")
+        items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise _bad(key, value, "a table")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise _bad(key, value, "a bool")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _bad(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _bad(key, value, "a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _bad(key, value, "a string")
+    if tp is Path:
+        if isinstance(value, str):
+            return Path(value).expanduser()
+        raise _bad(key, value, "a path")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _bad(key, value, "a table")
+        return build(tp, value, key)  # type: ignore[arg-type]
+    return value
+
+
+def _bad(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"Config '{key}' has value {value!r}. Not {expected}.")

@@ -1,0 +1,154 @@
+"""The event envelope (Segment spec) and its normalisation.
+
+An envelope is a plain ``dict`` with Segment's field names, so official Segment
+SDKs work unchanged and every room reads the same shape. ``normalize`` checks
+the shape and adds what the server owns:
+
+* ``messageId``: kept when the client sent one (it is the dedup key across
+  retries), otherwise a random UUID;
+* ``receivedAt``: when the collector got the request;
+* ``originalTimestamp``: the client's ``timestamp`` as sent;
+* ``timestamp``: the event time corrected for client clock skew, as Segment
+  does: ``receivedAt - (sentAt - originalTimestamp)`` when ``sentAt`` is
+  present, else the client's timestamp, else ``receivedAt``;
+* ``source``: the name of the write key's source.
+
+All times are ISO 8601 strings in UTC with milliseconds (``...T12:00:00.000Z``).
+The log key is ``anonymousId``, or else ``userId``: stable per browser, so all of
+one visitor's events share a partition.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
+MAX_ID_CHARS = 256
+MAX_EVENT_NAME_CHARS = 256
+_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+
+
+class EnvelopeError(ValueError):
+    """An event does not fit the envelope; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def parse_time_ms(value: Any, field: str) -> int:
+    """Milliseconds since the epoch from an ISO 8601 string (naive means UTC)."""
+    if not isinstance(value, str):
+        raise EnvelopeError(field, "must be an ISO 8601 date-time string")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise EnvelopeError(field, f"{value[:40]!r} is not an ISO 8601 date-time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def format_time_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def event_time_ms(envelope: Mapping[str, Any]) -> int:
+    """The corrected event time of a normalised envelope."""
+    return parse_time_ms(envelope["timestamp"], "timestamp")
+
+
+def log_key(envelope: Mapping[str, Any]) -> str:
+    return envelope.get("anonymousId") or envelope["userId"]
+
+
+def _id(raw: Mapping[str, Any], field: str) -> str | None:
+    value = raw.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise EnvelopeError(field, "must be a string")
+    value = str(value)
+    if len(value) > MAX_ID_CHARS:
+        raise EnvelopeError(field, f"longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def normalize(
+    raw: Any,
+    *,
+    received_at_ms: int,
+    source: str,
+    default_type: str | None = None,
+) -> dict[str, Any]:
+    """Check ``raw`` against the envelope and return the normalised copy.
+
+    ``default_type`` is the type implied by the route (``/v1/track``); inside a
+    batch each event names its own ``type``.
+    """
+    if not isinstance(raw, dict):
+        raise EnvelopeError("event", "must be a JSON object")
+    env = dict(raw)
+    kind = env.get("type") or default_type
+    if kind not in TYPES:
+        raise EnvelopeError("type", f"must be one of {', '.join(sorted(TYPES))}")
+    env["type"] = kind
+
+    for name in _OBJECT_FIELDS:
+        value = env.get(name)
+        if value is None:
+            env.pop(name, None)
+        elif not isinstance(value, dict):
+            raise EnvelopeError(name, "must be a JSON object")
+
+    anonymous_id = _id(env, "anonymousId")
+    user_id = _id(env, "userId")
+    if anonymous_id is None and user_id is None:
+        raise EnvelopeError("anonymousId", "either anonymousId or userId is required")
+    env.pop("anonymousId", None)
+    env.pop("userId", None)
+    if anonymous_id is not None:
+        env["anonymousId"] = anonymous_id
+    if user_id is not None:
+        env["userId"] = user_id
+
+    if kind == "track":
+        event = env.get("event")
+        if not isinstance(event, str) or not event.strip():
+            raise EnvelopeError("event", "track calls need a non-empty event name")
+        if len(event) > MAX_EVENT_NAME_CHARS:
+            raise EnvelopeError("event", f"longer than {MAX_EVENT_NAME_CHARS} characters")
+    elif kind in ("page", "screen"):
+        name = env.get("name")
+        if name is not None and not isinstance(name, str):
+            raise EnvelopeError("name", "must be a string")
+    elif kind == "alias":
+        if _id(env, "previousId") is None:
+            raise EnvelopeError("previousId", "alias calls need previousId")
+    elif kind == "group":
+        if _id(env, "groupId") is None:
+            raise EnvelopeError("groupId", "group calls need groupId")
+
+    message_id = _id(env, "messageId")
+    env["messageId"] = message_id or str(uuid.uuid4())
+
+    client_ts = env.get("timestamp")
+    sent_at = env.get("sentAt")
+    ts_ms = parse_time_ms(client_ts, "timestamp") if client_ts is not None else None
+    sent_ms = parse_time_ms(sent_at, "sentAt") if sent_at is not None else None
+    if ts_ms is None:
+        event_ms = received_at_ms
+    elif sent_ms is None:
+        event_ms = ts_ms
+    else:
+        event_ms = received_at_ms - (sent_ms - ts_ms)
+    if ts_ms is not None:
+        env["originalTimestamp"] = client_ts
+    env["timestamp"] = format_time_ms(event_ms)
+    env["receivedAt"] = format_time_ms(received_at_ms)
+    env["source"] = source
+    return env

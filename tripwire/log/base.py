@@ -1,0 +1,170 @@
+"""The event log interface shared by every backend.
+
+Semantics (identical for SQLite, Kafka and the in-memory twin):
+
+* A log holds named topics (``events``, ``invalid``, ``triggers``); each topic
+  has a fixed number of partitions. A record's partition follows its key with
+  Kafka's default partitioner (murmur2), so all records of one key stay in one
+  partition, in append order.
+* ``append`` returns only once every record it was given is durable (SQLite:
+  committed to the WAL with fsync; Kafka: acknowledged by all in-sync replicas,
+  or written to the collector's spill buffer). It raises :class:`LogUnavailable`
+  when that cannot be promised; the caller must then not acknowledge.
+* Offsets are per (topic, partition), start at 0 and grow by one per record.
+  A committed offset is the offset of the *next* record to read.
+* A :class:`Consumer` belongs to a consumer group. Partitions of its topics are
+  assigned to it (all of them in embedded mode; a share of them with Kafka
+  consumer groups) and the listener hears about every change before records
+  of a newly assigned partition are returned by ``poll``. On assignment a
+  consumer starts at the group's committed offset (or at the beginning) unless
+  the listener calls ``seek`` — which is how a service that keeps its offsets
+  next to its own state (the rules engine, the sink) resumes exactly.
+
+Logical topic names are used everywhere; the Kafka backend maps them to
+``<prefix>.<name>``.
+
+Exceptions::
+
+    LogError
+     ├── LogUnavailable   backend unreachable and no spill space: answer 503
+     └── LogClosed        used after stop()
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+EVENTS = "events"
+INVALID = "invalid"
+TRIGGERS = "triggers"
+TOPICS = (EVENTS, INVALID, TRIGGERS)
+
+
+class LogError(Exception):
+    """Root of the event log's errors."""
+
+
+class LogUnavailable(LogError):
+    """The backend cannot durably take records right now (retry later)."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LogClosed(LogError):
+    """The log or consumer was used after ``stop()``."""
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int  # append time
+
+
+Entry = tuple["bytes | None", bytes]  # (key, value) as handed to append()
+
+
+class RebalanceListener(Protocol):
+    async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None: ...
+
+    async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None: ...
+
+
+class Consumer(abc.ABC):
+    """Reads assigned partitions of some topics for one consumer group."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Leave the group; safe to call twice."""
+
+    @abc.abstractmethod
+    async def poll(self, timeout_ms: int = 1000, max_records: int = 1000) -> list[Record]:
+        """Records from assigned partitions, waiting up to ``timeout_ms`` for the first."""
+
+    @abc.abstractmethod
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` next (only for assigned partitions)."""
+
+    @abc.abstractmethod
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Store the next offset to read per partition for this group."""
+
+    @abc.abstractmethod
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+
+    @abc.abstractmethod
+    def assignment(self) -> set[TopicPartition]: ...
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class EventLog(abc.ABC):
+    """Append keyed records to topics; read partitions; commit group offsets."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Flush what was accepted and close; safe to call twice."""
+
+    @abc.abstractmethod
+    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
+        """Durably append; returns when every entry is durable (see module doc)."""
+
+    @abc.abstractmethod
+    async def ready(self) -> bool:
+        """True when the backend is reachable (spilling counts as not ready)."""
+
+    @abc.abstractmethod
+    async def partitions(self, topic: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset the next appended record will get."""
+
+    @abc.abstractmethod
+    async def read(
+        self, topic: str, partition: int, offset: int, max_records: int = 1000
+    ) -> list[Record]:
+        """Up to ``max_records`` records of one partition from ``offset`` (no waiting)."""
+
+    @abc.abstractmethod
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener | None = None,
+    ) -> Consumer: ...
+
+    def spill_depth(self) -> int:
+        """Records waiting in a local spill buffer (0 for backends without one)."""
+        return 0
+
+    async def __aenter__(self) -> EventLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

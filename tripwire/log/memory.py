@@ -1,0 +1,105 @@
+"""The in-memory twin of the event log, for unit tests of the rooms.
+
+Same semantics as the real backends except durability: nothing survives the
+process. Tests that check durability or the wire use SQLite or Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+from .base import Consumer, Entry, EventLog, LogClosed, RebalanceListener, Record, TopicPartition
+from .partition import partition_for
+
+
+class MemoryLog(EventLog):
+    def __init__(self, partitions: int = 4) -> None:
+        self._partitions = partitions
+        self._data: dict[TopicPartition, list[Record]] = {}
+        self._offsets: dict[tuple[str, TopicPartition], int] = {}
+        self._appended = asyncio.Event()
+        self._running = False
+
+    async def start(self) -> None:
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+
+    async def ready(self) -> bool:
+        return self._running
+
+    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
+        if not self._running:
+            raise LogClosed("event log not running")
+        ts = int(time.time() * 1000)
+        for key, value in entries:
+            tp = TopicPartition(topic, partition_for(key, self._partitions))
+            part = self._data.setdefault(tp, [])
+            part.append(Record(topic, tp.partition, len(part), key, value, ts))
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    async def partitions(self, topic: str) -> list[int]:
+        return list(range(self._partitions))
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return {p: len(self._data.get(TopicPartition(topic, p), [])) for p in range(self._partitions)}
+
+    async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
+        return self._data.get(TopicPartition(topic, partition), [])[offset : offset + max_records]
+
+    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None) -> Consumer:
+        return MemoryConsumer(self, group, topics, listener)
+
+
+class MemoryConsumer(Consumer):
+    def __init__(self, log: MemoryLog, group: str, topics: Sequence[str], listener: RebalanceListener | None):
+        self._log, self._group, self._topics, self._listener = log, group, list(topics), listener
+        self._positions: dict[TopicPartition, int] = {}
+
+    async def start(self) -> None:
+        self._positions = {
+            TopicPartition(t, p): self._log._offsets.get((self._group, TopicPartition(t, p)), 0)
+            for t in self._topics
+            for p in range(self._log._partitions)
+        }
+        if self._listener is not None:
+            await self._listener.on_assigned(self, set(self._positions))
+
+    async def stop(self) -> None:
+        if self._positions and self._listener is not None:
+            await self._listener.on_revoked(self, set(self._positions))
+        self._positions = {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._positions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._positions[tp] = offset
+
+    async def poll(self, timeout_ms: int = 1000, max_records: int = 1000) -> list[Record]:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            out: list[Record] = []
+            for tp, pos in self._positions.items():
+                got = self._log._data.get(tp, [])[pos : pos + max_records - len(out)]
+                if got:
+                    self._positions[tp] = got[-1].offset + 1
+                    out.extend(got)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            try:
+                await asyncio.wait_for(self._log._appended.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, off in offsets.items():
+            self._log._offsets[(self._group, tp)] = off
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self._log._offsets.get((self._group, tp))

@@ -1,0 +1,397 @@
+"""The embedded event log: one SQLite database in WAL mode under the data dir.
+
+Durability contract: ``append`` resolves only after the transaction holding its
+records has committed with ``synchronous=FULL``, so an acknowledged record
+survives a kill -9 of the process (and a power cut). Appends are *group
+committed*: one writer thread drains every append queued while the previous
+transaction was being written and commits them together, so many concurrent
+requests share one fsync.
+
+Offsets are assigned inside the write transaction from the table itself, so
+several processes may append to the same file (SQLite serialises writers).
+The partition count is fixed when the file is created and stored in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    Consumer,
+    Entry,
+    EventLog,
+    LogClosed,
+    LogUnavailable,
+    RebalanceListener,
+    Record,
+    TopicPartition,
+)
+from .partition import partition_for
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    key BLOB, value BLOB NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Cross-process appends are not signalled; consumers re-check this often.
+_POLL_FALLBACK_S = 0.05
+_STOP = object()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class _Op:
+    """One queued write: ``apply`` runs inside the shared transaction."""
+
+    __slots__ = ("apply", "future", "records")
+
+    def __init__(self, apply: Callable[[sqlite3.Connection], None], future: asyncio.Future[None], records: int):
+        self.apply = apply
+        self.future = future
+        self.records = records
+
+
+class SqliteLog(EventLog):
+    def __init__(
+        self,
+        path: str | Path,
+        partitions: int = 4,
+        *,
+        max_batch_records: int = 10_000,
+        retention_hours: int = 168,
+    ) -> None:
+        self.path = Path(path)
+        self._requested_partitions = partitions
+        self._partitions = partitions
+        self._max_batch_records = max_batch_records
+        self._retention_ms = retention_hours * 3600 * 1000
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._appended = asyncio.Event()
+        self._closed = False
+        self._started = False
+        self.commits = 0  # transactions written (group-commit efficiency = appends / commits)
+
+    # lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        self._appended = asyncio.Event()
+        conn = connect(self.path)
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE name = 'partitions'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('partitions', ?)", (str(self._requested_partitions),))
+        else:
+            self._partitions = int(row[0])
+            if self._partitions != self._requested_partitions:
+                logger.warning(
+                    "event log %s was created with %d partitions; keeping them (config asks %d)",
+                    self.path, self._partitions, self._requested_partitions,
+                )
+        self._reader = connect(self.path)
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="tripwire-log-writer", daemon=True)
+        self._writer.start()
+        self._started = True
+        if self._retention_ms > 0:
+            await self._submit(self._expire, 0)
+
+    async def stop(self) -> None:
+        if not self._started or self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        assert self._writer is not None
+        await asyncio.to_thread(self._writer.join)
+        if self._reader is not None:
+            self._reader.close()
+
+    async def ready(self) -> bool:
+        return self._started and not self._closed and self._writer is not None and self._writer.is_alive()
+
+    # writing -----------------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                op = self._queue.get()
+                if op is _STOP:
+                    return
+                batch = [op]
+                count = op.records
+                stop = False
+                while count < self._max_batch_records:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                    count += nxt.records
+                self._commit(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+            # Anything still queued can no longer be written: fail it, never hang it.
+            while True:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is not _STOP:
+                    self._resolve([op], LogClosed("event log stopped"))
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        error: Exception | None = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in batch:
+                    op.apply(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self.commits += 1
+        except sqlite3.Error as exc:
+            logger.exception("event log write failed")
+            error = LogUnavailable(f"event log write failed: {exc}")
+        self._resolve(batch, error)
+
+    def _resolve(self, batch: list[_Op], error: Exception | None) -> None:
+        def done() -> None:
+            for op in batch:
+                if not op.future.done():
+                    if error is None:
+                        op.future.set_result(None)
+                    else:
+                        op.future.set_exception(error)
+            self._appended.set()
+            self._appended = asyncio.Event()
+
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(done)
+        except RuntimeError:  # loop already closed at interpreter exit
+            pass
+
+    async def _submit(self, apply: Callable[[sqlite3.Connection], None], records: int) -> None:
+        if not self._started:
+            raise LogClosed("event log not started")
+        if self._closed:
+            raise LogClosed("event log stopped")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Op(apply, future, records))
+        await future
+
+    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        n = self._partitions
+        ts = int(time.time() * 1000)
+        by_partition: dict[int, list[Entry]] = {}
+        for entry in entries:
+            by_partition.setdefault(partition_for(entry[0], n), []).append(entry)
+
+        def apply(conn: sqlite3.Connection) -> None:
+            for partition, items in by_partition.items():
+                (nxt,) = conn.execute(
+                    "SELECT coalesce(max(offset) + 1, 0) FROM records WHERE topic = ? AND partition = ?",
+                    (topic, partition),
+                ).fetchone()
+                # Retention may have deleted everything; never reuse an offset.
+                floor = conn.execute(
+                    "SELECT value FROM meta WHERE name = ?", (f"next:{topic}:{partition}",)
+                ).fetchone()
+                if floor is not None:
+                    nxt = max(nxt, int(floor[0]))
+                conn.executemany(
+                    "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                    [(topic, partition, nxt + i, k, v, ts) for i, (k, v) in enumerate(items)],
+                )
+
+        await self._submit(apply, len(entries))
+
+    def _expire(self, conn: sqlite3.Connection) -> None:
+        cutoff = int(time.time() * 1000) - self._retention_ms
+        for topic, partition, nxt in conn.execute(
+            "SELECT topic, partition, max(offset) + 1 FROM records WHERE ts < ? GROUP BY topic, partition",
+            (cutoff,),
+        ).fetchall():
+            conn.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
+                (f"next:{topic}:{partition}", str(nxt)),
+            )
+        conn.execute("DELETE FROM records WHERE ts < ?", (cutoff,))
+
+    async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        rows = [(group, tp.topic, tp.partition, off) for tp, off in offsets.items()]
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO group_offsets VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(grp, topic, partition) DO UPDATE SET offset = excluded.offset",
+                rows,
+            )
+
+        await self._submit(apply, len(rows))
+
+    # reading -----------------------------------------------------------------
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        if self._reader is None or self._closed:
+            raise LogClosed("event log stopped")
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
+
+    async def partitions(self, topic: str) -> list[int]:
+        return list(range(self._partitions))
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        rows = await asyncio.to_thread(
+            self._query,
+            "SELECT partition, max(offset) + 1 FROM records WHERE topic = ? GROUP BY partition",
+            (topic,),
+        )
+        ends = dict.fromkeys(range(self._partitions), 0)
+        ends.update({p: o for p, o in rows})
+        return ends
+
+    def read_sync(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
+        rows = self._query(
+            "SELECT offset, key, value, ts FROM records WHERE topic = ? AND partition = ? AND offset >= ? "
+            "ORDER BY offset LIMIT ?",
+            (topic, partition, offset, max_records),
+        )
+        return [Record(topic, partition, o, k, v, ts) for o, k, v, ts in rows]
+
+    async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
+        return await asyncio.to_thread(self.read_sync, topic, partition, offset, max_records)
+
+    async def committed_offset(self, group: str, tp: TopicPartition) -> int | None:
+        rows = await asyncio.to_thread(
+            self._query,
+            "SELECT offset FROM group_offsets WHERE grp = ? AND topic = ? AND partition = ?",
+            (group, tp.topic, tp.partition),
+        )
+        return rows[0][0] if rows else None
+
+    async def wait_appended(self, timeout_s: float) -> None:
+        """Wait for an append in this process, or a short while (other processes)."""
+        try:
+            await asyncio.wait_for(self._appended.wait(), min(timeout_s, _POLL_FALLBACK_S))
+        except TimeoutError:
+            pass
+
+    def consumer(
+        self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None
+    ) -> Consumer:
+        return SqliteConsumer(self, group, topics, listener)
+
+
+class SqliteConsumer(Consumer):
+    """The embedded consumer: one member per group, assigned every partition."""
+
+    def __init__(
+        self, log: SqliteLog, group: str, topics: Sequence[str], listener: RebalanceListener | None
+    ) -> None:
+        self._log = log
+        self._group = group
+        self._topics = list(topics)
+        self._listener = listener
+        self._positions: dict[TopicPartition, int] = {}
+        self._next = 0  # round-robin start, so no partition starves
+        self._running = False
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        assigned: dict[TopicPartition, int] = {}
+        for topic in self._topics:
+            for p in await self._log.partitions(topic):
+                tp = TopicPartition(topic, p)
+                assigned[tp] = await self._log.committed_offset(self._group, tp) or 0
+        self._positions = assigned
+        self._running = True
+        if self._listener is not None:
+            await self._listener.on_assigned(self, set(assigned))
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        if self._listener is not None:
+            await self._listener.on_revoked(self, set(self._positions))
+        self._positions = {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._positions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self._positions:
+            raise ValueError(f"partition {tp} is not assigned")
+        self._positions[tp] = offset
+
+    def _read_some(self, max_records: int) -> list[Record]:
+        tps = list(self._positions)
+        out: list[Record] = []
+        for i in range(len(tps)):
+            tp = tps[(self._next + i) % len(tps)]
+            got = self._log.read_sync(tp.topic, tp.partition, self._positions[tp], max_records - len(out))
+            if got:
+                self._positions[tp] = got[-1].offset + 1
+                out.extend(got)
+            if len(out) >= max_records:
+                break
+        self._next = (self._next + 1) % max(1, len(tps))
+        return out
+
+    async def poll(self, timeout_ms: int = 1000, max_records: int = 1000) -> list[Record]:
+        if not self._running:
+            raise LogClosed("consumer not started")
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            records = await asyncio.to_thread(self._read_some, max_records)
+            remaining = deadline - time.monotonic()
+            if records or remaining <= 0 or not self._running:
+                return records
+            await self._log.wait_appended(remaining)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        await self._log.commit_offsets(self._group, offsets)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return await self._log.committed_offset(self._group, tp)

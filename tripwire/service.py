@@ -1,0 +1,51 @@
+"""Long-running services (collector, engine, dispatcher, sink) and how they run together.
+
+A service has an explicit lifecycle: ``start()`` returns once it is serving,
+``stop()`` drains and returns once it has stopped (safe to call twice). A
+service whose background task dies sets ``failed`` so the runner can stop the
+rest instead of limping on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def run_services(services: Sequence[Service], stop: asyncio.Event | None = None) -> None:
+    """Start ``services`` in order, wait for SIGTERM/SIGINT (or ``stop``), stop them in reverse."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    started: list[Service] = []
+    try:
+        for service in services:
+            await service.start()
+            started.append(service)
+            logger.info("%s started", service.name)
+        await stop.wait()
+        logger.info("stopping")
+    finally:
+        for service in reversed(started):
+            try:
+                await service.stop()
+                logger.info("%s stopped", service.name)
+            except Exception:
+                logger.exception("%s failed to stop cleanly", service.name)
