@@ -1,0 +1,36 @@
+# `make test` is the one command that runs the whole suite on a fresh Debian/Ubuntu machine:
+# it installs what the tests need (Debian chromium, the Python test extra with the tansu broker
+# wheel and moto, the snippet's npm packages) and runs pytest. Tests start their own Kafka
+# broker (tansu), S3 (moto server), browser and webhook receivers on loopback.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test deps run bench snippet
+
+test: deps
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+deps: $(VENV)/.installed js-snippet/node_modules/.installed
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+js-snippet/node_modules/.installed: js-snippet/package-lock.json
+	cd js-snippet && npm ci --no-audit --no-fund
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/tripwire run
+
+snippet: js-snippet/node_modules/.installed
+	cd js-snippet && npm run build
+
+bench: deps
+	$(PY) bench/collector.py
+	$(PY) bench/rules.py
+	$(PY) bench/sink.py
