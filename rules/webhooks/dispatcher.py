@@ -1,0 +1,377 @@
+"""The dispatcher: triggers topic -> durable store -> signed POSTs, retried, isolated per endpoint.
+
+Two background tasks share one :class:`~rules.webhooks.store.AsyncStore`:
+
+* the *consumer* reads ``Trigger`` records from the ``triggers`` topic, stores
+  one delivery per trigger id (a no-op for an id already stored), and only
+  then commits the topic offsets — a kill at any point loses nothing and a
+  re-read record is never delivered twice;
+* the *scheduler* claims due deliveries per endpoint up to that endpoint's
+  ``concurrency`` and runs each attempt as its own task with its own HTTP
+  client and connection pool, so a hanging endpoint only ever occupies its own
+  slots. It wakes when triggers arrive or attempts finish, when the next retry
+  is due, and at least every ``scan_interval_s`` (to see the CLI's replays
+  and re-enables).
+
+Attempt bookkeeping, dead letters and endpoint disabling (410 Gone, or
+failing without a success for ``disable_after_s``) follow the store's
+contract; see :mod:`rules.webhooks.store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+
+from tripwire.log import TRIGGERS, Consumer, EventLog, Record, TopicPartition
+from tripwire.triggers import EndpointConfig, Trigger
+
+from . import metrics
+from .attempt import attempt
+from .config import WebhooksConfig
+from .errors import WebhookConfigError
+from .signing import parse_secrets
+from .ssrf import Guard, Resolver, ip_literal, refusal_reason
+from .store import DEAD, DELIVERED, PENDING, AsyncStore, Claimed, NewDelivery, Store, now_ms
+from .transport import GuardedTransport, make_ssl_context
+
+logger = logging.getLogger(__name__)
+
+_GAUGE_INTERVAL_MS = 5_000
+_PRUNE_INTERVAL_MS = 3_600_000
+
+
+def build_body(trigger: Trigger, event_type: str) -> bytes:
+    """The Standard Webhooks payload ``{type, timestamp, data}``; signed and sent byte for byte."""
+    data = {
+        "id": trigger.id,
+        "rule": trigger.rule,
+        "key": trigger.key,
+        "fired_at": trigger.fired_at,
+        "events": trigger.events,
+        "payload": trigger.payload,
+    }
+    return orjson.dumps({"type": event_type, "timestamp": trigger.fired_at, "data": data})
+
+
+@dataclass
+class _Endpoint:
+    name: str
+    url: str
+    keys: list[bytes]
+    headers: dict[str, str]
+    concurrency: int
+    configured_on: bool
+    client: httpx.AsyncClient | None = None
+    inflight: int = 0
+    disabled_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.configured_on and self.disabled_reason is None
+
+
+@dataclass
+class _Tasks:
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    attempts: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def check_endpoints(endpoints: Mapping[str, EndpointConfig]) -> dict[str, _Endpoint]:
+    out = {}
+    for name, ep in endpoints.items():
+        where = f"endpoints.{name}"
+        try:
+            url = httpx.URL(ep.url)
+        except httpx.InvalidURL as exc:
+            raise WebhookConfigError(f"Config '{where}.url' is not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise WebhookConfigError(f"Config '{where}.url' must be an http:// or https:// URL with a host.")
+        if ep.concurrency < 1:
+            raise WebhookConfigError(f"Config '{where}.concurrency' has value {ep.concurrency!r}. Must be >= 1.")
+        keys = parse_secrets(ep.secret, f"{where}.secret")
+        out[name] = _Endpoint(name, ep.url, keys, dict(ep.headers), ep.concurrency, ep.enabled)
+    return out
+
+
+class Dispatcher:
+    """Service ``webhooks``: ``start()`` returns once consuming; ``stop()`` is safe twice."""
+
+    name = "webhooks"
+
+    def __init__(
+        self,
+        log: EventLog,
+        store_path: str | Path,
+        settings: WebhooksConfig,
+        endpoints: Mapping[str, EndpointConfig],
+        *,
+        resolver: Resolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._log = log
+        self._store_path = Path(store_path)
+        self._settings = settings
+        self._endpoints = check_endpoints(endpoints)
+        self._guard = Guard(settings.hosts(), settings.networks(), resolver)
+        self._ssl_context = ssl_context
+        self._schedule = list(settings.retry_schedule_s)
+        self._lease_ms = int(settings.attempt_timeout_s * 1000) + 2000
+        self._store: AsyncStore | None = None
+        self._tasks = _Tasks()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._started = False
+        self.failed = False
+        for ep in self._endpoints.values():
+            literal = ip_literal(httpx.URL(ep.url).host)
+            if literal is not None and refusal_reason(literal) and not self._guard.address_allowed(literal):
+                logger.warning(
+                    "webhook endpoint %s points at a %s address; its deliveries will be refused unless allow-listed",
+                    ep.name, refusal_reason(literal),
+                )
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "dispatcher not started"
+        return self._store.sync
+
+    # lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._wake = asyncio.Event()
+        self._store = AsyncStore(await asyncio.to_thread(Store, self._store_path))
+        context = self._ssl_context or make_ssl_context(self._settings.ca_bundle)
+        timeout = httpx.Timeout(self._settings.attempt_timeout_s)
+        for ep in self._endpoints.values():
+            ep.client = httpx.AsyncClient(
+                transport=GuardedTransport(self._guard, max_connections=ep.concurrency, ssl_context=context),
+                follow_redirects=False,
+                timeout=timeout,
+                trust_env=False,
+            )
+        for coro in (self._consume_loop(), self._schedule_loop()):
+            task = asyncio.create_task(coro)
+            task.add_done_callback(self._background_done)
+            self._tasks.background.append(task)
+
+    async def stop(self) -> None:
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks.background:
+            task.cancel()
+        await asyncio.gather(*self._tasks.background, return_exceptions=True)
+        if self._tasks.attempts:
+            _, late = await asyncio.wait(set(self._tasks.attempts), timeout=self._settings.stop_grace_s)
+            for task in late:  # their leases expire and they are retried after restart
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for ep in self._endpoints.values():
+            if ep.client is not None:
+                await ep.client.aclose()
+        assert self._store is not None
+        await self._store.drain()
+        self._store.sync.close()
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        self.failed = True
+        logger.error("webhook dispatcher task %s died", task.get_coro().__qualname__, exc_info=exc)
+
+    # consuming ---------------------------------------------------------------
+
+    async def _consume_loop(self) -> None:
+        while not self._stopping:
+            consumer = self._log.consumer(self._settings.consumer_group, [TRIGGERS])
+            try:
+                await consumer.start()
+                while not self._stopping:
+                    records = await consumer.poll(timeout_ms=500, max_records=500)
+                    if records:
+                        await self._ingest(consumer, records)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Uncommitted records are read again by the next consumer (and deduplicated).
+                logger.exception("webhook dispatcher: reading the triggers topic failed; retrying in 1 s")
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _ingest(self, consumer: Consumer, records: list[Record]) -> None:
+        assert self._store is not None
+        at = now_ms()
+        items: list[NewDelivery] = []
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            try:
+                trigger = Trigger.from_json(record.value)
+            except (TypeError, ValueError):
+                metrics.INVALID_TRIGGERS.inc()
+                logger.warning(
+                    "skipping unreadable trigger record %s/%d@%d", record.topic, record.partition, record.offset
+                )
+                continue
+            body = build_body(trigger, self._settings.event_type)
+            if trigger.endpoint not in self._endpoints:
+                logger.warning("trigger %s names endpoint %s, which is not configured: dead letter", trigger.id, trigger.endpoint)
+                items.append(NewDelivery(trigger.id, trigger.endpoint, body, at, DEAD, f"endpoint {trigger.endpoint!r} is not configured"))
+                metrics.DELIVERIES.labels(trigger.endpoint, "dead_letter").inc()
+            else:
+                items.append(NewDelivery(trigger.id, trigger.endpoint, body, at + self._delay_ms(0)))
+        if items:
+            await self._store.write(Store.op_add(items, at))
+        # Only now, with every delivery durable, may the log forget these records.
+        await consumer.commit(offsets)
+        self._wake.set()
+
+    # scheduling --------------------------------------------------------------
+
+    def _delay_ms(self, index: int) -> int:
+        jitter = self._settings.retry_jitter
+        return int(self._schedule[index] * random.uniform(1 - jitter, 1 + jitter) * 1000)
+
+    async def _schedule_loop(self) -> None:
+        assert self._store is not None
+        store = self._store
+        next_gauges = next_prune = 0
+        while not self._stopping:
+            self._wake.clear()
+            at = now_ms()
+            states = await store.read(store.sync.endpoint_states)
+            sleep_ms = int(self._settings.scan_interval_s * 1000)
+            for ep in self._endpoints.values():
+                state = states.get(ep.name)
+                ep.disabled_reason = state.disabled_reason if state else None
+                free = ep.concurrency - ep.inflight
+                if not ep.active or free <= 0:
+                    continue
+                due = await store.read(store.sync.next_due_ms, ep.name)
+                if due is None:
+                    continue
+                if due > at:
+                    sleep_ms = min(sleep_ms, due - at)
+                    continue
+                for claimed in await store.write(Store.op_claim(ep.name, free, at, self._lease_ms)):
+                    self._launch(ep, claimed)
+                sleep_ms = 0  # look again: more may be due, or the next one's time changed
+            if at >= next_gauges:
+                next_gauges = at + _GAUGE_INTERVAL_MS
+                await self._update_gauges()
+            if at >= next_prune:
+                next_prune = at + _PRUNE_INTERVAL_MS
+                cutoff = at - int(self._settings.retention_days * 86_400_000)
+                await store.write(Store.op_prune(cutoff))
+            if sleep_ms > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), sleep_ms / 1000)
+            else:
+                await asyncio.sleep(0)
+
+    def _launch(self, ep: _Endpoint, claimed: Claimed) -> None:
+        ep.inflight += 1
+        metrics.INFLIGHT.labels(ep.name).inc()
+        task = asyncio.create_task(self._deliver(ep, claimed))
+        self._tasks.attempts.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.attempts.discard(t)
+            ep.inflight -= 1
+            metrics.INFLIGHT.labels(ep.name).dec()
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _deliver(self, ep: _Endpoint, claimed: Claimed) -> None:
+        assert self._store is not None and ep.client is not None
+        try:
+            result = await attempt(
+                ep.client, ep.url, claimed.id, claimed.body, ep.keys, ep.headers,
+                timeout_s=self._settings.attempt_timeout_s,
+                max_response_bytes=self._settings.max_response_bytes,
+            )
+            metrics.ATTEMPTS.labels(ep.name, result.outcome).inc()
+            metrics.ATTEMPT_SECONDS.labels(ep.name).observe(result.duration_s)
+            at = now_ms()
+            if result.ok:
+                state, next_ms = DELIVERED, at
+            elif claimed.attempt >= len(self._schedule):
+                state, next_ms = DEAD, at
+            else:
+                delay_ms = self._delay_ms(claimed.attempt)
+                if result.retry_after_s is not None:
+                    honoured = min(result.retry_after_s, self._settings.max_retry_after_s)
+                    delay_ms = max(delay_ms, int(honoured * 1000))
+                state, next_ms = PENDING, at + delay_ms
+            failing_since = await self._store.write(
+                Store.op_outcome(
+                    claimed, at_ms=at, status=result.status, outcome=result.outcome, error=result.error,
+                    duration_ms=int(result.duration_s * 1000), state=state, next_attempt_ms=next_ms,
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("webhook %s to endpoint %s: recording the attempt failed", claimed.id, ep.name)
+            return
+        if state == DELIVERED:
+            metrics.DELIVERIES.labels(ep.name, "delivered").inc()
+            logger.debug("webhook %s delivered to %s (attempt %d)", claimed.id, ep.name, claimed.attempt)
+            return
+        if state == DEAD:
+            metrics.DELIVERIES.labels(ep.name, "dead_letter").inc()
+            logger.warning(
+                "webhook %s to endpoint %s is a dead letter after %d attempts (%s)",
+                claimed.id, ep.name, claimed.attempt, result.error,
+            )
+        else:
+            logger.info(
+                "webhook %s to endpoint %s: attempt %d failed (%s); next in %.1f s",
+                claimed.id, ep.name, claimed.attempt, result.error, (next_ms - at) / 1000,
+            )
+        if result.outcome == "gone":
+            await self._disable(ep, "the endpoint answered 410 Gone")
+        elif failing_since is not None and at - failing_since >= self._settings.disable_after_s * 1000:
+            since = datetime.fromtimestamp(failing_since / 1000, UTC).isoformat(timespec="seconds")
+            await self._disable(ep, f"failing continuously since {since}")
+
+    async def _disable(self, ep: _Endpoint, reason: str) -> None:
+        assert self._store is not None
+        if ep.disabled_reason is not None:
+            return
+        ep.disabled_reason = reason
+        await self._store.write(Store.op_disable(ep.name, reason, now_ms()))
+        metrics.DISABLED.labels(ep.name).set(1)
+        logger.error(
+            "webhook endpoint %s disabled: %s; its deliveries wait until `tripwire webhooks enable %s`",
+            ep.name, reason, ep.name,
+        )
+
+    async def _update_gauges(self) -> None:
+        assert self._store is not None
+        counts = await self._store.read(self._store.sync.counts)
+        for name in set(counts) | set(self._endpoints):
+            c = counts.get(name, {})
+            metrics.PENDING.labels(name).set(c.get(PENDING, 0))
+            metrics.DEAD_LETTERS.labels(name).set(c.get(DEAD, 0))
+        for ep in self._endpoints.values():
+            metrics.DISABLED.labels(ep.name).set(0 if ep.active else 1)

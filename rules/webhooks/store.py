@@ -1,0 +1,380 @@
+"""The durable delivery store: one SQLite file (WAL, synchronous=FULL) in the data dir.
+
+State contract:
+
+* A delivery row is written (and fsynced) before the triggers-topic offset
+  past its record is committed, so a trigger is never lost; its primary key is
+  the trigger id, and inserting an id already present is a no-op, so a replayed
+  or re-read trigger record never causes a second delivery (within
+  ``retention_days``, after which delivered and dead rows are pruned).
+* ``state`` is ``pending``, ``delivered`` or ``dead``. A pending row is due at
+  ``next_attempt_ms``. Claiming a row for an attempt counts the attempt and
+  moves ``next_attempt_ms`` past the attempt's lease in the same transaction:
+  if the process dies mid-attempt the row becomes due again when the lease
+  ends and is retried with the same id (the one in-flight attempt may thus
+  reach the receiver twice; nothing else can). Two processes sharing the file
+  never claim the same row twice.
+* Endpoint state (disabled with a reason, failing since) lives next to it, so
+  the CLI in another process can read status, replay dead letters and
+  re-enable endpoints; a running dispatcher picks such changes up on its next
+  scan.
+
+:class:`Store` is synchronous (the CLI uses it directly); the dispatcher wraps
+it in :class:`AsyncStore`, which group-commits concurrent writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (endpoint, state, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, updated_ms);
+CREATE TABLE IF NOT EXISTS attempts (
+    id TEXT NOT NULL, n INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    status INTEGER, outcome TEXT NOT NULL, error TEXT, duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS endpoints (
+    name TEXT PRIMARY KEY,
+    disabled_reason TEXT,
+    disabled_ms INTEGER,
+    failing_since_ms INTEGER,
+    last_success_ms INTEGER
+);
+"""
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    endpoint: str
+    body: bytes
+    due_ms: int
+    state: str = PENDING
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    endpoint: str
+    body: bytes
+    attempt: int  # 1-based number of this attempt
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    name: str
+    disabled_reason: str | None
+    disabled_ms: int | None
+    failing_since_ms: int | None
+    last_success_ms: int | None
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: str
+    endpoint: str
+    state: str
+    attempts: int
+    next_attempt_ms: int
+    created_ms: int
+    updated_ms: int
+    last_status: int | None
+    last_error: str | None
+
+
+_ROW_COLUMNS = "id, endpoint, state, attempts, next_attempt_ms, created_ms, updated_ms, last_status, last_error"
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # transactions -----------------------------------------------------------
+
+    def transaction(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """Run ``ops`` in one write transaction (one fsync); returns their results."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = [op(self._conn) for op in ops]
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return results
+
+    def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = self.transaction([op])[0]
+        return result
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # writes (as ops, so the dispatcher can group them) -----------------------
+
+    @staticmethod
+    def op_add(items: Sequence[NewDelivery], at_ms: int) -> Callable[[sqlite3.Connection], int]:
+        def op(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO deliveries (id, endpoint, body, state, next_attempt_ms, created_ms, updated_ms, last_error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(d.id, d.endpoint, d.body, d.state, d.due_ms, at_ms, at_ms, d.error) for d in items],
+            )
+            return conn.total_changes - before
+
+        return op
+
+    @staticmethod
+    def op_claim(endpoint: str, limit: int, at_ms: int, lease_ms: int) -> Callable[[sqlite3.Connection], list[Claimed]]:
+        def op(conn: sqlite3.Connection) -> list[Claimed]:
+            rows = conn.execute(
+                "SELECT id, body, attempts FROM deliveries WHERE endpoint = ? AND state = 'pending' "
+                "AND next_attempt_ms <= ? ORDER BY next_attempt_ms LIMIT ?",
+                (endpoint, at_ms, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_ms = ?, updated_ms = ? WHERE id = ?",
+                [(at_ms + lease_ms, at_ms, r[0]) for r in rows],
+            )
+            return [Claimed(r[0], endpoint, r[1], r[2] + 1) for r in rows]
+
+        return op
+
+    @staticmethod
+    def op_outcome(
+        claimed: Claimed,
+        *,
+        at_ms: int,
+        status: int | None,
+        outcome: str,
+        error: str | None,
+        duration_ms: int,
+        state: str,
+        next_attempt_ms: int,
+    ) -> Callable[[sqlite3.Connection], int | None]:
+        """Record one attempt; returns the endpoint's failing-since time (None after a success)."""
+
+        def op(conn: sqlite3.Connection) -> int | None:
+            conn.execute(
+                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (claimed.id, claimed.attempt, at_ms, status, outcome, error, duration_ms),
+            )
+            conn.execute(
+                "UPDATE deliveries SET state = ?, next_attempt_ms = ?, updated_ms = ?, last_status = ?, last_error = ? "
+                "WHERE id = ? AND state = 'pending' AND attempts = ?",
+                (state, next_attempt_ms, at_ms, status, error, claimed.id, claimed.attempt),
+            )
+            conn.execute("INSERT OR IGNORE INTO endpoints (name) VALUES (?)", (claimed.endpoint,))
+            if state == DELIVERED:
+                conn.execute(
+                    "UPDATE endpoints SET failing_since_ms = NULL, last_success_ms = ? WHERE name = ?",
+                    (at_ms, claimed.endpoint),
+                )
+                return None
+            conn.execute(
+                "UPDATE endpoints SET failing_since_ms = coalesce(failing_since_ms, ?) WHERE name = ?",
+                (at_ms, claimed.endpoint),
+            )
+            (since,) = conn.execute("SELECT failing_since_ms FROM endpoints WHERE name = ?", (claimed.endpoint,)).fetchone()
+            return int(since)
+
+        return op
+
+    @staticmethod
+    def op_disable(name: str, reason: str, at_ms: int) -> Callable[[sqlite3.Connection], None]:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO endpoints (name, disabled_reason, disabled_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET disabled_reason = excluded.disabled_reason, disabled_ms = excluded.disabled_ms "
+                "WHERE endpoints.disabled_reason IS NULL",
+                (name, reason, at_ms),
+            )
+
+        return op
+
+    def enable(self, name: str) -> bool:
+        """Re-enable ``name``: its pending deliveries become due now. False if it was not disabled."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE endpoints SET disabled_reason = NULL, disabled_ms = NULL, failing_since_ms = NULL "
+                "WHERE name = ? AND disabled_reason IS NOT NULL",
+                (name,),
+            )
+            conn.execute(
+                "UPDATE deliveries SET next_attempt_ms = ? WHERE endpoint = ? AND state = 'pending'",
+                (now_ms(), name),
+            )
+            return cur.rowcount > 0
+
+        return self.write(op)
+
+    def replay(self, delivery_id: str) -> bool:
+        """Deliver ``delivery_id`` again from the first attempt (same webhook-id)."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            at = now_ms()
+            cur = conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = ?, updated_ms = ? "
+                "WHERE id = ? AND state != 'pending'",
+                (at, at, delivery_id),
+            )
+            return cur.rowcount > 0
+
+        return self.write(op)
+
+    def replay_dead(self, endpoint: str | None = None) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            at = now_ms()
+            cur = conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_ms = ?, updated_ms = ? "
+                "WHERE state = 'dead' AND (? IS NULL OR endpoint = ?)",
+                (at, at, endpoint, endpoint),
+            )
+            return cur.rowcount
+
+        return self.write(op)
+
+    @staticmethod
+    def op_prune(before_ms: int) -> Callable[[sqlite3.Connection], int]:
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "DELETE FROM attempts WHERE id IN (SELECT id FROM deliveries WHERE state != 'pending' AND updated_ms < ?)",
+                (before_ms,),
+            )
+            return conn.execute(
+                "DELETE FROM deliveries WHERE state != 'pending' AND updated_ms < ?", (before_ms,)
+            ).rowcount
+
+        return op
+
+    # reads -------------------------------------------------------------------
+
+    def next_due_ms(self, endpoint: str) -> int | None:
+        rows = self.read(
+            "SELECT min(next_attempt_ms) FROM deliveries WHERE endpoint = ? AND state = 'pending'", (endpoint,)
+        )
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def endpoint_states(self) -> dict[str, EndpointState]:
+        rows = self.read("SELECT name, disabled_reason, disabled_ms, failing_since_ms, last_success_ms FROM endpoints")
+        return {r[0]: EndpointState(*r) for r in rows}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per endpoint: delivered, pending, failing (pending after a failed attempt), dead."""
+        out: dict[str, dict[str, int]] = {}
+        for endpoint, state, failing, n in self.read(
+            "SELECT endpoint, state, attempts > 0, count(*) FROM deliveries GROUP BY endpoint, state, attempts > 0"
+        ):
+            c = out.setdefault(endpoint, {DELIVERED: 0, PENDING: 0, "failing": 0, DEAD: 0})
+            c[state] = c.get(state, 0) + n
+            if state == PENDING and failing:
+                c["failing"] += n
+        return out
+
+    def get(self, delivery_id: str) -> DeliveryRow | None:
+        rows = self.read(f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,))
+        return DeliveryRow(*rows[0]) if rows else None
+
+    def body(self, delivery_id: str) -> bytes | None:
+        rows = self.read("SELECT body FROM deliveries WHERE id = ?", (delivery_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def list(self, state: str, endpoint: str | None = None, limit: int = 100) -> list[DeliveryRow]:
+        rows = self.read(
+            f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE state = ? AND (? IS NULL OR endpoint = ?) "
+            "ORDER BY updated_ms DESC LIMIT ?",
+            (state, endpoint, endpoint, limit),
+        )
+        return [DeliveryRow(*r) for r in rows]
+
+    def attempts(self, delivery_id: str) -> list[tuple[int, int, int | None, str, str | None, int]]:
+        """(n, at_ms, status, outcome, error, duration_ms) per attempt, oldest first."""
+        return self.read(
+            "SELECT n, at_ms, status, outcome, error, duration_ms FROM attempts WHERE id = ? ORDER BY n", (delivery_id,)
+        )
+
+
+class AsyncStore:
+    """The dispatcher's view: reads in a thread, writes group-committed in a thread.
+
+    Writes submitted while a transaction is being written wait and go into the
+    next one together, so many attempts finishing at once share one fsync.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.sync = store
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        # shield: a cancelled caller must not cancel a transaction others wait on
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                results = await asyncio.to_thread(self.sync.transaction, [op for op, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    async def drain(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
