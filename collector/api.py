@@ -1,0 +1,129 @@
+"""The Segment HTTP Tracking API: ``POST /v1/{track,page,screen,identify,alias,group,batch}``.
+
+Answers exactly what Segment's API answers on success (``200 {"success": true}``)
+so official SDKs work unchanged; every refusal is a 4xx JSON naming the problem,
+``503`` + ``Retry-After`` when the log cannot take events durably.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import Receive, Scope, Send
+
+from tripwire.log import LogError, LogUnavailable
+
+from . import metrics
+from .body import check_content_type, decode, header, parse_json, read_body
+from .cors import CorsPolicy
+from .errors import CollectorError
+from .http import JSON_HEADERS, SUCCESS_BODY, respond, respond_error
+from .intake import Intake
+
+logger = logging.getLogger(__name__)
+
+SINGLE_TYPES = ("track", "page", "screen", "identify", "alias", "group")
+_LIBRARY = {"name": "http", "version": "1"}
+
+
+class TrackingEndpoint:
+    """One ASGI endpoint of the API (POST, plus OPTIONS for CORS preflights)."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        cors: CorsPolicy,
+        *,
+        kind: str,  # a Segment type, or "batch"
+        max_body_bytes: int,
+        max_decompressed_bytes: int,
+    ) -> None:
+        self.intake = intake
+        self.cors = cors
+        self.kind = kind
+        self.batch = kind == "batch"
+        self.limit = max_body_bytes
+        self.limit_name = "max_batch_bytes" if self.batch else "max_event_bytes"
+        self.max_inflated = max_decompressed_bytes
+        self.metrics = metrics.RouteMetrics(f"/v1/{kind}")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = header(scope, b"origin")
+        if scope["method"] == "OPTIONS":
+            return await self._preflight(scope, send, origin)
+        cors = self.cors.headers(origin)
+        try:
+            check_content_type(header(scope, b"content-type"))
+            body = await read_body(scope, receive, self.limit, self.limit_name)
+            body = decode(body, header(scope, b"content-encoding"), self.limit, self.limit_name, self.max_inflated)
+            doc = parse_json(body)
+            if not isinstance(doc, dict):
+                raise CollectorError(400, "invalid_event", "body must be a JSON object", field="body")
+            intake = self.intake
+            key = intake.write_key_from_auth(header(scope, b"authorization"))
+            if key is None:
+                key = doc.pop("writeKey", None)
+            source = intake.source_for(key)
+            if origin is not None and not intake.open_mode and not source.allows_origin(origin.decode("latin-1")):
+                raise CollectorError(
+                    403, "origin_not_allowed",
+                    f"origin {origin.decode('latin-1')[:200]!r} is not allowed for source '{source.name}'",
+                    field="Origin",
+                )
+            if self.batch:
+                events = doc.get("batch")
+                if not isinstance(events, list):
+                    raise CollectorError(400, "invalid_batch", "batch must be a JSON array of events", field="batch")
+                if not events:
+                    raise CollectorError(400, "invalid_batch", "batch is empty", field="batch")
+                default_type = None
+                batch = doc
+            else:
+                doc["type"] = self.kind  # the route names the type
+                events = [doc]
+                default_type = self.kind
+                batch = None
+            ua = header(scope, b"user-agent")
+            client = scope.get("client")
+            peer = intake.ip_policy.client_ip(client[0] if client else None, header(scope, b"x-forwarded-for"))
+            valid, invalid, reasons = intake.prepare(
+                events,
+                source=source.name,
+                default_type=default_type,
+                client_ip=peer,
+                user_agent=ua.decode("utf-8", "replace") if ua is not None else None,
+                library=_LIBRARY,
+                batch=batch,
+            )
+            await intake.write(valid, invalid, reasons)
+        except CollectorError as exc:
+            metrics.EVENTS_REJECTED.labels(exc.limit or exc.code).inc()
+            self.metrics.count(exc.status)
+            return await respond_error(send, exc, cors if exc.code != "origin_not_allowed" else None)
+        except LogError as exc:
+            await self._unavailable(send, exc, cors)
+            return
+        self.metrics.count(200)
+        await respond(send, 200, SUCCESS_BODY, JSON_HEADERS + cors if cors else JSON_HEADERS)
+
+    async def _unavailable(self, send: Send, exc: LogError, cors: list[tuple[bytes, bytes]]) -> None:
+        retry = exc.retry_after_s if isinstance(exc, LogUnavailable) else 5
+        logger.warning("event log refused an append: %s", exc)
+        metrics.EVENTS_REJECTED.labels("log_unavailable").inc()
+        self.metrics.count(503)
+        error = CollectorError(
+            503, "log_unavailable", "the event log cannot take events right now; retry later",
+            headers={"Retry-After": str(retry)},
+        )
+        await respond_error(send, error, cors)
+
+    async def _preflight(self, scope: Scope, send: Send, origin: bytes | None) -> None:
+        try:
+            headers = self.cors.preflight(origin, header(scope, b"access-control-request-method"))
+        except CollectorError as exc:
+            metrics.EVENTS_REJECTED.labels(exc.code).inc()
+            self.metrics.count(exc.status)
+            return await respond_error(send, exc)
+        self.metrics.count(204)
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})

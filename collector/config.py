@@ -1,0 +1,100 @@
+"""The collector's settings: the ``[collector]`` section and the ``[sources.<name>]`` tables.
+
+A *source* is one website or backend sending events: it owns a write key and
+the browser origins allowed to send with it (CORS). ``origins = ["*"]`` allows
+every origin; an empty list allows none, which suits a server-side source
+(requests without an ``Origin`` header are never refused on that ground).
+
+With no sources configured the collector runs in *open mode*: every write key
+(or none) is accepted as source ``dev`` from any origin, and a warning is
+logged at start. That lets ``tripwire run`` work for a newcomer with no file;
+production configs declare their sources and then unknown keys get a 401.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tripwire.config import Config, ConfigError, build
+
+OPEN_SOURCE_NAME = "dev"
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    max_event_bytes: int = 32 * 1024
+    max_batch_bytes: int = 500 * 1024
+    # Cap on what a gzip body may inflate to (the route's own limit applies too).
+    max_decompressed_bytes: int = 1024 * 1024
+    catalog: str = ""  # path to the event catalog (JSON); empty = accept every well-formed event
+    strict: bool = False  # with a catalog: unknown event names go to the invalid topic
+    pii_salt: str = ""  # salt for hashing PII properties; empty = generated once under data_dir
+    ip_truncate: bool = True
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 48
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-For is believed
+    snippet_path: str = "/t.js"
+    snippet_file: str = ""  # empty = the tracker built into the package (collector/static/t.js)
+    snippet_max_age_s: int = 3600
+    pixel_path: str = "/v1/pixel"
+    cors_max_age_s: int = 86400
+
+    def __post_init__(self) -> None:
+        for name in ("max_event_bytes", "max_batch_bytes", "max_decompressed_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"Config 'collector.{name}' has value {getattr(self, name)!r}. Must be >= 1.")
+        if not 0 <= self.ipv4_prefix <= 32:
+            raise ConfigError(f"Config 'collector.ipv4_prefix' has value {self.ipv4_prefix!r}. Must be 0..32.")
+        if not 0 <= self.ipv6_prefix <= 128:
+            raise ConfigError(f"Config 'collector.ipv6_prefix' has value {self.ipv6_prefix!r}. Must be 0..128.")
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"Config 'collector.trusted_proxies[{i}]' has value {cidr!r}. Not an IP network (CIDR)."
+                ) from None
+        for name in ("snippet_path", "pixel_path"):
+            if not getattr(self, name).startswith("/"):
+                raise ConfigError(f"Config 'collector.{name}' has value {getattr(self, name)!r}. Must start with '/'.")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    write_key: str = ""
+    origins: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def allows_origin(self, origin: str) -> bool:
+        return "*" in self.origins or origin.rstrip("/") in self.origins
+
+
+def load_sources(config: Config) -> dict[str, SourceConfig]:
+    """Sources by write key; empty means open mode. Errors name the offending table."""
+    by_key: dict[str, SourceConfig] = {}
+    for name, table in config.table("sources").items():
+        where = f"sources.{name}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"Config '{where}' must be a table, got {type(table).__name__}.")
+        source: SourceConfig = build(SourceConfig, {**_clean(table), "name": name}, where)
+        if not source.write_key:
+            raise ConfigError(f"Config '{where}.write_key' is missing or empty.")
+        if source.write_key in by_key:
+            raise ConfigError(
+                f"Config '{where}.write_key' is also the write key of 'sources.{by_key[source.write_key].name}'."
+            )
+        origins = [o.rstrip("/") for o in source.origins]
+        for i, origin in enumerate(origins):
+            if origin != "*" and "://" not in origin:
+                raise ConfigError(
+                    f"Config '{where}.origins[{i}]' has value {origin!r}. Expected '*' or scheme://host[:port]."
+                )
+        by_key[source.write_key] = SourceConfig(source.write_key, origins, name)
+    return by_key
+
+
+def _clean(table: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if k != "name"}

@@ -1,0 +1,176 @@
+"""The intake pipeline every endpoint shares: write key, envelope, enrichment, catalog, append.
+
+``prepare`` turns parsed events into log entries (or raises a 4xx
+:class:`CollectorError` naming the event and field: a request is all or
+nothing, so an SDK never has half a batch acknowledged); ``write`` appends them
+and returns only once the log says they are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from tripwire.envelope import EnvelopeError, log_key, normalize
+from tripwire.log import EVENTS, INVALID, EventLog
+
+from . import metrics
+from .catalog import Catalog
+from .config import OPEN_SOURCE_NAME, SourceConfig
+from .enrich import IpPolicy
+from .errors import CollectorError, too_large
+
+Entry = tuple[bytes, bytes]
+_OPEN_SOURCE = SourceConfig("", ["*"], OPEN_SOURCE_NAME)
+
+
+class Intake:
+    def __init__(
+        self,
+        log: EventLog,
+        sources: Mapping[str, SourceConfig],
+        *,
+        catalog: Catalog | None,
+        ip_policy: IpPolicy,
+        max_event_bytes: int,
+    ) -> None:
+        self.log = log
+        self.sources = dict(sources)
+        self.open_mode = not self.sources
+        self.catalog = catalog
+        self.ip_policy = ip_policy
+        self.max_event_bytes = max_event_bytes
+        self._basic_cache: dict[bytes, str | None] = {}
+
+    # write key -----------------------------------------------------------------
+
+    def write_key_from_auth(self, authorization: bytes | None) -> str | None:
+        """The HTTP Basic username (Segment's SDKs send ``writeKey:`` base64-encoded)."""
+        if authorization is None:
+            return None
+        cached = self._basic_cache.get(authorization)
+        if cached is not None:
+            return cached
+        scheme, _, token = authorization.partition(b" ")
+        if scheme.lower() != b"basic" or not token.strip():
+            raise CollectorError(401, "invalid_authorization", "Authorization must be HTTP Basic with the write key as user name", field="Authorization")
+        try:
+            user = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[0]
+        except (binascii.Error, ValueError):
+            raise CollectorError(401, "invalid_authorization", "Authorization Basic credentials are not valid base64 of 'writeKey:'", field="Authorization") from None
+        if len(self._basic_cache) < 1024:
+            self._basic_cache[authorization] = user
+        return user
+
+    def source_for(self, write_key: Any) -> SourceConfig:
+        if self.open_mode:
+            return _OPEN_SOURCE
+        if write_key is None or write_key == "":
+            raise CollectorError(401, "missing_write_key", "no write key: send it as the HTTP Basic user name or as writeKey in the body", field="writeKey")
+        source = self.sources.get(write_key) if isinstance(write_key, str) else None
+        if source is None:
+            raise CollectorError(401, "unknown_write_key", "the write key is not known to this collector", field="writeKey")
+        return source
+
+    # events ------------------------------------------------------------------
+
+    def prepare(
+        self,
+        raws: Sequence[Any],
+        *,
+        source: str,
+        default_type: str | None,
+        client_ip: str | None,
+        user_agent: str | None,
+        library: dict[str, str],
+        batch: Mapping[str, Any] | None = None,
+    ) -> tuple[list[Entry], list[Entry], list[str]]:
+        """Log entries for the events topic, for the invalid topic, and the invalid reasons."""
+        received_ms = int(time.time() * 1000)
+        anonymized_peer = self.ip_policy.anonymize(client_ip) if client_ip else None
+        batch_sent_at = batch_context = batch_integrations = None
+        if batch is not None:
+            batch_sent_at = batch.get("sentAt")
+            batch_context = batch.get("context")
+            batch_integrations = batch.get("integrations")
+            if batch_context is not None and not isinstance(batch_context, dict):
+                raise CollectorError(400, "invalid_event", "context must be a JSON object", field="context")
+            if batch_integrations is not None and not isinstance(batch_integrations, dict):
+                raise CollectorError(400, "invalid_event", "integrations must be a JSON object", field="integrations")
+        valid: list[Entry] = []
+        invalid: list[Entry] = []
+        reasons: list[str] = []
+        catalog = self.catalog
+        for i, raw in enumerate(raws):
+            where = f"batch[{i}]." if batch is not None else ""
+            if not isinstance(raw, dict):
+                raise CollectorError(400, "invalid_event", f"{where or 'event '}must be a JSON object", field=where.rstrip(".") or "body")
+            raw.pop("writeKey", None)  # a secret: never stored
+            if batch is not None:
+                if batch_sent_at is not None and "sentAt" not in raw:
+                    raw["sentAt"] = batch_sent_at
+                if batch_context:
+                    ctx = raw.get("context")
+                    raw["context"] = {**batch_context, **ctx} if isinstance(ctx, dict) else ctx if ctx is not None else dict(batch_context)
+                if batch_integrations and "integrations" not in raw:
+                    raw["integrations"] = batch_integrations
+            try:
+                env = normalize(raw, received_at_ms=received_ms, source=source, default_type=default_type)
+            except EnvelopeError as exc:
+                raise CollectorError(400, "invalid_event", f"{where}{exc.field}: {exc.message}", field=where + exc.field) from None
+            ctx = env.get("context")
+            if ctx is None:
+                ctx = env["context"] = {}
+            ip = ctx.get("ip")
+            if ip is not None:
+                ip = self.ip_policy.anonymize(ip) if isinstance(ip, str) else None
+            ctx["ip"] = ip if ip is not None else anonymized_peer
+            if user_agent is not None and "userAgent" not in ctx:
+                ctx["userAgent"] = user_agent
+            if "library" not in ctx:
+                ctx["library"] = library
+            violation = catalog.check(env) if catalog is not None else None
+            value = orjson.dumps(env)
+            if batch is not None and len(value) > self.max_event_bytes:
+                raise too_large("max_event_bytes", self.max_event_bytes, f"{where.rstrip('.')}")
+            key = log_key(env).encode()
+            if violation is None:
+                valid.append((key, value))
+            else:
+                reasons.append(violation.reason)
+                record = {
+                    "reason": violation.reason,
+                    "field": violation.field,
+                    "message": violation.message,
+                    "messageId": env["messageId"],
+                    "source": source,
+                    "receivedAt": env["receivedAt"],
+                    "event": orjson.Fragment(value),
+                }
+                invalid.append((key, orjson.dumps(record)))
+        return valid, invalid, reasons
+
+    async def write(self, valid: list[Entry], invalid: list[Entry], reasons: list[str]) -> None:
+        """Append both topics; returns once everything is durable (raises LogError otherwise)."""
+        start = time.perf_counter()
+        if invalid and valid:
+            await asyncio.gather(self.log.append(EVENTS, valid), self.log.append(INVALID, invalid))
+        elif valid:
+            await self.log.append(EVENTS, valid)
+        elif invalid:
+            await self.log.append(INVALID, invalid)
+        elapsed = time.perf_counter() - start
+        if valid:
+            metrics.APPEND_EVENTS.observe(elapsed)
+            metrics.EVENTS_ACCEPTED.inc(len(valid))
+        if invalid:
+            metrics.APPEND_INVALID.observe(elapsed)
+            for reason in reasons:
+                metrics.EVENTS_INVALID.labels(reason).inc()
+

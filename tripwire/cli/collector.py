@@ -1,0 +1,81 @@
+"""``tripwire collector``: the HTTP collector alone, writing to the configured log (or ``--log``).
+
+With ``--workers N`` (N > 1) uvicorn runs N worker processes on one socket;
+each opens its own connection to the log (SQLite serialises the writers of one
+file; with Kafka each worker has its own producer and spill buffer, under
+``<data_dir>/spill/<pid>`` or as the Kafka backend decides). The config reaches
+the workers through ``TRIPWIRE_CONFIG`` and ``TRIPWIRE_*`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from dataclasses import replace
+
+from tripwire.config import Config, ConfigError
+from tripwire.log import open_log
+from tripwire.service import run_services
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "collector",
+        help="run only the HTTP collector (scale-out: --log kafka://host:port)",
+        description="Serve the Segment-compatible tracking API and write events to the event log.",
+    )
+    p.add_argument("--log", metavar="URL", help="kafka://host:port, or 'sqlite' (default: log.backend from config)")
+    p.add_argument("--host", help="listen address (server.host)")
+    p.add_argument("--port", type=int, help="listen port (server.port)")
+    p.add_argument("--workers", type=int, help="worker processes (server.workers)")
+    p.set_defaults(handler=collector_command)
+
+
+def _log_overrides(url: str | None) -> dict[str, str]:
+    if url is None:
+        return {}
+    if url.startswith("kafka://"):
+        return {"TRIPWIRE_LOG__BACKEND": "kafka", "TRIPWIRE_LOG__KAFKA_BOOTSTRAP": url[len("kafka://") :]}
+    if url in ("sqlite", "embedded"):
+        return {"TRIPWIRE_LOG__BACKEND": "sqlite"}
+    raise ConfigError(f"Log URL {url!r} is not understood. Use kafka://host:port or 'sqlite'.")
+
+
+def collector_command(args: argparse.Namespace, config: Config) -> int:
+    overrides = _log_overrides(args.log)
+    server = replace(
+        config.server,
+        host=args.host or config.server.host,
+        port=args.port if args.port is not None else config.server.port,
+        workers=args.workers if args.workers is not None else config.server.workers,
+    )
+    if server.workers < 1:
+        raise ConfigError(f"Config 'server.workers' has value {server.workers!r}. Must be >= 1.")
+    if server.workers == 1:
+        config = replace(config, server=server)
+        return asyncio.run(_run_single(config, args.log))
+    from collector.service import uvicorn_config
+
+    os.environ.update(overrides)
+    if config.source_path is not None:
+        os.environ["TRIPWIRE_CONFIG"] = str(config.source_path.resolve())
+    cfg = uvicorn_config("collector.service:worker_app", factory=True, host=server.host, port=server.port, workers=server.workers)
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
+    return 0
+
+
+async def _run_single(config: Config, url: str | None) -> int:
+    from collector.service import create_service
+
+    log = open_log(config, url=url)
+    await log.start()
+    try:
+        await run_services([create_service(config, log)])
+    finally:
+        await log.stop()
+    return 0
+
+
