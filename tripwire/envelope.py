@@ -94,7 +94,7 @@ def normalize(
         raise EnvelopeError("event", "must be a JSON object")
     env = dict(raw)
     kind = env.get("type") or default_type
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:
         raise EnvelopeError("type", f"must be one of {', '.join(sorted(TYPES))}")
     env["type"] = kind
 
@@ -148,7 +148,10 @@ def normalize(
         event_ms = received_at_ms - (sent_ms - ts_ms)
     if ts_ms is not None:
         env["originalTimestamp"] = client_ts
-    env["timestamp"] = format_time_ms(event_ms)
+    try:
+        env["timestamp"] = format_time_ms(event_ms)
+    except (ValueError, OverflowError, OSError):
+        raise EnvelopeError("sentAt" if sent_ms is not None else "timestamp", "date-time out of range") from None
     env["receivedAt"] = format_time_ms(received_at_ms)
     env["source"] = source
     return env
