@@ -1,0 +1,443 @@
+"""The scale-out event log: Kafka via aiokafka, with an on-disk spill buffer.
+
+Topics are ``<topic_prefix>.<logical name>``, created on connect when missing
+with ``log.partitions`` partitions (existing topics keep their own count).
+Records go to ``murmur2(key) % partitions`` exactly like
+:func:`tripwire.log.partition.partition_for` (keyless records to partition 0);
+the partition is chosen here, not by the client's partitioner.
+
+Write path and its contract. One writer task group-commits appends: it takes
+every append queued while the previous batch was in flight and
+
+* when nothing is spilled and the broker is reachable, produces the batch with
+  ``acks=all`` and answers each append once Kafka acknowledged all its records;
+* when a produce fails or times out, writes the records that were not
+  acknowledged (per partition: the first failed one and everything after it, so
+  per-key order holds) to the :class:`~tripwire.log.spill.Spill` and answers
+  once they are fsync'd;
+* while anything is spilled, writes new appends to the spill too, behind the
+  older records, so a key's records never overtake each other.
+
+A forwarder task replays the spill oldest-first once the broker is back and
+deletes a segment only after Kafka acknowledged every record in it; it also
+replays a spill left over by a previous run on start. When the spill is full,
+``append`` raises :class:`LogUnavailable` with ``retry_after_s`` (HTTP 503).
+Delivery is at-least-once: a produce that timed out may still have landed, so
+a replay can duplicate records (``messageId`` identifies them), never lose or
+reorder them. ``ready()`` is False while anything is spilled or the broker is
+unreachable.
+
+If the writer or the forwarder task dies, a done-callback fails every queued
+append with :class:`LogUnavailable` and ``append`` keeps failing, so nothing is
+acknowledged that was not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from .base import (
+    TOPICS,
+    Consumer,
+    Entry,
+    EventLog,
+    LogClosed,
+    LogUnavailable,
+    RebalanceListener,
+    Record,
+)
+from .kafka_consumer import KafkaConsumer, KafkaReader
+from .partition import partition_for
+from .spill import Spill, SpilledRecord, SpillFull
+
+if TYPE_CHECKING:
+    from tripwire.config import Config
+
+logger = logging.getLogger(__name__)
+
+_FORWARD_CHUNK = 2000
+
+
+@dataclass(slots=True)
+class _Append:
+    topic: str
+    entries: Sequence[Entry]
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class KafkaLog(EventLog):
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        spill_dir: str | Path,
+        topic_prefix: str = "tripwire",
+        partitions: int = 4,
+        replication_factor: int = 1,
+        idempotent: bool = False,
+        linger_ms: int = 2,
+        request_timeout_ms: int = 10_000,
+        spill_max_bytes: int = 512 * 1024 * 1024,
+        spill_retry_after_s: int = 5,
+        spill_segment_bytes: int = 4 * 1024 * 1024,
+        reconnect_backoff_ms: int = 500,
+        max_batch_records: int = 10_000,
+        client_id: str = "tripwire",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic_prefix = topic_prefix
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._idempotent = idempotent
+        self._linger_ms = linger_ms
+        self._timeout_ms = request_timeout_ms
+        self._backoff_s = reconnect_backoff_ms / 1000
+        self._max_batch_records = max_batch_records
+        self._client_id = client_id
+        self.spill = Spill(
+            spill_dir, spill_max_bytes, segment_bytes=spill_segment_bytes, retry_after_s=spill_retry_after_s
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._reader: KafkaReader | None = None
+        self._partition_counts: dict[str, int] = {}
+        self._queue: asyncio.Queue[_Append] | None = None
+        self._spilled = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reachable = False
+        self._started = False
+        self._closed = False
+        self._failed: BaseException | None = None
+        self.produce_batches = 0  # direct produce round trips (group-commit efficiency)
+
+    @classmethod
+    def from_config(cls, config: Config) -> KafkaLog:
+        log = config.log
+        return cls(
+            log.kafka_bootstrap,
+            spill_dir=config.data_dir / "spill",
+            topic_prefix=log.topic_prefix,
+            partitions=log.partitions,
+            replication_factor=getattr(log, "kafka_replication_factor", 1),
+            idempotent=log.kafka_idempotent,
+            linger_ms=log.kafka_linger_ms,
+            request_timeout_ms=log.kafka_request_timeout_ms,
+            spill_max_bytes=log.spill_max_bytes,
+            spill_retry_after_s=log.spill_retry_after_s,
+            max_batch_records=log.group_commit_max_records,
+        )
+
+    def topic(self, name: str) -> str:
+        """The Kafka topic behind a logical topic name."""
+        return f"{self.topic_prefix}.{name}"
+
+    # lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await asyncio.to_thread(self.spill.open)
+        self._queue = asyncio.Queue()
+        self._spilled = asyncio.Event()
+        if self.spill.depth:
+            self._spilled.set()
+        self._reader = KafkaReader(self.bootstrap, self.topic, self._timeout_ms, self._client_id)
+        self._started = True
+        try:
+            await self._connect()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.warning("Kafka at %s is unreachable (%s); spilling until it is back", self.bootstrap, exc)
+        for name, loop in (("writer", self._write_loop), ("forwarder", self._forward_loop)):
+            task = asyncio.create_task(loop(), name=f"tripwire-kafka-{name}")
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        """Answer queued appends, give the forwarder a bounded time to drain, close.
+
+        Records still spilled stay on disk and are replayed by the next start.
+        """
+        if not self._started or self._closed:
+            return
+        self._closed = True
+        writer, forwarder = self._tasks
+        assert self._queue is not None
+        if not writer.done():
+            await self._queue.join()
+        writer.cancel()
+        if self.spill.depth and self._reachable and not forwarder.done():
+            deadline = time.monotonic() + self._timeout_ms / 1000
+            while self.spill.depth and self._reachable and time.monotonic() < deadline and not forwarder.done():
+                await asyncio.sleep(0.05)
+        forwarder.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_queued(LogClosed("event log stopped"))
+        if self._reader is not None:
+            await self._reader.stop()
+        if self._producer is not None:
+            try:
+                await asyncio.wait_for(self._producer.stop(), self._timeout_ms / 1000)
+            except (KafkaError, TimeoutError) as exc:
+                logger.warning("Kafka producer did not stop cleanly: %s", exc)
+        await asyncio.to_thread(self.spill.close)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        logger.error("Kafka log %s died: %r", task.get_name(), exc, exc_info=exc)
+        self._failed = exc
+        self._fail_queued(LogUnavailable(f"event log {task.get_name()} died: {exc!r}"))
+
+    def _fail_queued(self, error: Exception) -> None:
+        if self._queue is None:
+            return
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(error)
+            self._queue.task_done()
+
+    async def _connect(self) -> None:
+        """Create the producer (once) and the topics; raises while the broker is away."""
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=self._idempotent,
+                linger_ms=self._linger_ms,
+                request_timeout_ms=self._timeout_ms,
+                max_batch_size=1024 * 1024,
+            )
+            try:
+                await asyncio.wait_for(producer.start(), self._timeout_ms / 1000)
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        await self._ensure_topics()
+        for name in TOPICS:
+            self._partition_counts[self.topic(name)] = len(
+                await asyncio.wait_for(self._producer.partitions_for(self.topic(name)), self._timeout_ms / 1000)
+            )
+        self._reachable = True
+
+    async def _ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, client_id=self._client_id, request_timeout_ms=self._timeout_ms
+        )
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [self.topic(t) for t in TOPICS if self.topic(t) not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(
+                        [NewTopic(t, self._partitions, self._replication_factor) for t in missing]
+                    )
+                except TopicAlreadyExistsError:  # another process was faster
+                    pass
+                logger.info("created Kafka topics %s with %d partitions", ", ".join(missing), self._partitions)
+        finally:
+            await admin.close()
+
+    # writing -----------------------------------------------------------------
+
+    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        if not self._started or self._queue is None:
+            raise LogClosed("event log not started")
+        if self._closed:
+            raise LogClosed("event log stopped")
+        if self._failed is not None:
+            raise LogUnavailable(f"event log failed: {self._failed!r}")
+        item = _Append(self.topic(topic), entries)
+        self._queue.put_nowait(item)
+        await asyncio.shield(item.future)
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            count = len(batch[0].entries)
+            while count < self._max_batch_records and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                count += len(batch[-1].entries)
+            try:
+                await self._write(batch)
+            except BaseException as exc:
+                self._resolve(batch, set(range(len(batch))), LogUnavailable(f"event log write failed: {exc!r}"))
+                raise
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[_Append]) -> None:
+        records = [(a.topic, key, value) for a in batch for key, value in a.entries]
+        owner = [i for i, a in enumerate(batch) for _ in a.entries]
+        if self.spill.depth == 0 and self._reachable:
+            self.produce_batches += 1
+            failed = await self._produce(records)
+            if not failed:
+                self._resolve(batch, set(), None)
+                return
+            self._reachable = False
+        else:
+            failed = list(range(len(records)))
+        try:
+            await asyncio.to_thread(self.spill.append, [records[i] for i in failed])
+        except SpillFull as exc:
+            # Spill whole appends, oldest first, while they fit; refuse the rest.
+            unfit = await self._spill_what_fits(batch, records, owner, failed)
+            self._resolve(batch, unfit, exc)
+        except Exception as exc:
+            self._resolve(batch, {owner[i] for i in failed}, exc)
+            raise
+        else:
+            self._resolve(batch, set(), None)
+        self._spilled.set()
+
+    async def _spill_what_fits(
+        self, batch: list[_Append], records: list[SpilledRecord], owner: list[int], failed: list[int]
+    ) -> set[int]:
+        by_owner: dict[int, list[SpilledRecord]] = {}
+        for i in failed:
+            by_owner.setdefault(owner[i], []).append(records[i])
+        unfit: set[int] = set()
+        for idx, recs in by_owner.items():
+            if unfit:
+                unfit.add(idx)
+                continue
+            try:
+                await asyncio.to_thread(self.spill.append, recs)
+            except SpillFull:
+                unfit.add(idx)
+        return unfit
+
+    def _resolve(self, batch: list[_Append], failed: set[int], error: Exception | None) -> None:
+        for i, item in enumerate(batch):
+            if item.future.done():
+                continue
+            if i in failed:
+                assert error is not None
+                item.future.set_exception(
+                    error if isinstance(error, LogUnavailable) else LogUnavailable(f"event log write failed: {error}")
+                )
+            else:
+                item.future.set_result(None)
+
+    async def _produce(self, records: Sequence[SpilledRecord]) -> list[int]:
+        """Produce ``records`` in order; the indexes that must be retried (empty = all acked)."""
+        producer = self._producer
+        if producer is None:
+            return list(range(len(records)))
+        futures: list[asyncio.Future[object]] = []
+        try:
+            for topic, key, value in records:
+                count = self._partition_counts.get(topic)
+                if count is None:
+                    count = len(await producer.partitions_for(topic))
+                    self._partition_counts[topic] = count
+                futures.append(
+                    await producer.send(topic, value, key=key, partition=partition_for(key, count))
+                )
+        except (KafkaError, TimeoutError) as exc:
+            logger.warning("Kafka produce failed at record %d of %d: %s", len(futures), len(records), exc)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), 2 * self._timeout_ms / 1000
+            )
+        except TimeoutError:
+            results = [TimeoutError("no acknowledgement")] * len(futures)
+        # Everything after a partition's first failure is retried too, or a key's order would break.
+        broken: set[tuple[str, int]] = set()
+        retry = []
+        for i, (topic, key, _) in enumerate(records):
+            tp = (topic, partition_for(key, self._partition_counts.get(topic, 1)))
+            if i >= len(results) or isinstance(results[i], BaseException) or tp in broken:
+                broken.add(tp)
+                retry.append(i)
+        if retry and len(futures) == len(records):
+            first = next(r for r in results if isinstance(r, BaseException))
+            logger.warning("Kafka did not acknowledge %d of %d records: %r", len(retry), len(records), first)
+        return retry
+
+    async def _forward_loop(self) -> None:
+        while True:
+            if not self._reachable:
+                try:
+                    await self._connect()
+                    logger.info("Kafka at %s is reachable", self.bootstrap)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    logger.debug("Kafka still unreachable: %s", exc)
+                    await asyncio.sleep(self._backoff_s)
+                    continue
+            if self.spill.depth == 0:
+                self._spilled.clear()
+                if self.spill.depth == 0:
+                    await self._spilled.wait()
+                    continue
+            seg = await asyncio.to_thread(self.spill.oldest)
+            if seg is None:
+                continue
+            records = await asyncio.to_thread(self.spill.read, seg)
+            for start in range(0, len(records), _FORWARD_CHUNK):
+                pending = records[start : start + _FORWARD_CHUNK]
+                while pending:
+                    retry = await self._produce(pending)
+                    pending = [pending[i] for i in retry]
+                    if pending:
+                        self._reachable = False
+                        await asyncio.sleep(self._backoff_s)
+                        try:
+                            await self._connect()  # a restarted broker may have lost the topics
+                        except (KafkaError, OSError, TimeoutError):
+                            pass
+            await asyncio.to_thread(self.spill.remove, seg)
+            logger.info("forwarded %d spilled records to Kafka; %d left", seg.records, self.spill.depth)
+
+    # reading -----------------------------------------------------------------
+
+    async def ready(self) -> bool:
+        return (
+            self._started and not self._closed and self._failed is None
+            and self._reachable and self.spill.depth == 0
+        )
+
+    def spill_depth(self) -> int:
+        return self.spill.depth
+
+    def _require_reader(self) -> KafkaReader:
+        if self._reader is None or self._closed:
+            raise LogClosed("event log not running")
+        return self._reader
+
+    async def partitions(self, topic: str) -> list[int]:
+        return await self._require_reader().partitions(topic)
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return await self._require_reader().end_offsets(topic)
+
+    async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
+        return await self._require_reader().read(topic, partition, offset, max_records)
+
+    def consumer(
+        self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None
+    ) -> Consumer:
+        return KafkaConsumer(
+            self.bootstrap, group, topics, listener,
+            topic_prefix=self.topic_prefix, request_timeout_ms=self._timeout_ms, client_id=self._client_id,
+        )

@@ -1,0 +1,267 @@
+"""Reading the Kafka event log: group consumers and the log's own partition reader.
+
+:class:`KafkaConsumer` is a real Kafka consumer-group member: partitions are
+shared between the members of a group, manual commits only, and a rebalance
+listener that tells the spine's :class:`RebalanceListener` about every
+assignment before ``poll`` returns records of a new partition (so it can
+``seek`` to offsets it keeps itself). Without a seek a partition starts at the
+group's committed offset, or at the beginning.
+
+:class:`KafkaReader` serves ``EventLog.read``/``end_offsets`` with a group-less
+consumer. tansu (the test broker) answers ListOffsets(latest) with the last
+batch's base offset + 1 instead of the high watermark, so ``end_offsets``
+fetches from that point and takes the offset after the last record it sees —
+the same answer a real Kafka broker gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTP
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+
+from .base import Consumer, LogClosed, LogUnavailable, RebalanceListener, Record, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+
+class _Bridge(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KafkaConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[KafkaTP]) -> None:
+        await self._owner._revoked({self._owner._logical(tp) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[KafkaTP]) -> None:
+        await self._owner._assigned({self._owner._logical(tp) for tp in assigned})
+
+
+class KafkaConsumer(Consumer):
+    """One member of a Kafka consumer group over logical topics."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener | None = None,
+        *,
+        topic_prefix: str = "tripwire",
+        request_timeout_ms: int = 10_000,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 1_000,
+        client_id: str = "tripwire",
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._group = group
+        self._topics = list(topics)
+        self._listener = listener
+        self._prefix = topic_prefix + "."
+        self._request_timeout_ms = request_timeout_ms
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._client_id = client_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._assignment: set[TopicPartition] = set()
+
+    def _kafka(self, tp: TopicPartition) -> KafkaTP:
+        return KafkaTP(self._prefix + tp.topic, tp.partition)
+
+    def _logical(self, tp: KafkaTP) -> TopicPartition:
+        return TopicPartition(tp.topic.removeprefix(self._prefix), tp.partition)
+
+    async def _assigned(self, partitions: set[TopicPartition]) -> None:
+        self._assignment = set(partitions)
+        if self._listener is not None and partitions:
+            await self._listener.on_assigned(self, partitions)
+
+    async def _revoked(self, partitions: set[TopicPartition]) -> None:
+        self._assignment -= partitions
+        if self._listener is not None and partitions:
+            await self._listener.on_revoked(self, partitions)
+
+    async def start(self) -> None:
+        """Join the group; partitions arrive (and the listener hears) while polling."""
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # JoinGroup waits out the broker's rebalance delay: keep the client's
+            # request timeout (40 s) well above it rather than the producer's.
+            request_timeout_ms=max(self._request_timeout_ms, 40_000),
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=self._heartbeat_interval_ms,
+        )
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await consumer.stop()
+            raise LogUnavailable(f"consumer group {self._group!r} cannot reach Kafka at {self._bootstrap}: {exc}") from exc
+        consumer.subscribe([self._prefix + t for t in self._topics], listener=_Bridge(self))
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        """Tell the listener its partitions are revoked, then leave the group; safe twice."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        try:
+            if self._assignment:
+                await self._revoked(set(self._assignment))
+        finally:
+            await consumer.stop()
+
+    def _require(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise LogClosed(f"consumer of group {self._group!r} is not started")
+        return self._consumer
+
+    async def poll(self, timeout_ms: int = 1000, max_records: int = 1000) -> list[Record]:
+        consumer = self._require()
+        try:
+            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            raise LogUnavailable(f"consumer group {self._group!r}: fetch failed: {exc}") from exc
+        return [
+            Record(tp.topic.removeprefix(self._prefix), tp.partition, m.offset, m.key, m.value, m.timestamp)
+            for tp, messages in batches.items()
+            for m in messages
+        ]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self._assignment:
+            raise ValueError(f"partition {tp} is not assigned")
+        self._require().seek(self._kafka(tp), offset)
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            await self._require().commit({self._kafka(tp): off for tp, off in offsets.items()})
+        except KafkaError as exc:
+            raise LogUnavailable(f"consumer group {self._group!r}: commit failed: {exc}") from exc
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        try:
+            offset = await self._require().committed(self._kafka(tp))
+        except KafkaError as exc:
+            raise LogUnavailable(f"consumer group {self._group!r}: committed offsets unavailable: {exc}") from exc
+        return offset if offset is not None and offset >= 0 else None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._assignment)
+
+
+class KafkaReader:
+    """Group-less reads of single partitions for ``EventLog.read``/``end_offsets``."""
+
+    def __init__(self, bootstrap: str, topic_name: Callable[[str], str], request_timeout_ms: int, client_id: str):
+        self._bootstrap = bootstrap
+        self._topic_name = topic_name
+        self._timeout_ms = request_timeout_ms
+        self._client_id = client_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="none",
+                fetch_max_wait_ms=50,
+                request_timeout_ms=self._timeout_ms,
+            )
+            try:
+                await consumer.start()
+            except KafkaError as exc:
+                await consumer.stop()
+                raise LogUnavailable(f"cannot reach Kafka at {self._bootstrap}: {exc}") from exc
+            self._consumer = consumer
+        return self._consumer
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def partitions(self, topic: str) -> list[int]:
+        name = self._topic_name(topic)
+        consumer = await self._get()
+        try:
+            parts = consumer.partitions_for_topic(name)
+            if not parts:
+                await consumer.topics()  # refreshes metadata
+                parts = consumer.partitions_for_topic(name)
+        except KafkaError as exc:
+            raise LogUnavailable(f"Kafka topic {name!r}: metadata unavailable: {exc}") from exc
+        return sorted(parts or ())
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, starts: dict[KafkaTP, int], timeout_ms: int, max_records: int
+    ) -> dict[KafkaTP, list[object]]:
+        consumer.assign(list(starts))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        out: dict[KafkaTP, list[object]] = {}
+        deadline = time.monotonic() + timeout_ms / 1000
+        while len(out) < len(starts):
+            remaining = int((deadline - time.monotonic()) * 1000)
+            if remaining <= 0:
+                break
+            try:
+                got = await consumer.getmany(*[tp for tp in starts if tp not in out], timeout_ms=remaining, max_records=max_records)
+            except OffsetOutOfRangeError as exc:
+                for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else starts:
+                    out.setdefault(tp, [])
+                continue
+            for tp, messages in got.items():
+                out[tp] = messages
+        return out
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        name = self._topic_name(topic)
+        parts = await self.partitions(topic)
+        async with self._lock:
+            consumer = await self._get()
+            tps = [KafkaTP(name, p) for p in parts]
+            try:
+                listed = await consumer.end_offsets(tps) if tps else {}
+                probe = {tp: end - 1 for tp, end in listed.items() if end > 0}
+                got = await self._fetch(consumer, probe, self._timeout_ms, 100_000) if probe else {}
+            except KafkaError as exc:
+                raise LogUnavailable(f"Kafka topic {name!r}: offsets unavailable: {exc}") from exc
+        ends = {tp.partition: end for tp, end in listed.items()}
+        for tp, messages in got.items():
+            if messages:
+                ends[tp.partition] = max(ends[tp.partition], messages[-1].offset + 1)  # type: ignore[attr-defined]
+        return ends
+
+    async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
+        name = self._topic_name(topic)
+        tp = KafkaTP(name, partition)
+        async with self._lock:
+            consumer = await self._get()
+            try:
+                listed = (await consumer.end_offsets([tp]))[tp]
+                # Below the listed end a record surely exists; at or above it (tansu
+                # under-reports the end) there may be none, so do not wait long.
+                wait_ms = self._timeout_ms if offset < listed else 300
+                got = await self._fetch(consumer, {tp: offset}, wait_ms, max_records)
+            except KafkaError as exc:
+                raise LogUnavailable(f"Kafka topic {name!r} partition {partition}: read failed: {exc}") from exc
+        return [
+            Record(topic, partition, m.offset, m.key, m.value, m.timestamp)  # type: ignore[attr-defined]
+            for m in got.get(tp, [])
+            if m.offset >= offset  # type: ignore[attr-defined]
+        ][:max_records]
