@@ -1,0 +1,54 @@
+"""Errors of the rules room.
+
+::
+
+    RulesError
+     ├── RuleCheckError     a rule file does not parse or compile (carries diagnostics)
+     └── StateError         durable engine state cannot be read or written
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding of ``rules check``: always a file, a line and a column (1-based)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+    severity: str = "error"  # "error" or "warning"
+    source_line: str = ""
+
+    def headline(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}:{self.column}: {prefix}{self.message}"
+
+    def format(self) -> str:
+        """``file:line:col: message`` then the source line and a caret under the column."""
+        text = self.headline()
+        if self.source_line.strip():
+            line = self.source_line.rstrip("\n").expandtabs(1)
+            text += f"\n    {line}\n    {' ' * (self.column - 1)}^"
+        return text
+
+
+class RulesError(Exception):
+    """Root of the rules room's errors."""
+
+
+class RuleCheckError(RulesError):
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.diagnostics = list(diagnostics)
+        errors = [d for d in self.diagnostics if d.severity == "error"]
+        first = errors[0].headline() if errors else "rule check failed"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(first + more)
+
+
+class StateError(RulesError):
+    """The engine's durable state (SQLite or checkpoint store) failed."""

@@ -1,0 +1,126 @@
+"""The compiled evaluation plan: what the engine runs.
+
+A :class:`Plan` is immutable. Predicates and payload templates are compiled to
+plain closures; every field a later step or the payload needs from an earlier
+event is listed in that step's ``needs`` so the engine keeps only those values
+(a *projection*) in pending state, never whole envelopes.
+
+Predicates use three-valued logic: a comparison on a missing field is
+*unknown* (``None``); ``not`` of unknown stays unknown; a step's ``where``
+holds only when it is ``True``. So an event missing a referenced field never
+matches, and nothing raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import ast
+
+
+class _Missing:
+    """A field that is not in the event (distinct from JSON null)."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+# A slim event kept in pending state: (messageId, event time ms, partition, offset, projection).
+Slim = tuple[str, int, int, int, tuple[Any, ...]]
+# Per step of a run: a Slim (single-event step) or a tuple of Slims (count step).
+Predicate = Callable[[Mapping[str, Any], tuple[Any, ...]], "bool | None"]
+Renderer = Callable[[tuple[Any, ...]], Any]
+
+
+def get_path(obj: Any, parts: tuple[str, ...]) -> Any:
+    for part in parts:
+        if type(obj) is not dict:
+            return MISSING
+        obj = obj.get(part, MISSING)
+        if obj is MISSING:
+            return MISSING
+    return obj
+
+
+def event_name(env: Mapping[str, Any]) -> str | None:
+    """The name a step matches: ``event`` for track calls, ``$page``, ``$identify``, ... otherwise."""
+    kind = env.get("type")
+    if kind == "track":
+        name = env.get("event")
+        return name if isinstance(name, str) else None
+    return f"${kind}" if isinstance(kind, str) else None
+
+
+@dataclass(frozen=True, eq=False)
+class StepPlan:
+    index: int
+    event: str
+    count: int  # >= 1; "at least count events"
+    within_ms: int | None  # first step: sliding window of a count; later steps: after the previous step
+    absent: bool
+    alias: str | None
+    pred: Predicate | None
+    needs: tuple[tuple[str, ...], ...]  # projection kept for later steps and the payload
+
+
+@dataclass(frozen=True, eq=False)
+class RulePlan:
+    name: str
+    uid: str  # fingerprint of the rule's meaning: unchanged uid => state is kept on reload
+    file: str
+    line: int
+    steps: tuple[StepPlan, ...]
+    by_anonymous_id: bool  # key = anonymousId (events without one are skipped); else the log key
+    cap_times: int | None
+    cap_per_ms: int | None
+    endpoint: str
+    payload: Renderer | None
+    horizon_ms: int  # longest time any state of this rule is kept (windows + cap)
+    rule: ast.Rule = field(repr=False)
+
+    @property
+    def absence_last(self) -> bool:
+        return self.steps[-1].absent
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    rules: tuple[RulePlan, ...]
+    # event name -> ((rule, step indexes that name this event), ...)
+    by_event: Mapping[str, tuple[tuple[RulePlan, tuple[int, ...]], ...]]
+    horizon_ms: int
+
+    @classmethod
+    def build(cls, rules: tuple[RulePlan, ...]) -> Plan:
+        index: dict[str, dict[str, list[int]]] = {}
+        by_uid = {}
+        for rule in rules:
+            by_uid[rule.uid] = rule
+            for step in rule.steps:
+                index.setdefault(step.event, {}).setdefault(rule.uid, []).append(step.index)
+        by_event = {
+            name: tuple((by_uid[uid], tuple(steps)) for uid, steps in per_rule.items())
+            for name, per_rule in index.items()
+        }
+        horizon = max((r.horizon_ms for r in rules), default=0)
+        return cls(rules, by_event, horizon)
+
+    def rule(self, uid: str) -> RulePlan | None:
+        for r in self.rules:
+            if r.uid == uid:
+                return r
+        return None
