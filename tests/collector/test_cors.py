@@ -1,0 +1,80 @@
+"""CORS: preflights per the sources' origin lists; refused origins get 403 and no ACAO header."""
+
+from __future__ import annotations
+
+import orjson
+
+from .conftest import SERVER_KEY, WRITE_KEY, Collector, basic
+
+SHOP = "https://shop.example"
+
+
+async def test_preflight_for_an_allowed_origin(collector: Collector) -> None:
+    r = await collector.client.options(
+        "/v1/track",
+        headers={"Origin": SHOP, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type, authorization"},
+    )
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == SHOP
+    assert "POST" in r.headers["access-control-allow-methods"]
+    allowed = r.headers["access-control-allow-headers"].lower()
+    assert "content-type" in allowed and "authorization" in allowed
+    assert int(r.headers["access-control-max-age"]) > 0
+    assert "Origin" in r.headers["vary"]
+    assert "access-control-allow-credentials" not in r.headers
+
+
+async def test_preflight_for_a_disallowed_origin_is_refused(collector: Collector) -> None:
+    r = await collector.client.options("/v1/batch", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 403
+    assert r.json()["error"] == "origin_not_allowed" and r.json()["field"] == "Origin"
+    assert "access-control-allow-origin" not in r.headers
+
+
+async def test_preflight_for_a_disallowed_method_or_without_headers(collector: Collector) -> None:
+    r = await collector.client.options("/v1/track", headers={"Origin": SHOP, "Access-Control-Request-Method": "DELETE"})
+    assert r.status_code == 403 and r.json()["field"] == "Access-Control-Request-Method"
+    r = await collector.client.options("/v1/track")
+    assert r.status_code == 400 and r.json()["error"] == "bad_preflight"
+
+
+async def test_request_from_allowed_origin_gets_cors_headers(collector: Collector) -> None:
+    r = await collector.client.post("/v1/track", json={"event": "A", "anonymousId": "a"}, headers={**basic(WRITE_KEY), "Origin": SHOP})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == SHOP
+    # A refused request from that origin is readable by the page too (it can show the error).
+    r = await collector.client.post("/v1/track", content=b"{", headers={**basic(WRITE_KEY), "Origin": SHOP})
+    assert r.status_code == 400 and r.headers["access-control-allow-origin"] == SHOP
+
+
+async def test_request_from_disallowed_origin_is_refused_and_not_stored(collector: Collector) -> None:
+    r = await collector.client.post(
+        "/v1/track", json={"event": "A", "anonymousId": "a"}, headers={**basic(WRITE_KEY), "Origin": "https://evil.example"}
+    )
+    assert r.status_code == 403
+    assert r.json()["error"] == "origin_not_allowed"
+    assert "access-control-allow-origin" not in r.headers
+    assert await collector.records() == []
+
+
+async def test_origin_allowed_for_one_source_is_refused_for_another(collector: Collector) -> None:
+    # The backend source has no origins: a browser may not use its key.
+    r = await collector.client.post("/v1/track", json={"event": "A", "anonymousId": "a"}, headers={**basic(SERVER_KEY), "Origin": SHOP})
+    assert r.status_code == 403
+    assert "backend" in r.json()["message"]
+    assert "access-control-allow-origin" not in r.headers
+
+
+async def test_server_side_request_without_origin_is_never_refused_for_cors(collector: Collector) -> None:
+    r = await collector.client.post("/v1/track", json={"event": "A", "anonymousId": "a"}, headers=basic(WRITE_KEY))
+    assert r.status_code == 200
+    assert "access-control-allow-origin" not in r.headers
+
+
+async def test_beacon_text_plain_cross_origin_with_body_write_key(collector: Collector) -> None:
+    # navigator.sendBeacon: text/plain, no preflight, write key in the body.
+    body = orjson.dumps({"batch": [{"type": "track", "event": "Left", "anonymousId": "a"}], "writeKey": WRITE_KEY})
+    r = await collector.client.post("/v1/batch", content=body, headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": SHOP + "/"})
+    assert r.status_code == 200
+    (env,) = await collector.records()
+    assert env["event"] == "Left" and env["source"] == "web"
