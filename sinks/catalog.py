@@ -1,0 +1,160 @@
+"""Typed columns for catalog properties: read the event catalog, fix each column's type once.
+
+The catalog is the collector's JSON file (``{"events": {name: {"schema": <JSON
+Schema of properties>}}, "traits": {"schema": ...}}``); this module reads the
+format itself. Top-level properties with one scalar JSON type become columns
+``properties_<name>`` (``traits_<name>`` for identify traits), typed:
+
+==============================  ==========================
+JSON Schema                     Parquet / Arrow
+==============================  ==========================
+``string``                      string
+``string`` + ``date-time``      timestamp (ms, UTC)
+``integer``                     int64
+``number``                      float64 (``integer`` + ``number`` across events too)
+``boolean``                     bool
+==============================  ==========================
+
+Objects, arrays and properties whose events disagree on the type stay in the
+``properties`` JSON column. ``sink.promote`` adds columns by hand.
+
+A column's type is fixed the first time it is written and kept in
+``_tripwire_sink/schema.json`` in the lake: later catalog edits can add columns
+but never change (so never narrow) an existing one, because DuckDB and pyarrow
+read a glob with the first file's schema. A value that does not fit its column
+stays in the JSON column instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import CatalogError
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^a-z0-9_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Promoted:
+    column: str  # e.g. properties_price
+    field: str  # "properties" or "traits"
+    key: str  # the property name in the envelope
+    kind: str  # string | integer | number | boolean | date-time
+
+    def to_json(self) -> list[str]:
+        return [self.column, self.field, self.key, self.kind]
+
+    @classmethod
+    def from_json(cls, value: Any) -> Promoted:
+        column, field, key, kind = value
+        return cls(str(column), str(field), str(key), str(kind))
+
+
+def column_name(field: str, key: str) -> str:
+    return f"{field}_" + (_UNSAFE.sub("_", key.lower()).strip("_") or "x")
+
+
+def _kind(schema: Any) -> str | None:
+    if not isinstance(schema, Mapping):
+        return None
+    t = schema.get("type")
+    types = [t] if isinstance(t, str) else [x for x in t if isinstance(x, str)] if isinstance(t, list) else []
+    types = [x for x in types if x != "null"]
+    if set(types) == {"integer", "number"}:
+        return "number"
+    if len(types) != 1 or types[0] not in ("string", "integer", "number", "boolean"):
+        return None
+    if types[0] == "string" and schema.get("format") == "date-time":
+        return "date-time"
+    return types[0]
+
+
+def _merge(a: str, b: str) -> str | None:
+    if a == b:
+        return a
+    if {a, b} == {"integer", "number"}:
+        return "number"
+    return None
+
+
+def read_catalog(path: str | Path) -> list[Promoted]:
+    """The promotable properties declared in the catalog file at ``path``."""
+    try:
+        doc = orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise CatalogError(f"event catalog '{path}' does not exist") from None
+    except orjson.JSONDecodeError as exc:
+        raise CatalogError(f"event catalog '{path}' is not valid JSON: {exc}") from None
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("events", {}), Mapping):
+        raise CatalogError(f"event catalog '{path}': expected an object with an 'events' object")
+    found: dict[tuple[str, str], str | None] = {}
+
+    def collect(field: str, spec: Any) -> None:
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        props = schema.get("properties") if isinstance(schema, Mapping) else None
+        if not isinstance(props, Mapping):
+            return
+        for key, sub in props.items():
+            kind = _kind(sub)
+            slot = (field, str(key))
+            if slot in found:
+                old = found[slot]
+                found[slot] = None if old is None or kind is None else _merge(old, kind)
+            else:
+                found[slot] = kind
+
+    for spec in doc.get("events", {}).values():
+        collect("properties", spec)
+    if "traits" in doc:
+        collect("traits", doc["traits"])
+    out = []
+    for (field, key), kind in sorted(found.items()):
+        if kind is None:
+            logger.info("catalog property %s.%s has no single scalar type; it stays in the JSON column", field, key)
+            continue
+        out.append(Promoted(column_name(field, key), field, key, kind))
+    return out
+
+
+def wanted_columns(catalog_path: str, promote: Mapping[str, str]) -> list[Promoted]:
+    """Catalog properties plus the ``promote`` mapping (which wins on conflicts)."""
+    cols = {(p.field, p.key): p for p in (read_catalog(catalog_path) if catalog_path else [])}
+    for key, kind in promote.items():
+        field, _, rest = key.partition(".")
+        if field in ("properties", "traits") and rest:
+            cols[(field, rest)] = Promoted(column_name(field, rest), field, rest, kind)
+        else:
+            cols[("properties", key)] = Promoted(column_name("properties", key), "properties", key, kind)
+    return list(cols.values())
+
+
+def merge_registry(registered: list[Promoted], wanted: list[Promoted]) -> list[Promoted]:
+    """``registered`` columns unchanged (types are fixed), then new ``wanted`` ones in order."""
+    out = list(registered)
+    by_slot = {(p.field, p.key) for p in registered}
+    names = {p.column for p in registered}
+    for p in wanted:
+        if (p.field, p.key) in by_slot:
+            old = next(r for r in registered if (r.field, r.key) == (p.field, p.key))
+            if old.kind != p.kind:
+                logger.warning(
+                    "column %s keeps type %s (catalog now says %s); values that do not fit stay in JSON",
+                    old.column, old.kind, p.kind,
+                )
+            continue
+        if p.column in names:
+            logger.warning("property %s.%s maps to existing column %s; it stays in JSON", p.field, p.key, p.column)
+            continue
+        out.append(p)
+        names.add(p.column)
+        by_slot.add((p.field, p.key))
+    return out

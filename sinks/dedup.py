@@ -1,0 +1,132 @@
+"""Drop repeated ``messageId``s (client retries) within a window, per log partition.
+
+A retry carries the same ``anonymousId``/``userId`` as the original, so it has
+the same log key and lands in the same partition: per-partition state is enough
+and scales out with the partitions.
+
+State: ``hash64(messageId) -> first offset`` for the ids seen in the last
+``window`` of log append time (plus one hour of slack so a replay after a crash
+decides as the first pass did), at most ``max_ids`` of them (beyond that the
+oldest are forgotten first and counted in ``evicted_early``). A record is a
+duplicate when its id was first seen at a *smaller* offset, so replaying
+records whose ids are already known (persisted ahead of the resume point)
+gives the same answers as the first pass.
+
+Persistence: ``take_segment()`` returns the ids added since the last call as a
+compact blob (``int64`` triples: hash, offset, append time) that the sink writes
+to the lake next to its state; ``load()`` rebuilds the state from the blobs the
+state file lists.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from array import array
+from collections.abc import Iterable
+
+_SLACK_MS = 3_600_000
+
+
+def id_hash(message_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
+
+
+class Dedup:
+    def __init__(self, window_ms: int, max_ids: int) -> None:
+        self.window_ms = window_ms
+        self.max_ids = max_ids
+        self._ids: dict[int, int] = {}  # insertion order ~ offset order
+        self._mark_offsets: list[int] = []  # (offset, append time) samples, for expiry and snapshots
+        self._mark_ts: list[int] = []
+        self._new = array("q")
+        self.evicted_early = 0
+        self.newest_ms = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def seen(self, message_id: str, offset: int, ts_ms: int) -> bool:
+        """True when ``message_id`` is a duplicate at ``offset``; otherwise remember it."""
+        h = id_hash(message_id)
+        first = self._ids.get(h)
+        if first is not None:
+            if first < offset:
+                return True
+            if first > offset:
+                self._ids[h] = offset
+            return False
+        self._ids[h] = offset
+        self._new.extend((h, offset, ts_ms))
+        if not self._mark_ts or ts_ms - self._mark_ts[-1] >= 1000:
+            self._mark_offsets.append(offset)
+            self._mark_ts.append(ts_ms)
+        if ts_ms > self.newest_ms:
+            self.newest_ms = ts_ms
+        return False
+
+    def expire(self) -> None:
+        """Forget ids older than the window (relative to the newest append time seen)."""
+        limit = self.newest_ms - self.window_ms - _SLACK_MS
+        cut = bisect.bisect_left(self._mark_ts, limit) if self._mark_ts and self._mark_ts[0] < limit else 0
+        cutoff = self._mark_offsets[cut - 1] if cut else None
+        if cut:
+            del self._mark_offsets[:cut]
+            del self._mark_ts[:cut]
+        ids = self._ids
+        if cutoff is not None:
+            for h in list(_front(ids, lambda o: o < cutoff)):
+                del ids[h]
+        over = len(ids) - self.max_ids
+        if over > 0:
+            for h in list(_take(ids, over)):
+                del ids[h]
+            self.evicted_early += over
+
+    def take_segment(self) -> bytes | None:
+        if not self._new:
+            return None
+        data = self._new.tobytes()
+        self._new = array("q")
+        return data
+
+    def snapshot(self) -> bytes:
+        """Every id held now, as one segment (replaces the listed ones)."""
+        out = array("q")
+        offs, ts = self._mark_offsets, self._mark_ts
+        for h, o in self._ids.items():
+            i = bisect.bisect_right(offs, o) - 1
+            out.extend((h, o, ts[i] if i >= 0 else (ts[0] if ts else self.newest_ms)))
+        self._new = array("q")
+        return out.tobytes()
+
+    def load(self, segments: Iterable[bytes]) -> None:
+        entries: list[tuple[int, int, int]] = []
+        for data in segments:
+            a = array("q")
+            a.frombytes(data)
+            entries.extend(zip(a[0::3], a[1::3], a[2::3]))
+        entries.sort(key=lambda e: e[1])
+        for h, o, t in entries:
+            if h not in self._ids or self._ids[h] > o:
+                self._ids[h] = o
+            if not self._mark_ts or t - self._mark_ts[-1] >= 1000:
+                self._mark_offsets.append(o)
+                self._mark_ts.append(t)
+            self.newest_ms = max(self.newest_ms, t)
+        self._new = array("q")
+        self.expire()
+
+
+def _front(ids: dict[int, int], pred: object) -> Iterable[int]:
+    for h, o in ids.items():
+        if not pred(o):  # type: ignore[operator]
+            return
+        yield h
+
+
+def _take(ids: dict[int, int], n: int) -> Iterable[int]:
+    for i, h in enumerate(ids):
+        if i >= n:
+            return
+        yield h

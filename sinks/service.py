@@ -1,0 +1,154 @@
+"""The sink as a service: consume the events topic, write the lake, commit after durability.
+
+Lifecycle: ``start()`` loads the schema registry, joins consumer group
+``sink.group`` on the events topic and returns once consuming; ``stop()`` cuts
+every open file, writes it, commits and leaves the group (safe to call twice).
+If the background task dies (e.g. the lake is unreachable for good), ``failed``
+is set and the error logged; nothing acknowledged is lost, since the log keeps
+the records until a restart writes them.
+
+Partitions come and go through the rebalance listener: on assignment the
+partition's state is read from the lake and the consumer seeks to its resume
+offset (the group's committed offset is only informational); on revocation its
+open files are cut and written and the resume offset committed, so the next
+owner continues exactly there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from tripwire.config import Config
+from tripwire.log import EVENTS, Consumer, EventLog, TopicPartition
+
+from . import metrics
+from .config import SinkConfig, sink_config
+from .lake import Lake, open_lake
+from .writer import LakeWriter
+
+logger = logging.getLogger(__name__)
+
+_LAG_EVERY_S = 5.0
+
+
+class SinkService:
+    name = "sink"
+
+    def __init__(self, cfg: SinkConfig, log: EventLog, lake: Lake | None = None) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.lake = lake or open_lake(cfg.lake_url, cfg.storage_options() if cfg.is_s3 else None)
+        self.writer: LakeWriter | None = None
+        self.consumer: Consumer | None = None
+        self.failed = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = False
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self.writer = await asyncio.to_thread(LakeWriter, self.lake, self.cfg, EVENTS)
+        self.consumer = self.log.consumer(self.cfg.group, [EVENTS], self)
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run(), name="tripwire-sink")
+        self._task.add_done_callback(self._done)
+        logger.info("sink writing %s (partitioning %s)", _redact(self.cfg.lake_url), self.cfg.partitioning)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failed = True
+            logger.error("sink stopped on an error", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        if self._stopped or self._task is None:
+            return
+        self._stopped = True
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            await self._task
+        assert self.consumer is not None and self.writer is not None
+        try:
+            if not self.failed:
+                offsets = await asyncio.to_thread(self.writer.close)
+                await self._commit(offsets)
+        finally:
+            await self.consumer.stop()
+
+    # rebalance listener --------------------------------------------------------
+
+    async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        assert self.writer is not None
+        for tp in sorted(partitions):
+            if tp.topic != EVENTS:
+                continue
+            offset = await asyncio.to_thread(self.writer.assign, tp.partition)
+            consumer.seek(tp, offset)
+            logger.info("sink owns %s-%d from offset %d", tp.topic, tp.partition, offset)
+
+    async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        assert self.writer is not None
+        offsets = {}
+        for tp in sorted(partitions):
+            if tp.topic == EVENTS and tp.partition in self.writer.parts:
+                resume = await asyncio.to_thread(self.writer.revoke, tp.partition)
+                if resume is not None:
+                    offsets[tp.partition] = resume
+        with contextlib.suppress(Exception):  # informational: the lake state is authoritative
+            await self._commit(offsets, consumer)
+
+    # loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self.consumer is not None and self.writer is not None
+        cfg, writer = self.cfg, self.writer
+        poll_ms = int(max(50, min(1000, cfg.max_file_age_s * 500)))
+        tick_s = min(1.0, cfg.max_file_age_s / 2)
+        last_tick = last_lag = time.monotonic()
+        while not self._stopping:
+            records = await self.consumer.poll(timeout_ms=poll_ms, max_records=cfg.poll_max_records)
+            if records:
+                await asyncio.to_thread(writer.process, records)
+            now = time.monotonic()
+            tick = now - last_tick >= tick_s
+            if tick:
+                last_tick = now
+                await asyncio.to_thread(writer.seal_aged, now)
+            if tick or any(pw.sealed for pw in writer.parts.values()):
+                offsets = await asyncio.to_thread(writer.flush)
+                await self._commit(offsets)
+            metrics.OPEN_FILES.set(writer.open_files())
+            metrics.BUFFERED.set(writer.buffered_bytes())
+            if now - last_lag >= _LAG_EVERY_S:
+                last_lag = now
+                await self._lag()
+
+    async def _commit(self, offsets: dict[int, int], consumer: Consumer | None = None) -> None:
+        consumer = consumer or self.consumer
+        if offsets and consumer is not None:
+            await consumer.commit({TopicPartition(EVENTS, p): o for p, o in offsets.items()})
+
+    async def _lag(self) -> None:
+        assert self.writer is not None
+        try:
+            ends = await self.log.end_offsets(EVENTS)
+        except Exception:  # lag is best effort; the loop must not die for it
+            logger.debug("cannot read end offsets for the lag metric", exc_info=True)
+            return
+        for partition, pw in self.writer.parts.items():
+            metrics.LAG.labels(str(partition)).set(max(0, ends.get(partition, 0) - pw.position))
+
+
+def _redact(url: str) -> str:
+    return url.split("@", 1)[-1] if "://" in url else url
+
+
+def create_service(config: Config, log: EventLog) -> SinkService | None:
+    """The sink for ``tripwire run`` (None when ``sink.enabled`` is false)."""
+    cfg = sink_config(config)
+    if not cfg.enabled:
+        return None
+    return SinkService(cfg, log)
