@@ -66,6 +66,10 @@ class Lake(abc.ABC):
         """Every file below ``under`` whose name ends with ``suffix`` (sorted; hidden files excluded)."""
 
     @abc.abstractmethod
+    def sizes(self, under: str = "", suffix: str = "") -> dict[str, int]:
+        """Like ``list``, with each file's size in bytes."""
+
+    @abc.abstractmethod
     def delete(self, paths: Sequence[str]) -> None:
         """Remove ``paths``; missing ones are ignored."""
 
@@ -131,15 +135,19 @@ class LocalLake(Lake):
         return self._p(path).exists()
 
     def list(self, under: str = "", suffix: str = "") -> list[str]:
-        base = self._p(under)
-        out = []
-        for dirpath, dirnames, filenames in os.walk(base):
+        return sorted(self.sizes(under, suffix))
+
+    def sizes(self, under: str = "", suffix: str = "") -> dict[str, int]:
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(self._p(under)):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = os.path.relpath(dirpath, self.root)
             for name in filenames:
                 if name.endswith(suffix) and not name.startswith("."):
-                    out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
-        return sorted(out)
+                    with contextlib.suppress(FileNotFoundError):
+                        size = os.stat(os.path.join(dirpath, name)).st_size
+                        out[name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")] = size
+        return out
 
     def delete(self, paths: Sequence[str]) -> None:
         dirs = set()
@@ -264,23 +272,25 @@ class FsspecLake(Lake):
             raise LakeError(f"cannot stat {self.full(path)}: {exc}") from exc
 
     def list(self, under: str = "", suffix: str = "") -> list[str]:
+        return sorted(self.sizes(under, suffix))
+
+    def sizes(self, under: str = "", suffix: str = "") -> dict[str, int]:
         base = self._p(under)
         try:
             self.fs.invalidate_cache()
-            found = self.fs.find(base)
+            found = self.fs.find(base, detail=True)
         except FileNotFoundError:
-            return []
+            return {}
         except Exception as exc:
             raise LakeError(f"cannot list {self.full(under)}: {exc}") from exc
-        out = []
-        strip = len(self._root) + 1 if self._root else 0
-        for p in found:
-            p = p.lstrip("/") if not self._root.startswith("/") else p
-            rel = p[strip:]
+        out = {}
+        root = self._root.strip("/")
+        for p, info in found.items():
+            rel = p.strip("/")[len(root) :].lstrip("/") if root else p.strip("/")
             name = rel.rsplit("/", 1)[-1]
-            if rel.endswith(suffix) and not name.startswith("."):
-                out.append(rel)
-        return sorted(out)
+            if rel.endswith(suffix) and not name.startswith(".") and info.get("type") != "directory":
+                out[rel] = int(info.get("size") or 0)
+        return out
 
     def delete(self, paths: Sequence[str]) -> None:
         if not paths:
@@ -336,3 +346,14 @@ def _write_durable(target: Path, data: bytes, sync_dir: bool = True) -> None:
         raise
     if sync_dir:
         _fsync_dir(target.parent)
+
+
+def data_files(lake: Lake, under: str = "") -> dict[str, dict[str, int]]:
+    """Parquet data files by directory (``date=.../``), with sizes; the sink's own folder excluded."""
+    out: dict[str, dict[str, int]] = {}
+    for path, size in lake.sizes(under, ".parquet").items():
+        if path.startswith(SINK_DIR + "/") or "/" not in path:
+            continue
+        directory, name = path.rsplit("/", 1)
+        out.setdefault(directory, {})[name] = size
+    return out

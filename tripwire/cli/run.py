@@ -16,6 +16,7 @@ from tripwire.service import Service, run_services
 SERVICE_FACTORIES = [
     "collector.service:create_service",
     "rules.webhooks.service:create_service",
+    "sinks.service:create_service",
 ]
 
 

@@ -1,0 +1,164 @@
+"""``tripwire lake compact``: merge the small files of closed date partitions.
+
+A directory ``date=D`` (with ``hour=H`` below it under hourly partitioning) is
+*closed* once day ``D`` ended more than ``sink.compact_min_age_s`` ago; late
+events may still add files to it later and a later run merges those too.
+``--date D`` compacts that day whatever its age.
+
+In each directory the files smaller than ``target_bytes`` (two at least) are
+read, given the lake's current columns (new catalog columns are filled with
+nulls), sorted by event time and written as ``compact-<dir>-<digest>-<n>.parquet``
+files of at most ``compact_max_file_rows`` rows. The switch from inputs to
+outputs goes through :meth:`Lake.swap`: one directory exchange on local disk,
+so a reader sees the old files or the new ones and never both; on S3 the
+outputs are PUT and then the inputs deleted in one call. A journal
+``_tripwire_sink/jobs/compact-<digest>.json`` is written first, so a run that
+dies half-way is rolled forward (or back) by the next one, and the inputs are
+recorded as removed so a sink replaying a journaled cut does not bring one back.
+Row counts are checked before the switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .config import SinkConfig
+from .errors import SinkError
+from .lake import SINK_DIR, Lake, data_files
+from .schema import arrow_schema, decode_parquet, encode_parquet
+from .state import add_removed
+from .writer import load_promoted
+
+logger = logging.getLogger(__name__)
+
+JOBS = f"{SINK_DIR}/jobs"
+
+
+@dataclass
+class Compaction:
+    directory: str
+    inputs: list[str]
+    outputs: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+
+def closed_directories(directories: list[str], min_age_s: int, now_s: float | None = None) -> list[str]:
+    now_s = time.time() if now_s is None else now_s
+    out = []
+    for d in directories:
+        day = _day(d)
+        if day is not None and day.timestamp() + 86_400 + min_age_s <= now_s:
+            out.append(d)
+    return out
+
+
+def _day(directory: str) -> datetime | None:
+    head = directory.split("/", 1)[0]
+    if not head.startswith("date="):
+        return None
+    try:
+        return datetime.strptime(head[5:], "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def recover(lake: Lake) -> int:
+    """Finish or undo compactions a crash interrupted; returns how many were found."""
+    jobs = lake.list(JOBS, ".json")
+    for path in jobs:
+        data = lake.read(path)
+        if data is None:
+            continue
+        job = orjson.loads(data)
+        d = job["directory"]
+        outputs_there = all(lake.exists(f"{d}/{n}") for n in job["outputs"])
+        if outputs_there:
+            lake.delete([f"{d}/{n}" for n in job["inputs"]])
+            logger.info("compaction of %s finished after an interruption", d)
+        else:
+            lake.delete([f"{d}/{n}" for n in job["outputs"]])
+            logger.info("compaction of %s undone after an interruption", d)
+        lake.delete([path])
+    return len(jobs)
+
+
+def compact(lake: Lake, cfg: SinkConfig, *, date: str | None = None, target_bytes: int = 64 * 1024 * 1024,
+            now_s: float | None = None) -> list[Compaction]:
+    """Compact the closed directories (or every directory of ``date``); returns what was merged."""
+    recover(lake)
+    files = data_files(lake)
+    if date is not None:
+        dirs = [d for d in files if d == f"date={date}" or d.startswith(f"date={date}/")]
+    else:
+        dirs = closed_directories(sorted(files), cfg.compact_min_age_s, now_s)
+    schema = arrow_schema(load_promoted(lake, cfg))
+    done = []
+    for directory in sorted(dirs):
+        small = sorted(n for n, size in files[directory].items() if size < target_bytes)
+        if len(small) < 2:
+            continue
+        done.append(_compact_directory(lake, cfg, directory, small, files[directory], schema))
+    return done
+
+
+def _compact_directory(lake: Lake, cfg: SinkConfig, directory: str, inputs: list[str], sizes: dict[str, int],
+                       schema: pa.Schema) -> Compaction:
+    job = Compaction(directory, inputs, bytes_before=sum(sizes[n] for n in inputs))
+    tables = []
+    for name in inputs:
+        data = lake.read(f"{directory}/{name}")
+        if data is None:
+            raise SinkError(f"{lake.full(directory + '/' + name)} vanished during compaction; run it again")
+        tables.append(conform(decode_parquet(data), schema))
+    table = pa.concat_tables(tables)
+    job.rows = table.num_rows
+    table = table.sort_by([("timestamp", "ascending"), ("message_id", "ascending")])
+    digest = hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:16]
+    stem = directory.replace("/", "-").replace("=", "")
+    step = cfg.compact_max_file_rows
+    puts = {}
+    for i, start in enumerate(range(0, max(table.num_rows, 1), step)):
+        chunk = table.slice(start, step)
+        name = f"compact-{stem}-{digest}-{i:03d}.parquet"
+        puts[name] = encode_parquet(chunk, compression=cfg.compression, compression_level=cfg.compression_level,
+                                    row_group_rows=cfg.row_group_rows, metadata={"tripwire.compacted_from": str(len(inputs))})
+    check = sum(decode_parquet(b).num_rows for b in puts.values())
+    if check != job.rows:
+        raise SinkError(f"compaction of {directory} would write {check} rows for {job.rows}; nothing changed")
+    job.outputs = sorted(puts)
+    job.bytes_after = sum(len(b) for b in puts.values())
+    journal = f"{JOBS}/compact-{digest}.json"
+    lake.write(journal, orjson.dumps({"directory": directory, "inputs": inputs, "outputs": job.outputs}))
+    add_removed(lake, directory, set(inputs) - set(puts))
+    with lake.lock(directory, exclusive=True):
+        lake.swap(directory, puts, inputs)
+    lake.delete([journal])
+    logger.info("compacted %d files of %s into %d (%d rows)", len(inputs), directory, len(puts), job.rows)
+    return job
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns first (missing ones null), extra columns kept after."""
+    columns, fields = [], []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            columns.append(col if col.type == f.type else pc.cast(col, f.type, safe=False))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        fields.append(f)
+    for name in table.column_names:
+        if name not in schema.names:
+            columns.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))

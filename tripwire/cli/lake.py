@@ -1,0 +1,77 @@
+"""``tripwire lake compact|forget``: maintenance of the Parquet lake."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from tripwire.config import Config
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    lake = sub.add_parser("lake", help="maintain the Parquet lake (compaction, erasure)")
+    lake_sub = lake.add_subparsers(dest="lake_command", metavar="SUBCOMMAND", required=True)
+    c = lake_sub.add_parser("compact", help="merge the small files of closed date partitions")
+    c.add_argument("--date", metavar="YYYY-MM-DD", help="compact this day (default: every closed day)")
+    c.add_argument("--target-mb", type=int, default=64, help="files below this size are merged (default 64)")
+    c.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
+    c.set_defaults(handler=compact_command)
+    f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId)")
+    f.add_argument("--user", required=True, metavar="ID", help="the userId or anonymousId to erase")
+    f.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    f.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
+    f.set_defaults(handler=forget_command)
+
+
+def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from sinks.config import sink_config
+    from sinks.lake import open_lake
+
+    cfg = sink_config(config)
+    if args.lake:
+        cfg = replace(cfg, lake_url=args.lake)
+    return cfg, open_lake(cfg.lake_url, cfg.storage_options() if cfg.is_s3 else None)
+
+
+def compact_command(args: argparse.Namespace, config: Config) -> int:
+    from sinks.compact import compact
+    from sinks.errors import SinkError
+
+    if args.date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.date):
+        print(f"tripwire lake compact: --date {args.date!r} is not YYYY-MM-DD", file=sys.stderr)
+        return 2
+    cfg, lake = _open(args, config)
+    try:
+        done = compact(lake, cfg, date=args.date, target_bytes=args.target_mb * 1024 * 1024)
+    except SinkError as exc:
+        print(f"tripwire lake compact: {exc}", file=sys.stderr)
+        return 1
+    for job in done:
+        print(f"{job.directory}: {len(job.inputs)} files -> {len(job.outputs)} ({job.rows} rows, "
+              f"{job.bytes_before} -> {job.bytes_after} bytes)")
+    if not done:
+        print("nothing to compact")
+    return 0
+
+
+def forget_command(args: argparse.Namespace, config: Config) -> int:
+    from sinks.errors import SinkError
+    from sinks.forget import forget
+
+    cfg, lake = _open(args, config)
+    try:
+        report = forget(lake, cfg, args.user, dry_run=args.dry_run)
+    except (SinkError, ValueError) as exc:
+        print(f"tripwire lake forget: {exc}", file=sys.stderr)
+        return 1
+    verb = "would remove" if args.dry_run else "removed"
+    for path, n in sorted(report.rewritten.items()):
+        print(f"rewrote {path}: {verb} {n} row(s)")
+    for path, n in sorted(report.deleted.items()):
+        print(f"deleted {path}: {verb} {n} row(s), none left")
+    print(f"{report.files_scanned} files scanned, {verb} {report.rows_removed} row(s) "
+          f"in {len(report.rewritten) + len(report.deleted)} file(s)")
+    return 0

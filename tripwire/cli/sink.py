@@ -1,0 +1,36 @@
+"""``tripwire sink``: the Parquet sink on its own (scale-out: one or more per consumer group)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from tripwire.config import Config
+from tripwire.log import open_log
+from tripwire.service import run_services
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("sink", help="consume the events topic into the Parquet lake (sink.lake_url)")
+    p.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
+    p.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
+    p.set_defaults(handler=lambda args, config: asyncio.run(sink_command(args, config)))
+
+
+async def sink_command(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
+    from sinks.config import sink_config
+    from sinks.service import SinkService
+
+    cfg = sink_config(config)
+    if args.lake:
+        cfg = replace(cfg, lake_url=args.lake)
+    log = open_log(config, url=args.log)
+    await log.start()
+    service = SinkService(cfg, log)
+    try:
+        await run_services([service])
+    finally:
+        await log.stop()
+    return 1 if service.failed else 0
