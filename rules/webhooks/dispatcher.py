@@ -153,6 +153,10 @@ class Dispatcher:
             return
         self._started = True
         self._wake = asyncio.Event()
+        # httpx logs every request's full URL at INFO; webhook URLs often carry tokens.
+        httpx_logger = logging.getLogger("httpx")
+        if httpx_logger.level == logging.NOTSET:
+            httpx_logger.setLevel(logging.WARNING)
         self._store = AsyncStore(await asyncio.to_thread(Store, self._store_path))
         context = self._ssl_context or make_ssl_context(self._settings.ca_bundle)
         timeout = httpx.Timeout(self._settings.attempt_timeout_s)

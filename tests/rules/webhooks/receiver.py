@@ -61,6 +61,7 @@ class Receiver:
         self._certfile = certfile
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # recording -------------------------------------------------------------
 
@@ -82,8 +83,9 @@ class Receiver:
         reply = self.handler(received, n)
         if not isinstance(reply, Reply):
             reply = await reply
-        if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
+        deadline = time.monotonic() + reply.delay_s
+        while time.monotonic() < deadline and not self._closing.is_set():  # a hang ends when we stop
+            await asyncio.sleep(min(0.05, deadline - time.monotonic()))
         await Response(reply.body, reply.status, reply.headers)(scope, receive, send)
 
     # lifecycle -------------------------------------------------------------
@@ -99,6 +101,7 @@ class Receiver:
         return f"{scheme}://127.0.0.1:{self.port}/hook"
 
     def start(self) -> Receiver:
+        self._closing.clear()
         if self._sock is None:
             self._sock = bind_port()
         self._sock.listen(128)
@@ -120,6 +123,7 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        self._closing.set()
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=10)
