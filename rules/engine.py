@@ -89,7 +89,8 @@ class RuleState:
 
 
 class PartitionState:
-    __slots__ = ("partition", "max_t", "watermark", "states", "timers", "seen", "next_sweep", "dirty")
+    __slots__ = ("partition", "max_t", "watermark", "states", "timers", "seen", "next_sweep", "dirty", "new_seen",
+                 "seen_cutoff")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
@@ -99,7 +100,9 @@ class PartitionState:
         self.timers: list[tuple[int, str, str]] = []
         self.seen: dict[str, int] = {}
         self.next_sweep = NEG_INF
-        self.dirty: set[tuple[str, str]] = set()
+        self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
+        self.new_seen: list[tuple[str, int]] = []
+        self.seen_cutoff: int | None = None
 
 
 def parse_event_time(env: dict[str, Any]) -> int | None:
@@ -185,6 +188,8 @@ class Engine:
             self.stats.duplicates += 1
             return out
         ps.seen[mid] = t
+        if self.track_dirty:
+            ps.new_seen.append((mid, t))
         log_key = env.get("anonymousId") or env.get("userId")
         for rule, idxs in entries:
             key = env.get("anonymousId") if rule.by_anonymous_id else log_key
@@ -349,6 +354,8 @@ class Engine:
             cutoff = wm - horizon
             if ps.seen:
                 ps.seen = {m: t for m, t in ps.seen.items() if t >= cutoff}
+            if self.track_dirty:
+                ps.seen_cutoff = cutoff
             ps.next_sweep = wm + max(_SEEN_SWEEP_MIN_MS, horizon // 8)
 
     def _expire(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, wm: int, out: list[Match]) -> None:
@@ -394,6 +401,17 @@ class Engine:
             if ps.timers and (best is None or ps.timers[0][0] < best):
                 best = ps.timers[0][0]
         return None if best is None else best + self.lateness
+
+    def take_changes(self, p: int) -> tuple[list[tuple[str, str, bytes | None]], list[tuple[str, int]], int | None]:
+        """(changed states encoded or None when gone, new messageIds, messageId cutoff) since the last call."""
+        ps = self.partition(p)
+        states = []
+        for sk in ps.dirty:
+            rs = ps.states.get(sk)
+            states.append((sk[0], sk[1], None if rs is None else self.encode_state(rs)))
+        seen, cutoff = ps.new_seen, ps.seen_cutoff
+        ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
+        return states, seen, cutoff
 
     # snapshots -------------------------------------------------------------------
 

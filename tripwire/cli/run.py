@@ -15,6 +15,7 @@ from tripwire.service import Service, run_services
 # stopped in reverse: the collector stops taking requests first.
 SERVICE_FACTORIES = [
     "collector.service:create_service",
+    "rules.service:create_service",
     "rules.webhooks.service:create_service",
     "sinks.service:create_service",
 ]

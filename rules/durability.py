@@ -1,0 +1,138 @@
+"""How the service keeps engine state durable: embedded (SQLite + outbox) or Kafka (checkpoints).
+
+Both expose the same four steps to :class:`rules.service.RulesService`:
+``restore(p) -> offset`` when a partition is assigned, ``save(positions,
+triggers)`` after every processed batch, ``revoke(p)`` before a partition goes
+away, and ``close()``. See :mod:`rules.state` for what is stored and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+import orjson
+
+from tripwire.log import EVENTS, TRIGGERS, EventLog
+
+from .engine import Engine
+from .state import CheckpointStore, PartitionDelta, SqliteStateStore
+
+logger = logging.getLogger(__name__)
+
+TriggerRow = tuple[str, bytes | None, bytes]  # (trigger id, key, Trigger JSON)
+
+
+class EmbeddedDurability:
+    def __init__(self, engine: Engine, log: EventLog, store: SqliteStateStore) -> None:
+        self.engine = engine
+        self.log = log
+        self.store = store
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.store.open)
+        await self._recover_outbox()
+
+    async def restore(self, p: int) -> int | None:
+        loaded = await asyncio.to_thread(self.store.load, p)
+        self.engine.load_partition(
+            p, loaded.max_t, loaded.watermark, loaded.seen,
+            ((sk, self.engine.decode_state(data)) for sk, data in loaded.states),
+        )
+        return loaded.offset
+
+    async def save(self, positions: Mapping[int, int], triggers: Sequence[TriggerRow]) -> None:
+        deltas = []
+        for p, offset in positions.items():
+            states, seen, cutoff = self.engine.take_changes(p)
+            max_t, wm = self.engine.meta_of(p)
+            deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff))
+        await asyncio.to_thread(self.store.commit, deltas, triggers)
+        if triggers:
+            await self._forward()
+
+    async def revoke(self, p: int, offset: int | None) -> None:
+        if offset is not None:
+            await self.save({p: offset}, [])
+
+    async def _forward(self) -> None:
+        rows = await asyncio.to_thread(self.store.outbox)
+        if not rows:
+            return
+        await self.log.append(TRIGGERS, [(key, value) for _, _, key, value in rows])
+        marks = await self.log.end_offsets(TRIGGERS)
+        await asyncio.to_thread(self.store.forwarded, [r[0] for r in rows], marks)
+
+    async def _recover_outbox(self) -> None:
+        """Drop outbox rows that reached the topic before a crash; forward the rest."""
+        rows = await asyncio.to_thread(self.store.outbox)
+        if not rows:
+            return
+        marks = await asyncio.to_thread(self.store.marks)
+        present: set[str] = set()
+        for p, end in (await self.log.end_offsets(TRIGGERS)).items():
+            pos = marks.get(p, 0)
+            while pos < end:
+                batch = await self.log.read(TRIGGERS, p, pos, 1000)
+                if not batch:
+                    break
+                for record in batch:
+                    try:
+                        present.add(orjson.loads(record.value)["id"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        pass
+                pos = batch[-1].offset + 1
+        done = [seq for seq, tid, _, _ in rows if tid in present]
+        if done:
+            logger.info("%d trigger(s) had reached the triggers topic before a restart; not sent again", len(done))
+            await asyncio.to_thread(self.store.forwarded, done, {})
+        await self._forward()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+
+class CheckpointDurability:
+    def __init__(self, engine: Engine, log: EventLog, store: CheckpointStore, interval_ms: int) -> None:
+        self.engine = engine
+        self.log = log
+        self.store = store
+        self.interval_s = interval_ms / 1000
+        self._last = time.monotonic()
+        self._positions: dict[int, int] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def restore(self, p: int) -> int | None:
+        got = await asyncio.to_thread(self.store.load, EVENTS, p)
+        if got is None:
+            self.engine.restore_partition(p, None)
+            return None
+        offset, snapshot = got
+        self.engine.restore_partition(p, snapshot)
+        logger.info("partition %d restored from checkpoint at offset %d (%d pending states)", p, offset, len(self.engine.partition(p).states))
+        return offset
+
+    async def save(self, positions: Mapping[int, int], triggers: Sequence[TriggerRow]) -> None:
+        if triggers:
+            # Produced before the checkpoint covering them: a crash re-produces, never loses.
+            await self.log.append(TRIGGERS, [(key, value) for _, key, value in triggers])
+        self._positions.update(positions)
+        if time.monotonic() - self._last >= self.interval_s:
+            await self._checkpoint(dict(positions))
+
+    async def _checkpoint(self, positions: Mapping[int, int]) -> None:
+        for p, offset in positions.items():
+            snapshot = self.engine.snapshot_partition(p)
+            await asyncio.to_thread(self.store.save, EVENTS, p, offset, snapshot)
+        self._last = time.monotonic()
+
+    async def revoke(self, p: int, offset: int | None) -> None:
+        if offset is not None:
+            await self._checkpoint({p: offset})
+
+    async def close(self) -> None:
+        return None

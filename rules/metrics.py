@@ -1,0 +1,17 @@
+"""Prometheus metrics of the rules engine (default registry, exposed by the collector's /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+EVENTS = Counter("tripwire_rules_events", "Events read by the rules engine")
+LATE = Counter("tripwire_rules_late_events", "Events older than the watermark (not matched; they still reach the lake)")
+DUPLICATES = Counter("tripwire_rules_duplicate_events", "Events whose messageId was already matched")
+TRIGGERS = Counter("tripwire_rules_triggers", "Triggers written to the triggers topic", ["rule"])
+SUPPRESSED = Counter("tripwire_rules_suppressed", "Complete matches suppressed by `at most ... per`", ["rule"])
+ERRORS = Counter("tripwire_rules_errors", "Events or rules that could not be evaluated (bad JSON, bad time, ...)")
+RELOAD_ERRORS = Counter("tripwire_rules_reload_errors", "Rule files that failed to compile on (re)load", ["file"])
+BROKEN_FILES = Gauge("tripwire_rules_broken_files", "Rule files currently rejected (their previous version runs)")
+RULES = Gauge("tripwire_rules_loaded", "Rules currently running")
+PENDING = Gauge("tripwire_rules_pending_states", "(rule, key) states held in memory")
+WATERMARK_LAG = Gauge("tripwire_rules_watermark_lag_seconds", "Wall clock minus the lowest partition watermark")

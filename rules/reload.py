@@ -1,0 +1,101 @@
+"""Loading the rules directory, and reloading it while the engine runs.
+
+:meth:`RuleSet.scan` re-reads ``*.rules`` files whose size, mtime or content
+changed. A file that compiles replaces its previous rules; a file with errors
+is reported (log + ``tripwire_rules_reload_errors``) and its previous version
+keeps running; a deleted file's rules stop. Rules are identified by a
+fingerprint of their meaning, so an unchanged rule keeps its engine state even
+when its file was edited elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import metrics
+from .compiler import build_plan, compile_text
+from .errors import Diagnostic
+from .plan import Plan, RulePlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _File:
+    stamp: tuple[int, int]
+    digest: str
+    plans: list[RulePlan]
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    broken: bool = False
+
+
+class RuleSet:
+    def __init__(self, directory: Path, endpoints: Iterable[str] | None = None, endpoint_severity: str = "warning") -> None:
+        self.directory = Path(directory)
+        self.endpoints = None if endpoints is None else set(endpoints)
+        self.endpoint_severity = endpoint_severity
+        self._files: dict[Path, _File] = {}
+        self.plan: Plan = Plan.build(())
+        self.generation = 0
+
+    def broken(self) -> dict[str, list[Diagnostic]]:
+        return {str(p): f.diagnostics for p, f in self._files.items() if f.broken}
+
+    def scan(self) -> bool:
+        """Pick up changes; True when the plan changed."""
+        try:
+            paths = sorted(p for p in self.directory.glob("*.rules") if p.is_file())
+        except OSError:
+            paths = []
+        changed = False
+        for gone in set(self._files) - set(paths):
+            logger.info("rule file %s removed; its rules stop", gone)
+            del self._files[gone]
+            changed = True
+        for path in paths:
+            try:
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+                old = self._files.get(path)
+                if old is not None and old.stamp == stamp:
+                    continue
+                data = path.read_bytes()
+            except OSError as exc:
+                logger.warning("rule file %s cannot be read: %s", path, exc)
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if old is not None and old.digest == digest:
+                old.stamp = stamp
+                continue
+            text = data.decode("utf-8", "replace")
+            plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints, endpoint_severity=self.endpoint_severity)
+            errors = [d for d in diagnostics if d.severity == "error"]
+            for d in diagnostics:
+                if d.severity == "warning":
+                    logger.warning("%s", d.headline())
+            if errors:
+                metrics.RELOAD_ERRORS.labels(file=path.name).inc()
+                for d in errors:
+                    logger.error("rule file rejected, previous version keeps running: %s", d.headline())
+                if old is None:
+                    self._files[path] = _File(stamp, digest, [], diagnostics, broken=True)
+                else:
+                    old.stamp, old.digest, old.diagnostics, old.broken = stamp, digest, diagnostics, True
+                continue
+            if old is None or [p.uid for p in old.plans] != [p.uid for p in plans] or old.broken:
+                changed = True
+            logger.info("rule file %s loaded: %d rule(s)", path, len(plans))
+            self._files[path] = _File(stamp, digest, plans, diagnostics)
+        if changed or self.generation == 0:
+            plan, dups = build_plan([f.plans for _, f in sorted(self._files.items())])
+            for d in dups:
+                logger.error("%s", d.headline())
+            self.plan = plan
+            self.generation += 1
+        metrics.BROKEN_FILES.set(sum(1 for f in self._files.values() if f.broken))
+        metrics.RULES.set(len(self.plan.rules))
+        return changed

@@ -1,0 +1,256 @@
+"""The rules engine as a service: consume events, match, write triggers, keep state durable.
+
+Lifecycle: ``start()`` compiles the rules directory, opens the state store and
+joins the consumer group (embedded: every partition; Kafka: a share of them),
+then runs one background task. ``stop()`` stops the task, saves the state of
+every partition and leaves the group (safe to call twice). If the task dies,
+``failed`` is set and the error logged.
+
+Each loop turn polls at most ``max_records`` events (waiting no longer than the
+next timer's deadline), matches them, lets the watermark follow the wall clock
+when the log is drained, turns matches into :class:`~tripwire.triggers.Trigger`
+records, and saves state + offsets + triggers (see :mod:`rules.durability`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from tripwire.config import Config
+from tripwire.envelope import format_time_ms
+from tripwire.log import EVENTS, Consumer, EventLog, LogError, TopicPartition
+from tripwire.triggers import Trigger, trigger_id
+
+from . import metrics
+from .config import RulesConfig, checkpoint_url, rules_config, rules_dir
+from .durability import CheckpointDurability, EmbeddedDurability, TriggerRow
+from .engine import Engine, EngineStats, Match
+from .reload import RuleSet
+from .state import CheckpointStore, SqliteStateStore
+
+logger = logging.getLogger(__name__)
+
+
+def endpoint_policy(config: Config) -> tuple[set[str], str]:
+    """Configured endpoint names, and how a rule posting elsewhere is reported.
+
+    With a config file (or any endpoint configured) an unknown endpoint is an
+    error; with neither it is a warning, so rules can be written before the
+    endpoints exist.
+    """
+    from tripwire.triggers import endpoints
+
+    names = set(endpoints(config))
+    severity = "error" if (config.source_path is not None or names) else "warning"
+    return names, severity
+
+
+class RulesService:
+    name = "rules"
+
+    def __init__(self, log: EventLog, ruleset: RuleSet, rc: RulesConfig, durability_kind: str, *,
+                 state_path: Any = None, checkpoint: CheckpointStore | None = None) -> None:
+        self.log = log
+        self.ruleset = ruleset
+        self.rc = rc
+        self.engine = Engine(ruleset.plan, rc.allowed_lateness_ms, track_dirty=durability_kind == "embedded",
+                             dedup_window_ms=rc.dedup_window_ms)
+        self.kind = durability_kind
+        if durability_kind == "embedded":
+            self.durability: EmbeddedDurability | CheckpointDurability = EmbeddedDurability(
+                self.engine, log, SqliteStateStore(state_path, rc.group))
+        else:
+            assert checkpoint is not None
+            self.durability = CheckpointDurability(self.engine, log, checkpoint, rc.checkpoint_interval_ms)
+        self.failed = False
+        self.triggers_written = 0
+        self._consumer: Consumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._assigned: set[int] = set()
+        self._positions: dict[int, int] = {}
+        self._stopping = False
+        self._last_reload = time.monotonic()
+        self._seen_stats = EngineStats()
+
+    # lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self.ruleset.scan()
+        self.engine.set_plan(self.ruleset.plan)
+        await self.durability.open()
+        self._consumer = self.log.consumer(self.rc.group, [EVENTS], listener=self)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="tripwire-rules")
+        self._task.add_done_callback(self._done)
+        logger.info("rules engine started (%s state, %d rule(s))", self.kind, len(self.ruleset.plan.rules))
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failed = True
+            logger.error("rules engine stopped by an error", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, timeout=5)
+            if not self._task.done():
+                self._task.cancel()
+        if self._consumer is not None:
+            with contextlib.suppress(LogError):
+                await self._consumer.stop()  # revokes: saves every partition
+        await self.durability.close()
+
+    # rebalance listener ----------------------------------------------------------
+
+    async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in sorted(partitions):
+                if tp.topic != EVENTS:
+                    continue
+                offset = await self.durability.restore(tp.partition)
+                self._assigned.add(tp.partition)
+                if offset is not None:
+                    consumer.seek(tp, offset)
+                    self._positions[tp.partition] = offset
+                else:
+                    self._positions.pop(tp.partition, None)
+            logger.info("partitions assigned: %s", sorted(p.partition for p in partitions))
+
+    async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in sorted(partitions):
+                if tp.topic != EVENTS or tp.partition not in self._assigned:
+                    continue
+                try:
+                    await self.durability.revoke(tp.partition, self._positions.get(tp.partition))
+                except Exception:  # noqa: BLE001 - the next owner replays from the last good save
+                    logger.exception("state of partition %d could not be saved on revoke", tp.partition)
+                self._assigned.discard(tp.partition)
+                self._positions.pop(tp.partition, None)
+                self.engine.drop_partition(tp.partition)
+            logger.info("partitions revoked: %s", sorted(p.partition for p in partitions))
+
+    # the loop ------------------------------------------------------------------------
+
+    def _poll_timeout_ms(self) -> int:
+        limit = min(1000, self.rc.reload_interval_ms)
+        nxt = self.engine.next_wake_ms()
+        if nxt is None:
+            return limit
+        return int(max(0, min(limit, nxt - time.time() * 1000 + 1)))
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while not self._stopping:
+            try:
+                records = await self._consumer.poll(self._poll_timeout_ms(), self.rc.max_records)
+            except LogError as exc:
+                logger.warning("rules engine cannot read the event log: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            async with self._lock:
+                await self._handle(records)
+            if time.monotonic() - self._last_reload >= self.rc.reload_interval_ms / 1000:
+                self._last_reload = time.monotonic()
+                await self.reload()
+
+    async def reload(self) -> bool:
+        changed = await asyncio.to_thread(self.ruleset.scan)
+        if changed:
+            async with self._lock:
+                self.engine.set_plan(self.ruleset.plan)
+            logger.info("rules reloaded: %d rule(s)", len(self.ruleset.plan.rules))
+        return changed
+
+    async def _handle(self, records: Sequence[Any]) -> None:
+        engine = self.engine
+        matches: list[Match] = []
+        envs: dict[tuple[int, int], dict[str, Any]] = {}
+        for r in records:
+            if r.topic != EVENTS or r.partition not in self._assigned:
+                continue
+            self._positions[r.partition] = r.offset + 1
+            try:
+                env = orjson.loads(r.value)
+            except orjson.JSONDecodeError:
+                engine.stats.errors += 1
+                continue
+            if not isinstance(env, dict):
+                engine.stats.errors += 1
+                continue
+            envs[(r.partition, r.offset)] = env
+            matches.extend(engine.process(r.partition, r.offset, env))
+        drained = not records or (self.kind == "embedded" and len(records) < self.rc.max_records)
+        if drained:
+            matches.extend(engine.advance_wall(int(time.time() * 1000), sorted(self._assigned)))
+        triggers = await self._to_triggers(matches, envs)
+        positions = {p: self._positions[p] for p in self._assigned if p in self._positions}
+        if records or triggers or drained:
+            await self.durability.save(positions, triggers)
+        self.triggers_written += len(triggers)
+        self._export_metrics(matches)
+
+    def _export_metrics(self, matches: list[Match]) -> None:
+        s, last = self.engine.stats, self._seen_stats
+        metrics.EVENTS.inc(s.events - last.events)
+        metrics.LATE.inc(s.late - last.late)
+        metrics.DUPLICATES.inc(s.duplicates - last.duplicates)
+        metrics.ERRORS.inc(s.errors - last.errors)
+        self._seen_stats = EngineStats(**vars(s))
+        for m in matches:
+            metrics.TRIGGERS.labels(rule=m.rule.name).inc()
+        metrics.PENDING.set(self.engine.pending())
+
+    async def _to_triggers(self, matches: list[Match], envs: dict[tuple[int, int], dict[str, Any]]) -> list[TriggerRow]:
+        rows = []
+        for m in matches:
+            events = [envs.get((p, off)) or await self._read_event(p, off, mid, t) for mid, t, p, off, _ in m.events]
+            trig = Trigger(
+                id=trigger_id(m.rule.name, m.key, m.message_ids), rule=m.rule.name, endpoint=m.rule.endpoint,
+                key=m.key, fired_at=format_time_ms(m.fired_at_ms), events=events, payload=m.payload,
+            )
+            rows.append((trig.id, m.key.encode(), trig.to_json()))
+        return rows
+
+    async def _read_event(self, p: int, offset: int, mid: str, t: int) -> dict[str, Any]:
+        """The full envelope of a matched event (state keeps only what the rule needs)."""
+        try:
+            got = await self.log.read(EVENTS, p, offset, 1)
+            if got and got[0].offset == offset:
+                env = orjson.loads(got[0].value)
+                if isinstance(env, dict) and env.get("messageId") == mid:
+                    return env
+        except (LogError, orjson.JSONDecodeError):
+            pass
+        return {"messageId": mid, "timestamp": format_time_ms(t)}  # no longer in the log (retention)
+
+
+def build_service(config: Config, log: EventLog, *, kind: str | None = None) -> RulesService:
+    rc = rules_config(config)
+    names, severity = endpoint_policy(config)
+    ruleset = RuleSet(rules_dir(config, rc), names, severity)
+    kind = kind or ("kafka" if config.log.backend == "kafka" else "embedded")
+    if kind == "embedded":
+        return RulesService(log, ruleset, rc, "embedded", state_path=config.data_dir / "rules-state.db")
+    store = CheckpointStore(checkpoint_url(config, rc), rc.group, rc.storage_options)
+    return RulesService(log, ruleset, rc, "kafka", checkpoint=store)
+
+
+def create_service(config: Config, log: EventLog) -> RulesService | None:
+    """``tripwire run``: the engine next to the collector (embedded state with the SQLite log)."""
+    if not rules_config(config).enabled:
+        return None
+    return build_service(config, log)

@@ -1,0 +1,152 @@
+"""The engine as a service on the embedded SQLite log: triggers, restart, reload, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from rules.service import build_service
+from tripwire.config import from_dict
+from tripwire.envelope import format_time_ms
+from tripwire.log import EVENTS, TRIGGERS
+from tripwire.log.sqlite import SqliteLog
+from tripwire.triggers import Trigger, trigger_id
+
+ABANDONED = """
+rule "abandoned cart"
+  when AddToCart as cart where cart.properties.price >= 20
+  then no Checkout within 1s
+  post crm with { sku: cart.properties.sku }
+"""
+BOUGHT = 'rule "bought" when AddToCart as a then Checkout within 1m post crm with { sku: a.properties.sku }\n'
+
+
+def config_for(tmp_path: Path, **rules: Any) -> Any:
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir(exist_ok=True)
+    return from_dict({
+        "data_dir": str(tmp_path / "data"),
+        "rules": {"dir": str(rules_dir), "allowed_lateness_ms": 300, "reload_interval_ms": 100, **rules},
+        "endpoints": {"crm": {"url": "http://127.0.0.1:9/hook"}},
+    })
+
+
+def event(name: str, key: str, mid: str, at_ms: int | None = None, **props: Any) -> tuple[bytes, bytes]:
+    env = {"type": "track", "event": name, "anonymousId": key, "messageId": mid,
+           "timestamp": format_time_ms(at_ms if at_ms is not None else int(time.time() * 1000)), "properties": props}
+    return key.encode(), orjson.dumps(env)
+
+
+async def triggers(log: SqliteLog) -> list[Trigger]:
+    out = []
+    for p, end in (await log.end_offsets(TRIGGERS)).items():
+        out.extend(Trigger.from_json(r.value) for r in await log.read(TRIGGERS, p, 0, end or 1))
+    return sorted(out, key=lambda t: t.fired_at)
+
+
+async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_absence_fires_on_the_wall_clock_with_full_envelopes(tmp_path: Path, sqlite_log: SqliteLog) -> None:
+    config = config_for(tmp_path)
+    (tmp_path / "rules" / "cart.rules").write_text(ABANDONED)
+    service = build_service(config, sqlite_log)
+    await service.start()
+    try:
+        await sqlite_log.append(EVENTS, [event("AddToCart", "u1", "m1", price=25, sku="S1"),
+                                         event("AddToCart", "u2", "m2", price=25, sku="S2"),
+                                         event("Checkout", "u2", "m3")])
+
+        async def one() -> bool:
+            return len(await triggers(sqlite_log)) >= 1
+        await wait_for(one)
+        await asyncio.sleep(0.3)
+        (t,) = await triggers(sqlite_log)
+        assert t.id == trigger_id("abandoned cart", "u1", ["m1"])
+        assert t.endpoint == "crm" and t.key == "u1" and t.payload == {"sku": "S1"}
+        assert t.events[0]["properties"] == {"price": 25, "sku": "S1"}  # the whole envelope, read back
+    finally:
+        await service.stop()
+
+
+async def test_restart_resumes_pending_timer_without_duplicates(tmp_path: Path, sqlite_log: SqliteLog) -> None:
+    config = config_for(tmp_path)
+    (tmp_path / "rules" / "r.rules").write_text(ABANDONED.replace("within 1s", "within 2s") + BOUGHT)
+    service = build_service(config, sqlite_log)
+    await service.start()
+    await sqlite_log.append(EVENTS, [event("AddToCart", "u1", "m1", price=25, sku="S1"),
+                                     event("AddToCart", "u3", "m4", price=25, sku="S3")])
+    await sqlite_log.append(EVENTS, [event("Checkout", "u3", "m5")])
+
+    async def bought() -> bool:
+        return len(await triggers(sqlite_log)) >= 1
+    await wait_for(bought)
+    await service.stop()  # the absence timer of u1 is pending
+
+    service = build_service(config, sqlite_log)
+    await service.start()
+    try:
+        async def both() -> bool:
+            return len(await triggers(sqlite_log)) >= 2
+        await wait_for(both)
+        # the same events again (a client retry) never make a second trigger
+        await sqlite_log.append(EVENTS, [event("AddToCart", "u3", "m4", price=25, sku="S3"),
+                                         event("Checkout", "u3", "m5")])
+        await asyncio.sleep(3)
+        got = await triggers(sqlite_log)
+        assert sorted(t.rule for t in got) == ["abandoned cart", "bought"]
+        assert service.engine.stats.duplicates == 2
+    finally:
+        await service.stop()
+
+
+async def test_hot_reload_keeps_state_of_unchanged_rules_and_survives_a_broken_file(tmp_path: Path, sqlite_log: SqliteLog) -> None:
+    from rules import metrics
+
+    config = config_for(tmp_path)
+    rules_dir = tmp_path / "rules"
+    (rules_dir / "a.rules").write_text(BOUGHT)
+    (rules_dir / "b.rules").write_text('rule "signup" when Signup post crm\n')
+    service = build_service(config, sqlite_log)
+    await service.start()
+    try:
+        await sqlite_log.append(EVENTS, [event("AddToCart", "u1", "m1", sku="S1")])
+
+        async def pending() -> bool:
+            return service.engine.pending() == 1
+        await wait_for(pending)
+        errors_before = metrics.RELOAD_ERRORS.labels(file="a.rules")._value.get()
+        # edit another file: the pending AddToCart of "bought" survives
+        (rules_dir / "b.rules").write_text('rule "signup" when Signup where properties.plan == "pro" post crm\n')
+        # break the file of "bought": its previous version keeps running
+        (rules_dir / "a.rules").write_text(BOUGHT + 'rule "oops" when A then B post crm\n')
+
+        async def reloaded() -> bool:
+            return "signup" in {r.name for r in service.ruleset.plan.rules} and bool(service.ruleset.broken())
+        await wait_for(reloaded)
+        assert metrics.RELOAD_ERRORS.labels(file="a.rules")._value.get() == errors_before + 1
+        await sqlite_log.append(EVENTS, [event("Checkout", "u1", "m2"), event("Signup", "u1", "m3", plan="free"),
+                                         event("Signup", "u1", "m4", plan="pro")])
+
+        async def fired() -> bool:
+            return len(await triggers(sqlite_log)) >= 2
+        await wait_for(fired)
+        got = await triggers(sqlite_log)
+        assert sorted(t.rule for t in got) == ["bought", "signup"]
+        assert [t.events[-1]["messageId"] for t in got if t.rule == "signup"] == ["m4"]
+        # fix the file: the new rule runs too
+        (rules_dir / "a.rules").write_text(BOUGHT + 'rule "ok" when A then B within 1m post crm\n')
+
+        async def fixed() -> bool:
+            return "ok" in {r.name for r in service.ruleset.plan.rules} and not service.ruleset.broken()
+        await wait_for(fixed)
+    finally:
+        await service.stop()
