@@ -30,6 +30,27 @@ from .base import Consumer, LogClosed, LogUnavailable, RebalanceListener, Record
 logger = logging.getLogger(__name__)
 
 
+def _leave_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
+    """Make ``stop()`` send LeaveGroup also for generation 0.
+
+    tansu numbers group generations from 0 while aiokafka only leaves a group
+    from generation 1 up; without this the first member of a group never leaves,
+    and the others wait a whole session timeout before they get its partitions.
+    The generation is read only after the heartbeat task has stopped.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    leave = getattr(coordinator, "_maybe_leave_group", None)
+    if coordinator is None or leave is None:
+        return
+
+    async def maybe_leave_group() -> None:
+        if coordinator.generation == 0 and coordinator.member_id:
+            coordinator.generation = 1
+        await leave()
+
+    coordinator._maybe_leave_group = maybe_leave_group
+
+
 class _Bridge(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: KafkaConsumer) -> None:
         self._owner = owner
@@ -118,6 +139,7 @@ class KafkaConsumer(Consumer):
             if self._assignment:
                 await self._revoked(set(self._assignment))
         finally:
+            _leave_at_generation_zero(consumer)
             await consumer.stop()
 
     def _require(self) -> AIOKafkaConsumer:

@@ -1,0 +1,1 @@
+from tests.fixtures.tansu import tansu, tansu_durable  # noqa: F401
