@@ -1,0 +1,101 @@
+"""``tripwire config show|check``: the effective configuration, every key with its value.
+
+Secrets (write keys, webhook secrets, S3 credentials, the PII salt) are masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+from typing import Any
+
+from tripwire.config import Config, ConfigError
+
+# Section name -> "module:Dataclass" (read with Config.section).
+SECTIONS = {
+    "server": "tripwire.config:ServerConfig",
+    "log": "tripwire.config:LogConfig",
+    "collector": "collector.config:CollectorConfig",
+    "rules": "rules.config:RulesConfig",
+    "webhooks": "rules.webhooks.config:WebhooksConfig",
+    "sink": "sinks.config:SinkConfig",
+}
+SECRET_WORDS = ("secret", "key", "salt", "password", "token")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cmd = sub.add_parser("config", help="show or check the effective configuration")
+    cmd_sub = cmd.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    show = cmd_sub.add_parser("show", help="print every key with its effective value as TOML (secrets masked)")
+    show.set_defaults(handler=show_command)
+    check = cmd_sub.add_parser("check", help="validate every section; exit 1 with the error otherwise")
+    check.set_defaults(handler=check_command)
+
+
+def sections(config: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, spec in SECTIONS.items():
+        module, _, cls = spec.partition(":")
+        out[name] = config.section(name, getattr(importlib.import_module(module), cls))
+    return out
+
+
+def _mask(key: str, value: Any) -> Any:
+    if isinstance(value, str) and value and any(w in key for w in SECRET_WORDS) and not key.endswith("_path"):
+        return "***"
+    return value
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def _key(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").isalnum() else _toml(name)
+
+
+def render(config: Config) -> str:
+    lines = [f"data_dir = {_toml(str(config.data_dir))}", ""]
+    for name, section in sections(config).items():
+        lines.append(f"[{name}]")
+        for f in dataclasses.fields(section):
+            lines.append(f"{f.name} = {_toml(_mask(f.name, getattr(section, f.name)))}")
+        lines.append("")
+    for table in ("sources", "endpoints"):
+        for name, values in config.table(table).items():
+            lines.append(f"[{table}.{_key(name)}]")
+            for k, v in dict(values).items():
+                lines.append(f"{k} = {_toml(_mask(k, v))}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def show_command(args: argparse.Namespace, config: Config) -> int:
+    sys.stdout.write(render(config))
+    return 0
+
+
+def check_command(args: argparse.Namespace, config: Config) -> int:
+    try:
+        sections(config)
+        from collector.config import load_sources
+        from tripwire.triggers import endpoints
+
+        load_sources(config)
+        endpoints(config)
+    except ConfigError as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
+        return 1
+    print(f"config ok ({config.source_path or 'defaults and environment'})")
+    return 0
