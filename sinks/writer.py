@@ -64,7 +64,7 @@ def directory_for(ts: object, partitioning: str) -> tuple[str, int] | None:
         return None
     if partitioning == "date":
         return f"date={text[:10]}", ms
-    return f"date={text[:10]}/hour={text[11:13]}", ms
+    return f"date={text[:10]}/hour={int(text[11:13])}", ms  # unpadded: DuckDB types it BIGINT
 
 
 def load_promoted(lake: Lake, cfg: SinkConfig) -> list[Promoted]:
