@@ -1,0 +1,104 @@
+"""Each rule in plain English, including how it matches (``tripwire rules explain``)."""
+
+from __future__ import annotations
+
+from . import ast
+from .plan import RulePlan
+
+_OPS = {"==": "is", "!=": "is not", "<": "is less than", "<=": "is at most", ">": "is more than", ">=": "is at least"}
+_UNITS = [(86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"), (1000, "second"), (1, "millisecond")]
+
+
+def duration(ms: int) -> str:
+    for size, name in _UNITS:
+        if ms % size == 0:
+            n = ms // size
+            return f"{n} {name}{'s' if n != 1 else ''}"
+    return f"{ms} milliseconds"
+
+
+def _value(v: object) -> str:
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return str(v)
+
+
+def _operand(node: ast.Operand) -> str:
+    return str(node) if isinstance(node, ast.Path) else _value(node.value)
+
+
+def expr(node: ast.Expr) -> str:
+    if isinstance(node, ast.And):
+        return f"{expr(node.left)} and {expr(node.right)}"
+    if isinstance(node, ast.Or):
+        return f"({expr(node.left)} or {expr(node.right)})"
+    if isinstance(node, ast.Not):
+        return f"it is not true that {expr(node.operand)}"
+    if isinstance(node, ast.Compare):
+        return f"{_operand(node.left)} {_OPS[node.op]} {_operand(node.right)}"
+    if isinstance(node, ast.InList):
+        values = ", ".join(_value(v.value) for v in node.values)
+        return f"{_operand(node.operand)} is {'not ' if node.negated else ''}one of [{values}]"
+    if isinstance(node, ast.StringOp):
+        return f"{_operand(node.left)} {node.op.replace('starts with', 'starts with').replace('ends with', 'ends with')} {_operand(node.right)}"
+    if isinstance(node, ast.Exists):
+        return f"{_operand(node.operand)} is {'missing' if node.negated else 'present'}"
+    raise TypeError(node)  # pragma: no cover
+
+
+def _event(name: str) -> str:
+    if name.startswith("$"):
+        return f"a {name[1:]} call"
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name} event"
+
+
+def explain(plan: RulePlan) -> str:
+    rule = plan.rule
+    lines = [f'Rule "{plan.name}" ({plan.file}:{plan.line})']
+    key = "anonymousId (events without one are ignored)" if plan.by_anonymous_id else "visitor (anonymousId, or userId when there is none)"
+    steps = rule.steps
+    for i, step in enumerate(steps):
+        what = _event(step.event) if step.count == 1 else f"at least {step.count} {step.event} events"
+        cond = f" where {expr(step.where)}" if step.where is not None else ""
+        named = f' (called "{step.alias}")' if step.alias else ""
+        if i == 0:
+            window = f" within any {duration(step.within.ms)}" if step.within else ""
+            lines.append(f"  1. Starts with {what}{window}{cond}{named}.")
+        elif step.absent:
+            lines.append(f"  {i + 1}. Then fires if NO {step.event} event{cond} arrives within {duration(step.within.ms)} "
+                         f"after step {i}." if step.within else "")
+        else:
+            lines.append(f"  {i + 1}. Then {what}{cond}{named} within {duration(step.within.ms)} after step {i}"
+                         f"{' (other events may come between)' if True else ''}.")
+    lines.append(f"  Per {key}, using event time.")
+    semantics = []
+    if len(steps) > 1:
+        semantics.append(
+            f"Only the latest {steps[0].event if steps[0].count == 1 else 'group'} waits at each step: a newer one replaces "
+            f"the older one" + (" and restarts the timer" if steps[-1].absent else "") + "."
+        )
+    if steps[-1].absent:
+        semantics.append("It fires once the deadline has passed in event time (the watermark), "
+                         "even if the visitor sends nothing more.")
+    if steps[0].count > 1:
+        semantics.append("Events counted for one trigger are not counted again (windows do not overlap).")
+    semantics.append("Each matched event is used by at most one trigger of this rule; a repeated messageId is ignored.")
+    for s in semantics:
+        lines.append(f"  {s}")
+    if plan.cap_times is not None and plan.cap_per_ms is not None:
+        times = {1: "once", 2: "twice"}.get(plan.cap_times, f"{plan.cap_times} times")
+        per = duration(plan.cap_per_ms)
+        per = per[2:] if per.startswith("1 ") else per
+        lines.append(f"  Fires at most {times} per {per} for the same key; "
+                     "complete matches beyond that are dropped (not delayed).")
+    post = next(c for c in rule.clauses if isinstance(c, ast.Post))
+    payload = " with a payload built from the matched events" if post.payload is not None else ""
+    lines.append(f'  Then posts to endpoint "{plan.endpoint}"{payload}.')
+    return "\n".join(x for x in lines if x)

@@ -1,0 +1,49 @@
+"""``tripwire engine``: the rules engine alone, joining a consumer group (scale-out with Kafka)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from tripwire.config import Config
+from tripwire.log import open_log
+from tripwire.service import run_services
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    engine = sub.add_parser(
+        "engine",
+        help="run the rules engine alone; with Kafka, instances sharing rules.group split the partitions",
+    )
+    engine.add_argument("--log", metavar="URL", help="kafka://host:port (default: the configured log)")
+    engine.add_argument("--rules", metavar="DIR", help="rules directory (rules.dir)")
+    engine.add_argument("--group", help="consumer group (rules.group)")
+    engine.add_argument("--checkpoint-url", metavar="DIR|s3://...", help="Kafka mode: where partition checkpoints go (rules.checkpoint_url)")
+    engine.set_defaults(handler=lambda args, config: asyncio.run(engine_command(args, config)))
+
+
+async def engine_command(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
+    from rules.service import build_service
+
+    section = dict(config.raw.get("rules", {}))
+    if args.rules:
+        section["dir"] = str(config.resolve(args.rules))
+    if args.group:
+        section["group"] = args.group
+    if args.checkpoint_url:
+        section["checkpoint_url"] = args.checkpoint_url
+    config = replace(config, raw={**config.raw, "rules": section})
+    log = open_log(config, url=args.log)
+    kind = "kafka" if (args.log or "").startswith("kafka://") or config.log.backend == "kafka" else "embedded"
+    await log.start()
+    try:
+        service = build_service(config, log, kind=kind)
+        await run_services([service])
+        return 1 if service.failed else 0
+    finally:
+        await log.stop()

@@ -1,0 +1,147 @@
+"""``tripwire rules check|explain|backtest``: the marketer's tools for rule files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from tripwire.config import Config
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    rules = sub.add_parser("rules", help="check, explain and backtest trigger rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
+
+    check = rules_sub.add_parser("check", help="report every error as file:line:col (exit 1 on errors)")
+    check.add_argument("paths", nargs="+", metavar="PATH", help="rule files or directories of *.rules files")
+    check.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    check.set_defaults(handler=check_command)
+
+    explain = rules_sub.add_parser("explain", help="each rule in plain English, with its matching semantics")
+    explain.add_argument("paths", nargs="+", metavar="PATH")
+    explain.set_defaults(handler=explain_command)
+
+    bt = rules_sub.add_parser("backtest", help="replay history through the engine: triggers per rule per day")
+    bt.add_argument("paths", nargs="+", metavar="PATH")
+    source = bt.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", metavar="FILE.jsonl", help="envelopes, one JSON object per line ('-' = stdin)")
+    source.add_argument("--lake", metavar="DIR|s3://...", help="the Parquet lake written by the sink")
+    bt.add_argument("--since", metavar="YYYY-MM-DD", help="first day to read from the lake")
+    bt.add_argument("--until", metavar="YYYY-MM-DD", help="last day to read from the lake (inclusive)")
+    bt.add_argument("--samples", type=int, default=3, help="sample matches to print per rule (default 3)")
+    bt.add_argument("--json", action="store_true", help="print the report as JSON")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    bt.set_defaults(handler=backtest_command)
+
+
+def rule_files(paths: list[str]) -> tuple[list[Path], list[str]]:
+    files, missing = [], []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files.extend(sorted(x for x in p.glob("*.rules") if x.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            missing.append(raw)
+    return files, missing
+
+
+def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[object, int, int]:
+    """Compile everything, print diagnostics to stderr; (plan, errors, warnings)."""
+    from rules.compiler import build_plan, compile_text
+    from rules.service import endpoint_policy
+
+    files, missing = rule_files(paths)
+    errors = warnings = 0
+    for m in missing:
+        print(f"{m}: no such file or directory", file=sys.stderr)
+        errors += 1
+    names, severity = endpoint_policy(config)
+    compiled = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{f}:1:1: cannot read the file: {exc}", file=sys.stderr)
+            errors += 1
+            continue
+        plans, diagnostics = compile_text(text, str(f), endpoints=names, endpoint_severity=severity)
+        compiled.append(plans)
+        for d in diagnostics:
+            print(d.format(), file=sys.stderr)
+            if d.severity == "error" or strict:
+                errors += 1
+            else:
+                warnings += 1
+    plan, dups = build_plan(compiled)
+    for d in dups:
+        print(d.format(), file=sys.stderr)
+        errors += 1
+    return plan, errors, warnings
+
+
+def check_command(args: argparse.Namespace, config: Config) -> int:
+    plan, errors, warnings = _compile(args.paths, config, args.strict)
+    n = len(plan.rules)  # type: ignore[attr-defined]
+    summary = f"{n} rule(s) ok" if not errors else f"{errors} error(s)"
+    if warnings:
+        summary += f", {warnings} warning(s)"
+    print(summary, file=sys.stderr if errors else sys.stdout)
+    return 1 if errors else 0
+
+
+def explain_command(args: argparse.Namespace, config: Config) -> int:
+    from rules.explain import explain
+
+    plan, errors, _ = _compile(args.paths, config)
+    for rule in plan.rules:  # type: ignore[attr-defined]
+        print(explain(rule))
+        print()
+    return 1 if errors else 0
+
+
+def backtest_command(args: argparse.Namespace, config: Config) -> int:
+    from rules.backtest import Progress, backtest, format_report, read_jsonl
+    from rules.errors import RulesError
+
+    plan, errors, _ = _compile(args.paths, config)
+    if errors:
+        return 1
+    show = not args.no_progress
+    try:
+        if args.events is not None:
+            if args.events == "-":
+                events, skipped = read_jsonl(sys.stdin.buffer)
+            else:
+                with open(args.events, "rb") as f:
+                    events, skipped = read_jsonl(f)
+            bar = Progress(len(events)) if show else None
+            result = backtest(plan, iter(events), samples=args.samples, skipped=skipped,  # type: ignore[arg-type]
+                              progress=bar.update if bar else None)
+        else:
+            from rules.lake import LakeReader
+
+            from rules.config import rules_config
+
+            reader = LakeReader(args.lake, rules_config(config).storage_options or None)
+            days = reader.days(args.since, args.until)
+            bar = Progress(reader.count(days)) if show else None
+            result = backtest(plan, reader.envelopes(days), samples=args.samples,  # type: ignore[arg-type]
+                              progress=bar.update if bar else None)
+        if bar is not None:
+            bar.close(result.events)
+    except OSError as exc:
+        print(f"tripwire: cannot read events: {exc}", file=sys.stderr)
+        return 2
+    except RulesError as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(format_report(result))
+    return 0
