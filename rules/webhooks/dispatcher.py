@@ -132,6 +132,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._started = False
+        self._gauges_stale = True  # refresh pending/dead gauges on the next scan
         self.failed = False
         for ep in self._endpoints.values():
             literal = ip_literal(httpx.URL(ep.url).host)
@@ -167,8 +168,8 @@ class Dispatcher:
                 timeout=timeout,
                 trust_env=False,
             )
-        for coro in (self._consume_loop(), self._schedule_loop()):
-            task = asyncio.create_task(coro)
+        for name, coro in (("webhooks-consumer", self._consume_loop()), ("webhooks-scheduler", self._schedule_loop())):
+            task = asyncio.create_task(coro, name=name)
             task.add_done_callback(self._background_done)
             self._tasks.background.append(task)
 
@@ -197,7 +198,7 @@ class Dispatcher:
             return
         exc = task.exception()
         self.failed = True
-        logger.error("webhook dispatcher task %s died", task.get_coro().__qualname__, exc_info=exc)
+        logger.error("webhook dispatcher task %s died", task.get_name(), exc_info=exc)
 
     # consuming ---------------------------------------------------------------
 
@@ -246,6 +247,7 @@ class Dispatcher:
             await self._store.write(Store.op_add(items, at))
         # Only now, with every delivery durable, may the log forget these records.
         await consumer.commit(offsets)
+        self._gauges_stale = True
         self._wake.set()
 
     # scheduling --------------------------------------------------------------
@@ -257,12 +259,13 @@ class Dispatcher:
     async def _schedule_loop(self) -> None:
         assert self._store is not None
         store = self._store
-        next_gauges = next_prune = 0
+        next_gauges = last_gauges = next_prune = 0
+        scan_ms = int(self._settings.scan_interval_s * 1000)
         while not self._stopping:
             self._wake.clear()
             at = now_ms()
             states = await store.read(store.sync.endpoint_states)
-            sleep_ms = int(self._settings.scan_interval_s * 1000)
+            sleep_ms = scan_ms
             for ep in self._endpoints.values():
                 state = states.get(ep.name)
                 ep.disabled_reason = state.disabled_reason if state else None
@@ -278,8 +281,9 @@ class Dispatcher:
                 for claimed in await store.write(Store.op_claim(ep.name, free, at, self._lease_ms)):
                     self._launch(ep, claimed)
                 sleep_ms = 0  # look again: more may be due, or the next one's time changed
-            if at >= next_gauges:
-                next_gauges = at + _GAUGE_INTERVAL_MS
+            # at most once per scan interval while things change, else every few seconds
+            if at >= next_gauges or (self._gauges_stale and at >= last_gauges + scan_ms):
+                next_gauges, last_gauges = at + _GAUGE_INTERVAL_MS, at
                 await self._update_gauges()
             if at >= next_prune:
                 next_prune = at + _PRUNE_INTERVAL_MS
@@ -337,6 +341,7 @@ class Dispatcher:
         except Exception:
             logger.exception("webhook %s to endpoint %s: recording the attempt failed", claimed.id, ep.name)
             return
+        self._gauges_stale = True
         if state == DELIVERED:
             metrics.DELIVERIES.labels(ep.name, "delivered").inc()
             logger.debug("webhook %s delivered to %s (attempt %d)", claimed.id, ep.name, claimed.attempt)
@@ -372,7 +377,8 @@ class Dispatcher:
 
     async def _update_gauges(self) -> None:
         assert self._store is not None
-        counts = await self._store.read(self._store.sync.counts)
+        self._gauges_stale = False
+        counts = await self._store.read(self._store.sync.backlog)
         for name in set(counts) | set(self._endpoints):
             c = counts.get(name, {})
             metrics.PENDING.labels(name).set(c.get(PENDING, 0))

@@ -315,6 +315,15 @@ class Store:
                 c["failing"] += n
         return out
 
+    def backlog(self) -> dict[str, dict[str, int]]:
+        """Per endpoint: pending and dead counts only (cheap: reads the state index, not history)."""
+        out: dict[str, dict[str, int]] = {}
+        for endpoint, state, n in self.read(
+            "SELECT endpoint, state, count(*) FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY endpoint, state"
+        ):
+            out.setdefault(endpoint, {PENDING: 0, DEAD: 0})[state] = n
+        return out
+
     def get(self, delivery_id: str) -> DeliveryRow | None:
         rows = self.read(f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,))
         return DeliveryRow(*rows[0]) if rows else None
@@ -323,7 +332,7 @@ class Store:
         rows = self.read("SELECT body FROM deliveries WHERE id = ?", (delivery_id,))
         return bytes(rows[0][0]) if rows else None
 
-    def list(self, state: str, endpoint: str | None = None, limit: int = 100) -> list[DeliveryRow]:
+    def rows(self, state: str, endpoint: str | None = None, limit: int = 100) -> list[DeliveryRow]:
         rows = self.read(
             f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE state = ? AND (? IS NULL OR endpoint = ?) "
             "ORDER BY updated_ms DESC LIMIT ?",

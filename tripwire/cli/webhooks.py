@@ -118,7 +118,7 @@ def status_command(args: argparse.Namespace, config: Config) -> int:
 def failed_command(args: argparse.Namespace, config: Config) -> int:
     store = _store(config)
     try:
-        rows = store.list("dead", args.endpoint, args.n)
+        rows = store.rows("dead", args.endpoint, args.n)
     finally:
         store.close()
     for row in rows:

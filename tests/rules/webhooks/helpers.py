@@ -30,7 +30,7 @@ def new_secret() -> str:
 def make_trigger(endpoint: str, n: int = 0, rule: str = "abandoned_cart", **extra: Any) -> Trigger:
     key = f"anon-{n}"
     message_ids = [f"m-{n}-a", f"m-{n}-b"]
-    events = [
+    events: list[dict[str, Any]] = [
         {"type": "track", "event": "AddToCart", "anonymousId": key, "messageId": message_ids[0],
          "timestamp": "2026-11-29T12:00:00.000Z", "properties": {"sku": "SKU-1", "price": 9.5}},
         {"type": "track", "event": "PageView", "anonymousId": key, "messageId": message_ids[1],
