@@ -1,0 +1,117 @@
+"""Parser and compiler diagnostics: file:line:col, a message for people, the source line and a caret."""
+
+from __future__ import annotations
+
+import pytest
+
+from rules.compiler import build_plan, compile_text
+from rules.errors import Diagnostic
+
+
+def diags(text: str, endpoints: set[str] | None = None, severity: str = "error") -> list[Diagnostic]:
+    return compile_text(text, "cart.rules", endpoints=endpoints, endpoint_severity=severity)[1]
+
+
+def only(text: str) -> Diagnostic:
+    (d,) = [d for d in diags(text) if d.severity == "error"]
+    return d
+
+
+@pytest.mark.parametrize("text, line, column, words", [
+    ('rule "r"\n  when A where properties.a = 3\n  post crm', 2, 29, "use `==`"),
+    ("rule cart\n  when A post crm", 1, 6, "quoted string"),
+    ('rule "r"\n  when A\n  then B within 30\n  post crm', 3, 17, "needs a unit"),
+    ('rule "r"\n  when A where properties.a post crm', 2, 29, "must be compared"),
+    ('rule "r"\n  when A where\n  post crm', 3, 8, "condition after `where`"),
+    ('rule "r"\n  when A\n  then\n', 3, 3, "event name is expected"),
+    ('rule "r" when A where properties.a == \'x\' post crm', 1, 39, "double quotes"),
+    ('rule "r" when A where properties.a == "x post crm', 1, 39, "not closed"),
+    ('rule "r" when A post crm with { a: }', 1, 36, "payload template"),
+    ('rule "r" when A at most per 1h post crm', 1, 25, "at most"),
+    ('rule "r" when A post', 1, 17, "post"),
+    ('rule "r" when A where properties.a == "\\q" post crm', 1, 39, "escape"),
+])
+def test_syntax_errors_point_at_the_offending_text(text: str, line: int, column: int, words: str) -> None:
+    d = only(text)
+    assert (d.file, d.line, d.column) == ("cart.rules", line, column), d.format()
+    assert words in d.message
+    formatted = d.format().split("\n")
+    assert formatted[0].startswith(f"cart.rules:{line}:{column}: ")
+    assert formatted[1] == "    " + text.split("\n")[line - 1]
+    assert formatted[2] == "    " + " " * (column - 1) + "^"
+
+
+@pytest.mark.parametrize("text, line, column, words", [
+    ('rule "r"\n  when A\n  then B\n  post crm', 3, 3, "needs a time bound"),
+    ('rule "r"\n  when A\n  then no B\n  post crm', 3, 3, "needs a time bound"),
+    ('rule "r"\n  when 3 A\n  post crm', 2, 3, "needs a time bound"),
+    ('rule "r"\n  when A within 5m\n  post crm', 2, 17, "no meaning"),
+    ('rule "r"\n  when A as a\n  then B where x.total > 3 within 1m\n  post crm', 3, 16, "unknown step or field 'x'"),
+    ('rule "r"\n  when A where b.total > 3\n  then B as b within 1m\n  post crm', 2, 16, "comes later"),
+    ('rule "r"\n  when A\n  by userId\n  post crm', 3, 6, "partitioned by anonymousId"),
+    ('rule "r"\n  when A\n  by properties.cart\n  post crm', 3, 6, "cannot correlate"),
+    ('rule "r"\n  when A\n  then no B within 1s\n  then C within 1s\n  post crm', 3, 3, "must be the last step"),
+    ('rule "r"\n  when A as properties\n  post crm', 2, 13, "would hide"),
+    ('rule "r"\n  when A as a\n  then B as a within 1s\n  post crm', 3, 13, "already used"),
+    ('rule "r"\n  when 0 A within 1s\n  post crm', 2, 8, "between 1 and"),
+    ('rule "r"\n  when A\n  then B within 0s\n  post crm', 3, 17, "more than zero"),
+    ('rule "r"\n  when A\n  then B within 100d\n  post crm', 3, 17, "limited to 90d"),
+    ('rule "r"\n  when A\n', 1, 1, "no action"),
+    ('rule "r"\n  when A\n  post crm\n  post crm', 4, 3, "given twice"),
+    ('rule "r" when A post crm\nrule "r" when B post crm', 2, 1, "already defined at line 1"),
+    ('rule "r"\n  when A as a\n  then no B as b within 1s\n  post crm with { x: b.properties.y }', 4, 22, "is an absence"),
+    ('rule "r"\n  when A where 1 == 1\n  post crm', 2, 16, "two constants"),
+    ('rule ""\n  when A post crm', 1, 1, "non-empty name"),
+])
+def test_compile_errors_name_file_line_and_column(text: str, line: int, column: int, words: str) -> None:
+    d = only(text)
+    assert (d.line, d.column) == (line, column), d.format()
+    assert words in d.message, d.message
+
+
+def test_unknown_endpoint_is_an_error_or_a_warning() -> None:
+    text = 'rule "r"\n  when A\n  post mailer'
+    (d,) = diags(text, endpoints={"crm"})
+    assert d.severity == "error" and (d.line, d.column) == (3, 3) and "endpoint 'mailer' is not configured" in d.message
+    (d,) = diags(text, endpoints=set(), severity="warning")
+    assert d.severity == "warning" and d.format().startswith("cart.rules:3:3: warning: ")
+    assert compile_text(text, "x.rules", endpoints=set(), endpoint_severity="warning")[0]  # still compiles
+
+
+def test_one_broken_rule_does_not_hide_the_others() -> None:
+    text = 'rule "a" when A post crm\nrule "b" when B where x = 1 post crm\nrule "c" when C then D post crm\nrule "d" when D post crm\n'
+    plans, ds = compile_text(text, "f.rules")
+    assert [p.name for p in plans] == ["a", "d"]
+    assert [(d.line, d.severity) for d in ds] == [(2, "error"), (3, "error")]
+
+
+def test_comments_durations_quoted_names_and_several_rules_per_file() -> None:
+    text = """
+# a comment
+rule "one"  // another comment
+  when "Order Completed" as o where o.properties.total >= 100.5  # trailing
+  then $page where context.page.path starts with "/thanks" within 500ms
+  post crm with { total: o.properties.total, items: [1, "two", { three: true }], note: null }
+rule "two" when 2 Login within 1d at most 3 times per 12h post crm
+"""
+    plans, ds = compile_text(text, "f.rules")
+    assert not ds
+    one, two = plans
+    assert one.steps[0].event == "Order Completed" and one.steps[1].event == "$page"
+    assert one.steps[1].within_ms == 500
+    assert two.steps[0].within_ms == 86_400_000 and (two.cap_times, two.cap_per_ms) == (3, 43_200_000)
+
+
+def test_duplicate_rule_names_across_files() -> None:
+    a = compile_text('rule "r" when A post crm', "a.rules")[0]
+    b = compile_text('\n\nrule "r" when B post crm', "b.rules")[0]
+    plan, ds = build_plan([a, b])
+    assert len(plan.rules) == 1
+    assert ds[0].headline() == 'b.rules:3:1: rule "r" is already defined in a.rules:1'
+
+
+def test_fingerprint_ignores_layout_and_comments_but_not_meaning() -> None:
+    a = compile_text('rule "r" when A then B within 1m post crm', "a.rules")[0][0]
+    b = compile_text('\n# hi\nrule "r"\n  when A   # x\n  then B within 1m\n  post crm', "a.rules")[0][0]
+    c = compile_text('rule "r" when A then B within 2m post crm', "a.rules")[0][0]
+    assert a.uid == b.uid != c.uid
