@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.tansu import tansu  # noqa: F401  (real Kafka-protocol broker for the scale-out test)
 from tripwire.log.sqlite import SqliteLog
 
 from .receiver import Receiver
