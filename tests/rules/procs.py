@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class EngineProcess:
-    def __init__(self, config: Path, log_path: Path, *extra: str) -> None:
+    def __init__(self, config: Path, log_path: Path, *extra: str, env_overrides: dict[str, str] | None = None) -> None:
         env = dict(os.environ)
+        env.update(env_overrides or {})
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self.log_path = log_path
         self._log = log_path.open("ab")
@@ -42,6 +43,12 @@ class EngineProcess:
             code = self.proc.wait(timeout=10)
         self._log.close()
         return code
+
+    def last_assignment(self) -> list[int] | None:
+        lines = [line for line in self.output().splitlines() if "partitions assigned: " in line]
+        if not lines:
+            return None
+        return [int(x) for x in lines[-1].split("partitions assigned: ", 1)[1].strip(" []").split(",") if x.strip()]
 
     def wait_output(self, text: str, timeout_s: float, count: int = 1) -> None:
         deadline = time.monotonic() + timeout_s
