@@ -17,7 +17,7 @@ from tripwire import __version__
 from tripwire.config import ConfigError, load_config
 
 # Modules of tripwire.cli that contribute sub-commands, in --help order.
-COMMAND_MODULES = ["run", "collector", "events", "webhooks", "sink", "lake", "config", "rules", "engine"]
+COMMAND_MODULES = ["run", "collector", "events", "webhooks", "sink", "lake", "config", "rules", "engine", "receiver"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,12 +12,15 @@ from tripwire.service import Service, run_services
 
 # "module:function" factories, each ``create_service(config, log) -> Service | None``
 # (None when that part is switched off in config). Started in this order,
-# stopped in reverse: the collector stops taking requests first.
+# stopped in reverse: the consumers are running before the collector takes its
+# first request, and on SIGTERM the collector stops taking requests first (its
+# in-flight appends complete), so the engine, dispatcher and sink still see
+# every acknowledged event before they stop.
 SERVICE_FACTORIES = [
-    "collector.service:create_service",
-    "rules.service:create_service",
-    "rules.webhooks.service:create_service",
     "sinks.service:create_service",
+    "rules.webhooks.service:create_service",
+    "rules.service:create_service",
+    "collector.service:create_service",
 ]
 
 

@@ -1,0 +1,53 @@
+"""`tripwire webhooks receive`: verifies Standard Webhooks signatures (checked with the reference library)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tripwire.cli.receiver import Receiver, decode_secret
+
+SECRET = "whsec_Y4PBOb53VF7OoWLmD0wZfsT9u0Rr2vhV"
+OTHER = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+BODY = json.dumps({"type": "trigger.fired", "data": {"rule": "abandoned cart", "key": "v1", "payload": {"sku": "s"}}})
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    r = Receiver("127.0.0.1", 0, [decode_secret(s) for s in (SECRET, OTHER)], out=tmp_path / "out.jsonl", quiet=True)
+    thread = threading.Thread(target=r.serve_forever, daemon=True)
+    thread.start()
+    yield r
+    r.close()
+    thread.join(5)
+
+
+def post(r: Receiver, secret: str, msg_id: str, when: datetime | None = None) -> httpx.Response:
+    when = when or datetime.now(UTC)
+    sig = Webhook(secret).sign(msg_id, when, BODY)
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(when.timestamp())), "webhook-signature": sig}
+    return httpx.post(f"http://127.0.0.1:{r.port}/", content=BODY, headers=headers, timeout=5)
+
+
+def test_signed_deliveries_are_accepted_and_recorded(receiver: Receiver, tmp_path: Path) -> None:
+    assert post(receiver, SECRET, "msg_1").status_code == 200
+    assert post(receiver, OTHER, "msg_2").status_code == 200  # either secret of a rotation
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [x["webhook_id"] for x in lines] == ["msg_1", "msg_2"]
+    assert lines[0]["body"]["data"]["payload"] == {"sku": "s"}
+
+
+def test_wrong_secret_stale_timestamp_and_missing_headers_are_refused(receiver: Receiver) -> None:
+    assert post(receiver, "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB", "msg_x").status_code == 401
+    stale = datetime.fromtimestamp(time.time() - 3600, UTC)
+    assert post(receiver, SECRET, "msg_y", stale).status_code == 401
+    assert httpx.post(f"http://127.0.0.1:{receiver.port}/", content=BODY, timeout=5).status_code == 401
+    assert receiver.received == 0 and receiver.refused == 3
