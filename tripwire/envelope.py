@@ -20,7 +20,8 @@ one visitor's events share a partition.
 
 from __future__ import annotations
 
-import uuid
+import os
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -53,8 +54,48 @@ def parse_time_ms(value: Any, field: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+_SECONDS: dict[int, str] = {}  # formatted whole seconds: strftime is the slow part of the hot path
+
+
 def format_time_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    seconds, millis = divmod(ms, 1000)
+    prefix = _SECONDS.get(seconds)
+    if prefix is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        dt = datetime.fromtimestamp(seconds, UTC)  # %Y would not zero-pad years before 1000
+        prefix = _SECONDS[seconds] = (
+            f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
+        )
+    return f"{prefix}{millis:03d}Z"
+
+
+class _RandomPool:
+    """Random UUID4 strings from a buffer of ``os.urandom``: one syscall per 256 ids, not per id
+    (getrandom is slow on some VMs and sits on the collector's hot path)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+        os.register_at_fork(after_in_child=self._reset)  # never share random bytes with a child
+
+    def _reset(self) -> None:
+        self._buf, self._pos = b"", 0
+
+    def uuid4(self) -> str:
+        with self._lock:
+            if self._pos + 16 > len(self._buf):
+                self._buf, self._pos = os.urandom(4096), 0
+            raw = bytearray(self._buf[self._pos : self._pos + 16])
+            self._pos += 16
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_message_id = _RandomPool().uuid4
 
 
 def event_time_ms(envelope: Mapping[str, Any]) -> int:
@@ -134,7 +175,7 @@ def normalize(
             raise EnvelopeError("groupId", "group calls need groupId")
 
     message_id = _id(env, "messageId")
-    env["messageId"] = message_id or str(uuid.uuid4())
+    env["messageId"] = message_id or new_message_id()
 
     client_ts = env.get("timestamp")
     sent_at = env.get("sentAt")
