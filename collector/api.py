@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from tripwire.log import LogError, LogUnavailable
 
 from . import metrics
-from .body import check_content_type, decode, header, parse_json, read_body
+from .body import check_content_type, decode, parse_json, read_body
 from .cors import CorsPolicy
 from .errors import CollectorError
 from .http import JSON_HEADERS, SUCCESS_BODY, respond, respond_error
@@ -48,19 +48,20 @@ class TrackingEndpoint:
         self.metrics = metrics.RouteMetrics(f"/v1/{kind}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = header(scope, b"origin")
+        headers = dict(scope["headers"])  # one pass; a repeated header keeps its last value
+        origin = headers.get(b"origin")
         if scope["method"] == "OPTIONS":
-            return await self._preflight(scope, send, origin)
+            return await self._preflight(headers, send, origin)
         cors = self.cors.headers(origin)
         try:
-            check_content_type(header(scope, b"content-type"))
-            body = await read_body(scope, receive, self.limit, self.limit_name)
-            body = decode(body, header(scope, b"content-encoding"), self.limit, self.limit_name, self.max_inflated)
+            check_content_type(headers.get(b"content-type"))
+            body = await read_body(receive, headers.get(b"content-length"), self.limit, self.limit_name)
+            body = decode(body, headers.get(b"content-encoding"), self.limit, self.limit_name, self.max_inflated)
             doc = parse_json(body)
             if not isinstance(doc, dict):
                 raise CollectorError(400, "invalid_event", "body must be a JSON object", field="body")
             intake = self.intake
-            key = intake.write_key_from_auth(header(scope, b"authorization"))
+            key = intake.write_key_from_auth(headers.get(b"authorization"))
             if key is None:
                 key = doc.pop("writeKey", None)
             source = intake.source_for(key)
@@ -83,9 +84,9 @@ class TrackingEndpoint:
                 events = [doc]
                 default_type = self.kind
                 batch = None
-            ua = header(scope, b"user-agent")
+            ua = headers.get(b"user-agent")
             client = scope.get("client")
-            peer = intake.ip_policy.client_ip(client[0] if client else None, header(scope, b"x-forwarded-for"))
+            peer = intake.ip_policy.client_ip(client[0] if client else None, headers.get(b"x-forwarded-for"))
             valid, invalid, reasons = intake.prepare(
                 events,
                 source=source.name,
@@ -117,9 +118,9 @@ class TrackingEndpoint:
         )
         await respond_error(send, error, cors)
 
-    async def _preflight(self, scope: Scope, send: Send, origin: bytes | None) -> None:
+    async def _preflight(self, request_headers: dict[bytes, bytes], send: Send, origin: bytes | None) -> None:
         try:
-            headers = self.cors.preflight(origin, header(scope, b"access-control-request-method"))
+            headers = self.cors.preflight(origin, request_headers.get(b"access-control-request-method"))
         except CollectorError as exc:
             metrics.EVENTS_REJECTED.labels(exc.code).inc()
             self.metrics.count(exc.status)

@@ -40,9 +40,8 @@ def check_content_type(raw: bytes | None) -> None:
         )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, limit_name: str) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before reading them when possible."""
-    length = header(scope, b"content-length")
+async def read_body(receive: Receive, length: bytes | None, limit: int, limit_name: str) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before reading them (``length``: Content-Length)."""
     if length is not None:
         try:
             declared = int(length)

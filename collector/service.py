@@ -55,6 +55,7 @@ def uvicorn_config(app: object, **kwargs: object) -> uvicorn.Config:
         lifespan="on",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-For is judged by collector.trusted_proxies, not by uvicorn
         log_config=None,
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
         **kwargs,  # type: ignore[arg-type]

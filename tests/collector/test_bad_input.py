@@ -191,7 +191,7 @@ async def test_bad_content_length(collector: Collector) -> None:
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
     with pytest.raises(CollectorError) as info:
-        await read_body({"headers": [(b"content-length", b"ten")]}, receive, 100, "max_event_bytes")
+        await read_body(receive, b"ten", 100, "max_event_bytes")
     assert info.value.status == 400 and info.value.field == "Content-Length"
 
 
