@@ -112,6 +112,7 @@ class KafkaLog(EventLog):
         self._partition_counts: dict[str, int] = {}
         self._queue: asyncio.Queue[_Append] | None = None
         self._spilled = asyncio.Event()
+        self._gate = asyncio.Lock()  # held by the writer per batch, by the forwarder for the last segment
         self._tasks: list[asyncio.Task[None]] = []
         self._reachable = False
         self._started = False
@@ -271,19 +272,21 @@ class KafkaLog(EventLog):
     async def _write_loop(self) -> None:
         assert self._queue is not None
         while True:
-            batch = [await self._queue.get()]
-            count = len(batch[0].entries)
-            while count < self._max_batch_records and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                count += len(batch[-1].entries)
-            try:
-                await self._write(batch)
-            except BaseException as exc:
-                self._resolve(batch, set(range(len(batch))), LogUnavailable(f"event log write failed: {exc!r}"))
-                raise
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            first = await self._queue.get()
+            async with self._gate:
+                batch = [first]
+                count = len(first.entries)
+                while count < self._max_batch_records and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    count += len(batch[-1].entries)
+                try:
+                    await self._write(batch)
+                except BaseException as exc:
+                    self._resolve(batch, set(range(len(batch))), LogUnavailable(f"event log write failed: {exc!r}"))
+                    raise
+                finally:
+                    for _ in batch:
+                        self._queue.task_done()
 
     async def _write(self, batch: list[_Append]) -> None:
         records = [(a.topic, key, value) for a in batch for key, value in a.entries]
@@ -390,24 +393,41 @@ class KafkaLog(EventLog):
                 if self.spill.depth == 0:
                     await self._spilled.wait()
                     continue
-            seg = await asyncio.to_thread(self.spill.oldest)
-            if seg is None:
+            if self.spill.segment_count > 1:
+                await self._forward_oldest(once=False)
                 continue
-            records = await asyncio.to_thread(self.spill.read, seg)
-            for start in range(0, len(records), _FORWARD_CHUNK):
-                pending = records[start : start + _FORWARD_CHUNK]
-                while pending:
-                    retry = await self._produce(pending)
-                    pending = [pending[i] for i in retry]
-                    if pending:
-                        self._reachable = False
-                        await asyncio.sleep(self._backoff_s)
-                        try:
-                            await self._connect()  # a restarted broker may have lost the topics
-                        except (KafkaError, OSError, TimeoutError):
-                            pass
-            await asyncio.to_thread(self.spill.remove, seg)
-            logger.info("forwarded %d spilled records to Kafka; %d left", seg.records, self.spill.depth)
+            # Hand-over: under steady load the writer would refill the spill as fast
+            # as it drains. Hold new appends back while the last segment goes out,
+            # so the writer finds the spill empty and produces directly again.
+            async with self._gate:
+                if await self._forward_oldest(once=True):
+                    continue
+            await self._forward_oldest(once=False)  # the broker failed us: retry without blocking appends
+
+    async def _forward_oldest(self, *, once: bool) -> bool:
+        """Forward and delete the oldest segment; with ``once``, give up (False) on a failure."""
+        seg = await asyncio.to_thread(self.spill.oldest)
+        if seg is None:
+            return True
+        records = await asyncio.to_thread(self.spill.read, seg)
+        for start in range(seg.done, len(records), _FORWARD_CHUNK):
+            pending = records[start : start + _FORWARD_CHUNK]
+            while pending:
+                retry = await self._produce(pending)
+                pending = [pending[i] for i in retry]
+                if pending:
+                    self._reachable = False
+                    if once:
+                        seg.done = start  # chunks before this one are in Kafka
+                        return False
+                    await asyncio.sleep(self._backoff_s)
+                    try:
+                        await self._connect()  # a restarted broker may have lost the topics
+                    except (KafkaError, OSError, TimeoutError):
+                        pass
+        await asyncio.to_thread(self.spill.remove, seg)
+        logger.debug("forwarded %d spilled records to Kafka; %d left", seg.records, self.spill.depth)
+        return True
 
     # reading -----------------------------------------------------------------
 

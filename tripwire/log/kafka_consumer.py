@@ -259,14 +259,21 @@ class KafkaReader:
             tps = [KafkaTP(name, p) for p in parts]
             try:
                 listed = await consumer.end_offsets(tps) if tps else {}
+                # tansu's ListOffsets lags behind the real end; a fetch response's
+                # high watermark does not. Fetch from an offset that surely exists.
                 probe = {tp: end - 1 for tp, end in listed.items() if end > 0}
-                got = await self._fetch(consumer, probe, self._timeout_ms, 100_000) if probe else {}
+                got = await self._fetch(consumer, probe, self._timeout_ms, 1) if probe else {}
+                ends = {tp.partition: end for tp, end in listed.items()}
+                for tp in probe:
+                    highwater = consumer.highwater(tp)
+                    last = got.get(tp) or []
+                    ends[tp.partition] = max(
+                        ends[tp.partition],
+                        highwater or 0,
+                        last[-1].offset + 1 if last else 0,  # type: ignore[attr-defined]
+                    )
             except KafkaError as exc:
                 raise LogUnavailable(f"Kafka topic {name!r}: offsets unavailable: {exc}") from exc
-        ends = {tp.partition: end for tp, end in listed.items()}
-        for tp, messages in got.items():
-            if messages:
-                ends[tp.partition] = max(ends[tp.partition], messages[-1].offset + 1)  # type: ignore[attr-defined]
         return ends
 
     async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:

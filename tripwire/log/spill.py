@@ -66,6 +66,7 @@ class Segment:
     sequence: int
     records: int = 0
     size: int = 0
+    done: int = 0  # records known to be forwarded (in memory only; a restart replays them)
 
 
 def encode(records: Sequence[SpilledRecord]) -> bytes:
@@ -151,7 +152,11 @@ class Spill:
             break
         else:
             raise LogError(f"spill root {self.root} has no free slot (more than {_MAX_SLOTS} processes?)")
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
         if self.depth:
             logger.warning("spill %s holds %d records from a previous run; replaying", self.dir, self.depth)
 
@@ -189,6 +194,10 @@ class Spill:
             self.dir = None
             self._segments, self._sealed = [], set()
             self.depth = self.size = 0
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
 
     # writing -----------------------------------------------------------------
 
@@ -254,7 +263,7 @@ class Spill:
         """Every record of a sealed segment, in order."""
         records, _ = _decode(seg.path.read_bytes())
         if len(records) != seg.records:
-            raise SpillCorrupt(f"spill segment {seg.path} holds {len(records)} records, expected {seg.records}")
+            raise SpillCorrupt(f"spill segment {seg.path} is damaged: {len(records)} readable records of {seg.records}")
         return records
 
     def remove(self, seg: Segment) -> None:

@@ -1,0 +1,138 @@
+"""The Kafka backend against a real tansu broker: topics, produce/consume/commit, consumer groups."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.fixtures.tansu import TansuBroker
+from tripwire.config import from_dict
+from tripwire.log import EVENTS, INVALID, TRIGGERS, Consumer, TopicPartition, open_log
+from tripwire.log.kafka import KafkaLog
+from tripwire.log.partition import partition_for
+
+from .helpers import poll_until, read_all, wait_for
+
+
+async def test_open_log_builds_kafka_from_config_and_creates_prefixed_topics(
+    tansu: TansuBroker, tmp_path: Path
+) -> None:
+    config = from_dict(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "log": {"backend": "kafka", "kafka_bootstrap": tansu.bootstrap, "topic_prefix": "shop", "partitions": 3},
+        }
+    )
+    log = open_log(config)
+    assert isinstance(log, KafkaLog)
+    async with log:
+        assert await log.ready()
+        assert log.spill_depth() == 0
+        admin = AIOKafkaAdminClient(bootstrap_servers=tansu.bootstrap)
+        await admin.start()
+        try:
+            assert {"shop.events", "shop.invalid", "shop.triggers"} <= set(await admin.list_topics())
+            described = await admin.describe_topics(["shop.events"])
+        finally:
+            await admin.close()
+        assert len(described[0]["partitions"]) == 3
+        for name in (EVENTS, INVALID, TRIGGERS):
+            assert await log.partitions(name) == [0, 1, 2]
+        await log.append(INVALID, [(b"anon-1", b'{"reason": "x"}')])
+        assert [r.value for r in await read_all(log, INVALID)] == [b'{"reason": "x"}']
+    # spill lives under the data dir
+    assert (tmp_path / "data" / "spill").is_dir()
+
+
+async def test_existing_topics_keep_their_partition_count(tansu: TansuBroker, tmp_path: Path) -> None:
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "a", partitions=2):
+        pass
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "b", partitions=5) as log:
+        assert await log.partitions(EVENTS) == [0, 1]
+        await log.append(EVENTS, [(b"k%d" % i, b"v") for i in range(20)])
+        for r in await read_all(log, EVENTS):
+            assert r.partition == partition_for(r.key, 2)
+
+
+async def test_produce_consume_commit_many_concurrent_appends(tansu: TansuBroker, tmp_path: Path) -> None:
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill") as log:
+        await asyncio.gather(
+            *(log.append(EVENTS, [(b"user-%d" % (i % 9), b"%d" % i)]) for i in range(300))
+        )
+        # group commit: concurrent appends shared produce round trips
+        assert log.produce_batches < 300
+        consumer = log.consumer("readers", [EVENTS])
+        async with consumer:
+            got = await poll_until(consumer, 300)
+            assert sorted(int(r.value) for r in got) == list(range(300))
+            positions = {}
+            for r in got:
+                positions[TopicPartition(r.topic, r.partition)] = r.offset + 1
+            await consumer.commit(positions)
+            for tp, offset in positions.items():
+                assert await consumer.committed(tp) == offset
+            assert await consumer.poll(timeout_ms=300) == []
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, frozenset[TopicPartition]]] = []
+
+    async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        self.events.append(("assigned", frozenset(partitions)))
+
+    async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        self.events.append(("revoked", frozenset(partitions)))
+
+
+async def _pump(consumer: Consumer, seen: list[bytes], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        seen.extend(r.value for r in await consumer.poll(timeout_ms=100))
+
+
+async def test_two_members_split_partitions_and_rebalance_when_one_leaves(
+    tansu: TansuBroker, tmp_path: Path
+) -> None:
+    all_tps = {TopicPartition(EVENTS, p) for p in range(4)}
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4) as log:
+        await log.append(EVENTS, [(b"user-%d" % i, b"before-%d" % i) for i in range(40)])
+        one, two = Recorder(), Recorder()
+        a = log.consumer("scale", [EVENTS], one)
+        b = log.consumer("scale", [EVENTS], two)
+        seen_a: list[bytes] = []
+        seen_b: list[bytes] = []
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        await a.start()
+        await b.start()
+        pumps = [
+            asyncio.create_task(_pump(a, seen_a, stop_a)),
+            asyncio.create_task(_pump(b, seen_b, stop_b)),
+        ]
+        try:
+            await wait_for(
+                lambda: len(a.assignment()) == 2 and len(b.assignment()) == 2, 40, "partitions split 2/2"
+            )
+            assert a.assignment() | b.assignment() == all_tps
+            assert not a.assignment() & b.assignment()
+            await wait_for(lambda: len(seen_a) + len(seen_b) >= 40, 30, "both members read the backlog")
+            assert sorted(seen_a + seen_b) == sorted(b"before-%d" % i for i in range(40))
+            assert seen_a and seen_b
+
+            # b leaves: a takes every partition and reads what is appended afterwards
+            stop_b.set()
+            await pumps[1]
+            await b.stop()
+            assert two.events[-1][0] == "revoked"
+            await wait_for(lambda: a.assignment() == all_tps, 40, "the remaining member owning all partitions")
+            await log.append(EVENTS, [(b"user-%d" % i, b"after-%d" % i) for i in range(40)])
+            await wait_for(lambda: sum(v.startswith(b"after-") for v in seen_a) >= 40, 30, "a reading every partition")
+            assert one.events[-1] == ("assigned", frozenset(all_tps))
+            assert any(kind == "revoked" for kind, _ in one.events)
+        finally:
+            stop_a.set()
+            stop_b.set()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            await a.stop()
+            await b.stop()

@@ -1,0 +1,163 @@
+"""The Kafka backend when the broker goes away: spill, forward, refuse when full, replay after restart."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.tansu import TansuBroker, free_port
+from tripwire.log import EVENTS, LogUnavailable, Record
+from tripwire.log.kafka import KafkaLog
+
+from .helpers import read_all, wait_for
+
+FAST = {"request_timeout_ms": 2000, "reconnect_backoff_ms": 100}
+
+
+def per_key(records: list[Record]) -> dict[bytes, list[bytes]]:
+    """Values per key in partition order, duplicates (at-least-once replays) dropped after the first."""
+    out: dict[bytes, list[bytes]] = {}
+    seen: set[bytes] = set()
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        if r.value not in seen:
+            seen.add(r.value)
+            assert r.key is not None
+            out.setdefault(r.key, []).append(r.value)
+    return out
+
+
+def assert_all_acked_in_order(records: list[Record], acked: dict[bytes, list[bytes]]) -> None:
+    found = per_key(records)
+    for key, values in acked.items():
+        assert found.get(key, [])[: len(values)] == values, f"key {key!r}: acknowledged records missing or out of order"
+
+
+async def test_broker_killed_under_load_then_restarted_loses_nothing(
+    tansu_durable: TansuBroker, tmp_path: Path
+) -> None:
+    broker = tansu_durable
+    acked: dict[bytes, list[bytes]] = {}
+    stop = asyncio.Event()
+
+    async def client(key: bytes, batch: int) -> None:
+        seq = 0
+        while not stop.is_set():
+            values = [b"%s:%d" % (key, seq + i) for i in range(batch)]
+            await log.append(EVENTS, [(key, v) for v in values])  # must never fail here
+            acked.setdefault(key, []).extend(values)
+            seq += batch
+            await asyncio.sleep(0.002)
+
+    def total() -> int:
+        return sum(len(v) for v in acked.values())
+
+    log = KafkaLog(broker.bootstrap, spill_dir=tmp_path / "spill", **FAST)
+    async with log:
+        clients = [asyncio.create_task(client(b"user-%d" % i, 1 + i % 3)) for i in range(12)]
+        try:
+            await wait_for(lambda: total() >= 300, 30, "appends before the kill")
+            await asyncio.to_thread(broker.kill)
+            at_kill = total()
+            await wait_for(lambda: log.spill_depth() > 0, 30, "appends going to the spill")
+            await wait_for(lambda: total() >= at_kill + 500, 30, "appends acknowledged from the spill")
+            assert not await log.ready()
+            await asyncio.to_thread(broker.restart)
+            await wait_for(lambda: log.spill_depth() == 0, 60, "the spill forwarded to Kafka")
+            await wait_for(log.ready, 30, "ready again")
+            after = total()
+            await wait_for(lambda: total() >= after + 200, 30, "direct appends after recovery")
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+        records = await read_all(log, EVENTS)
+    assert_all_acked_in_order(records, acked)
+    assert len({r.value for r in records}) == total()
+
+
+async def test_full_spill_refuses_with_retry_after_then_drains(tmp_path: Path) -> None:
+    broker = TansuBroker(tmp_path / "tansu")  # not started yet: nothing listens on its port
+    try:
+        log = KafkaLog(
+            broker.bootstrap, spill_dir=tmp_path / "spill", spill_max_bytes=4000, spill_retry_after_s=3, **FAST
+        )
+        async with log:
+            assert not await log.ready()
+            acked = []
+            with pytest.raises(LogUnavailable) as info:
+                for i in range(1000):
+                    await log.append(EVENTS, [(b"user-%d" % (i % 4), b"event-%d" % i)])
+                    acked.append(b"event-%d" % i)
+            assert info.value.retry_after_s == 3
+            assert 10 < len(acked) < 1000
+            assert log.spill_depth() == len(acked)
+            with pytest.raises(LogUnavailable):  # still full, still refused
+                await log.append(EVENTS, [(b"user-0", b"refused")])
+
+            await asyncio.to_thread(broker.start)
+            await wait_for(lambda: log.spill_depth() == 0, 60, "the spill forwarded")
+            await wait_for(log.ready, 30, "ready")
+            await log.append(EVENTS, [(b"user-0", b"after")])
+            records = await read_all(log, EVENTS)
+        values = [r.value for r in records]
+        assert set(values) == set(acked) | {b"after"}
+        assert b"refused" not in values
+    finally:
+        broker.close()
+
+
+async def test_restart_with_a_non_empty_spill_replays_it(tmp_path: Path) -> None:
+    broker = TansuBroker(tmp_path / "tansu")
+    spill_dir = tmp_path / "spill"
+    try:
+        first = KafkaLog(broker.bootstrap, spill_dir=spill_dir, **FAST)
+        async with first:
+            for i in range(30):
+                await first.append(EVENTS, [(b"user-%d" % (i % 5), b"%d" % i)])
+            assert first.spill_depth() == 30
+        # the process is gone; its acknowledged records are on disk
+        assert list(spill_dir.glob("*/*.spill"))
+
+        await asyncio.to_thread(broker.start)
+        second = KafkaLog(broker.bootstrap, spill_dir=spill_dir, **FAST)
+        async with second:
+            assert second.spill_depth() == 30
+            await wait_for(lambda: second.spill_depth() == 0, 60, "replay of the previous run's spill")
+            await wait_for(second.ready, 30, "ready")
+            records = await read_all(second, EVENTS)
+        assert_all_acked_in_order(records, {b"user-%d" % k: [b"%d" % i for i in range(k, 30, 5)] for k in range(5)})
+        assert not list(spill_dir.glob("*/*.spill"))
+    finally:
+        broker.close()
+
+
+async def test_a_dead_forwarder_fails_appends_instead_of_acknowledging(tmp_path: Path) -> None:
+    broker = TansuBroker(tmp_path / "tansu")
+    spill_dir = tmp_path / "spill"
+    try:
+        log = KafkaLog(broker.bootstrap, spill_dir=spill_dir, **FAST)
+        async with log:
+            await log.append(EVENTS, [(b"user-1", b"x" * 100) for _ in range(5)])
+            (segment,) = spill_dir.glob("*/*.spill")
+            data = bytearray(segment.read_bytes())
+            data[len(data) // 2] ^= 0xFF  # the disk corrupts a record
+            segment.write_bytes(bytes(data))
+            await asyncio.to_thread(broker.start)  # the forwarder reads the segment and dies
+            errors: list[LogUnavailable] = []
+
+            async def refused() -> bool:
+                try:
+                    await log.append(EVENTS, [(b"user-2", b"y")])
+                except LogUnavailable as exc:
+                    errors.append(exc)
+                    return True
+                return False
+
+            await wait_for(refused, 30, "appends refused after the forwarder died")
+            assert "failed" in str(errors[0]) and "damaged" in str(errors[0])
+            assert not await log.ready()
+        # nothing is deleted: the damaged segment stays for an operator to inspect
+        assert segment.exists()
+    finally:
+        broker.close()
