@@ -129,6 +129,7 @@ class Dispatcher:
         self._lease_ms = int(settings.attempt_timeout_s * 1000) + 2000
         self._store: AsyncStore | None = None
         self._tasks = _Tasks()
+        self._inflight: dict[str, Claimed] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._started = False
@@ -183,9 +184,13 @@ class Dispatcher:
         await asyncio.gather(*self._tasks.background, return_exceptions=True)
         if self._tasks.attempts:
             _, late = await asyncio.wait(set(self._tasks.attempts), timeout=self._settings.stop_grace_s)
-            for task in late:  # their leases expire and they are retried after restart
+            abandoned = list(self._inflight.values())
+            for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            if abandoned:  # due again at once on restart, instead of when their lease ends
+                assert self._store is not None
+                await self._store.write(Store.op_release(abandoned, now_ms()))
         for ep in self._endpoints.values():
             if ep.client is not None:
                 await ep.client.aclose()
@@ -278,7 +283,8 @@ class Dispatcher:
                 if due > at:
                     sleep_ms = min(sleep_ms, due - at)
                     continue
-                for claimed in await store.write(Store.op_claim(ep.name, free, at, self._lease_ms)):
+                claims = Store.op_claim(ep.name, free, at, self._lease_ms, exclude=set(self._inflight))
+                for claimed in await store.write(claims):
                     self._launch(ep, claimed)
                 sleep_ms = 0  # look again: more may be due, or the next one's time changed
             # at most once per scan interval while things change, else every few seconds
@@ -300,9 +306,12 @@ class Dispatcher:
         metrics.INFLIGHT.labels(ep.name).inc()
         task = asyncio.create_task(self._deliver(ep, claimed))
         self._tasks.attempts.add(task)
+        # An attempt that outlives its lease (a stalled loop) must not be claimed again here.
+        self._inflight[claimed.id] = claimed
 
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.attempts.discard(t)
+            self._inflight.pop(claimed.id, None)
             ep.inflight -= 1
             metrics.INFLIGHT.labels(ep.name).dec()
             self._wake.set()

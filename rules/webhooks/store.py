@@ -13,7 +13,8 @@ State contract:
   if the process dies mid-attempt the row becomes due again when the lease
   ends and is retried with the same id (the one in-flight attempt may thus
   reach the receiver twice; nothing else can). Two processes sharing the file
-  never claim the same row twice.
+  never claim the same row twice, and re-enabling an endpoint never makes a
+  leased row due early.
 * Endpoint state (disabled with a reason, failing since) lives next to it, so
   the CLI in another process can read status, replay dead letters and
   re-enable endpoints; a running dispatcher picks such changes up on its next
@@ -29,7 +30,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_ms INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     last_status INTEGER,
@@ -168,16 +170,23 @@ class Store:
         return op
 
     @staticmethod
-    def op_claim(endpoint: str, limit: int, at_ms: int, lease_ms: int) -> Callable[[sqlite3.Connection], list[Claimed]]:
+    def op_claim(
+        endpoint: str, limit: int, at_ms: int, lease_ms: int, exclude: Collection[str] = ()
+    ) -> Callable[[sqlite3.Connection], list[Claimed]]:
+        """Up to ``limit`` due rows of ``endpoint``, counted and leased; never one in ``exclude``."""
+
         def op(conn: sqlite3.Connection) -> list[Claimed]:
             rows = conn.execute(
                 "SELECT id, body, attempts FROM deliveries WHERE endpoint = ? AND state = 'pending' "
                 "AND next_attempt_ms <= ? ORDER BY next_attempt_ms LIMIT ?",
-                (endpoint, at_ms, limit),
+                (endpoint, at_ms, limit + len(exclude)),
             ).fetchall()
+            rows = [r for r in rows if r[0] not in exclude][:limit]
+            until = at_ms + lease_ms
             conn.executemany(
-                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_ms = ?, updated_ms = ? WHERE id = ?",
-                [(at_ms + lease_ms, at_ms, r[0]) for r in rows],
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_ms = ?, lease_until_ms = ?, "
+                "updated_ms = ? WHERE id = ?",
+                [(until, until, at_ms, r[0]) for r in rows],
             )
             return [Claimed(r[0], endpoint, r[1], r[2] + 1) for r in rows]
 
@@ -203,8 +212,8 @@ class Store:
                 (claimed.id, claimed.attempt, at_ms, status, outcome, error, duration_ms),
             )
             conn.execute(
-                "UPDATE deliveries SET state = ?, next_attempt_ms = ?, updated_ms = ?, last_status = ?, last_error = ? "
-                "WHERE id = ? AND state = 'pending' AND attempts = ?",
+                "UPDATE deliveries SET state = ?, next_attempt_ms = ?, lease_until_ms = 0, updated_ms = ?, "
+                "last_status = ?, last_error = ? WHERE id = ? AND state = 'pending' AND attempts = ?",
                 (state, next_attempt_ms, at_ms, status, error, claimed.id, claimed.attempt),
             )
             conn.execute("INSERT OR IGNORE INTO endpoints (name) VALUES (?)", (claimed.endpoint,))
@@ -220,6 +229,19 @@ class Store:
             )
             (since,) = conn.execute("SELECT failing_since_ms FROM endpoints WHERE name = ?", (claimed.endpoint,)).fetchone()
             return int(since)
+
+        return op
+
+    @staticmethod
+    def op_release(claims: Sequence[Claimed], at_ms: int) -> Callable[[sqlite3.Connection], None]:
+        """Attempts abandoned at shutdown: due again now (their attempt stays counted)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET next_attempt_ms = ?, lease_until_ms = 0 "
+                "WHERE id = ? AND state = 'pending' AND attempts = ?",
+                [(at_ms, c.id, c.attempt) for c in claims],
+            )
 
         return op
 
@@ -244,9 +266,11 @@ class Store:
                 "WHERE name = ? AND disabled_reason IS NOT NULL",
                 (name,),
             )
+            at = now_ms()
             conn.execute(
-                "UPDATE deliveries SET next_attempt_ms = ? WHERE endpoint = ? AND state = 'pending'",
-                (now_ms(), name),
+                "UPDATE deliveries SET next_attempt_ms = ? WHERE endpoint = ? AND state = 'pending' "
+                "AND lease_until_ms <= ? AND next_attempt_ms > ?",
+                (at, name, at, at),
             )
             return cur.rowcount > 0
 
