@@ -27,8 +27,11 @@ class Service(Protocol):
 
 async def run_services(services: Sequence[Service], stop: asyncio.Event | None = None) -> None:
     """Start ``services`` in order, wait for SIGTERM/SIGINT (or ``stop``), stop them in reverse."""
+    from tripwire.metrics import READINESS
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    READINESS.bind_loop(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
@@ -39,13 +42,29 @@ async def run_services(services: Sequence[Service], stop: asyncio.Event | None =
         for service in services:
             await service.start()
             started.append(service)
+            _watch_readiness(service)
             logger.info("%s started", service.name)
         await stop.wait()
         logger.info("stopping")
     finally:
         for service in reversed(started):
+            READINESS.remove(f"service:{service.name}")
             try:
                 await service.stop()
                 logger.info("%s stopped", service.name)
             except Exception:
                 logger.exception("%s failed to stop cleanly", service.name)
+
+
+def _watch_readiness(service: Service) -> None:
+    """Readiness (tripwire.metrics) follows the service: its own ``ready()`` if any, else not ``failed``."""
+    from tripwire.metrics import READINESS
+
+    ready = getattr(service, "ready", None)
+
+    async def check() -> bool:
+        if getattr(service, "failed", False):
+            return False
+        return bool(await ready()) if callable(ready) else True
+
+    READINESS.add_check(f"service:{service.name}", check)

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tripwire import __version__
+from tripwire import __version__, logs, metrics
 from tripwire.config import ConfigError, load_config
 
 # Modules of tripwire.cli that contribute sub-commands, in --help order.
@@ -23,12 +23,18 @@ COMMAND_MODULES = ["run", "collector", "events", "webhooks", "sink", "lake", "co
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tripwire",
+        allow_abbrev=False,  # else a sub-command option like `--log` is read as an abbreviation of ours
         description="Self-hosted event tracking collector and real-time trigger rules engine.",
         epilog="Every config key can be overridden with TRIPWIRE_<SECTION>__<KEY>; see the README.",
     )
     parser.add_argument("--version", action="version", version=f"tripwire {__version__}")
     parser.add_argument("--config", metavar="FILE", help="tripwire.toml to read (default: $TRIPWIRE_CONFIG or ./tripwire.toml)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: logging.level or info")
+    parser.add_argument("--log-format", choices=["text", "json"], help="text, or one JSON object per line (logging.format)")
+    parser.add_argument(
+        "--metrics-port", dest="global_metrics_port", type=int, metavar="PORT",
+        help="serve /metrics, /healthz, /readyz on this port next to any command (metrics.port; 0 = any free port)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"tripwire.cli.{name}").register(sub)
@@ -41,9 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=(args.log_level or "info").upper(), format=logs.TEXT_FORMAT)
     try:
         config = load_config(args.config)
+        settings = logs.logging_config(config)
+        logs.setup(args.log_format or settings.format, args.log_level or settings.level,
+                   service=args.command, redact_ips=settings.redact_ips)
+        metrics_settings = metrics.metrics_config(config)
+        port = args.global_metrics_port if args.global_metrics_port is not None else (metrics_settings.port or None)
+        if port is not None:
+            metrics.serve(metrics_settings.host, port)
         return int(args.handler(args, config) or 0)
     except ConfigError as exc:
         print(f"tripwire: {exc}", file=sys.stderr)

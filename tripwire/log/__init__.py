@@ -38,15 +38,21 @@ def open_log(config: Config, *, url: str | None = None) -> EventLog:
         from tripwire.config import ConfigError
 
         raise ConfigError(f"Log URL {url!r} is not understood. Use kafka://host:port or 'sqlite'.")
+    from tripwire.metrics import READINESS
+
+    log: EventLog
     if config.log.backend == "kafka":
         from .kafka import KafkaLog
 
-        return KafkaLog.from_config(config)
-    from .sqlite import SqliteLog
+        log = KafkaLog.from_config(config)
+    else:
+        from .sqlite import SqliteLog
 
-    return SqliteLog(
-        config.data_dir / "log.db",
-        config.log.partitions,
-        max_batch_records=config.log.group_commit_max_records,
-        retention_hours=config.log.retention_hours,
-    )
+        log = SqliteLog(
+            config.data_dir / "log.db",
+            config.log.partitions,
+            max_batch_records=config.log.group_commit_max_records,
+            retention_hours=config.log.retention_hours,
+        )
+    READINESS.add(f"log:{config.log.backend}", log)  # /readyz of `tripwire --metrics-port` (tripwire.metrics)
+    return log

@@ -1,0 +1,78 @@
+"""The metrics/probe server of the standalone services, and readiness following the log and the services."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from tripwire.config import from_dict
+from tripwire.log import open_log
+from tripwire.metrics import Readiness, MetricsServer
+from tripwire.service import run_services
+
+
+class Flaky:
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_readyz_reflects_the_log_and_each_service(tmp_path: Path) -> None:
+    readiness = Readiness()
+    readiness.bind_loop(asyncio.get_running_loop())
+    server = MetricsServer("127.0.0.1", 0, readiness).start()
+    log = open_log(from_dict({"data_dir": str(tmp_path)}))
+    readiness.add("log:sqlite", log)
+    service = Flaky()
+    readiness.add_check("service:flaky", lambda: _not_failed(service))
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.get(f"http://127.0.0.1:{server.port}{path}", timeout=10)
+
+    try:
+        r = await get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["log:sqlite"] is False  # not started
+        await log.start()
+        r = await get("/readyz")
+        assert r.status_code == 200 and r.json() == {"status": "ready", "checks": {"log:sqlite": True, "service:flaky": True}}
+        service.failed = True
+        assert (await get("/readyz")).json()["checks"]["service:flaky"] is False
+        await log.stop()
+        assert (await get("/readyz")).status_code == 503
+        metrics = await get("/metrics")
+        assert metrics.status_code == 200 and "python_info" in metrics.text
+        assert (await get("/healthz")).status_code == 200
+    finally:
+        server.stop()
+
+
+async def _not_failed(service: Flaky) -> bool:
+    return not service.failed
+
+
+async def test_run_services_registers_each_service() -> None:
+    from tripwire.metrics import READINESS
+
+    stop = asyncio.Event()
+    service = Flaky()
+    task = asyncio.create_task(run_services([service], stop))
+    for _ in range(100):
+        if "service:flaky" in READINESS.names():
+            break
+        await asyncio.sleep(0.01)
+    assert (await READINESS.check())["service:flaky"] is True
+    service.failed = True
+    assert (await READINESS.check())["service:flaky"] is False
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert "service:flaky" not in READINESS.names()

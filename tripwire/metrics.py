@@ -1,0 +1,175 @@
+"""Prometheus metrics and probes for the standalone services (``engine``, ``dispatcher``, ``sink``).
+
+The collector serves ``/metrics``, ``/healthz`` and ``/readyz`` on its own port.
+The other services have no HTTP port, so ``tripwire --metrics-port PORT <command>``
+(or ``[metrics] port = PORT``, ``TRIPWIRE_METRICS__PORT``) starts this small
+server next to them, in a daemon thread::
+
+    [metrics]
+    host = "127.0.0.1"   # 0.0.0.0 in a container
+    port = 9464          # 0 = no metrics server (default)
+
+* ``/metrics``: the process-wide default registry (every room's ``tripwire_*``
+  metrics, plus process and Python collectors);
+* ``/healthz``: 200 while the process runs;
+* ``/readyz``: 200 when every registered readiness check passes, else 503 with
+  the failing names. :func:`tripwire.log.open_log` registers the event log
+  (SQLite writer alive; Kafka reachable and nothing spilled), and
+  :func:`tripwire.service.run_services` registers each service that has an
+  ``async ready() -> bool`` and fails readiness when a service has ``failed``.
+
+Checks are coroutines of the service's event loop: :func:`bind_loop` (called
+by ``run_services``) names that loop, and the HTTP thread runs each check there
+with a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from tripwire.config import Config
+
+logger = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_S = 5.0
+Check = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+def metrics_config(config: Config) -> MetricsConfig:
+    return config.section("metrics", MetricsConfig)
+
+
+class Readiness:
+    """Named async checks, held weakly through their owners so a stopped log drops out."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, tuple[weakref.ref[Any] | None, Callable[[Any], Awaitable[bool]] | Check]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def add(self, name: str, owner: object, method: str = "ready") -> None:
+        """Check ``owner.<method>()`` under ``name`` while ``owner`` lives."""
+        with self._lock:
+            self._checks[name] = (weakref.ref(owner), lambda o: getattr(o, method)())
+
+    def add_check(self, name: str, check: Check) -> None:
+        with self._lock:
+            self._checks[name] = (None, lambda _o: check())
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._checks.pop(name, None)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._checks)
+
+    async def check(self) -> dict[str, bool]:
+        """Run every check (in the current loop); an exception or timeout counts as not ready."""
+        with self._lock:
+            items = list(self._checks.items())
+        out: dict[str, bool] = {}
+        for name, (ref, call) in items:
+            owner = ref() if ref is not None else None
+            if ref is not None and owner is None:
+                continue
+            try:
+                out[name] = bool(await asyncio.wait_for(call(owner), CHECK_TIMEOUT_S))
+            except Exception:
+                logger.warning("readiness check %s failed", name, exc_info=True)
+                out[name] = False
+        return out
+
+    def check_from_thread(self) -> dict[str, bool]:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return {"running": False}
+        try:
+            return asyncio.run_coroutine_threadsafe(self.check(), loop).result(CHECK_TIMEOUT_S + 1)
+        except Exception:
+            return {"running": False}
+
+
+READINESS = Readiness()
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz``, ``/readyz`` on ``host:port`` in a daemon thread (port 0 = any free port)."""
+
+    def __init__(self, host: str, port: int, readiness: Readiness = READINESS) -> None:
+        self.readiness = readiness
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                server._get(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="metrics-server", daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        logger.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _get(self, req: BaseHTTPRequestHandler) -> None:
+        path = req.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(req, 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._send(req, 200, b'{"status":"ok"}')
+        elif path == "/readyz":
+            checks = self.readiness.check_from_thread()
+            ok = bool(checks) and all(checks.values())
+            doc = {"status": "ready" if ok else "unavailable", "checks": checks}
+            self._send(req, 200 if ok else 503, orjson.dumps(doc))
+        else:
+            self._send(req, 404, b'{"error":"not_found"}')
+
+    @staticmethod
+    def _send(req: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str = "application/json") -> None:
+        req.send_response(status)
+        req.send_header("Content-Type", ctype)
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+
+
+def serve(host: str, port: int) -> MetricsServer:
+    """Start the metrics server; errors name the address."""
+    try:
+        return MetricsServer(host, port).start()
+    except OSError as exc:
+        from tripwire.config import ConfigError
+
+        raise ConfigError(f"Config 'metrics.port': cannot listen on {host}:{port}: {exc.strerror}") from None
