@@ -311,6 +311,14 @@ class SqliteLog(EventLog):
         )
         ends = dict.fromkeys(range(self._partitions), 0)
         ends.update({p: o for p, o in rows})
+        # Retention may have deleted a partition's newest records: the end never moves back.
+        floors = await asyncio.to_thread(
+            self._query, "SELECT name, value FROM meta WHERE name LIKE ?", (f"next:{topic}:%",)
+        )
+        for name, value in floors:
+            partition = int(name.rsplit(":", 1)[1])
+            if partition in ends:
+                ends[partition] = max(ends[partition], int(value))
         return ends
 
     def read_sync(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:

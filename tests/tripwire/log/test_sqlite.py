@@ -1,0 +1,148 @@
+"""The embedded SQLite log: group commit, durability on return, retention, reopening."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tripwire.log import EVENTS, TRIGGERS, LogClosed, TopicPartition
+from tripwire.log.partition import partition_for
+from tripwire.log.sqlite import SqliteLog
+
+from .helpers import poll_until, read_all
+
+
+async def test_concurrent_appends_share_few_transactions(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db", 4) as log:
+        before = log.commits
+        await asyncio.gather(*(log.append(EVENTS, [(b"k%d" % i, b"v%d" % i)]) for i in range(400)))
+        transactions = log.commits - before
+        assert 1 <= transactions <= 40, f"400 concurrent appends took {transactions} transactions"
+        assert sum((await log.end_offsets(EVENTS)).values()) == 400
+
+
+async def test_group_commit_respects_the_batch_bound(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db", 2, max_batch_records=10) as log:
+        before = log.commits
+        await asyncio.gather(*(log.append(EVENTS, [(b"k", b"%d" % i)]) for i in range(100)))
+        assert log.commits - before >= 10
+        # one key, one partition: offsets follow the order the appends were made in
+        records = await log.read(EVENTS, partition_for(b"k", 2), 0, 1000)
+        assert [r.value for r in records] == [b"%d" % i for i in range(100)]
+
+
+async def test_an_append_is_committed_when_it_returns(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 4) as log:
+        await log.append(EVENTS, [(b"user-1", b"durable")])
+        # another connection (another process would see the same) finds it at once
+        with sqlite3.connect(path) as other:
+            rows = other.execute("SELECT key, value FROM records WHERE topic = ?", (EVENTS,)).fetchall()
+        assert rows == [(b"user-1", b"durable")]
+
+
+async def test_reopen_keeps_records_offsets_partitions_and_group_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 3) as log:
+        await log.append(EVENTS, [(b"u%d" % i, b"first-%d" % i) for i in range(30)])
+        consumer = log.consumer("g", [EVENTS])
+        async with consumer:
+            await consumer.commit({TopicPartition(EVENTS, 1): 4})
+        ends_before = await log.end_offsets(EVENTS)
+
+    async with SqliteLog(path, 8) as log:  # the partition count is fixed at creation
+        assert await log.partitions(EVENTS) == [0, 1, 2]
+        assert await log.end_offsets(EVENTS) == ends_before
+        await log.append(EVENTS, [(b"u%d" % i, b"second-%d" % i) for i in range(30)])
+        records = await read_all(log, EVENTS)
+        for p in range(3):
+            offsets = [r.offset for r in records if r.partition == p]
+            assert offsets == list(range(len(offsets)))
+        for r in records:
+            assert r.partition == partition_for(r.key, 3)
+        consumer = log.consumer("g", [EVENTS])
+        async with consumer:
+            assert await consumer.committed(TopicPartition(EVENTS, 1)) == 4
+            got = await poll_until(consumer, 60 - 4)
+        assert not any(r.partition == 1 and r.offset < 4 for r in got)
+
+
+def _age_records(path: Path, hours: float) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE records SET ts = ts - ?", (int(hours * 3600 * 1000),))
+
+
+async def test_retention_deletes_old_records_and_never_reuses_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 1, retention_hours=1) as log:
+        await log.append(EVENTS, [(b"k", b"old-%d" % i) for i in range(5)])
+        await log.append(TRIGGERS, [(b"k", b"trigger")])
+    _age_records(path, 2)  # these records are now two hours old
+    async with SqliteLog(path, 1, retention_hours=1) as log:
+        await log.append(EVENTS, [(b"k", b"new")])
+
+    async with SqliteLog(path, 1, retention_hours=1) as log:
+        assert [(r.offset, r.value) for r in await log.read(EVENTS, 0, 0)] == [(5, b"new")]
+        assert await log.read(TRIGGERS, 0, 0) == []
+        assert (await log.end_offsets(EVENTS))[0] == 6
+
+    _age_records(path, 2)
+    async with SqliteLog(path, 1, retention_hours=1) as log:  # everything expired
+        assert await log.read(EVENTS, 0, 0) == []
+        assert (await log.end_offsets(EVENTS))[0] == 6, "the end must not move back after retention"
+        await log.append(EVENTS, [(b"k", b"newer")])
+        assert [(r.offset, r.value) for r in await log.read(EVENTS, 0, 0)] == [(6, b"newer")]
+
+
+async def test_retention_zero_keeps_everything(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 1, retention_hours=0) as log:
+        await log.append(EVENTS, [(b"k", b"v")])
+    _age_records(path, 24 * 365)
+    async with SqliteLog(path, 1, retention_hours=0) as log:
+        assert len(await log.read(EVENTS, 0, 0)) == 1
+
+
+async def test_two_logs_on_one_file_never_share_an_offset(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 2) as a, SqliteLog(path, 2) as b:
+        await asyncio.gather(
+            *(log.append(EVENTS, [(b"k%d" % (i % 3), b"%s-%d" % (name, i))])
+              for i in range(100) for name, log in ((b"a", a), (b"b", b)))
+        )
+        records = await read_all(a, EVENTS)
+    assert len(records) == 200
+    for p in (0, 1):
+        offsets = [r.offset for r in records if r.partition == p]
+        assert offsets == list(range(len(offsets)))
+
+
+async def test_stopped_log_refuses_and_stop_is_idempotent(tmp_path: Path) -> None:
+    log = SqliteLog(tmp_path / "log.db", 2)
+    with pytest.raises(LogClosed):
+        await log.append(EVENTS, [(b"k", b"v")])
+    await log.start()
+    await log.start()
+    assert await log.ready()
+    await log.stop()
+    await log.stop()
+    assert not await log.ready()
+    with pytest.raises(LogClosed):
+        await log.append(EVENTS, [(b"k", b"v")])
+
+
+async def test_consumer_poll_wakes_on_append(tmp_path: Path) -> None:
+    async with SqliteLog(tmp_path / "log.db", 2) as log:
+        consumer = log.consumer("g", [EVENTS])
+        async with consumer:
+            waiting = asyncio.create_task(consumer.poll(timeout_ms=10_000))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await log.append(EVENTS, [(b"k", b"hello")])
+            got = await asyncio.wait_for(waiting, 10)
+        assert [r.value for r in got] == [b"hello"]
+        assert time.monotonic() - started < 10
