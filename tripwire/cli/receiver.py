@@ -125,7 +125,9 @@ class Receiver:
             self.received += 1
             if self.out is not None:
                 with self.out.open("a") as f:
-                    f.write(json.dumps({"webhook_id": msg_id, "received_at": time.time(), "body": delivery}) + "\n")
+                    signed = {k: headers.get(k, "") for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+                    f.write(json.dumps({"webhook_id": msg_id, "received_at": time.time(), "headers": signed,
+                                        "raw": body.decode("utf-8", "replace"), "body": delivery}) + "\n")
         self._print(describe(msg_id, delivery, verified=self.keys is not None))
         self._answer(req, self.status, {"ok": True})
 
