@@ -1,0 +1,189 @@
+"""tripwire.config: defaults, the TOML file, TRIPWIRE_* overrides, errors that name key and value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tripwire.config import Config, ConfigError, LogConfig, from_dict, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tripwire.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./tripwire.toml here
+    config = load_config(environ={})
+    assert config.source_path is None
+    assert config.data_dir == Path("data")
+    assert config.server.host == "127.0.0.1" and config.server.port == 8080
+    assert config.log == LogConfig()
+    assert config.log.backend == "sqlite"
+    assert config.log.kafka_idempotent is False  # the test broker lacks it
+
+
+def test_default_file_in_the_working_directory_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "[server]\nport = 9000\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(environ={})
+    assert config.server.port == 9000
+    assert config.source_path == Path("tripwire.toml")
+
+
+def test_file_values_and_relative_paths(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+data_dir = "state"
+[server]
+host = "0.0.0.0"
+port = 8181
+[log]
+backend = "kafka"
+kafka_bootstrap = "kafka-1:9092,kafka-2:9092"
+topic_prefix = "shop"
+spill_max_bytes = 1048576
+[rules]
+dir = "rules.d"
+""",
+    )
+    config = load_config(path, environ={})
+    assert config.source_path == path
+    assert config.data_dir == tmp_path / "state"  # relative to the config file
+    assert config.server.host == "0.0.0.0" and config.server.port == 8181
+    assert config.log.backend == "kafka"
+    assert config.log.kafka_bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert config.log.topic_prefix == "shop"
+    assert config.log.spill_max_bytes == 1048576
+    assert config.table("rules") == {"dir": "rules.d"}
+    assert config.resolve("rules.d") == tmp_path / "rules.d"
+    assert config.resolve("/abs/x") == Path("/abs/x")
+
+
+def test_config_path_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[log]\npartitions = 12\n")
+    config = load_config(environ={"TRIPWIRE_CONFIG": str(path)})
+    assert config.log.partitions == 12
+
+
+def test_env_overrides_win_over_the_file_and_parse_toml_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "[log]\nbackend = \"sqlite\"\npartitions = 2\n")
+    config = load_config(
+        path,
+        environ={
+            "TRIPWIRE_LOG__BACKEND": "kafka",  # not TOML: taken as a plain string
+            "TRIPWIRE_LOG__PARTITIONS": "8",  # TOML integer
+            "TRIPWIRE_LOG__KAFKA_IDEMPOTENT": "true",
+            "TRIPWIRE_SERVER__PORT": "9999",
+            "TRIPWIRE_DATA_DIR": "/var/lib/tripwire",
+            "TRIPWIRE_SOURCES__WEB__WRITE_KEY": "wk_live",
+            "TRIPWIRE_SOURCES__WEB__ORIGINS": '["https://a.example", "https://b.example"]',
+            "OTHER_VAR": "ignored",
+        },
+    )
+    assert config.log.backend == "kafka"
+    assert config.log.partitions == 8
+    assert config.log.kafka_idempotent is True
+    assert config.server.port == 9999
+    assert config.data_dir == Path("/var/lib/tripwire")
+    assert config.table("sources") == {
+        "web": {"write_key": "wk_live", "origins": ["https://a.example", "https://b.example"]}
+    }
+
+
+@pytest.mark.parametrize(("text", "expected"), [("yes", True), ("on", True), ("TRUE", True), ("off", False), ("1", True), ("0", False)])
+def test_bool_words_from_the_environment(tmp_path: Path, text: str, expected: bool) -> None:
+    path = write(tmp_path, "")
+    config = load_config(path, environ={"TRIPWIRE_LOG__KAFKA_IDEMPOTENT": text})
+    assert config.log.kafka_idempotent is expected
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "value"),
+    [
+        ({"log": {"backend": "postgres"}}, "log.backend", "'postgres'"),
+        ({"log": {"partitions": 0}}, "log.partitions", "0"),
+        ({"log": {"partitions": "many"}}, "log.partitions", "'many'"),
+        ({"log": {"partitions": True}}, "log.partitions", "True"),
+        ({"server": {"port": "http"}}, "server.port", "'http'"),
+        ({"log": {"kafka_idempotent": "maybe"}}, "log.kafka_idempotent", "'maybe'"),
+        ({"log": {"topic_prefix": 7}}, "log.topic_prefix", "7"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(data: dict, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(data)
+    message = str(info.value)
+    assert f"'{key}'" in message
+    assert value in message
+
+
+def test_unknown_keys_are_named_with_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"log\.partitons") as info:
+        from_dict({"log": {"partitons": 4}})
+    assert "partitions" in str(info.value).split("Known keys:")[1]
+    with pytest.raises(ConfigError, match="datadir"):
+        from_dict({"datadir": "x"})
+
+
+def test_a_section_that_is_not_a_table_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="server"):
+        from_dict({"server": "localhost"})
+    config = from_dict({"rules": {"dir": "x"}})
+    with pytest.raises(ConfigError, match="'rules.dir' has value 'x'. Not a table"):
+        config.section("rules", RoomWithTable)
+
+
+def test_env_override_of_a_non_table_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, 'data_dir = "x"\n')
+    with pytest.raises(ConfigError, match="TRIPWIRE_DATA_DIR__SUB"):
+        load_config(path, environ={"TRIPWIRE_DATA_DIR__SUB": "1"})
+
+
+def test_missing_and_invalid_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", environ={})
+    bad = write(tmp_path, "[log\nbackend = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(bad, environ={})
+    assert str(bad) in str(info.value)
+
+
+@dataclass(frozen=True)
+class RoomSettings:
+    interval_ms: int = 100
+    name: str = "default"
+    tags: list[str] = field(default_factory=list)
+    ratio: float = 0.5
+    home: Path | None = None
+
+
+@dataclass(frozen=True)
+class RoomWithTable:
+    dir: dict = field(default_factory=dict)
+
+
+def test_room_sections_build_dataclasses_with_checked_types() -> None:
+    config = from_dict({"room": {"interval_ms": 250, "tags": "a, b ,c", "ratio": 1, "home": "~/x"}})
+    settings = config.section("room", RoomSettings)
+    assert settings.interval_ms == 250
+    assert settings.tags == ["a", "b", "c"]  # comma-separated strings work for env overrides
+    assert settings.ratio == 1.0
+    assert settings.home == Path("~/x").expanduser()
+    assert settings.name == "default"
+    assert config.section("absent", RoomSettings) == RoomSettings()
+    with pytest.raises(ConfigError, match=r"'room\.tags\[1\]' has value 3"):
+        from_dict({"room": {"tags": ["a", 3]}}).section("room", RoomSettings)
+    with pytest.raises(ConfigError, match=r"'room\.ratio' has value 'high'"):
+        from_dict({"room": {"ratio": "high"}}).section("room", RoomSettings)
+
+
+def test_config_is_immutable() -> None:
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.data_dir = Path("/elsewhere")  # type: ignore[misc]

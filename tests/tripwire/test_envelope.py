@@ -1,0 +1,154 @@
+"""tripwire.envelope: Segment envelope checks, server fields, clock-skew correction, log key."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tripwire.envelope import (
+    EnvelopeError,
+    event_time_ms,
+    format_time_ms,
+    log_key,
+    normalize,
+    parse_time_ms,
+)
+
+RECEIVED = parse_time_ms("2026-11-29T12:00:00.000Z", "t")
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def norm(raw: object, default_type: str | None = "track") -> dict:
+    return normalize(raw, received_at_ms=RECEIVED, source="web", default_type=default_type)
+
+
+def test_server_fields_are_added() -> None:
+    env = norm({"event": "Signed Up", "anonymousId": "a1", "properties": {"plan": "pro"}})
+    assert env["type"] == "track"
+    assert env["receivedAt"] == "2026-11-29T12:00:00.000Z"
+    assert env["timestamp"] == env["receivedAt"]  # no client time: the server's
+    assert env["source"] == "web"
+    assert UUID4.match(env["messageId"])
+    assert env["properties"] == {"plan": "pro"}
+    assert "originalTimestamp" not in env
+
+
+def test_message_ids_are_kept_or_unique() -> None:
+    assert norm({"event": "E", "userId": "u", "messageId": "client-42"})["messageId"] == "client-42"
+    ids = {norm({"event": "E", "userId": "u"})["messageId"] for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(UUID4.match(i) for i in ids)
+
+
+def test_clock_skew_is_corrected_with_sent_at() -> None:
+    # the device clock is 1 h behind; the event happened 5 s before the request was sent
+    env = norm(
+        {
+            "event": "E", "anonymousId": "a",
+            "timestamp": "2026-11-29T10:59:55.000Z", "sentAt": "2026-11-29T11:00:00.000Z",
+        }
+    )
+    assert env["timestamp"] == "2026-11-29T11:59:55.000Z"
+    assert env["originalTimestamp"] == "2026-11-29T10:59:55.000Z"
+    assert event_time_ms(env) == RECEIVED - 5000
+
+
+def test_timestamp_without_sent_at_is_trusted_and_offsets_are_honoured() -> None:
+    env = norm({"event": "E", "anonymousId": "a", "timestamp": "2026-11-29T13:30:00.250+02:00"})
+    assert env["timestamp"] == "2026-11-29T11:30:00.250Z"
+    naive = norm({"event": "E", "anonymousId": "a", "timestamp": "2026-11-29T11:30:00"})
+    assert naive["timestamp"] == "2026-11-29T11:30:00.000Z"  # naive means UTC
+
+
+def test_sent_at_alone_does_not_move_the_event_time() -> None:
+    env = norm({"event": "E", "anonymousId": "a", "sentAt": "2020-01-01T00:00:00Z"})
+    assert env["timestamp"] == env["receivedAt"]
+
+
+def test_log_key_prefers_the_anonymous_id() -> None:
+    assert log_key(norm({"event": "E", "anonymousId": "anon", "userId": "user"})) == "anon"
+    assert log_key(norm({"event": "E", "userId": "user"})) == "user"
+    numeric = norm({"event": "E", "userId": 12345})
+    assert numeric["userId"] == "12345"  # numbers become strings (a stable key)
+    assert log_key(numeric) == "12345"
+    assert log_key(norm({"event": "E", "anonymousId": "", "userId": "u"})) == "u"
+
+
+@pytest.mark.parametrize(
+    ("raw", "default_type", "field"),
+    [
+        ([], "track", "event"),
+        ({"event": "E"}, "track", "anonymousId"),
+        ({"anonymousId": "a"}, "track", "event"),
+        ({"anonymousId": "a", "event": "   "}, "track", "event"),
+        ({"anonymousId": "a", "event": "x" * 300}, "track", "event"),
+        ({"anonymousId": "a"}, None, "type"),
+        ({"anonymousId": "a", "type": "purchase"}, None, "type"),
+        ({"anonymousId": "a", "type": ["track"]}, None, "type"),
+        ({"anonymousId": "a", "event": "E", "properties": [1, 2]}, "track", "properties"),
+        ({"anonymousId": "a", "traits": "vip"}, "identify", "traits"),
+        ({"anonymousId": "a", "event": "E", "context": 3}, "track", "context"),
+        ({"anonymousId": True, "event": "E"}, "track", "anonymousId"),
+        ({"anonymousId": {"id": 1}, "event": "E"}, "track", "anonymousId"),
+        ({"anonymousId": "a" * 300, "event": "E"}, "track", "anonymousId"),
+        ({"userId": "u", "event": "E", "messageId": ["m"]}, "track", "messageId"),
+        ({"userId": "u", "event": "E", "timestamp": "yesterday"}, "track", "timestamp"),
+        ({"userId": "u", "event": "E", "timestamp": 1700000000}, "track", "timestamp"),
+        ({"userId": "u", "event": "E", "timestamp": "2026-01-01T00:00:00Z", "sentAt": "soon"}, "track", "sentAt"),
+        ({"userId": "u", "name": 5}, "page", "name"),
+        ({"userId": "u"}, "alias", "previousId"),
+        ({"userId": "u"}, "group", "groupId"),
+    ],
+)
+def test_bad_events_name_the_field(raw: object, default_type: str | None, field: str) -> None:
+    with pytest.raises(EnvelopeError) as info:
+        norm(raw, default_type)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_absurd_skew_is_an_error_not_a_crash() -> None:
+    with pytest.raises(EnvelopeError) as info:
+        norm({"userId": "u", "event": "E", "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"})
+    assert info.value.field == "sentAt"
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [
+        ("track", {"event": "Added To Cart"}),
+        ("page", {"name": "Home"}),
+        ("page", {}),
+        ("screen", {"name": "Settings"}),
+        ("identify", {"traits": {"email_hash": "x"}}),
+        ("alias", {"previousId": "old-id"}),
+        ("group", {"groupId": "acme", "traits": {"plan": "team"}}),
+    ],
+)
+def test_every_segment_type_is_accepted(kind: str, extra: dict) -> None:
+    env = norm({"type": kind, "userId": "u1", **extra}, None)
+    assert env["type"] == kind
+    for key, value in extra.items():
+        assert env[key] == value
+
+
+def test_batch_events_name_their_own_type_over_the_route_default() -> None:
+    assert norm({"type": "identify", "userId": "u"}, "track")["type"] == "identify"
+
+
+def test_null_objects_are_dropped_and_input_is_not_mutated() -> None:
+    raw = {"event": "E", "anonymousId": "a", "properties": None, "context": {"ip": "203.0.113.9"}}
+    env = norm(raw)
+    assert "properties" not in env
+    assert env["context"] == {"ip": "203.0.113.9"}
+    assert raw == {"event": "E", "anonymousId": "a", "properties": None, "context": {"ip": "203.0.113.9"}}
+
+
+@pytest.mark.parametrize(
+    "ms", [0, 1, 999, 1000, RECEIVED, RECEIVED + 123, 253402300799999, -62135596800000]
+)
+def test_time_formatting_round_trips(ms: int) -> None:
+    text = format_time_ms(ms)
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", text)
+    assert parse_time_ms(text, "t") == ms
