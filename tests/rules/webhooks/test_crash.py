@@ -99,6 +99,8 @@ async def test_kill_9_mid_retry_then_restart(log, receivers, tmp_path):
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) == 0
     finally:
+        for name in ("first", "second"):  # shown on failure
+            print(name, (tmp_path / f"{name}.stderr").read_text(errors="replace")[-4000:])
         if second.poll() is None:
             second.kill()
             second.wait(timeout=10)

@@ -66,6 +66,7 @@ async def test_standalone_dispatcher_on_kafka(tansu, receivers, tmp_path):
             await wait_until(lambda: len(rx.requests) >= 10, 60, "second batch after restart")
             await asyncio.sleep(0.5)
         finally:
+            print((tmp_path / "dispatcher.stderr").read_text(errors="replace")[-6000:])  # shown on failure
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
