@@ -1,0 +1,30 @@
+// The context every event carries, and page view bookkeeping.
+import { c, d, nav, on } from './env.js';
+
+const L = location;
+let ref = d.referrer;
+/** The URL of the last page view (without the hash unless hash routing is on). */
+export let last;
+
+export const here = () => (on(c.hash) ? L.href : L.href.split('#')[0]);
+
+/** A page view happens: after an SPA navigation the previous page is the referrer. */
+export const view = () => {
+  const h = here();
+  if (last && h != last) ref = last;
+  last = h;
+};
+
+export const pageInfo = () => ({ url: L.href, path: L.pathname, referrer: ref, title: d.title, search: L.search });
+
+/** Context for an event at time t; `o` is the stored state (session). */
+export const context = (o, t) => {
+  const x = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language };
+  // A session ends after 30 minutes without events; its id is its start time (ms).
+  if (!(t - o.t < 18e5)) (o.s = t), (x.sessionStart = true);
+  o.t = t;
+  x.sessionId = o.s;
+  for (const [k, v] of new URLSearchParams(L.search))
+    if (k.startsWith('utm_')) (x.campaign ||= {})[k == 'utm_campaign' ? 'name' : k.slice(4)] = v;
+  return x;
+};

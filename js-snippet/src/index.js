@@ -1,0 +1,67 @@
+// Tripwire browser tracker. Loader (see README.md):
+//   <script>window.tw=window.tw||function(){(tw.q=tw.q||[]).push(arguments)}</script>
+//   <script async src="/t.js" data-key="WRITE_KEY"></script>
+// API: tw('track', event, properties), tw('page', [name], [properties]), tw('identify', userId, traits),
+// tw('reset'), tw('optOut'), tw('optIn'); tw('init', {...}) before the script loads sets options.
+import { context, here, last, pageInfo, view } from './context.js';
+import { c, d, iso, log, nav, now, on, safe, uuid } from './env.js';
+import { flush, online, push, setup, size } from './send.js';
+import { load, open, save } from './store.js';
+
+const t = window.tw;
+
+if (!t?.l)
+  safe(() => {
+    const q = t?.q || [];
+    const s = d.currentScript;
+    Object.assign(c, s?.dataset);
+    for (const a of q) a[0] == 'init' && Object.assign(c, a[1]);
+    // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the
+    // loader's stub keeps swallowing calls).
+    if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
+    const f = (window.tw = safe((m, ...a) => api[m](...a)));
+    f.l = 1;
+    open();
+    setup(s);
+
+    const ev = (type, x) => {
+      const o = load();
+      if (o.o) return;
+      if (x.userId != null) o.u = x.userId + '';
+      o.a ||= uuid();
+      const e = { type, messageId: uuid(), anonymousId: o.a, userId: o.u, timestamp: iso(), context: context(o, now()), ...x };
+      size(e) > 3e4 ? log(e) : push(o, e); // the collector refuses events over 32 KB
+    };
+    const page = (n, p) => {
+      if (typeof n == 'object') (p = n), (n = void 0);
+      view();
+      ev('page', { name: n, properties: { ...pageInfo(), ...p } });
+    };
+    const api = {
+      track: (n, p) => ev('track', { event: n + '', properties: { ...p } }),
+      page,
+      identify: (u, p) => ev('identify', { userId: u, traits: { ...p } }),
+      reset: () => save({ ...load(), a: void 0, u: void 0, t: void 0 }),
+      optOut: () => save({ o: 1 }),
+      optIn: () => load().o && save({}),
+    };
+
+    for (const a of q) f(...a);
+    page();
+
+    // SPA page views: history API and back/forward (and hash changes with data-hash).
+    const nv = safe(() => here() != last && page());
+    for (const m of ['pushState', 'replaceState']) {
+      const o = history[m];
+      history[m] = (...a) => {
+        o.apply(history, a);
+        nv();
+      };
+    }
+    addEventListener('popstate', nv);
+    on(c.hash) && addEventListener('hashchange', nv);
+    // Leaving, or going to the background (on mobile maybe the last chance): beacon.
+    addEventListener('visibilitychange', () => d.hidden && flush(1));
+    addEventListener('pagehide', () => flush(1));
+    addEventListener('online', online);
+  })();

@@ -1,0 +1,312 @@
+"""The tracker in a real browser against the real collector: what arrives in the event log.
+
+Each test gets a fresh browser context (own localStorage), its own collector and SQLite log,
+and pages on a separate origin that embed the README's loader with short flush intervals.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from typing import Any
+
+from playwright.sync_api import BrowserContext, Page
+
+from .helpers import WRITE_KEY, Collector, Site, wait_for
+
+FAST = 'data-interval="150"'
+
+
+def open_page(context: BrowserContext, url: str) -> Page:
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_function("window.tw && window.tw.l")  # the script has loaded
+    return page
+
+
+def stored(page: Page) -> dict[str, Any]:
+    return json.loads(page.evaluate("localStorage.tw || 'null'") or "null") or {}
+
+
+def wait_events(collector: Collector, n: int, timeout_s: float = 10) -> list[dict[str, Any]]:
+    return wait_for(lambda: (e := collector.events()) and len(e) >= n and e, timeout_s, f"{n} events in the log")
+
+
+def by_type(events: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind and (name is None or e.get("event") == name)]
+
+
+def assert_once_each(events: list[dict[str, Any]]) -> None:
+    counts = collections.Counter(e["messageId"] for e in events)
+    assert [m for m, n in counts.items() if n > 1] == [], "some messageIds arrived more than once"
+
+
+def settle(seconds: float = 0.8) -> None:
+    """Give the page time for several flush intervals (only where we assert that nothing happens)."""
+    time.sleep(seconds)
+
+
+def test_page_view_on_load_carries_full_context(context: BrowserContext, site: Site, collector: Collector) -> None:
+    first = site.add("/first.html", collector.url, attrs=FAST, body='<a id="next" href="/landing.html?utm_source=news&utm_medium=email&utm_campaign=spring&utm_term=shoes&utm_content=hero&x=1">next</a>')
+    site.add("/landing.html", collector.url, attrs=FAST, title="Landing")
+    page = open_page(context, first)
+    page.click("#next")
+    page.wait_for_url("**/landing.html*")
+    events = wait_events(collector, 2)
+    landing = next(e for e in by_type(events, "page") if e["context"]["page"]["path"] == "/landing.html")
+    ctx = landing["context"]
+    url = f"{site.origin}/landing.html?utm_source=news&utm_medium=email&utm_campaign=spring&utm_term=shoes&utm_content=hero&x=1"
+    assert ctx["page"] == {"url": url, "path": "/landing.html", "referrer": first, "title": "Landing",
+                           "search": "?utm_source=news&utm_medium=email&utm_campaign=spring&utm_term=shoes&utm_content=hero&x=1"}
+    assert landing["properties"] == ctx["page"]  # Segment copies the page fields into a page call's properties
+    assert ctx["campaign"] == {"source": "news", "medium": "email", "name": "spring", "term": "shoes", "content": "hero"}
+    assert ctx["library"] == {"name": "tripwire.js", "version": "0.1.0"}
+    assert ctx["locale"] and isinstance(ctx["sessionId"], int)
+    assert ctx["userAgent"].startswith("Mozilla/")  # added by the collector
+    assert landing["anonymousId"] and landing["messageId"] and landing["source"] == "site"
+    for field in ("timestamp", "originalTimestamp", "sentAt", "receivedAt"):
+        assert landing[field].endswith("Z"), field
+    assert landing["originalTimestamp"] <= landing["sentAt"]
+    # Same visitor and session on both pages; the session starts on the first event only.
+    first_view = next(e for e in events if e["context"]["page"]["path"] == "/first.html")
+    assert first_view["anonymousId"] == landing["anonymousId"]
+    assert first_view["context"]["sessionId"] == ctx["sessionId"]
+    assert first_view["context"].get("sessionStart") is True and "sessionStart" not in ctx
+
+
+def test_track_and_identify(context: BrowserContext, site: Site, collector: Collector) -> None:
+    page = open_page(context, site.add("/shop.html", collector.url, attrs=FAST))
+    page.evaluate("tw('track', 'Product Viewed', {sku: 'A-1', price: 9.5, tags: ['x']})")
+    page.evaluate("tw('identify', 'user-42', {email: 'a@example.com', plan: 'pro'})")
+    page.evaluate("tw('track', 'Added To Cart', {sku: 'A-1'}); tw('page', 'Cart', {step: 2})")
+    events = wait_events(collector, 5)
+    viewed, added = by_type(events, "track", "Product Viewed")[0], by_type(events, "track", "Added To Cart")[0]
+    (identify,) = by_type(events, "identify")
+    named = next(e for e in by_type(events, "page") if e.get("name") == "Cart")
+    assert viewed["properties"] == {"sku": "A-1", "price": 9.5, "tags": ["x"]}
+    assert "userId" not in viewed
+    assert identify["userId"] == "user-42" and identify["traits"] == {"email": "a@example.com", "plan": "pro"}
+    assert added["userId"] == "user-42" and named["userId"] == "user-42"
+    assert named["properties"]["step"] == 2 and named["properties"]["path"] == "/shop.html"
+    assert len({e["anonymousId"] for e in events}) == 1
+    # userId is remembered across page loads.
+    page.reload()
+    wait_for(lambda: len(by_type(collector.events(), "page")) >= 3, what="the reload's page view")
+    later = [e for e in by_type(collector.events(), "page") if e["originalTimestamp"] > named["originalTimestamp"]]
+    assert later and all(e["userId"] == "user-42" for e in later)
+
+
+def test_reset_forgets_the_user(context: BrowserContext, site: Site, collector: Collector) -> None:
+    page = open_page(context, site.add("/r.html", collector.url, attrs=FAST))
+    page.evaluate("tw('identify', 'user-7'); tw('track', 'Before')")
+    page.evaluate("tw('reset'); tw('track', 'After')")
+    events = wait_events(collector, 4)
+    before, after = by_type(events, "track", "Before")[0], by_type(events, "track", "After")[0]
+    assert before["userId"] == "user-7" and "userId" not in after
+    assert before["anonymousId"] != after["anonymousId"]
+    assert after["context"]["sessionId"] != before["context"]["sessionId"]
+
+
+def test_track_then_navigating_away_still_arrives(context: BrowserContext, site: Site, collector: Collector) -> None:
+    # A long interval: only the page-hide beacon can deliver the events.
+    page = open_page(context, site.add("/leave.html", collector.url, attrs='data-interval="60000"'))
+    site.pages["/elsewhere.html"] = "<!doctype html><title>elsewhere</title>"
+    page.evaluate(f"tw('track', 'Outbound Click', {{to: 'elsewhere'}}); location.href = '{site.origin}/elsewhere.html'")
+    page.wait_for_url("**/elsewhere.html")
+    events = wait_events(collector, 2)
+    assert by_type(events, "track", "Outbound Click")[0]["properties"] == {"to": "elsewhere"}
+    # Coming back: the queue the beacon emptied is not sent a second time.
+    page.goto(site.origin + "/leave.html")
+    page.goto(site.origin + "/elsewhere.html")  # unload again: beacon the second page view
+    events = wait_for(lambda: len(e := collector.events()) >= 3 and e, what="the second page view")
+    settle()
+    events = collector.events()
+    assert len(events) == 3
+    assert_once_each(events)
+
+
+def test_collector_down_then_back_delivers_each_event_once(context: BrowserContext, site: Site, collector: Collector) -> None:
+    # The site hosts the script itself here: with the collector down it could not serve /t.js.
+    url = site.add("/down.html", collector.url, attrs=FAST, self_hosted=True)
+    collector.server.stop()
+    page = open_page(context, url)
+    page.evaluate("for (let i = 0; i < 3; i++) tw('track', 'Offline ' + i, {i})")
+    # The sends fail: everything is kept in localStorage and the tracker backs off.
+    state = wait_for(lambda: (s := stored(page)).get("b") and s, what="a failed send (backoff)")
+    assert [e["type"] for e in state["q"]] == ["page", "track", "track", "track"]
+    assert collector.events() == []
+    collector.server.start()
+    page.reload()
+    events = wait_events(collector, 5)
+    assert sorted(e["event"] for e in by_type(events, "track")) == ["Offline 0", "Offline 1", "Offline 2"]
+    assert {e["messageId"] for e in events} >= {e["messageId"] for e in state["q"]}
+    wait_for(lambda: stored(page).get("q") == [] and stored(page).get("b") == 0, what="an empty queue")
+    settle()
+    events = collector.events()
+    assert len(events) == 5
+    assert_once_each(events)
+
+
+def test_blocked_route_then_unblocked_delivers_each_event_once(context: BrowserContext, site: Site, collector: Collector) -> None:
+    context.route("**/v1/batch", lambda route: route.abort())
+    page = open_page(context, site.add("/blocked.html", collector.url, attrs=FAST))
+    page.evaluate("tw('track', 'While Blocked')")
+    wait_for(lambda: stored(page).get("b"), what="a failed send")
+    page.reload()  # leaving while the collector is failing must not beacon the queue away
+    wait_for(lambda: len(stored(page).get("q", [])) == 3, what="three queued events")
+    context.unroute("**/v1/batch")
+    page.evaluate("dispatchEvent(new Event('online'))")  # the browser is back online: retry now
+    events = wait_events(collector, 3)
+    assert len(by_type(events, "track", "While Blocked")) == 1
+    settle()
+    assert len(collector.events()) == 3
+    assert_once_each(collector.events())
+
+
+def test_queue_cap_holds_and_counts_drops(context: BrowserContext, site: Site, collector: Collector) -> None:
+    context.route("**/v1/batch", lambda route: route.abort())
+    page = open_page(context, site.add("/cap.html", collector.url, attrs=FAST + ' data-cap="5" data-batch="2"'))
+    for i in range(20):
+        page.evaluate(f"tw('track', 'E{i}')")
+        assert len(stored(page)["q"]) <= 5
+    created = 21  # the page view and 20 tracks
+    settle(0.3)  # failed batches come back, trimmed to the cap again
+    assert len(stored(page)["q"]) == 5
+    context.unroute("**/v1/batch")
+    page.evaluate("dispatchEvent(new Event('online'))")
+    wait_for(lambda: stored(page)["q"] == [], what="an empty queue")
+    events = collector.events()
+    assert 0 < len(events) <= 5 and by_type(events, "track")[-1]["event"] == "E19"
+    # Every event lost to the cap is counted in the context of a delivered one.
+    dropped = sum(e["context"].get("dropped", 0) for e in events)
+    assert dropped == created - len(events)
+    assert_once_each(events)
+
+
+def test_spa_navigation_produces_page_views(context: BrowserContext, site: Site, collector: Collector) -> None:
+    url = site.add("/app.html", collector.url, attrs=FAST + " data-hash")
+    page = open_page(context, url)
+    page.evaluate("history.pushState({}, '', '/app/one')")
+    page.evaluate("history.replaceState({s: 1}, '')")  # same URL: state only, no page view
+    page.evaluate("history.replaceState({}, '', '/app/two?tab=3')")
+    page.evaluate("history.back()")
+    page.wait_for_url(url)
+    page.evaluate("location.hash = 'details'")
+    views = wait_for(lambda: len(v := by_type(collector.events(), "page")) >= 5 and v, what="five page views")
+    settle()
+    views = sorted(by_type(collector.events(), "page"), key=lambda e: e["originalTimestamp"])
+    assert [v["context"]["page"]["url"].removeprefix(site.origin) for v in views] == [
+        "/app.html", "/app/one", "/app/two?tab=3", "/app.html", "/app.html#details",
+    ]
+    assert views[1]["context"]["page"]["referrer"] == url  # an SPA view's referrer is the previous view
+    assert views[2]["context"]["page"]["referrer"] == site.origin + "/app/one"
+    assert views[2]["properties"]["search"] == "?tab=3"
+
+
+def test_hash_changes_are_not_page_views_by_default(context: BrowserContext, site: Site, collector: Collector) -> None:
+    page = open_page(context, site.add("/nohash.html", collector.url, attrs=FAST))
+    page.evaluate("location.hash = 'a'")
+    page.evaluate("tw('track', 'After Hash')")
+    wait_for(lambda: by_type(collector.events(), "track"), what="the track")
+    settle()
+    assert len(by_type(collector.events(), "page")) == 1
+
+
+def test_gpc_and_dnt_produce_nothing(context: BrowserContext, site: Site, collector: Collector) -> None:
+    site.pages["/plain.html"] = "<!doctype html><title>no tracker here</title>"
+    requests: list[str] = []
+    context.on("request", lambda r: "/v1/" in r.url and requests.append(r.url))
+    for signal in ("globalPrivacyControl', {get: () => true}", "doNotTrack', {get: () => '1'}"):
+        page = context.new_page()
+        page.add_init_script(f"Object.defineProperty(Navigator.prototype, '{signal})")
+        page.goto(site.add("/private.html", collector.url, attrs=FAST))
+        page.wait_for_load_state("load")
+        page.evaluate("tw('track', 'Should Not Arrive'); tw('identify', 'nobody')")
+        settle(0.5)
+        page.goto(site.origin + "/plain.html")  # unload too
+        assert page.evaluate("localStorage.length") == 0
+    settle()
+    assert requests == [] and collector.events() == []
+    # The site owner may choose to ignore the signals.
+    page = context.new_page()
+    page.add_init_script("Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})")
+    page.goto(site.add("/ignoring.html", collector.url, attrs=FAST + " data-ignore-dnt"))
+    assert wait_events(collector, 1)[0]["context"]["page"]["path"] == "/ignoring.html"
+
+
+def test_opt_out_persists_across_reloads(context: BrowserContext, site: Site, collector: Collector) -> None:
+    page = open_page(context, site.add("/consent.html", collector.url, attrs=FAST))
+    wait_events(collector, 1)
+    page.evaluate("tw('optOut')")
+    assert {k: v for k, v in stored(page).items() if v} == {"o": 1}  # ids and queue forgotten, the choice kept
+    page.reload()
+    page.wait_for_function("window.tw && window.tw.l")
+    page.evaluate("tw('track', 'Opted Out'); tw('identify', 'u1')")
+    settle()
+    assert len(collector.events()) == 1
+    assert {k: v for k, v in stored(page).items() if v} == {"o": 1}
+    page.evaluate("tw('optIn'); tw('track', 'Opted In')")
+    events = wait_events(collector, 2)
+    assert [e.get("event") for e in events] == [None, "Opted In"]
+    assert events[1]["anonymousId"] != events[0]["anonymousId"]  # a new visitor id after opting back in
+
+
+def test_calls_before_the_script_loads_are_delivered(context: BrowserContext, site: Site, collector: Collector) -> None:
+    before = (
+        f"tw('init', {{key: '{WRITE_KEY}', interval: 150}});"  # options from an init call, no data-key
+        "tw('identify', 'early-user', {plan: 'pro'});"
+        "tw('track', 'Early Bird', {n: 1});"
+    )
+    open_page(context, site.add("/early.html", collector.url, before=before, key=None))
+    events = wait_events(collector, 3)
+    assert [e["type"] for e in events] == ["identify", "track", "page"]
+    assert all(e["userId"] == "early-user" for e in events)
+    assert events[1]["properties"] == {"n": 1}
+
+
+def test_no_storage_mode_and_cookie_mirror(context: BrowserContext, site: Site, collector: Collector) -> None:
+    page = open_page(context, site.add("/memory.html", collector.url, attrs=FAST + " data-memory"))
+    page.evaluate("tw('track', 'In Memory')")
+    events = wait_events(collector, 2)
+    assert page.evaluate("localStorage.length") == 0
+    assert by_type(events, "track")[0]["anonymousId"] == events[0]["anonymousId"]
+
+    page = open_page(context, site.add("/cookie.html", collector.url, attrs=FAST + " data-cookie"))
+    (view,) = [e for e in wait_events(collector, 3) if e["context"]["page"]["path"] == "/cookie.html"]
+    cookies = {c["name"]: c for c in context.cookies(site.origin)}
+    assert cookies["tw_a"]["value"] == view["anonymousId"] == stored(page)["a"]
+    assert cookies["tw_a"]["expires"] > time.time() + 300 * 86400
+    page.evaluate("tw('optOut')")
+    assert "tw_a" not in {c["name"] for c in context.cookies(site.origin)}
+
+
+def test_big_flushes_are_split_under_64_kb(context: BrowserContext, site: Site, collector: Collector) -> None:
+    page = open_page(context, site.add("/big.html", collector.url, attrs='data-interval="60000" data-batch="1000"'))
+    page.evaluate("for (let i = 0; i < 40; i++) tw('track', 'Big', {i, blob: 'ü'.repeat(1500) + 'x'.repeat(1000)})")
+    site.pages["/after.html"] = site.pages["/big.html"].replace('data-interval="60000"', FAST)
+    page.goto(site.origin + "/after.html")  # beacons on the way out; whatever did not fit goes next
+    events = wait_for(lambda: len(by_type(e := collector.events(), "track")) >= 40 and e, 15, "all 40 big events")
+    assert sorted(e["properties"]["i"] for e in by_type(events, "track")) == list(range(40))
+    bodies = collector.batch_sizes
+    assert len(bodies) >= 3 and max(bodies) < 64 * 1024 and sum(bodies) > 160_000
+    assert_once_each(events)
+
+
+def test_an_event_the_collector_refuses_does_not_sink_its_batch(context: BrowserContext, site: Site, collector: Collector) -> None:
+    page = open_page(context, site.add("/poison.html", collector.url, attrs='data-interval="300"'))
+    page.evaluate("tw('track', 'Good 1'); tw('track', 'x'.repeat(300)); tw('track', 'Good 2')")  # names over 256 chars are refused
+    events = wait_events(collector, 3)
+    settle()
+    assert sorted(e.get("event") or "" for e in collector.events()) == ["", "Good 1", "Good 2"]
+    wait_for(lambda: stored(page)["q"] == [], what="an empty queue")
+
+
+def test_failures_never_reach_the_page(context: BrowserContext, site: Site, collector: Collector) -> None:
+    # The context fixture fails the test on any uncaught page error.
+    page = open_page(context, site.add("/robust.html", collector.url, attrs=FAST))
+    page.evaluate("const o = {}; o.self = o; tw('track', 'Cyclic', o)")
+    page.evaluate("tw('noSuchMethod', 1); tw(); tw('track', 'Huge', {x: 'y'.repeat(40000)})")
+    page.evaluate("tw('track', 'Still Working')")
+    events = wait_events(collector, 2)
+    assert [e.get("event") for e in by_type(events, "track")] == ["Still Working"]
