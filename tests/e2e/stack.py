@@ -72,11 +72,15 @@ def deliveries(out: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def lake_rows(lake: str, sql: str = "SELECT message_id, event, anonymous_id FROM t", **duck: Any) -> list[tuple[Any, ...]]:
+def lake_rows(lake: str, sql: str = "SELECT message_id, event, anonymous_id FROM t",
+              storage: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Rows of the lake through DuckDB, the way an analyst reads it (S3: through s3fs)."""
     con = duckdb.connect()
     try:
-        for stmt in duck.get("setup", []):
-            con.execute(stmt)
+        if storage is not None:
+            import s3fs
+
+            con.register_filesystem(s3fs.S3FileSystem(skip_instance_cache=True, **storage))
         glob = f"{lake.rstrip('/')}/**/*.parquet"
         try:
             con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true)")

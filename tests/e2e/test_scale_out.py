@@ -1,0 +1,183 @@
+"""Scale-out on a real Kafka-protocol broker (tansu) and S3 (moto): the same config keys as on one machine.
+
+Two collectors, two rules engines in one consumer group, one dispatcher and one
+sink, each a ``tripwire`` subprocess with its own data dir. Events come from the
+snippet on the demo page in Chromium (Playwright) and from a server-side
+client; the test asserts the signed webhooks a real receiver got and the rows
+DuckDB reads from the S3 lake.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.e2e.procs import Proc, collector
+from tests.e2e.stack import BACKEND_KEY, EXAMPLES, by_rule, deliveries, event, example_config, fast_env, lake_rows, wait_until
+from tests.fixtures.s3 import S3Bucket
+from tests.fixtures.tansu import TansuBroker, free_port
+from tripwire.triggers import trigger_id
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def demo_site(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """The demo page on its own loopback origin (the collector's URL filled in by the test)."""
+    root = tmp_path / "demo"
+    root.mkdir()
+    port = free_port()
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, port
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def browse(page_url: str) -> dict[str, str]:
+    """Two visitors in Chromium: one abandons the cart (and orders big), one checks out in time."""
+    carts: dict[str, str] = {}
+    visitors: dict[str, str] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        try:
+            for who, buttons in (("abandoner", ["#add", "#order"]), ("buyer", ["#add", "#checkout"])):
+                context = browser.new_context()  # own storage: own anonymousId
+                page = context.new_page()
+                page.goto(page_url)
+                page.wait_for_function("window.tw && window.tw.l === 1", timeout=15_000)  # t.js loaded
+                for b in buttons:
+                    page.click(b)
+                carts[who] = page.evaluate("cart")
+                # the snippet flushes every 500 ms (data-interval); its queue (localStorage.tw.q) empties
+                # once the collector acknowledged every event
+                page.wait_for_function("JSON.parse(localStorage.tw || '{}').q?.length === 0", timeout=20_000)
+                visitors[who] = page.evaluate("JSON.parse(localStorage.tw).a")
+                context.close()
+        finally:
+            browser.close()
+    return {**{f"cart:{k}": v for k, v in carts.items()}, **visitors}
+
+
+def test_two_collectors_two_engines_dispatcher_and_sink_on_kafka_and_s3(
+    tmp_path: Path, tansu: TansuBroker, s3_bucket: S3Bucket, demo_site: tuple[Path, int]
+) -> None:
+    config = example_config(tmp_path / "site")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    site_root, site_port = demo_site
+    out = tmp_path / "received.jsonl"
+    s3 = s3_bucket.server
+    receiver = Proc("receiver", ["webhooks", "receive", "--port", str(rport := free_port()), "--secret",
+                                 "whsec_Y4PBOb53VF7OoWLmD0wZfsT9u0Rr2vhV", "--out", str(out)], logs, port=rport)
+    storage = (f'{{key = "{s3.key}", secret = "{s3.secret}", '
+               f'client_kwargs = {{endpoint_url = "{s3.endpoint_url}", region_name = "{s3.region}"}}}}')
+    env = fast_env(rport, **{
+        "TRIPWIRE_LOG__BACKEND": "kafka",
+        "TRIPWIRE_LOG__KAFKA_BOOTSTRAP": tansu.bootstrap,
+        "TRIPWIRE_LOG__PARTITIONS": "4",
+        "TRIPWIRE_COLLECTOR__PII_SALT": "e2e-shared-salt",
+        "TRIPWIRE_SOURCES__SHOP__ORIGINS": f'["http://127.0.0.1:{site_port}"]',
+        "TRIPWIRE_SINK__LAKE_URL": f"{s3_bucket.url}/lake",
+        "TRIPWIRE_SINK__S3_ENDPOINT_URL": s3.endpoint_url,
+        "TRIPWIRE_RULES__CHECKPOINT_URL": f"{s3_bucket.url}/rules-checkpoints",
+        "TRIPWIRE_RULES__STORAGE_OPTIONS": storage,
+        "TRIPWIRE_RULES__CHECKPOINT_INTERVAL_MS": "300",
+        **s3.env(),
+    })
+    procs = [
+        receiver,
+        c1 := collector("collector-1", config, logs, env, tmp_path / "c1"),
+        c2 := collector("collector-2", config, logs, env, tmp_path / "c2"),
+        e1 := Proc("engine-1", ["--config", str(config), "engine"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "e1")}),
+        e2 := Proc("engine-2", ["--config", str(config), "engine"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "e2")}),
+        Proc("dispatcher", ["--config", str(config), "dispatcher"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "d")}),
+        Proc("sink", ["--config", str(config), "sink"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "s")}),
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        e1.wait_output("partitions assigned", 60)
+        e2.wait_output("partitions assigned", 60)
+
+        def split() -> bool:
+            a, b = assigned(e1), assigned(e2)
+            return bool(a) and bool(b) and not a & b and a | b == {0, 1, 2, 3}
+        wait_until(split, 60, "the two engines to share the 4 partitions")
+
+        # the demo page, pointed at collector 1, in Chromium
+        page = (EXAMPLES / "demo" / "index.html").read_text().replace("http://127.0.0.1:8080", f"http://127.0.0.1:{c1.port}")
+        (site_root / "index.html").write_text(page)
+        seen = browse(f"http://127.0.0.1:{site_port}/")
+
+        # a backend sends through collector 2
+        server_events = []
+        for i in range(20):
+            user = f"server-{i}"
+            server_events.append(event("Product Added", user, sku=f"sku-{i}", quantity=1, price=10 + i))
+            if i % 2:
+                server_events.append(event("Checkout Started", user, total=10 + i))
+        server_events.append(event("Order Completed", "server-big", order_id="o-big", total=500))
+        r = httpx.post(f"http://127.0.0.1:{c2.port}/v1/batch", json={"batch": server_events}, auth=(BACKEND_KEY, ""), timeout=30)
+        assert r.status_code == 200, r.text
+
+        expected = {("abandoned cart", f"server-{i}") for i in range(0, 20, 2)} | {("big order", "server-big")}
+        got = wait_until(lambda: (lambda d: d if expected <= set(d) and len([k for k in d if k[0] == "abandoned cart"
+                                                                                 and not k[1].startswith("server")]) >= 1
+                                   and len([k for k in d if k[0] == "big order"]) >= 2 else None)(by_rule(deliveries(out))),
+                         90, "the webhooks of both the browser and the server visitors")
+        browser_keys = {k for k in got if not k[1].startswith("server")}
+        (abandoned,) = [k for k in browser_keys if k[0] == "abandoned cart"]
+        (big,) = [k for k in browser_keys if k[0] == "big order"]
+        assert abandoned[1] == big[1] == seen["abandoner"]  # the snippet's anonymousId is the key
+        payload = got[abandoned][0]["body"]["data"]["payload"]
+        assert payload["cart_id"] == seen["cart:abandoner"] and payload["sku"] == "shoe-42"
+        assert not any(k[1] == seen["buyer"] for k in got)  # checked out in time: nothing fired
+        for i in range(0, 20, 2):
+            (hook,) = got[("abandoned cart", f"server-{i}")]
+            added = server_events[[e["anonymousId"] for e in server_events].index(f"server-{i}")]
+            assert hook["webhook_id"] == trigger_id("abandoned cart", f"server-{i}", [added["messageId"]])
+        assert all(k in expected or k in browser_keys for k in got)  # nothing unexpected
+        assert all(len({x["webhook_id"] for x in v}) == 1 for v in got.values())
+
+        lake = f"{s3_bucket.url}/lake"
+        want = {e["messageId"] for e in server_events}
+
+        def lake_complete() -> list | None:
+            rows = lake_rows(lake, "SELECT message_id, event, anonymous_id FROM t", storage=s3.storage_options())
+            ids = {r[0] for r in rows}
+            browser_events = {r[1] for r in rows if r[2] == abandoned[1]}
+            return rows if want <= ids and {"Product Viewed", "Product Added", "Order Completed"} <= browser_events else None
+        rows = wait_until(lake_complete, 60, "server and browser rows in the S3 lake")
+        ids = [r[0] for r in rows]
+        assert len(ids) == len(set(ids))  # exactly once
+        assert {r[1] for r in rows if r[2] == abandoned[1]} >= {None, "Product Viewed", "Product Added", "Order Completed"}
+        print(f"scale-out: {len(got)} (rule, visitor) webhooks, {len(rows)} lake rows, "
+              f"engines own {sorted(assigned(e1))} and {sorted(assigned(e2))}")
+        for proc in reversed(procs):
+            assert proc.stop() == 0, proc.output()[-3000:]
+    finally:
+        for proc in procs:
+            proc.kill9()
+
+
+def assigned(proc: Proc) -> set[int]:
+    lines = [x for x in proc.output().splitlines() if "partitions assigned: " in x]
+    if not lines:
+        return set()
+    return {int(x) for x in lines[-1].split("partitions assigned: ", 1)[1].strip(" []").split(",") if x.strip()}
