@@ -45,8 +45,6 @@ class WebhooksConfig:
     retention_days: float = 30.0  # delivered and dead rows kept (dedup window, history)
     scan_interval_s: float = 1.0  # re-read the store this often (replays/enables by the CLI)
     stop_grace_s: float = 5.0  # on stop, wait this long for attempts in flight
-    metrics_host: str = "127.0.0.1"  # `tripwire dispatcher` only; 0 = no metrics server
-    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         if not self.retry_schedule_s:

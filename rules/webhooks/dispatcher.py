@@ -198,6 +198,13 @@ class Dispatcher:
         await self._store.drain()
         self._store.sync.close()
 
+    async def ready(self) -> bool:
+        """Serving: started, not stopping, both background tasks alive."""
+        return (
+            self._started and not self._stopping and not self.failed
+            and all(not t.done() for t in self._tasks.background)
+        )
+
     def _background_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stopping:
             return

@@ -3,7 +3,8 @@
 The ``webhooks`` commands work on the dispatcher's delivery store in the data
 dir (they may run while the dispatcher does; it sees replays and re-enables
 within ``webhooks.scan_interval_s``). ``tripwire dispatcher`` runs the
-dispatcher alone on the configured log (e.g. Kafka, for the scale-out setup).
+dispatcher alone on the configured log (e.g. Kafka, for the scale-out setup);
+``tripwire --metrics-port PORT dispatcher`` serves its metrics and probes.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     dispatcher = sub.add_parser("dispatcher", help="run the webhook dispatcher alone on the configured log")
     dispatcher.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
-    dispatcher.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics (webhooks.metrics_port)")
     dispatcher.set_defaults(handler=lambda args, config: asyncio.run(dispatcher_command(args, config)))
 
 
@@ -173,14 +173,9 @@ def enable_command(args: argparse.Namespace, config: Config) -> int:
 
 
 async def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
-    from rules.webhooks.service import create_service, settings
+    from rules.webhooks.service import create_service
 
-    webhooks = settings(config)
-    port = args.metrics_port if args.metrics_port is not None else webhooks.metrics_port
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr=webhooks.metrics_host)
+    # Metrics and probes: `tripwire --metrics-port PORT dispatcher` (tripwire.metrics).
     log = open_log(config, url=args.log)
     await log.start()
     try:

@@ -9,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from rules.webhooks import Store
+import httpx
 from standardwebhooks import Webhook
+
+from rules.webhooks import Store
+from tests.fixtures.tansu import free_port
 
 from .helpers import make_trigger, new_secret, publish
 from .receiver import Received, Reply, wait_until
@@ -44,12 +47,12 @@ concurrency = 4
     return path
 
 
-def _start(config: Path, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
+def _start(config: Path, tmp_path: Path, name: str, *global_args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TRIPWIRE_CONFIG", None)
     with (tmp_path / f"{name}.stderr").open("wb") as err:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "tripwire", "--config", str(config), "dispatcher"],
+            [sys.executable, "-m", "tripwire", "--config", str(config), *global_args, "dispatcher"],
             cwd=ROOT, env=env, stdout=err, stderr=err,
         )
 
@@ -86,7 +89,8 @@ async def test_kill_9_mid_retry_then_restart(log, receivers, tmp_path):
 
     # while it is down: a new trigger, and a replay of one already delivered
     await publish(log, [t3, t0])
-    second = _start(config, tmp_path, "second")
+    metrics_port = free_port()
+    second = _start(config, tmp_path, "second", "--metrics-port", str(metrics_port))
     try:
         store = Store(tmp_path / "webhooks.db")
         try:
@@ -96,6 +100,12 @@ async def test_kill_9_mid_retry_then_restart(log, receivers, tmp_path):
             )
         finally:
             store.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}", timeout=10) as client:
+            exposed = (await client.get("/metrics")).text
+            assert (await client.get("/readyz")).status_code == 200
+        assert 'tripwire_webhook_deliveries_total{endpoint="crm",outcome="delivered"} 3.0' in exposed
+        assert 'tripwire_webhook_pending{endpoint="crm"}' in exposed
+        assert "tripwire_webhook_attempt_duration_seconds_bucket" in exposed
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) == 0
     finally:
