@@ -42,9 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from .base import (
     TOPICS,
@@ -57,7 +55,7 @@ from .base import (
     Record,
 )
 from .kafka_consumer import KafkaConsumer, KafkaReader
-from .partition import partition_for
+from .kafka_producer import OrderedProducer
 from .spill import Spill, SpilledRecord, SpillFull
 
 if TYPE_CHECKING:
@@ -96,10 +94,6 @@ class KafkaLog(EventLog):
     ) -> None:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
-        self._partitions = partitions
-        self._replication_factor = replication_factor
-        self._idempotent = idempotent
-        self._linger_ms = linger_ms
         self._timeout_ms = request_timeout_ms
         self._backoff_s = reconnect_backoff_ms / 1000
         self._max_batch_records = max_batch_records
@@ -107,9 +101,17 @@ class KafkaLog(EventLog):
         self.spill = Spill(
             spill_dir, spill_max_bytes, segment_bytes=spill_segment_bytes, retry_after_s=spill_retry_after_s
         )
-        self._producer: AIOKafkaProducer | None = None
+        self._producer = OrderedProducer(
+            bootstrap,
+            [self.topic(t) for t in TOPICS],
+            partitions=partitions,
+            replication_factor=replication_factor,
+            idempotent=idempotent,
+            linger_ms=linger_ms,
+            request_timeout_ms=request_timeout_ms,
+            client_id=client_id,
+        )
         self._reader: KafkaReader | None = None
-        self._partition_counts: dict[str, int] = {}
         self._queue: asyncio.Queue[_Append] | None = None
         self._spilled = asyncio.Event()
         self._gate = asyncio.Lock()  # held by the writer per batch, by the forwarder for the last segment
@@ -184,11 +186,7 @@ class KafkaLog(EventLog):
         self._fail_queued(LogClosed("event log stopped"))
         if self._reader is not None:
             await self._reader.stop()
-        if self._producer is not None:
-            try:
-                await asyncio.wait_for(self._producer.stop(), self._timeout_ms / 1000)
-            except (KafkaError, TimeoutError) as exc:
-                logger.warning("Kafka producer did not stop cleanly: %s", exc)
+        await self._producer.stop()
         await asyncio.to_thread(self.spill.close)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -211,48 +209,9 @@ class KafkaLog(EventLog):
             self._queue.task_done()
 
     async def _connect(self) -> None:
-        """Create the producer (once) and the topics; raises while the broker is away."""
-        if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                client_id=self._client_id,
-                acks="all",
-                enable_idempotence=self._idempotent,
-                linger_ms=self._linger_ms,
-                request_timeout_ms=self._timeout_ms,
-                max_batch_size=1024 * 1024,
-            )
-            try:
-                await asyncio.wait_for(producer.start(), self._timeout_ms / 1000)
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producer = producer
-        await self._ensure_topics()
-        for name in TOPICS:
-            self._partition_counts[self.topic(name)] = len(
-                await asyncio.wait_for(self._producer.partitions_for(self.topic(name)), self._timeout_ms / 1000)
-            )
+        """Start the producer and create the topics; raises while the broker is away."""
+        await self._producer.connect()
         self._reachable = True
-
-    async def _ensure_topics(self) -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap, client_id=self._client_id, request_timeout_ms=self._timeout_ms
-        )
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            missing = [self.topic(t) for t in TOPICS if self.topic(t) not in existing]
-            if missing:
-                try:
-                    await admin.create_topics(
-                        [NewTopic(t, self._partitions, self._replication_factor) for t in missing]
-                    )
-                except TopicAlreadyExistsError:  # another process was faster
-                    pass
-                logger.info("created Kafka topics %s with %d partitions", ", ".join(missing), self._partitions)
-        finally:
-            await admin.close()
 
     # writing -----------------------------------------------------------------
 
@@ -306,6 +265,8 @@ class KafkaLog(EventLog):
             # Spill whole appends, oldest first, while they fit; refuse the rest.
             unfit = await self._spill_what_fits(batch, records, owner, failed)
             self._resolve(batch, unfit, exc)
+        except LogUnavailable as exc:  # the disk refused (ENOSPC, EIO): refuse these, keep serving
+            self._resolve(batch, {owner[i] for i in failed}, exc)
         except Exception as exc:
             self._resolve(batch, {owner[i] for i in failed}, exc)
             raise
@@ -343,40 +304,7 @@ class KafkaLog(EventLog):
                 item.future.set_result(None)
 
     async def _produce(self, records: Sequence[SpilledRecord]) -> list[int]:
-        """Produce ``records`` in order; the indexes that must be retried (empty = all acked)."""
-        producer = self._producer
-        if producer is None:
-            return list(range(len(records)))
-        futures: list[asyncio.Future[object]] = []
-        try:
-            for topic, key, value in records:
-                count = self._partition_counts.get(topic)
-                if count is None:
-                    count = len(await producer.partitions_for(topic))
-                    self._partition_counts[topic] = count
-                futures.append(
-                    await producer.send(topic, value, key=key, partition=partition_for(key, count))
-                )
-        except (KafkaError, TimeoutError) as exc:
-            logger.warning("Kafka produce failed at record %d of %d: %s", len(futures), len(records), exc)
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), 2 * self._timeout_ms / 1000
-            )
-        except TimeoutError:
-            results = [TimeoutError("no acknowledgement")] * len(futures)
-        # Everything after a partition's first failure is retried too, or a key's order would break.
-        broken: set[tuple[str, int]] = set()
-        retry = []
-        for i, (topic, key, _) in enumerate(records):
-            tp = (topic, partition_for(key, self._partition_counts.get(topic, 1)))
-            if i >= len(results) or isinstance(results[i], BaseException) or tp in broken:
-                broken.add(tp)
-                retry.append(i)
-        if retry and len(futures) == len(records):
-            first = next(r for r in results if isinstance(r, BaseException))
-            logger.warning("Kafka did not acknowledge %d of %d records: %r", len(retry), len(records), first)
-        return retry
+        return await self._producer.produce(records)
 
     async def _forward_loop(self) -> None:
         while True:

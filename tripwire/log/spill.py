@@ -263,16 +263,20 @@ class Spill:
         """Every record of a sealed segment, in order."""
         records, _ = _decode(seg.path.read_bytes())
         if len(records) != seg.records:
-            raise SpillCorrupt(f"spill segment {seg.path} is damaged: {len(records)} readable records of {seg.records}")
+            raise SpillCorrupt(
+                f"spill segment {seg.path} is damaged: {len(records)} readable records of {seg.records}"
+            )
         return records
 
     def remove(self, seg: Segment) -> None:
         """Delete a segment whose records Kafka has acknowledged."""
         with self._lock:
+            seg.path.unlink(missing_ok=True)
+            if seg not in self._segments:  # closed meanwhile (stop): nothing to account
+                return
             self._segments.remove(seg)
             self._sealed.discard(seg.sequence)
             self.depth -= seg.records
             self.size -= seg.size
-            seg.path.unlink()
             assert self.dir is not None
             _fsync_dir(self.dir)
