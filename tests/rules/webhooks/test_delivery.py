@@ -342,3 +342,11 @@ async def test_per_endpoint_concurrency_limit(log, receivers, tmp_path, concurre
     finally:
         await d.stop()
     assert state["max"] == concurrency
+
+
+def test_retry_delays_are_jittered_within_bounds(log, tmp_path):
+    d = dispatcher(log, tmp_path, {}, retry_schedule_s=[0, 10, 100], retry_jitter=0.2)
+    assert d._delay_ms(0) == 0
+    delays = {d._delay_ms(1) for _ in range(200)}
+    assert all(8_000 <= x <= 12_000 for x in delays) and len(delays) > 50
+    assert all(80_000 <= d._delay_ms(2) <= 120_000 for _ in range(50))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Sequence
 
 import pytest
@@ -242,3 +243,26 @@ async def test_https_keeps_hostname_for_sni_and_verification(log, receivers, tmp
         await d.stop()
     (req,) = rx.requests
     assert req.id == t_good.id and req.headers["host"] == f"hooks.example.test:{rx.port}"
+
+
+async def test_system_resolver_refuses_localhost_by_default() -> None:
+    with pytest.raises(DestinationRefused) as err:
+        await Guard().resolve("localhost", 80)
+    assert err.value.reason == "loopback"
+    assert await Guard(allow_hosts=["localhost"]).resolve("localhost", 80)
+
+
+async def test_unresolvable_host_is_a_network_failure(log, tmp_path):
+    async def fails(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    d = _dispatcher(log, tmp_path, "https://nowhere.example.com/hook", new_secret(), fails, retry_schedule_s=[0])
+    trigger = make_trigger("crm")
+    await d.start()
+    try:
+        await publish(log, [trigger])
+        await wait_until(lambda: state_of(d, trigger.id) == "dead")
+        ((_, _, status, outcome, error, _),) = d.store.attempts(trigger.id)
+    finally:
+        await d.stop()
+    assert status is None and outcome == "network" and "cannot resolve" in error
