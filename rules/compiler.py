@@ -243,6 +243,37 @@ def _compile_template(node: ast.Template, scope: _StepScope) -> Renderer:
     return lambda st: {k: f(st) for k, f in pairs}
 
 
+def _discriminator(step: ast.Step) -> tuple[tuple[str, ...], frozenset[str]] | None:
+    """A top-level `field == "x"` or `field in ["x", ...]` conjunct of the step's own event (index key)."""
+    conjuncts: list[ast.Expr] = []
+    todo: list[ast.Expr] = [step.where] if step.where is not None else []
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.And):
+            todo += [node.right, node.left]
+        else:
+            conjuncts.append(node)
+
+    def own(operand: ast.Operand) -> tuple[str, ...] | None:
+        if not isinstance(operand, ast.Path):
+            return None
+        if step.alias is not None and operand.parts[0] == step.alias:
+            return operand.parts[1:] or None
+        return operand.parts if operand.parts[0] in ENVELOPE_FIELDS else None
+
+    for node in conjuncts:
+        if isinstance(node, ast.Compare) and node.op == "==":
+            for a, b in ((node.left, node.right), (node.right, node.left)):
+                path = own(a)
+                if path is not None and isinstance(b, ast.Literal) and type(b.value) is str:
+                    return path, frozenset([b.value])
+        if isinstance(node, ast.InList) and not node.negated and node.values:
+            path = own(node.operand)
+            if path is not None and all(type(v.value) is str for v in node.values):
+                return path, frozenset(v.value for v in node.values)
+    return None
+
+
 # rules ---------------------------------------------------------------------------
 
 
@@ -343,7 +374,8 @@ def compile_rule(rule: ast.Rule, ctx: _Ctx, endpoints: set[str] | None, endpoint
     if len([d for d in ctx.diagnostics if d.severity == "error"]) > before:
         return None
     step_plans = tuple(
-        StepPlan(i, s.event, s.count, s.within.ms if s.within else None, s.absent, s.alias, preds[i], tuple(needs[i]))
+        StepPlan(i, s.event, s.count, s.within.ms if s.within else None, s.absent, s.alias, preds[i], tuple(needs[i]),
+                 _discriminator(s) if i == 0 else None)
         for i, s in enumerate(steps)
     )
     horizon = sum(s.within_ms or 0 for s in step_plans) + (cap_per or 0)

@@ -31,12 +31,16 @@ import io
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
-from .plan import MISSING, Plan, RulePlan, Slim, event_name, get_path
+from tripwire.envelope import EnvelopeError, event_time_ms
+
 from .errors import StateError
+from .plan import MISSING, Plan, RulePlan, Slim, event_name, get_path
 
 NEG_INF = -(2**62)
+_FIRST = (0,)
 _SEEN_SWEEP_MIN_MS = 1000
 
 
@@ -105,9 +109,26 @@ class PartitionState:
         self.seen_cutoff: int | None = None
 
 
-def parse_event_time(env: dict[str, Any]) -> int | None:
-    from tripwire.envelope import EnvelopeError, event_time_ms
+_DAYS: dict[str, int] = {}
 
+
+def parse_event_time(env: dict[str, Any]) -> int | None:
+    """The envelope's corrected event time in ms, or None when it has none usable."""
+    ts = env.get("timestamp")
+    if type(ts) is str and len(ts) == 24 and ts[10] == "T" and ts[23] == "Z" and ts[19] == ".":
+        # The collector's canonical form: YYYY-MM-DDTHH:MM:SS.mmmZ (fast path).
+        day = _DAYS.get(ts[:10])
+        try:
+            if day is None:
+                day = int(datetime.fromisoformat(ts[:10] + "T00:00:00+00:00").timestamp()) * 1000
+                if len(_DAYS) < 10_000:
+                    _DAYS[ts[:10]] = day
+            h, m, sec, ms = int(ts[11:13]), int(ts[14:16]), int(ts[17:19]), int(ts[20:23])
+        except ValueError:
+            return None
+        if h < 24 and m < 60 and sec < 60 and ts[13] == ":" and ts[16] == ":" and ms >= 0:
+            return day + h * 3_600_000 + m * 60_000 + sec * 1000 + ms
+        return None
     try:
         return event_time_ms(env)
     except (KeyError, EnvelopeError, TypeError, ValueError, OverflowError):
@@ -176,9 +197,15 @@ class Engine:
             ps.max_t = t
             wm = t - self.lateness
             if wm > ps.watermark:
-                self._advance(ps, wm, out)
-        entries = self.plan.by_event.get(event_name(env))  # type: ignore[arg-type]
-        if not entries:
+                if (ps.timers and ps.timers[0][0] <= wm) or wm >= ps.next_sweep:
+                    self._advance(ps, wm, out)
+                else:
+                    ps.watermark = wm
+        name = event_name(env)
+        plan = self.plan
+        starters = plan.starters.get(name)  # type: ignore[arg-type]
+        followers = plan.followers.get(name)  # type: ignore[arg-type]
+        if starters is None and followers is None:
             return out
         mid = env.get("messageId")
         if not isinstance(mid, str):
@@ -190,16 +217,36 @@ class Engine:
         ps.seen[mid] = t
         if self.track_dirty:
             ps.new_seen.append((mid, t))
-        log_key = env.get("anonymousId") or env.get("userId")
-        for rule, idxs in entries:
-            key = env.get("anonymousId") if rule.by_anonymous_id else log_key
-            if not isinstance(key, str) or not key:
-                continue
-            try:
-                self._on_event(ps, rule, key, env, t, offset, idxs, out)
-            except Exception:  # noqa: BLE001 - a rule must never take the engine down
-                self.stats.errors += 1
+        anonymous_id = env.get("anonymousId")
+        log_key = anonymous_id or env.get("userId")
+        states = ps.states
+        step = self._try
+        if followers is not None:
+            # Later steps only matter where a run of that rule is pending for this key.
+            for rule, idxs in followers:
+                key = anonymous_id if rule.by_anonymous_id else log_key
+                if type(key) is str and (rule.uid, key) in states:
+                    step(ps, rule, key, env, t, offset, idxs, out)
+        if starters is not None:
+            for rule in starters.always:
+                key = anonymous_id if rule.by_anonymous_id else log_key
+                if type(key) is str and key:
+                    step(ps, rule, key, env, t, offset, _FIRST, out)
+            for path, table in starters.by_value:
+                value = get_path(env, path)
+                if type(value) is str:
+                    for rule in table.get(value, ()):
+                        key = anonymous_id if rule.by_anonymous_id else log_key
+                        if type(key) is str and key:
+                            step(ps, rule, key, env, t, offset, _FIRST, out)
         return out
+
+    def _try(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], t: int, offset: int,
+             idxs: tuple[int, ...], out: list[Match]) -> None:
+        try:
+            self._on_event(ps, rule, key, env, t, offset, idxs, out)
+        except Exception:  # noqa: BLE001 - a rule must never take the engine down
+            self.stats.errors += 1
 
     def _slim(self, env: dict[str, Any], mid: str, t: int, partition: int, offset: int, needs: tuple[tuple[str, ...], ...]) -> Slim:
         return (mid, t, partition, offset, tuple(get_path(env, p) for p in needs) if needs else ())

@@ -75,6 +75,9 @@ class StepPlan:
     alias: str | None
     pred: Predicate | None
     needs: tuple[tuple[str, ...], ...]  # projection kept for later steps and the payload
+    # A necessary condition of ``pred`` usable as an index: (path, string values) from a
+    # top-level `path == "x"` / `path in ["x", "y"]` conjunct on the step's own event.
+    discriminator: tuple[tuple[str, ...], frozenset[str]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,26 +101,57 @@ class RulePlan:
 
 
 @dataclass(frozen=True, eq=False)
+class Starters:
+    """Rules whose first step names one event: always tried, or looked up by a field's value."""
+
+    always: tuple[RulePlan, ...]
+    by_value: tuple[tuple[tuple[str, ...], Mapping[str, tuple[RulePlan, ...]]], ...]
+
+
+@dataclass(frozen=True, eq=False)
 class Plan:
+    """Rules indexed by the event names they react to, so unrelated events cost one dict lookup.
+
+    ``starters[name]``: rules whose first step is ``name`` (further narrowed by an
+    equality on a field when the step has one); ``followers[name]``: (rule, step
+    indexes > 0) that only matter for keys with a pending run of that rule.
+    """
+
     rules: tuple[RulePlan, ...]
-    # event name -> ((rule, step indexes that name this event), ...)
-    by_event: Mapping[str, tuple[tuple[RulePlan, tuple[int, ...]], ...]]
+    starters: Mapping[str, Starters]
+    followers: Mapping[str, tuple[tuple[RulePlan, tuple[int, ...]], ...]]
     horizon_ms: int
+
+    @property
+    def event_names(self) -> set[str]:
+        return set(self.starters) | set(self.followers)
 
     @classmethod
     def build(cls, rules: tuple[RulePlan, ...]) -> Plan:
-        index: dict[str, dict[str, list[int]]] = {}
-        by_uid = {}
+        always: dict[str, list[RulePlan]] = {}
+        by_value: dict[str, dict[tuple[str, ...], dict[str, list[RulePlan]]]] = {}
+        followers: dict[str, dict[str, tuple[RulePlan, list[int]]]] = {}
         for rule in rules:
-            by_uid[rule.uid] = rule
-            for step in rule.steps:
-                index.setdefault(step.event, {}).setdefault(rule.uid, []).append(step.index)
-        by_event = {
-            name: tuple((by_uid[uid], tuple(steps)) for uid, steps in per_rule.items())
-            for name, per_rule in index.items()
+            first = rule.steps[0]
+            if first.discriminator is None:
+                always.setdefault(first.event, []).append(rule)
+            else:
+                path, values = first.discriminator
+                table = by_value.setdefault(first.event, {}).setdefault(path, {})
+                for v in sorted(values):
+                    table.setdefault(v, []).append(rule)
+            for step in rule.steps[1:]:
+                followers.setdefault(step.event, {}).setdefault(rule.uid, (rule, []))[1].append(step.index)
+        starters = {
+            name: Starters(
+                tuple(always.get(name, ())),
+                tuple((path, {v: tuple(rs) for v, rs in table.items()}) for path, table in by_value.get(name, {}).items()),
+            )
+            for name in set(always) | set(by_value)
         }
+        follow = {name: tuple((r, tuple(idx)) for r, idx in per.values()) for name, per in followers.items()}
         horizon = max((r.horizon_ms for r in rules), default=0)
-        return cls(rules, by_event, horizon)
+        return cls(rules, starters, follow, horizon)
 
     def rule(self, uid: str) -> RulePlan | None:
         for r in self.rules:
