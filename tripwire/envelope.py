@@ -41,8 +41,15 @@ class EnvelopeError(ValueError):
         self.message = message
 
 
+_PARSED: dict[str, int] = {}  # recent strings: a batch's events share sentAt, often timestamps
+
+
 def parse_time_ms(value: Any, field: str) -> int:
     """Milliseconds since the epoch from an ISO 8601 string (naive means UTC)."""
+    if type(value) is str:
+        cached = _PARSED.get(value)
+        if cached is not None:
+            return cached
     if not isinstance(value, str):
         raise EnvelopeError(field, "must be an ISO 8601 date-time string")
     try:
@@ -51,13 +58,24 @@ def parse_time_ms(value: Any, field: str) -> int:
         raise EnvelopeError(field, f"{value[:40]!r} is not an ISO 8601 date-time") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    ms = int(dt.timestamp() * 1000)
+    if len(_PARSED) >= 1024:
+        _PARSED.clear()
+    _PARSED[value] = ms
+    return ms
 
 
 _SECONDS: dict[int, str] = {}  # formatted whole seconds: strftime is the slow part of the hot path
 
 
+_LAST_FORMATTED: tuple[int, str] = (0, "1970-01-01T00:00:00.000Z")  # a request's events share receivedAt
+
+
 def format_time_ms(ms: int) -> str:
+    global _LAST_FORMATTED
+    last = _LAST_FORMATTED
+    if ms == last[0]:
+        return last[1]
     seconds, millis = divmod(ms, 1000)
     prefix = _SECONDS.get(seconds)
     if prefix is None:
@@ -67,7 +85,9 @@ def format_time_ms(ms: int) -> str:
         prefix = _SECONDS[seconds] = (
             f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
         )
-    return f"{prefix}{millis:03d}Z"
+    text = f"{prefix}{millis:03d}Z"
+    _LAST_FORMATTED = (ms, text)
+    return text
 
 
 class _RandomPool:
@@ -119,6 +139,19 @@ def _id(raw: Mapping[str, Any], field: str) -> str | None:
     return value
 
 
+def _normalize_id(env: dict[str, Any], field: str) -> str | None:
+    """``_id`` that also rewrites ``env[field]`` (ints become strings, empty ones go)."""
+    value = env.get(field)
+    if type(value) is str and 0 < len(value) <= MAX_ID_CHARS:
+        return value  # the common case, already normal
+    normal = _id(env, field)
+    if normal is None:
+        env.pop(field, None)
+    else:
+        env[field] = normal
+    return normal
+
+
 def normalize(
     raw: Any,
     *,
@@ -146,16 +179,10 @@ def normalize(
         elif not isinstance(value, dict):
             raise EnvelopeError(name, "must be a JSON object")
 
-    anonymous_id = _id(env, "anonymousId")
-    user_id = _id(env, "userId")
+    anonymous_id = _normalize_id(env, "anonymousId")
+    user_id = _normalize_id(env, "userId")
     if anonymous_id is None and user_id is None:
         raise EnvelopeError("anonymousId", "either anonymousId or userId is required")
-    env.pop("anonymousId", None)
-    env.pop("userId", None)
-    if anonymous_id is not None:
-        env["anonymousId"] = anonymous_id
-    if user_id is not None:
-        env["userId"] = user_id
 
     if kind == "track":
         event = env.get("event")
@@ -174,8 +201,8 @@ def normalize(
         if _id(env, "groupId") is None:
             raise EnvelopeError("groupId", "group calls need groupId")
 
-    message_id = _id(env, "messageId")
-    env["messageId"] = message_id or new_message_id()
+    if _normalize_id(env, "messageId") is None:
+        env["messageId"] = new_message_id()
 
     client_ts = env.get("timestamp")
     sent_at = env.get("sentAt")

@@ -1,0 +1,313 @@
+"""Collector throughput against a bare Starlette+uvicorn baseline, on the same machine, same load.
+
+    python bench/collector.py [--duration 10] [--connections 64]
+
+Starts (each pinned to CPU 0, one uvicorn worker with httptools + uvloop):
+  * baseline: a bare Starlette app whose handler only reads the body, ``orjson.loads`` it
+    and answers ``{"success": true}``;
+  * collector: ``tripwire collector`` on the embedded SQLite log (WAL, synchronous=FULL,
+    group commit) with one configured source and its write key sent as Basic auth.
+Drives both with ``wrk`` (Debian package) pinned to CPU 1 and a Lua script that POSTs
+the same bodies, then measures latency at half the collector's maximum rate with a
+paced open-loop client (latency from the scheduled send time, so queueing counts), and
+the raw ``orjson.loads`` rate of the same batch. Prints the figures and the ratios;
+asserts nothing (machines here are noisy).
+
+Targets: single-event /v1/track >= 0.75 of the baseline; /v1/batch of 100 events
+>= 100,000 events/s per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+WRITE_KEY = "bench_key"
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+
+EVENT = {
+    "type": "track",
+    "event": "Product Added",
+    "anonymousId": "4f9a1c2e-7b3d-4e8f-9a0b-1c2d3e4f5a6b",
+    "timestamp": "2026-01-01T12:00:00.000Z",
+    "sentAt": "2026-01-01T12:00:00.250Z",
+    "properties": {"sku": "SKU-12345", "price": 19.99, "quantity": 1, "currency": "EUR", "cart_id": "c-778"},
+    "context": {
+        "library": {"name": "tripwire.js", "version": "0.1.0"},
+        "page": {"url": "https://shop.example/p/12345", "path": "/p/12345", "referrer": "https://www.google.com/", "title": "Blue Shoe"},
+        "locale": "en-US",
+        "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    },
+}
+
+
+def batch_body(n: int) -> bytes:
+    # As an SDK sends it: distinct ids and event times, one sentAt for the batch.
+    events = [
+        {**{k: v for k, v in EVENT.items() if k != "sentAt"}, "anonymousId": f"anon-{i % 25}",
+         "messageId": f"m-{i}", "timestamp": f"2026-01-01T12:00:{i // 10:02d}.{(i * 37) % 1000:03d}Z"}
+        for i in range(n)
+    ]
+    return orjson.dumps({"batch": events, "sentAt": "2026-01-01T12:00:01.000Z"})
+
+
+TRACK_BODY = orjson.dumps({k: v for k, v in EVENT.items() if k != "type"})
+BATCH_BODY = batch_body(100)
+
+
+# --- the baseline app ------------------------------------------------------------
+
+
+def baseline_app():  # type: ignore[no-untyped-def]
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def parse(request: Request) -> Response:
+        orjson.loads(await request.body())
+        return Response(b'{"success": true}', media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/track", parse, methods=["POST"]), Route("/v1/batch", parse, methods=["POST"])])
+
+
+def serve_baseline(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(baseline_app(), host="127.0.0.1", port=port, access_log=False, log_level="warning",
+                loop="uvloop", http="httptools")
+
+
+# --- the paced client ---------------------------------------------------------------
+
+
+def _request(path: str, body: bytes) -> bytes:
+    auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Basic {auth}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _paced(port: int, path: str, body: bytes, rate: float, duration_s: float, connections: int) -> dict[str, float]:
+    request = _request(path, body)
+    total = int(rate * duration_s)
+    latencies: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+
+    async def conn(index: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for k in range(index, total, connections):
+            scheduled = start + k / rate
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            m = re.search(rb"content-length: (\d+)", head, re.I)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors += 1
+            latencies.append(loop.time() - scheduled)
+        writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(conn(i) for i in range(connections)))
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "achieved": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "errors": errors,
+    }
+
+
+def run_paced(port: int, path: str, body: bytes, rate: float, duration_s: float, connections: int = 32) -> dict[str, float]:
+    """Run the paced client in a child process pinned to the load CPU."""
+    code = (
+        "import asyncio, sys, orjson, uvloop; sys.path.insert(0, %r); import collector as b\n"
+        "r = uvloop.run(b._paced(%d, %r, %r, %f, %f, %d)); print(orjson.dumps(r).decode())"
+    ) % (str(Path(__file__).parent), port, path, body, rate, duration_s, connections)
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        timeout=duration_s + 60, cwd=Path(__file__).parent,
+    )
+    return orjson.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- wrk ------------------------------------------------------------------------------
+
+
+def wrk(url: str, body: bytes, workdir: Path, duration_s: int, connections: int) -> dict[str, float]:
+    body_file = workdir / f"body-{len(body)}.json"
+    body_file.write_bytes(body)
+    script = workdir / f"post-{len(body)}.lua"
+    auth = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    script.write_text(
+        f'local f = io.open("{body_file}", "rb")\n'
+        "wrk.method = \"POST\"\nwrk.body = f:read(\"*all\")\nf:close()\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Basic {auth}"\n'
+        "local non2xx = 0\n"
+        "function response(status, headers, body) if status ~= 200 then non2xx = non2xx + 1 end end\n"
+    )
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True, timeout=duration_s + 60,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else ""}
+
+
+# --- servers --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"server on port {port} did not come up")
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(port)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def fsync_ms(directory: Path, n: int = 100) -> float:
+    """The disk's fsync latency now: group commit waits for it, so it bounds the collector."""
+    path = directory / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b"x" * 512)
+            os.fsync(fd)
+        return (time.perf_counter() - start) / n * 1000
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def orjson_rate(body: bytes, events: int, seconds: float = 2.0) -> float:
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            orjson.loads(body)
+        n += 50
+    return n * events / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--connections", type=int, default=256, help="wrk connections (many browsers)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
+    parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_baseline:
+        serve_baseline(args.serve_baseline)
+        return 0
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"bench/collector.py needs '{tool}' (apt-get install -y wrk util-linux)", file=sys.stderr)
+            return 2
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}
+    runs: dict[str, list[dict[str, float]]] = {}
+    scenarios = (("track", "/v1/track", TRACK_BODY), ("batch", "/v1/batch", BATCH_BODY))
+    with tempfile.TemporaryDirectory(prefix="tripwire-bench-") as tmp:
+        workdir = Path(tmp)
+        config = workdir / "tripwire.toml"
+        config.write_text(f'data_dir = "data"\n[sources.bench]\nwrite_key = "{WRITE_KEY}"\n')
+        base_port, coll_port = free_port(), free_port()
+        cmd = [sys.executable, "-m", "tripwire", "--log-level", "warning", "--config", str(config), "collector", "--port", str(coll_port)]
+        fsync_before = fsync_ms(workdir)
+        with server([sys.executable, __file__, "--serve-baseline", str(base_port)], base_port, env), server(cmd, coll_port, env):
+            for name, path, body in scenarios:  # warm-up
+                for port in (base_port, coll_port):
+                    wrk(f"http://127.0.0.1:{port}{path}", body, workdir, 2, args.connections)
+            # Interleaved rounds, best of each: other load on a shared machine hits both alike.
+            for _ in range(args.rounds):
+                for name, path, body in scenarios:
+                    for who, port in (("baseline", base_port), ("collector", coll_port)):
+                        result = wrk(f"http://127.0.0.1:{port}{path}", body, workdir, args.duration, args.connections)
+                        runs.setdefault(f"{who}_{name}", []).append(result)
+            results = {k: max(v, key=lambda r: r["rps"]) for k, v in runs.items()}
+            half = results["collector_track"]["rps"] / 2
+            paced_track = run_paced(coll_port, "/v1/track", TRACK_BODY, half, args.duration, 128)
+            half_batch = results["collector_batch"]["rps"] / 2
+            paced_batch = run_paced(coll_port, "/v1/batch", BATCH_BODY, half_batch, args.duration, 64)
+    parse_rate = orjson_rate(BATCH_BODY, 100)
+
+    bt, ct = results["baseline_track"], results["collector_track"]
+    bb, cb = results["baseline_batch"], results["collector_batch"]
+    print(f"Tripwire collector benchmark: 1 uvicorn worker each on CPU {SERVER_CPU}, wrk -t1 -c{args.connections} "
+          f"-d{args.duration}s on CPU {LOAD_CPU}, best of {args.rounds} interleaved rounds; "
+          "collector on embedded SQLite (synchronous=FULL, group commit)")
+    print(f"  track body {len(TRACK_BODY)} B, batch body {len(BATCH_BODY)} B (100 events); "
+          f"fsync latency before the runs {fsync_before:.2f} ms; load average {os.getloadavg()[0]:.1f}")
+    print()
+    print(f"  {'scenario':<26}{'baseline req/s':>16}{'collector req/s':>17}{'ratio':>8}   target")
+    print(f"  {'POST /v1/track (1 event)':<26}{bt['rps']:>16,.0f}{ct['rps']:>17,.0f}{ct['rps'] / bt['rps']:>8.2f}   >= 0.75")
+    print(f"  {'POST /v1/batch (100 ev.)':<26}{bb['rps']:>16,.0f}{cb['rps']:>17,.0f}{cb['rps'] / bb['rps']:>8.2f}")
+    print()
+    print(f"  /v1/batch events/s per worker: collector {cb['rps'] * 100:,.0f} (target >= 100,000); "
+          f"baseline parse-only {bb['rps'] * 100:,.0f}")
+    print(f"  raw orjson.loads of the same batch body, in-process: {parse_rate:,.0f} events/s")
+    print()
+    print(f"  latency at half the collector's max (paced, open loop, {args.duration}s):")
+    print(f"    /v1/track at {half:,.0f} req/s (achieved {paced_track['achieved']:,.0f}): "
+          f"p50 {paced_track['p50_ms']:.2f} ms, p99 {paced_track['p99_ms']:.2f} ms, non-200 {paced_track['errors']:.0f}")
+    print(f"    /v1/batch at {half_batch:,.0f} req/s (achieved {paced_batch['achieved']:,.0f}): "
+          f"p50 {paced_batch['p50_ms']:.2f} ms, p99 {paced_batch['p99_ms']:.2f} ms, non-200 {paced_batch['errors']:.0f}")
+    print(f"  all rounds req/s: " + ", ".join(f"{k} {[round(r['rps']) for r in v]}" for k, v in runs.items()))
+    bad = {k: v for k, v in results.items() if v["non2xx"] or v["socket_errors"]}
+    if bad:
+        print(f"  WARNING: errors during runs: {bad}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
