@@ -10,7 +10,8 @@ POSTs each to its ``[endpoints.<name>]``; settings in ``[webhooks]``
 from __future__ import annotations
 
 from .config import WebhooksConfig
-from .dispatcher import Dispatcher, build_body
+from .dispatcher import Dispatcher
+from .endpoint import build_body
 from .errors import DeliveryNotFound, DestinationRefused, WebhookConfigError, WebhookError
 from .service import create_service
 from .signing import parse_secrets, sign

@@ -1,6 +1,6 @@
 """The dispatcher: triggers topic -> durable store -> signed POSTs, retried, isolated per endpoint.
 
-Two background tasks share one :class:`~rules.webhooks.store.AsyncStore`:
+Two background tasks share one :class:`~rules.webhooks.group_commit.AsyncStore`:
 
 * the *consumer* reads ``Trigger`` records from the ``triggers`` topic, stores
   one delivery per trigger id (a no-op for an id already stored), and only
@@ -26,12 +26,10 @@ import logging
 import random
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import orjson
 
 from tripwire.log import TRIGGERS, Consumer, EventLog, Record, TopicPartition
 from tripwire.triggers import EndpointConfig, Trigger
@@ -39,69 +37,16 @@ from tripwire.triggers import EndpointConfig, Trigger
 from . import metrics
 from .attempt import attempt
 from .config import WebhooksConfig
-from .errors import WebhookConfigError
-from .signing import parse_secrets
+from .endpoint import Endpoint, Tasks, build_body, check_endpoints
+from .group_commit import AsyncStore
 from .ssrf import Guard, Resolver, ip_literal, refusal_reason
-from .store import DEAD, DELIVERED, PENDING, AsyncStore, Claimed, NewDelivery, Store, now_ms
+from .store import DEAD, DELIVERED, PENDING, Claimed, NewDelivery, Store, now_ms
 from .transport import GuardedTransport, make_ssl_context
 
 logger = logging.getLogger(__name__)
 
 _GAUGE_INTERVAL_MS = 5_000
 _PRUNE_INTERVAL_MS = 3_600_000
-
-
-def build_body(trigger: Trigger, event_type: str) -> bytes:
-    """The Standard Webhooks payload ``{type, timestamp, data}``; signed and sent byte for byte."""
-    data = {
-        "id": trigger.id,
-        "rule": trigger.rule,
-        "key": trigger.key,
-        "fired_at": trigger.fired_at,
-        "events": trigger.events,
-        "payload": trigger.payload,
-    }
-    return orjson.dumps({"type": event_type, "timestamp": trigger.fired_at, "data": data})
-
-
-@dataclass
-class _Endpoint:
-    name: str
-    url: str
-    keys: list[bytes]
-    headers: dict[str, str]
-    concurrency: int
-    configured_on: bool
-    client: httpx.AsyncClient | None = None
-    inflight: int = 0
-    disabled_reason: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.configured_on and self.disabled_reason is None
-
-
-@dataclass
-class _Tasks:
-    background: list[asyncio.Task[None]] = field(default_factory=list)
-    attempts: set[asyncio.Task[None]] = field(default_factory=set)
-
-
-def check_endpoints(endpoints: Mapping[str, EndpointConfig]) -> dict[str, _Endpoint]:
-    out = {}
-    for name, ep in endpoints.items():
-        where = f"endpoints.{name}"
-        try:
-            url = httpx.URL(ep.url)
-        except httpx.InvalidURL as exc:
-            raise WebhookConfigError(f"Config '{where}.url' is not a URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise WebhookConfigError(f"Config '{where}.url' must be an http:// or https:// URL with a host.")
-        if ep.concurrency < 1:
-            raise WebhookConfigError(f"Config '{where}.concurrency' has value {ep.concurrency!r}. Must be >= 1.")
-        keys = parse_secrets(ep.secret, f"{where}.secret")
-        out[name] = _Endpoint(name, ep.url, keys, dict(ep.headers), ep.concurrency, ep.enabled)
-    return out
 
 
 class Dispatcher:
@@ -128,7 +73,7 @@ class Dispatcher:
         self._schedule = list(settings.retry_schedule_s)
         self._lease_ms = int(settings.attempt_timeout_s * 1000) + 2000
         self._store: AsyncStore | None = None
-        self._tasks = _Tasks()
+        self._tasks = Tasks()
         self._inflight: dict[str, Claimed] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -308,7 +253,7 @@ class Dispatcher:
             else:
                 await asyncio.sleep(0)
 
-    def _launch(self, ep: _Endpoint, claimed: Claimed) -> None:
+    def _launch(self, ep: Endpoint, claimed: Claimed) -> None:
         ep.inflight += 1
         metrics.INFLIGHT.labels(ep.name).inc()
         task = asyncio.create_task(self._deliver(ep, claimed))
@@ -325,7 +270,7 @@ class Dispatcher:
 
         task.add_done_callback(done)
 
-    async def _deliver(self, ep: _Endpoint, claimed: Claimed) -> None:
+    async def _deliver(self, ep: Endpoint, claimed: Claimed) -> None:
         assert self._store is not None and ep.client is not None
         try:
             result = await attempt(
@@ -379,7 +324,7 @@ class Dispatcher:
             since = datetime.fromtimestamp(failing_since / 1000, UTC).isoformat(timespec="seconds")
             await self._disable(ep, f"failing continuously since {since}")
 
-    async def _disable(self, ep: _Endpoint, reason: str) -> None:
+    async def _disable(self, ep: Endpoint, reason: str) -> None:
         assert self._store is not None
         if ep.disabled_reason is not None:
             return

@@ -21,12 +21,12 @@ State contract:
   scan.
 
 :class:`Store` is synchronous (the CLI uses it directly); the dispatcher wraps
-it in :class:`AsyncStore`, which group-commits concurrent writes.
+it in :class:`~rules.webhooks.group_commit.AsyncStore`, which group-commits
+concurrent writes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import threading
 import time
@@ -369,45 +369,3 @@ class Store:
         return self.read(
             "SELECT n, at_ms, status, outcome, error, duration_ms FROM attempts WHERE id = ? ORDER BY n", (delivery_id,)
         )
-
-
-class AsyncStore:
-    """The dispatcher's view: reads in a thread, writes group-committed in a thread.
-
-    Writes submitted while a transaction is being written wait and go into the
-    next one together, so many attempts finishing at once share one fsync.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.sync = store
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        # shield: a cancelled caller must not cancel a transaction others wait on
-        return await asyncio.shield(future)
-
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            try:
-                results = await asyncio.to_thread(self.sync.transaction, [op for op, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
-
-    async def drain(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)

@@ -1,0 +1,68 @@
+"""Endpoints as the dispatcher uses them (checked config + runtime state) and the payload shape."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+from tripwire.triggers import EndpointConfig, Trigger
+
+from .errors import WebhookConfigError
+from .signing import parse_secrets
+
+
+def build_body(trigger: Trigger, event_type: str) -> bytes:
+    """The Standard Webhooks payload ``{type, timestamp, data}``; signed and sent byte for byte."""
+    data = {
+        "id": trigger.id,
+        "rule": trigger.rule,
+        "key": trigger.key,
+        "fired_at": trigger.fired_at,
+        "events": trigger.events,
+        "payload": trigger.payload,
+    }
+    return orjson.dumps({"type": event_type, "timestamp": trigger.fired_at, "data": data})
+
+
+@dataclass
+class Endpoint:
+    name: str
+    url: str
+    keys: list[bytes]
+    headers: dict[str, str]
+    concurrency: int
+    configured_on: bool
+    client: httpx.AsyncClient | None = None
+    inflight: int = 0
+    disabled_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.configured_on and self.disabled_reason is None
+
+
+@dataclass
+class Tasks:
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    attempts: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def check_endpoints(endpoints: Mapping[str, EndpointConfig]) -> dict[str, Endpoint]:
+    out = {}
+    for name, ep in endpoints.items():
+        where = f"endpoints.{name}"
+        try:
+            url = httpx.URL(ep.url)
+        except httpx.InvalidURL as exc:
+            raise WebhookConfigError(f"Config '{where}.url' is not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise WebhookConfigError(f"Config '{where}.url' must be an http:// or https:// URL with a host.")
+        if ep.concurrency < 1:
+            raise WebhookConfigError(f"Config '{where}.concurrency' has value {ep.concurrency!r}. Must be >= 1.")
+        keys = parse_secrets(ep.secret, f"{where}.secret")
+        out[name] = Endpoint(name, ep.url, keys, dict(ep.headers), ep.concurrency, ep.enabled)
+    return out
