@@ -1,5 +1,6 @@
 // The context every event carries, and page view bookkeeping.
 import { c, d, nav, on } from './env.js';
+import { get, set } from './store.js';
 
 const L = location;
 let ref = d.referrer;
@@ -17,13 +18,13 @@ export const view = () => {
 
 export const pageInfo = () => ({ url: L.href, path: L.pathname, referrer: ref, title: d.title, search: L.search });
 
-/** Context for an event at time t; `o` is the stored state (session). */
-export const context = (o, t) => {
+/** Context for an event at time t. */
+export const context = (t) => {
   const x = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language };
+  let s = get('_s');
   // A session ends after 30 minutes without events; its id is its start time (ms).
-  if (!(t - o.t < 18e5)) (o.s = t), (x.sessionStart = true);
-  o.t = t;
-  x.sessionId = o.s;
+  if (!(t - s?.[1] < 18e5)) (s = [t]), (x.sessionStart = true);
+  set('_s', [(x.sessionId = s[0]), t]);
   for (const [k, v] of new URLSearchParams(L.search))
     if (k.startsWith('utm_')) (x.campaign ||= {})[k == 'utm_campaign' ? 'name' : k.slice(4)] = v;
   return x;

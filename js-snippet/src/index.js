@@ -6,9 +6,12 @@
 import { context, here, last, pageInfo, view } from './context.js';
 import { c, d, iso, log, nav, now, on, safe, uuid } from './env.js';
 import { flush, online, push, setup, size } from './send.js';
-import { load, open, save } from './store.js';
+import { del, get, keys, open, set } from './store.js';
 
 const t = window.tw;
+
+// Optional first-party cookie mirroring the anonymousId for the site's own server (data-cookie).
+const cookie = (v, age) => on(c.cookie) && (d.cookie = 'tw_a=' + v + ';path=/;max-age=' + age);
 
 if (!t?.l)
   safe(() => {
@@ -25,25 +28,30 @@ if (!t?.l)
     setup(s);
 
     const ev = (type, x) => {
-      const o = load();
-      if (o.o) return;
-      if (x.userId != null) o.u = x.userId + '';
-      o.a ||= uuid();
-      const e = { type, messageId: uuid(), anonymousId: o.a, userId: o.u, timestamp: iso(), context: context(o, now()), ...x };
-      size(e) > 3e4 ? log(e) : push(o, e); // the collector refuses events over 32 KB
+      if (get('_x')) return;
+      if (x.userId != null) set('_u', x.userId + '');
+      let a = get('_a');
+      if (!a) set('_a', (a = uuid()));
+      cookie(a, 31536000);
+      const e = { type, messageId: uuid(), anonymousId: a, userId: get('_u'), timestamp: iso(), context: context(now()), ...x };
+      size(e) > 3e4 ? log(e) : push(e); // the collector refuses events over 32 KB
     };
     const page = (n, p) => {
       if (typeof n == 'object') (p = n), (n = void 0);
       view();
       ev('page', { name: n, properties: { ...pageInfo(), ...p } });
     };
+    const forget = (k) => {
+      for (const x of keys()) k.test(x) && del(x);
+      cookie('', 0);
+    };
     const api = {
       track: (n, p) => ev('track', { event: n + '', properties: { ...p } }),
       page,
       identify: (u, p) => ev('identify', { userId: u, traits: { ...p } }),
-      reset: () => save({ ...load(), a: void 0, u: void 0, t: void 0 }),
-      optOut: () => save({ o: 1 }),
-      optIn: () => load().o && save({}),
+      reset: () => forget(/_[aus]/),
+      optOut: () => set('_x', 1, forget(/./)),
+      optIn: () => del('_x'),
     };
 
     for (const a of q) f(...a);

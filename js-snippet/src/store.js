@@ -1,35 +1,40 @@
-// Persistence: one JSON object under localStorage.tw, or in memory in no-storage mode
-// (data-memory) and when localStorage is unavailable or full. Every change is a synchronous
-// read-modify-write, so tabs sharing the storage do not overwrite each other's changes.
-//   q  retry queue (events; `_l` = in-flight lease: expiry time, also naming the request)
-//   a  anonymousId   u  userId   s  session id (its start, ms)   t  last activity (ms)
-//   o  opted out     b  backoff (ms; non-zero while the collector is failing)
-// With data-cookie the anonymousId is mirrored in a first-party cookie `tw_a` (for the site's
-// own server); it goes away with reset() and optOut().
-import { c, d, on, str } from './env.js';
+// Persistence: localStorage, or a plain object in no-storage mode (data-memory) and when
+// localStorage is unavailable or full. Values are JSON. Keys:
+//   tw_a  anonymousId   tw_u  userId   tw_s  [session id = its start (ms), last activity (ms)]
+//   tw_x  opted out     tw_b  backoff (ms; non-zero while the collector is failing)
+//   tw:<messageId>  one queued event: {e: event, t: queued at (ms), o: owning tab, l: lease until (ms)}
+// One key per event, because localStorage is only eventually consistent between tabs running in
+// different processes: a shared array rewritten by several tabs loses events.
+import { c, on, str, uuid } from './env.js';
 
 let S = {};
+/** This tab's id: sessionStorage keeps it across reloads and navigations within the tab. */
+export let me = 1;
 
 export const open = () => {
   try {
-    S = on(c.memory) ? S : localStorage;
-  } catch {} // localStorage access throws in sandboxed frames
+    if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
+  } catch {} // storage access throws in sandboxed frames: stay in memory
 };
 
-export const load = () => {
-  let o;
+export const get = (k) => {
   try {
-    o = JSON.parse(S.tw);
+    return JSON.parse(S['tw' + k]);
   } catch {}
-  return { q: [], ...o };
 };
 
-export const save = (o) => {
-  if (on(c.cookie)) d.cookie = 'tw_a=' + (o.a || '') + ';path=/;max-age=' + (o.a ? 31536000 : 0);
-  o = str(o);
+export const set = (k, v) => {
+  v = str(v);
   try {
-    S.tw = o;
+    S['tw' + k] = v;
   } catch {
-    S = { tw: o }; // quota exceeded or storage disabled: carry on in memory
+    S = { ...S, ['tw' + k]: v }; // quota exceeded: carry on in memory
   }
 };
+
+export const del = (k) => {
+  delete S['tw' + k];
+};
+
+/** Every stored key of ours, without the "tw" prefix. */
+export const keys = () => Object.keys(S).flatMap((k) => (/^tw[_:]/.test(k) ? [k.slice(2)] : []));

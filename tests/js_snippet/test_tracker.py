@@ -26,7 +26,19 @@ def open_page(context: BrowserContext, url: str) -> Page:
 
 
 def stored(page: Page) -> dict[str, Any]:
-    return json.loads(page.evaluate("localStorage.tw || 'null'") or "null") or {}
+    """The tracker's localStorage entries (decoded), by key."""
+    raw = page.evaluate("Object.fromEntries(Object.entries(localStorage).filter(([k]) => k.startsWith('tw')))")
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+def queued(page: Page) -> list[dict[str, Any]]:
+    """The events waiting in the retry queue, oldest first."""
+    records = [v for k, v in stored(page).items() if k.startswith("tw:")]
+    return [r["e"] for r in sorted(records, key=lambda r: r["t"])]
+
+
+def backoff(page: Page) -> int:
+    return stored(page).get("tw_b", 0)
 
 
 def wait_events(collector: Collector, n: int, timeout_s: float = 10) -> list[dict[str, Any]]:
@@ -133,15 +145,16 @@ def test_collector_down_then_back_delivers_each_event_once(context: BrowserConte
     page = open_page(context, url)
     page.evaluate("for (let i = 0; i < 3; i++) tw('track', 'Offline ' + i, {i})")
     # The sends fail: everything is kept in localStorage and the tracker backs off.
-    state = wait_for(lambda: (s := stored(page)).get("b") and s, what="a failed send (backoff)")
-    assert [e["type"] for e in state["q"]] == ["page", "track", "track", "track"]
+    wait_for(lambda: backoff(page), what="a failed send (backoff)")
+    waiting = queued(page)
+    assert [e["type"] for e in waiting] == ["page", "track", "track", "track"]
     assert collector.events() == []
     collector.server.start()
     page.reload()
     events = wait_events(collector, 5)
     assert sorted(e["event"] for e in by_type(events, "track")) == ["Offline 0", "Offline 1", "Offline 2"]
-    assert {e["messageId"] for e in events} >= {e["messageId"] for e in state["q"]}
-    wait_for(lambda: stored(page).get("q") == [] and stored(page).get("b") == 0, what="an empty queue")
+    assert {e["messageId"] for e in events} >= {e["messageId"] for e in waiting}
+    wait_for(lambda: queued(page) == [] and backoff(page) == 0, what="an empty queue")
     settle()
     events = collector.events()
     assert len(events) == 5
@@ -152,9 +165,9 @@ def test_blocked_route_then_unblocked_delivers_each_event_once(context: BrowserC
     context.route("**/v1/batch", lambda route: route.abort())
     page = open_page(context, site.add("/blocked.html", collector.url, attrs=FAST))
     page.evaluate("tw('track', 'While Blocked')")
-    wait_for(lambda: stored(page).get("b"), what="a failed send")
+    wait_for(lambda: backoff(page), what="a failed send")
     page.reload()  # leaving while the collector is failing must not beacon the queue away
-    wait_for(lambda: len(stored(page).get("q", [])) == 3, what="three queued events")
+    wait_for(lambda: len(queued(page)) == 3, what="three queued events")
     context.unroute("**/v1/batch")
     page.evaluate("dispatchEvent(new Event('online'))")  # the browser is back online: retry now
     events = wait_events(collector, 3)
@@ -169,13 +182,13 @@ def test_queue_cap_holds_and_counts_drops(context: BrowserContext, site: Site, c
     page = open_page(context, site.add("/cap.html", collector.url, attrs=FAST + ' data-cap="5" data-batch="2"'))
     for i in range(20):
         page.evaluate(f"tw('track', 'E{i}')")
-        assert len(stored(page)["q"]) <= 5
+        assert len(queued(page)) <= 5
     created = 21  # the page view and 20 tracks
     settle(0.3)  # failed batches come back, trimmed to the cap again
-    assert len(stored(page)["q"]) == 5
+    assert len(queued(page)) == 5
     context.unroute("**/v1/batch")
     page.evaluate("dispatchEvent(new Event('online'))")
-    wait_for(lambda: stored(page)["q"] == [], what="an empty queue")
+    wait_for(lambda: queued(page) == [], what="an empty queue")
     events = collector.events()
     assert 0 < len(events) <= 5 and by_type(events, "track")[-1]["event"] == "E19"
     # Every event lost to the cap is counted in the context of a delivered one.
@@ -239,13 +252,13 @@ def test_opt_out_persists_across_reloads(context: BrowserContext, site: Site, co
     page = open_page(context, site.add("/consent.html", collector.url, attrs=FAST))
     wait_events(collector, 1)
     page.evaluate("tw('optOut')")
-    assert {k: v for k, v in stored(page).items() if v} == {"o": 1}  # ids and queue forgotten, the choice kept
+    assert stored(page) == {"tw_x": 1}  # ids and queue forgotten, the choice kept
     page.reload()
     page.wait_for_function("window.tw && window.tw.l")
     page.evaluate("tw('track', 'Opted Out'); tw('identify', 'u1')")
     settle()
     assert len(collector.events()) == 1
-    assert {k: v for k, v in stored(page).items() if v} == {"o": 1}
+    assert stored(page) == {"tw_x": 1}
     page.evaluate("tw('optIn'); tw('track', 'Opted In')")
     events = wait_events(collector, 2)
     assert [e.get("event") for e in events] == [None, "Opted In"]
@@ -275,7 +288,7 @@ def test_no_storage_mode_and_cookie_mirror(context: BrowserContext, site: Site, 
     page = open_page(context, site.add("/cookie.html", collector.url, attrs=FAST + " data-cookie"))
     (view,) = [e for e in wait_events(collector, 3) if e["context"]["page"]["path"] == "/cookie.html"]
     cookies = {c["name"]: c for c in context.cookies(site.origin)}
-    assert cookies["tw_a"]["value"] == view["anonymousId"] == stored(page)["a"]
+    assert cookies["tw_a"]["value"] == view["anonymousId"] == stored(page)["tw_a"]
     assert cookies["tw_a"]["expires"] > time.time() + 300 * 86400
     page.evaluate("tw('optOut')")
     assert "tw_a" not in {c["name"] for c in context.cookies(site.origin)}
@@ -299,7 +312,7 @@ def test_an_event_the_collector_refuses_does_not_sink_its_batch(context: Browser
     events = wait_events(collector, 3)
     settle()
     assert sorted(e.get("event") or "" for e in collector.events()) == ["", "Good 1", "Good 2"]
-    wait_for(lambda: stored(page)["q"] == [], what="an empty queue")
+    wait_for(lambda: queued(page) == [], what="an empty queue")
 
 
 def test_failures_never_reach_the_page(context: BrowserContext, site: Site, collector: Collector) -> None:
@@ -310,3 +323,14 @@ def test_failures_never_reach_the_page(context: BrowserContext, site: Site, coll
     page.evaluate("tw('track', 'Still Working')")
     events = wait_events(collector, 2)
     assert [e.get("event") for e in by_type(events, "track")] == ["Still Working"]
+def test_tabs_sharing_the_queue_send_each_event_once(context: BrowserContext, site: Site, collector: Collector) -> None:
+    url = site.add("/tabs.html", collector.url, attrs='data-interval="100" data-batch="3"')
+    pages = [open_page(context, url) for _ in range(3)]
+    for round_ in range(5):
+        for i, page in enumerate(pages):
+            page.evaluate(f"tw('track', 'Tab {i}', {{round: {round_}}})")
+    events = wait_for(lambda: len(e := collector.events()) >= 18 and e, what="18 events")
+    settle()
+    events = collector.events()
+    assert len(events) == 18
+    assert_once_each(events)
