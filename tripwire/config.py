@@ -43,12 +43,13 @@ class ServerConfig:
 @dataclass(frozen=True)
 class LogConfig:
     backend: str = "sqlite"  # "sqlite" or "kafka"
-    partitions: int = 4  # embedded backend; Kafka topics keep their own count
+    partitions: int = 4  # per topic; Kafka: used when creating missing topics (existing ones keep theirs)
     group_commit_max_records: int = 10_000
     retention_hours: int = 168  # embedded backend: older records are deleted
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "tripwire"
     kafka_idempotent: bool = False  # the test broker (tansu) lacks it
+    kafka_replication_factor: int = 1  # for topics the log creates; use 3 on a real cluster
     kafka_linger_ms: int = 2
     kafka_request_timeout_ms: int = 10_000
     spill_max_bytes: int = 512 * 1024 * 1024

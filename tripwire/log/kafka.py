@@ -130,7 +130,7 @@ class KafkaLog(EventLog):
             spill_dir=config.data_dir / "spill",
             topic_prefix=log.topic_prefix,
             partitions=log.partitions,
-            replication_factor=getattr(log, "kafka_replication_factor", 1),
+            replication_factor=log.kafka_replication_factor,
             idempotent=log.kafka_idempotent,
             linger_ms=log.kafka_linger_ms,
             request_timeout_ms=log.kafka_request_timeout_ms,

@@ -161,3 +161,24 @@ async def test_a_dead_forwarder_fails_appends_instead_of_acknowledging(tmp_path:
         assert segment.exists()
     finally:
         broker.close()
+
+
+async def test_a_hung_broker_times_out_into_the_spill(tansu: TansuBroker, tmp_path: Path) -> None:
+    """SIGSTOP: connections stay open but nothing answers, so produce times out instead of failing fast."""
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", **FAST) as log:
+        await log.append(EVENTS, [(b"user-1", b"before")])
+        tansu.pause()
+        try:
+            await asyncio.wait_for(log.append(EVENTS, [(b"user-1", b"during-0")]), 30)
+            assert log.spill_depth() == 1
+            assert not await log.ready()
+            for i in range(1, 20):
+                await asyncio.wait_for(log.append(EVENTS, [(b"user-1", b"during-%d" % i)]), 30)
+        finally:
+            tansu.resume()
+        await wait_for(lambda: log.spill_depth() == 0, 60, "the spill forwarded after the broker woke up")
+        await wait_for(log.ready, 30, "ready")
+        await log.append(EVENTS, [(b"user-1", b"after")])
+        records = await read_all(log, EVENTS)
+    expected = [b"before"] + [b"during-%d" % i for i in range(20)] + [b"after"]
+    assert_all_acked_in_order(records, {b"user-1": expected})
