@@ -38,6 +38,7 @@ from . import metrics
 from .attempt import attempt
 from .config import WebhooksConfig
 from .endpoint import Endpoint, Tasks, build_body, check_endpoints
+from .errors import WebhookConfigError
 from .group_commit import AsyncStore
 from .ssrf import Guard, Resolver, ip_literal, refusal_reason
 from .store import DEAD, DELIVERED, PENDING, Claimed, NewDelivery, Store, now_ms
@@ -69,7 +70,7 @@ class Dispatcher:
         self._settings = settings
         self._endpoints = check_endpoints(endpoints)
         self._guard = Guard(settings.hosts(), settings.networks(), resolver)
-        self._ssl_context = ssl_context
+        self._ssl_context = ssl_context or _ssl_context(settings.ca_bundle)
         self._schedule = list(settings.retry_schedule_s)
         self._lease_ms = int(settings.attempt_timeout_s * 1000) + 2000
         self._store: AsyncStore | None = None
@@ -105,11 +106,10 @@ class Dispatcher:
         if httpx_logger.level == logging.NOTSET:
             httpx_logger.setLevel(logging.WARNING)
         self._store = AsyncStore(await asyncio.to_thread(Store, self._store_path))
-        context = self._ssl_context or make_ssl_context(self._settings.ca_bundle)
         timeout = httpx.Timeout(self._settings.attempt_timeout_s)
         for ep in self._endpoints.values():
             ep.client = httpx.AsyncClient(
-                transport=GuardedTransport(self._guard, max_connections=ep.concurrency, ssl_context=context),
+                transport=GuardedTransport(self._guard, max_connections=ep.concurrency, ssl_context=self._ssl_context),
                 follow_redirects=False,
                 timeout=timeout,
                 trust_env=False,
@@ -346,3 +346,10 @@ class Dispatcher:
             metrics.DEAD_LETTERS.labels(name).set(c.get(DEAD, 0))
         for ep in self._endpoints.values():
             metrics.DISABLED.labels(ep.name).set(0 if ep.active else 1)
+
+
+def _ssl_context(ca_bundle: str) -> ssl.SSLContext:
+    try:
+        return make_ssl_context(ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise WebhookConfigError(f"Config 'webhooks.ca_bundle' has value {ca_bundle!r}: cannot load it ({exc}).") from exc

@@ -122,6 +122,7 @@ async def test_create_service_from_config(log, tmp_path):
         ({"allow_networks": ["not-a-net"]}, {}, "webhooks.allow_networks"),
         ({"attempt_timeout_s": 0}, {}, "webhooks.attempt_timeout_s"),
         ({"colour": "red"}, {}, "webhooks.colour"),
+        ({"ca_bundle": "/nonexistent/ca.pem"}, {}, "webhooks.ca_bundle"),
         ({}, {"crm": {"url": "https://x.example.com", "secret": ""}}, "endpoints.crm.secret"),
         ({}, {"crm": {"url": "https://x.example.com", "secret": "whsec_%%%"}}, "endpoints.crm.secret"),
         ({}, {"crm": {"url": "ftp://x.example.com", "secret": "whsec_" + "A" * 40}}, "endpoints.crm.url"),
