@@ -1,0 +1,180 @@
+"""``tripwire rules check|explain|backtest`` end to end (in-process CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tripwire.cli.main import main
+from tripwire.envelope import format_time_ms
+
+from .util import T0
+
+GOOD = """# ok
+rule "abandoned cart"
+  when AddToCart as cart where cart.properties.price >= 20
+  then no Checkout within 30s
+  at most once per 24h
+  post crm with { sku: cart.properties.sku }
+"""
+BAD = """rule "bad"
+  when AddToCart as cart
+  then Checkout where c.total > 1
+  post crm
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_check_ok_and_errors_with_caret(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./tripwire.toml: endpoints unknown, a warning only
+    good = write(tmp_path, "good.rules", GOOD)
+    code, out, err = run(["rules", "check", str(good)], capsys)
+    assert code == 0 and "1 rule(s) ok, 1 warning(s)" in out
+    assert f"{good}:6:3: warning: endpoint 'crm' is not configured" in err
+    assert run(["rules", "check", "--strict", str(good)], capsys)[0] == 1
+
+    bad = write(tmp_path, "bad.rules", BAD)
+    code, out, err = run(["rules", "check", str(tmp_path)], capsys)  # a directory: every *.rules
+    assert code == 1
+    lines = err.splitlines()
+    i = lines.index(f"{bad}:3:3: `then Checkout` needs a time bound: add `within 30s` (or another duration)")
+    assert lines[i + 1] == "      then Checkout where c.total > 1"
+    assert lines[i + 2] == "      ^"
+    assert any(line.startswith(f"{bad}:3:23: unknown step or field 'c'") for line in lines)
+    assert "error(s)" in err
+
+    code, _, err = run(["rules", "check", str(tmp_path / "nope.rules")], capsys)
+    assert code == 1 and "no such file" in err
+
+
+def test_check_with_a_config_makes_unknown_endpoints_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path, "tripwire.toml", '[endpoints.crm]\nurl = "https://crm.example/hook"\n')
+    rules = write(tmp_path, "r.rules", GOOD + 'rule "x" when Signup post mailer\n')
+    code, _, err = run(["--config", str(cfg), "rules", "check", str(rules)], capsys)
+    assert code == 1
+    assert f"{rules}:7:22: endpoint 'mailer' is not configured (add [endpoints.mailer] to the config; configured: crm)" in err
+
+
+def test_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", GOOD + 'rule "fan" when 3 PageView where properties.category == "shoes" within 10m post crm\n')
+    code, out, _ = run(["rules", "explain", str(rules)], capsys)
+    assert code == 0
+    assert 'Rule "abandoned cart"' in out
+    assert "Then fires if NO Checkout event arrives within 30 seconds after step 1." in out
+    assert "restarts the timer" in out and "at most once per day" in out
+    assert "at least 3 PageView events within any 10 minutes" in out
+    assert "windows do not overlap" in out
+
+
+def envelope(name: str, key: str, mid: str, at_ms: int, **props: Any) -> dict[str, Any]:
+    return {"type": "track", "event": name, "anonymousId": key, "messageId": mid,
+            "timestamp": format_time_ms(at_ms), "properties": props}
+
+
+DAY = 86_400_000
+
+
+def history() -> list[dict[str, Any]]:
+    events = []
+    for day in range(2):
+        base = T0 + day * DAY
+        for i in range(3 + day):  # 3 abandoned carts on day 1, 4 on day 2
+            events.append(envelope("AddToCart", f"k{day}-{i}", f"a{day}-{i}", base + i * 1000, price=30, sku=f"S{i}"))
+        events.append(envelope("AddToCart", f"buyer{day}", f"b{day}", base, price=30, sku="B"))
+        events.append(envelope("Checkout", f"buyer{day}", f"c{day}", base + 5000))
+        events.append(envelope("PageView", "late", f"p{day}", base + DAY - 1000))  # moves event time on
+    events.append(envelope("AddToCart", "pending", "last", T0 + 2 * DAY - 500, price=30))  # no deadline yet
+    return events
+
+
+def test_backtest_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", GOOD)
+    events = history()
+    jsonl = tmp_path / "events.jsonl"
+    # out of order and with junk: the backtest sorts by event time and skips what it cannot read
+    jsonl.write_bytes(b"\n".join(orjson.dumps(e) for e in reversed(events)) + b"\nnot json\n{}\n")
+    code, out, err = run(["rules", "backtest", str(rules), "--events", str(jsonl)], capsys)
+    assert code == 0, err
+    day1, day2 = format_time_ms(T0)[:10], format_time_ms(T0 + DAY)[:10]
+    assert 'rule "abandoned cart": 7 trigger(s)' in out
+    assert f"  {day1}         3" in out and f"  {day2}         4" in out
+    assert "sample: " in out and 'payload={"sku":"S0"}' in out
+    assert "2 skipped" in out
+    assert "backtest [" in err and "100.0%" in err  # the progress bar
+
+    code, out, _ = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--json", "--no-progress"], capsys)
+    report = orjson.loads(out)
+    assert report["rules"]["abandoned cart"]["per_day"] == {day1: 3, day2: 4}
+    assert report["pending_at_end"] >= 1
+
+
+def write_lake(root: Path, events: list[dict[str, Any]]) -> None:
+    """The sink's layout: date=YYYY-MM-DD/*.parquet, snake_case columns, promoted columns in schema.json."""
+    schema = pa.schema([
+        ("message_id", pa.string()), ("type", pa.string()), ("event", pa.string()), ("anonymous_id", pa.string()),
+        ("user_id", pa.string()), ("timestamp", pa.timestamp("ms", tz="UTC")), ("context_page_path", pa.string()),
+        ("properties", pa.string()), ("context", pa.string()), ("extra", pa.string()), ("properties_price", pa.float64()),
+    ])
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        by_day.setdefault(e["timestamp"][:10], []).append(e)
+    for day, rows in by_day.items():
+        d = root / f"date={day}"
+        d.mkdir(parents=True)
+        half = len(rows) // 2
+        for n, chunk in enumerate((rows[:half], rows[half:])):
+            cols: dict[str, list[Any]] = {f.name: [] for f in schema}
+            for e in chunk:
+                props = dict(e.get("properties", {}))
+                price = props.pop("price", None)
+                cols["message_id"].append(e["messageId"])
+                cols["type"].append(e["type"])
+                cols["event"].append(e.get("event"))
+                cols["anonymous_id"].append(e["anonymousId"])
+                cols["user_id"].append(None)
+                cols["timestamp"].append(int(__import__("tripwire.envelope").envelope.parse_time_ms(e["timestamp"], "t")))
+                cols["context_page_path"].append("/cart")
+                cols["properties"].append(orjson.dumps(props).decode() if props else None)
+                cols["context"].append(None)
+                cols["extra"].append(None)
+                cols["properties_price"].append(None if price is None else float(price))
+            pq.write_table(pa.table(cols, schema=schema), d / f"part-{n}.parquet")
+    (root / "_tripwire_sink").mkdir()
+    (root / "_tripwire_sink" / "schema.json").write_bytes(
+        orjson.dumps({"columns": [["properties_price", "properties", "price", "number"]]}))
+
+
+def test_backtest_lake_with_date_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", GOOD.replace("cart.properties.sku", "context.page.path"))
+    lake = tmp_path / "lake"
+    write_lake(lake, history())
+    code, out, err = run(["rules", "backtest", str(rules), "--lake", str(lake), "--json"], capsys)
+    assert code == 0, err
+    report = orjson.loads(out)
+    day1, day2 = format_time_ms(T0)[:10], format_time_ms(T0 + DAY)[:10]
+    assert report["rules"]["abandoned cart"]["per_day"] == {day1: 3, day2: 4}
+    assert report["rules"]["abandoned cart"]["samples"][0]["payload"] == {"sku": "/cart"}
+    assert "backtest [" in err
+    day3 = format_time_ms(T0 + 2 * DAY)[:10]
+    code, out, _ = run(["rules", "backtest", str(rules), "--lake", str(lake), "--since", day2, "--until", day3, "--json"], capsys)
+    assert orjson.loads(out)["rules"]["abandoned cart"]["per_day"] == {day2: 4}
+    code, out, _ = run(["rules", "backtest", str(rules), "--lake", str(lake), "--until", day2, "--json"], capsys)
+    assert orjson.loads(out)["rules"]["abandoned cart"]["per_day"] == {day1: 3}  # day 2's deadlines are not reached
+    code, _, err = run(["rules", "backtest", str(rules), "--lake", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "does not exist" in err
