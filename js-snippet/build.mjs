@@ -16,7 +16,7 @@ const result = await build({
   bundle: true,
   minify: true,
   format: 'iife',
-  target: 'es2020',
+  target: 'es2021',
   define: { VERSION: JSON.stringify(version) },
   legalComments: 'none',
   charset: 'utf8',

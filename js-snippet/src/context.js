@@ -23,9 +23,9 @@ export const context = (t) => {
   const x = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language };
   let s = get('_s');
   // A session ends after 30 minutes without events; its id is its start time (ms).
-  if (!(t - s?.[1] < 18e5)) (s = [t]), (x.sessionStart = true);
+  if (!(t - s?.[1] < 18e5)) s = [t];
   set('_s', [(x.sessionId = s[0]), t]);
-  for (const [k, v] of new URLSearchParams(L.search))
-    if (k.startsWith('utm_')) (x.campaign ||= {})[k == 'utm_campaign' ? 'name' : k.slice(4)] = v;
+  for (let [k, v] of new URLSearchParams(L.search))
+    if (/^utm_/.test(k)) (x.campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
   return x;
 };

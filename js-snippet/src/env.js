@@ -9,10 +9,10 @@ export const str = JSON.stringify;
 /** Settings: the script tag's data- attributes, then every queued tw('init', {...}). */
 export const c = {};
 
-/** A boolean setting: true for `data-x`, `data-x=""` or true; false when absent, "false", "0" or "off". */
-export const on = (v) => v != null && !/^(false|0|off)$/.test(v);
+/** A boolean setting: true for `data-x`, `data-x=""` or true; false when absent, false or "false". */
+export const on = (v) => v != null && !/^f/.test(v);
 
-export const log = (...a) => on(c.debug) && console.log('[tripwire]', ...a);
+export const log = (...a) => on(c.debug) && console.log('tw', ...a);
 
 /** `f` that never throws into the host page (errors go to the debug log). */
 export const safe = (f) => (...a) => {

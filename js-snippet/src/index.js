@@ -6,7 +6,7 @@
 import { context, here, last, pageInfo, view } from './context.js';
 import { c, d, iso, log, nav, now, on, safe, uuid } from './env.js';
 import { flush, online, push, setup, size } from './send.js';
-import { del, get, keys, open, set } from './store.js';
+import { S, del, get, open, set } from './store.js';
 
 const t = window.tw;
 
@@ -17,8 +17,7 @@ if (!t?.l)
   safe(() => {
     const q = t?.q || [];
     const s = d.currentScript;
-    Object.assign(c, s?.dataset);
-    for (const a of q) a[0] == 'init' && Object.assign(c, a[1]);
+    Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
     // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the
     // loader's stub keeps swallowing calls).
     if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
@@ -29,28 +28,29 @@ if (!t?.l)
 
     const ev = (type, x) => {
       if (get('_x')) return;
-      if (x.userId != null) set('_u', x.userId + '');
-      let a = get('_a');
-      if (!a) set('_a', (a = uuid()));
+      // Ids and event names fit the collector's 256 characters: one bad event would sink its batch.
+      if (x.userId != null) set('_u', (x.userId + '').slice(0, 256));
+      const a = get('_a') || uuid();
+      set('_a', a);
       cookie(a, 31536000);
-      const e = { type, messageId: uuid(), anonymousId: a, userId: get('_u'), timestamp: iso(), context: context(now()), ...x };
+      const e = { type, messageId: uuid(), anonymousId: a, timestamp: iso(), context: context(now()), ...x, userId: get('_u') };
       size(e) > 3e4 ? log(e) : push(e); // the collector refuses events over 32 KB
     };
     const page = (n, p) => {
-      if (typeof n == 'object') (p = n), (n = void 0);
+      if (n + '' !== n) (p = n), (n = void 0); // page(properties)
       view();
       ev('page', { name: n, properties: { ...pageInfo(), ...p } });
     };
     const forget = (k) => {
-      for (const x of keys()) k.test(x) && del(x);
+      for (const x in S) k.test(x) && delete S[x];
       cookie('', 0);
     };
     const api = {
-      track: (n, p) => ev('track', { event: n + '', properties: { ...p } }),
+      track: (n, p) => ev('track', { event: (n + '').slice(0, 256), properties: { ...p } }),
       page,
       identify: (u, p) => ev('identify', { userId: u, traits: { ...p } }),
-      reset: () => forget(/_[aus]/),
-      optOut: () => set('_x', 1, forget(/./)),
+      reset: () => forget(/^tw_[aus]/),
+      optOut: () => set('_x', 1, forget(/^tw[_:]/)),
       optIn: () => del('_x'),
     };
 

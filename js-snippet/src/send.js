@@ -6,9 +6,9 @@
 // Batches go out with fetch(keepalive); an event leaves the queue only when the collector
 // answered. While in flight its events hold a lease (`l`), so no tab sends them twice. On a
 // network error, 5xx or 429 they get their lease back and sending backs off exponentially
-// (persisted, so the next page knows the collector was failing). A batch is all or nothing at
-// the collector: a 4xx naming one event (`batch[i]` in its message) drops only that event and the
-// rest goes again at once; any other 4xx drops the batch (retrying cannot help).
+// (persisted, so the next page knows the collector was failing). Any other answer (2xx, or a 4xx
+// that retrying cannot cure: unknown write key, refused origin) ends the batch. Events are built
+// so that the collector has no reason to refuse one of them (and with it its whole batch).
 //
 // When the page is hidden or unloads, whatever is free goes out with sendBeacon and leaves the
 // queue, and so do this tab's in-flight batches (their keepalive requests outlive the page):
@@ -18,8 +18,8 @@
 //
 // Beyond the cap (data-cap) the oldest events are dropped; the newest event counts them in
 // context.dropped (plus any count the dropped events carried), so every loss is reported.
-import { c, iso, log, nav, now, safe, str } from './env.js';
-import { del, get, keys, me, set } from './store.js';
+import { c, iso, log, nav, now, str } from './env.js';
+import { S, del, get, me, set } from './store.js';
 
 let url, I, N, M, B;
 let R = 0; // no retry before this time (ms)
@@ -43,8 +43,8 @@ const drop = (r) => del(':' + r.e.messageId);
 
 /** The queue, oldest first. */
 const queue = () =>
-  keys()
-    .flatMap((k) => (k[0] == ':' && get(k)) || [])
+  Object.keys(S)
+    .flatMap((k) => (k[2] == ':' && get(k.slice(2))) || []) // "ab:c" would read tw:c: harmless
     .sort((a, b) => a.t - b.t);
 
 // The collector copies the batch's sentAt into each event.
@@ -66,38 +66,38 @@ export const push = (e) => {
   trim()[N - 1] && flush();
 };
 
-export const flush = safe((hide) => {
-  const t = now();
-  if (hide ? B || !nav.onLine : t < R) return;
-  const k = []; // batches of this tab's free events (and abandoned ones), each under 64 KB
-  let b = [];
-  let n = 0;
-  let x;
-  for (const r of queue())
-    if (!(r.l > t) && (r.o == me || t - r.t > 30 * I)) {
-      if ((n += x = size(r.e)) > 6e4 && b[0]) k.push(b), (b = []), (n = x);
-      b.push(r);
-    } else if (hide && r.o == me) drop(r); // in flight from this page
-  k.push(b);
-  if (hide) return k.map((b) => b[0] && nav.sendBeacon(url, body(b)) && b.map(drop));
-  b = k[0];
-  if (!b[0]) return;
-  for (const r of b) (r.l = t + 1e4), (r.o = me), put(r);
-  fetch(url, { method: 'POST', body: body(b), keepalive: true })
-    // What to put back: nothing, all but the refused event, or (0: failed) the whole batch.
-    .then((r) =>
-      r.ok ? [] : /^(5|429)/.test(r.status) ? 0 : r.json().then((j, m = /batch\[(\d+)/.exec(j.message)) => (log(j), m ? b.filter((e, i) => i != m[1]) : [])),
-    )
-    .catch(() => 0)
-    .then(
-      safe((back) => {
-        for (const r of b) back && !back.includes(r) ? drop(r) : put({ ...r, l: 0 });
-        set('_b', (B = back ? 0 : B > 3e4 ? 6e4 : B * 2 || I));
-        R = now() + B;
-        trim();
-        back && flush();
-      }),
-    );
-});
+export const flush = async (hide) => {
+  try {
+    const t = now();
+    if (hide ? B || !nav.onLine : t < R) return;
+    const k = []; // batches of this tab's free events (and abandoned ones), each under 64 KB
+    let b = [];
+    let n = 0;
+    let x;
+    for (const r of queue())
+      if (!(r.l > t) && (r.o == me || t - r.t > 30 * I)) {
+        if ((n += x = size(r.e)) > 6e4 && b[0]) k.push(b), (b = []), (n = x);
+        b.push(r);
+      } else if (hide && r.o == me) drop(r); // in flight from this page
+    k.push(b);
+    if (hide) return k.map((b) => b[0] && nav.sendBeacon(url, body(b)) && b.map(drop));
+    b = k[0];
+    if (!b[0]) return;
+    for (const r of b) (r.l = t + 1e4), (r.o = me), put(r);
+    let ok;
+    try {
+      x = (await fetch(url, { method: 'POST', body: body(b), keepalive: true })).status;
+      ok = !/^(5|429)/.test(x);
+      x < 300 || log(x); // refused for good
+    } catch {}
+    for (const r of b) ok ? drop(r) : put({ ...r, l: 0 });
+    set('_b', (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I));
+    R = now() + B;
+    trim();
+    ok && flush();
+  } catch (e) {
+    log(e);
+  }
+};
 
 export const online = () => flush((R = 0));

@@ -7,7 +7,7 @@
 // different processes: a shared array rewritten by several tabs loses events.
 import { c, on, str, uuid } from './env.js';
 
-let S = {};
+export let S = {};
 /** This tab's id: sessionStorage keeps it across reloads and navigations within the tab. */
 export let me = 1;
 
@@ -35,6 +35,3 @@ export const set = (k, v) => {
 export const del = (k) => {
   delete S['tw' + k];
 };
-
-/** Every stored key of ours, without the "tw" prefix. */
-export const keys = () => Object.keys(S).flatMap((k) => (/^tw[_:]/.test(k) ? [k.slice(2)] : []));
