@@ -377,6 +377,10 @@ class Engine:
         if wake != rs.wake:
             rs.wake = wake
             heapq.heappush(ps.timers, (wake, sk[0], sk[1]))
+            if len(ps.timers) > 4 * len(ps.states) + 1024:
+                # Superseded entries are skipped when popped; rebuild before they pile up.
+                ps.timers = [(r.wake, u, k) for (u, k), r in ps.states.items() if r.wake]
+                heapq.heapify(ps.timers)
 
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
         ps.watermark = wm
