@@ -360,10 +360,12 @@ class KafkaLog(EventLog):
     # reading -----------------------------------------------------------------
 
     async def ready(self) -> bool:
-        return (
-            self._started and not self._closed and self._failed is None
-            and self._reachable and self.spill.depth == 0
-        )
+        """Not spilling, and a broker answered just now (so a dead broker shows before an append fails)."""
+        if not (self._started and not self._closed and self._failed is None):
+            return False
+        if not self._reachable or self.spill.depth:
+            return False
+        return await self._producer.ping(min(2.0, self._timeout_ms / 1000))
 
     def spill_depth(self) -> int:
         return self.spill.depth

@@ -223,8 +223,10 @@ class KafkaReader:
         try:
             parts = consumer.partitions_for_topic(name)
             if not parts:
-                await consumer.topics()  # refreshes metadata
-                parts = consumer.partitions_for_topic(name)
+                # The cached metadata may predate the topic (consumer.topics() does not
+                # refresh that cache): ask the cluster.
+                cluster = await consumer._client.fetch_all_metadata()
+                parts = cluster.partitions_for_topic(name)
         except KafkaError as exc:
             raise LogUnavailable(f"Kafka topic {name!r}: metadata unavailable: {exc}") from exc
         return sorted(parts or ())

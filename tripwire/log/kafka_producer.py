@@ -96,6 +96,16 @@ class OrderedProducer:
         finally:
             await admin.close()
 
+    async def ping(self, timeout_s: float) -> bool:
+        """True when a broker answers a metadata request within ``timeout_s``."""
+        if self._producer is None:
+            return False
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout_s)
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return True
+
     async def stop(self) -> None:
         """Flush (bounded by the request timeout) and close; safe to call twice."""
         producer, self._producer = self._producer, None

@@ -182,3 +182,17 @@ async def test_a_hung_broker_times_out_into_the_spill(tansu: TansuBroker, tmp_pa
         records = await read_all(log, EVENTS)
     expected = [b"before"] + [b"during-%d" % i for i in range(20)] + [b"after"]
     assert_all_acked_in_order(records, {b"user-1": expected})
+
+
+async def test_ready_notices_a_dead_broker_before_any_append(tansu_durable: TansuBroker, tmp_path: Path) -> None:
+    broker = tansu_durable
+    async with KafkaLog(broker.bootstrap, spill_dir=tmp_path / "spill", **FAST) as log:
+        await log.append(EVENTS, [(b"user-1", b"before")])
+        assert await log.ready()
+        await asyncio.to_thread(broker.kill)
+        assert not await log.ready()
+        await asyncio.to_thread(broker.start)
+        await wait_for(log.ready, 30, "ready once the broker is back")
+        await log.append(EVENTS, [(b"user-1", b"after")])
+        assert log.spill_depth() == 0
+        assert [r.value for r in await read_all(log, EVENTS)] == [b"before", b"after"]
