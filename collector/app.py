@@ -18,7 +18,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tripwire.config import Config
 from tripwire.log import EventLog
@@ -37,6 +39,26 @@ from .snippet import PACKAGED, SnippetEndpoint
 logger = logging.getLogger(__name__)
 
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+class _FastPath:
+    """Hands POST/OPTIONS on the tracking routes straight to their endpoint.
+
+    The endpoints answer every outcome themselves (4xx JSON, 503), so the
+    exception middleware and the router's matching are skipped on the hot path;
+    everything else (other methods, other paths) goes through Starlette as usual.
+    """
+
+    def __init__(self, app: ASGIApp, endpoints: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "OPTIONS"):
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                return await endpoint(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starlette:
@@ -58,6 +80,7 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
 
     api_cors = CorsPolicy(sources.values(), intake.open_mode, settings.cors_max_age_s, "POST")
     routes: list[Route] = []
+    fast: dict[str, TrackingEndpoint] = {}
     for kind in (*SINGLE_TYPES, "batch"):
         endpoint = TrackingEndpoint(
             intake, api_cors, kind=kind,
@@ -65,6 +88,7 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
             max_decompressed_bytes=settings.max_decompressed_bytes,
         )
         routes.append(Route(f"/v1/{kind}", endpoint, methods=["POST", "OPTIONS"]))
+        fast[f"/v1/{kind}"] = endpoint
     pixel = PixelEndpoint(intake, settings.max_event_bytes)
     routes.append(Route(settings.pixel_path, pixel, methods=["GET"]))
     routes.append(Route(settings.pixel_path + "/{type}", pixel, methods=["GET"]))
@@ -125,6 +149,7 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
 
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(_FastPath, endpoints=fast)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )

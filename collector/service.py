@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 from collections.abc import Generator
 
 import uvicorn
@@ -27,6 +28,15 @@ logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 30
 DRAIN_TIMEOUT_S = 15
+# The embedded log's writer thread hands every commit back through the GIL; with the
+# default 5 ms switch interval a busy event loop starves it (measured: batch intake
+# ~1.7x faster at 0.5 ms on one core).
+SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_interpreter() -> None:
+    if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class _Server(uvicorn.Server):
@@ -77,6 +87,7 @@ class CollectorService:
     async def start(self) -> None:
         if self._task is not None:
             return
+        tune_interpreter()
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._server = _Server(uvicorn_config(self.app))
@@ -114,5 +125,6 @@ def worker_app() -> object:
     from tripwire.config import load_config
     from tripwire.log import open_log
 
+    tune_interpreter()
     config = load_config()
     return create_app(config, open_log(config), own_log=True)
