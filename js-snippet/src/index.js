@@ -48,7 +48,7 @@ if (!t?.l)
     const api = {
       track: (n, p) => ev('track', { event: (n + '').slice(0, 256), properties: { ...p } }),
       page,
-      identify: (u, p) => ev('identify', { userId: u, traits: { ...p } }),
+      identify: (u, p) => ev('identify', typeof u == 'object' ? { traits: { ...u } } : { userId: u, traits: { ...p } }), // or identify(traits)
       reset: () => forget(/^tw_[aus]/),
       optOut: () => set('_x', 1, forget(/^tw[_:]/)),
       optIn: () => del('_x'),

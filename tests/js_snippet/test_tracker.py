@@ -102,9 +102,11 @@ def test_track_and_identify(context: BrowserContext, site: Site, collector: Coll
     page.evaluate("tw('track', 'Product Viewed', {sku: 'A-1', price: 9.5, tags: ['x']})")
     page.evaluate("tw('identify', 'user-42', {email: 'a@example.com', plan: 'pro'})")
     page.evaluate("tw('track', 'Added To Cart', {sku: 'A-1'}); tw('page', 'Cart', {step: 2})")
-    events = wait_events(collector, 5)
+    page.evaluate("tw('identify', {vip: true})")  # traits only: keeps the user
+    events = wait_events(collector, 6)
     viewed, added = by_type(events, "track", "Product Viewed")[0], by_type(events, "track", "Added To Cart")[0]
-    (identify,) = by_type(events, "identify")
+    identify, traits_only = by_type(events, "identify")
+    assert traits_only["userId"] == "user-42" and traits_only["traits"] == {"vip": True}
     named = next(e for e in by_type(events, "page") if e.get("name") == "Cart")
     assert viewed["properties"] == {"sku": "A-1", "price": 9.5, "tags": ["x"]}
     assert "userId" not in viewed
