@@ -54,3 +54,12 @@ async def test_missing_snippet_is_a_404_naming_the_file(make_collector: MakeColl
     assert r.status_code == 404
     assert r.json()["error"] == "snippet_not_built"
     assert str(missing) in r.json()["message"]
+
+
+async def test_the_packaged_tracker_is_served_by_default(make_collector: MakeCollector) -> None:
+    from collector.snippet import PACKAGED
+
+    c = await make_collector()
+    r = await c.client.get("/t.js", headers={"Accept-Encoding": "identity"})
+    assert r.status_code == 200, r.text  # js-snippet's build output is committed with the package
+    assert r.content == PACKAGED.read_bytes()
