@@ -105,3 +105,15 @@ def test_sources_from_environment_overrides() -> None:
     config = load_config(None, {"TRIPWIRE_SOURCES__SHOP__WRITE_KEY": "k1", "TRIPWIRE_SOURCES__SHOP__ORIGINS": '["https://shop.example/"]'})
     (source,) = load_sources(config).values()
     assert source.name == "shop" and source.write_key == "k1" and source.origins == ["https://shop.example"]
+
+
+async def test_the_sample_config_and_catalog_load(tmp_path) -> None:
+    from collector import create_app
+    from tests.collector.conftest import REPO_EXAMPLES
+    from tripwire.config import load_config
+    from tripwire.log.memory import MemoryLog
+
+    config = load_config(REPO_EXAMPLES / "tripwire.toml", {"TRIPWIRE_DATA_DIR": str(tmp_path), "TRIPWIRE_COLLECTOR__PII_SALT": "s"})
+    app = create_app(config, MemoryLog())
+    assert {s.name for s in app.state.intake.sources.values()} >= {"shop", "backend"}
+    assert "Product Added" in app.state.intake.catalog.event_names
