@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 
+from tripwire.cli.collector import run_loop
 from tripwire.config import Config
 from tripwire.log import open_log
 from tripwire.service import Service, run_services
@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="run collector, rules engine, webhooks and sink in one process (embedded log)")
     run.add_argument("--host", help="listen address (server.host)")
     run.add_argument("--port", type=int, help="listen port (server.port)")
-    run.set_defaults(handler=lambda args, config: asyncio.run(run_command(args, config)))
+    # uvloop when installed: the collector serves several times more requests on it.
+    run.set_defaults(handler=lambda args, config: run_loop(run_command(args, config)))
 
 
 def build_services(config: Config, log: object, factories: list[str] = SERVICE_FACTORIES) -> list[Service]:
