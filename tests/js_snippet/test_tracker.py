@@ -351,3 +351,23 @@ def test_tabs_sharing_the_queue_send_each_event_once(context: BrowserContext, si
     events = collector.events()
     assert len(events) == 18
     assert_once_each(events)
+
+
+def test_a_closed_tabs_events_are_adopted_by_another_tab(context: BrowserContext, site: Site, collector: Collector) -> None:
+    url = site.add("/orphan.html", collector.url, attrs=FAST)
+    first = context.new_page()
+    first.route("**/v1/batch", lambda route: route.abort())  # this tab cannot reach the collector
+    first.goto(url)
+    first.wait_for_function("window.tw && window.tw.l")
+    first.evaluate("tw('track', 'From A Closed Tab')")
+    wait_for(lambda: backoff(first), what="a failed send")
+    orphans = {e["messageId"] for e in queued(first)}
+    first.close()
+    second = open_page(context, url)  # a new tab: its own id, its own events sent at once
+    wait_for(lambda: len(collector.events()) == 1, what="the second tab's page view")
+    # The closed tab's events wait 30 flush intervals (4.5 s here), then the open tab sends them.
+    events = wait_for(lambda: len(e := collector.events()) == 3 and e, 15, "the adopted events")
+    assert orphans <= {e["messageId"] for e in events}
+    wait_for(lambda: queued(second) == [], what="an empty queue")
+    settle()
+    assert_once_each(collector.events())
