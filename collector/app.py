@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import orjson
@@ -49,7 +49,7 @@ class _FastPath:
     everything else (other methods, other paths) goes through Starlette as usual.
     """
 
-    def __init__(self, app: ASGIApp, endpoints: dict[str, ASGIApp]) -> None:
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, ASGIApp]) -> None:
         self.app = app
         self.endpoints = endpoints
 

@@ -22,7 +22,7 @@ _INFLATE_CHUNK = 64 * 1024
 def header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value
+            return bytes(value)
     return None
 
 

@@ -63,14 +63,14 @@ def event_from_query(query: bytes, max_bytes: int) -> dict[str, Any]:
         except (binascii.Error, ValueError):
             raise CollectorError(400, "invalid_query", "data is not valid base64", field="data") from None
         try:
-            event = orjson.loads(raw)
+            decoded = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise CollectorError(400, "invalid_json", f"data is not valid base64 JSON: {exc}", field="data") from None
-        if not isinstance(event, dict):
+        if not isinstance(decoded, dict):
             raise CollectorError(400, "invalid_event", "data must encode a JSON object", field="data")
         for k, v in params.items():  # a writeKey beside data is fine
-            event.setdefault(k, v)
-        return event
+            decoded.setdefault(k, v)
+        return decoded
     event: dict[str, Any] = {}
     for name, value in params.items():
         head, dot, rest = name.partition(".")
