@@ -80,6 +80,9 @@ class Dispatcher:
         self._stopping = False
         self._started = False
         self._gauges_stale = True  # refresh pending/dead gauges on the next scan
+        self._next_gauges_ms = self._last_gauges_ms = self._next_prune_ms = 0
+        self._disabling: set[str] = set()  # endpoints whose disable is being written
+        self._states_version = 0  # bumped after each such write
         self.failed = False
         for ep in self._endpoints.values():
             literal = ip_literal(httpx.URL(ep.url).host)
@@ -214,44 +217,63 @@ class Dispatcher:
         return int(self._schedule[index] * random.uniform(1 - jitter, 1 + jitter) * 1000)
 
     async def _schedule_loop(self) -> None:
-        assert self._store is not None
-        store = self._store
-        next_gauges = last_gauges = next_prune = 0
-        scan_ms = int(self._settings.scan_interval_s * 1000)
         while not self._stopping:
             self._wake.clear()
-            at = now_ms()
-            states = await store.read(store.sync.endpoint_states)
-            sleep_ms = scan_ms
-            for ep in self._endpoints.values():
-                state = states.get(ep.name)
-                ep.disabled_reason = state.disabled_reason if state else None
-                free = ep.concurrency - ep.inflight
-                if not ep.active or free <= 0:
-                    continue
-                due = await store.read(store.sync.next_due_ms, ep.name)
-                if due is None:
-                    continue
-                if due > at:
-                    sleep_ms = min(sleep_ms, due - at)
-                    continue
-                claims = Store.op_claim(ep.name, free, at, self._lease_ms, exclude=set(self._inflight))
-                for claimed in await store.write(claims):
-                    self._launch(ep, claimed)
-                sleep_ms = 0  # look again: more may be due, or the next one's time changed
-            # at most once per scan interval while things change, else every few seconds
-            if at >= next_gauges or (self._gauges_stale and at >= last_gauges + scan_ms):
-                next_gauges, last_gauges = at + _GAUGE_INTERVAL_MS, at
-                await self._update_gauges()
-            if at >= next_prune:
-                next_prune = at + _PRUNE_INTERVAL_MS
-                cutoff = at - int(self._settings.retention_days * 86_400_000)
-                await store.write(Store.op_prune(cutoff))
+            try:
+                sleep_ms = await self._scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # e.g. the store stayed locked by another process past busy_timeout: try again
+                logger.exception("webhook scheduler: the delivery store failed; retrying in 1 s")
+                sleep_ms = 1000
             if sleep_ms > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), sleep_ms / 1000)
             else:
                 await asyncio.sleep(0)
+
+    async def _scan(self) -> int:
+        """Claim and launch what is due; return how long to sleep (ms) unless woken."""
+        assert self._store is not None
+        store = self._store
+        at = now_ms()
+        scan_ms = int(self._settings.scan_interval_s * 1000)
+        version = self._states_version
+        states = await store.read(store.sync.endpoint_states)
+        sleep_ms = scan_ms
+        # A read that overlapped one of our own disables may predate it: keep what we know then.
+        if version == self._states_version:
+            for ep in self._endpoints.values():
+                if ep.name not in self._disabling:
+                    state = states.get(ep.name)
+                    ep.disabled_reason = state.disabled_reason if state else None
+        ready = [ep for ep in self._endpoints.values() if ep.active and ep.inflight < ep.concurrency]
+        due = await store.read(store.sync.next_due_ms, [ep.name for ep in ready]) if ready else {}
+        claiming = []
+        for ep in ready:
+            if ep.name not in due:
+                continue
+            if due[ep.name] > at:
+                sleep_ms = min(sleep_ms, due[ep.name] - at)
+                continue
+            free = ep.concurrency - ep.inflight
+            claiming.append((ep, Store.op_claim(ep.name, free, at, self._lease_ms, exclude=set(self._inflight))))
+        if claiming:
+            # submitted together, so the claims of every endpoint share one transaction
+            results = await asyncio.gather(*(store.write(op) for _, op in claiming))
+            for (ep, _), claimed in zip(claiming, results, strict=True):
+                for c in claimed:
+                    self._launch(ep, c)
+            sleep_ms = 0  # look again: more may be due, or the next one's time changed
+        # gauges at most once per scan interval while things change, else every few seconds
+        if at >= self._next_gauges_ms or (self._gauges_stale and at >= self._last_gauges_ms + scan_ms):
+            self._next_gauges_ms, self._last_gauges_ms = at + _GAUGE_INTERVAL_MS, at
+            await self._update_gauges()
+        if at >= self._next_prune_ms:
+            self._next_prune_ms = at + _PRUNE_INTERVAL_MS
+            await store.write(Store.op_prune(at - int(self._settings.retention_days * 86_400_000)))
+        return sleep_ms
 
     def _launch(self, ep: Endpoint, claimed: Claimed) -> None:
         ep.inflight += 1
@@ -329,8 +351,13 @@ class Dispatcher:
         if ep.disabled_reason is not None:
             return
         ep.disabled_reason = reason
-        await self._store.write(Store.op_disable(ep.name, reason, now_ms()))
         metrics.DISABLED.labels(ep.name).set(1)
+        self._disabling.add(ep.name)
+        try:
+            await self._store.write(Store.op_disable(ep.name, reason, now_ms()))
+        finally:
+            self._disabling.discard(ep.name)
+            self._states_version += 1
         logger.error(
             "webhook endpoint %s disabled: %s; its deliveries wait until `tripwire webhooks enable %s`",
             ep.name, reason, ep.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 import pytest
 
@@ -13,6 +15,19 @@ from tripwire.config import ConfigError, from_dict, load_config
 
 from .helpers import make_trigger, new_secret, publish, state_of
 from .receiver import Received, Reply, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """main() configures the root logger for a process; give later tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 def _toml(tmp_path, urls: dict[str, str], secret: str) -> str:

@@ -229,7 +229,9 @@ async def test_dead_letter_after_last_attempt_then_replay(log, receivers, tmp_pa
         await wait_until(lambda: state_of(d, trigger.id) == DEAD)
         assert len(rx.requests) == 3
         assert d.store.get(trigger.id).attempts == 3
-        assert metric("tripwire_webhook_deliveries_total", endpoint="crm", outcome="dead_letter") == before + 1
+        # counted right after the row is written
+        await wait_until(lambda: metric("tripwire_webhook_deliveries_total", endpoint="crm", outcome="dead_letter")
+                         == before + 1, 5, "dead-letter counter")
         await wait_until(lambda: metric("tripwire_webhook_dead_letters", endpoint="crm") == 1
                          and metric("tripwire_webhook_pending", endpoint="crm") == 0, 5, "gauges")
         ok = True
