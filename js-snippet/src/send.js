@@ -27,7 +27,7 @@ let n = 0; // events queued by this page: orders events queued within one millis
 
 export const setup = (s) => {
   // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
-  url = new URL(c.api || 'v1/batch', s?.src || location);
+  url = c.api || new URL('v1/batch', s.src);
   I = +c.interval || 2e3; // flush interval, ms
   N = +c.batch || 20; // flush as soon as this many events wait
   M = +c.cap || 200; // queue cap
