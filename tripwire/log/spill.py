@@ -67,6 +67,7 @@ class Segment:
     records: int = 0
     size: int = 0
     done: int = 0  # records known to be forwarded (in memory only; a restart replays them)
+    sealed: bool = False  # no more appends go to this file
 
 
 def encode(records: Sequence[SpilledRecord]) -> bytes:
@@ -100,6 +101,17 @@ def _decode(data: bytes) -> tuple[list[SpilledRecord], int]:
     return records, pos
 
 
+def _try_lock(slot: Path) -> BinaryIO | None:
+    """An exclusive flock on a slot directory, or None when another process holds it."""
+    lock = (slot / "lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -125,9 +137,8 @@ class Spill:
         self.retry_after_s = retry_after_s
         self.dir: Path | None = None
         self._segments: list[Segment] = []  # oldest first; the last one takes appends unless sealed
-        self._sealed: set[int] = set()
         self._active: BinaryIO | None = None
-        self._lock_file: BinaryIO | None = None
+        self._lock_files: list[BinaryIO] = []  # our slot's first, then adopted ones
         self._lock = threading.Lock()
         self.depth = 0  # records not yet removed
         self.size = 0  # bytes on disk
@@ -135,34 +146,49 @@ class Spill:
     # lifecycle ---------------------------------------------------------------
 
     def open(self) -> None:
-        """Claim a slot and load its segments (safe to call twice)."""
+        """Claim a slot, load its segments and adopt orphaned slots (safe to call twice).
+
+        A slot whose process is gone (unlocked) but still holds records, e.g.
+        after restarting with fewer workers, is adopted: its records are
+        forwarded first, as they are older than anything appended from now on.
+        """
         if self.dir is not None:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         for slot in range(_MAX_SLOTS):
             path = self.root / str(slot)
             path.mkdir(exist_ok=True)
-            lock = (path / "lock").open("ab")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                continue
-            self._lock_file, self.dir = lock, path
-            break
+            lock = _try_lock(path)
+            if lock is not None:
+                self._lock_files.append(lock)
+                self.dir = path
+                break
         else:
             raise LogError(f"spill root {self.root} has no free slot (more than {_MAX_SLOTS} processes?)")
         try:
-            self._load()
+            adopted: list[Segment] = []
+            for other in sorted(self.root.iterdir()):
+                if other == self.dir or not other.name.isdigit() or not any(other.glob("*" + _SUFFIX)):
+                    continue
+                lock = _try_lock(other)
+                if lock is None:  # a live process owns it
+                    continue
+                self._lock_files.append(lock)
+                adopted += self._load(other)
+                logger.warning("adopting orphaned spill slot %s", other)
+            self._segments = adopted + self._load(self.dir)
         except BaseException:
             self.close()
             raise
+        self.depth = sum(seg.records for seg in self._segments)
+        self.size = sum(seg.size for seg in self._segments)
         if self.depth:
-            logger.warning("spill %s holds %d records from a previous run; replaying", self.dir, self.depth)
+            logger.warning("spill %s holds %d records from a previous run; replaying", self.root, self.depth)
 
-    def _load(self) -> None:
-        assert self.dir is not None
-        paths = sorted(self.dir.glob("*" + _SUFFIX))
+    @staticmethod
+    def _load(directory: Path) -> list[Segment]:
+        segments = []
+        paths = sorted(directory.glob("*" + _SUFFIX))
         for i, path in enumerate(paths):
             data = path.read_bytes()
             records, valid = _decode(data)
@@ -176,11 +202,9 @@ class Spill:
             if not records:
                 path.unlink()
                 continue
-            seg = Segment(path, int(path.stem), len(records), valid)
-            self._segments.append(seg)
-            self._sealed.add(seg.sequence)  # never append behind a previous run's bytes
-            self.depth += seg.records
-            self.size += seg.size
+            # sealed: never append behind a previous run's bytes
+            segments.append(Segment(path, int(path.stem), len(records), valid, sealed=True))
+        return segments
 
     def close(self) -> None:
         """Close files and release the slot; spilled records stay for the next open."""
@@ -188,11 +212,11 @@ class Spill:
             if self._active is not None:
                 self._active.close()
                 self._active = None
-            if self._lock_file is not None:
-                self._lock_file.close()  # releases the flock
-                self._lock_file = None
+            for lock in self._lock_files:
+                lock.close()  # releases the flock
+            self._lock_files = []
             self.dir = None
-            self._segments, self._sealed = [], set()
+            self._segments = []
             self.depth = self.size = 0
 
     @property
@@ -233,11 +257,14 @@ class Spill:
     def _writable_segment(self) -> Segment:
         assert self.dir is not None
         last = self._segments[-1] if self._segments else None
-        if last is not None and last.sequence not in self._sealed and last.size < self.segment_bytes:
+        if last is not None and not last.sealed and last.size < self.segment_bytes:
             return last
+        if last is not None:
+            last.sealed = True
         if self._active is not None:
             self._active.close()
-        sequence = last.sequence + 1 if last is not None else 0
+        mine = [seg.sequence for seg in self._segments if seg.path.parent == self.dir]
+        sequence = max(mine) + 1 if mine else 0
         seg = Segment(self.dir / f"{sequence:020d}{_SUFFIX}", sequence)
         self._active = seg.path.open("ab")
         _fsync_dir(self.dir)
@@ -252,8 +279,8 @@ class Spill:
             if not self._segments:
                 return None
             seg = self._segments[0]
-            if seg.sequence not in self._sealed:
-                self._sealed.add(seg.sequence)
+            if not seg.sealed:
+                seg.sealed = True
                 if self._active is not None:
                     self._active.close()
                     self._active = None
@@ -275,8 +302,6 @@ class Spill:
             if seg not in self._segments:  # closed meanwhile (stop): nothing to account
                 return
             self._segments.remove(seg)
-            self._sealed.discard(seg.sequence)
             self.depth -= seg.records
             self.size -= seg.size
-            assert self.dir is not None
-            _fsync_dir(self.dir)
+            _fsync_dir(seg.path.parent)

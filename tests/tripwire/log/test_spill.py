@@ -109,3 +109,31 @@ def test_each_process_claims_its_own_slot(tmp_path: Path) -> None:
     assert drain(c) == recs(0, 2)
     b.close()
     c.close()
+
+
+def test_orphaned_slots_are_adopted_and_forwarded_first(tmp_path: Path) -> None:
+    # two workers spilled, then the service came back with one worker
+    a, b = Spill(tmp_path, 10_000), Spill(tmp_path, 10_000)
+    a.open()
+    b.open()
+    a.append(recs(0, 2))
+    b.append(recs(2, 3))
+    a.close()
+    b.close()
+
+    c = Spill(tmp_path, 10_000)
+    c.open()
+    assert c.dir == tmp_path / "0"
+    assert c.depth == 5
+    c.append(recs(5, 1))  # new records queue behind everything adopted
+    # the adopted slot is locked by c now: a newcomer neither claims nor adopts it
+    d = Spill(tmp_path, 10_000)
+    d.open()
+    assert d.dir == tmp_path / "2" and d.depth == 0
+    d.close()
+    got = drain(c)
+    assert sorted(got, key=lambda r: r[2]) == recs(0, 6)
+    assert got[-1] == recs(5, 1)[0]
+    assert got[:3] == recs(2, 3)  # the orphan's records first (slot 1 adopted, ours after)
+    assert not list(tmp_path.glob("*/*.spill"))
+    c.close()
