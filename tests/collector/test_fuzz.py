@@ -3,7 +3,7 @@
 Thousands of generated requests mix well-formed Segment events with wrong
 types, junk bytes, broken gzip, odd headers, methods and paths. Every answer
 must be < 500 and, when the collector refused it, a JSON body naming the error.
-Bounded to a few thousand examples (~20-30 s on a slow machine).
+Bounded to 2,000 examples (~15 s on an idle 2-core machine).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tripwire.log.sqlite import SqliteLog
 
 from .conftest import SOURCES, WRITE_KEY
 
-EXAMPLES = 2500
+EXAMPLES = 2000
 TYPES = ["track", "page", "screen", "identify", "alias", "group"]
 HEADER_TEXT = st.text(alphabet=string.printable.strip("\r\n\t\x0b\x0c"), max_size=30)
 
