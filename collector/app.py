@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tripwire.config import Config
 from tripwire.log import EventLog
+from tripwire.metrics import READINESS
 
 from . import metrics
 from .api import SINGLE_TYPES, TrackingEndpoint
@@ -87,8 +88,10 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
             max_body_bytes=settings.max_batch_bytes if kind == "batch" else settings.max_event_bytes,
             max_decompressed_bytes=settings.max_decompressed_bytes,
         )
-        routes.append(Route(f"/v1/{kind}", endpoint, methods=["POST", "OPTIONS"]))
-        fast[f"/v1/{kind}"] = endpoint
+        # Segment's browser SDK (analytics.js) posts to one-letter paths: /v1/t, /v1/p, ..., /v1/b.
+        for path in (f"/v1/{kind}", f"/v1/{kind[0]}"):
+            routes.append(Route(path, endpoint, methods=["POST", "OPTIONS"]))
+            fast[path] = endpoint
     pixel = PixelEndpoint(intake, settings.max_event_bytes)
     routes.append(Route(settings.pixel_path, pixel, methods=["GET"]))
     routes.append(Route(settings.pixel_path + "/{type}", pixel, methods=["GET"]))
@@ -108,9 +111,13 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
         except Exception:  # a probe must answer, whatever the backend raised
             logger.exception("event log readiness check failed")
             ready = False
-        if ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "unavailable", "message": "the event log is not reachable"}, 503, {"Retry-After": "5"})
+        if not ready:
+            return JSONResponse({"status": "unavailable", "message": "the event log is not reachable"}, 503, {"Retry-After": "5"})
+        # Under `tripwire run` the engine, dispatcher and sink share this process: not ready if one died.
+        down = [name for name, ok in (await READINESS.check("service:")).items() if not ok]
+        if down:
+            return JSONResponse({"status": "unavailable", "message": f"not running: {', '.join(sorted(down))}"}, 503, {"Retry-After": "5"})
+        return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -119,7 +119,9 @@ def build_openapi(pixel_path: str, snippet_path: str, max_event_bytes: int, max_
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tripwire collector", "version": __version__,
-                 "description": "Segment-compatible HTTP Tracking API of Tripwire."},
+                 "description": "Segment-compatible HTTP Tracking API of Tripwire. Every /v1/<type> route "
+                                "also answers at /v1/<first letter> (/v1/t, /v1/p, /v1/s, /v1/i, /v1/a, "
+                                "/v1/g, /v1/b) as Segment's analytics.js calls them."},
         "paths": paths,
         "components": {
             "schemas": {"Event": _EVENT, "Error": _ERROR},

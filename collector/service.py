@@ -111,6 +111,9 @@ class CollectorService:
         finally:
             self._task = None
 
+    async def ready(self) -> bool:
+        return self._server is not None and self._server.started and not self.failed
+
     @property
     def failed(self) -> bool:
         return self._task is not None and self._task.done()

@@ -170,3 +170,26 @@ async def test_stopped_log_answers_503_with_retry_after(make_collector: MakeColl
     assert r.json()["error"] == "log_unavailable"
     p = await c.client.get("/v1/pixel?event=A&userId=u")
     assert p.status_code == 503 and "retry-after" in p.headers
+
+
+async def test_analytics_js_short_paths(collector: Collector) -> None:
+    # analytics.js (Segment's browser SDK) posts text/plain to /v1/t, /v1/p, ... and batches to /v1/b.
+    for path, body in [
+        ("/v1/t", {"event": "Short", "anonymousId": "a"}),
+        ("/v1/p", {"name": "Home", "anonymousId": "a"}),
+        ("/v1/i", {"userId": "u", "traits": {}}),
+        ("/v1/b", {"batch": [{"type": "track", "event": "InBatch", "anonymousId": "a"}]}),
+    ]:
+        r = await collector.client.post(path, content=orjson.dumps({**body, "writeKey": SERVER_KEY}), headers={"Content-Type": "text/plain"})
+        assert r.status_code == 200, (path, r.text)
+    assert sorted(e["type"] for e in await collector.records()) == ["identify", "page", "track", "track"]
+
+
+async def test_event_times_before_year_1000_stay_parseable(collector: Collector) -> None:
+    from tripwire.envelope import event_time_ms
+
+    r = await collector.client.post("/v1/track", json={"event": "Old", "userId": "u", "timestamp": "0999-01-01T00:00:00Z"}, headers=basic(SERVER_KEY))
+    assert r.status_code == 200
+    (env,) = await collector.records()
+    assert env["timestamp"] == "0999-01-01T00:00:00.000Z"
+    assert event_time_ms(env) < 0
