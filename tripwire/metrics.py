@@ -83,10 +83,10 @@ class Readiness:
         with self._lock:
             return sorted(self._checks)
 
-    async def check(self) -> dict[str, bool]:
-        """Run every check (in the current loop); an exception or timeout counts as not ready."""
+    async def check(self, prefix: str = "") -> dict[str, bool]:
+        """Run every check named ``prefix...`` (in the current loop); an exception or timeout is not ready."""
         with self._lock:
-            items = list(self._checks.items())
+            items = [(k, v) for k, v in self._checks.items() if k.startswith(prefix)]
         out: dict[str, bool] = {}
         for name, (ref, call) in items:
             owner = ref() if ref is not None else None
