@@ -33,7 +33,12 @@ class EmbeddedDurability:
 
     async def open(self) -> None:
         await asyncio.to_thread(self.store.open)
+        self._outbox_waiting = False
         await self._recover_outbox()
+
+    def behind(self) -> bool:
+        """Triggers are committed but not yet on the triggers topic (a forward failed)."""
+        return self._outbox_waiting
 
     async def restore(self, p: int) -> int | None:
         loaded = await asyncio.to_thread(self.store.load, p)
@@ -50,8 +55,10 @@ class EmbeddedDurability:
             max_t, wm = self.engine.meta_of(p)
             deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff))
         await asyncio.to_thread(self.store.commit, deltas, triggers)
-        if triggers:
+        if triggers or self._outbox_waiting:
+            self._outbox_waiting = True
             await self._forward()
+            self._outbox_waiting = False
 
     async def revoke(self, p: int, offset: int | None) -> None:
         if offset is not None:
@@ -102,9 +109,14 @@ class CheckpointDurability:
         self.interval_s = interval_ms / 1000
         self._last = time.monotonic()
         self._positions: dict[int, int] = {}
+        self._unsaved = False
 
     async def open(self) -> None:
         return None
+
+    def behind(self) -> bool:
+        """Something was processed since the last checkpoint, and the interval has passed."""
+        return self._unsaved and time.monotonic() - self._last >= self.interval_s
 
     async def restore(self, p: int) -> int | None:
         got = await asyncio.to_thread(self.store.load, EVENTS, p)
@@ -120,9 +132,12 @@ class CheckpointDurability:
         if triggers:
             # Produced before the checkpoint covering them: a crash re-produces, never loses.
             await self.log.append(TRIGGERS, [(key, value) for _, key, value in triggers])
+        if triggers or any(self._positions.get(p) != o for p, o in positions.items()):
+            self._unsaved = True
         self._positions.update(positions)
-        if time.monotonic() - self._last >= self.interval_s:
+        if self._unsaved and time.monotonic() - self._last >= self.interval_s:
             await self._checkpoint(dict(positions))
+            self._unsaved = False
 
     async def _checkpoint(self, positions: Mapping[int, int]) -> None:
         for p, offset in positions.items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import io
+from collections import Counter
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ class Engine:
         self.lateness = allowed_lateness_ms
         self.partitions: dict[int, PartitionState] = {}
         self.stats = EngineStats()
+        self.suppressed_by_rule: Counter[str] = Counter()
         self._rules = {r.uid: r for r in plan.rules}
 
     # plan changes (hot reload) -------------------------------------------------
@@ -336,6 +338,7 @@ class Engine:
             fires = [f for f in (rs.fires or ()) if f > t - per]
             if sum(1 for f in fires if abs(f - t) < per) >= rule.cap_times:
                 self.stats.suppressed += 1
+                self.suppressed_by_rule[rule.name] += 1
                 rs.fires = fires
                 return
             fires.append(t)

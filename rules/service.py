@@ -31,7 +31,7 @@ from tripwire.triggers import Trigger, trigger_id
 from . import metrics
 from .config import RulesConfig, checkpoint_url, rules_config, rules_dir
 from .durability import CheckpointDurability, EmbeddedDurability, TriggerRow
-from .engine import Engine, EngineStats, Match
+from .engine import NEG_INF, Engine, EngineStats, Match
 from .reload import RuleSet
 from .state import CheckpointStore, SqliteStateStore
 
@@ -161,8 +161,14 @@ class RulesService:
                 logger.warning("rules engine cannot read the event log: %s", exc)
                 await asyncio.sleep(1)
                 continue
-            async with self._lock:
-                await self._handle(records)
+            try:
+                async with self._lock:
+                    await self._handle(records)
+            except LogError as exc:
+                # Embedded: the batch is committed and its triggers wait in the outbox (retried on the
+                # next save). Kafka: the checkpoint did not move, so the batch is replayed after a restart.
+                logger.warning("rules engine could not write triggers: %s", exc)
+                await asyncio.sleep(1)
             if time.monotonic() - self._last_reload >= self.rc.reload_interval_ms / 1000:
                 self._last_reload = time.monotonic()
                 await self.reload()
@@ -198,7 +204,8 @@ class RulesService:
             matches.extend(engine.advance_wall(int(time.time() * 1000), sorted(self._assigned)))
         triggers = await self._to_triggers(matches, envs)
         positions = {p: self._positions[p] for p in self._assigned if p in self._positions}
-        if records or triggers or drained:
+        changed = any(self.engine.partition(p).dirty for p in self._assigned)
+        if records or triggers or changed or self.durability.behind():
             await self.durability.save(positions, triggers)
         self.triggers_written += len(triggers)
         self._export_metrics(matches)
@@ -212,7 +219,14 @@ class RulesService:
         self._seen_stats = EngineStats(**vars(s))
         for m in matches:
             metrics.TRIGGERS.labels(rule=m.rule.name).inc()
+        for name, n in self.engine.suppressed_by_rule.items():
+            metrics.SUPPRESSED.labels(rule=name).inc(n)
+        self.engine.suppressed_by_rule.clear()
         metrics.PENDING.set(self.engine.pending())
+        marks = [self.engine.partition(p).watermark for p in self._assigned]
+        marks = [w for w in marks if w > NEG_INF]
+        if marks:
+            metrics.WATERMARK_LAG.set(max(0.0, time.time() - min(marks) / 1000))
 
     async def _to_triggers(self, matches: list[Match], envs: dict[tuple[int, int], dict[str, Any]]) -> list[TriggerRow]:
         rows = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.s3 import moto_server, s3_bucket  # noqa: F401
 from tests.fixtures.tansu import tansu  # noqa: F401
 from tripwire.log.sqlite import SqliteLog
 

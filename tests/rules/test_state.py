@@ -1,0 +1,124 @@
+"""Durable state: engine snapshots, the SQLite store, and checkpoints on a directory and on S3 (moto)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from rules.engine import Engine
+from rules.errors import StateError
+from rules.state import CheckpointStore, PartitionDelta, SqliteStateStore
+from tests.fixtures.s3 import S3Bucket
+
+from .util import T0, ev, feed, ids, plan_of
+
+RULES = """
+rule "abandoned" when AddToCart as cart then no Checkout within 30s at most once per 1h post crm with { sku: cart.properties.sku }
+rule "fan" when 3 PageView within 10m post crm
+rule "seq" when A then 2 B within 1m then C within 1m post crm
+"""
+
+
+def busy_engine() -> Engine:
+    engine = Engine(plan_of(RULES), 0)
+    feed(engine, [
+        ev("AddToCart", 0, key="k1", mid="cart1", sku="S1"),
+        ev("PageView", 1, key="k1", mid="p1"), ev("PageView", 2, key="k1", mid="p2"),
+        ev("A", 3, key="k2", mid="a"), ev("B", 4, key="k2", mid="b1"),
+    ])
+    return engine
+
+
+def test_snapshot_restores_runs_counts_timers_and_seen_ids() -> None:
+    original = busy_engine()
+    restored = Engine(plan_of(RULES), 0)
+    restored.restore_partition(0, original.snapshot_partition(0))
+    assert restored.pending() == original.pending() == 3
+    later = [ev("PageView", 5, key="k1", mid="p3"), ev("B", 6, key="k2", mid="b2"), ev("C", 7, key="k2", mid="c"),
+             ev("PageView", 8, key="k1", mid="p1")]  # p1 again: remembered, ignored
+    for engine in (original, restored):
+        got = feed(engine, later, until_s=40)
+        assert ids(got) == [["p1", "p2", "p3"], ["a", "b1", "b2", "c"], ["cart1"]]
+        assert engine.stats.duplicates == 1
+
+
+def test_snapshot_of_a_removed_rule_is_dropped_on_restore() -> None:
+    data = busy_engine().snapshot_partition(0)
+    engine = Engine(plan_of('rule "fan" when 3 PageView within 10m post crm'), 0)
+    engine.restore_partition(0, data)
+    assert engine.pending() == 1
+
+
+def test_state_refuses_anything_but_plain_data() -> None:
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("owned",))
+
+    with pytest.raises(StateError, match="unreadable"):
+        Engine(plan_of(RULES), 0).restore_partition(0, pickle.dumps({"states": Evil()}))
+
+
+def test_sqlite_store_commits_states_offsets_seen_and_outbox_together(tmp_path: Path) -> None:
+    engine = Engine(plan_of(RULES), 0, track_dirty=True)
+    feed(engine, [ev("AddToCart", 0, key="k1", mid="cart1", sku="S1")])
+    store = SqliteStateStore(tmp_path / "state.db", "g")
+    store.open()
+    states, seen, cutoff = engine.take_changes(0)
+    store.commit([PartitionDelta(0, 1, *engine.meta_of(0), states, seen, cutoff)], [("trg_1", b"k1", b"{}")])
+    store.close()
+
+    store = SqliteStateStore(tmp_path / "state.db", "g")
+    store.open()
+    loaded = store.load(0)
+    assert loaded.offset == 1 and loaded.seen == {"cart1": T0}
+    assert store.load(1).offset is None
+    restored = Engine(plan_of(RULES), 0, track_dirty=True)
+    restored.load_partition(0, loaded.max_t, loaded.watermark, loaded.seen,
+                            ((sk, restored.decode_state(d)) for sk, d in loaded.states))
+    assert ids(restored.advance_watermark(0, T0 + 31_000)) == [["cart1"]]
+    (row,) = store.outbox()
+    assert row[1:] == ("trg_1", b"k1", b"{}")
+    store.forwarded([row[0]], {0: 5, 1: 0})
+    assert store.outbox() == [] and store.marks() == {0: 5, 1: 0}
+    # a state that became empty is deleted
+    states, seen, cutoff = restored.take_changes(0)
+    store.commit([PartitionDelta(0, 1, *restored.meta_of(0), states, seen, cutoff)], [])
+    assert [sk for sk, _ in store.load(0).states] == [(restored.plan.rules[0].uid, "k1")]  # the cooldown memory
+    store.close()
+
+
+def roundtrip(store: CheckpointStore) -> None:
+    assert store.load("events", 3) is None
+    store.save("events", 3, 42, b"snapshot-bytes")
+    store.save("events", 3, 43, b"newer")
+    assert store.load("events", 3) == (43, b"newer")
+
+
+def test_checkpoints_in_a_directory(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path / "ckpt"), "group-a")
+    roundtrip(store)
+    path = tmp_path / "ckpt" / "group-a" / "events-3.ckpt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(StateError, match="not a tripwire checkpoint"):
+        store.load("events", 3)
+
+
+def test_checkpoints_on_s3(s3_bucket: S3Bucket) -> None:
+    store = CheckpointStore(f"{s3_bucket.url}/engine", "group-a", s3_bucket.server.storage_options())
+    roundtrip(store)
+    assert s3_bucket.keys() == ["engine/group-a/events-3.ckpt"]
+    engine = busy_engine()
+    store.save("events", 0, 5, engine.snapshot_partition(0))
+    offset, data = store.load("events", 0)  # type: ignore[misc]
+    restored = Engine(plan_of(RULES), 0)
+    restored.restore_partition(0, data)
+    assert offset == 5 and restored.pending() == 3
+
+
+def test_unreachable_s3_is_a_state_error(tmp_path: Path) -> None:
+    store = CheckpointStore("s3://nope/x", "g", {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"},
+                                                 "retries": 0, "connect_timeout": 1})
+    with pytest.raises(StateError, match="cannot be written"):
+        store.save("events", 0, 1, b"x")
