@@ -123,11 +123,12 @@ class Receiver:
             return
         with self._lock:
             self.received += 1
-            if self.out is not None:
-                with self.out.open("a") as f:
-                    signed = {k: headers.get(k, "") for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
-                    f.write(json.dumps({"webhook_id": msg_id, "received_at": time.time(), "headers": signed,
-                                        "raw": body.decode("utf-8", "replace"), "body": delivery}) + "\n")
+            if self.out is not None:  # one write() per line: a kill never leaves half a line
+                signed = {k: headers.get(k, "") for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+                line = json.dumps({"webhook_id": msg_id, "received_at": time.time(), "headers": signed,
+                                   "raw": body.decode("utf-8", "replace"), "body": delivery}) + "\n"
+                with self.out.open("ab", buffering=0) as f:
+                    f.write(line.encode())
         self._print(describe(msg_id, delivery, verified=self.keys is not None))
         self._answer(req, self.status, {"ok": True})
 
