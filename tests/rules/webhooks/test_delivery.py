@@ -231,13 +231,13 @@ async def test_dead_letter_after_last_attempt_then_replay(log, receivers, tmp_pa
         assert d.store.get(trigger.id).attempts == 3
         # counted right after the row is written
         await wait_until(lambda: metric("tripwire_webhook_deliveries_total", endpoint="crm", outcome="dead_letter")
-                         == before + 1, 5, "dead-letter counter")
+                         == before + 1, 10, "dead-letter counter")
         await wait_until(lambda: metric("tripwire_webhook_dead_letters", endpoint="crm") == 1
-                         and metric("tripwire_webhook_pending", endpoint="crm") == 0, 5, "gauges")
+                         and metric("tripwire_webhook_pending", endpoint="crm") == 0, 10, "gauges")
         ok = True
         assert d.store.replay(trigger.id)
         await wait_until(lambda: state_of(d, trigger.id) == DELIVERED)
-        await wait_until(lambda: metric("tripwire_webhook_dead_letters", endpoint="crm") == 0, 5, "gauges")
+        await wait_until(lambda: metric("tripwire_webhook_dead_letters", endpoint="crm") == 0, 10, "gauges")
     finally:
         await d.stop()
     assert set(rx.ids()) == {trigger.id} and len(rx.requests) == 4
