@@ -70,23 +70,25 @@ export const flush = async (hide) => {
   try {
     const t = now();
     if (hide ? B || !nav.onLine : t < R) return;
-    const k = []; // batches of this tab's free events (and abandoned ones), each under 64 KB
-    let b = [];
-    let n = 0;
-    let x;
-    for (const r of queue())
-      if (!(r.l > t) && (r.o == me || t - r.t > 30 * I)) {
-        if ((n += x = size(r.e)) > 6e4 && b[0]) k.push(b), (b = []), (n = x);
-        b.push(r);
-      } else if (hide && r.o == me) drop(r); // in flight from this page
-    k.push(b);
-    if (hide) return k.map((b) => b[0] && nav.sendBeacon(url, body(b)) && b.map(drop));
-    b = k[0];
+    // The oldest free events of this tab (or abandoned by theirs) that fit in 64 KB, the
+    // beacon limit. Leaving, this tab's in-flight events are trusted to arrive.
+    const next = (b = [], n = 0) => {
+      for (const r of queue())
+        if (!(r.l > t) && (r.o == me || t - r.t > 30 * I)) (n += size(r.e)) < 6e4 && b.push(r);
+        else if (hide && r.o == me) drop(r);
+      return b;
+    };
+    let b;
+    if (hide) {
+      while ((b = next())[0] && nav.sendBeacon(url, body(b))) b.map(drop);
+      return;
+    }
+    b = next();
     if (!b[0]) return;
     for (const r of b) (r.l = t + 1e4), (r.o = me), put(r);
     let ok;
     try {
-      x = (await fetch(url, { method: 'POST', body: body(b), keepalive: true })).status;
+      const x = (await fetch(url, { method: 'POST', body: body(b), keepalive: true })).status;
       ok = !/^(5|429)/.test(x);
       x < 300 || log(x); // refused for good
     } catch {}
