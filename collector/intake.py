@@ -108,21 +108,26 @@ class Intake:
         reasons: list[str] = []
         catalog = self.catalog
         for i, raw in enumerate(raws):
-            where = f"batch[{i}]." if batch is not None else ""
             if not isinstance(raw, dict):
-                raise CollectorError(400, "invalid_event", f"{where or 'event '}must be a JSON object", field=where.rstrip(".") or "body")
+                where = f"batch[{i}]" if batch is not None else "body"
+                raise CollectorError(400, "invalid_event", f"{where}: must be a JSON object", field=where)
             raw.pop("writeKey", None)  # a secret: never stored
             if batch is not None:
+                # Batch-level sentAt, context and integrations apply to every event (Segment's batch format).
                 if batch_sent_at is not None and "sentAt" not in raw:
                     raw["sentAt"] = batch_sent_at
                 if batch_context:
-                    ctx = raw.get("context")
-                    raw["context"] = {**batch_context, **ctx} if isinstance(ctx, dict) else ctx if ctx is not None else dict(batch_context)
+                    own = raw.get("context")
+                    if own is None:
+                        raw["context"] = dict(batch_context)
+                    elif isinstance(own, dict):
+                        raw["context"] = {**batch_context, **own}  # the event's own keys win
                 if batch_integrations and "integrations" not in raw:
                     raw["integrations"] = batch_integrations
             try:
                 env = normalize(raw, received_at_ms=received_ms, source=source, default_type=default_type)
             except EnvelopeError as exc:
+                where = f"batch[{i}]." if batch is not None else ""
                 raise CollectorError(400, "invalid_event", f"{where}{exc.field}: {exc.message}", field=where + exc.field) from None
             ctx = env.get("context")
             if ctx is None:
@@ -138,7 +143,7 @@ class Intake:
             violation = catalog.check(env) if catalog is not None else None
             value = orjson.dumps(env)
             if batch is not None and len(value) > self.max_event_bytes:
-                raise too_large("max_event_bytes", self.max_event_bytes, f"{where.rstrip('.')}")
+                raise too_large("max_event_bytes", self.max_event_bytes, f"batch[{i}]")
             key = log_key(env).encode()
             if violation is None:
                 valid.append((key, value))
