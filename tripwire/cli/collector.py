@@ -2,9 +2,9 @@
 
 With ``--workers N`` (N > 1) uvicorn runs N worker processes on one socket;
 each opens its own connection to the log (SQLite serialises the writers of one
-file; with Kafka each worker has its own producer and spill buffer, under
-``<data_dir>/spill/<pid>`` or as the Kafka backend decides). The config reaches
-the workers through ``TRIPWIRE_CONFIG`` and ``TRIPWIRE_*`` overrides.
+file; with Kafka each worker has its own producer and claims its own slot of
+the spill buffer under ``<data_dir>/spill``). The config reaches the workers
+through ``TRIPWIRE_CONFIG`` and ``TRIPWIRE_*`` overrides.
 """
 
 from __future__ import annotations
