@@ -234,7 +234,8 @@ class KafkaReader:
     async def _fetch(
         self, consumer: AIOKafkaConsumer, starts: dict[KafkaTP, int], timeout_ms: int, max_records: int
     ) -> dict[KafkaTP, list[object]]:
-        consumer.assign(list(starts))
+        """Records from each start offset; an empty list once a fetch shows nothing is there."""
+        consumer.assign(list(starts))  # fresh partition states: no high watermark seen yet
         for tp, offset in starts.items():
             consumer.seek(tp, offset)
         out: dict[KafkaTP, list[object]] = {}
@@ -243,14 +244,19 @@ class KafkaReader:
             remaining = int((deadline - time.monotonic()) * 1000)
             if remaining <= 0:
                 break
+            waiting = [tp for tp in starts if tp not in out]
             try:
-                got = await consumer.getmany(*[tp for tp in starts if tp not in out], timeout_ms=remaining, max_records=max_records)
+                got = await consumer.getmany(*waiting, timeout_ms=min(remaining, 50), max_records=max_records)
             except OffsetOutOfRangeError as exc:
                 for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else starts:
                     out.setdefault(tp, [])
                 continue
             for tp, messages in got.items():
                 out[tp] = messages
+            for tp in waiting:
+                highwater = consumer.highwater(tp)
+                if tp not in out and highwater is not None and highwater <= starts[tp]:
+                    out[tp] = []  # the broker answered: nothing at or after this offset yet
         return out
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
@@ -284,11 +290,7 @@ class KafkaReader:
         async with self._lock:
             consumer = await self._get()
             try:
-                listed = (await consumer.end_offsets([tp]))[tp]
-                # Below the listed end a record surely exists; at or above it (tansu
-                # under-reports the end) there may be none, so do not wait long.
-                wait_ms = self._timeout_ms if offset < listed else 300
-                got = await self._fetch(consumer, {tp: offset}, wait_ms, max_records)
+                got = await self._fetch(consumer, {tp: offset}, self._timeout_ms, max_records)
             except KafkaError as exc:
                 raise LogUnavailable(f"Kafka topic {name!r} partition {partition}: read failed: {exc}") from exc
         return [
