@@ -28,6 +28,8 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from .base import Consumer, LogClosed, LogUnavailable, RebalanceListener, Record, TopicPartition
 
 logger = logging.getLogger(__name__)
+# The reader re-assigns partitions on every read; aiokafka logs each at INFO.
+logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
 
 
 def _leave_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
