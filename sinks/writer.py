@@ -173,8 +173,19 @@ class PartitionWriter:
         self._skip_until = max(self._skip_until, cut.end)
 
     def seal_all(self) -> None:
+        """Cut every open bucket at the current position (before a stop or a revocation).
+
+        A replayed bucket that has not reached its journaled end is dropped instead
+        and its cut stays journaled: the next owner replays it whole.
+        """
         for bucket in list(self.open.values()):
-            self.seal(bucket, self.position if bucket.force_end is None else bucket.force_end)
+            if bucket.force_end is None:
+                self.seal(bucket, self.position)
+            elif bucket.force_end <= self.position:
+                self.seal(bucket, bucket.force_end)
+            else:
+                del self.open[bucket.directory]
+                self.forced[(bucket.directory, bucket.first)] = bucket.force_end
 
     def resume_point(self) -> int:
         firsts = [b.first for b in self.open.values()] + [c.first for c, _ in self.sealed]
@@ -186,12 +197,17 @@ class PartitionWriter:
     def next_state(self) -> PartitionState:
         """The state to save before writing the sealed files."""
         st = self.state
-        resume = min([b.first for b in self.open.values()] + [self.position])
-        pending = [c for c, _ in self.sealed] + [Cut(d, f, e) for (d, f), e in self.forced.items()]
+        resume = min([b.first for b in self.open.values() if b.force_end is None] + [self.position])
+        sealed = [c for c, _ in self.sealed]
+        # Journaled cuts being replayed stay journaled until their file is written.
+        replaying = [Cut(d, f, e) for (d, f), e in self.forced.items()]
+        replaying += [Cut(b.directory, b.first, b.force_end) for b in self.open.values() if b.force_end is not None]
+        pending = sealed + replaying
         effective = min([resume] + [c.first for c in pending])
         closed = [c for c in st.closed + self.written if c.end > effective]
+        # Skip only what is (being) written; a replayed cut's records must still come in.
         self._skip, self._skip_until = {}, 0
-        for c in closed + pending:
+        for c in closed + sealed:
             self._add_skip(c)
         return PartitionState(st.topic, st.partition, resume, closed, pending, list(st.dedup), st.seq)
 
@@ -315,7 +331,6 @@ class LakeWriter:
         state.dedup = [(s, t) for s, t in state.dedup if t >= limit]
         save_state(lake, state)  # 1. journal the cuts
         pw.state = state
-        pw.saved_resume = state.resume
         sealed, pw.sealed = pw.sealed, []
         for cut, bucket in sealed:  # 2. write the files
             table = bucket.table()
@@ -333,6 +348,7 @@ class LakeWriter:
             metrics.FILES.inc()
             logger.debug("wrote %s (%d rows, %d bytes)", path, table.num_rows, len(data))
         pw.written = [c for c, _ in sealed]
+        pw.saved_resume = pw.resume_point()
         if expired:
             lake.delete([dedup_path(self.topic, state.partition, s) for s in expired])
 
