@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.tansu import TansuBroker, free_port
+from tests.fixtures.tansu import TansuBroker
 from tripwire.log import EVENTS, LogUnavailable, Record
 from tripwire.log.kafka import KafkaLog
 
@@ -196,3 +197,53 @@ async def test_ready_notices_a_dead_broker_before_any_append(tansu_durable: Tans
         await log.append(EVENTS, [(b"user-1", b"after")])
         assert log.spill_depth() == 0
         assert [r.value for r in await read_all(log, EVENTS)] == [b"before", b"after"]
+
+
+_SPILLING_CHILD = """
+import asyncio, sys
+from tripwire.log.kafka import KafkaLog
+
+async def main(bootstrap, spill_dir):
+    log = KafkaLog(bootstrap, spill_dir=spill_dir, request_timeout_ms=1000, reconnect_backoff_ms=100)
+    await log.start()
+    i = 0
+    while True:
+        key = b"user-%d" % (i % 7)
+        await log.append("events", [(key, b"%d" % i)])
+        sys.stdout.write("%d\\n" % i)  # acknowledged
+        sys.stdout.flush()
+        i += 1
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_kill_9_while_spilling_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    broker = TansuBroker(tmp_path / "tansu")  # down while the child spills
+    spill_dir = tmp_path / "spill"
+    repo = Path(__file__).resolve().parents[3]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SPILLING_CHILD, broker.bootstrap, str(spill_dir),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=repo,
+    )
+    acked: list[int] = []
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(60):
+            while len(acked) < 500:
+                line = await child.stdout.readline()
+                assert line, "the child exited early"
+                acked.append(int(line))
+    finally:
+        child.kill()  # SIGKILL, mid-append
+        await child.wait()
+    try:
+        await asyncio.to_thread(broker.start)
+        async with KafkaLog(broker.bootstrap, spill_dir=spill_dir, **FAST) as log:
+            assert log.spill_depth() >= len(acked)
+            await wait_for(lambda: log.spill_depth() == 0, 60, "replay of the killed process's spill")
+            records = await read_all(log, EVENTS)
+    finally:
+        broker.close()
+    expected = {b"user-%d" % k: [b"%d" % i for i in acked if i % 7 == k] for k in range(7)}
+    assert_all_acked_in_order(records, expected)
