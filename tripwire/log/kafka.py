@@ -50,6 +50,7 @@ from .base import (
     Entry,
     EventLog,
     LogClosed,
+    LogError,
     LogUnavailable,
     RebalanceListener,
     Record,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _FORWARD_CHUNK = 2000
+MAX_RECORD_BYTES = 1_000_000  # under Kafka's default message.max.bytes and aiokafka's max_request_size
 
 
 @dataclass(slots=True)
@@ -224,6 +226,13 @@ class KafkaLog(EventLog):
             raise LogClosed("event log stopped")
         if self._failed is not None:
             raise LogUnavailable(f"event log failed: {self._failed!r}")
+        for key, value in entries:
+            # Kafka would refuse it for ever; spilled, it would block every record behind it.
+            if len(value) + len(key or b"") > MAX_RECORD_BYTES:
+                raise LogError(
+                    f"a record of {len(value) + len(key or b'')} bytes is over the Kafka log's "
+                    f"limit of {MAX_RECORD_BYTES} bytes"
+                )
         item = _Append(self.topic(topic), entries)
         self._queue.put_nowait(item)
         await asyncio.shield(item.future)

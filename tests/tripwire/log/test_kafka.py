@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.fixtures.tansu import TansuBroker
 from tripwire.config import from_dict
-from tripwire.log import EVENTS, INVALID, TRIGGERS, Consumer, TopicPartition, open_log
-from tripwire.log.kafka import KafkaLog
+from tripwire.log import EVENTS, INVALID, TRIGGERS, Consumer, LogError, TopicPartition, open_log
+from tripwire.log.kafka import MAX_RECORD_BYTES, KafkaLog
 from tripwire.log.partition import partition_for
 
 from .helpers import poll_until, read_all, wait_for
@@ -136,3 +137,13 @@ async def test_two_members_split_partitions_and_rebalance_when_one_leaves(
             await asyncio.gather(*pumps, return_exceptions=True)
             await a.stop()
             await b.stop()
+
+
+async def test_a_record_kafka_would_refuse_is_refused_up_front(tansu: TansuBroker, tmp_path: Path) -> None:
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill") as log:
+        with pytest.raises(LogError, match="over the Kafka log's limit"):
+            await log.append(EVENTS, [(b"user-1", b"x" * (MAX_RECORD_BYTES + 1))])
+        assert log.spill_depth() == 0
+        await log.append(EVENTS, [(b"user-1", b"x" * 100_000)])
+        assert await log.ready()
+        assert [len(r.value) for r in await read_all(log, EVENTS)] == [100_000]
