@@ -12,7 +12,8 @@ and always use ``/``. The guarantees the sink builds on:
 * ``swap(dir, puts, deletes)`` changes several files of one directory at once.
   Locally this is atomic for readers: a sibling staging directory gets hard links
   of the files kept plus the new files and is exchanged with the live one by
-  ``renameat2(RENAME_EXCHANGE)``. S3 has no multi-object operation, so there the
+  ``renameat2(RENAME_EXCHANGE)`` (the staging directory is a sibling of the
+  lake root, since readers' ``**`` globs enter hidden directories). S3 has no multi-object operation, so there the
   new objects are PUT first and the old ones removed in one DeleteObjects call
   (callers journal the change so a crash in between is rolled forward).
 * ``lock(dir, exclusive)``: locally an ``flock`` that the sink holds shared while
@@ -169,7 +170,8 @@ class LocalLake(Lake):
             for name, data in puts.items():
                 self.write(f"{directory}/{name}", data)
             return
-        staging = live.parent / f".{live.name}.swap-{secrets.token_hex(4)}"
+        # Outside the lake: DuckDB's '**' descends into hidden directories too.
+        staging = self.root.parent / f".{self.root.name}.swap-{secrets.token_hex(4)}"
         staging.mkdir()
         try:
             for entry in os.scandir(live):
