@@ -50,7 +50,7 @@ class LogConfig:
     topic_prefix: str = "tripwire"
     kafka_idempotent: bool = False  # the test broker (tansu) lacks it
     kafka_replication_factor: int = 1  # for topics the log creates; use 3 on a real cluster
-    kafka_linger_ms: int = 2
+    kafka_linger_ms: int = 0  # the Kafka log's writer batches (group commit); a linger only adds latency
     kafka_request_timeout_ms: int = 10_000
     spill_max_bytes: int = 512 * 1024 * 1024
     spill_retry_after_s: int = 5

@@ -85,7 +85,7 @@ class KafkaLog(EventLog):
         partitions: int = 4,
         replication_factor: int = 1,
         idempotent: bool = False,
-        linger_ms: int = 2,
+        linger_ms: int = 0,
         request_timeout_ms: int = 10_000,
         spill_max_bytes: int = 512 * 1024 * 1024,
         spill_retry_after_s: int = 5,
