@@ -232,8 +232,12 @@ def main() -> int:
             for name, path, body in scenarios:
                 rate = results[f"collector_{name}"]["rps"] / 2
                 conns = 64 if name == "track" else 16
-                paced[name] = (rate, wrk(f"http://127.0.0.1:{coll_port}{path}", body, workdir, args.duration, conns,
-                                         delay_ms=conns / rate * 1000))
+                url = f"http://127.0.0.1:{coll_port}{path}"
+                # The pause excludes the response time: calibrate it with a short run first.
+                delay = conns / rate * 1000
+                probe = wrk(url, body, workdir, 2, conns, delay_ms=delay)
+                delay = max(0.0, delay - (conns / probe["rps"] * 1000 - delay))
+                paced[name] = (rate, wrk(url, body, workdir, args.duration, conns, delay_ms=delay))
     parse_rate = orjson_rate(BATCH_BODY, 100)
 
     bt, ct = results["baseline_track"], results["collector_track"]
