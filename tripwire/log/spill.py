@@ -29,6 +29,7 @@ Frame layout: ``>II`` (payload length, CRC-32 of payload), then the payload
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -137,7 +138,7 @@ class Spill:
         self.retry_after_s = retry_after_s
         self.dir: Path | None = None
         self._segments: list[Segment] = []  # oldest first; the last one takes appends unless sealed
-        self._active: BinaryIO | None = None
+        self._active: int | None = None  # fd of the segment taking appends (unbuffered: O_APPEND)
         self._lock_files: list[BinaryIO] = []  # our slot's first, then adopted ones
         self._lock = threading.Lock()
         self.depth = 0  # records not yet removed
@@ -210,7 +211,7 @@ class Spill:
         """Close files and release the slot; spilled records stay for the next open."""
         with self._lock:
             if self._active is not None:
-                self._active.close()
+                os.close(self._active)
                 self._active = None
             for lock in self._lock_files:
                 lock.close()  # releases the flock
@@ -239,15 +240,17 @@ class Spill:
                     retry_after_s=self.retry_after_s,
                 )
             seg = self._writable_segment()
-            assert self._active is not None
+            fd = self._active
+            assert fd is not None
             try:
-                self._active.write(data)
-                self._active.flush()
-                os.fsync(self._active.fileno())
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
             except OSError as exc:
                 # Leave no half-written frame behind: those records were not acknowledged.
-                self._active.truncate(seg.size)
-                self._active.seek(seg.size)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, seg.size)
                 raise LogUnavailable(f"cannot write spill segment {seg.path}: {exc}", self.retry_after_s) from exc
             seg.records += len(records)
             seg.size += len(data)
@@ -262,11 +265,12 @@ class Spill:
         if last is not None:
             last.sealed = True
         if self._active is not None:
-            self._active.close()
+            os.close(self._active)
+            self._active = None
         mine = [seg.sequence for seg in self._segments if seg.path.parent == self.dir]
         sequence = max(mine) + 1 if mine else 0
         seg = Segment(self.dir / f"{sequence:020d}{_SUFFIX}", sequence)
-        self._active = seg.path.open("ab")
+        self._active = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         _fsync_dir(self.dir)
         self._segments.append(seg)
         return seg
@@ -282,7 +286,7 @@ class Spill:
             if not seg.sealed:
                 seg.sealed = True
                 if self._active is not None:
-                    self._active.close()
+                    os.close(self._active)
                     self._active = None
             return seg
 

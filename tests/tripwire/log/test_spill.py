@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,42 @@ def test_orphaned_slots_are_adopted_and_forwarded_first(tmp_path: Path) -> None:
     assert got[:3] == recs(2, 3)  # the orphan's records first (slot 1 adopted, ours after)
     assert not list(tmp_path.glob("*/*.spill"))
     c.close()
+
+
+_DISK_FULL_CHILD = """
+import resource, signal, sys
+from tripwire.log import LogUnavailable
+from tripwire.log.spill import Spill, SpillFull
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit fails with EFBIG instead
+spill = Spill(sys.argv[1], 10_000_000)
+spill.open()
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000))  # the disk is full at 5000 bytes per file
+acked = 0
+try:
+    while True:
+        spill.append([("tripwire.events", b"k", b"v" * 300)])
+        acked += 1
+except SpillFull:
+    sys.exit("the byte bound was hit, not the disk")
+except LogUnavailable as exc:
+    assert "cannot write spill segment" in str(exc), exc
+print(acked, spill.depth, spill.size)
+"""
+
+
+def test_a_failing_disk_refuses_without_leaving_half_a_record(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[3]
+    out = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL_CHILD, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=repo, check=True,
+    ).stdout.split()
+    acked, depth, size = map(int, out)
+    assert acked == depth > 0
+    (segment,) = tmp_path.glob("*/*.spill")
+    assert segment.stat().st_size == size  # the failed write was cut back off
+    again = Spill(tmp_path, 10_000_000)
+    again.open()
+    assert again.depth == acked
+    assert drain(again) == [("tripwire.events", b"k", b"v" * 300)] * acked
+    again.close()
