@@ -8,10 +8,10 @@ assignment before ``poll`` returns records of a new partition (so it can
 group's committed offset, or at the beginning.
 
 :class:`KafkaReader` serves ``EventLog.read``/``end_offsets`` with a group-less
-consumer. tansu (the test broker) answers ListOffsets(latest) with the last
-batch's base offset + 1 instead of the high watermark, so ``end_offsets``
-fetches from that point and takes the offset after the last record it sees —
-the same answer a real Kafka broker gives.
+consumer. tansu (the test broker) answers ListOffsets(latest) with an offset
+that lags behind the real end (often the last batch's base offset + 1), so
+``end_offsets`` fetches from just below it and takes the high watermark of
+the fetch response — the same answer a real Kafka broker gives.
 """
 
 from __future__ import annotations
