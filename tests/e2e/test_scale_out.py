@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -50,28 +52,41 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 
 def browse(page_url: str) -> dict[str, str]:
-    """Two visitors in Chromium: one abandons the cart (and orders big), one checks out in time."""
-    carts: dict[str, str] = {}
-    visitors: dict[str, str] = {}
+    """Two visitors in Chromium: one abandons the cart (and orders big), one checks out in time.
+
+    Waits until the collector answered 200 to batches holding every event the page
+    sent (the page view, "Product Viewed" and one event per click), as seen on the wire.
+    """
+    seen: dict[str, str] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         try:
             for who, buttons in (("abandoner", ["#add", "#order"]), ("buyer", ["#add", "#checkout"])):
                 context = browser.new_context()  # own storage: own anonymousId
                 page = context.new_page()
+                acked: dict[str, dict] = {}
+
+                def finished(request: object, acked: dict[str, dict] = acked) -> None:
+                    response = request.response()  # type: ignore[attr-defined]
+                    if "/v1/batch" in request.url and response is not None and response.status == 200:  # type: ignore[attr-defined]
+                        for e in orjson.loads(request.post_data)["batch"]:  # type: ignore[attr-defined]
+                            acked[e["messageId"]] = e
+
+                page.on("requestfinished", finished)
                 page.goto(page_url)
                 page.wait_for_function("window.tw && window.tw.l === 1", timeout=15_000)  # t.js loaded
                 for b in buttons:
                     page.click(b)
-                carts[who] = page.evaluate("cart")
-                # the snippet flushes every 500 ms (data-interval); its queue (localStorage.tw.q) empties
-                # once the collector acknowledged every event
-                page.wait_for_function("JSON.parse(localStorage.tw || '{}').q?.length === 0", timeout=20_000)
-                visitors[who] = page.evaluate("JSON.parse(localStorage.tw).a")
+                deadline = time.monotonic() + 30
+                while len(acked) < 2 + len(buttons):  # flushed every 500 ms (data-interval)
+                    assert time.monotonic() < deadline, f"{who}: the collector acknowledged only {list(acked.values())}"
+                    page.wait_for_timeout(100)
+                seen[f"cart:{who}"] = page.evaluate("cart")
+                (seen[who],) = {e["anonymousId"] for e in acked.values()}
                 context.close()
         finally:
             browser.close()
-    return {**{f"cart:{k}": v for k, v in carts.items()}, **visitors}
+    return seen
 
 
 def test_two_collectors_two_engines_dispatcher_and_sink_on_kafka_and_s3(
@@ -85,6 +100,7 @@ def test_two_collectors_two_engines_dispatcher_and_sink_on_kafka_and_s3(
     s3 = s3_bucket.server
     receiver = Proc("receiver", ["webhooks", "receive", "--port", str(rport := free_port()), "--secret",
                                  "whsec_Y4PBOb53VF7OoWLmD0wZfsT9u0Rr2vhV", "--out", str(out)], logs, port=rport)
+    metrics = {"engine": free_port(), "dispatcher": free_port(), "sink": free_port()}
     storage = (f'{{key = "{s3.key}", secret = "{s3.secret}", '
                f'client_kwargs = {{endpoint_url = "{s3.endpoint_url}", region_name = "{s3.region}"}}}}')
     env = fast_env(rport, **{
@@ -104,10 +120,13 @@ def test_two_collectors_two_engines_dispatcher_and_sink_on_kafka_and_s3(
         receiver,
         c1 := collector("collector-1", config, logs, env, tmp_path / "c1"),
         c2 := collector("collector-2", config, logs, env, tmp_path / "c2"),
-        e1 := Proc("engine-1", ["--config", str(config), "engine"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "e1")}),
+        e1 := Proc("engine-1", ["--config", str(config), "--metrics-port", str(metrics["engine"]), "engine"], logs,
+                   {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "e1")}),
         e2 := Proc("engine-2", ["--config", str(config), "engine"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "e2")}),
-        Proc("dispatcher", ["--config", str(config), "dispatcher"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "d")}),
-        Proc("sink", ["--config", str(config), "sink"], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "s")}),
+        Proc("dispatcher", ["--config", str(config), "--metrics-port", str(metrics["dispatcher"]), "dispatcher"], logs,
+             {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "d")}),
+        Proc("sink", ["--config", str(config), "--log-format", "json", "sink"], logs,
+             {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / "s"), "TRIPWIRE_METRICS__PORT": str(metrics["sink"])}),
     ]
     try:
         for proc in procs:
@@ -167,6 +186,16 @@ def test_two_collectors_two_engines_dispatcher_and_sink_on_kafka_and_s3(
         ids = [r[0] for r in rows]
         assert len(ids) == len(set(ids))  # exactly once
         assert {r[1] for r in rows if r[2] == abandoned[1]} >= {None, "Product Viewed", "Product Added", "Order Completed"}
+        # every standalone service exposes Prometheus metrics and a readiness that names its backends
+        for service, name in (("engine", "tripwire_rules_triggers_total"), ("dispatcher", "tripwire_webhook_deliveries_total"),
+                              ("sink", "tripwire_sink_rows_written_total")):
+            base = f"http://127.0.0.1:{metrics[service]}"
+            assert name in httpx.get(f"{base}/metrics", timeout=10).text, service
+            ready = httpx.get(f"{base}/readyz", timeout=10)
+            assert ready.status_code == 200 and ready.json()["checks"]["log:kafka"] is True, (service, ready.text)
+        sink_lines = [x for x in procs[-1].output().splitlines() if x.startswith("{")]
+        assert sink_lines and all(orjson.loads(x)["service"] == "sink" for x in sink_lines)  # --log-format json
+        assert s3.secret not in procs[-1].output()
         print(f"scale-out: {len(got)} (rule, visitor) webhooks, {len(rows)} lake rows, "
               f"engines own {sorted(assigned(e1))} and {sorted(assigned(e2))}")
         for proc in reversed(procs):
