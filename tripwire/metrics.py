@@ -59,7 +59,7 @@ class Readiness:
     """Named async checks, held weakly through their owners so a stopped log drops out."""
 
     def __init__(self) -> None:
-        self._checks: dict[str, tuple[weakref.ref[Any] | None, Callable[[Any], Awaitable[bool]] | Check]] = {}
+        self._checks: dict[str, tuple[weakref.ref[Any] | None, Callable[[Any], Awaitable[bool]]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
