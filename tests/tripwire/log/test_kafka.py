@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.fixtures.tansu import TansuBroker
 from tripwire.config import from_dict
-from tripwire.log import EVENTS, INVALID, TRIGGERS, Consumer, LogError, TopicPartition, open_log
+from tripwire.log import EVENTS, INVALID, TRIGGERS, Consumer, LogClosed, LogError, TopicPartition, open_log
 from tripwire.log.kafka import MAX_RECORD_BYTES, KafkaLog
 from tripwire.log.partition import partition_for
 
@@ -147,3 +147,27 @@ async def test_a_record_kafka_would_refuse_is_refused_up_front(tansu: TansuBroke
         await log.append(EVENTS, [(b"user-1", b"x" * 100_000)])
         assert await log.ready()
         assert [len(r.value) for r in await read_all(log, EVENTS)] == [100_000]
+
+
+async def test_lifecycle_is_safe_to_repeat_and_refuses_after_stop(tansu: TansuBroker, tmp_path: Path) -> None:
+    log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill")
+    with pytest.raises(LogClosed):
+        await log.append(EVENTS, [(b"k", b"v")])
+    await log.start()
+    await log.start()
+    consumer = log.consumer("twice", [EVENTS])
+    await consumer.start()
+    await consumer.start()
+    await consumer.stop()
+    await consumer.stop()
+    with pytest.raises(LogClosed):
+        await consumer.poll(timeout_ms=10)
+    await log.append(EVENTS, [(b"k", b"v")])
+    await log.stop()
+    await log.stop()
+    assert not await log.ready()
+    with pytest.raises(LogClosed):
+        await log.append(EVENTS, [(b"k", b"v")])
+    # the spill slot was released: another log can take the same directory
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill") as again:
+        assert again.spill.dir == tmp_path / "spill" / "0"
