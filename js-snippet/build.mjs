@@ -1,7 +1,10 @@
 // Build the tracker: one minified IIFE, written to collector/static/t.js (shipped inside the
-// Python package, so `pip install .` needs no Node). `node build.mjs OUT` writes elsewhere
-// (the freshness test builds into a temp dir and compares bytes).
+// Python package, so `pip install .` needs no Node). `node build.mjs OUT` writes elsewhere (the
+// freshness test builds into a temp dir and compares bytes). esbuild bundles and minifies; terser
+// then minifies again: its mangler reuses the same few names in every scope, chosen by character
+// frequency, which gzip compresses better (about 40 bytes gzip -9).
 import { build } from 'esbuild';
+import { minify } from 'terser';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +26,8 @@ const result = await build({
   write: false,
   logLevel: 'warning',
 });
-const code = result.outputFiles[0].contents;
+const min = await minify(result.outputFiles[0].text, { ecma: 2021, compress: { passes: 2 }, mangle: true });
+const code = Buffer.from(min.code);
 mkdirSync(dirname(out), { recursive: true });
 writeFileSync(out, code);
 const gz = gzipSync(code, { level: 9 }).length;

@@ -1,21 +1,144 @@
-// Tripwire browser tracker. Loader (see README.md):
+// Tripwire browser tracker (see README.md). Loader:
 //   <script>window.tw=window.tw||function(){(tw.q=tw.q||[]).push(arguments)}</script>
 //   <script async src="/t.js" data-key="WRITE_KEY"></script>
 // API: tw('track', event, properties), tw('page', [name], [properties]), tw('identify', userId, traits),
-// tw('reset'), tw('optOut'), tw('optIn'); tw('init', {...}) before the script loads sets options.
-import { context, here, last, pageInfo, view } from './context.js';
-import { c, d, iso, log, nav, now, on, safe, uuid } from './env.js';
-import { flush, online, push, setup, size } from './send.js';
-import { S, del, get, open, set } from './store.js';
+// tw('identify', traits), tw('reset'), tw('optOut'), tw('optIn'); tw('init', {...}) before the
+// script loads sets options.
+//
+// Every byte here ships to every visitor, and the budget is gzip -9 of the built file: the code is
+// one closure written for the minifiers and for gzip (short helpers, the same shapes repeated).
+//
+// Storage (localStorage, or a plain object in no-storage mode, when localStorage is unavailable or
+// full); values are JSON:
+//   tw_i  the visitor: {a: anonymousId, u: userId, s: session id = its start (ms), l: last event (ms)}
+//   tw_x  opted out    tw_b  backoff (ms; non-zero while the collector is failing)
+//   tw:<messageId>  one queued event: {e: event, t: queued at (ms), o: owning tab, l: lease until (ms)}
+// One key per event, because localStorage is only eventually consistent between tabs running in
+// different processes: a shared array rewritten by several tabs loses events. The tab's id is kept
+// in sessionStorage, so it survives reloads and navigations within the tab.
+//
+// Delivery. Every event is stored before anything is sent. Each tab sends the events it queued,
+// every flush interval and as soon as data-batch events wait; events of tabs that went away (queued
+// more than 30 intervals ago) are adopted by any tab. Batches go out with fetch(keepalive); an
+// event leaves the queue only when the collector answered. While in flight its events hold a lease
+// (`l`), so no tab sends them twice. On a network error, 5xx or 429 they get their lease back and
+// sending backs off exponentially (persisted, so the next page knows the collector was failing).
+// Any other answer (2xx, or a 4xx that retrying cannot cure: unknown write key, refused origin)
+// ends the batch. Events are built so that the collector has no reason to refuse one of them (and
+// with it its whole batch): names and ids cut to 256 characters, properties always objects, no
+// event over 30 KB.
+//
+// When the page is hidden or unloads, whatever is free goes out with sendBeacon (in bodies under
+// 64 KB) and leaves the queue, and so do this tab's in-flight batches (their keepalive requests
+// outlive the page): trusting them avoids sending every event twice. If the page lives on and a
+// batch fails, it is put back. While the collector is failing (or the browser is offline), nothing
+// is beaconed: the queue stays in localStorage and the next page load retries it.
+//
+// Beyond the cap (data-cap) the oldest events are dropped; the newest event counts them in
+// context.dropped (plus any count the dropped events carried), so every loss is reported. An
+// event dropped while in flight is not counted: it arrives, or its failed batch comes back (and
+// is trimmed again at the next flush).
 
-const t = window.tw;
+const d = document;
+const nav = navigator;
+const L = location;
+const now = Date.now;
+const str = JSON.stringify;
+/** Settings: the script tag's data- attributes, then every queued tw('init', {...}). */
+const c = {};
+let S = {}; // the store
+let me = 1; // this tab's id
+let url; // the batch endpoint
+let I; // flush interval, ms
+let B; // backoff, ms
+let R = 0; // no retry before this time (ms)
+let n = 0; // events queued by this page: orders events queued within one millisecond
+let last; // the URL of the last page view (without the hash unless hash routing is on)
+let ref = d.referrer; // the referrer of the next page view
+const tw = window.tw;
+
+/** A boolean setting: true for `data-x`, `data-x=""`, true or anything else but false/"false" or absent. */
+const on = (v) => !/^[fu]/.test(v);
+const log = (...a) => on(c.debug) && console.log('tw', ...a);
+/** `f` that never throws into the host page (errors go to the debug log). */
+const safe = (f) => (...a) => {
+  try {
+    return f(...a);
+  } catch (e) {
+    log(e);
+  }
+};
+/** A random id (about 100 bits; crypto.randomUUID would need a secure context). */
+const uuid = () => (Math.random() + '' + Math.random()).slice(2);
+
+const get = (k) => {
+  try {
+    return JSON.parse(S[k]);
+  } catch {}
+};
+const set = (k, v) => {
+  v = str(v);
+  try {
+    S[k] = v;
+  } catch {
+    S = { ...S, [k]: v }; // quota exceeded: carry on in memory
+  }
+};
+const del = (k) => delete S[k];
 
 // Optional first-party cookie mirroring the anonymousId for the site's own server (data-cookie).
 const cookie = (v, age) => on(c.cookie) && (d.cookie = 'tw_a=' + v + ';path=/;max-age=' + age);
+const here = () => (on(c.hash) ? L.href : L.href.split('#')[0]);
+const pageInfo = () => ({ url: L.href, path: L.pathname, referrer: ref, title: d.title, search: L.search });
+/** UTF-8 size in bytes. */
+const size = (x) => new Blob([str(x)]).size;
 
-if (!t?.l)
+const put = (r) => set('tw:' + r.e.messageId, r);
+const drop = (r) => del('tw:' + r.e.messageId);
+
+/** The queue, oldest first, trimmed to the cap (the newest event counts what was dropped). */
+const queue = (t = now(), q = [], n = 0, x) => {
+  for (x in S) /^tw:/.test(x) && q.push(get(x));
+  for (x of q.sort((a, b) => a.t - b.t).splice(0, q.length - (c.cap || 200)))
+    drop(x), x.l > t || (n += 1 + (x.e.context.dropped | 0));
+  if (n) ((x = q[q.length - 1]).e.context.dropped = (x.e.context.dropped | 0) + n), put(x);
+  return q;
+};
+
+// The collector copies the batch's sentAt into each event.
+const body = (b) => str({ batch: b.map((r) => r.e), sentAt: new Date().toISOString(), writeKey: c.key });
+
+/** Send one batch: the oldest free events of this tab (or abandoned by theirs) that fit in 64 KB. */
+const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
+  try {
+    const q = queue(t);
+    if (hide ? B || !nav.onLine : t < R) return;
+    for (const r of q)
+      r.l > t
+        ? hide && r.o == me && drop(r) // leaving: this tab's in-flight events are trusted to arrive
+        : (r.o == me || t - r.t > 30 * I) && (n += size(r.e)) < 6e4 && b.push(r);
+    if (!b[0]) return;
+    if (hide) ok = nav.sendBeacon(url, body(b));
+    else {
+      b.map((r) => put(r, (r.l = t + 1e4), (r.o = me)));
+      try {
+        x = (await fetch(url, { method: 'POST', body: body(b), keepalive: true })).status;
+        ok = !/^(5|429)/.test(x);
+        x < 300 || log(x); // refused for good
+      } catch {}
+      set('tw_b', (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I));
+      R = now() + B;
+    }
+    b.map((r) => (ok ? drop(r) : put(r, (r.l = 0))));
+    ok && flush(hide);
+  } catch (e) {
+    log(e);
+  }
+};
+
+if (!tw?.l)
   safe(() => {
-    const q = t?.q || [];
+    const q = tw?.q || [];
     const s = d.currentScript;
     Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
     // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the
@@ -23,23 +146,33 @@ if (!t?.l)
     if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
     const f = (window.tw = safe((m, ...a) => api[m](...a)));
     f.l = 1;
-    open();
-    setup(s);
+    try {
+      if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
+    } catch {} // storage access throws in sandboxed frames: stay in memory
+    // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
+    url = c.api || new URL('v1/batch', s.src);
+    I = +c.interval || 2e3;
+    B = get('tw_b') | 0;
+    setInterval(flush, I);
 
     const ev = (type, x) => {
-      if (get('_x')) return;
-      // Ids and event names fit the collector's 256 characters: one bad event would sink its batch.
-      if (x.userId != null) set('_u', (x.userId + '').slice(0, 256));
-      const a = get('_a') || uuid();
-      set('_a', a);
-      cookie(a, 31536000);
-      const e = { type, messageId: uuid(), anonymousId: a, timestamp: iso(), context: context(now()), ...x, userId: get('_u') };
-      size(e) > 3e4 ? log(e) : push(e); // the collector refuses events over 32 KB
-    };
-    const page = (n, p) => {
-      if (n + '' !== n) (p = n), (n = void 0); // page(properties)
-      view();
-      ev('page', { name: n, properties: { ...pageInfo(), ...p } });
+      if (get('tw_x')) return;
+      const t = now();
+      const i = get('tw_i') || {};
+      if (x.userId != null) i.u = (x.userId + '').slice(0, 256);
+      i.a ||= uuid();
+      // A session ends after 30 minutes without events; its id is its start time (ms).
+      if (!(t - i.l < 18e5)) i.s = t;
+      i.l = t;
+      set('tw_i', i);
+      cookie(i.a, 31536000);
+      const cx = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s };
+      for (let [k, v] of new URLSearchParams(L.search))
+        if (/^utm_/.test(k)) (cx.campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
+      const e = { type, messageId: uuid(), anonymousId: i.a, timestamp: new Date(t).toISOString(), context: cx, ...x, userId: i.u };
+      if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
+      put({ e, t: t + ++n / 1e6, o: me });
+      queue()[(c.batch || 20) - 1] && flush();
     };
     const forget = (k) => {
       for (const x in S) k.test(x) && delete S[x];
@@ -47,18 +180,25 @@ if (!t?.l)
     };
     const api = {
       track: (n, p) => ev('track', { event: (n + '').slice(0, 256), properties: { ...p } }),
-      page,
-      identify: (u, p) => ev('identify', typeof u == 'object' ? { traits: { ...u } } : { userId: u, traits: { ...p } }), // or identify(traits)
-      reset: () => forget(/^tw_[aus]/),
-      optOut: () => set('_x', 1, forget(/^tw[_:]/)),
-      optIn: () => del('_x'),
+      page: (n, p) => {
+        if (n + '' !== n) (p = n), (n = void 0); // page(properties)
+        // After an SPA navigation the previous page view is the referrer.
+        ref = last || ref;
+        last = here();
+        ev('page', { name: n, properties: { ...pageInfo(), ...p } });
+      },
+      identify: (u, p) => ev('identify', typeof u == 'object' ? { traits: { ...u } } : { userId: u, traits: { ...p } }),
+      reset: () => forget(/^tw_i/),
+      optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
+      optIn: () => del('tw_x'),
     };
 
-    for (const a of q) f(...a);
-    page();
+    // Replay the calls queued before the script loaded, then record the page view.
+    for (const a of [...q, ['page']]) f(...a);
 
-    // SPA page views: history API and back/forward (and hash changes with data-hash).
-    const nv = safe(() => here() != last && page());
+    // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
+    // `here` ignores the hash otherwise).
+    const nv = () => here() != last && f('page');
     for (const m of ['pushState', 'replaceState']) {
       const o = history[m];
       history[m] = (...a) => {
@@ -67,9 +207,9 @@ if (!t?.l)
       };
     }
     addEventListener('popstate', nv);
-    on(c.hash) && addEventListener('hashchange', nv);
+    addEventListener('hashchange', nv);
     // Leaving, or going to the background (on mobile maybe the last chance): beacon.
     addEventListener('visibilitychange', () => d.hidden && flush(1));
     addEventListener('pagehide', () => flush(1));
-    addEventListener('online', online);
+    addEventListener('online', () => flush((R = 0)));
   })();

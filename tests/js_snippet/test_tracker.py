@@ -88,8 +88,10 @@ def test_page_view_on_load_carries_full_context(context: BrowserContext, site: S
 
 def test_session_ends_after_30_minutes_without_events(context: BrowserContext, site: Site, collector: Collector) -> None:
     page = open_page(context, site.add("/session.html", collector.url, attrs=FAST))
-    page.evaluate("localStorage.tw_s = JSON.stringify([1000, Date.now() - 29 * 60e3]); tw('track', 'Within')")
-    page.evaluate("localStorage.tw_s = JSON.stringify([2000, Date.now() - 31 * 60e3]); tw('track', 'After Idle')")
+    # The visitor's ids live in tw_i: s = the session's start (its id), l = its last activity (ms).
+    idle = "i => localStorage.tw_i = JSON.stringify({...JSON.parse(localStorage.tw_i), s: i[0], l: Date.now() - i[1] * 60e3})"
+    page.evaluate(f"({idle})([1000, 29]); tw('track', 'Within')")
+    page.evaluate(f"({idle})([2000, 31]); tw('track', 'After Idle')")
     page.evaluate("tw('track', 'Next')")
     events = wait_events(collector, 4)
     sessions = {e["event"]: e["context"]["sessionId"] for e in by_type(events, "track")}
@@ -300,7 +302,7 @@ def test_no_storage_mode_and_cookie_mirror(context: BrowserContext, site: Site, 
     page = open_page(context, site.add("/cookie.html", collector.url, attrs=FAST + " data-cookie"))
     (view,) = [e for e in wait_events(collector, 3) if e["context"]["page"]["path"] == "/cookie.html"]
     cookies = {c["name"]: c for c in context.cookies(site.origin)}
-    assert cookies["tw_a"]["value"] == view["anonymousId"] == stored(page)["tw_a"]
+    assert cookies["tw_a"]["value"] == view["anonymousId"] == stored(page)["tw_i"]["a"]
     assert cookies["tw_a"]["expires"] > time.time() + 300 * 86400
     page.evaluate("tw('optOut')")
     assert "tw_a" not in {c["name"] for c in context.cookies(site.origin)}
