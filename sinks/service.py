@@ -22,7 +22,7 @@ import logging
 import time
 
 from tripwire.config import Config
-from tripwire.log import EVENTS, Consumer, EventLog, TopicPartition
+from tripwire.log import EVENTS, Consumer, EventLog, Record, TopicPartition
 
 from . import metrics
 from .config import SinkConfig, sink_config
@@ -47,6 +47,9 @@ class SinkService:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = False
+        self._lock = asyncio.Lock()  # the writer is touched by one task at a time
+        self._generation = 0  # bumped by every rebalance
+        self._poll_ms = int(max(50, min(1000, cfg.max_file_age_s * 500)))
 
     async def start(self) -> None:
         if self._task is not None:
@@ -82,49 +85,76 @@ class SinkService:
 
     async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         assert self.writer is not None
-        for tp in sorted(partitions):
-            if tp.topic != EVENTS:
-                continue
-            offset = await asyncio.to_thread(self.writer.assign, tp.partition)
-            consumer.seek(tp, offset)
-            logger.info("sink owns %s-%d from offset %d", tp.topic, tp.partition, offset)
+        self._generation += 1
+        async with self._lock:
+            for tp in sorted(partitions):
+                if tp.topic != EVENTS:
+                    continue
+                offset = await asyncio.to_thread(self.writer.assign, tp.partition)
+                consumer.seek(tp, offset)
+                logger.info("sink owns %s-%d from offset %d", tp.topic, tp.partition, offset)
 
     async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         assert self.writer is not None
+        self._generation += 1
         offsets = {}
-        for tp in sorted(partitions):
-            if tp.topic == EVENTS and tp.partition in self.writer.parts:
-                resume = await asyncio.to_thread(self.writer.revoke, tp.partition)
-                if resume is not None:
-                    offsets[tp.partition] = resume
+        async with self._lock:
+            for tp in sorted(partitions):
+                if tp.topic == EVENTS and tp.partition in self.writer.parts:
+                    resume = await asyncio.to_thread(self.writer.revoke, tp.partition)
+                    if resume is not None:
+                        offsets[tp.partition] = resume
         with contextlib.suppress(Exception):  # informational: the lake state is authoritative
             await self._commit(offsets, consumer)
 
     # loop ----------------------------------------------------------------------
 
+    async def _poll(self) -> tuple[list[Record], int]:
+        assert self.consumer is not None
+        generation = self._generation
+        records = await self.consumer.poll(timeout_ms=self._poll_ms, max_records=self.cfg.poll_max_records)
+        return records, generation
+
     async def _run(self) -> None:
         assert self.consumer is not None and self.writer is not None
         cfg, writer = self.cfg, self.writer
-        poll_ms = int(max(50, min(1000, cfg.max_file_age_s * 500)))
         tick_s = min(1.0, cfg.max_file_age_s / 2)
         last_tick = last_lag = time.monotonic()
-        while not self._stopping:
-            records = await self.consumer.poll(timeout_ms=poll_ms, max_records=cfg.poll_max_records)
-            if records:
-                await asyncio.to_thread(writer.process, records)
-            now = time.monotonic()
-            tick = now - last_tick >= tick_s
-            if tick:
-                last_tick = now
-                await asyncio.to_thread(writer.seal_aged, now)
-            if tick or any(pw.sealed for pw in writer.parts.values()):
-                offsets = await asyncio.to_thread(writer.flush)
-                await self._commit(offsets)
-            metrics.OPEN_FILES.set(writer.open_files())
-            metrics.BUFFERED.set(writer.buffered_bytes())
-            if now - last_lag >= _LAG_EVERY_S:
-                last_lag = now
-                await self._lag()
+        ahead: asyncio.Task[tuple[list[Record], int]] | None = None
+        try:
+            while not self._stopping:
+                records, generation = await (ahead or self._poll())
+                ahead = None
+                if generation != self._generation:
+                    # Fetched across a rebalance: drop it and read again from where the writer is.
+                    for tp in self.consumer.assignment():
+                        if tp.partition in writer.parts:
+                            self.consumer.seek(tp, writer.parts[tp.partition].position)
+                    continue
+                if records:
+                    # Read the next batch while this one is processed (the read releases the GIL).
+                    ahead = asyncio.create_task(self._poll())
+                    async with self._lock:
+                        await asyncio.to_thread(writer.process, records)
+                now = time.monotonic()
+                tick = now - last_tick >= tick_s
+                if tick or any(pw.sealed for pw in writer.parts.values()):
+                    async with self._lock:
+                        if tick:
+                            last_tick = now
+                            await asyncio.to_thread(writer.seal_aged, now)
+                        offsets = await asyncio.to_thread(writer.flush)
+                    await self._commit(offsets)
+                metrics.OPEN_FILES.set(writer.open_files())
+                metrics.BUFFERED.set(writer.buffered_bytes())
+                if now - last_lag >= _LAG_EVERY_S:
+                    last_lag = now
+                    await self._lag()
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
 
     async def _commit(self, offsets: dict[int, int], consumer: Consumer | None = None) -> None:
         consumer = consumer or self.consumer
