@@ -280,6 +280,7 @@ def main() -> None:
     ap.add_argument("--pending", type=int, default=1_000_000)
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--lateness-ms", type=int, default=20)
+    ap.add_argument("--only", choices=["throughput", "memory", "latency"], help="run one part")
     args = ap.parse_args()
 
     rules_text = make_rules(args.rules)
@@ -291,39 +292,43 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tripwire-bench-") as d:
         tmp = Path(d)
+        if args.only in (None, "throughput"):
+            throughput(tmp, args, plan, rules_text)
+        if args.only in (None, "memory"):
+            per, seen, held = bench_memory(args.pending)
+            print(f"memory per pending partial match:    {per:>12,.0f} bytes   (target <= 300; {held:,} pending; "
+                  f"of which {seen:,.0f} B remembered messageId)")
+        if args.only in (None, "latency"):
+            absence, seq, problems = asyncio.run(bench_latency(tmp, args.samples, args.lateness_ms))
+            print(f"absence firing delay after deadline: p50 {statistics.median(absence):6.1f} ms   p99 {pct(absence, 0.99):6.1f} ms"
+                  f"   (target p99 <= 100 ms; allowed lateness {args.lateness_ms} ms included; n={len(absence)})")
+            print(f"ingest-to-trigger (sequence):        p50 {statistics.median(seq):6.1f} ms   p99 {pct(seq, 0.99):6.1f} ms"
+                  f"   (target p99 <= 20 ms; n={len(seq)})")
+            if problems:
+                print(f"WARNING: {problems} latency sample(s) missing or late")
 
-        async def setup() -> SqliteLog:
-            log = SqliteLog(tmp / "log.db", partitions=4)
-            await log.start()
-            t = time.perf_counter()
-            events = make_events(args.events, args.keys)
-            for i in range(0, len(events), 20_000):
-                await log.append(EVENTS, events[i : i + 20_000])
-            print(f"events: {len(events):,} over {args.keys:,} visitors written to the SQLite log in {time.perf_counter() - t:.1f} s")
-            return log
 
-        loop = asyncio.new_event_loop()
-        log = loop.run_until_complete(setup())
-        base, eng, triggers = bench_throughput(log, plan, 4)
-        print(f"baseline (read log + decode):        {base:>12,.0f} events/s")
-        print(f"engine (read + decode + match):      {eng:>12,.0f} events/s   ({triggers:,} triggers)")
-        print(f"ratio engine/baseline:               {eng / base:>12.2f}   (target >= 0.5)")
-        svc = loop.run_until_complete(bench_service_rate(tmp, log, rules_text, args.events))
-        print(f"embedded service (durable state):    {svc:>12,.0f} events/s   (ratio {svc / base:.2f})")
-        loop.run_until_complete(log.stop())
-        loop.close()
+def throughput(tmp: Path, args: argparse.Namespace, plan, rules_text: str) -> None:  # type: ignore[no-untyped-def]
+    async def setup() -> SqliteLog:
+        log = SqliteLog(tmp / "log.db", partitions=4)
+        await log.start()
+        t = time.perf_counter()
+        events = make_events(args.events, args.keys)
+        for i in range(0, len(events), 20_000):
+            await log.append(EVENTS, events[i : i + 20_000])
+        print(f"events: {len(events):,} over {args.keys:,} visitors written to the SQLite log in {time.perf_counter() - t:.1f} s")
+        return log
 
-        per, seen, held = bench_memory(args.pending)
-        print(f"memory per pending partial match:    {per:>12,.0f} bytes   (target <= 300; {held:,} pending; "
-              f"of which {seen:,.0f} B remembered messageId)")
-
-        absence, seq, problems = asyncio.run(bench_latency(tmp, args.samples, args.lateness_ms))
-        print(f"absence firing delay after deadline: p50 {statistics.median(absence):6.1f} ms   p99 {pct(absence, 0.99):6.1f} ms"
-              f"   (target p99 <= 100 ms; allowed lateness {args.lateness_ms} ms included; n={len(absence)})")
-        print(f"ingest-to-trigger (sequence):        p50 {statistics.median(seq):6.1f} ms   p99 {pct(seq, 0.99):6.1f} ms"
-              f"   (target p99 <= 20 ms; n={len(seq)})")
-        if problems:
-            print(f"WARNING: {problems} latency sample(s) missing or late")
+    loop = asyncio.new_event_loop()
+    log = loop.run_until_complete(setup())
+    base, eng, triggers = bench_throughput(log, plan, 4)
+    print(f"baseline (read log + decode):        {base:>12,.0f} events/s")
+    print(f"engine (read + decode + match):      {eng:>12,.0f} events/s   ({triggers:,} triggers)")
+    print(f"ratio engine/baseline:               {eng / base:>12.2f}   (target >= 0.5)")
+    svc = loop.run_until_complete(bench_service_rate(tmp, log, rules_text, args.events))
+    print(f"embedded service (durable state):    {svc:>12,.0f} events/s   (ratio {svc / base:.2f})")
+    loop.run_until_complete(log.stop())
+    loop.close()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
     checkpoint_url = ""            # Kafka mode: local dir or s3://bucket/prefix (default <data_dir>/rules-checkpoints)
     checkpoint_interval_ms = 1000
     reload_interval_ms = 1000      # how often the rules directory is re-scanned
+    commit_interval_ms = 200       # embedded: state without new triggers is committed at most this often
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class RulesConfig:
     allowed_lateness_ms: int = 5000
     group: str = "tripwire-rules"
     max_records: int = 1000
+    commit_interval_ms: int = 200  # embedded: batches without triggers are committed at most this often
     checkpoint_url: str = ""
     checkpoint_interval_ms: int = 1000
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for checkpoint_url

@@ -79,6 +79,8 @@ class RulesService:
         self._stopping = False
         self._last_reload = time.monotonic()
         self._seen_stats = EngineStats()
+        self._unsaved = False
+        self._last_save = 0.0
 
     # lifecycle -----------------------------------------------------------------
 
@@ -147,6 +149,8 @@ class RulesService:
 
     def _poll_timeout_ms(self) -> int:
         limit = min(1000, self.rc.reload_interval_ms)
+        if self._unsaved:
+            limit = min(limit, self.rc.commit_interval_ms)
         nxt = self.engine.next_wake_ms()
         if nxt is None:
             return limit
@@ -204,9 +208,17 @@ class RulesService:
             matches.extend(engine.advance_wall(int(time.time() * 1000), sorted(self._assigned)))
         triggers = await self._to_triggers(matches, envs)
         positions = {p: self._positions[p] for p in self._assigned if p in self._positions}
-        changed = any(self.engine.partition(p).dirty for p in self._assigned)
-        if records or triggers or changed or self.durability.behind():
+        # Triggers are committed (and forwarded) at once; progress without triggers can wait a
+        # little: a crash then replays a few more events, deterministically.
+        now = time.monotonic()
+        progressed = bool(records) or any(self.engine.partition(p).dirty for p in self._assigned)
+        self._unsaved = self._unsaved or progressed
+        if triggers or self.durability.behind() or (
+            self._unsaved and now - self._last_save >= self.rc.commit_interval_ms / 1000
+        ):
             await self.durability.save(positions, triggers)
+            self._unsaved = False
+            self._last_save = now
         self.triggers_written += len(triggers)
         self._export_metrics(matches)
 
