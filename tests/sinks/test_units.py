@@ -1,0 +1,159 @@
+"""The sink's parts on their own: catalog promotion, envelope columns, dedup, config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from sinks.catalog import Promoted, merge_registry, read_catalog, wanted_columns
+from sinks.config import SinkConfig, sink_config
+from sinks.dedup import Dedup
+from sinks.errors import CatalogError
+from sinks.lake import LocalLake
+from sinks.schema import BatchBuilder, arrow_schema
+from sinks.service import SinkService, create_service
+from sinks.writer import directory_for, load_promoted
+from tests.sinks.helpers import event
+from tripwire.config import ConfigError, from_dict, load_config
+from tripwire.log.memory import MemoryLog
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "catalog.json"
+
+
+def test_the_example_catalog_promotes_scalar_properties_with_their_types() -> None:
+    cols = {(p.field, p.key): p for p in read_catalog(EXAMPLE)}
+    assert cols[("properties", "sku")].kind == "string"
+    assert cols[("properties", "quantity")].kind == "integer"
+    assert cols[("properties", "price")] == Promoted("properties_price", "properties", "price", "number")
+
+
+def test_catalog_types_merge_across_events_and_odd_ones_stay_json(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(orjson.dumps({"events": {
+        "A": {"schema": {"properties": {"n": {"type": "integer"}, "x": {"type": "string"}, "o": {"type": "object"},
+                                        "when": {"type": "string", "format": "date-time"}, "Odd Name!": {"type": ["boolean", "null"]}}}},
+        "B": {"schema": {"properties": {"n": {"type": "number"}, "x": {"type": "integer"}}}},
+    }, "traits": {"schema": {"properties": {"plan": {"type": "string"}}}}}).decode())
+    cols = {p.column: p.kind for p in read_catalog(path)}
+    assert cols == {"properties_n": "number", "properties_when": "date-time", "properties_odd_name": "boolean",
+                    "traits_plan": "string"}
+
+
+def test_a_broken_catalog_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="does not exist"):
+        read_catalog(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CatalogError, match="bad.json"):
+        read_catalog(tmp_path / "bad.json")
+
+
+def test_column_types_are_fixed_once_written(tmp_path: Path) -> None:
+    lake = LocalLake(tmp_path)
+    first = load_promoted(lake, SinkConfig(promote={"qty": "integer"}))
+    assert [(p.column, p.kind) for p in first] == [("properties_qty", "integer")]
+    # The catalog later says number and adds a column: the type stays, the column is added.
+    again = load_promoted(lake, SinkConfig(promote={"qty": "number", "coupon": "string"}))
+    assert [(p.column, p.kind) for p in again] == [("properties_qty", "integer"), ("properties_coupon", "string")]
+    # Dropped from the catalog: still a column, so every later file has the same ones.
+    assert load_promoted(lake, SinkConfig()) == again
+    assert merge_registry(again, wanted_columns("", {"traits.plan": "string"}))[-1].column == "traits_plan"
+
+
+def test_envelope_columns_and_promotion() -> None:
+    promoted = wanted_columns("", {"price": "number", "qty": "integer", "when": "date-time", "traits.plan": "string"})
+    builder = BatchBuilder(arrow_schema(promoted), promoted)
+    e = event(1, props={"price": 3, "qty": 2.0, "when": "2026-01-02T03:04:05Z", "other": [1]})
+    e["integrations"] = {"All": False}
+    builder.add(e, 1000)
+    ident = {"type": "identify", "userId": "u1", "messageId": "x", "traits": {"plan": "pro", "age": 3},
+             "timestamp": "2026-01-01T00:00:00.000Z", "receivedAt": "2026-01-01T00:00:00.000Z",
+             "originalTimestamp": "2026-01-01T01:00:00+01:00"}
+    builder.add(ident, 2000)
+    rows = pa.Table.from_batches([builder.build()]).to_pylist()
+    assert rows[0]["properties_price"] == 3.0 and rows[0]["properties_qty"] == 2
+    assert rows[0]["properties_when"].isoformat() == "2026-01-02T03:04:05+00:00"
+    assert orjson.loads(rows[0]["properties"]) == {"other": [1]}
+    assert orjson.loads(rows[0]["extra"]) == {"integrations": {"All": False}}
+    assert rows[0]["context_library_name"] == "t.js" and rows[0]["context_user_agent"] == "UA/1.0"
+    assert rows[1]["traits_plan"] == "pro" and orjson.loads(rows[1]["traits"]) == {"age": 3}
+    assert rows[1]["user_id"] == "u1" and rows[1]["anonymous_id"] is None and rows[1]["properties"] is None
+    assert rows[1]["original_timestamp"].isoformat() == "2026-01-01T00:00:00+00:00"
+
+
+def test_times_a_client_sent_oddly_are_parsed_or_left_empty() -> None:
+    builder = BatchBuilder(arrow_schema([]), [])
+    for i, original in enumerate(["2026-01-01T00:00:00", "yesterday", None]):
+        builder.add({"type": "track", "event": "E", "messageId": str(i), "originalTimestamp": original}, 0)
+    rows = builder.build().to_pylist()
+    assert rows[0]["original_timestamp"].isoformat() == "2026-01-01T00:00:00+00:00"  # naive means UTC
+    assert rows[1]["original_timestamp"] is None and rows[2]["original_timestamp"] is None
+
+
+def test_directory_for_uses_utc_event_time() -> None:
+    assert directory_for("2026-03-04T23:59:59.999Z", "date") == ("date=2026-03-04", 1772668799999)
+    assert directory_for("2026-03-05T01:30:00+02:00", "date/hour") == ("date=2026-03-04/hour=23", 1772667000000)
+    assert directory_for("garbage", "date") is None
+
+
+def test_dedup_replays_the_same_answers_and_survives_a_restart() -> None:
+    d = Dedup(window_ms=86_400_000, max_ids=1000)
+    assert [d.seen(m, o, 1000) for o, m in enumerate(["a", "b", "a", "c", "b"])] == [False, False, True, False, True]
+    saved = d.take_segment()
+    assert saved is not None and d.take_segment() is None
+    again = Dedup(86_400_000, 1000)
+    again.load([saved])
+    # Replaying offsets 2.. (as after a crash): the same answers, and offset 0's id is not its own duplicate.
+    assert [again.seen(m, o, 1000) for o, m in [(2, "a"), (3, "c"), (4, "b")]] == [True, False, True]
+    assert again.seen("a", 0, 1000) is False and again.seen("a", 7, 1000) is True
+
+
+def test_dedup_forgets_after_the_window_and_stays_bounded() -> None:
+    d = Dedup(window_ms=1000, max_ids=100)
+    d.seen("old", 0, 0)
+    for i in range(1, 300):
+        d.seen(f"m{i}", i, i * 20_000)  # 20 s apart
+        d.expire()
+    assert len(d) <= 100 and d.evicted_early > 0
+    assert d.seen("old", 400, 6_000_000 + 3_700_000) is False  # long gone: a new event
+    d.seen("new", 401, 6_000_000 + 3_700_000)
+    d.expire()
+    snap = Dedup(1000, 100)
+    snap.load([d.snapshot()])
+    assert len(snap) == len(d) <= 3 and snap.seen("new", 500, 9_700_001)
+
+
+def test_config_defaults_env_overrides_and_errors(tmp_path: Path) -> None:
+    cfg = sink_config(from_dict({"data_dir": str(tmp_path)}))
+    assert cfg.lake_url == str((tmp_path / "lake").resolve()) and cfg.partitioning == "date"
+    env = {"TRIPWIRE_SINK__LAKE_URL": "s3://bucket/lake/", "TRIPWIRE_SINK__MAX_FILE_AGE_S": "60",
+           "TRIPWIRE_SINK__PROMOTE": '{ price = "number" }'}
+    cfg = sink_config(load_config(None, env))
+    assert cfg.lake_url == "s3://bucket/lake" and cfg.max_file_age_s == 60 and cfg.promote == {"price": "number"}
+    aws = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "AWS_DEFAULT_REGION": "eu-west-1"}
+    assert cfg.storage_options(aws) == {"key": "k", "secret": "s", "client_kwargs": {
+        "endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-1"}}
+    mine = SinkConfig(s3_endpoint_url="http://minio:9000", s3_key="a", s3_secret="b", s3_region="x")
+    assert mine.storage_options(aws)["client_kwargs"] == {"endpoint_url": "http://minio:9000", "region_name": "x"}
+    with pytest.raises(ConfigError, match="sink.partitioning"):
+        sink_config(from_dict({"sink": {"partitioning": "week"}}))
+    with pytest.raises(ConfigError, match="sink.promote.price"):
+        sink_config(from_dict({"sink": {"promote": {"price": "money"}}}))
+    with pytest.raises(ConfigError, match="sink.lake_url"):
+        sink_config(from_dict({"sink": {"lake_url": "ftp://x"}}))
+
+
+def test_the_collector_catalog_is_used_unless_the_sink_names_one(tmp_path: Path) -> None:
+    cfg = sink_config(from_dict({"collector": {"catalog": str(EXAMPLE)}}))
+    assert cfg.catalog == str(EXAMPLE)
+    assert sink_config(from_dict({"collector": {"catalog": "a.json"}, "sink": {"catalog": "b.json"}})).catalog.endswith("b.json")
+
+
+def test_create_service_for_tripwire_run(tmp_path: Path) -> None:
+    config = from_dict({"data_dir": str(tmp_path)})
+    service = create_service(config, MemoryLog())
+    assert isinstance(service, SinkService) and service.name == "sink"
+    assert create_service(from_dict({"data_dir": str(tmp_path), "sink": {"enabled": False}}), MemoryLog()) is None
