@@ -27,18 +27,16 @@ stored; they are rebuilt from the states on restore.
 from __future__ import annotations
 
 import heapq
-import io
 from collections import Counter
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, NamedTuple
 
-from tripwire.envelope import EnvelopeError, event_time_ms
+from .codec import loads_state, parse_event_time
+from .plan import Plan, RulePlan, Slim, event_name, get_path
 
-from .errors import StateError
-from .plan import MISSING, Plan, RulePlan, Slim, event_name, get_path
+__all__ = ["Engine", "EngineStats", "Match", "RuleState", "Run", "parse_event_time"]
 
 NEG_INF = -(2**62)
 _FIRST = (0,)
@@ -108,32 +106,6 @@ class PartitionState:
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
         self.new_seen: list[tuple[str, int]] = []
         self.seen_cutoff: int | None = None
-
-
-_DAYS: dict[str, int] = {}
-
-
-def parse_event_time(env: dict[str, Any]) -> int | None:
-    """The envelope's corrected event time in ms, or None when it has none usable."""
-    ts = env.get("timestamp")
-    if type(ts) is str and len(ts) == 24 and ts[10] == "T" and ts[23] == "Z" and ts[19] == ".":
-        # The collector's canonical form: YYYY-MM-DDTHH:MM:SS.mmmZ (fast path).
-        day = _DAYS.get(ts[:10])
-        try:
-            if day is None:
-                day = int(datetime.fromisoformat(ts[:10] + "T00:00:00+00:00").timestamp()) * 1000
-                if len(_DAYS) < 10_000:
-                    _DAYS[ts[:10]] = day
-            h, m, sec, ms = int(ts[11:13]), int(ts[14:16]), int(ts[17:19]), int(ts[20:23])
-        except ValueError:
-            return None
-        if h < 24 and m < 60 and sec < 60 and ts[13] == ":" and ts[16] == ":" and ms >= 0:
-            return day + h * 3_600_000 + m * 60_000 + sec * 1000 + ms
-        return None
-    try:
-        return event_time_ms(env)
-    except (KeyError, EnvelopeError, TypeError, ValueError, OverflowError):
-        return None
 
 
 class Engine:
@@ -476,7 +448,7 @@ class Engine:
 
     @staticmethod
     def decode_state(data: bytes) -> RuleState:
-        runs, acc, fires = _loads(data)
+        runs, acc, fires = loads_state(data)
         rs = RuleState(1)
         rs.runs = None if runs is None else [None if r is None else Run(*r) for r in runs]
         rs.acc, rs.fires = acc, fires
@@ -492,10 +464,10 @@ class Engine:
         return pickle.dumps({"max_t": ps.max_t, "watermark": ps.watermark, "seen": ps.seen, "states": states}, protocol=5)
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
-        ps = self.partitions[p] = PartitionState(p)
         if data is None:
+            self.partitions[p] = PartitionState(p)
             return
-        snap = _loads(data)
+        snap = loads_state(data)
         self.load_partition(p, snap["max_t"], snap["watermark"], snap["seen"],
                             ((sk, self.decode_state(b)) for sk, b in snap["states"].items()))
 
@@ -511,17 +483,3 @@ class Engine:
             ps.states[sk] = rs
             rs.wake = 0
             self._reschedule(ps, rule, sk, rs)
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "rules.plan" and name == "MISSING":
-            return MISSING
-        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in engine state")
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return _Unpickler(io.BytesIO(data)).load()
-    except Exception as exc:
-        raise StateError(f"engine state is unreadable: {exc}") from exc

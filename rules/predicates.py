@@ -1,0 +1,227 @@
+"""Predicates and payload templates -> closures over (event, earlier steps of the run).
+
+Three-valued logic: a comparison with a missing field is unknown (None), which
+``not`` keeps unknown and which never satisfies a ``where``. Values of
+different types never compare equal or ordered. Nothing here raises at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import ast
+from .errors import Diagnostic
+from .plan import MISSING, Predicate, Renderer, get_path
+
+ENVELOPE_FIELDS = frozenset({
+    "type", "event", "name", "category", "messageId", "anonymousId", "userId", "timestamp",
+    "originalTimestamp", "sentAt", "receivedAt", "properties", "traits", "context", "integrations",
+    "source", "groupId", "previousId", "channel", "version",
+})
+
+
+class Ctx:
+    """Where diagnostics of one file are collected."""
+
+    def __init__(self, filename: str, lines: list[str]) -> None:
+        self.filename = filename
+        self.lines = lines
+        self.diagnostics: list[Diagnostic] = []
+
+    def error(self, node: ast.Node | None, message: str, severity: str = "error") -> None:
+        line, col = (node.line, node.column) if node is not None else (1, 1)
+        source = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        self.diagnostics.append(Diagnostic(self.filename, line, col, message, severity, source))
+
+
+def _is_num(v: Any) -> bool:
+    return (type(v) is int or type(v) is float)
+
+
+def _eq(a: Any, b: Any) -> bool:
+    if type(a) is bool or type(b) is bool:
+        return type(a) is type(b) and a == b
+    if _is_num(a) and _is_num(b):
+        return bool(a == b)
+    return type(a) is type(b) and a == b
+
+
+def _order(op: str, a: Any, b: Any) -> bool:
+    if not ((_is_num(a) and _is_num(b)) or (type(a) is str and type(b) is str)):
+        return False
+    if op == "<":
+        return bool(a < b)
+    if op == "<=":
+        return bool(a <= b)
+    if op == ">":
+        return bool(a > b)
+    return bool(a >= b)
+
+
+Getter = Any  # Callable[[env, steps], value]
+
+
+class StepScope:
+    """What names mean inside one step's predicate (or the payload)."""
+
+    def __init__(self, rule_steps: Sequence[ast.Step], current: int, plans_needs: list[list[tuple[str, ...]]],
+                 ctx: Ctx, payload_default: int | None = None) -> None:
+        self.steps = rule_steps
+        self.current = current  # index of the step whose event is at hand (-1: none, payload)
+        self.needs = plans_needs
+        self.ctx = ctx
+        self.payload_default = payload_default  # payload: unaliased paths read this step
+        self.aliases = {s.alias: i for i, s in enumerate(rule_steps) if s.alias}
+
+    def getter(self, path: ast.Path) -> Getter:
+        head, rest = path.parts[0], path.parts[1:]
+        if head in self.aliases:
+            j = self.aliases[head]
+            if j == self.current:
+                parts = rest
+                return lambda env, st: get_path(env, parts) if parts else MISSING
+            if j > self.current and self.current >= 0:
+                self.ctx.error(path, f"step '{head}' comes later in the rule; only earlier steps can be referenced")
+                return lambda env, st: MISSING
+            if self.steps[j].absent:
+                self.ctx.error(path, f"step '{head}' is an absence (`then no`); it has no event to reference")
+                return lambda env, st: MISSING
+            if not rest:
+                self.ctx.error(path, f"name a field of step '{head}', e.g. {head}.properties.price")
+                return lambda env, st: MISSING
+            return self._slot(j, rest)
+        if head not in ENVELOPE_FIELDS:
+            known = sorted(self.aliases)
+            hint = f" (steps: {', '.join(known)})" if known else ""
+            self.ctx.error(path, f"unknown step or field '{head}'{hint}; event fields start with properties., context., traits., userId, ...")
+            return lambda env, st: MISSING
+        if self.current >= 0:
+            parts = path.parts
+            return lambda env, st: get_path(env, parts)
+        assert self.payload_default is not None
+        return self._slot(self.payload_default, path.parts)
+
+    def _slot(self, j: int, parts: tuple[str, ...]) -> Getter:
+        needs = self.needs[j]
+        if parts not in needs:
+            needs.append(parts)
+        k = needs.index(parts)
+        if self.steps[j].count > 1:
+            return lambda env, st: st[j][-1][4][k]
+        return lambda env, st: st[j][4][k]
+
+
+def _operand(node: ast.Operand, scope: StepScope) -> tuple[Getter, Any]:
+    """(getter, constant) - exactly one is used: constant when the operand is a literal."""
+    if isinstance(node, ast.Literal):
+        return None, node.value
+    return scope.getter(node), None
+
+
+def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
+    if isinstance(node, ast.And):
+        left, right = compile_expr(node.left, scope), compile_expr(node.right, scope)
+
+        def and_(env: Any, st: Any) -> bool | None:
+            a = left(env, st)
+            if a is False:
+                return False
+            b = right(env, st)
+            if b is False:
+                return False
+            return None if a is None or b is None else True
+        return and_
+    if isinstance(node, ast.Or):
+        left, right = compile_expr(node.left, scope), compile_expr(node.right, scope)
+
+        def or_(env: Any, st: Any) -> bool | None:
+            a = left(env, st)
+            if a is True:
+                return True
+            b = right(env, st)
+            if b is True:
+                return True
+            return None if a is None or b is None else False
+        return or_
+    if isinstance(node, ast.Not):
+        inner = compile_expr(node.operand, scope)
+
+        def not_(env: Any, st: Any) -> bool | None:
+            v = inner(env, st)
+            return None if v is None else not v
+        return not_
+    if isinstance(node, ast.Exists):
+        get, const = _operand(node.operand, scope)
+        if get is None:
+            scope.ctx.error(node, "`exists` applies to a field, not a constant")
+            return lambda env, st: False
+        negated = node.negated
+        return lambda env, st: (get(env, st) in (MISSING, None)) if negated else (get(env, st) not in (MISSING, None))
+    if isinstance(node, ast.InList):
+        get, const = _operand(node.operand, scope)
+        values = tuple(v.value for v in node.values)
+        negated = node.negated
+        if get is None:
+            scope.ctx.error(node, "`in` applies to a field, not a constant")
+            return lambda env, st: False
+
+        def in_(env: Any, st: Any) -> bool | None:
+            v = get(env, st)
+            if v is MISSING:
+                return None
+            found = any(_eq(v, x) for x in values)
+            return not found if negated else found
+        return in_
+    if isinstance(node, (ast.Compare, ast.StringOp)):
+        lget, lconst = _operand(node.left, scope)
+        rget, rconst = _operand(node.right, scope)
+        if lget is None and rget is None:
+            scope.ctx.error(node, "this compares two constants; one side should be a field")
+        op = node.op
+
+        def test(a: Any, b: Any) -> bool:
+            if op == "==":
+                return _eq(a, b)
+            if op == "!=":
+                return not _eq(a, b)
+            if op == "contains":
+                if type(a) is str and type(b) is str:
+                    return b in a
+                if type(a) is list:
+                    return any(_eq(x, b) for x in a)
+                return False
+            if op == "starts with":
+                return type(a) is str and type(b) is str and a.startswith(b)
+            if op == "ends with":
+                return type(a) is str and type(b) is str and a.endswith(b)
+            return _order(op, a, b)
+
+        def cmp(env: Any, st: Any) -> bool | None:
+            a = lconst if lget is None else lget(env, st)
+            b = rconst if rget is None else rget(env, st)
+            if a is MISSING or b is MISSING:
+                return None
+            return test(a, b)
+        return cmp
+    raise TypeError(f"unknown expression node {node!r}")  # pragma: no cover
+
+
+def compile_template(node: ast.Template, scope: StepScope) -> Renderer:
+    if isinstance(node, ast.Literal):
+        value = node.value
+        return lambda st: value
+    if isinstance(node, ast.Path):
+        get = scope.getter(node)
+        return lambda st: (lambda v: None if v is MISSING else v)(get(None, st))
+    if isinstance(node, ast.TemplateArray):
+        items = [compile_template(i, scope) for i in node.items]
+        return lambda st: [f(st) for f in items]
+    seen: set[str] = set()
+    pairs = []
+    for key, value in node.items:
+        if key in seen:
+            scope.ctx.error(node, f"payload field '{key}' is given twice")
+        seen.add(key)
+        pairs.append((key, compile_template(value, scope)))
+    return lambda st: {k: f(st) for k, f in pairs}
