@@ -1,4 +1,5 @@
 from tests.fixtures.s3 import moto_server, s3_bucket  # noqa: F401
+from tests.fixtures.tansu import tansu  # noqa: F401
 
 from pathlib import Path
 
