@@ -141,10 +141,10 @@ class BatchBuilder:
         ctx = get("context")
         rest: Any = None
         if isinstance(ctx, dict) and ctx:
-            for col, (_, group, key) in zip(self._ctx, _CONTEXT):
+            for col, (_, group, sub) in zip(self._ctx, _CONTEXT):
                 v = ctx.get(group)
-                if key is not None:
-                    v = v.get(key) if isinstance(v, dict) else None
+                if sub is not None:
+                    v = v.get(sub) if isinstance(v, dict) else None
                 col.append(_text(v))
             rest = {}
             for k, v in ctx.items():

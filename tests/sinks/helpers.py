@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import duckdb
 import orjson
 import pandas as pd
 import pyarrow.parquet as pq

@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
+from prometheus_client import REGISTRY
 
 from sinks.service import SinkService
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
@@ -36,7 +37,10 @@ async def log(tmp_path: Path):
 async def test_duckdb_and_pandas_read_exactly_the_rows_sent(lake: LakeSetup, log: SqliteLog) -> None:
     sent = [event(i) for i in range(600)]
     await send(log, sent)
+    rows_before = REGISTRY.get_sample_value("tripwire_sink_rows_written_total") or 0
     await run_sink(lake, log, max_file_rows=70, promote={"price": "number", "qty": "integer"})
+    assert REGISTRY.get_sample_value("tripwire_sink_rows_written_total") == rows_before + 600
+    assert (REGISTRY.get_sample_value("tripwire_sink_bytes_written_total") or 0) > 0
 
     df = lake.duckdb("SELECT * FROM lake ORDER BY message_id")
     assert len(df) == len(sent)
