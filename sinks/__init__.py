@@ -49,9 +49,10 @@ consumer group through the state in the lake.
 
 Known limits: S3 has no multi-object switch, so a reader listing a directory in
 the instant between a compaction's PUT and its DeleteObjects can see merged rows
-twice (local disk swaps the directory atomically). Readers that glob with the
-first file's schema (DuckDB, pyarrow) do not show a typed column added to the
-catalog later until ``union_by_name=true`` is used, or the day is compacted.
+twice (local disk swaps the directory atomically). Every file carries the same
+columns, since DuckDB and pyarrow take a glob's schema from its first file:
+properties the catalog gains later stay in the ``properties`` JSON until
+``tripwire lake migrate`` (sinks stopped) adds their typed columns to every file.
 """
 
 from __future__ import annotations

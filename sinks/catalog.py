@@ -18,11 +18,12 @@ JSON Schema                     Parquet / Arrow
 Objects, arrays and properties whose events disagree on the type stay in the
 ``properties`` JSON column. ``sink.promote`` adds columns by hand.
 
-A column's type is fixed the first time it is written and kept in
-``_tripwire_sink/schema.json`` in the lake: later catalog edits can add columns
-but never change (so never narrow) an existing one, because DuckDB and pyarrow
-read a glob with the first file's schema. A value that does not fit its column
-stays in the JSON column instead.
+The lake's first writer fixes its columns in ``_tripwire_sink/schema.json``;
+properties the catalog gains later become columns through ``tripwire lake
+migrate``, which rewrites every file, because DuckDB and pyarrow read a glob
+with the first file's schema. An existing column never changes (so never
+narrows) its type. A value that does not fit its column stays in the JSON
+column instead.
 """
 
 from __future__ import annotations

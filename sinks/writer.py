@@ -67,14 +67,37 @@ def directory_for(ts: object, partitioning: str) -> tuple[str, int] | None:
     return f"date={text[:10]}/hour={int(text[11:13])}", ms  # unpadded: DuckDB types it BIGINT
 
 
-def load_promoted(lake: Lake, cfg: SinkConfig) -> list[Promoted]:
-    """The lake's typed property columns, extended by the catalog (types never change)."""
+def read_registry(lake: Lake) -> list[Promoted] | None:
     data = lake.read(SCHEMA_PATH)
-    registered = [Promoted.from_json(c) for c in orjson.loads(data)["columns"]] if data else []
-    merged = merge_registry(registered, wanted_columns(cfg.catalog, cfg.promote))
-    if merged != registered:
-        lake.write(SCHEMA_PATH, orjson.dumps({"columns": [p.to_json() for p in merged]}, option=orjson.OPT_INDENT_2))
-    return merged
+    return None if data is None else [Promoted.from_json(c) for c in orjson.loads(data)["columns"]]
+
+
+def write_registry(lake: Lake, columns: list[Promoted]) -> None:
+    lake.write(SCHEMA_PATH, orjson.dumps({"columns": [p.to_json() for p in columns]}, option=orjson.OPT_INDENT_2))
+
+
+def load_promoted(lake: Lake, cfg: SinkConfig) -> list[Promoted]:
+    """The lake's typed property columns: fixed by its first writer from the catalog.
+
+    Every file of a lake has the same columns, because DuckDB and pyarrow read a
+    glob with the first file's schema (and DuckDB fails on a file lacking one
+    of its columns). Catalog properties added later are promoted by
+    ``tripwire lake migrate`` (see :mod:`sinks.migrate`); until then they stay in
+    the JSON column.
+    """
+    registered = read_registry(lake)
+    wanted = wanted_columns(cfg.catalog, cfg.promote)
+    if registered is None:
+        registered = merge_registry([], wanted)
+        write_registry(lake, registered)
+        return registered
+    waiting = merge_registry(registered, wanted)[len(registered) :]
+    if waiting:
+        logger.warning(
+            "%d catalog propert%s not yet typed columns in the lake (%s); run 'tripwire lake migrate'",
+            len(waiting), "y is" if len(waiting) == 1 else "ies are", ", ".join(p.column for p in waiting[:5]),
+        )
+    return registered
 
 
 class PartitionWriter:

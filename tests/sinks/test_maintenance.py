@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 from sinks.compact import compact, recover
@@ -182,9 +183,32 @@ async def test_a_journaled_cut_whose_file_was_compacted_is_not_written_again(tmp
     assert ids(lake) == sorted(str(e["messageId"]) for e in events)
 
 
+async def test_migrate_gives_every_file_the_catalogs_new_typed_columns(lake: LakeSetup) -> None:
+    from sinks.migrate import migrate
+
+    first = [event(i) for i in range(30)]
+    await fill(lake, first)  # no typed property columns yet
+    later = [event(100 + i) for i in range(10)]
+    await fill(lake, later, promote={"price": "number"})  # a sink started with a grown catalog
+    assert "properties_price" not in set(lake.duckdb("DESCRIBE SELECT * FROM lake").column_name)
+
+    wanted = {"price": "number", "qty": "integer"}
+    report = migrate(lake.lake, lake.config(promote=wanted))
+    assert report.columns == ["properties_price", "properties_qty"] and report.values == 80
+    last = [event(200 + i) for i in range(10)]
+    await fill(lake, last, promote=wanted)  # restarted sinks write the new columns
+    df = lake.duckdb("SELECT message_id, properties_price, properties_qty, properties FROM lake")
+    assert len(df) == 50
+    for row in df.itertuples():
+        i = int(row.message_id[2:])
+        assert row.properties_price == i / 4 and row.properties_qty == i % 5
+        assert orjson.loads(row.properties) == {"sku": f"sku-{i}"}
+    assert migrate(lake.lake, lake.config(promote=wanted)).columns == []
+
+
 def _config(tmp_path: Path, lake: Lake) -> Path:
     path = tmp_path / "tripwire.toml"
-    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[sink]\nlake_url = "{lake.url}"\n')
+    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[sink]\nlake_url = "{lake.url}"\n[sink.promote]\nqty = "integer"\n')
     return path
 
 
@@ -202,6 +226,9 @@ async def test_cli_compact_and_forget(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--config", str(cfg), "lake", "compact", "--date", day]) == 0
     assert f"date={day}:" in capsys.readouterr().out
     assert ids(lake) == sorted(str(e["messageId"]) for e in events[4:])
+    assert main(["--config", str(cfg), "lake", "migrate"]) == 0
+    assert "added properties_qty" in capsys.readouterr().out
+    assert lake.duckdb("SELECT sum(properties_qty) AS s FROM lake").s[0] == sum(i % 5 for i in range(4, 40))
     assert main(["--config", str(cfg), "lake", "compact", "--date", "yesterday"]) == 2
     assert "not YYYY-MM-DD" in capsys.readouterr().err
     assert lake_table(lake.lake).message_id.is_unique

@@ -50,15 +50,18 @@ def test_a_broken_catalog_is_named(tmp_path: Path) -> None:
         read_catalog(tmp_path / "bad.json")
 
 
-def test_column_types_are_fixed_once_written(tmp_path: Path) -> None:
+def test_the_first_writer_fixes_the_columns_and_later_catalog_changes_wait_for_migrate(tmp_path: Path) -> None:
+    from sinks.migrate import migrate
+
     lake = LocalLake(tmp_path)
     first = load_promoted(lake, SinkConfig(promote={"qty": "integer"}))
     assert [(p.column, p.kind) for p in first] == [("properties_qty", "integer")]
-    # The catalog later says number and adds a column: the type stays, the column is added.
-    again = load_promoted(lake, SinkConfig(promote={"qty": "number", "coupon": "string"}))
+    # The catalog later says number and adds a column: a sink keeps the lake's columns...
+    assert load_promoted(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})) == first
+    # ...until a migration adds the new one; the existing type never changes.
+    assert migrate(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})).columns == ["properties_coupon"]
+    again = load_promoted(lake, SinkConfig())  # dropped from the catalog: still a column
     assert [(p.column, p.kind) for p in again] == [("properties_qty", "integer"), ("properties_coupon", "string")]
-    # Dropped from the catalog: still a column, so every later file has the same ones.
-    assert load_promoted(lake, SinkConfig()) == again
     assert merge_registry(again, wanted_columns("", {"traits.plan": "string"}))[-1].column == "traits_plan"
 
 

@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--target-mb", type=int, default=64, help="files below this size are merged (default 64)")
     c.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     c.set_defaults(handler=compact_command)
+    m = lake_sub.add_parser("migrate", help="add the catalog's new typed columns to every file (stop the sinks first)")
+    m.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
+    m.set_defaults(handler=migrate_command)
     f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId)")
     f.add_argument("--user", required=True, metavar="ID", help="the userId or anonymousId to erase")
     f.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
@@ -74,4 +77,22 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
         print(f"deleted {path}: {verb} {n} row(s), none left")
     print(f"{report.files_scanned} files scanned, {verb} {report.rows_removed} row(s) "
           f"in {len(report.rewritten) + len(report.deleted)} file(s)")
+    return 0
+
+
+def migrate_command(args: argparse.Namespace, config: Config) -> int:
+    from sinks.errors import SinkError
+    from sinks.migrate import migrate
+
+    cfg, lake = _open(args, config)
+    try:
+        report = migrate(lake, cfg)
+    except SinkError as exc:
+        print(f"tripwire lake migrate: {exc}", file=sys.stderr)
+        return 1
+    if not report.columns:
+        print("the lake already has every catalog column")
+    else:
+        print(f"added {', '.join(report.columns)}: {report.files} file(s) rewritten, "
+              f"{report.values} value(s) moved out of the JSON columns")
     return 0
