@@ -59,23 +59,11 @@ const tw = window.tw;
 
 /** A boolean setting: true for `data-x`, `data-x=""`, true or anything else but false/"false" or absent. */
 const on = (v) => !/^[fu]/.test(v);
-const log = (...a) => on(c.debug) && console.log('tw', ...a);
-/** `f` that never throws into the host page (errors go to the debug log). */
-const safe = (f) => (...a) => {
-  try {
-    return f(...a);
-  } catch (e) {
-    log(e);
-  }
-};
+const log = (e) => on(c.debug) && console.log('tw', e);
 /** A random id (about 100 bits; crypto.randomUUID would need a secure context). */
 const uuid = () => (Math.random() + '' + Math.random()).slice(2);
 
-const get = (k) => {
-  try {
-    return JSON.parse(S[k]);
-  } catch {}
-};
+const get = (k) => JSON.parse(S[k] ?? 0);
 const set = (k, v) => {
   v = str(v);
   try {
@@ -129,22 +117,30 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
       set('tw_b', (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I));
       R = now() + B;
     }
-    b.map((r) => (ok ? drop(r) : put(r, (r.l = 0))));
+    b.map(ok ? drop : (r) => put(r, (r.l = 0)));
     ok && flush(hide);
   } catch (e) {
     log(e);
   }
 };
 
+// Nothing ever throws into the host page: the set-up and every call catch (errors go to the debug log).
 if (!tw?.l)
-  safe(() => {
+  try {
+    (() => {
     const q = tw?.q || [];
     const s = d.currentScript;
     Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
     // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the
     // loader's stub keeps swallowing calls).
     if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
-    const f = (window.tw = safe((m, ...a) => api[m](...a)));
+    const f = (window.tw = (m, ...a) => {
+      try {
+        api[m](...a);
+      } catch (e) {
+        log(e);
+      }
+    });
     f.l = 1;
     try {
       if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
@@ -171,7 +167,7 @@ if (!tw?.l)
         if (/^utm_/.test(k)) (cx.campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
       const e = { type, messageId: uuid(), anonymousId: i.a, timestamp: new Date(t).toISOString(), context: cx, ...x, userId: i.u };
       if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
-      put({ e, t: t + ++n / 1e6, o: me });
+      put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
       queue()[(c.batch || 20) - 1] && flush();
     };
     const forget = (k) => {
@@ -212,4 +208,7 @@ if (!tw?.l)
     addEventListener('visibilitychange', () => d.hidden && flush(1));
     addEventListener('pagehide', () => flush(1));
     addEventListener('online', () => flush((R = 0)));
-  })();
+    })();
+  } catch (e) {
+    log(e);
+  }
