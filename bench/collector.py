@@ -195,7 +195,8 @@ def orjson_rate(body: bytes, events: int, seconds: float = 2.0) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
-    parser.add_argument("--connections", type=int, default=256, help="wrk connections (many browsers)")
+    parser.add_argument("--connections", type=int, default=256, help="wrk connections for /v1/track (many browsers)")
+    parser.add_argument("--batch-connections", type=int, default=64, help="wrk connections for /v1/batch (fewer SDK senders)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,6 +210,7 @@ def main() -> int:
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))}
     runs: dict[str, list[dict[str, Any]]] = {}
     scenarios = (("track", "/v1/track", TRACK_BODY), ("batch", "/v1/batch", BATCH_BODY))
+    conns_for = {"track": args.connections, "batch": args.batch_connections}
     with tempfile.TemporaryDirectory(prefix="tripwire-bench-") as tmp:
         workdir = Path(tmp)
         config = workdir / "tripwire.toml"
@@ -219,12 +221,12 @@ def main() -> int:
         with server([sys.executable, __file__, "--serve-baseline", str(base_port)], base_port, env), server(cmd, coll_port, env):
             for name, path, body in scenarios:  # warm-up
                 for port in (base_port, coll_port):
-                    wrk(f"http://127.0.0.1:{port}{path}", body, workdir, 2, args.connections)
+                    wrk(f"http://127.0.0.1:{port}{path}", body, workdir, 2, conns_for[name])
             # Interleaved rounds, best of each: other load on a shared machine hits both alike.
             for _ in range(args.rounds):
                 for name, path, body in scenarios:
                     for who, port in (("baseline", base_port), ("collector", coll_port)):
-                        result = wrk(f"http://127.0.0.1:{port}{path}", body, workdir, args.duration, args.connections)
+                        result = wrk(f"http://127.0.0.1:{port}{path}", body, workdir, args.duration, conns_for[name])
                         runs.setdefault(f"{who}_{name}", []).append(result)
             results = {k: max(v, key=lambda r: r["rps"]) for k, v in runs.items()}
             # Latency at half the collector's maximum: each connection pauses between requests.
@@ -242,8 +244,8 @@ def main() -> int:
 
     bt, ct = results["baseline_track"], results["collector_track"]
     bb, cb = results["baseline_batch"], results["collector_batch"]
-    print(f"Tripwire collector benchmark: 1 uvicorn worker each on CPU {SERVER_CPU}, wrk -t1 -c{args.connections} "
-          f"-d{args.duration}s on CPU {LOAD_CPU}, best of {args.rounds} interleaved rounds; "
+    print(f"Tripwire collector benchmark: 1 uvicorn worker each on CPU {SERVER_CPU}, wrk -t1 -d{args.duration}s "
+          f"(-c{args.connections} track, -c{args.batch_connections} batch) on CPU {LOAD_CPU}, best of {args.rounds} interleaved rounds; "
           "collector on embedded SQLite (synchronous=FULL, group commit)")
     print(f"  track body {len(TRACK_BODY)} B, batch body {len(BATCH_BODY)} B (100 events); "
           f"fsync latency before the runs {fsync_before:.2f} ms; load average {os.getloadavg()[0]:.1f}")
