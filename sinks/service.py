@@ -26,12 +26,14 @@ from tripwire.log import EVENTS, Consumer, EventLog, Record, TopicPartition
 
 from . import metrics
 from .config import SinkConfig, sink_config
+from .errors import LakeError
 from .lake import Lake, open_lake
 from .writer import LakeWriter
 
 logger = logging.getLogger(__name__)
 
 _LAG_EVERY_S = 5.0
+_MAX_BACKOFF_S = 30.0
 
 
 class SinkService:
@@ -49,6 +51,8 @@ class SinkService:
         self._stopped = False
         self._lock = asyncio.Lock()  # the writer is touched by one task at a time
         self._generation = 0  # bumped by every rebalance
+        self._owned: set[int] = set()
+        self._backoff_s = 1.0
         self._poll_ms = int(max(50, min(1000, cfg.max_file_age_s * 500)))
 
     async def start(self) -> None:
@@ -91,6 +95,7 @@ class SinkService:
                 if tp.topic != EVENTS:
                     continue
                 offset = await asyncio.to_thread(self.writer.assign, tp.partition)
+                self._owned.add(tp.partition)
                 consumer.seek(tp, offset)
                 logger.info("sink owns %s-%d from offset %d", tp.topic, tp.partition, offset)
 
@@ -98,10 +103,18 @@ class SinkService:
         assert self.writer is not None
         self._generation += 1
         offsets = {}
+        self._owned -= {tp.partition for tp in partitions if tp.topic == EVENTS}
+        if self.failed:
+            return  # nothing can be written; the next owner replays from the lake
         async with self._lock:
             for tp in sorted(partitions):
                 if tp.topic == EVENTS and tp.partition in self.writer.parts:
-                    resume = await asyncio.to_thread(self.writer.revoke, tp.partition)
+                    try:
+                        resume = await asyncio.to_thread(self.writer.revoke, tp.partition)
+                    except LakeError as exc:  # the next owner replays from the lake's state
+                        logger.warning("could not write %s-%d before handing it over: %s", tp.topic, tp.partition, exc)
+                        self.writer.parts.pop(tp.partition, None)
+                        continue
                     if resume is not None:
                         offsets[tp.partition] = resume
         with contextlib.suppress(Exception):  # informational: the lake state is authoritative
@@ -131,20 +144,25 @@ class SinkService:
                         if tp.partition in writer.parts:
                             self.consumer.seek(tp, writer.parts[tp.partition].position)
                     continue
-                if records:
-                    # Read the next batch while this one is processed (the read releases the GIL).
-                    ahead = asyncio.create_task(self._poll())
-                    async with self._lock:
-                        await asyncio.to_thread(writer.process, records)
                 now = time.monotonic()
-                tick = now - last_tick >= tick_s
-                if tick or any(pw.sealed for pw in writer.parts.values()):
-                    async with self._lock:
-                        if tick:
-                            last_tick = now
-                            await asyncio.to_thread(writer.seal_aged, now)
-                        offsets = await asyncio.to_thread(writer.flush)
-                    await self._commit(offsets)
+                try:
+                    if records:
+                        # Read the next batch while this one is processed (the read releases the GIL).
+                        ahead = asyncio.create_task(self._poll())
+                        async with self._lock:
+                            await asyncio.to_thread(writer.process, records)
+                    tick = now - last_tick >= tick_s
+                    if tick or any(pw.sealed for pw in writer.parts.values()):
+                        async with self._lock:
+                            if tick:
+                                last_tick = now
+                                await asyncio.to_thread(writer.seal_aged, now)
+                            offsets = await asyncio.to_thread(writer.flush)
+                        await self._commit(offsets)
+                    self._backoff_s = 1.0
+                except LakeError as exc:
+                    await self._recover(exc)
+                    continue
                 metrics.OPEN_FILES.set(writer.open_files())
                 metrics.BUFFERED.set(writer.buffered_bytes())
                 if now - last_lag >= _LAG_EVERY_S:
@@ -155,6 +173,32 @@ class SinkService:
                 ahead.cancel()
                 with contextlib.suppress(BaseException):
                     await ahead
+
+    async def _recover(self, error: LakeError) -> None:
+        """After a failed lake operation: wait, then restart from the lake's state, like a new process.
+
+        Whatever was buffered or half written is dropped; the journal in the lake
+        replays it exactly, so a lake outage costs time, never an event.
+        """
+        assert self.writer is not None and self.consumer is not None
+        while not self._stopping:
+            self._generation += 1  # a batch read meanwhile is stale
+            logger.warning("lake unavailable, retrying in %.0fs: %s", self._backoff_s, error)
+            await asyncio.sleep(self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
+            async with self._lock:
+                self.writer.parts.clear()
+                try:
+                    for partition in sorted(self._owned):
+                        await asyncio.to_thread(self.writer.assign, partition)
+                except LakeError as exc:
+                    error = exc
+                    continue
+                for tp in self.consumer.assignment():
+                    if tp.partition in self.writer.parts:
+                        self.consumer.seek(tp, self.writer.parts[tp.partition].position)
+                self._generation += 1
+                return
 
     async def _commit(self, offsets: dict[int, int], consumer: Consumer | None = None) -> None:
         consumer = consumer or self.consumer

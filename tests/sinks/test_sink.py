@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import orjson
@@ -9,6 +10,8 @@ import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
 
+from sinks.errors import LakeError
+from sinks.lake import LocalLake
 from sinks.service import SinkService
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
 from tests.sinks.lakes import LakeSetup
@@ -138,3 +141,36 @@ async def test_hourly_partitioning_gives_a_typed_hour_column(tmp_path: Path, log
     for row in df.itertuples():
         e = next(e for e in sent if e["messageId"] == row.message_id)
         assert row.hour == int(e["timestamp"][11:13])
+
+
+class FlakyLake(LocalLake):
+    """The local lake, refusing writes while ``broken`` (an S3 outage, a full disk)."""
+
+    broken = False
+
+    def write(self, path: str, data: bytes) -> None:
+        if self.broken:
+            raise LakeError(f"cannot write {path}: the test says no")
+        super().write(path, data)
+
+
+async def test_a_lake_outage_costs_time_not_events(tmp_path: Path, log: SqliteLog) -> None:
+    from tests.sinks.lakes import make_lake
+
+    setup = make_lake("local", tmp_path, None, max_file_rows=20)
+    lake = FlakyLake(setup.url)
+    service = SinkService(setup.cfg, log, lake)
+    await service.start()
+    try:
+        await send(log, [event(i) for i in range(100)])
+        await wait_caught_up(lake, await log.end_offsets("events"))
+        lake.broken = True
+        await send(log, [event(100 + i) for i in range(100)] + [event(5)])
+        await asyncio.sleep(1.5)  # the sink hits the outage and backs off
+        lake.broken = False
+        await wait_caught_up(lake, await log.end_offsets("events"), timeout_s=30)
+    finally:
+        await service.stop()
+    assert not service.failed
+    df = setup.duckdb("SELECT message_id FROM lake")
+    assert sorted(df.message_id) == sorted(f"m-{i}" for i in range(200))
