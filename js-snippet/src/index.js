@@ -128,86 +128,90 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
 if (!tw?.l)
   try {
     (() => {
-    const q = tw?.q || [];
-    const s = d.currentScript;
-    Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
-    // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the
-    // loader's stub keeps swallowing calls).
-    if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
-    const f = (window.tw = (m, ...a) => {
+      const q = tw?.q || [];
+      const s = d.currentScript;
+      Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
+      // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the
+      // loader's stub keeps swallowing calls).
+      if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
+      const f = (window.tw = (m, ...a) => {
+        try {
+          api[m](...a);
+        } catch (e) {
+          log(e);
+        }
+      });
+      f.l = 1;
       try {
-        api[m](...a);
-      } catch (e) {
-        log(e);
-      }
-    });
-    f.l = 1;
-    try {
-      if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
-    } catch {} // storage access throws in sandboxed frames: stay in memory
-    // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
-    url = c.api || new URL('v1/batch', s.src);
-    I = +c.interval || 2e3;
-    B = get('tw_b') | 0;
-    setInterval(flush, I);
+        if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
+      } catch {} // storage access throws in sandboxed frames: stay in memory
+      // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
+      url = c.api || new URL('v1/batch', s.src);
+      I = +c.interval || 2e3;
+      B = get('tw_b') | 0;
+      setInterval(flush, I);
 
-    const ev = (type, x) => {
-      if (get('tw_x')) return;
-      const t = now();
-      const i = get('tw_i') || {};
-      if (x.userId != null) i.u = (x.userId + '').slice(0, 256);
-      i.a ||= uuid();
-      // A session ends after 30 minutes without events; its id is its start time (ms).
-      if (!(t - i.l < 18e5)) i.s = t;
-      i.l = t;
-      set('tw_i', i);
-      cookie(i.a, 31536000);
-      const cx = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s };
-      for (let [k, v] of new URLSearchParams(L.search))
-        if (/^utm_/.test(k)) (cx.campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
-      const e = { type, messageId: uuid(), anonymousId: i.a, timestamp: new Date(t).toISOString(), context: cx, ...x, userId: i.u };
-      if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
-      put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
-      queue()[(c.batch || 20) - 1] && flush();
-    };
-    const forget = (k) => {
-      for (const x in S) k.test(x) && delete S[x];
-      cookie('', 0);
-    };
-    const api = {
-      track: (n, p) => ev('track', { event: (n + '').slice(0, 256), properties: { ...p } }),
-      page: (n, p) => {
-        if (n + '' !== n) (p = n), (n = void 0); // page(properties)
-        // After an SPA navigation the previous page view is the referrer.
-        ref = last || ref;
-        last = here();
-        ev('page', { name: n, properties: { ...pageInfo(), ...p } });
-      },
-      identify: (u, p) => ev('identify', typeof u == 'object' ? { traits: { ...u } } : { userId: u, traits: { ...p } }),
-      reset: () => forget(/^tw_i/),
-      optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
-      optIn: () => del('tw_x'),
-    };
-
-    // Replay the calls queued before the script loaded, then record the page view.
-    for (const a of [...q, ['page']]) f(...a);
-
-    // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
-    // `here` ignores the hash otherwise).
-    const nv = () => here() != last && f('page');
-    for (const m of ['pushState', 'replaceState']) {
-      const o = history[m];
-      history[m] = (...a) => {
-        o.apply(history, a);
-        nv();
+      const ev = (type, x) => {
+        if (get('tw_x')) return;
+        const t = now();
+        const i = get('tw_i') || {};
+        if (x.userId != null) i.u = (x.userId + '').slice(0, 256);
+        i.a ||= uuid();
+        // A session ends after 30 minutes without events; its id is its start time (ms).
+        if (!(t - i.l < 18e5)) i.s = t;
+        i.l = t;
+        set('tw_i', i);
+        cookie(i.a, 31536000);
+        let campaign; // UTM parameters (utm_campaign becomes name)
+        for (let [k, v] of new URLSearchParams(L.search))
+          if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
+        const cx = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign };
+        const e = { type, messageId: uuid(), anonymousId: i.a, timestamp: new Date(t).toISOString(), context: cx, ...x, userId: i.u };
+        if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
+        put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
+        queue()[(c.batch || 20) - 1] && flush();
       };
-    }
-    addEventListener('popstate', nv);
-    addEventListener('hashchange', nv);
-    // Leaving, or going to the background (on mobile maybe the last chance): beacon.
-    addEventListener('visibilitychange', () => d.hidden && flush(1));
-    addEventListener('pagehide', () => flush(1));
-    addEventListener('online', () => flush((R = 0)));
+      const forget = (k) => {
+        for (const x in S) k.test(x) && delete S[x];
+        cookie('', 0);
+      };
+      const api = {
+        track: (n, p) => ev('track', { event: (n + '').slice(0, 256), properties: { ...p } }),
+        page: (n, p) => {
+          if (n + '' !== n) (p = n), (n = void 0); // page(properties)
+          // After an SPA navigation the previous page view is the referrer.
+          ref = last || ref;
+          last = here();
+          ev('page', { name: n, properties: { ...pageInfo(), ...p } });
+        },
+        identify: (u, p) => {
+          if (typeof u == 'object') (p = u), (u = void 0); // identify(traits) keeps the user
+          ev('identify', { userId: u, traits: { ...p } });
+        },
+        reset: () => forget(/^tw_i/),
+        optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
+        optIn: () => del('tw_x'),
+      };
+
+      // Replay the calls queued before the script loaded, then record the page view.
+      for (const a of [...q, ['page']]) f(...a);
+
+      // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
+      // `here` ignores the hash otherwise).
+      const nv = () => here() != last && f('page');
+      for (const m of ['pushState', 'replaceState']) {
+        const o = history[m];
+        history[m] = (...a) => {
+          o.apply(history, a);
+          nv();
+        };
+      }
+      addEventListener('popstate', nv);
+      addEventListener('hashchange', nv);
+      // Leaving, or going to the background (on mobile maybe the last chance): beacon.
+      addEventListener('visibilitychange', () => d.hidden && flush(1));
+      addEventListener('pagehide', () => flush(1));
+      addEventListener('online', () => flush((R = 0)));
     })();
   } catch (e) {
     log(e);
