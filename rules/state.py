@@ -1,7 +1,8 @@
 """Durable engine state: the embedded SQLite store and the Kafka-mode checkpoint store.
 
 Embedded mode (:class:`SqliteStateStore`, ``<data_dir>/rules-state.db``). One
-transaction per processed batch holds, together:
+transaction (at once for a batch that produced triggers, else at least every
+``commit_interval_ms``) holds, together:
 
 * the next offset to read per partition, and the partition's watermark;
 * every (rule, key) state changed by the batch (upserted, or deleted when empty);
