@@ -19,8 +19,8 @@
    signed webhook arriving at the receiver: p50/p99, on the idle stack and
    under a paced background load of a quarter of the sustained rate.
 4. Per component, unless ``--no-components``: ``bench/collector.py``,
-   ``bench/rules.py`` (and ``bench/sink.py`` when present) with short settings;
-   their output is printed as is.
+   ``bench/rules.py``, ``bench/sink.py`` and ``bench/kafka_log.py`` (each when
+   present) with short settings; their output is printed as is.
 
 Asserts nothing: machines here are noisy; it prints figures and ratios.
 """
@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=30, help="seconds of wrk load for the sustained rate (default 30)")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--latency-samples", type=int, default=200)
-    ap.add_argument("--no-components", action="store_true", help="skip bench/collector.py, bench/rules.py, bench/sink.py")
+    ap.add_argument("--no-components", action="store_true", help="skip the per-component benchmarks")
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -333,14 +333,19 @@ max_file_age_s = 1
         ("collector", ["bench/collector.py", "--duration", "5", "--rounds", "1"]),
         ("rules", ["bench/rules.py", "--events", "200000", "--keys", "20000", "--rules", "20", "--pending", "100000",
                    "--samples", "100"]),
-        ("sink", ["bench/sink.py"]),
+        ("sink", ["bench/sink.py", "100000"]),
+        ("kafka log", ["bench/kafka_log.py", "--appends", "10000"]),
     ]
     for name, cmd in components:
         if not (REPO / cmd[0]).exists():
             print(f"\n== {cmd[0]}: not present")
             continue
         print(f"\n== per component: python {' '.join(cmd)}", flush=True)
-        subprocess.run([sys.executable, *cmd], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = subprocess.run([sys.executable, *cmd], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True)
+        print(done.stdout.rstrip())  # its figures; the clients' logs (stderr) only when it failed
+        if done.returncode:
+            print(f"  {cmd[0]} exited with {done.returncode}:\n{done.stderr[-2000:]}")
 
 
 if __name__ == "__main__":
