@@ -166,7 +166,7 @@ if (!tw?.l)
         for (let [k, v] of new URLSearchParams(L.search))
           if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
         const cx = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign };
-        const e = { type, messageId: uuid(), anonymousId: i.a, timestamp: new Date(t).toISOString(), context: cx, ...x, userId: i.u };
+        const e = { type, messageId: uuid(), anonymousId: i.a, timestamp: new Date().toISOString(), context: cx, ...x, userId: i.u };
         if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
         put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
         queue()[(c.batch || 20) - 1] && flush();
