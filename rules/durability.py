@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from tripwire.log import EVENTS, TRIGGERS, EventLog
+from tripwire.log import EVENTS, TRIGGERS, EventLog, LogError
 
 from .engine import Engine
 from .state import CheckpointStore, PartitionDelta, SqliteStateStore
@@ -110,6 +110,9 @@ class CheckpointDurability:
         self._last = time.monotonic()
         self._positions: dict[int, int] = {}
         self._unsaved = False
+        # ids a previous owner already produced after our restored checkpoint: not produced again
+        self._already: dict[int, set[str]] = {}
+        self._replay_end: dict[int, int] = {}  # events end offset when the partition was restored
 
     async def open(self) -> None:
         return None
@@ -119,19 +122,48 @@ class CheckpointDurability:
         return self._unsaved and time.monotonic() - self._last >= self.interval_s
 
     async def restore(self, p: int) -> int | None:
-        got = await asyncio.to_thread(self.store.load, EVENTS, p)
-        if got is None:
-            self.engine.restore_partition(p, None)
-            return None
-        offset, snapshot = got
+        got = await asyncio.to_thread(self.store.load_marked, EVENTS, p)
+        offset, mark, snapshot = got if got is not None else (None, None, None)
         self.engine.restore_partition(p, snapshot)
-        logger.info("partition %d restored from checkpoint at offset %d (%d pending states)", p, offset, len(self.engine.partition(p).states))
+        self._already[p] = await self._produced_since(p, mark or 0)
+        if self._already[p]:
+            try:
+                self._replay_end[p] = (await self.log.end_offsets(EVENTS)).get(p, 0)
+            except LogError:
+                self._replay_end[p] = 2**62  # keep the ids for as long as we own the partition
+        if offset is not None or self._already[p]:
+            logger.info("partition %d restored from checkpoint at offset %s (%d pending states, %d trigger(s) already written)",
+                        p, offset, len(self.engine.partition(p).states), len(self._already[p]))
         return offset
 
+    async def _produced_since(self, p: int, mark: int) -> set[str]:
+        ids: set[str] = set()
+        try:
+            if p not in await self.log.partitions(TRIGGERS):
+                return ids
+            end = (await self.log.end_offsets(TRIGGERS)).get(p, 0)
+            pos = mark
+            while pos < end:
+                batch = await self.log.read(TRIGGERS, p, pos, 1000)
+                if not batch:
+                    break
+                for record in batch:
+                    try:
+                        ids.add(orjson.loads(record.value)["id"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        pass
+                pos = batch[-1].offset + 1
+        except LogError as exc:
+            logger.warning("triggers written after the checkpoint of partition %d cannot be read (%s); "
+                           "a replay may write some again with the same id", p, exc)
+        return ids
+
     async def save(self, positions: Mapping[int, int], triggers: Sequence[TriggerRow]) -> None:
-        if triggers:
-            # Produced before the checkpoint covering them: a crash re-produces, never loses.
-            await self.log.append(TRIGGERS, [(key, value) for _, key, value in triggers])
+        already = set().union(*self._already.values()) if self._already else set()
+        fresh = [(key, value) for tid, key, value in triggers if tid not in already]
+        if fresh:
+            # Produced before the checkpoint covering them: a crash replays them, never loses them.
+            await self.log.append(TRIGGERS, fresh)
         if triggers or any(self._positions.get(p) != o for p, o in positions.items()):
             self._unsaved = True
         self._positions.update(positions)
@@ -140,14 +172,23 @@ class CheckpointDurability:
             self._unsaved = False
 
     async def _checkpoint(self, positions: Mapping[int, int]) -> None:
+        try:
+            marks = await self.log.end_offsets(TRIGGERS)
+        except LogError as exc:
+            logger.warning("triggers topic offsets unavailable for the checkpoint: %s", exc)
+            marks = {}
         for p, offset in positions.items():
             snapshot = self.engine.snapshot_partition(p)
-            await asyncio.to_thread(self.store.save, EVENTS, p, offset, snapshot)
+            await asyncio.to_thread(self.store.save, EVENTS, p, offset, snapshot, marks.get(p, -1))
+            if offset >= self._replay_end.get(p, 0):
+                self._already.pop(p, None)  # the previous owner's stretch is replayed: forget its ids
         self._last = time.monotonic()
 
     async def revoke(self, p: int, offset: int | None) -> None:
         if offset is not None:
             await self._checkpoint({p: offset})
+        self._already.pop(p, None)
+        self._replay_end.pop(p, None)
 
     async def close(self) -> None:
         return None

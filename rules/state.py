@@ -22,8 +22,13 @@ Kafka mode (:class:`CheckpointStore`): per (topic, partition) one file
 snapshot of that partition, written atomically (local: write + rename; S3: a
 single PUT) every ``checkpoint_interval_ms`` and when the partition is revoked,
 and read when the partition is assigned. Triggers are produced before the
-checkpoint that covers them, so a crash can re-produce a trigger with the same
-id (the webhook dispatcher dedupes by id); none is lost.
+checkpoint that covers them; the checkpoint also records how far the triggers
+topic's partition of the same number had got (triggers are keyed like the
+events, so with equal partition counts events partition *p* writes to triggers
+partition *p*). The next owner reads the triggers written after that mark and
+does not produce those ids again while it replays, so a crash neither loses nor
+duplicates a trigger. (With unequal partition counts a replay may re-produce a
+trigger, with the same id, which the webhook dispatcher dedupes.)
 """
 
 from __future__ import annotations
@@ -188,7 +193,8 @@ class SqliteStateStore:
             return dict(self._db().execute("SELECT partition, offset FROM trigger_marks WHERE grp = ?", (self.group,)))
 
 
-_MAGIC = b"TWCK1"
+_MAGIC = b"TWCK2"  # + offset (int64) + triggers-topic mark (int64) + snapshot
+_MAGIC_V1 = b"TWCK1"  # + offset + snapshot
 
 
 class CheckpointStore:
@@ -205,8 +211,9 @@ class CheckpointStore:
     def _path(self, topic: str, partition: int) -> str:
         return f"{self._root}/{self.group}/{topic}-{partition}.ckpt"
 
-    def save(self, topic: str, partition: int, offset: int, snapshot: bytes) -> None:
-        data = _MAGIC + struct.pack(">q", offset) + snapshot
+    def save(self, topic: str, partition: int, offset: int, snapshot: bytes, mark: int = -1) -> None:
+        """Store ``snapshot`` taken after reading up to ``offset``; ``mark``: triggers-topic end offset then."""
+        data = _MAGIC + struct.pack(">qq", offset, mark) + snapshot
         path = self._path(topic, partition)
         try:
             if self._local:
@@ -223,6 +230,11 @@ class CheckpointStore:
             raise StateError(f"checkpoint {self.url}/{self.group}/{topic}-{partition} cannot be written: {exc}") from exc
 
     def load(self, topic: str, partition: int) -> tuple[int, bytes] | None:
+        got = self.load_marked(topic, partition)
+        return None if got is None else (got[0], got[2])
+
+    def load_marked(self, topic: str, partition: int) -> tuple[int, int | None, bytes] | None:
+        """(offset, triggers-topic mark or None, snapshot), or None when there is no checkpoint."""
         path = self._path(topic, partition)
         try:
             if self._local:
@@ -237,10 +249,14 @@ class CheckpointStore:
                     return None
         except Exception as exc:
             raise StateError(f"checkpoint {self.url}/{self.group}/{topic}-{partition} cannot be read: {exc}") from exc
-        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 8:
-            raise StateError(f"checkpoint {self.url}/{self.group}/{topic}-{partition} is not a tripwire checkpoint")
-        (offset,) = struct.unpack(">q", data[len(_MAGIC) : len(_MAGIC) + 8])
-        return offset, data[len(_MAGIC) + 8 :]
+        n = len(_MAGIC)
+        if data.startswith(_MAGIC) and len(data) >= n + 16:
+            offset, mark = struct.unpack(">qq", data[n : n + 16])
+            return offset, (mark if mark >= 0 else None), data[n + 16 :]
+        if data.startswith(_MAGIC_V1) and len(data) >= n + 8:
+            (offset,) = struct.unpack(">q", data[n : n + 8])
+            return offset, None, data[n + 8 :]
+        raise StateError(f"checkpoint {self.url}/{self.group}/{topic}-{partition} is not a tripwire checkpoint")
 
 
 def iter_states(loaded: LoadedPartition) -> Iterator[tuple[tuple[str, str], bytes]]:

@@ -109,3 +109,53 @@ async def test_two_engines_split_partitions_and_the_survivor_fires_the_dead_ones
             if proc is not None and proc.proc.poll() is None:
                 proc.kill9()
         await log.stop()
+
+
+async def test_kafka_engine_killed_after_producing_does_not_produce_again(tmp_path: Path, tansu: TansuBroker) -> None:
+    """kill -9 after a trigger was produced but before any checkpoint covered it: the restarted
+    engine replays the same events and recognises the trigger already on the topic."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "shop.rules").write_text(
+        'rule "bought" when AddToCart as cart then Checkout within 1m post crm with { sku: cart.properties.sku }\n')
+    ckpt = tmp_path / "checkpoints"
+    cfg = tmp_path / "tripwire.toml"
+    cfg.write_text(
+        f'[log]\nbackend = "kafka"\nkafka_bootstrap = "{tansu.bootstrap}"\npartitions = 2\n'
+        f'[rules]\ndir = "rules"\nallowed_lateness_ms = 500\ncheckpoint_url = "{ckpt}"\ncheckpoint_interval_ms = 600000\n'
+        '[endpoints.crm]\nurl = "http://127.0.0.1:9/hook"\n'
+    )
+    log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=2)
+    await log.start()
+    first = EngineProcess(cfg, tmp_path / "first.log", env_overrides={"TRIPWIRE_DATA_DIR": str(tmp_path / "d1")})
+    second = None
+    try:
+        first.wait_output("partitions assigned", 60)
+        now = int(time.time() * 1000)
+        keys = [f"buyer-{i}" for i in range(6)]
+        await log.append(EVENTS, [
+            (k.encode(), orjson.dumps({"type": "track", "event": name, "anonymousId": k, "messageId": f"{name}-{k}",
+                                       "timestamp": format_time_ms(now + dt), "properties": {"sku": k}}))
+            for k in keys for name, dt in (("AddToCart", 0), ("Checkout", 10))
+        ])
+
+        async def produced() -> bool:
+            return len(await read_triggers(log)) >= len(keys)
+        await wait(produced, 30, "the first engine to produce")
+        first.kill9()  # no checkpoint was written (10-minute interval): everything is replayed
+        assert not list(ckpt.rglob("*.ckpt"))
+
+        second = EngineProcess(cfg, tmp_path / "second.log", env_overrides={"TRIPWIRE_DATA_DIR": str(tmp_path / "d2")})
+        second.wait_output("partitions assigned", 90)
+        await asyncio.sleep(3)  # time to replay the 12 events
+        second.terminate()
+        triggers = await read_triggers(log)
+        assert sorted(t.key for t in triggers) == sorted(keys)  # each exactly once
+        store = CheckpointStore(str(ckpt), "tripwire-rules")
+        replayed = sum(got[0] for p in range(2) if (got := store.load(EVENTS, p)) is not None)
+        assert replayed == 2 * len(keys)  # the second engine did read every event again
+        assert "trigger(s) already written" in second.output()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.proc.poll() is None:
+                proc.kill9()
+        await log.stop()
