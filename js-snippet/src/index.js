@@ -88,8 +88,8 @@ const drop = (r) => del('tw:' + r.e.messageId);
 const queue = (t = now(), q = [], n = 0, x) => {
   for (x in S) /^tw:/.test(x) && q.push(get(x));
   for (x of q.sort((a, b) => a.t - b.t).splice(0, q.length - (c.cap || 200)))
-    drop(x), x.l > t || (n += 1 + (x.e.context.dropped | 0));
-  if (n) ((x = q[q.length - 1]).e.context.dropped = (x.e.context.dropped | 0) + n), put(x);
+    drop(x), x.l > t || (n -= ~x.e.context.dropped); // 1 + its own count
+  if (n) put((x = q[q.length - 1]), (x.e.context.dropped = (x.e.context.dropped | 0) + n));
   return q;
 };
 
@@ -136,7 +136,7 @@ if (!tw?.l)
       if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
       const f = (window.tw = (m, ...a) => {
         try {
-          api[m](...a);
+          api[m](m, ...a); // the method's name is the event's type
         } catch (e) {
           log(e);
         }
@@ -165,8 +165,15 @@ if (!tw?.l)
         let campaign; // UTM parameters (utm_campaign becomes name)
         for (let [k, v] of new URLSearchParams(L.search))
           if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
-        const cx = { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign };
-        const e = { type, messageId: uuid(), anonymousId: i.a, timestamp: new Date().toISOString(), context: cx, ...x, userId: i.u };
+        const e = {
+          type,
+          messageId: uuid(),
+          anonymousId: i.a,
+          timestamp: new Date().toISOString(),
+          context: { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign },
+          ...x,
+          userId: i.u,
+        };
         if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
         put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
         queue()[(c.batch || 20) - 1] && flush();
@@ -176,17 +183,17 @@ if (!tw?.l)
         cookie('', 0);
       };
       const api = {
-        track: (n, p) => ev('track', { event: (n + '').slice(0, 256), properties: { ...p } }),
-        page: (n, p) => {
+        track: (m, n, p) => ev(m, { event: (n + '').slice(0, 256), properties: { ...p } }),
+        page: (m, n, p) => {
           if (n + '' !== n) (p = n), (n = void 0); // page(properties)
           // After an SPA navigation the previous page view is the referrer.
           ref = last || ref;
           last = here();
-          ev('page', { name: n, properties: { ...pageInfo(), ...p } });
+          ev(m, { name: n, properties: { ...pageInfo(), ...p } });
         },
-        identify: (u, p) => {
+        identify: (m, u, p) => {
           if (typeof u == 'object') (p = u), (u = void 0); // identify(traits) keeps the user
-          ev('identify', { userId: u, traits: { ...p } });
+          ev(m, { userId: u, traits: { ...p } });
         },
         reset: () => forget(/^tw_i/),
         optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
