@@ -74,6 +74,7 @@ def _day(directory: str) -> datetime | None:
 
 def recover(lake: Lake) -> int:
     """Finish or undo compactions a crash interrupted; returns how many were found."""
+    lake.cleanup_swaps()
     jobs = lake.list(JOBS, ".json")
     for path in jobs:
         data = lake.read(path)

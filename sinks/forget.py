@@ -55,6 +55,7 @@ def forget(lake: Lake, cfg: SinkConfig, user: str, *, dry_run: bool = False) -> 
     if not user:
         raise ValueError("forget needs a non-empty user id")
     report = Erasure(user)
+    lake.cleanup_swaps()
     for directory, files in sorted(data_files(lake).items()):
         puts: dict[str, bytes] = {}
         deletes: list[str] = []

@@ -91,6 +91,10 @@ class Lake(abc.ABC):
         """Remove leftovers of interrupted local writes whose names start with ``prefix``."""
         return 0
 
+    def cleanup_swaps(self) -> int:
+        """Remove staging directories an interrupted ``swap`` left (maintenance runs one at a time)."""
+        return 0
+
     def full(self, path: str) -> str:
         return f"{self.url}/{path}" if path else self.url
 
@@ -221,6 +225,12 @@ class LocalLake(Lake):
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def cleanup_swaps(self) -> int:
+        stale = list(self.root.parent.glob(f".{self.root.name}.swap-*"))
+        for d in stale:
+            shutil.rmtree(d, ignore_errors=True)
+        return len(stale)
 
     def cleanup(self, prefix: str) -> int:
         removed = 0

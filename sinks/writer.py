@@ -18,6 +18,7 @@ It is synchronous (the service runs it in a worker thread) and single-threaded.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = f"{SINK_DIR}/schema.json"
 _MAX_DEDUP_SEGMENTS = 32
+_WRITERS = 4  # files of one flush written in parallel
 
 
 def directory_for(ts: object, partitioning: str) -> tuple[str, int] | None:
@@ -245,6 +247,7 @@ class LakeWriter:
         self.promoted = load_promoted(lake, cfg)
         self.schema = arrow_schema(self.promoted)
         self.parts: dict[int, PartitionWriter] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     # assignment ----------------------------------------------------------------
 
@@ -355,27 +358,40 @@ class LakeWriter:
         save_state(lake, state)  # 1. journal the cuts
         pw.state = state
         sealed, pw.sealed = pw.sealed, []
-        for cut, bucket in sealed:  # 2. write the files
-            table = bucket.table()
-            data = encode_parquet(
-                table, compression=cfg.compression, compression_level=cfg.compression_level,
-                row_group_rows=cfg.row_group_rows,
-                metadata={"tripwire.source": f"{self.topic}/{state.partition}",
-                          "tripwire.offsets": f"{cut.first}-{cut.end}"},
-            )
-            path = state.path_of(cut)
-            with lake.lock(cut.directory, exclusive=False):
-                lake.write(path, data)
-            metrics.ROWS.inc(table.num_rows)
-            metrics.BYTES.inc(len(data))
-            metrics.FILES.inc()
-            logger.debug("wrote %s (%d rows, %d bytes)", path, table.num_rows, len(data))
+        if len(sealed) == 1:  # 2. write the files
+            self._write_file(state, *sealed[0])
+        elif sealed:  # several at once: S3 PUTs are latency-bound, Parquet encoding releases the GIL
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="tripwire-sink-write")
+            for _ in self._pool.map(lambda item: self._write_file(state, *item), sealed):
+                pass
         pw.written = [c for c, _ in sealed]
         pw.saved_resume = pw.resume_point()
         if expired:
             lake.delete([dedup_path(self.topic, state.partition, s) for s in expired])
 
+    def _write_file(self, state: PartitionState, cut: Cut, bucket: Bucket) -> None:
+        cfg, lake = self.cfg, self.lake
+        table = bucket.table()
+        data = encode_parquet(
+            table, compression=cfg.compression, compression_level=cfg.compression_level,
+            row_group_rows=cfg.row_group_rows,
+            metadata={"tripwire.source": f"{self.topic}/{state.partition}", "tripwire.offsets": f"{cut.first}-{cut.end}"},
+        )
+        path = state.path_of(cut)
+        with lake.lock(cut.directory, exclusive=False):
+            lake.write(path, data)
+        metrics.ROWS.inc(table.num_rows)
+        metrics.BYTES.inc(len(data))
+        metrics.FILES.inc()
+        logger.debug("wrote %s (%d rows, %d bytes)", path, table.num_rows, len(data))
+
     def close(self) -> dict[int, int]:
         self.seal_all()
-        return self.flush()
+        try:
+            return self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 

@@ -51,7 +51,7 @@ def check_lake(lake: LakeSetup) -> set[str]:
     return set(df.message_id)
 
 
-@pytest.mark.parametrize("kind,rounds", [("local", 12), ("s3", 8)])
+@pytest.mark.parametrize("kind,rounds", [("local", 10), ("s3", 6)])
 async def test_kill_9_at_random_points_then_restart_gives_every_event_once(
     kind: str, rounds: int, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
