@@ -32,6 +32,7 @@ from . import metrics
 from .catalog import Promoted, merge_registry, wanted_columns
 from .config import SinkConfig
 from .dedup import Dedup
+from .errors import SinkError
 from .lake import SINK_DIR, Lake
 from .rotation import Bucket, aged, over_limits
 from .schema import BatchBuilder, arrow_schema, encode_parquet, parse_ms
@@ -69,13 +70,22 @@ def directory_for(ts: object, partitioning: str) -> tuple[str, int] | None:
     return f"date={text[:10]}/hour={int(text[11:13])}", ms  # unpadded: DuckDB types it BIGINT
 
 
-def read_registry(lake: Lake) -> list[Promoted] | None:
+def _registry(lake: Lake) -> dict[str, object] | None:
     data = lake.read(SCHEMA_PATH)
-    return None if data is None else [Promoted.from_json(c) for c in orjson.loads(data)["columns"]]
+    return None if data is None else orjson.loads(data)
 
 
-def write_registry(lake: Lake, columns: list[Promoted]) -> None:
-    lake.write(SCHEMA_PATH, orjson.dumps({"columns": [p.to_json() for p in columns]}, option=orjson.OPT_INDENT_2))
+def read_registry(lake: Lake) -> list[Promoted] | None:
+    doc = _registry(lake)
+    return None if doc is None else [Promoted.from_json(c) for c in doc["columns"]]  # type: ignore[attr-defined]
+
+
+def write_registry(lake: Lake, columns: list[Promoted], partitioning: str | None = None) -> None:
+    doc = _registry(lake) or {}
+    doc["columns"] = [p.to_json() for p in columns]
+    if partitioning is not None:
+        doc["partitioning"] = partitioning
+    lake.write(SCHEMA_PATH, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
 
 
 def load_promoted(lake: Lake, cfg: SinkConfig) -> list[Promoted]:
@@ -87,12 +97,19 @@ def load_promoted(lake: Lake, cfg: SinkConfig) -> list[Promoted]:
     ``tripwire lake migrate`` (see :mod:`sinks.migrate`); until then they stay in
     the JSON column.
     """
-    registered = read_registry(lake)
+    doc = _registry(lake)
     wanted = wanted_columns(cfg.catalog, cfg.promote)
-    if registered is None:
+    if doc is None:
         registered = merge_registry([], wanted)
-        write_registry(lake, registered)
+        write_registry(lake, registered, cfg.partitioning)
         return registered
+    written = doc.get("partitioning", cfg.partitioning)
+    if written != cfg.partitioning:
+        raise SinkError(
+            f"lake {lake.url} is partitioned by {written!r}, config 'sink.partitioning' says {cfg.partitioning!r}; "
+            "use a new lake_url to change it"
+        )
+    registered = [Promoted.from_json(c) for c in doc["columns"]]  # type: ignore[attr-defined]
     waiting = merge_registry(registered, wanted)[len(registered) :]
     if waiting:
         logger.warning(

@@ -160,3 +160,12 @@ def test_create_service_for_tripwire_run(tmp_path: Path) -> None:
     service = create_service(config, MemoryLog())
     assert isinstance(service, SinkService) and service.name == "sink"
     assert create_service(from_dict({"data_dir": str(tmp_path), "sink": {"enabled": False}}), MemoryLog()) is None
+
+
+def test_a_lake_keeps_the_partitioning_it_was_started_with(tmp_path: Path) -> None:
+    from sinks.errors import SinkError
+
+    lake = LocalLake(tmp_path)
+    load_promoted(lake, SinkConfig(partitioning="date"))
+    with pytest.raises(SinkError, match="partitioned by 'date'"):
+        load_promoted(lake, SinkConfig(partitioning="date/hour"))
