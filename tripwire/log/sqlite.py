@@ -7,9 +7,20 @@ committed*: one writer thread drains every append queued while the previous
 transaction was being written and commits them together, so many concurrent
 requests share one fsync.
 
+Records are stored Kafka-style as *record batches*: one row per (append call,
+partition) holding all of that append's records for the partition, keyed by
+``(topic, partition, last_offset)``. Offsets stay per record (a batch of ``n``
+records ending at ``last_offset`` holds ``last_offset - n + 1 .. last_offset``);
+a read from any offset finds the batch holding it with the primary key
+(``last_offset >= ?``) and drops the records before it. The blob is
+``n`` pairs of little-endian int32 (key length, -1 for no key; value length)
+followed by each record's key and value bytes (see :func:`encode_batch`).
+One row per request instead of one per event is what makes batched intake cheap.
+
 Offsets are assigned inside the write transaction from the table itself, so
 several processes may append to the same file (SQLite serialises writers).
 The partition count is fixed when the file is created and stored in it.
+Read the log through :class:`SqliteLog` (``read``/``read_sync``), not its tables.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import asyncio
 import logging
 import queue
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,11 +51,11 @@ from .partition import partition_for
 logger = logging.getLogger(__name__)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
-    key BLOB, value BLOB NOT NULL, ts INTEGER NOT NULL,
-    PRIMARY KEY (topic, partition, offset)
-);  -- a rowid table: records are ~1 KB, too big for WITHOUT ROWID to pay off (appends ~20% cheaper)
+CREATE TABLE IF NOT EXISTS record_batches (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, last_offset INTEGER NOT NULL,
+    count INTEGER NOT NULL, ts INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (topic, partition, last_offset)
+);  -- a rowid table: batches are KBs, too big for WITHOUT ROWID to pay off
 CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)
@@ -91,9 +103,43 @@ class _Op:
         self.records = records
 
 
+def encode_batch(items: Sequence[Entry]) -> bytes:
+    """Frame records as one blob: (key length | -1, value length) int32 pairs, then the bytes."""
+    lengths: list[int] = []
+    parts: list[bytes] = []
+    for key, value in items:
+        if key is None:
+            lengths += (-1, len(value))
+        else:
+            lengths += (len(key), len(value))
+            parts.append(key)
+        parts.append(value)
+    return struct.pack(f"<{len(lengths)}i", *lengths) + b"".join(parts)
+
+
+def decode_batch(data: bytes, count: int) -> list[tuple[bytes | None, bytes]]:
+    """The (key, value) pairs of a blob made by :func:`encode_batch`."""
+    lengths = struct.unpack_from(f"<{2 * count}i", data)
+    view = memoryview(data)
+    pos = 8 * count
+    out: list[tuple[bytes | None, bytes]] = []
+    for i in range(0, 2 * count, 2):
+        klen, vlen = lengths[i], lengths[i + 1]
+        if klen < 0:
+            key = None
+        else:
+            key = bytes(view[pos : pos + klen])
+            pos += klen
+        out.append((key, bytes(view[pos : pos + vlen])))
+        pos += vlen
+    if pos != len(data):
+        raise ValueError(f"record batch of {count} records has {len(data) - pos} stray bytes")
+    return out
+
+
 def _next_offset(conn: sqlite3.Connection, topic: str, partition: int) -> int:
     (nxt,) = conn.execute(
-        "SELECT coalesce(max(offset) + 1, 0) FROM records WHERE topic = ? AND partition = ?",
+        "SELECT coalesce(max(last_offset) + 1, 0) FROM record_batches WHERE topic = ? AND partition = ?",
         (topic, partition),
     ).fetchone()
     # Retention may have deleted everything; never reuse an offset.
@@ -211,7 +257,7 @@ class SqliteLog(EventLog):
                 for op in batch:
                     op.apply(txn)
                 if txn.rows:
-                    conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", txn.rows)
+                    conn.executemany("INSERT INTO record_batches VALUES (?, ?, ?, ?, ?, ?)", txn.rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -256,14 +302,16 @@ class SqliteLog(EventLog):
         by_partition: dict[int, list[Entry]] = {}
         for entry in entries:
             by_partition.setdefault(partition_for(entry[0], n), []).append(entry)
+        batches = [(partition, len(items), encode_batch(items)) for partition, items in by_partition.items()]
 
         def apply(txn: _Txn) -> None:
-            for partition, items in by_partition.items():
+            for partition, count, blob in batches:
                 nxt = txn.next_offsets.get((topic, partition))
                 if nxt is None:
                     nxt = _next_offset(txn.conn, topic, partition)
-                txn.rows.extend([(topic, partition, nxt + i, k, v, ts) for i, (k, v) in enumerate(items)])
-                txn.next_offsets[(topic, partition)] = nxt + len(items)
+                last = nxt + count - 1
+                txn.rows.append((topic, partition, last, count, ts, blob))
+                txn.next_offsets[(topic, partition)] = last + 1
 
         await self._submit(apply, len(entries))
 
@@ -271,14 +319,14 @@ class SqliteLog(EventLog):
         conn = txn.conn
         cutoff = int(time.time() * 1000) - self._retention_ms
         for topic, partition, nxt in conn.execute(
-            "SELECT topic, partition, max(offset) + 1 FROM records WHERE ts < ? GROUP BY topic, partition",
+            "SELECT topic, partition, max(last_offset) + 1 FROM record_batches WHERE ts < ? GROUP BY topic, partition",
             (cutoff,),
         ).fetchall():
             conn.execute(
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
                 (f"next:{topic}:{partition}", str(nxt)),
             )
-        conn.execute("DELETE FROM records WHERE ts < ?", (cutoff,))
+        conn.execute("DELETE FROM record_batches WHERE ts < ?", (cutoff,))
 
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         rows = [(group, tp.topic, tp.partition, off) for tp, off in offsets.items()]
@@ -306,7 +354,7 @@ class SqliteLog(EventLog):
     async def end_offsets(self, topic: str) -> dict[int, int]:
         rows = await asyncio.to_thread(
             self._query,
-            "SELECT partition, max(offset) + 1 FROM records WHERE topic = ? GROUP BY partition",
+            "SELECT partition, max(last_offset) + 1 FROM record_batches WHERE topic = ? GROUP BY partition",
             (topic,),
         )
         ends = dict.fromkeys(range(self._partitions), 0)
@@ -322,12 +370,30 @@ class SqliteLog(EventLog):
         return ends
 
     def read_sync(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
-        rows = self._query(
-            "SELECT offset, key, value, ts FROM records WHERE topic = ? AND partition = ? AND offset >= ? "
-            "ORDER BY offset LIMIT ?",
-            (topic, partition, offset, max_records),
-        )
-        return [Record(topic, partition, o, k, v, ts) for o, k, v, ts in rows]
+        if max_records <= 0:
+            return []
+        if self._reader is None or self._closed:
+            raise LogClosed("event log stopped")
+        out: list[Record] = []
+        with self._read_lock:
+            # Every batch holds at least one record: max_records batches are always enough,
+            # and the cursor is left as soon as enough records are in hand.
+            cursor = self._reader.execute(
+                "SELECT last_offset, count, ts, data FROM record_batches "
+                "WHERE topic = ? AND partition = ? AND last_offset >= ? ORDER BY last_offset LIMIT ?",
+                (topic, partition, offset, max_records),
+            )
+            try:
+                for last, count, ts, data in cursor:
+                    first = last - count + 1
+                    skip = offset - first if offset > first else 0
+                    for i, (key, value) in enumerate(decode_batch(data, count)[skip:], first + skip):
+                        out.append(Record(topic, partition, i, key, value, ts))
+                        if len(out) >= max_records:
+                            return out
+            finally:
+                cursor.close()
+        return out
 
     async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
         return await asyncio.to_thread(self.read_sync, topic, partition, offset, max_records)

@@ -40,8 +40,8 @@ async def test_an_append_is_committed_when_it_returns(tmp_path: Path) -> None:
     async with SqliteLog(path, 4) as log:
         await log.append(EVENTS, [(b"user-1", b"durable")])
         # another connection (another process would see the same) finds it at once
-        with sqlite3.connect(path) as other:
-            rows = other.execute("SELECT key, value FROM records WHERE topic = ?", (EVENTS,)).fetchall()
+        async with SqliteLog(path, 4) as other:
+            rows = [(r.key, r.value) for p in range(4) for r in await other.read(EVENTS, p, 0)]
         assert rows == [(b"user-1", b"durable")]
 
 
@@ -73,7 +73,7 @@ async def test_reopen_keeps_records_offsets_partitions_and_group_offsets(tmp_pat
 
 def _age_records(path: Path, hours: float) -> None:
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE records SET ts = ts - ?", (int(hours * 3600 * 1000),))
+        conn.execute("UPDATE record_batches SET ts = ts - ?", (int(hours * 3600 * 1000),))
 
 
 async def test_retention_deletes_old_records_and_never_reuses_offsets(tmp_path: Path) -> None:
@@ -146,3 +146,20 @@ async def test_consumer_poll_wakes_on_append(tmp_path: Path) -> None:
             got = await asyncio.wait_for(waiting, 10)
         assert [r.value for r in got] == [b"hello"]
         assert time.monotonic() - started < 10
+
+
+async def test_reads_start_inside_a_record_batch_and_span_batches(tmp_path: Path) -> None:
+    # each append is stored as one row per partition: reads must still see single records
+    async with SqliteLog(tmp_path / "log.db", 1) as log:
+        await log.append(EVENTS, [(b"k", b"a%d" % i) for i in range(5)])
+        await log.append(EVENTS, [(None, b""), (b"", b"empty key"), (b"k" * 300, b"v" * 70_000)])
+        await log.append(EVENTS, [(b"k", b"c%d" % i) for i in range(4)])
+        everything = await log.read(EVENTS, 0, 0)
+        assert [r.offset for r in everything] == list(range(12))
+        assert [(r.key, r.value) for r in everything[5:8]] == [(None, b""), (b"", b"empty key"), (b"k" * 300, b"v" * 70_000)]
+        got = await log.read(EVENTS, 0, 3, max_records=4)
+        assert [(r.offset, r.value) for r in got] == [(3, b"a3"), (4, b"a4"), (5, b""), (6, b"empty key")]
+        assert [r.offset for r in await log.read(EVENTS, 0, 9, max_records=1)] == [9]
+        assert [r.value for r in await log.read(EVENTS, 0, 11)] == [b"c3"]
+        assert await log.read(EVENTS, 0, 12) == []
+        assert (await log.end_offsets(EVENTS)) == {0: 12}
