@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from tripwire.envelope import EnvelopeError, log_key, normalize
+from tripwire.envelope import EnvelopeError, format_time_ms, log_key, normalize
 from tripwire.log import EVENTS, INVALID, EventLog
 
 from . import metrics
@@ -91,9 +91,16 @@ class Intake:
         library: dict[str, str],
         batch: Mapping[str, Any] | None = None,
     ) -> tuple[list[Entry], list[Entry], list[str]]:
-        """Log entries for the events topic, for the invalid topic, and the invalid reasons."""
+        """Log entries for the events topic, for the invalid topic, and the invalid reasons.
+
+        Events are normalised in place (``raws`` belong to the request). What every
+        event of the request shares (receive time, peer, batch fields) is worked out
+        once, before the loop.
+        """
         received_ms = int(time.time() * 1000)
-        anonymized_peer = self.ip_policy.anonymize(client_ip) if client_ip else None
+        received_at = format_time_ms(received_ms)
+        anonymize = self.ip_policy.anonymize
+        anonymized_peer = anonymize(client_ip) if client_ip else None
         batch_sent_at = batch_context = batch_integrations = None
         if batch is not None:
             batch_sent_at = batch.get("sentAt")
@@ -107,11 +114,15 @@ class Intake:
         invalid: list[Entry] = []
         reasons: list[str] = []
         catalog = self.catalog
+        max_event_bytes = self.max_event_bytes if batch is not None else None
+        dumps = orjson.dumps
+        add_valid = valid.append
         for i, raw in enumerate(raws):
-            if not isinstance(raw, dict):
+            if type(raw) is not dict and not isinstance(raw, dict):
                 where = f"batch[{i}]" if batch is not None else "body"
                 raise CollectorError(400, "invalid_event", f"{where}: must be a JSON object", field=where)
-            raw.pop("writeKey", None)  # a secret: never stored
+            if "writeKey" in raw:
+                del raw["writeKey"]  # a secret: never stored
             if batch is not None:
                 # Batch-level sentAt, context and integrations apply to every event (Segment's batch format).
                 if batch_sent_at is not None and "sentAt" not in raw:
@@ -125,7 +136,8 @@ class Intake:
                 if batch_integrations and "integrations" not in raw:
                     raw["integrations"] = batch_integrations
             try:
-                env = normalize(raw, received_at_ms=received_ms, source=source, default_type=default_type)
+                env = normalize(raw, received_at_ms=received_ms, source=source, default_type=default_type,
+                                received_at=received_at, in_place=True)
             except EnvelopeError as exc:
                 where = f"batch[{i}]." if batch is not None else ""
                 raise CollectorError(400, "invalid_event", f"{where}{exc.field}: {exc.message}", field=where + exc.field) from None
@@ -134,19 +146,19 @@ class Intake:
                 ctx = env["context"] = {}
             ip = ctx.get("ip")
             if ip is not None:
-                ip = self.ip_policy.anonymize(ip) if isinstance(ip, str) else None
+                ip = anonymize(ip) if isinstance(ip, str) else None
             ctx["ip"] = ip if ip is not None else anonymized_peer
             if user_agent is not None and "userAgent" not in ctx:
                 ctx["userAgent"] = user_agent
             if "library" not in ctx:
                 ctx["library"] = library
             violation = catalog.check(env) if catalog is not None else None
-            value = orjson.dumps(env)
-            if batch is not None and len(value) > self.max_event_bytes:
-                raise too_large("max_event_bytes", self.max_event_bytes, f"batch[{i}]")
+            value = dumps(env)
+            if max_event_bytes is not None and len(value) > max_event_bytes:
+                raise too_large("max_event_bytes", max_event_bytes, f"batch[{i}]")
             key = log_key(env).encode()
             if violation is None:
-                valid.append((key, value))
+                add_valid((key, value))
             else:
                 reasons.append(violation.reason)
                 record = {
@@ -158,7 +170,7 @@ class Intake:
                     "receivedAt": env["receivedAt"],
                     "event": orjson.Fragment(value),
                 }
-                invalid.append((key, orjson.dumps(record)))
+                invalid.append((key, dumps(record)))
         return valid, invalid, reasons
 
     async def write(self, valid: list[Entry], invalid: list[Entry], reasons: list[str]) -> None:

@@ -158,35 +158,47 @@ def normalize(
     received_at_ms: int,
     source: str,
     default_type: str | None = None,
+    received_at: str | None = None,
+    in_place: bool = False,
 ) -> dict[str, Any]:
     """Check ``raw`` against the envelope and return the normalised copy.
 
     ``default_type`` is the type implied by the route (``/v1/track``); inside a
-    batch each event names its own ``type``.
+    batch each event names its own ``type``. A caller normalising many events
+    of one request may pass ``received_at`` (``format_time_ms(received_at_ms)``,
+    computed once) and ``in_place=True`` to normalise ``raw`` itself instead of
+    a copy (it is then returned); the result is the same either way.
     """
     if not isinstance(raw, dict):
         raise EnvelopeError("event", "must be a JSON object")
-    env = dict(raw)
+    env = raw if in_place else dict(raw)
     kind = env.get("type") or default_type
     if not isinstance(kind, str) or kind not in TYPES:
         raise EnvelopeError("type", f"must be one of {', '.join(sorted(TYPES))}")
     env["type"] = kind
 
     for name in _OBJECT_FIELDS:
-        value = env.get(name)
-        if value is None:
-            env.pop(name, None)
-        elif not isinstance(value, dict):
-            raise EnvelopeError(name, "must be a JSON object")
+        if name in env:
+            value = env[name]
+            if value is None:
+                del env[name]
+            elif not isinstance(value, dict):
+                raise EnvelopeError(name, "must be a JSON object")
 
-    anonymous_id = _normalize_id(env, "anonymousId")
-    user_id = _normalize_id(env, "userId")
+    # Ids: the common case (a short non-empty string, or absent) is checked inline;
+    # anything else goes through _normalize_id, which rewrites or refuses it.
+    anonymous_id = env.get("anonymousId")
+    if type(anonymous_id) is not str or not 0 < len(anonymous_id) <= MAX_ID_CHARS:
+        anonymous_id = _normalize_id(env, "anonymousId") if "anonymousId" in env else None
+    user_id = env.get("userId")
+    if type(user_id) is not str or not 0 < len(user_id) <= MAX_ID_CHARS:
+        user_id = _normalize_id(env, "userId") if "userId" in env else None
     if anonymous_id is None and user_id is None:
         raise EnvelopeError("anonymousId", "either anonymousId or userId is required")
 
     if kind == "track":
         event = env.get("event")
-        if not isinstance(event, str) or not event.strip():
+        if not isinstance(event, str) or not event or event.isspace():
             raise EnvelopeError("event", "track calls need a non-empty event name")
         if len(event) > MAX_EVENT_NAME_CHARS:
             raise EnvelopeError("event", f"longer than {MAX_EVENT_NAME_CHARS} characters")
@@ -201,13 +213,19 @@ def normalize(
         if _id(env, "groupId") is None:
             raise EnvelopeError("groupId", "group calls need groupId")
 
-    if _normalize_id(env, "messageId") is None:
-        env["messageId"] = new_message_id()
+    message_id = env.get("messageId")
+    if type(message_id) is not str or not 0 < len(message_id) <= MAX_ID_CHARS:
+        if "messageId" not in env or _normalize_id(env, "messageId") is None:
+            env["messageId"] = new_message_id()
 
     client_ts = env.get("timestamp")
     sent_at = env.get("sentAt")
-    ts_ms = parse_time_ms(client_ts, "timestamp") if client_ts is not None else None
-    sent_ms = parse_time_ms(sent_at, "sentAt") if sent_at is not None else None
+    ts_ms = (_PARSED.get(client_ts) if type(client_ts) is str else None) if client_ts is not None else None
+    if ts_ms is None and client_ts is not None:
+        ts_ms = parse_time_ms(client_ts, "timestamp")
+    sent_ms = (_PARSED.get(sent_at) if type(sent_at) is str else None) if sent_at is not None else None
+    if sent_ms is None and sent_at is not None:
+        sent_ms = parse_time_ms(sent_at, "sentAt")
     if ts_ms is None:
         event_ms = received_at_ms
     elif sent_ms is None:
@@ -220,6 +238,6 @@ def normalize(
         env["timestamp"] = format_time_ms(event_ms)
     except (ValueError, OverflowError, OSError):
         raise EnvelopeError("sentAt" if sent_ms is not None else "timestamp", "date-time out of range") from None
-    env["receivedAt"] = format_time_ms(received_at_ms)
+    env["receivedAt"] = received_at if received_at is not None else format_time_ms(received_at_ms)
     env["source"] = source
     return env

@@ -68,11 +68,20 @@ _POLL_FALLBACK_S = 0.05
 _STOP = object()
 
 
+# Record batches are tens of KB: big pages keep them off long overflow-page chains (about a
+# third less CPU per appended record than 4 KB pages). Takes effect when the file is created.
+_PAGE_SIZE = 65536
+# In pages: checkpoint the WAL into the database every ~16 MB written.
+_WAL_AUTOCHECKPOINT = 256
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT}")
     return conn
 
 
