@@ -35,7 +35,7 @@ from .errors import SinkError
 from .lake import SINK_DIR, Lake, data_files
 from .schema import arrow_schema, decode_parquet, encode_parquet
 from .state import add_removed
-from .writer import load_promoted
+from .registry import load_promoted
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from .compact import conform
 from .config import SinkConfig
 from .lake import Lake, data_files
 from .schema import _MISS, ARROW_TYPES, TS, _fits, arrow_schema, decode_parquet, encode_parquet
-from .writer import read_registry, write_registry
+from .registry import read_registry, write_registry
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ It is synchronous (the service runs it in a worker thread) and single-threaded.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import orjson
@@ -29,11 +29,11 @@ from tripwire.envelope import format_time_ms
 from tripwire.log import Record
 
 from . import metrics
-from .catalog import Promoted, merge_registry, wanted_columns
+from .catalog import Promoted
 from .config import SinkConfig
 from .dedup import Dedup
-from .errors import SinkError
-from .lake import SINK_DIR, Lake
+from .lake import Lake
+from .registry import load_promoted
 from .rotation import Bucket, aged, over_limits
 from .schema import BatchBuilder, arrow_schema, encode_parquet, parse_ms
 from .state import (
@@ -48,7 +48,6 @@ from .state import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_PATH = f"{SINK_DIR}/schema.json"
 _MAX_DEDUP_SEGMENTS = 32
 _WRITERS = 4  # files of one flush written in parallel
 
@@ -68,55 +67,6 @@ def directory_for(ts: object, partitioning: str) -> tuple[str, int] | None:
     if partitioning == "date":
         return f"date={text[:10]}", ms
     return f"date={text[:10]}/hour={int(text[11:13])}", ms  # unpadded: DuckDB types it BIGINT
-
-
-def _registry(lake: Lake) -> dict[str, object] | None:
-    data = lake.read(SCHEMA_PATH)
-    return None if data is None else orjson.loads(data)
-
-
-def read_registry(lake: Lake) -> list[Promoted] | None:
-    doc = _registry(lake)
-    return None if doc is None else [Promoted.from_json(c) for c in doc["columns"]]  # type: ignore[attr-defined]
-
-
-def write_registry(lake: Lake, columns: list[Promoted], partitioning: str | None = None) -> None:
-    doc = _registry(lake) or {}
-    doc["columns"] = [p.to_json() for p in columns]
-    if partitioning is not None:
-        doc["partitioning"] = partitioning
-    lake.write(SCHEMA_PATH, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-
-
-def load_promoted(lake: Lake, cfg: SinkConfig) -> list[Promoted]:
-    """The lake's typed property columns: fixed by its first writer from the catalog.
-
-    Every file of a lake has the same columns, because DuckDB and pyarrow read a
-    glob with the first file's schema (and DuckDB fails on a file lacking one
-    of its columns). Catalog properties added later are promoted by
-    ``tripwire lake migrate`` (see :mod:`sinks.migrate`); until then they stay in
-    the JSON column.
-    """
-    doc = _registry(lake)
-    wanted = wanted_columns(cfg.catalog, cfg.promote)
-    if doc is None:
-        registered = merge_registry([], wanted)
-        write_registry(lake, registered, cfg.partitioning)
-        return registered
-    written = doc.get("partitioning", cfg.partitioning)
-    if written != cfg.partitioning:
-        raise SinkError(
-            f"lake {lake.url} is partitioned by {written!r}, config 'sink.partitioning' says {cfg.partitioning!r}; "
-            "use a new lake_url to change it"
-        )
-    registered = [Promoted.from_json(c) for c in doc["columns"]]  # type: ignore[attr-defined]
-    waiting = merge_registry(registered, wanted)[len(registered) :]
-    if waiting:
-        logger.warning(
-            "%d catalog propert%s not yet typed columns in the lake (%s); run 'tripwire lake migrate'",
-            len(waiting), "y is" if len(waiting) == 1 else "ies are", ", ".join(p.column for p in waiting[:5]),
-        )
-    return registered
 
 
 class PartitionWriter:
@@ -139,14 +89,13 @@ class PartitionWriter:
         self.position = min([state.resume] + [c.first for c in forced])
         self._span_ms = cfg.max_file_span_s * 1000
         self.saved_resume = state.resume
-        self.dirty = False
 
     # routing -------------------------------------------------------------------
 
     def add(self, records: Sequence[Record]) -> None:
         cfg = self.cfg
         today = datetime.now(UTC).strftime("date=%Y-%m-%d")
-        rows = dups = 0
+        dups = 0
         for r in records:
             o = r.offset
             if o < self.position:
@@ -184,7 +133,6 @@ class PartitionWriter:
                 bucket.force_end = self.forced.pop((directory, o), None)
                 self.open[directory] = bucket
             bucket.add(env, ts_ms)
-            rows += 1
             if bucket.force_end is None and bucket.rows >= cfg.max_file_rows:
                 self.seal(bucket, o + 1)
         for bucket in list(self.open.values()):

@@ -15,7 +15,8 @@ from sinks.errors import CatalogError
 from sinks.lake import LocalLake
 from sinks.schema import BatchBuilder, arrow_schema
 from sinks.service import SinkService, create_service
-from sinks.writer import directory_for, load_promoted
+from sinks.registry import load_promoted
+from sinks.writer import directory_for
 from tests.sinks.helpers import event
 from tripwire.config import ConfigError, from_dict, load_config
 from tripwire.log.memory import MemoryLog

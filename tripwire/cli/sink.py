@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from tripwire.config import Config
 from tripwire.log import open_log
@@ -22,6 +23,7 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
     from sinks.config import sink_config
+    from sinks.errors import SinkError
     from sinks.service import SinkService
 
     cfg = sink_config(config)
@@ -37,6 +39,9 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     service = SinkService(cfg, log)
     try:
         await run_services([service])
+    except SinkError as exc:
+        print(f"tripwire sink: {exc}", file=sys.stderr)
+        return 1
     finally:
         await log.stop()
     return 1 if service.failed else 0
