@@ -17,6 +17,8 @@ from tripwire.config import Config, ConfigError
 SECTIONS = {
     "server": "tripwire.config:ServerConfig",
     "log": "tripwire.config:LogConfig",
+    "logging": "tripwire.logs:LoggingConfig",
+    "metrics": "tripwire.metrics:MetricsConfig",
     "collector": "collector.config:CollectorConfig",
     "rules": "rules.config:RulesConfig",
     "webhooks": "rules.webhooks.config:WebhooksConfig",
