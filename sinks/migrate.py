@@ -26,7 +26,7 @@ from .catalog import Promoted, merge_registry, wanted_columns
 from .compact import conform
 from .config import SinkConfig
 from .lake import Lake, data_files
-from .schema import _MISS, ARROW_TYPES, TS, _fits, arrow_schema, decode_parquet, encode_parquet
+from .schema import NOT_FITTING, ARROW_TYPES, TS, fit_value, arrow_schema, decode_parquet, encode_parquet
 from .registry import read_registry, write_registry
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ def _promote(table: pa.Table, new: list[Promoted]) -> tuple[pa.Table, int]:
             for p in cols:
                 if current[p.column][i] is not None or not isinstance(obj, dict) or p.key not in obj:
                     continue
-                value = _fits(p.kind, obj[p.key])
-                if value is _MISS:
+                value = fit_value(p.kind, obj[p.key])
+                if value is NOT_FITTING:
                     continue
                 current[p.column][i] = value
                 del obj[p.key]

@@ -89,27 +89,28 @@ def parse_ms(value: Any) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
-def _fits(kind: str, value: Any) -> Any:
-    """The value converted for a column of ``kind``, or ``_MISS`` when it does not fit."""
+NOT_FITTING = object()  # fit_value: the value stays in the JSON column
+
+
+def fit_value(kind: str, value: Any) -> Any:
+    """The value converted for a column of ``kind``, or ``NOT_FITTING`` when it does not fit."""
     if value is None:
         return None
     if kind == "string":
-        return value if isinstance(value, str) else _MISS
+        return value if isinstance(value, str) else NOT_FITTING
     if kind == "number":
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _MISS
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else NOT_FITTING
     if kind == "integer":
         if isinstance(value, bool):
-            return _MISS
+            return NOT_FITTING
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        return value if isinstance(value, int) and -(2**63) <= value < 2**63 else _MISS
+        return value if isinstance(value, int) and -(2**63) <= value < 2**63 else NOT_FITTING
     if kind == "boolean":
-        return value if isinstance(value, bool) else _MISS
+        return value if isinstance(value, bool) else NOT_FITTING
     ms = parse_ms(value)
-    return _MISS if ms is None else ms
+    return NOT_FITTING if ms is None else ms
 
-
-_MISS = object()
 
 
 class BatchBuilder:
@@ -177,8 +178,8 @@ class BatchBuilder:
             return obj
         left = dict(obj)
         for i, p in cols:
-            value = _fits(p.kind, left.get(p.key))
-            if value is _MISS:
+            value = fit_value(p.kind, left.get(p.key))
+            if value is NOT_FITTING:
                 value = None  # keeps the raw value in the JSON column
             elif p.key in left:
                 del left[p.key]
