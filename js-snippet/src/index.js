@@ -11,7 +11,7 @@
 // Storage (localStorage, or a plain object in no-storage mode, when localStorage is unavailable or
 // full); values are JSON:
 //   tw_i  the visitor: {a: anonymousId, u: userId, s: session id = its start (ms), l: last event (ms)}
-//   tw_x  opted out    tw_b  backoff (ms; non-zero while the collector is failing)
+//   tw_x  opted out    tw_b  backoff (ms; only while the collector is failing)
 //   tw:<messageId>  one queued event: {e: event, t: queued at (ms), o: owning tab, l: lease until (ms)}
 // One key per event, because localStorage is only eventually consistent between tabs running in
 // different processes: a shared array rewritten by several tabs loses events. The tab's id is kept
@@ -114,7 +114,8 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
         ok = !/^(5|429)/.test(x);
         x < 300 || log(x); // refused for good
       } catch {}
-      set('tw_b', (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I));
+      // (Cleared rather than set to 0: nothing is written after an optOut that a batch outlived.)
+      (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I) ? set('tw_b', B) : del('tw_b');
       R = now() + B;
     }
     b.map(ok ? drop : (r) => put(r, (r.l = 0)));
