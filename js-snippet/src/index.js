@@ -110,8 +110,8 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
     else {
       b.map((r) => put(r, (r.l = t + 1e4), (r.o = me)));
       try {
-        x = (await fetch(url, { method: 'POST', body: body(b), keepalive: true })).status;
-        ok = !/^(5|429)/.test(x);
+        x = (await fetch(url, { method: 'POST', body: body(b), keepalive: 1 })).status;
+        ok = x < 500 && x != 429;
         x < 300 || log(x); // refused for good
       } catch {}
       // (Cleared rather than set to 0: nothing is written after an optOut that a batch outlived.)
