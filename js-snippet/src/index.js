@@ -63,7 +63,7 @@ const log = (e) => on(c.debug) && console.log('tw', e);
 /** A random id (about 100 bits; crypto.randomUUID would need a secure context). */
 const uuid = () => (Math.random() + '' + Math.random()).slice(2);
 
-const get = (k) => JSON.parse(S[k] ?? 0);
+const get = (k) => JSON.parse(S[k] ?? 0); // a missing key reads as 0
 const set = (k, v) => {
   v = str(v);
   try {
@@ -96,7 +96,7 @@ const queue = (t = now(), q = [], n = 0, x) => {
 // The collector copies the batch's sentAt into each event.
 const body = (b) => str({ batch: b.map((r) => r.e), sentAt: new Date().toISOString(), writeKey: c.key });
 
-/** Send one batch: the oldest free events of this tab (or abandoned by theirs) that fit in 64 KB. */
+/** Send a batch (the oldest free events of this tab, or abandoned by theirs, that fit in 64 KB), then the next. */
 const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
   try {
     const q = queue(t);
@@ -112,7 +112,7 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
       try {
         x = (await fetch(url, { method: 'POST', body: body(b), keepalive: 1 })).status;
         ok = x < 500 && x != 429;
-        x < 300 || log(x); // refused for good
+        x < 300 || log(x); // not accepted
       } catch {}
       // (Cleared rather than set to 0: nothing is written after an optOut that a batch outlived.)
       (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I) ? set('tw_b', B) : del('tw_b');
