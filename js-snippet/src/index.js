@@ -63,7 +63,14 @@ const log = (e) => on(c.debug) && console.log('tw', e);
 /** A random id (about 100 bits; crypto.randomUUID would need a secure context). */
 const uuid = () => (Math.random() + '' + Math.random()).slice(2);
 
-const get = (k) => JSON.parse(S[k] ?? 0); // a missing key reads as 0
+/** A stored value: a missing key reads as 0; a corrupt one (another script wrote it) is removed. */
+const get = (k) => {
+  try {
+    return JSON.parse(S[k] ?? 0);
+  } catch {
+    del(k);
+  }
+};
 const set = (k, v) => {
   v = str(v);
   try {
@@ -86,7 +93,7 @@ const drop = (r) => del('tw:' + r.e.messageId);
 
 /** The queue, oldest first, trimmed to the cap (the newest event counts what was dropped). */
 const queue = (t = now(), q = [], n = 0, x) => {
-  for (x in S) /^tw:/.test(x) && q.push(get(x));
+  for (x in S) /^tw:/.test(x) && (x = get(x)) && q.push(x);
   for (x of q.sort((a, b) => a.t - b.t).splice(0, q.length - (c.cap || 200)))
     drop(x), x.l > t || (n -= ~x.e.context.dropped); // 1 + its own count
   if (n) put((x = q[q.length - 1]), (x.e.context.dropped = (x.e.context.dropped | 0) + n));

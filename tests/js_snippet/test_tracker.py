@@ -342,6 +342,17 @@ def test_failures_never_reach_the_page(context: BrowserContext, site: Site, coll
     page.evaluate("tw('track', 'Still Working')")
     events = wait_events(collector, 2)
     assert [e.get("event") for e in by_type(events, "track")] == ["Still Working"]
+def test_corrupt_storage_is_dropped_not_fatal(context: BrowserContext, site: Site, collector: Collector) -> None:
+    # Another script on the site may write garbage into our keys; the tracker must keep working.
+    page = open_page(context, site.add("/corrupt.html", collector.url, attrs=FAST))
+    wait_events(collector, 1)
+    page.evaluate("localStorage.setItem('tw:broken', '{not json'); localStorage.setItem('tw_b', '[')")
+    page.evaluate("tw('track', 'After Corruption')")
+    events = wait_events(collector, 2)
+    assert [e["event"] for e in by_type(events, "track")] == ["After Corruption"]
+    assert page.evaluate("localStorage.getItem('tw:broken')") is None
+
+
 def test_tabs_sharing_the_queue_send_each_event_once(context: BrowserContext, site: Site, collector: Collector) -> None:
     url = site.add("/tabs.html", collector.url, attrs='data-interval="100" data-batch="3"')
     pages = [open_page(context, url) for _ in range(3)]
