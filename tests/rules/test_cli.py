@@ -178,3 +178,21 @@ def test_backtest_lake_with_date_range(tmp_path: Path, capsys: pytest.CaptureFix
     assert orjson.loads(out)["rules"]["abandoned cart"]["per_day"] == {day1: 3}  # day 2's deadlines are not reached
     code, _, err = run(["rules", "backtest", str(rules), "--lake", str(tmp_path / "missing")], capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_backtest_lake_on_s3(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                             s3_bucket: Any) -> None:
+    import fsspec
+
+    local = tmp_path / "lake"
+    write_lake(local, history())
+    fs = fsspec.filesystem("s3", **s3_bucket.server.storage_options())
+    fs.put(str(local), f"{s3_bucket.name}/lake", recursive=True)
+    for name, value in s3_bucket.server.env().items():
+        monkeypatch.setenv(name, value)  # how a deployment points s3fs at its S3
+    fsspec.config.conf.clear()
+    rules = write(tmp_path, "r.rules", GOOD)
+    code, out, err = run(["rules", "backtest", str(rules), "--lake", f"{s3_bucket.url}/lake", "--json"], capsys)
+    assert code == 0, err
+    day1, day2 = format_time_ms(T0)[:10], format_time_ms(T0 + DAY)[:10]
+    assert orjson.loads(out)["rules"]["abandoned cart"]["per_day"] == {day1: 3, day2: 4}

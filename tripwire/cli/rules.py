@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bt.add_argument("paths", nargs="+", metavar="PATH")
     source = bt.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", metavar="FILE.jsonl", help="envelopes, one JSON object per line ('-' = stdin)")
-    source.add_argument("--lake", metavar="DIR|s3://...", help="the Parquet lake written by the sink")
+    source.add_argument("--lake", metavar="DIR|s3://...", help="the Parquet lake written by the sink (S3 credentials and endpoint: the usual AWS_* variables)")
     bt.add_argument("--since", metavar="YYYY-MM-DD", help="first day to read from the lake")
     bt.add_argument("--until", metavar="YYYY-MM-DD", help="last day to read from the lake (inclusive)")
     bt.add_argument("--samples", type=int, default=3, help="sample matches to print per rule (default 3)")
