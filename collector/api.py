@@ -96,6 +96,11 @@ class TrackingEndpoint:
                 library=_LIBRARY,
                 batch=batch,
             )
+            # Only the serialised entries are needed from here on. Drop the parsed request
+            # before waiting for the commit: its thousands of objects are then freed at once
+            # instead of surviving into the GC's older generations, whose full collections
+            # grow with every request in flight (about a fifth of the CPU per event under load).
+            del doc, events, batch, body
             await intake.write(valid, invalid, reasons)
         except CollectorError as exc:
             metrics.EVENTS_REJECTED.labels(exc.limit or exc.code).inc()
