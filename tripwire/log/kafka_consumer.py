@@ -221,6 +221,10 @@ class KafkaReader:
 
     async def partitions(self, topic: str) -> list[int]:
         name = self._topic_name(topic)
+        async with self._lock:  # two concurrent first calls would each create (and one leak) a consumer
+            return await self._partitions(name)
+
+    async def _partitions(self, name: str) -> list[int]:
         consumer = await self._get()
         try:
             parts = consumer.partitions_for_topic(name)
