@@ -55,8 +55,6 @@ class SinkConfig:
     promote: dict[str, str] = field(default_factory=dict)  # property -> JSON type
     compact_min_age_s: int = 7200  # a date partition is closed this long after its day ended
     compact_max_file_rows: int = 5_000_000
-    metrics_port: int = 0  # `tripwire sink` alone: serve /metrics here (0 = off; `tripwire run` uses the collector's)
-    metrics_host: str = "127.0.0.1"
     s3_endpoint_url: str = ""
     s3_key: str = ""
     s3_secret: str = ""

@@ -65,6 +65,10 @@ class SinkService:
         self._task.add_done_callback(self._done)
         logger.info("sink writing %s (partitioning %s)", _redact(self.cfg.lake_url), self.cfg.partitioning)
 
+    async def ready(self) -> bool:
+        """For ``/readyz``: consuming, and the background task alive."""
+        return self._task is not None and not self._task.done() and not self.failed
+
     def _done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.failed = True

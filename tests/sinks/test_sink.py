@@ -22,6 +22,7 @@ async def run_sink(lake: LakeSetup, log: SqliteLog, **cfg: object) -> None:
     """Start a sink, wait until everything in the log is in durable files, stop it."""
     service = SinkService(lake.config(**cfg), log, lake.lake)
     await service.start()
+    assert await service.ready()
     try:
         await wait_caught_up(lake.lake, await log.end_offsets("events"))
     finally:

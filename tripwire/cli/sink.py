@@ -1,4 +1,7 @@
-"""``tripwire sink``: the Parquet sink on its own (scale-out: one or more per consumer group)."""
+"""``tripwire sink``: the Parquet sink on its own (scale-out: one or more per consumer group).
+
+Metrics and probes: ``tripwire --metrics-port PORT sink`` (see :mod:`tripwire.metrics`).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("sink", help="consume the events topic into the Parquet lake (sink.lake_url)")
     p.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
     p.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port (sink.metrics_port)")
     p.set_defaults(handler=lambda args, config: asyncio.run(sink_command(args, config)))
 
 
@@ -29,11 +31,6 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     cfg = sink_config(config)
     if args.lake:
         cfg = replace(cfg, lake_url=args.lake)
-    port = args.metrics_port if args.metrics_port is not None else cfg.metrics_port
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr=cfg.metrics_host)
     log = open_log(config, url=args.log)
     await log.start()
     service = SinkService(cfg, log)
