@@ -68,6 +68,7 @@ def parse_time_ms(value: Any, field: str) -> int:
 _SECONDS: dict[int, str] = {}  # formatted whole seconds: strftime is the slow part of the hot path
 
 
+_MILLIS = tuple(f"{i:03d}Z" for i in range(1000))  # "000Z" .. "999Z"
 _LAST_FORMATTED: tuple[int, str] = (0, "1970-01-01T00:00:00.000Z")  # a request's events share receivedAt
 
 
@@ -76,7 +77,7 @@ def format_time_ms(ms: int) -> str:
     last = _LAST_FORMATTED
     if ms == last[0]:
         return last[1]
-    seconds, millis = divmod(ms, 1000)
+    seconds = ms // 1000
     prefix = _SECONDS.get(seconds)
     if prefix is None:
         if len(_SECONDS) >= 4096:
@@ -85,7 +86,7 @@ def format_time_ms(ms: int) -> str:
         prefix = _SECONDS[seconds] = (
             f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
         )
-    text = f"{prefix}{millis:03d}Z"
+    text = prefix + _MILLIS[ms - seconds * 1000]
     _LAST_FORMATTED = (ms, text)
     return text
 
