@@ -23,6 +23,7 @@ from .state import CheckpointStore, PartitionDelta, SqliteStateStore
 logger = logging.getLogger(__name__)
 
 TriggerRow = tuple[str, bytes | None, bytes]  # (trigger id, key, Trigger JSON)
+_MARK_INTERVAL_S = 10.0
 
 
 class EmbeddedDurability:
@@ -34,6 +35,7 @@ class EmbeddedDurability:
     async def open(self) -> None:
         await asyncio.to_thread(self.store.open)
         self._outbox_waiting = False
+        self._marked = 0.0
         await self._recover_outbox()
 
     def behind(self) -> bool:
@@ -69,7 +71,12 @@ class EmbeddedDurability:
         if not rows:
             return
         await self.log.append(TRIGGERS, [(key, value) for _, _, key, value in rows])
-        marks = await self.log.end_offsets(TRIGGERS)
+        marks: Mapping[int, int] = {}
+        if time.monotonic() - self._marked >= _MARK_INTERVAL_S:
+            # A mark may lag (recovery then scans a little more); refreshing it on every
+            # forward would cost a query over the whole topic each time.
+            marks = await self.log.end_offsets(TRIGGERS)
+            self._marked = time.monotonic()
         await asyncio.to_thread(self.store.forwarded, [r[0] for r in rows], marks)
 
     async def _recover_outbox(self) -> None:

@@ -241,9 +241,14 @@ class RulesService:
             metrics.WATERMARK_LAG.set(max(0.0, time.time() - min(marks) / 1000))
 
     async def _to_triggers(self, matches: list[Match], envs: dict[tuple[int, int], dict[str, Any]]) -> list[TriggerRow]:
+        if not matches:
+            return []
+        wanted = {(p, off): mid for m in matches for mid, _, p, off, _ in m.events if (p, off) not in envs}
+        found = await self._read_events(wanted) if wanted else {}
         rows = []
         for m in matches:
-            events = [envs.get((p, off)) or await self._read_event(p, off, mid, t) for mid, t, p, off, _ in m.events]
+            events = [envs.get((p, off)) or found.get((p, off)) or {"messageId": mid, "timestamp": format_time_ms(t)}
+                      for mid, t, p, off, _ in m.events]  # the fallback: no longer in the log (retention)
             trig = Trigger(
                 id=trigger_id(m.rule.name, m.key, m.message_ids), rule=m.rule.name, endpoint=m.rule.endpoint,
                 key=m.key, fired_at=format_time_ms(m.fired_at_ms), events=events, payload=m.payload,
@@ -251,17 +256,27 @@ class RulesService:
             rows.append((trig.id, m.key.encode(), trig.to_json()))
         return rows
 
-    async def _read_event(self, p: int, offset: int, mid: str, t: int) -> dict[str, Any]:
-        """The full envelope of a matched event (state keeps only what the rule needs)."""
+    async def _read_events(self, wanted: dict[tuple[int, int], str]) -> dict[tuple[int, int], dict[str, Any]]:
+        """Full envelopes of matched events read back from the log (state keeps only what rules need)."""
+        read_sync = getattr(self.log, "read_sync", None)
         try:
-            got = await self.log.read(EVENTS, p, offset, 1)
-            if got and got[0].offset == offset:
-                env = orjson.loads(got[0].value)
-                if isinstance(env, dict) and env.get("messageId") == mid:
-                    return env
-        except (LogError, orjson.JSONDecodeError):
-            pass
-        return {"messageId": mid, "timestamp": format_time_ms(t)}  # no longer in the log (retention)
+            if read_sync is not None:  # embedded: every read in one trip to a worker thread
+                got = await asyncio.to_thread(lambda: [(ref, read_sync(EVENTS, ref[0], ref[1], 1)) for ref in wanted])
+            else:
+                got = [(ref, await self.log.read(EVENTS, ref[0], ref[1], 1)) for ref in wanted]
+        except LogError as exc:
+            logger.warning("matched events cannot be read back from the log: %s", exc)
+            return {}
+        out = {}
+        for ref, records in got:
+            if records and records[0].offset == ref[1]:
+                try:
+                    env = orjson.loads(records[0].value)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(env, dict) and env.get("messageId") == wanted[ref]:
+                    out[ref] = env
+        return out
 
 
 def build_service(config: Config, log: EventLog, *, kind: str | None = None) -> RulesService:
