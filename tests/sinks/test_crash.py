@@ -83,6 +83,7 @@ async def test_kill_9_at_random_points_then_restart_gives_every_event_once(
             await send(log, batch(rng.randint(5, 30)))
             await asyncio.sleep(rng.uniform(0.01, 0.06))
 
+    proc: subprocess.Popen[bytes] | None = None
     try:
         await send(log, batch(400))
         for _ in range(rounds):
@@ -97,13 +98,13 @@ async def test_kill_9_at_random_points_then_restart_gives_every_event_once(
             await asyncio.to_thread(check_lake, lake)
 
         proc = start_sink(lake, tmp_path)
-        try:
-            await wait_caught_up(lake.lake, await log.end_offsets("events"), timeout_s=60)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-        assert proc.returncode == 0, (tmp_path / "sink.err").read_text()[-3000:]
+        await wait_caught_up(lake.lake, await log.end_offsets("events"), timeout_s=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "sink.err").read_text()[-3000:]
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
         await log.stop()
 
     assert await asyncio.to_thread(check_lake, lake) == set(sent)
