@@ -152,3 +152,30 @@ def test_time_formatting_round_trips(ms: int) -> None:
     text = format_time_ms(ms)
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", text)
     assert parse_time_ms(text, "t") == ms
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"event": "E", "anonymousId": "a", "properties": None, "timestamp": "2026-11-29T11:59:59.500Z",
+         "sentAt": "2026-11-29T12:00:01.000Z", "messageId": "m-1"},
+        {"type": "identify", "userId": 42, "anonymousId": "", "traits": {"plan": "pro"}, "messageId": 7},
+        {"type": "page", "anonymousId": "a", "userId": None, "name": "Home", "context": {"ip": "203.0.113.9"}},
+        {"event": "E", "userId": "u", "messageId": "", "writeKey": "kept: only the collector strips it"},
+    ],
+)
+def test_in_place_with_a_preformatted_receive_time_gives_the_same_envelope(raw: dict) -> None:
+    # the collector's hot path: the request's own dicts, receivedAt formatted once per request
+    copied = norm(dict(raw))
+    mine = dict(raw)
+    env = normalize(mine, received_at_ms=RECEIVED, source="web", default_type="track",
+                    received_at=format_time_ms(RECEIVED), in_place=True)
+    assert env is mine
+    if "messageId" not in raw or raw["messageId"] in ("", None):  # a fresh random id each time
+        assert UUID4.match(env.pop("messageId")) and UUID4.match(copied.pop("messageId"))
+    assert env == copied
+
+
+def test_time_formatting_before_the_epoch() -> None:
+    assert format_time_ms(-1) == "1969-12-31T23:59:59.999Z"
+    assert format_time_ms(-1001) == "1969-12-31T23:59:58.999Z"
