@@ -126,13 +126,17 @@ def encode_batch(items: Sequence[Entry]) -> bytes:
     return struct.pack(f"<{len(lengths)}i", *lengths) + b"".join(parts)
 
 
-def decode_batch(data: bytes, count: int) -> list[tuple[bytes | None, bytes]]:
-    """The (key, value) pairs of a blob made by :func:`encode_batch`."""
+def decode_batch(data: bytes, count: int, start: int = 0, stop: int | None = None) -> list[tuple[bytes | None, bytes]]:
+    """The (key, value) pairs ``start:stop`` of a blob made by :func:`encode_batch`."""
     lengths = struct.unpack_from(f"<{2 * count}i", data)
+    total = 8 * count + sum(length for length in lengths if length > 0)
+    if total != len(data):
+        raise ValueError(f"record batch of {count} records holds {len(data)} bytes, not {total}")
+    stop = count if stop is None else min(stop, count)
+    pos = 8 * count + sum(length for length in lengths[: 2 * start] if length > 0)
     view = memoryview(data)
-    pos = 8 * count
     out: list[tuple[bytes | None, bytes]] = []
-    for i in range(0, 2 * count, 2):
+    for i in range(2 * start, 2 * stop, 2):
         klen, vlen = lengths[i], lengths[i + 1]
         if klen < 0:
             key = None
@@ -141,9 +145,29 @@ def decode_batch(data: bytes, count: int) -> list[tuple[bytes | None, bytes]]:
             pos += klen
         out.append((key, bytes(view[pos : pos + vlen])))
         pos += vlen
-    if pos != len(data):
-        raise ValueError(f"record batch of {count} records has {len(data) - pos} stray bytes")
     return out
+
+
+# A huge append is stored as several record batches of about this size, so a read
+# from an offset never has to load much more than it returns.
+_BATCH_BYTES = 1 << 20
+
+
+def _chunks(items: list[Entry]) -> list[list[Entry]]:
+    size = 0
+    for _, value in items:
+        size += len(value)
+    if size <= _BATCH_BYTES:
+        return [items]
+    chunks: list[list[Entry]] = [[]]
+    size = 0
+    for item in items:
+        if size >= _BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item[1]) + (len(item[0]) if item[0] is not None else 0)
+    return chunks
 
 
 def _next_offset(conn: sqlite3.Connection, topic: str, partition: int) -> int:
@@ -311,7 +335,10 @@ class SqliteLog(EventLog):
         by_partition: dict[int, list[Entry]] = {}
         for entry in entries:
             by_partition.setdefault(partition_for(entry[0], n), []).append(entry)
-        batches = [(partition, len(items), encode_batch(items)) for partition, items in by_partition.items()]
+        batches: list[tuple[int, int, bytes]] = []
+        for partition, items in by_partition.items():
+            for chunk in _chunks(items):
+                batches.append((partition, len(chunk), encode_batch(chunk)))
 
         def apply(txn: _Txn) -> None:
             for partition, count, blob in batches:
@@ -396,10 +423,12 @@ class SqliteLog(EventLog):
                 for last, count, ts, data in cursor:
                     first = last - count + 1
                     skip = offset - first if offset > first else 0
-                    for i, (key, value) in enumerate(decode_batch(data, count)[skip:], first + skip):
-                        out.append(Record(topic, partition, i, key, value, ts))
-                        if len(out) >= max_records:
-                            return out
+                    wanted = decode_batch(data, count, skip, skip + max_records - len(out))
+                    out.extend(
+                        Record(topic, partition, i, key, value, ts) for i, (key, value) in enumerate(wanted, first + skip)
+                    )
+                    if len(out) >= max_records:
+                        return out
             finally:
                 cursor.close()
         return out

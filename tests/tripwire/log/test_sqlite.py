@@ -163,3 +163,15 @@ async def test_reads_start_inside_a_record_batch_and_span_batches(tmp_path: Path
         assert [r.value for r in await log.read(EVENTS, 0, 11)] == [b"c3"]
         assert await log.read(EVENTS, 0, 12) == []
         assert (await log.end_offsets(EVENTS)) == {0: 12}
+
+
+async def test_a_huge_append_is_split_into_several_batches_with_the_same_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    big = [(b"k", b"%06d" % i + b"x" * 50_000) for i in range(60)]  # ~3 MB in one append
+    async with SqliteLog(path, 1) as log:
+        await log.append(EVENTS, big)
+        assert [r.value for r in await log.read(EVENTS, 0, 0)] == [v for _, v in big]
+        assert [r.offset for r in await log.read(EVENTS, 0, 30, max_records=3)] == [30, 31, 32]
+    with sqlite3.connect(path) as conn:
+        (rows,) = conn.execute("SELECT count(*) FROM record_batches").fetchone()
+    assert rows >= 3
