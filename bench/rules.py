@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rules.compiler import build_plan, compile_text  # noqa: E402
 from rules.engine import Engine  # noqa: E402
+from rules.gctune import relax_for_long_lived_state  # noqa: E402
 from rules.service import build_service  # noqa: E402
 from tripwire.config import from_dict  # noqa: E402
 from tripwire.envelope import format_time_ms  # noqa: E402
@@ -288,9 +289,12 @@ def main() -> None:
     ap.add_argument("--pending", type=int, default=1_000_000)
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--lateness-ms", type=int, default=20)
+    ap.add_argument("--default-gc", action="store_true", help="keep CPython's GC settings (the service relaxes them)")
     ap.add_argument("--only", choices=["throughput", "memory", "latency"], help="run one part")
     args = ap.parse_args()
 
+    if not args.default_gc:
+        relax_for_long_lived_state()  # what the engine service does at start-up (rules/gctune.py)
     rules_text = make_rules(args.rules)
     plans, diagnostics = compile_text(rules_text, "bench.rules")
     assert not [d for d in diagnostics if d.severity == "error"], diagnostics

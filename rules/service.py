@@ -32,6 +32,7 @@ from . import metrics
 from .config import RulesConfig, checkpoint_url, rules_config, rules_dir
 from .durability import CheckpointDurability, EmbeddedDurability, TriggerRow
 from .engine import NEG_INF, Engine, EngineStats, Match
+from .gctune import relax_for_long_lived_state
 from .reload import RuleSet
 from .state import CheckpointStore, SqliteStateStore
 
@@ -89,6 +90,7 @@ class RulesService:
             return
         self.ruleset.scan()
         self.engine.set_plan(self.ruleset.plan)
+        relax_for_long_lived_state()  # large acyclic state: see rules/gctune.py
         await self.durability.open()
         self._consumer = self.log.consumer(self.rc.group, [EVENTS], listener=self)
         await self._consumer.start()
