@@ -121,6 +121,12 @@ class Engine:
         self.stats = EngineStats()
         self.suppressed_by_rule: Counter[str] = Counter()
         self._rules = {r.uid: r for r in plan.rules}
+        self._follow = self._index_followers(plan)
+
+    @staticmethod
+    def _index_followers(plan: Plan) -> dict[str, tuple[tuple[str, bool, RulePlan, tuple[int, ...]], ...]]:
+        # Hot path: the followers of an event name with their uid and key choice unpacked once per plan.
+        return {name: tuple((r.uid, r.by_anonymous_id, r, idxs) for r, idxs in fs) for name, fs in plan.followers.items()}
 
     # plan changes (hot reload) -------------------------------------------------
 
@@ -128,6 +134,7 @@ class Engine:
         """Switch rules. State of rules whose uid is unchanged is kept; the rest is dropped."""
         self.plan = plan
         self._rules = {r.uid: r for r in plan.rules}
+        self._follow = self._index_followers(plan)
         for ps in self.partitions.values():
             gone = [sk for sk in ps.states if sk[0] not in self._rules]
             for sk in gone:
@@ -176,43 +183,53 @@ class Engine:
                 else:
                     ps.watermark = wm
         name = event_name(env)
-        plan = self.plan
-        starters = plan.starters.get(name)  # type: ignore[arg-type]
-        followers = plan.followers.get(name)  # type: ignore[arg-type]
+        starters = self.plan.starters.get(name)  # type: ignore[arg-type]
+        followers = self._follow.get(name)  # type: ignore[arg-type]
         if starters is None and followers is None:
             return out
         mid = env.get("messageId")
         if not isinstance(mid, str):
             self.stats.errors += 1
             return out
-        if mid in ps.seen:
+        seen = ps.seen
+        if mid in seen:
             self.stats.duplicates += 1
             return out
-        ps.seen[mid] = t
+        seen[mid] = t
         if self.track_dirty:
             ps.new_seen.append((mid, t))
         anonymous_id = env.get("anonymousId")
         log_key = anonymous_id or env.get("userId")
         states = ps.states
-        step = self._try
+        on_event = self._on_event
+        # A rule must never take the engine down: any error in one rule's step is counted and skipped.
         if followers is not None:
             # Later steps only matter where a run of that rule is pending for this key.
-            for rule, idxs in followers:
-                key = anonymous_id if rule.by_anonymous_id else log_key
-                if type(key) is str and (rule.uid, key) in states:
-                    step(ps, rule, key, env, t, offset, idxs, out)
+            for uid, by_anon, rule, idxs in followers:
+                key = anonymous_id if by_anon else log_key
+                if type(key) is str and (uid, key) in states:
+                    try:
+                        on_event(ps, rule, key, env, t, offset, idxs, out)
+                    except Exception:  # noqa: BLE001
+                        self.stats.errors += 1
         if starters is not None:
             for rule in starters.always:
                 key = anonymous_id if rule.by_anonymous_id else log_key
                 if type(key) is str and key:
-                    step(ps, rule, key, env, t, offset, _FIRST, out)
+                    try:
+                        on_event(ps, rule, key, env, t, offset, _FIRST, out)
+                    except Exception:  # noqa: BLE001
+                        self.stats.errors += 1
             for path, table in starters.by_value:
                 value = get_path(env, path)
                 if type(value) is str:
                     for rule in table.get(value, ()):
                         key = anonymous_id if rule.by_anonymous_id else log_key
                         if type(key) is str and key:
-                            step(ps, rule, key, env, t, offset, _FIRST, out)
+                            try:
+                                on_event(ps, rule, key, env, t, offset, _FIRST, out)
+                            except Exception:  # noqa: BLE001
+                                self.stats.errors += 1
         return out
 
     def _try(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], t: int, offset: int,

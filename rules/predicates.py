@@ -7,6 +7,7 @@ different types never compare equal or ordered. Nothing here raises at run time.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,38 @@ def _order(op: str, a: Any, b: Any) -> bool:
 Getter = Any  # Callable[[env, steps], value]
 
 
+def env_getter(parts: tuple[str, ...]) -> Getter:
+    """``get_path(env, parts)`` as a closure; unrolled for the usual 1-3 part paths (hot path)."""
+    if len(parts) == 1:
+        (a,) = parts
+
+        def get1(env: Any, st: Any) -> Any:
+            return env.get(a, MISSING) if type(env) is dict else MISSING
+        return get1
+    if len(parts) == 2:
+        a, b = parts
+
+        def get2(env: Any, st: Any) -> Any:
+            if type(env) is not dict:
+                return MISSING
+            o = env.get(a)
+            return o.get(b, MISSING) if type(o) is dict else MISSING
+        return get2
+    if len(parts) == 3:
+        a, b, c = parts
+
+        def get3(env: Any, st: Any) -> Any:
+            if type(env) is not dict:
+                return MISSING
+            o = env.get(a)
+            if type(o) is not dict:
+                return MISSING
+            o = o.get(b)
+            return o.get(c, MISSING) if type(o) is dict else MISSING
+        return get3
+    return lambda env, st: get_path(env, parts)
+
+
 class StepScope:
     """What names mean inside one step's predicate (or the payload)."""
 
@@ -79,8 +112,7 @@ class StepScope:
         if head in self.aliases:
             j = self.aliases[head]
             if j == self.current:
-                parts = rest
-                return lambda env, st: get_path(env, parts) if parts else MISSING
+                return env_getter(rest) if rest else (lambda env, st: MISSING)
             if j > self.current and self.current >= 0:
                 self.ctx.error(path, f"step '{head}' comes later in the rule; only earlier steps can be referenced")
                 return lambda env, st: MISSING
@@ -97,8 +129,7 @@ class StepScope:
             self.ctx.error(path, f"unknown step or field '{head}'{hint}; event fields start with properties., context., traits., userId, ...")
             return lambda env, st: MISSING
         if self.current >= 0:
-            parts = path.parts
-            return lambda env, st: get_path(env, parts)
+            return env_getter(path.parts)
         assert self.payload_default is not None
         return self._slot(self.payload_default, path.parts)
 
@@ -179,6 +210,9 @@ def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
         if lget is None and rget is None:
             scope.ctx.error(node, "this compares two constants; one side should be a field")
         op = node.op
+        fast = _const_compare(op, lget, rconst) if lget is not None and rget is None else None
+        if fast is not None:
+            return fast
 
         def test(a: Any, b: Any) -> bool:
             if op == "==":
@@ -205,6 +239,33 @@ def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
             return test(a, b)
         return cmp
     raise TypeError(f"unknown expression node {node!r}")  # pragma: no cover
+
+
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def _const_compare(op: str, get: Getter, c: Any) -> Predicate | None:
+    """`field <op> constant` without the generic dispatch (same results as ``cmp`` below), or None."""
+    if op in ("==", "!=") and type(c) is str:
+        neg = op == "!="
+
+        def eq_str(env: Any, st: Any) -> bool | None:
+            a = get(env, st)
+            if a is MISSING:
+                return None
+            return (type(a) is not str or a != c) if neg else (type(a) is str and a == c)
+        return eq_str
+    if op in _ORDER and (type(c) is int or type(c) is float):
+        f = _ORDER[op]
+
+        def order_num(env: Any, st: Any) -> bool | None:
+            a = get(env, st)
+            if a is MISSING:
+                return None
+            t = type(a)
+            return bool(f(a, c)) if (t is int or t is float) else False
+        return order_num
+    return None
 
 
 def compile_template(node: ast.Template, scope: StepScope) -> Renderer:
