@@ -21,8 +21,12 @@ are journaled and replay identically.
 
 When it is written: at every flush, before the files of the new cuts (which
 become ``pending``; the previous flush's ``pending`` become ``closed``), and
-when the resume point moves without a new file. Resume offset for a restarted
-sink: ``min(resume, first of every pending cut still to write)``.
+when the resume point moves without a new file; once more after the last
+files are written when the sink stops or hands a partition over, and at the
+first flush after a restart that found pending cuts already written (a run
+killed between writing its files and the next flush), so even an idle sink
+leaves an exact state. Resume offset for a restarted sink: ``min(resume,
+first of every pending cut still to write)``.
 
 ``_tripwire_sink/dedup/<topic>-<partition>/<seq>.bin`` hold the message-id
 segments listed under ``dedup`` (see :mod:`sinks.dedup`).

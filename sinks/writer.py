@@ -81,6 +81,10 @@ class PartitionWriter:
         self.open: dict[str, Bucket] = {}
         self.sealed: list[tuple[Cut, Bucket]] = []
         self.written: list[Cut] = []  # pending cuts whose files are durable now
+        # The lake's state lists as pending cuts whose files a previous run wrote (it was killed
+        # before the next flush closed them): save it at the next flush even with nothing new,
+        # or an idle sink would leave the state saying they are still to write.
+        self.stale = False
         self._skip: dict[str, list[Cut]] = {}
         self._skip_until = 0  # no cut covers an offset at or past this
         for c in state.closed + state.pending:
@@ -241,6 +245,7 @@ class LakeWriter:
                 segments.append(data)
         dedup.load(segments)
         pw = PartitionWriter(state, self.cfg, self.schema, self.promoted, dedup, forced)
+        pw.stale = bool(done)
         self.parts[partition] = pw
         if forced:
             logger.info("%s-%d: replaying %d journaled cut(s) from offset %d", topic, partition, len(forced), pw.position)
@@ -253,6 +258,7 @@ class LakeWriter:
             return None
         pw.seal_all()
         self.flush([partition])
+        self.flush([partition])  # close the cuts just written: the state left behind is exact
         del self.parts[partition]
         return pw.resume_point()
 
@@ -298,7 +304,7 @@ class LakeWriter:
         for partition in list(self.parts if partitions is None else partitions):
             pw = self.parts[partition]
             moved = pw.resume_point() != pw.saved_resume
-            if not pw.sealed and not pw.written and not moved:
+            if not pw.sealed and not pw.written and not moved and not pw.stale:
                 continue
             self._flush_partition(pw)
             out[partition] = pw.resume_point()
@@ -322,6 +328,7 @@ class LakeWriter:
         state.dedup = [(s, t) for s, t in state.dedup if t >= limit]
         save_state(lake, state)  # 1. journal the cuts
         pw.state = state
+        pw.stale = False
         sealed, pw.sealed = pw.sealed, []
         if len(sealed) == 1:  # 2. write the files
             self._write_file(state, *sealed[0])
@@ -354,7 +361,9 @@ class LakeWriter:
     def close(self) -> dict[int, int]:
         self.seal_all()
         try:
-            return self.flush()
+            out = self.flush()
+            out.update(self.flush())  # close the cuts just written: the state left behind is exact
+            return out
         finally:
             if self._pool is not None:
                 self._pool.shutdown()

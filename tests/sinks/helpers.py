@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -63,20 +63,53 @@ def lake_table(lake: Lake) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def caught_up(lake: Lake, ends: dict[int, int]) -> bool:
+def behind(lake: Lake, ends: dict[int, int]) -> dict[int, int]:
+    """Records each partition still has to make durable (0 when its files are written)."""
+    out = {}
     for partition, end in ends.items():
         st = load_state(lake, "events", partition)
         resume = 0 if st is None else min([st.resume] + [c.first for c in st.pending])
-        if resume < end and end > 0:
-            return False
-    return True
+        out[partition] = max(0, end - resume)
+    return out
 
 
-async def wait_caught_up(lake: Lake, ends: dict[int, int], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(caught_up, lake, ends):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"sink did not catch up with {ends} within {timeout_s}s")
+def caught_up(lake: Lake, ends: dict[int, int]) -> bool:
+    return not any(behind(lake, ends).values())
+
+
+async def wait_caught_up(lake: Lake, ends: dict[int, int], timeout_s: float = 20.0,
+                         alive: Callable[[], str | None] | None = None, stall_s: float | None = None) -> None:
+    """Wait until the lake's state is past ``ends``.
+
+    ``timeout_s`` bounds the wait while the sink makes no progress: with
+    ``stall_s`` the deadline is instead pushed back whenever the records left
+    shrink, so a slow (loaded) sink gets the time it needs while a stuck one
+    fails after ``stall_s`` without progress (``timeout_s`` then caps the whole
+    wait). ``alive`` returns why the sink is gone (it exited), or None.
+    """
+    start = time.monotonic()
+    deadline = start + (timeout_s if stall_s is None else stall_s)
+    best = None
+    history: list[str] = []
+    while True:
+        left = await asyncio.to_thread(behind, lake, ends)
+        if not any(left.values()):
+            return
+        now = time.monotonic()
+        total = sum(left.values())
+        if best is None or total < best:
+            best = total
+            history.append(f"{now - start:.1f}s: {left}")
+            if stall_s is not None:
+                deadline = min(start + timeout_s, now + stall_s)
+        gone = alive() if alive is not None else None
+        if gone is not None:
+            raise AssertionError(f"sink exited before catching up with {ends}: {gone}\nprogress: {history[-5:]}")
+        if now > deadline:
+            why = "made no progress for" if stall_s is not None and now - start < timeout_s else "did not finish within"
+            limit = stall_s if why.startswith("made") else timeout_s
+            raise TimeoutError(f"sink {why} {limit}s catching up with {ends}; records left {left}\n"
+                               f"progress: {history[-5:]}")
         await asyncio.sleep(0.05)
 
 

@@ -15,10 +15,12 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from sinks.state import load_state
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
 from tests.sinks.lakes import LakeSetup, make_lake
 from tripwire.log.sqlite import SqliteLog
@@ -39,8 +41,33 @@ def start_sink(lake: LakeSetup, data_dir: Path) -> subprocess.Popen[bytes]:
         "TRIPWIRE_SINK__PROMOTE": '{ price = "number" }',
     })
     with open(data_dir / "sink.err", "ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "tripwire", "--log-level", "warning", "sink"], cwd=REPO,
+        err.write(f"--- sink started at {time.strftime('%H:%M:%S')}\n".encode())
+        err.flush()
+        return subprocess.Popen([sys.executable, "-m", "tripwire", "--log-level", "info", "sink"], cwd=REPO,
                                 env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def sink_log(data_dir: Path, tail: int = 6000) -> str:
+    """The end of every sink run's stderr (info log), for failure messages."""
+    path = data_dir / "sink.err"
+    return path.read_text(errors="replace")[-tail:] if path.exists() else "(no sink.err)"
+
+
+def gone(proc: subprocess.Popen[bytes], data_dir: Path) -> str | None:
+    """Why the sink can no longer make progress: it exited, or its task died (process still up)."""
+    code = proc.poll()
+    if code is not None:
+        return f"exit code {code}"
+    last_run = sink_log(data_dir, tail=1 << 20).rsplit("--- sink started", 1)[-1]
+    return "its task died (see the log)" if "sink stopped on an error" in last_run else None
+
+
+def lake_states(lake: LakeSetup) -> str:
+    out = []
+    for partition in range(4):
+        st = load_state(lake.lake, "events", partition)
+        out.append(f"p{partition}: " + ("no state" if st is None else f"resume {st.resume} pending {st.pending}"))
+    return "\n".join(out)
 
 
 def check_lake(lake: LakeSetup) -> set[str]:
@@ -97,10 +124,19 @@ async def test_kill_9_at_random_points_then_restart_gives_every_event_once(
             await feeder
             await asyncio.to_thread(check_lake, lake)
 
-        proc = start_sink(lake, tmp_path)
-        await wait_caught_up(lake.lake, await log.end_offsets("events"), timeout_s=60)
+        final = proc = start_sink(lake, tmp_path)
+        # A loaded machine may need a while to write the backlog (hundreds of small fsynced
+        # files): the wait lasts as long as the records left keep shrinking (bounded overall);
+        # a stuck sink fails after stall_s without progress, a dead one at once.
+        try:
+            await wait_caught_up(lake.lake, await log.end_offsets("events"), timeout_s=150, stall_s=30,
+                                 alive=lambda: gone(final, tmp_path))
+        except (TimeoutError, AssertionError) as exc:
+            states = await asyncio.to_thread(lake_states, lake)
+            raise AssertionError(
+                f"{exc}\n--- lake state:\n{states}\n--- sink stderr (tail):\n{sink_log(tmp_path)}") from None
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "sink.err").read_text()[-3000:]
+        assert proc.wait(timeout=30) == 0, sink_log(tmp_path)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

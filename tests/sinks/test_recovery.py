@@ -16,7 +16,8 @@ import pytest
 from sinks.config import SinkConfig
 from sinks.lake import LocalLake
 from sinks.writer import LakeWriter
-from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send
+from sinks.state import load_state
+from tests.sinks.helpers import BASE_MS, DAY_MS, caught_up, event, lake_table, send
 from tripwire.log.memory import MemoryLog
 
 
@@ -98,6 +99,32 @@ async def test_a_crash_anywhere_in_a_flush_then_resume_gives_every_event_once(se
             break
     assert all(not pw.forced and all(b.force_end is None for b in pw.open.values()) for pw in writer.parts.values())
     writer.close()
+    assert caught_up(LocalLake(tmp_path), await log.end_offsets("events"))  # the state says so too
     df = lake_table(LocalLake(tmp_path))
     assert crashes > 3
     assert df.message_id.is_unique and set(df.message_id) == set(sent)
+
+
+async def test_an_idle_restart_closes_the_cuts_a_killed_run_wrote_but_left_pending(tmp_path: Path) -> None:
+    """Killed after writing a flush's files, before the next flush closed them: nothing new arrives."""
+    log = MemoryLog(1)
+    await log.start()
+    await send(log, [event(i) for i in range(10)])
+    cfg = SinkConfig(lake_url=str(tmp_path), max_file_rows=4)
+    writer = LakeWriter(LocalLake(tmp_path), cfg)
+    writer.assign(0)
+    writer.process(await log.read("events", 0, 0, 100))
+    writer.seal_aged(now=1e12)
+    writer.flush()  # files written; the state still lists their cuts as pending (then: kill -9)
+    before = load_state(LocalLake(tmp_path), "events", 0)
+    assert before is not None and before.pending and before.resume == 10
+
+    writer = LakeWriter(LocalLake(tmp_path), cfg)
+    assert writer.assign(0) == 10
+    assert writer.flush() == {0: 10}  # no record to read, yet the stale state is saved
+    after = load_state(LocalLake(tmp_path), "events", 0)
+    assert after is not None and not after.pending and after.resume == 10
+    assert caught_up(LocalLake(tmp_path), {0: 10})
+    assert writer.flush() == {}  # and only once
+    writer.close()
+    assert sorted(lake_table(LocalLake(tmp_path)).message_id) == sorted(f"m-{i}" for i in range(10))
