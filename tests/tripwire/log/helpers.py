@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tripwire.log import Consumer, EventLog, Record
-
-if TYPE_CHECKING:
-    from tests.fixtures.tansu import TansuBroker
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -25,30 +20,6 @@ async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout_s: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-def _all_threads_stopped(pid: int) -> bool:
-    states = []
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            states.append(stat.read_text().rsplit(") ", 1)[1][:1])
-        except (OSError, IndexError):  # a thread exiting meanwhile
-            continue
-    return bool(states) and all(state == "T" for state in states)
-
-
-async def pause_broker(broker: TansuBroker, timeout_s: float = 10.0) -> None:
-    """SIGSTOP the broker and wait until every one of its threads has stopped.
-
-    ``kill(SIGSTOP)`` returns before the process stops: the kernel wakes one
-    thread to start the group stop, and on a busy machine it may not get a CPU
-    for a while, during which the broker's other threads keep answering
-    requests. A test that needs "nothing answers from now on" must wait.
-    """
-    broker.pause()
-    assert broker.proc is not None
-    pid = broker.proc.pid
-    await wait_for(lambda: _all_threads_stopped(pid), timeout_s, f"tansu (pid {pid}) to stop after SIGSTOP")
 
 
 async def poll_until(consumer: Consumer, count: int, timeout_s: float = 30.0) -> list[Record]:
