@@ -26,6 +26,23 @@ TriggerRow = tuple[str, bytes | None, bytes]  # (trigger id, key, Trigger JSON)
 _MARK_INTERVAL_S = 10.0
 
 
+async def trigger_ids(log: EventLog, partition: int, start: int, end: int) -> set[str]:
+    """Ids of the trigger records in ``[start, end)`` of one triggers-topic partition."""
+    ids: set[str] = set()
+    pos = start
+    while pos < end:
+        batch = await log.read(TRIGGERS, partition, pos, 1000)
+        if not batch:
+            break
+        for record in batch:
+            try:
+                ids.add(orjson.loads(record.value)["id"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                pass
+        pos = batch[-1].offset + 1
+    return ids
+
+
 class EmbeddedDurability:
     def __init__(self, engine: Engine, log: EventLog, store: SqliteStateStore) -> None:
         self.engine = engine
@@ -87,17 +104,7 @@ class EmbeddedDurability:
         marks = await asyncio.to_thread(self.store.marks)
         present: set[str] = set()
         for p, end in (await self.log.end_offsets(TRIGGERS)).items():
-            pos = marks.get(p, 0)
-            while pos < end:
-                batch = await self.log.read(TRIGGERS, p, pos, 1000)
-                if not batch:
-                    break
-                for record in batch:
-                    try:
-                        present.add(orjson.loads(record.value)["id"])
-                    except (orjson.JSONDecodeError, KeyError, TypeError):
-                        pass
-                pos = batch[-1].offset + 1
+            present |= await trigger_ids(self.log, p, marks.get(p, 0), end)
         done = [seq for seq, tid, _, _ in rows if tid in present]
         if done:
             logger.info("%d trigger(s) had reached the triggers topic before a restart; not sent again", len(done))
@@ -149,17 +156,7 @@ class CheckpointDurability:
             if p not in await self.log.partitions(TRIGGERS):
                 return ids
             end = (await self.log.end_offsets(TRIGGERS)).get(p, 0)
-            pos = mark
-            while pos < end:
-                batch = await self.log.read(TRIGGERS, p, pos, 1000)
-                if not batch:
-                    break
-                for record in batch:
-                    try:
-                        ids.add(orjson.loads(record.value)["id"])
-                    except (orjson.JSONDecodeError, KeyError, TypeError):
-                        pass
-                pos = batch[-1].offset + 1
+            ids = await trigger_ids(self.log, p, mark, end)
         except LogError as exc:
             logger.warning("triggers written after the checkpoint of partition %d cannot be read (%s); "
                            "a replay may write some again with the same id", p, exc)
