@@ -35,3 +35,5 @@ bench: deps
 	$(PY) bench/collector.py
 	$(PY) bench/rules.py
 	$(PY) bench/sink.py
+	$(PY) bench/kafka_log.py
+	$(PY) bench/e2e.py
