@@ -81,8 +81,6 @@ const set = (k, v) => {
 };
 const del = (k) => delete S[k];
 
-// Optional first-party cookie mirroring the anonymousId for the site's own server (data-cookie).
-const cookie = (v, age) => on(c.cookie) && (d.cookie = 'tw_a=' + v + ';path=/;max-age=' + age);
 const here = () => (on(c.hash) ? L.href : L.href.split('#')[0]);
 const pageInfo = () => ({ url: L.href, path: L.pathname, referrer: ref, title: d.title, search: L.search });
 /** UTF-8 size in bytes. */
@@ -94,10 +92,10 @@ const drop = (r) => del('tw:' + r.e.messageId);
 /** The queue, oldest first, trimmed to the cap (the newest event counts what was dropped). */
 const queue = (t = now(), q = [], n = 0, x) => {
   for (x in S) /^tw:/.test(x) && (x = get(x)) && q.push(x);
-  for (x of q.sort((a, b) => a.t - b.t).splice(0, q.length - (c.cap || 200)))
+  for (x of q.sort((a, b) => b.t - a.t).splice(c.cap || 200))
     drop(x), x.l > t || (n -= ~x.e.context.dropped); // 1 + its own count
-  if (n) put((x = q[q.length - 1]), (x.e.context.dropped = (x.e.context.dropped | 0) + n));
-  return q;
+  if (n) put((x = q[0]), (x.e.context.dropped = (x.e.context.dropped | 0) + n));
+  return q.reverse();
 };
 
 // The collector copies the batch's sentAt into each event.
@@ -113,18 +111,15 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
         ? hide && r.o == me && drop(r) // leaving: this tab's in-flight events are trusted to arrive
         : (r.o == me || t - r.t > 30 * I) && (n += size(r.e)) < 6e4 && b.push(r);
     if (!b[0]) return;
-    if (hide) ok = nav.sendBeacon(url, body(b));
-    else {
-      b.map((r) => put(r, (r.l = t + 1e4), (r.o = me)));
-      try {
-        x = (await fetch(url, { method: 'POST', body: body(b), keepalive: 1 })).status;
-        ok = x < 500 && x != 429;
-        x < 300 || log(x); // not accepted
-      } catch {}
-      // (Cleared rather than set to 0: nothing is written after an optOut that a batch outlived.)
-      (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I) ? set('tw_b', B) : del('tw_b');
-      R = now() + B;
-    }
+    // One path for both: the batch is leased, sent, then dropped (accepted) or put back (a
+    // failed fetch, or a beacon the browser refused, which also backs off).
+    b.map((r) => put(r, (r.l = t + 1e4), (r.o = me)));
+    ok = hide
+      ? nav.sendBeacon(url, body(b))
+      : await fetch(url, { method: 'POST', body: body(b), keepalive: 1 }).then((r) => ((x = r.status) < 300 || log(x), x < 500 && x != 429), log);
+    // (Cleared rather than set to 0: nothing is written after an optOut that a batch outlived.)
+    (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I) ? set('tw_b', B) : del('tw_b');
+    R = now() + B;
     b.map(ok ? drop : (r) => put(r, (r.l = 0)));
     ok && flush(hide);
   } catch (e) {
@@ -133,101 +128,97 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
 };
 
 // Nothing ever throws into the host page: the set-up and every call catch (errors go to the debug log).
-if (!tw?.l)
+const q = tw?.q || [];
+const s = d.currentScript;
+// Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the loader's
+// stub keeps swallowing calls).
+if (!tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1])), on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)))
   try {
-    (() => {
-      const q = tw?.q || [];
-      const s = d.currentScript;
-      Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
-      // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the
-      // loader's stub keeps swallowing calls).
-      if (!on(c.ignoreDnt) && (nav.globalPrivacyControl || nav.doNotTrack == 1)) return;
-      const f = (window.tw = (m, ...a) => {
-        try {
-          api[m](m, ...a); // the method's name is the event's type
-        } catch (e) {
-          log(e);
-        }
-      });
-      f.l = 1;
+    const f = (window.tw = (m, ...a) => {
       try {
-        if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
-      } catch {} // storage access throws in sandboxed frames: stay in memory
-      // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
-      url = c.api || new URL('v1/batch', s.src);
-      I = +c.interval || 2e3;
-      B = get('tw_b') | 0;
-      setInterval(flush, I);
-
-      const ev = (type, x) => {
-        if (get('tw_x')) return;
-        const t = now();
-        const i = get('tw_i') || {};
-        if (x.userId != null) i.u = (x.userId + '').slice(0, 256);
-        i.a ||= uuid();
-        // A session ends after 30 minutes without events; its id is its start time (ms).
-        if (!(t - i.l < 18e5)) i.s = t;
-        i.l = t;
-        set('tw_i', i);
-        cookie(i.a, 31536000);
-        let campaign; // UTM parameters (utm_campaign becomes name)
-        for (let [k, v] of new URLSearchParams(L.search))
-          if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
-        const e = {
-          type,
-          messageId: uuid(),
-          anonymousId: i.a,
-          timestamp: new Date().toISOString(),
-          context: { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign },
-          ...x,
-          userId: i.u,
-        };
-        if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
-        put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
-        queue()[(c.batch || 20) - 1] && flush();
-      };
-      const forget = (k) => {
-        for (const x in S) k.test(x) && delete S[x];
-        cookie('', 0);
-      };
-      const api = {
-        track: (m, n, p) => ev(m, { event: (n + '').slice(0, 256), properties: { ...p } }),
-        page: (m, n, p) => {
-          if (n + '' !== n) (p = n), (n = void 0); // page(properties)
-          // After an SPA navigation the previous page view is the referrer.
-          ref = last || ref;
-          last = here();
-          ev(m, { name: n, properties: { ...pageInfo(), ...p } });
-        },
-        identify: (m, u, p) => {
-          if (typeof u == 'object') (p = u), (u = void 0); // identify(traits) keeps the user
-          ev(m, { userId: u, traits: { ...p } });
-        },
-        reset: () => forget(/^tw_i/),
-        optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
-        optIn: () => del('tw_x'),
-      };
-
-      // Replay the calls queued before the script loaded, then record the page view.
-      for (const a of [...q, ['page']]) f(...a);
-
-      // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
-      // `here` ignores the hash otherwise).
-      const nv = () => here() != last && f('page');
-      for (const m of ['pushState', 'replaceState']) {
-        const o = history[m];
-        history[m] = (...a) => {
-          o.apply(history, a);
-          nv();
-        };
+        api[m](m, ...a); // the method's name is the event's type
+      } catch (e) {
+        log(e);
       }
-      addEventListener('popstate', nv);
-      addEventListener('hashchange', nv);
-      // Leaving, or going to the background (on mobile maybe the last chance): beacon.
-      addEventListener('visibilitychange', () => d.hidden && flush(1));
-      addEventListener('pagehide', () => flush(1));
-      addEventListener('online', () => flush((R = 0)));
-    })();
+    });
+    f.l = 1;
+    try {
+      if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
+    } catch {} // storage access throws in sandboxed frames: stay in memory
+    // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
+    url = c.api || new URL('v1/batch', s.src);
+    I = +c.interval || 2e3;
+    B = get('tw_b') | 0;
+    setInterval(flush, I);
+
+    const ev = (type, x) => {
+      if (get('tw_x')) return;
+      const t = now();
+      const i = get('tw_i') || {};
+      if (x.userId) i.u = (x.userId + '').slice(0, 256);
+      i.a ||= uuid();
+      // A session ends after 30 minutes without events; its id is its start time (ms).
+      if (!(t - i.l < 18e5)) i.s = t;
+      i.l = t;
+      set('tw_i', i);
+      on(c.cookie) && (d.cookie = 'tw_a=' + i.a + ';path=/;max-age=' + 3e7); // about a year
+      let campaign; // UTM parameters (utm_campaign becomes name)
+      for (let [k, v] of new URLSearchParams(L.search))
+        if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
+      const e = {
+        type,
+        messageId: uuid(),
+        anonymousId: i.a,
+        timestamp: new Date().toISOString(),
+        context: { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign },
+        ...x,
+        userId: i.u,
+      };
+      if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
+      put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
+      queue()[(c.batch || 20) - 1] && flush();
+    };
+    const forget = (k) => {
+      for (const x in S) k.test(x) && delete S[x];
+      on(c.cookie) && (d.cookie = 'tw_a=;path=/;max-age=0');
+    };
+    const api = {
+      track: (m, n, p) => ev(m, { event: (n + '').slice(0, 256), properties: { ...p } }),
+      page: (m, n, p) => {
+        if (n + '' !== n) (p = n), (n = void 0); // page(properties)
+        // After an SPA navigation the previous page view is the referrer.
+        ref = last || ref;
+        last = here();
+        ev(m, { name: n, properties: { ...pageInfo(), ...p } });
+      },
+      identify: (m, u, p) => {
+        if (typeof u == 'object') (p = u), (u = void 0); // identify(traits) keeps the user
+        ev(m, { userId: u, traits: { ...p } });
+      },
+      reset: () => forget(/^tw_i/),
+      optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
+      optIn: () => del('tw_x'),
+    };
+
+    // Replay the calls queued before the script loaded, then record the page view.
+    for (const a of [...q, ['page']]) f(...a);
+
+    // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
+    // `here` ignores the hash otherwise).
+    const nv = () => here() != last && f('page');
+    for (const m of ['pushState', 'replaceState']) {
+      const o = history[m];
+      history[m] = (...a) => {
+        o.apply(history, a);
+        nv();
+      };
+    }
+    addEventListener('popstate', nv);
+    addEventListener('hashchange', nv);
+    // Leaving, or going to the background (on mobile maybe the last chance): beacon.
+    addEventListener('visibilitychange', () => d.hidden && flush(1));
+    addEventListener('pagehide', () => flush(1));
+    addEventListener('online', () => flush((R = 0)));
   } catch (e) {
     log(e);
   }
