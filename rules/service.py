@@ -77,6 +77,7 @@ class RulesService:
         self._lock = asyncio.Lock()
         self._assigned: set[int] = set()
         self._positions: dict[int, int] = {}
+        self._generation = 0  # bumped at both ends of every rebalance callback
         self._stopping = False
         self._last_reload = time.monotonic()
         self._seen_stats = EngineStats()
@@ -121,6 +122,7 @@ class RulesService:
 
     async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         async with self._lock:
+            self._generation += 1
             for tp in sorted(partitions):
                 if tp.topic != EVENTS:
                     continue
@@ -131,10 +133,12 @@ class RulesService:
                     self._positions[tp.partition] = offset
                 else:
                     self._positions.pop(tp.partition, None)
+            self._generation += 1  # a poll that began while this ran may predate the seeks
             logger.info("partitions assigned: %s", sorted(p.partition for p in partitions))
 
     async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         async with self._lock:
+            self._generation += 1
             for tp in sorted(partitions):
                 if tp.topic != EVENTS or tp.partition not in self._assigned:
                     continue
@@ -145,6 +149,7 @@ class RulesService:
                 self._assigned.discard(tp.partition)
                 self._positions.pop(tp.partition, None)
                 self.engine.drop_partition(tp.partition)
+            self._generation += 1
             logger.info("partitions revoked: %s", sorted(p.partition for p in partitions))
 
     # the loop ------------------------------------------------------------------------
@@ -161,6 +166,7 @@ class RulesService:
     async def _run(self) -> None:
         assert self._consumer is not None
         while not self._stopping:
+            generation = self._generation
             try:
                 records = await self._consumer.poll(self._poll_timeout_ms(), self.rc.max_records)
             except LogError as exc:
@@ -169,6 +175,9 @@ class RulesService:
                 continue
             try:
                 async with self._lock:
+                    if generation != self._generation:
+                        self._rewind(records)
+                        continue
                     await self._handle(records)
             except LogError as exc:
                 # Embedded: the batch is committed and its triggers wait in the outbox (retried on the
@@ -178,6 +187,23 @@ class RulesService:
             if time.monotonic() - self._last_reload >= self.rc.reload_interval_ms / 1000:
                 self._last_reload = time.monotonic()
                 await self.reload()
+
+    def _rewind(self, records: Sequence[Any]) -> None:
+        """Drop a batch fetched across a rebalance and read again from where each partition is.
+
+        Its records may predate a listener's seek; matching them would process a
+        partition out of order. A partition restored without a checkpoint has no
+        known position: it goes back to the batch's first record of it.
+        """
+        assert self._consumer is not None
+        first: dict[int, int] = {}
+        for r in records:
+            if r.topic == EVENTS:
+                first[r.partition] = min(first.get(r.partition, r.offset), r.offset)
+        for tp in self._consumer.assignment():
+            offset = self._positions.get(tp.partition, first.get(tp.partition))
+            if tp.topic == EVENTS and tp.partition in self._assigned and offset is not None:
+                self._consumer.seek(tp, offset)
 
     async def reload(self) -> bool:
         changed = await asyncio.to_thread(self.ruleset.scan)

@@ -93,8 +93,8 @@ class SinkService:
 
     async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         assert self.writer is not None
-        self._generation += 1
         async with self._lock:
+            self._generation += 1
             for tp in sorted(partitions):
                 if tp.topic != EVENTS:
                     continue
@@ -102,15 +102,16 @@ class SinkService:
                 self._owned.add(tp.partition)
                 consumer.seek(tp, offset)
                 logger.info("sink owns %s-%d from offset %d", tp.topic, tp.partition, offset)
+            self._generation += 1  # a poll that began while this ran may predate the seeks
 
     async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         assert self.writer is not None
-        self._generation += 1
         offsets = {}
-        self._owned -= {tp.partition for tp in partitions if tp.topic == EVENTS}
-        if self.failed:
-            return  # nothing can be written; the next owner replays from the lake
         async with self._lock:
+            self._generation += 1
+            self._owned -= {tp.partition for tp in partitions if tp.topic == EVENTS}
+            if self.failed:
+                return  # nothing can be written; the next owner replays from the lake
             for tp in sorted(partitions):
                 if tp.topic == EVENTS and tp.partition in self.writer.parts:
                     try:
@@ -142,18 +143,20 @@ class SinkService:
             while not self._stopping:
                 records, generation = await (ahead or self._poll())
                 ahead = None
-                if generation != self._generation:
-                    # Fetched across a rebalance: drop it and read again from where the writer is.
-                    for tp in self.consumer.assignment():
-                        if tp.partition in writer.parts:
-                            self.consumer.seek(tp, writer.parts[tp.partition].position)
-                    continue
                 now = time.monotonic()
                 try:
                     if records:
-                        # Read the next batch while this one is processed (the read releases the GIL).
-                        ahead = asyncio.create_task(self._poll())
                         async with self._lock:
+                            # Checked under the lock: a rebalance listener holds it from its first
+                            # change to its last seek, and bumps the generation at both ends.
+                            if generation != self._generation:
+                                # Fetched across a rebalance: drop it and read again from where the writer is.
+                                for tp in self.consumer.assignment():
+                                    if tp.partition in writer.parts:
+                                        self.consumer.seek(tp, writer.parts[tp.partition].position)
+                                continue
+                            # Read the next batch while this one is processed (the read releases the GIL).
+                            ahead = asyncio.create_task(self._poll())
                             await asyncio.to_thread(writer.process, records)
                     tick = now - last_tick >= tick_s
                     if tick or any(pw.sealed for pw in writer.parts.values()):

@@ -100,6 +100,10 @@ class PartitionWriter:
         cfg = self.cfg
         today = datetime.now(UTC).strftime("date=%Y-%m-%d")
         dups = 0
+        if records and records[0].offset > self.position:
+            # Offsets of a non-transactional topic are dense: a jump means records went by unread.
+            logger.warning("%s-%d: records jump from offset %d to %d", records[0].topic, records[0].partition,
+                           self.position, records[0].offset)
         for r in records:
             o = r.offset
             if o < self.position:
