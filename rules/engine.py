@@ -92,15 +92,16 @@ class RuleState:
 
 
 class PartitionState:
-    __slots__ = ("partition", "max_t", "watermark", "states", "timers", "seen", "next_sweep", "dirty", "new_seen",
-                 "seen_cutoff")
+    __slots__ = ("partition", "max_t", "watermark", "states", "timers", "wheel", "seen", "next_sweep", "dirty",
+                 "new_seen", "seen_cutoff")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.max_t = NEG_INF
         self.watermark = NEG_INF
         self.states: dict[tuple[str, str], RuleState] = {}
-        self.timers: list[tuple[int, str, str]] = []
+        self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
+        self.wheel: dict[int, list[tuple[str, str]]] = {}  # wake time -> (rule uid, key) registered then
         self.seen: dict[str, int] = {}
         self.next_sweep = NEG_INF
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
@@ -178,7 +179,7 @@ class Engine:
             ps.max_t = t
             wm = t - self.lateness
             if wm > ps.watermark:
-                if (ps.timers and ps.timers[0][0] <= wm) or wm >= ps.next_sweep:
+                if (ps.timers and ps.timers[0] <= wm) or wm >= ps.next_sweep:
                     self._advance(ps, wm, out)
                 else:
                     ps.watermark = wm
@@ -366,32 +367,52 @@ class Engine:
                 del ps.states[sk]
             rs.wake = 0
             return
-        if wake != rs.wake:
+        # Timers are registered lazily: a state keeps its earliest registration; when that one comes
+        # due the state is looked at again and registers its real wake (most updates move it later,
+        # so they cost nothing here).
+        if rs.wake == 0 or wake < rs.wake:
             rs.wake = wake
-            heapq.heappush(ps.timers, (wake, sk[0], sk[1]))
-            if len(ps.timers) > 4 * len(ps.states) + 1024:
-                # Superseded entries are skipped when popped; rebuild before they pile up.
-                ps.timers = [(r.wake, u, k) for (u, k), r in ps.states.items() if r.wake]
+            self._register(ps, wake, sk)
+
+    @staticmethod
+    def _register(ps: PartitionState, wake: int, sk: tuple[str, str]) -> None:
+        lst = ps.wheel.get(wake)
+        if lst is None:
+            ps.wheel[wake] = [sk]
+            heapq.heappush(ps.timers, wake)
+            if len(ps.timers) > 2 * len(ps.states) + 1024:
+                # Superseded registrations are skipped when they come due; rebuild before they pile up.
+                ps.wheel = {}
+                for s, r in ps.states.items():
+                    if r.wake:
+                        ps.wheel.setdefault(r.wake, []).append(s)
+                ps.timers = list(ps.wheel)
                 heapq.heapify(ps.timers)
+        else:
+            lst.append(sk)
 
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
         ps.watermark = wm
-        timers = ps.timers
-        while timers and timers[0][0] <= wm:
-            wake, uid, key = heapq.heappop(timers)
-            sk = (uid, key)
-            rs = ps.states.get(sk)
-            if rs is None or rs.wake != wake:
-                continue  # stale entry
-            rule = self._rules.get(uid)
-            if rule is None:
-                del ps.states[sk]
-                self._dirty(ps, sk)
-                continue
-            self._expire(ps, rule, key, rs, wm, out)
-            self._dirty(ps, sk)
-            rs.wake = 0
-            self._reschedule(ps, rule, sk, rs)
+        timers, wheel, states = ps.timers, ps.wheel, ps.states
+        while timers and timers[0] <= wm:
+            wake = heapq.heappop(timers)
+            sks = wheel.pop(wake)
+            if len(sks) > 1:
+                sks.sort()  # deadline order, then rule and key: deterministic
+            for sk in sks:
+                rs = states.get(sk)
+                if rs is None or rs.wake != wake:
+                    continue  # superseded registration
+                rule = self._rules.get(sk[0])
+                if rule is None:
+                    del states[sk]
+                    self._dirty(ps, sk)
+                    continue
+                rs.wake = 0
+                changed = self._expire(ps, rule, sk[1], rs, wm, out)
+                self._reschedule(ps, rule, sk, rs)
+                if changed or sk not in states:
+                    self._dirty(ps, sk)
         if wm >= ps.next_sweep:
             horizon = max(self.plan.horizon_ms, self.dedup_window_ms)
             cutoff = wm - horizon
@@ -401,18 +422,27 @@ class Engine:
                 ps.seen_cutoff = cutoff
             ps.next_sweep = wm + max(_SEEN_SWEEP_MIN_MS, horizon // 8)
 
-    def _expire(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, wm: int, out: list[Match]) -> None:
+    def _expire(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, wm: int, out: list[Match]) -> bool:
+        """Drop what the watermark ``wm`` has passed (firing absences); True when anything changed."""
+        changed = False
         if rs.runs is not None:
             for i, run in enumerate(rs.runs):
                 if run is not None and run.deadline < wm:
                     rs.runs[i] = None
+                    changed = True
                     if rule.steps[i].absent:
                         self._complete(ps, rule, key, rs, run.steps, run.deadline, out)
         if rs.acc:
             cutoff = wm - (rule.steps[0].within_ms or 0)
-            rs.acc = [s for s in rs.acc if s[1] >= cutoff] or None
+            if rs.acc[0][1] < cutoff:
+                rs.acc = [s for s in rs.acc if s[1] >= cutoff] or None
+                changed = True
         if rs.fires and rule.cap_per_ms is not None:
-            rs.fires = [f for f in rs.fires if f + rule.cap_per_ms > wm] or None
+            per = rule.cap_per_ms
+            if min(rs.fires) + per <= wm:
+                rs.fires = [f for f in rs.fires if f + per > wm] or None
+                changed = True
+        return changed
 
     def advance_watermark(self, partition: int, wm: int) -> list[Match]:
         out: list[Match] = []
@@ -435,14 +465,15 @@ class Engine:
         """Event time at which the earliest pending timer fires (watermark needed, plus lateness)."""
         best = None
         for ps in self.partitions.values():
-            while ps.timers:
-                wake, uid, key = ps.timers[0]
-                rs = ps.states.get((uid, key))
-                if rs is not None and rs.wake == wake:
+            timers, wheel, states = ps.timers, ps.wheel, ps.states
+            while timers:
+                wake = timers[0]
+                if any((rs := states.get(sk)) is not None and rs.wake == wake for sk in wheel[wake]):
                     break
-                heapq.heappop(ps.timers)
-            if ps.timers and (best is None or ps.timers[0][0] < best):
-                best = ps.timers[0][0]
+                heapq.heappop(timers)
+                del wheel[wake]
+            if timers and (best is None or timers[0] < best):
+                best = timers[0]
         return None if best is None else best + self.lateness
 
     def take_changes(self, p: int) -> tuple[list[tuple[str, str, bytes | None]], list[tuple[str, int]], int | None]:
