@@ -51,11 +51,10 @@ let me = 1; // this tab's id
 let url; // the batch endpoint
 let I; // flush interval, ms
 let B; // backoff, ms
-let R = 0; // no retry before this time (ms)
+let R; // no retry before this time (ms)
 let n = 0; // events queued by this page: orders events queued within one millisecond
 let last; // the URL of the last page view (without the hash unless hash routing is on)
 let ref = d.referrer; // the referrer of the next page view
-const tw = window.tw;
 
 /** A boolean setting: true for `data-x`, `data-x=""`, true or anything else but false/"false" or absent. */
 const on = (v) => !/^[fu]/.test(v);
@@ -66,7 +65,7 @@ const uuid = () => (Math.random() + '' + Math.random()).slice(2);
 /** A stored value: a missing key reads as 0; a corrupt one (another script wrote it) is removed. */
 const get = (k) => {
   try {
-    return JSON.parse(S[k] ?? 0);
+    return JSON.parse(S[k] || 0);
   } catch {
     del(k);
   }
@@ -98,9 +97,6 @@ const queue = (t = now(), q = [], n = 0, x) => {
   return q.reverse();
 };
 
-// The collector copies the batch's sentAt into each event.
-const body = (b) => str({ batch: b.map((r) => r.e), sentAt: new Date().toISOString(), writeKey: c.key });
-
 /** Send a batch (the oldest free events of this tab, or abandoned by theirs, that fit in 64 KB), then the next. */
 const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
   try {
@@ -114,12 +110,13 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
     // One path for both: the batch is leased, sent, then dropped (accepted) or put back (a
     // failed fetch, or a beacon the browser refused, which also backs off).
     b.map((r) => put(r, (r.l = t + 1e4), (r.o = me)));
+    n = str({ batch: b.map((r) => r.e), sentAt: new Date().toISOString(), writeKey: c.key }); // the collector copies sentAt into each event
     ok = hide
-      ? nav.sendBeacon(url, body(b))
-      : await fetch(url, { method: 'POST', body: body(b), keepalive: 1 }).then((r) => ((x = r.status) < 300 || log(x), x < 500 && x != 429), log);
+      ? nav.sendBeacon(url, n)
+      : await fetch(url, { method: 'POST', body: n, keepalive: 1 }).then((r) => ((x = r.status) < 300 || log(x), x < 500 && x != 429), log);
     // (Cleared rather than set to 0: nothing is written after an optOut that a batch outlived.)
     (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I) ? set('tw_b', B) : del('tw_b');
-    R = now() + B;
+    R = t + B;
     b.map(ok ? drop : (r) => put(r, (r.l = 0)));
     ok && flush(hide);
   } catch (e) {
@@ -128,11 +125,11 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
 };
 
 // Nothing ever throws into the host page: the set-up and every call catch (errors go to the debug log).
-const q = tw?.q || [];
+const q = window.tw?.q || [];
 const s = d.currentScript;
 // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the loader's
 // stub keeps swallowing calls).
-if (!tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1])), on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)))
+if (!window.tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1])), on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)))
   try {
     const f = (window.tw = (m, ...a) => {
       try {
@@ -201,7 +198,7 @@ if (!tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[
     };
 
     // Replay the calls queued before the script loaded, then record the page view.
-    for (const a of [...q, ['page']]) f(...a);
+    q.map((a) => f(...a)), f('page');
 
     // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
     // `here` ignores the hash otherwise).
