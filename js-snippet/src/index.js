@@ -97,8 +97,10 @@ const queue = (t = now(), q = [], n = 0, x) => {
   return q.reverse();
 };
 
-/** Send a batch (the oldest free events of this tab, or abandoned by theirs, that fit in 64 KB), then the next. */
-const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
+/** Send a batch (the oldest free events of this tab, or abandoned by theirs, that fit in 64 KB), then the
+ * next; only when at least `m` events are ready (data-batch, for a flush after an event). The queue is
+ * trimmed to the cap on every call, even when nothing is sent. */
+const flush = async (hide, m = 1, t = now(), b = [], n = 0, ok, x) => {
   try {
     const q = queue(t);
     if (hide ? B || !nav.onLine : t < R) return;
@@ -106,7 +108,7 @@ const flush = async (hide, t = now(), b = [], n = 0, ok, x) => {
       r.l > t
         ? hide && r.o == me && drop(r) // leaving: this tab's in-flight events are trusted to arrive
         : (r.o == me || t - r.t > 30 * I) && (n += size(r.e)) < 6e4 && b.push(r);
-    if (!b[0]) return;
+    if (!b[m - 1]) return;
     // One path for both: the batch is leased, sent, then dropped (accepted) or put back (a
     // failed fetch, or a beacon the browser refused, which also backs off).
     b.map((r) => put(r, (r.l = t + 1e4), (r.o = me)));
@@ -173,10 +175,10 @@ if (!window.tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init
       };
       if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
       put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
-      queue()[(c.batch || 20) - 1] && flush();
+      flush(0, c.batch || 20); // sends only once data-batch events wait
     };
     const forget = (k) => {
-      for (const x in S) k.test(x) && delete S[x];
+      for (const x in S) k.test(x) && del(x);
       on(c.cookie) && (d.cookie = 'tw_a=;path=/;max-age=0');
     };
     const api = {
