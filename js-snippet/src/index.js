@@ -128,10 +128,9 @@ const flush = async (hide, m = 1, t = now(), b = [], n = 0, ok, x) => {
 
 // Nothing ever throws into the host page: the set-up and every call catch (errors go to the debug log).
 const q = window.tw?.q || [];
-const s = d.currentScript;
 // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the loader's
 // stub keeps swallowing calls).
-if (!window.tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init' && a[1])), on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)))
+if (!window.tw?.l && (Object.assign(c, d.currentScript?.dataset, ...q.map((a) => a[0] == 'init' && a[1])), on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)))
   try {
     const f = (window.tw = (m, ...a) => {
       try {
@@ -145,9 +144,9 @@ if (!window.tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init
       if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
     } catch {} // storage access throws in sandboxed frames: stay in memory
     // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
-    url = c.api || new URL('v1/batch', s.src);
+    url = c.api || new URL('v1/batch', d.currentScript.src);
     I = +c.interval || 2e3;
-    B = get('tw_b') | 0;
+    B = get('tw_b'); // undefined if corrupt: treated as 0 everywhere
     setInterval(flush, I);
 
     const ev = (type, x) => {
@@ -215,7 +214,7 @@ if (!window.tw?.l && (Object.assign(c, s?.dataset, ...q.map((a) => a[0] == 'init
     addEventListener('popstate', nv);
     addEventListener('hashchange', nv);
     // Leaving, or going to the background (on mobile maybe the last chance): beacon.
-    addEventListener('visibilitychange', () => d.hidden && flush(1));
+    addEventListener('visibilitychange', () => flush(d.hidden)); // visible again: an ordinary flush
     addEventListener('pagehide', () => flush(1));
     addEventListener('online', () => flush((R = 0)));
   } catch (e) {
