@@ -211,7 +211,8 @@ if (!window.tw?.l && (Object.assign(c, d.currentScript?.dataset, ...q.map((a) =>
         nv();
       };
     }
-    addEventListener('popstate', nv); // also fired by hash changes (fragment navigations)
+    addEventListener('popstate', nv);
+    addEventListener('hashchange', nv);
     // Leaving, or going to the background (on mobile maybe the last chance): beacon.
     addEventListener('visibilitychange', () => flush(d.hidden)); // visible again: an ordinary flush
     addEventListener('pagehide', () => flush(1));
