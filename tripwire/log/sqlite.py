@@ -7,18 +7,23 @@ committed*: one writer thread drains every append queued while the previous
 transaction was being written and commits them together, so many concurrent
 requests share one fsync.
 
-Records are stored Kafka-style as *record batches*: one row per (append call,
-partition) holding all of that append's records for the partition, keyed by
+Records are stored Kafka-style as *record batches*: one row per (transaction,
+partition) holding the records every append of that group commit made to the
+partition, in queue order (split at about 1 MB), keyed by
 ``(topic, partition, last_offset)``. Offsets stay per record (a batch of ``n``
 records ending at ``last_offset`` holds ``last_offset - n + 1 .. last_offset``);
 a read from any offset finds the batch holding it with the primary key
 (``last_offset >= ?``) and drops the records before it. The blob is
 ``n`` pairs of little-endian int32 (key length, -1 for no key; value length)
 followed by each record's key and value bytes (see :func:`encode_batch`).
-One row per request instead of one per event is what makes batched intake cheap.
+A few rows per commit instead of one per event (or per request) is what makes
+intake cheap. Appends are framed on the event loop (:func:`encode_parts`); the
+writer only joins the frames.
 
-Offsets are assigned inside the write transaction from the table itself, so
-several processes may append to the same file (SQLite serialises writers).
+Offsets are assigned inside the write transaction from the table itself (and
+kept between transactions while ``PRAGMA data_version`` says no other
+connection wrote), so several processes may append to the same file (SQLite
+serialises writers).
 The partition count is fixed when the file is created and stored in it.
 Read the log through :class:`SqliteLog` (``read``/``read_sync``), not its tables.
 """
@@ -88,32 +93,59 @@ def connect(path: Path) -> sqlite3.Connection:
 class _Txn:
     """State shared by the ops of one group-committed transaction.
 
-    Next offsets are read from the table once per partition per transaction (the
-    write lock is held, so they cannot move under us) and all appended rows go to
-    one ``executemany``: the per-append cost stays flat as the group grows.
+    ``next_offsets`` holds each partition's next offset (read from the table once, then
+    kept across transactions while no other connection writes, see ``_commit``) and all
+    appended rows go to one ``executemany``: the per-append cost stays flat as the group grows.
     """
 
     __slots__ = ("conn", "next_offsets", "rows")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, next_offsets: dict[tuple[str, int], int]) -> None:
         self.conn = conn
-        self.next_offsets: dict[tuple[str, int], int] = {}
+        self.next_offsets = next_offsets
         self.rows: list[tuple[Any, ...]] = []
 
 
+# One partition's share of an append, framed in two parts (see encode_batch):
+# (partition, record count, the int32 length pairs, the key and value bytes).
+_Part = tuple[int, int, bytes, bytes]
+
+
 class _Op:
-    """One queued write: ``apply`` runs inside the shared transaction."""
+    """One queued write: an append's framed ``parts`` for ``topic``, or ``apply`` run inside the transaction."""
 
-    __slots__ = ("apply", "future", "records")
+    __slots__ = ("apply", "future", "records", "topic", "parts")
 
-    def __init__(self, apply: Callable[[_Txn], None], future: asyncio.Future[None], records: int):
+    def __init__(
+        self,
+        apply: Callable[[_Txn], None] | None,
+        future: asyncio.Future[None],
+        records: int,
+        topic: str = "",
+        parts: list[_Part] | None = None,
+    ):
         self.apply = apply
         self.future = future
         self.records = records
+        self.topic = topic
+        self.parts = parts
 
 
-def encode_batch(items: Sequence[Entry]) -> bytes:
-    """Frame records as one blob: (key length | -1, value length) int32 pairs, then the bytes."""
+_PAIR = struct.Struct("<2i")
+
+
+def encode_parts(items: Sequence[Entry]) -> tuple[bytes, bytes]:
+    """:func:`encode_batch` in its two parts: the length pairs, then the bytes.
+
+    The parts of consecutive framings concatenate into one valid blob
+    (``b"".join(heads) + b"".join(datas)``), which is how the writer merges the
+    appends of one transaction into one record batch per partition.
+    """
+    if len(items) == 1:
+        key, value = items[0]
+        if key is None:
+            return _PAIR.pack(-1, len(value)), value
+        return _PAIR.pack(len(key), len(value)), key + value
     lengths: list[int] = []
     parts: list[bytes] = []
     for key, value in items:
@@ -123,7 +155,13 @@ def encode_batch(items: Sequence[Entry]) -> bytes:
             lengths += (len(key), len(value))
             parts.append(key)
         parts.append(value)
-    return struct.pack(f"<{len(lengths)}i", *lengths) + b"".join(parts)
+    return struct.pack(f"<{len(lengths)}i", *lengths), b"".join(parts)
+
+
+def encode_batch(items: Sequence[Entry]) -> bytes:
+    """Frame records as one blob: (key length | -1, value length) int32 pairs, then the bytes."""
+    head, data = encode_parts(items)
+    return head + data
 
 
 def decode_batch(data: bytes, count: int, start: int = 0, stop: int | None = None) -> list[tuple[bytes | None, bytes]]:
@@ -170,6 +208,22 @@ def _chunks(items: list[Entry]) -> list[list[Entry]]:
     return chunks
 
 
+_INSERT_CHUNK = 32  # rows per INSERT statement (6 parameters each)
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert record-batch rows with one multi-row INSERT per up to 32 rows.
+
+    One statement step instead of one per row: the sqlite3 module releases and
+    retakes the GIL around every step, and each retake on a busy event loop
+    waits out a switch interval.
+    """
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[start : start + _INSERT_CHUNK]
+        params = [value for row in chunk for value in row]
+        conn.execute("INSERT INTO record_batches VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)), params)
+
+
 def _next_offset(conn: sqlite3.Connection, topic: str, partition: int) -> int:
     (nxt,) = conn.execute(
         "SELECT coalesce(max(last_offset) + 1, 0) FROM record_batches WHERE topic = ? AND partition = ?",
@@ -204,6 +258,10 @@ class SqliteLog(EventLog):
         self._appended = asyncio.Event()
         self._closed = False
         self._started = False
+        # Writer thread only: next offset per (topic, partition), valid while no other
+        # connection has written the file (PRAGMA data_version unchanged).
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._data_version: int | None = None
         self.commits = 0  # transactions written (group-commit efficiency = appends / commits)
 
     # lifecycle ---------------------------------------------------------------
@@ -286,29 +344,84 @@ class SqliteLog(EventLog):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                txn = _Txn(conn)
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+                if version != self._data_version:  # another connection wrote: offsets may have moved
+                    self._next_offsets.clear()
+                    self._data_version = version
+                txn = _Txn(conn, dict(self._next_offsets))
+                # Every append of the transaction goes into one record batch per partition
+                # (a few rows per commit instead of one per request), in queue order.
+                merged: dict[tuple[str, int], list[_Part]] = {}
                 for op in batch:
-                    op.apply(txn)
-                if txn.rows:
-                    conn.executemany("INSERT INTO record_batches VALUES (?, ?, ?, ?, ?, ?)", txn.rows)
+                    if op.apply is not None:
+                        op.apply(txn)
+                    else:
+                        topic = op.topic
+                        for part in op.parts:  # type: ignore[union-attr]
+                            tp = (topic, part[0])
+                            pieces = merged.get(tp)
+                            if pieces is None:
+                                merged[tp] = [part]
+                            else:
+                                pieces.append(part)
+                if merged:
+                    self._merge_rows(txn, merged)
+                _insert_rows(conn, txn.rows)
                 conn.execute("COMMIT")
             except BaseException:
+                self._next_offsets.clear()
                 conn.execute("ROLLBACK")
                 raise
+            self._next_offsets = txn.next_offsets
             self.commits += 1
         except sqlite3.Error as exc:
             logger.exception("event log write failed")
             error = LogUnavailable(f"event log write failed: {exc}")
         self._resolve(batch, error)
 
+    @staticmethod
+    def _merge_rows(txn: _Txn, merged: dict[tuple[str, int], list[_Part]]) -> None:
+        ts = int(time.time() * 1000)
+        next_offsets = txn.next_offsets
+        rows = txn.rows
+        for tp, pieces in merged.items():
+            nxt = next_offsets.get(tp)
+            if nxt is None:
+                nxt = _next_offset(txn.conn, tp[0], tp[1])
+            # Rows of about _BATCH_BYTES at most (a piece is already at most about that big).
+            start = 0
+            while start < len(pieces):
+                stop, size, count = start, 0, 0
+                while stop < len(pieces):
+                    piece = pieces[stop]
+                    if stop > start and size + len(piece[3]) > _BATCH_BYTES:
+                        break
+                    size += len(piece[3])
+                    count += piece[1]
+                    stop += 1
+                chosen = pieces[start:stop]
+                if len(chosen) == 1:
+                    blob = chosen[0][2] + chosen[0][3]
+                else:
+                    blob = b"".join([p[2] for p in chosen] + [p[3] for p in chosen])
+                nxt += count
+                rows.append((tp[0], tp[1], nxt - 1, count, ts, blob))
+                start = stop
+            next_offsets[tp] = nxt
+
     def _resolve(self, batch: list[_Op], error: Exception | None) -> None:
+        futures = [op.future for op in batch]
+
         def done() -> None:
-            for op in batch:
-                if not op.future.done():
-                    if error is None:
-                        op.future.set_result(None)
-                    else:
-                        op.future.set_exception(error)
+            # One loop callback per transaction resolves all of its appends.
+            if error is None:
+                for future in futures:
+                    if not future.done():
+                        future.set_result(None)
+            else:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(error)
             self._appended.set()
             self._appended = asyncio.Event()
 
@@ -330,26 +443,28 @@ class SqliteLog(EventLog):
     async def append(self, topic: str, entries: Sequence[Entry]) -> None:
         if not entries:
             return
+        if not self._started:
+            raise LogClosed("event log not started")
+        if self._closed:
+            raise LogClosed("event log stopped")
         n = self._partitions
-        ts = int(time.time() * 1000)
-        by_partition: dict[int, list[Entry]] = {}
-        for entry in entries:
-            by_partition.setdefault(partition_for(entry[0], n), []).append(entry)
-        batches: list[tuple[int, int, bytes]] = []
-        for partition, items in by_partition.items():
-            for chunk in _chunks(items):
-                batches.append((partition, len(chunk), encode_batch(chunk)))
-
-        def apply(txn: _Txn) -> None:
-            for partition, count, blob in batches:
-                nxt = txn.next_offsets.get((topic, partition))
-                if nxt is None:
-                    nxt = _next_offset(txn.conn, topic, partition)
-                last = nxt + count - 1
-                txn.rows.append((topic, partition, last, count, ts, blob))
-                txn.next_offsets[(topic, partition)] = last + 1
-
-        await self._submit(apply, len(entries))
+        parts: list[_Part]
+        if len(entries) == 1:  # a single event: the collector's commonest request
+            key, value = entries[0]
+            head, data = encode_parts(entries)
+            parts = [(partition_for(key, n), 1, head, data)]
+        else:
+            by_partition: dict[int, list[Entry]] = {}
+            for entry in entries:
+                by_partition.setdefault(partition_for(entry[0], n), []).append(entry)
+            parts = []
+            for partition, items in by_partition.items():
+                for chunk in _chunks(items):
+                    parts.append((partition, len(chunk), *encode_parts(chunk)))
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put(_Op(None, future, len(entries), topic, parts))
+        await future
 
     def _expire(self, txn: _Txn) -> None:
         conn = txn.conn
