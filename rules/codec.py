@@ -18,25 +18,45 @@ from .errors import StateError
 from .plan import MISSING
 
 _DAYS: dict[str, int] = {}
+_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch ms (hot path: one lookup per event)
+_SECONDS_MAX = 200_000
+
+
+def _second_ms(prefix: str) -> int | None:
+    """Epoch ms of a validated "YYYY-MM-DDTHH:MM:SS" prefix, or None."""
+    day = _DAYS.get(prefix[:10])
+    try:
+        if day is None:
+            day = int(datetime.fromisoformat(prefix[:10] + "T00:00:00+00:00").timestamp()) * 1000
+            if len(_DAYS) < 10_000:
+                _DAYS[prefix[:10]] = day
+        h, m, sec = int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19])
+    except ValueError:
+        return None
+    if h < 24 and m < 60 and sec < 60 and prefix[13] == ":" and prefix[16] == ":":
+        return day + h * 3_600_000 + m * 60_000 + sec * 1000
+    return None
 
 
 def parse_event_time(env: dict[str, Any]) -> int | None:
     """The envelope's corrected event time in ms, or None when it has none usable."""
     ts = env.get("timestamp")
     if type(ts) is str and len(ts) == 24 and ts[10] == "T" and ts[23] == "Z" and ts[19] == ".":
-        # The collector's canonical form: YYYY-MM-DDTHH:MM:SS.mmmZ (fast path).
-        day = _DAYS.get(ts[:10])
+        # The collector's canonical form: YYYY-MM-DDTHH:MM:SS.mmmZ (fast path: the second is cached).
+        prefix = ts[:19]
+        base = _SECONDS.get(prefix)
+        if base is None:
+            base = _second_ms(prefix)
+            if base is None:
+                return None
+            if len(_SECONDS) >= _SECONDS_MAX:
+                _SECONDS.clear()
+            _SECONDS[prefix] = base
         try:
-            if day is None:
-                day = int(datetime.fromisoformat(ts[:10] + "T00:00:00+00:00").timestamp()) * 1000
-                if len(_DAYS) < 10_000:
-                    _DAYS[ts[:10]] = day
-            h, m, sec, ms = int(ts[11:13]), int(ts[14:16]), int(ts[17:19]), int(ts[20:23])
+            ms = int(ts[20:23])
         except ValueError:
             return None
-        if h < 24 and m < 60 and sec < 60 and ts[13] == ":" and ts[16] == ":" and ms >= 0:
-            return day + h * 3_600_000 + m * 60_000 + sec * 1000 + ms
-        return None
+        return base + ms if ms >= 0 else None
     try:
         return event_time_ms(env)
     except (KeyError, EnvelopeError, TypeError, ValueError, OverflowError):
@@ -55,3 +75,24 @@ def loads_state(data: bytes) -> Any:
         return _Unpickler(io.BytesIO(data)).load()
     except Exception as exc:
         raise StateError(f"engine state is unreadable: {exc}") from exc
+
+
+# (rule, key) states and partition snapshots ------------------------------------------------
+# A state is pickled as (runs, acc, fires); a run as (steps, anchor, deadline, acc).
+
+
+def encode_rule_state(rs: Any) -> bytes:
+    runs = None if rs.runs is None else [None if r is None else (r.steps, r.anchor, r.deadline, r.acc) for r in rs.runs]
+    return pickle.dumps((runs, rs.acc, rs.fires), protocol=5)
+
+
+def decode_rule_state(data: bytes, state_cls: Any, run_cls: Any) -> Any:
+    runs, acc, fires = loads_state(data)
+    rs = state_cls(1)
+    rs.runs = None if runs is None else [None if r is None else run_cls(*r) for r in runs]
+    rs.acc, rs.fires = acc, fires
+    return rs
+
+
+def snapshot_bytes(max_t: int, watermark: int, seen: dict[str, int], states: dict[tuple[str, str], bytes]) -> bytes:
+    return pickle.dumps({"max_t": max_t, "watermark": watermark, "seen": seen, "states": states}, protocol=5)

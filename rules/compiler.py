@@ -25,7 +25,7 @@ from . import ast
 from .errors import Diagnostic
 from .parser import parse_text
 from .plan import Plan, Predicate, RulePlan, StepPlan
-from .predicates import ENVELOPE_FIELDS, Ctx, StepScope, compile_expr, compile_template
+from .predicates import ENVELOPE_FIELDS, Ctx, StepScope, compile_expr, compile_template, projector
 
 __all__ = ["ENVELOPE_FIELDS", "build_plan", "compile_rule", "compile_text", "fingerprint"]
 
@@ -34,16 +34,25 @@ MAX_WINDOW_MS = 90 * 86_400_000
 COMPILER_VERSION = "1"
 
 
-def _discriminator(step: ast.Step) -> tuple[tuple[str, ...], frozenset[str]] | None:
-    """A top-level `field == "x"` or `field in ["x", ...]` conjunct of the step's own event (index key)."""
-    conjuncts: list[ast.Expr] = []
-    todo: list[ast.Expr] = [step.where] if step.where is not None else []
+def _conjuncts(expr: ast.Expr | None) -> list[ast.Expr]:
+    out: list[ast.Expr] = []
+    todo: list[ast.Expr] = [expr] if expr is not None else []
     while todo:
         node = todo.pop()
         if isinstance(node, ast.And):
             todo += [node.right, node.left]
         else:
-            conjuncts.append(node)
+            out.append(node)
+    return out
+
+
+def _discriminator(step: ast.Step) -> tuple[tuple[tuple[str, ...], frozenset[str]], ast.Expr] | None:
+    """A top-level `field == "x"` or `field in ["x", ...]` conjunct of the step's own event (index key).
+
+    Returns ((path, values), the conjunct): the engine reaches the step through a table keyed by
+    that field's string value, so the conjunct is known to hold there.
+    """
+    conjuncts = _conjuncts(step.where)
 
     def own(operand: ast.Operand) -> tuple[str, ...] | None:
         if not isinstance(operand, ast.Path):
@@ -57,12 +66,28 @@ def _discriminator(step: ast.Step) -> tuple[tuple[str, ...], frozenset[str]] | N
             for a, b in ((node.left, node.right), (node.right, node.left)):
                 path = own(a)
                 if path is not None and isinstance(b, ast.Literal) and type(b.value) is str:
-                    return path, frozenset([b.value])
+                    return (path, frozenset([b.value])), node
         if isinstance(node, ast.InList) and not node.negated and node.values:
             path = own(node.operand)
             if path is not None and all(type(v.value) is str for v in node.values):
-                return path, frozenset(v.value for v in node.values)
+                return (path, frozenset(v.value for v in node.values)), node
     return None
+
+
+def _residual(step: ast.Step, known: ast.Expr, steps: Sequence[ast.Step], ctx: Ctx) -> Predicate | None:
+    """The first step's predicate without the conjunct ``known`` (which the index lookup guarantees).
+
+    In three-valued logic ``True and X`` is ``X``, so where the lookup found the rule this gives the
+    same verdict as the whole predicate. None: nothing is left to test.
+    """
+    rest = [c for c in _conjuncts(step.where) if c is not known]
+    if not rest:
+        return None
+    expr = rest[0]
+    for c in rest[1:]:
+        expr = ast.And(c.line, c.column, expr, c)
+    scratch = Ctx(ctx.filename, ctx.lines)  # the full predicate's diagnostics were reported already
+    return compile_expr(expr, StepScope(steps, 0, [[] for _ in steps], scratch))
 
 
 # rules ---------------------------------------------------------------------------
@@ -164,9 +189,11 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
 
     if len([d for d in ctx.diagnostics if d.severity == "error"]) > before:
         return None
+    disc = _discriminator(steps[0])
     step_plans = tuple(
         StepPlan(i, s.event, s.count, s.within.ms if s.within else None, s.absent, s.alias, preds[i], tuple(needs[i]),
-                 _discriminator(s) if i == 0 else None)
+                 disc[0] if i == 0 and disc is not None else None, projector(tuple(needs[i])),
+                 _residual(s, disc[1], steps, ctx) if i == 0 and disc is not None else preds[i])
         for i, s in enumerate(steps)
     )
     horizon = sum(s.within_ms or 0 for s in step_plans) + (cap_per or 0)

@@ -147,7 +147,7 @@ class CheckpointDurability:
                 self._replay_end[p] = 2**62  # keep the ids for as long as we own the partition
         if offset is not None or self._already[p]:
             logger.info("partition %d restored from checkpoint at offset %s (%d pending states, %d trigger(s) already written)",
-                        p, offset, len(self.engine.partition(p).states), len(self._already[p]))
+                        p, offset, self.engine.pending(p), len(self._already[p]))
         return offset
 
     async def _produced_since(self, p: int, mark: int) -> set[str]:

@@ -9,8 +9,8 @@ Contract (see LANGUAGE.md for the user-facing semantics):
   when the consumer is idle. An event older than the watermark is *late*:
   counted in ``stats.late`` and not matched.
 * Timers (absence deadlines, window expiry, cooldown expiry) fire when the
-  watermark passes them, in deadline order, before the event that moved the
-  watermark is matched.
+  watermark passes them, in deadline order (then rule uid, then key), before
+  the event that moved the watermark is matched.
 * Per (rule, key) at most one partial run waits at each step: a newer run
   reaching a step replaces the older one waiting there (so the absence timer
   restarts at the latest AddToCart). Completed runs are consumed.
@@ -18,6 +18,14 @@ Contract (see LANGUAGE.md for the user-facing semantics):
   the longest rule horizon): duplicates are counted in ``stats.duplicates``.
 * State per (rule, key) is dropped as soon as nothing in it can still match,
   so memory is bounded by the rule windows.
+
+Layout, chosen for the hot path and for memory: per partition, one dict per
+rule uid mapping key -> :class:`RuleState`; timers are a heap of distinct wake
+times plus, per wake time, a flat list ``[uid, key, uid, key, ...]``. A state
+registers its earliest wake only; when that comes due the state is looked at
+and registers its real wake (so updates that push a deadline later cost
+nothing). Rules are reached through a dispatch table by event name, with each
+rule's first-step predicate tried before any state is touched.
 
 Snapshot contents (:meth:`snapshot_partition`): watermark, highest event time,
 the messageIds still remembered, every (rule uid, key) state. Timers are not
@@ -28,19 +36,19 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .codec import loads_state, parse_event_time
-from .plan import Plan, RulePlan, Slim, event_name, get_path
+from .codec import decode_rule_state, encode_rule_state, loads_state, parse_event_time, snapshot_bytes
+from .plan import Plan, RulePlan, Slim
+from .predicates import env_getter
 
 __all__ = ["Engine", "EngineStats", "Match", "RuleState", "Run", "parse_event_time"]
 
 NEG_INF = -(2**62)
-_FIRST = (0,)
 _SEEN_SWEEP_MIN_MS = 1000
+_heappush, _heappop = heapq.heappush, heapq.heappop
 
 
 class Match(NamedTuple):
@@ -85,28 +93,43 @@ class RuleState:
         self.runs: list[Run | None] | None = [None] * n_steps if n_steps > 1 else None
         self.acc: list[Slim] | None = None  # count step 0: counted events, time order
         self.fires: list[int] | None = None  # fire times inside the cap window
-        self.wake = 0  # watermark at which something in here changes (0: nothing pending)
+        self.wake = 0  # earliest registered timer (0: none)
 
     def empty(self) -> bool:
         return not self.acc and not self.fires and (self.runs is None or not any(self.runs))
 
 
 class PartitionState:
-    __slots__ = ("partition", "max_t", "watermark", "states", "timers", "wheel", "seen", "next_sweep", "dirty",
-                 "new_seen", "seen_cutoff")
+    __slots__ = ("partition", "max_t", "watermark", "rules", "timers", "wheel", "registered", "seen", "next_sweep",
+                 "dirty", "new_seen", "seen_cutoff")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.max_t = NEG_INF
         self.watermark = NEG_INF
-        self.states: dict[tuple[str, str], RuleState] = {}
+        self.rules: dict[str, dict[str, RuleState]] = {}  # rule uid -> key -> state
         self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
-        self.wheel: dict[int, list[tuple[str, str]]] = {}  # wake time -> (rule uid, key) registered then
+        self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
+        self.registered = 0  # registrations in ``wheel`` (live or superseded)
         self.seen: dict[str, int] = {}
         self.next_sweep = NEG_INF
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
         self.new_seen: list[tuple[str, int]] = []
         self.seen_cutoff: int | None = None
+
+    @property
+    def states(self) -> dict[tuple[str, str], RuleState]:
+        """Every (rule uid, key) state (a copy; for inspection and snapshots)."""
+        return {(uid, key): rs for uid, per in self.rules.items() for key, rs in per.items()}
+
+    def register(self, wake: int, uid: str, key: str) -> None:
+        self.registered += 1
+        lst = self.wheel.get(wake)
+        if lst is None:
+            self.wheel[wake] = [uid, key]
+            _heappush(self.timers, wake)
+        else:
+            lst += (uid, key)
 
 
 class Engine:
@@ -115,19 +138,12 @@ class Engine:
         # messageIds are remembered while their event time is within max(longest rule horizon,
         # dedup_window_ms) of the watermark; an older copy is late anyway.
         self.dedup_window_ms = dedup_window_ms
-        self.plan = plan
         self.track_dirty = track_dirty  # remember changed (rule, key) states for incremental saving
         self.lateness = allowed_lateness_ms
         self.partitions: dict[int, PartitionState] = {}
         self.stats = EngineStats()
         self.suppressed_by_rule: Counter[str] = Counter()
-        self._rules = {r.uid: r for r in plan.rules}
-        self._follow = self._index_followers(plan)
-
-    @staticmethod
-    def _index_followers(plan: Plan) -> dict[str, tuple[tuple[str, bool, RulePlan, tuple[int, ...]], ...]]:
-        # Hot path: the followers of an event name with their uid and key choice unpacked once per plan.
-        return {name: tuple((r.uid, r.by_anonymous_id, r, idxs) for r, idxs in fs) for name, fs in plan.followers.items()}
+        self.set_plan(plan)
 
     # plan changes (hot reload) -------------------------------------------------
 
@@ -135,16 +151,31 @@ class Engine:
         """Switch rules. State of rules whose uid is unchanged is kept; the rest is dropped."""
         self.plan = plan
         self._rules = {r.uid: r for r in plan.rules}
-        self._follow = self._index_followers(plan)
+        self._index(plan)
         for ps in self.partitions.values():
-            gone = [sk for sk in ps.states if sk[0] not in self._rules]
-            for sk in gone:
-                del ps.states[sk]
-                self._dirty(ps, sk)
+            for uid in [u for u in ps.rules if u not in self._rules]:
+                for key in ps.rules.pop(uid):
+                    self._dirty(ps, uid, key)
 
-    def _dirty(self, ps: PartitionState, sk: tuple[str, str]) -> None:
+    def _index(self, plan: Plan) -> None:
+        """Dispatch table: event name -> (followers, starters tried always, starters looked up by a value)."""
+        def starter(r: RulePlan, indexed: bool = False) -> tuple[Any, ...]:
+            # Reached through the index on a field's value, the step's residual predicate is enough.
+            return (r, r.uid, r.by_anonymous_id, r.steps[0].residual if indexed else r.steps[0].pred)
+
+        table: dict[str, tuple[Any, ...]] = {}
+        for name in plan.event_names:
+            fs = tuple((r.uid, r.by_anonymous_id, r, tuple(reversed(idxs))) for r, idxs in plan.followers.get(name, ()))
+            st = plan.starters.get(name)
+            always = tuple(starter(r) for r in st.always) if st is not None else ()
+            by_value = tuple((env_getter(path), {v: tuple(starter(r, True) for r in rs) for v, rs in tbl.items()})
+                             for path, tbl in st.by_value) if st is not None else ()
+            table[name] = (fs or None, always or None, by_value or None)
+        self._dispatch = table
+
+    def _dirty(self, ps: PartitionState, uid: str, key: str) -> None:
         if self.track_dirty:
-            ps.dirty.add(sk)
+            ps.dirty.add((uid, key))
 
     # partitions ----------------------------------------------------------------
 
@@ -157,23 +188,26 @@ class Engine:
     def drop_partition(self, p: int) -> None:
         self.partitions.pop(p, None)
 
-    def pending(self) -> int:
-        return sum(len(ps.states) for ps in self.partitions.values())
+    def pending(self, partition: int | None = None) -> int:
+        """Number of (rule, key) states held (in one partition, or in all)."""
+        parts = self.partitions.values() if partition is None else [self.partition(partition)]
+        return sum(len(per) for ps in parts for per in ps.rules.values())
 
     # events --------------------------------------------------------------------
 
     def process(self, partition: int, offset: int, env: dict[str, Any], t: int | None = None) -> list[Match]:
         """Match one event (already decoded) read at ``offset`` of ``partition``."""
         out: list[Match] = []
-        self.stats.events += 1
+        stats = self.stats
+        stats.events += 1
         if t is None:
             t = parse_event_time(env)
             if t is None:
-                self.stats.errors += 1
+                stats.errors += 1
                 return out
         ps = self.partitions.get(partition) or self.partition(partition)
         if t < ps.watermark:
-            self.stats.late += 1
+            stats.late += 1
             return out
         if t > ps.max_t:
             ps.max_t = t
@@ -183,125 +217,168 @@ class Engine:
                     self._advance(ps, wm, out)
                 else:
                     ps.watermark = wm
-        name = event_name(env)
-        starters = self.plan.starters.get(name)  # type: ignore[arg-type]
-        followers = self._follow.get(name)  # type: ignore[arg-type]
-        if starters is None and followers is None:
+        kind = env.get("type")
+        if kind == "track":
+            name = env.get("event")
+            if type(name) is not str:
+                return out
+        elif type(kind) is str:
+            name = "$" + kind
+        else:
+            return out
+        disp = self._dispatch.get(name)
+        if disp is None:
             return out
         mid = env.get("messageId")
-        if not isinstance(mid, str):
-            self.stats.errors += 1
+        if type(mid) is not str and not isinstance(mid, str):
+            stats.errors += 1
             return out
         seen = ps.seen
         if mid in seen:
-            self.stats.duplicates += 1
+            stats.duplicates += 1
             return out
         seen[mid] = t
         if self.track_dirty:
             ps.new_seen.append((mid, t))
         anonymous_id = env.get("anonymousId")
         log_key = anonymous_id or env.get("userId")
-        states = ps.states
-        on_event = self._on_event
+        followers, always, by_value = disp
         # A rule must never take the engine down: any error in one rule's step is counted and skipped.
         if followers is not None:
             # Later steps only matter where a run of that rule is pending for this key.
+            prules = ps.rules
             for uid, by_anon, rule, idxs in followers:
                 key = anonymous_id if by_anon else log_key
-                if type(key) is str and (uid, key) in states:
-                    try:
-                        on_event(ps, rule, key, env, t, offset, idxs, out)
-                    except Exception:  # noqa: BLE001
-                        self.stats.errors += 1
-        if starters is not None:
-            for rule in starters.always:
-                key = anonymous_id if rule.by_anonymous_id else log_key
+                if type(key) is str:
+                    per = prules.get(uid)
+                    if per is not None:
+                        rs = per.get(key)
+                        if rs is not None:
+                            try:
+                                self._follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
+                            except Exception:  # noqa: BLE001
+                                stats.errors += 1
+        if always is not None:
+            for entry in always:
+                key = anonymous_id if entry[2] else log_key
                 if type(key) is str and key:
                     try:
-                        on_event(ps, rule, key, env, t, offset, _FIRST, out)
+                        pred = entry[3]
+                        if pred is None or pred(env, ()) is True:
+                            self._start(ps, entry[0], key, env, mid, t, offset, out)
                     except Exception:  # noqa: BLE001
-                        self.stats.errors += 1
-            for path, table in starters.by_value:
-                value = get_path(env, path)
+                        stats.errors += 1
+        if by_value is not None:
+            for get, table in by_value:
+                value = get(env, None)
                 if type(value) is str:
-                    for rule in table.get(value, ()):
-                        key = anonymous_id if rule.by_anonymous_id else log_key
+                    for entry in table.get(value, ()):
+                        key = anonymous_id if entry[2] else log_key
                         if type(key) is str and key:
                             try:
-                                on_event(ps, rule, key, env, t, offset, _FIRST, out)
+                                pred = entry[3]
+                                if pred is None or pred(env, ()) is True:
+                                    self._start(ps, entry[0], key, env, mid, t, offset, out)
                             except Exception:  # noqa: BLE001
-                                self.stats.errors += 1
+                                stats.errors += 1
         return out
 
-    def _try(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], t: int, offset: int,
-             idxs: tuple[int, ...], out: list[Match]) -> None:
-        try:
-            self._on_event(ps, rule, key, env, t, offset, idxs, out)
-        except Exception:  # noqa: BLE001 - a rule must never take the engine down
-            self.stats.errors += 1
-
-    def _slim(self, env: dict[str, Any], mid: str, t: int, partition: int, offset: int, needs: tuple[tuple[str, ...], ...]) -> Slim:
-        return (mid, t, partition, offset, tuple(get_path(env, p) for p in needs) if needs else ())
-
-    def _on_event(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], t: int, offset: int,
-                  idxs: tuple[int, ...], out: list[Match]) -> None:
-        sk = (rule.uid, key)
-        rs = ps.states.get(sk)
+    def _follow(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str, rs: RuleState,
+                env: dict[str, Any], mid: str, t: int, offset: int, idxs: tuple[int, ...], out: list[Match]) -> None:
+        """``env`` for the later steps ``idxs`` (descending) of ``rule`` where ``key`` has a state."""
+        runs = rs.runs
+        if runs is None:
+            return
         steps = rule.steps
-        mid = env["messageId"]
         touched = False
-        if rs is not None and rs.runs is not None:
-            for i in reversed(idxs):
-                if i == 0:
+        for i in idxs:
+            run = runs[i]
+            if run is None or not (run.anchor <= t <= run.deadline):
+                continue
+            step = steps[i]
+            pred = step.pred
+            if pred is not None and pred(env, run.steps) is not True:
+                continue
+            touched = True
+            if step.absent:
+                runs[i] = None
+                continue
+            proj = step.project
+            s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
+            if step.count > 1:
+                acc = (run.acc or ()) + (s,)
+                if len(acc) < step.count:
+                    run.acc = acc
                     continue
-                run = rs.runs[i]
-                if run is None or not (run.anchor <= t <= run.deadline):
-                    continue
-                step = steps[i]
-                if step.pred is not None and step.pred(env, run.steps) is not True:
-                    continue
-                touched = True
-                if step.absent:
-                    rs.runs[i] = None
-                    continue
-                s = self._slim(env, mid, t, ps.partition, offset, step.needs)
-                if step.count > 1:
-                    acc = (run.acc or ()) + (s,)
-                    if len(acc) < step.count:
-                        run.acc = acc
-                        continue
-                    matched: Any = acc
-                else:
-                    matched = s
-                rs.runs[i] = None
-                self._advance_run(ps, rule, key, rs, run.steps + (matched,), t, out)
-        if idxs[0] == 0:
-            step = steps[0]
-            if step.pred is None or step.pred(env, ()) is True:
-                if rs is None:
-                    rs = ps.states[sk] = RuleState(len(steps))
-                touched = True
-                s = self._slim(env, mid, t, ps.partition, offset, step.needs)
-                if step.count > 1:
-                    group = self._count_first(rs, step.count, step.within_ms or 0, s)
-                    if group is not None:
-                        self._advance_run(ps, rule, key, rs, (group,), max(e[1] for e in group), out)
-                else:
-                    self._advance_run(ps, rule, key, rs, (s,), t, out)
-        if touched and rs is not None:
-            self._dirty(ps, sk)
-            self._reschedule(ps, rule, sk, rs)
+                matched: Any = acc
+            else:
+                matched = s
+            runs[i] = None
+            self._advance_run(ps, rule, key, rs, run.steps + (matched,), t, out)
+        if touched:
+            if self.track_dirty:
+                ps.dirty.add((rule.uid, key))
+            self._reschedule(ps, rule, per, key, rs)
+
+    def _start(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], mid: str, t: int,
+               offset: int, out: list[Match]) -> None:
+        """``env`` satisfied the first step of ``rule`` (its predicate held)."""
+        steps = rule.steps
+        step = steps[0]
+        proj = step.project
+        s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
+        uid = rule.uid
+        per = ps.rules.get(uid)
+        rs = per.get(key) if per is not None else None
+        n = len(steps)
+        if rs is None:
+            if n == 1 and step.count == 1 and rule.cap_times is None:
+                self._complete(ps, rule, key, None, (s,), t, out)  # nothing to remember
+                return
+            if per is None:
+                per = ps.rules[uid] = {}
+            rs = per[key] = RuleState(n)
+        if self.track_dirty:
+            ps.dirty.add((uid, key))
+        if step.count > 1:
+            group = self._count_first(rs, step.count, step.within_ms or 0, s)
+            if group is None:
+                # only the window's first event can make the state wake earlier
+                w = rs.acc[0][1] + (step.within_ms or 0) + 1  # type: ignore[index]
+                if rs.wake == 0 or w < rs.wake:
+                    rs.wake = w
+                    ps.register(w, uid, key)
+                return
+            self._advance_run(ps, rule, key, rs, (group,), max(e[1] for e in group), out)
+        elif n > 1:
+            runs = rs.runs
+            existing = runs[1]  # type: ignore[index]
+            if existing is None or existing.anchor <= t:
+                w = t + (steps[1].within_ms or 0)
+                runs[1] = Run((s,), t, w)  # type: ignore[index]
+                w += 1
+                if rs.wake == 0 or w < rs.wake:
+                    rs.wake = w
+                    ps.register(w, uid, key)
+            return
+        else:
+            self._complete(ps, rule, key, rs, (s,), t, out)
+        self._reschedule(ps, rule, per, key, rs)
 
     @staticmethod
     def _count_first(rs: RuleState, n: int, within: int, s: Slim) -> tuple[Slim, ...] | None:
         acc = rs.acc
         if acc is None:
-            acc = rs.acc = []
+            rs.acc = [s]
+            return (s,) if n <= 1 else None
         # Insert in event-time order (events usually arrive in order: append).
         i = len(acc)
-        while i > 0 and acc[i - 1][1] > s[1]:
+        t = s[1]
+        while i > 0 and acc[i - 1][1] > t:
             i -= 1
         acc.insert(i, s)
+        if len(acc) < n:
+            return None
         for j in range(len(acc) - n + 1):
             if acc[j + n - 1][1] - acc[j][1] <= within:
                 group = tuple(acc[j : j + n])
@@ -312,33 +389,43 @@ class Engine:
     def _advance_run(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, matched: tuple[Any, ...],
                      t: int, out: list[Match]) -> None:
         i = len(matched)
-        if i == len(rule.steps):
+        steps = rule.steps
+        if i == len(steps):
             self._complete(ps, rule, key, rs, matched, t, out)
             return
-        assert rs.runs is not None
-        existing = rs.runs[i]
+        runs = rs.runs
+        assert runs is not None
+        existing = runs[i]
         if existing is not None and existing.anchor > t:
             return  # a run that got here later in event time stays
-        rs.runs[i] = Run(matched, t, t + (rule.steps[i].within_ms or 0))
+        runs[i] = Run(matched, t, t + (steps[i].within_ms or 0))
 
-    def _complete(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, matched: tuple[Any, ...],
+    def _complete(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState | None, matched: tuple[Any, ...],
                   t: int, out: list[Match]) -> None:
-        if rule.cap_times is not None and rule.cap_per_ms is not None:
+        if rs is not None and rule.cap_times is not None and rule.cap_per_ms is not None:
             per = rule.cap_per_ms
-            fires = [f for f in (rs.fires or ()) if f > t - per]
-            if sum(1 for f in fires if abs(f - t) < per) >= rule.cap_times:
-                self.stats.suppressed += 1
-                self.suppressed_by_rule[rule.name] += 1
+            fires = rs.fires
+            if fires:
+                fires = [f for f in fires if f > t - per]
+                if sum(1 for f in fires if abs(f - t) < per) >= rule.cap_times:
+                    self.stats.suppressed += 1
+                    self.suppressed_by_rule[rule.name] += 1
+                    rs.fires = fires
+                    return
+                fires.append(t)
                 rs.fires = fires
-                return
-            fires.append(t)
-            rs.fires = fires
-        events: list[Slim] = []
-        for m in matched:
-            if type(m[0]) is tuple:
-                events.extend(m)
             else:
-                events.append(m)
+                rs.fires = [t]
+        if len(matched) == 1 and type(matched[0][0]) is str:
+            events: Any = matched
+        else:
+            events = []
+            for m in matched:
+                if type(m[0]) is tuple:
+                    events.extend(m)
+                else:
+                    events.append(m)
+            events = tuple(events)
         payload = None
         if rule.payload is not None:
             try:
@@ -346,73 +433,86 @@ class Engine:
             except Exception:  # noqa: BLE001 - a broken template still fires, without payload
                 self.stats.errors += 1
         self.stats.matches += 1
-        out.append(Match(rule, key, tuple(events), t, payload, ps.partition))
+        out.append(Match(rule, key, events, t, payload, ps.partition))
 
     # time ------------------------------------------------------------------------
 
-    def _reschedule(self, ps: PartitionState, rule: RulePlan, sk: tuple[str, str], rs: RuleState) -> None:
+    def _reschedule(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str,
+                    rs: RuleState) -> None:
         wake = 0
-        if rs.runs is not None:
-            for run in rs.runs:
-                if run is not None and (wake == 0 or run.deadline + 1 < wake):
-                    wake = run.deadline + 1
-        if rs.acc:
-            w = rs.acc[0][1] + (rule.steps[0].within_ms or 0) + 1
-            wake = w if wake == 0 else min(wake, w)
-        if rs.fires and rule.cap_per_ms is not None:
-            w = min(rs.fires) + rule.cap_per_ms + 1
-            wake = w if wake == 0 else min(wake, w)
+        runs = rs.runs
+        if runs is not None:
+            for run in runs:
+                if run is not None and (wake == 0 or run.deadline < wake):
+                    wake = run.deadline
+            if wake:
+                wake += 1
+        acc = rs.acc
+        if acc:
+            w = acc[0][1] + (rule.steps[0].within_ms or 0) + 1
+            if wake == 0 or w < wake:
+                wake = w
+        fires = rs.fires
+        if fires and rule.cap_per_ms is not None:
+            w = min(fires) + rule.cap_per_ms + 1
+            if wake == 0 or w < wake:
+                wake = w
         if wake == 0:
             if rs.empty():
-                del ps.states[sk]
+                del per[key]
             rs.wake = 0
             return
-        # Timers are registered lazily: a state keeps its earliest registration; when that one comes
-        # due the state is looked at again and registers its real wake (most updates move it later,
-        # so they cost nothing here).
+        # Registered lazily: a state keeps its earliest registration; when that one comes due the
+        # state is looked at again and registers its real wake.
         if rs.wake == 0 or wake < rs.wake:
             rs.wake = wake
-            self._register(ps, wake, sk)
+            ps.register(wake, rule.uid, key)
+            if ps.registered > 65_536 and ps.registered & 4095 == 0:
+                self._maybe_rebuild_timers(ps)
 
-    @staticmethod
-    def _register(ps: PartitionState, wake: int, sk: tuple[str, str]) -> None:
-        lst = ps.wheel.get(wake)
-        if lst is None:
-            ps.wheel[wake] = [sk]
-            heapq.heappush(ps.timers, wake)
-            if len(ps.timers) > 2 * len(ps.states) + 1024:
-                # Superseded registrations are skipped when they come due; rebuild before they pile up.
-                ps.wheel = {}
-                for s, r in ps.states.items():
-                    if r.wake:
-                        ps.wheel.setdefault(r.wake, []).append(s)
-                ps.timers = list(ps.wheel)
-                heapq.heapify(ps.timers)
-        else:
-            lst.append(sk)
+    def _maybe_rebuild_timers(self, ps: PartitionState) -> None:
+        """Drop superseded registrations when they outnumber the live states."""
+        live = self.pending(ps.partition)
+        if ps.registered <= 2 * live + 4096:
+            return
+        ps.wheel = {}
+        for uid, per in ps.rules.items():
+            for key, rs in per.items():
+                if rs.wake:
+                    ps.wheel.setdefault(rs.wake, []).extend((uid, key))
+        ps.timers = list(ps.wheel)
+        heapq.heapify(ps.timers)
+        ps.registered = live
 
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
         ps.watermark = wm
-        timers, wheel, states = ps.timers, ps.wheel, ps.states
+        timers, wheel, prules = ps.timers, ps.wheel, ps.rules
+        rules_get, track = self._rules.get, self.track_dirty
         while timers and timers[0] <= wm:
-            wake = heapq.heappop(timers)
-            sks = wheel.pop(wake)
-            if len(sks) > 1:
-                sks.sort()  # deadline order, then rule and key: deterministic
-            for sk in sks:
-                rs = states.get(sk)
+            wake = _heappop(timers)
+            flat = wheel.pop(wake)
+            ps.registered -= len(flat) >> 1
+            if len(flat) == 2:
+                due: Any = (flat,)
+            else:
+                due = sorted(zip(flat[::2], flat[1::2]))  # deadline order, then rule and key
+            for uid, key in due:
+                per = prules.get(uid)
+                if per is None:
+                    continue
+                rs = per.get(key)
                 if rs is None or rs.wake != wake:
                     continue  # superseded registration
-                rule = self._rules.get(sk[0])
+                rule = rules_get(uid)
                 if rule is None:
-                    del states[sk]
-                    self._dirty(ps, sk)
+                    del per[key]
+                    if track:
+                        ps.dirty.add((uid, key))
                     continue
                 rs.wake = 0
-                changed = self._expire(ps, rule, sk[1], rs, wm, out)
-                self._reschedule(ps, rule, sk, rs)
-                if changed or sk not in states:
-                    self._dirty(ps, sk)
+                if self._expire(ps, rule, key, rs, wm, out) and track:
+                    ps.dirty.add((uid, key))
+                self._reschedule(ps, rule, per, key, rs)
         if wm >= ps.next_sweep:
             horizon = max(self.plan.horizon_ms, self.dedup_window_ms)
             cutoff = wm - horizon
@@ -465,13 +565,15 @@ class Engine:
         """Event time at which the earliest pending timer fires (watermark needed, plus lateness)."""
         best = None
         for ps in self.partitions.values():
-            timers, wheel, states = ps.timers, ps.wheel, ps.states
+            timers, wheel, prules = ps.timers, ps.wheel, ps.rules
             while timers:
                 wake = timers[0]
-                if any((rs := states.get(sk)) is not None and rs.wake == wake for sk in wheel[wake]):
+                flat = wheel[wake]
+                if any((per := prules.get(flat[j])) is not None and (rs := per.get(flat[j + 1])) is not None
+                       and rs.wake == wake for j in range(0, len(flat), 2)):
                     break
-                heapq.heappop(timers)
-                del wheel[wake]
+                _heappop(timers)
+                ps.registered -= len(wheel.pop(wake)) >> 1
             if timers and (best is None or timers[0] < best):
                 best = timers[0]
         return None if best is None else best + self.lateness
@@ -480,27 +582,21 @@ class Engine:
         """(changed states encoded or None when gone, new messageIds, messageId cutoff) since the last call."""
         ps = self.partition(p)
         states = []
-        for sk in ps.dirty:
-            rs = ps.states.get(sk)
-            states.append((sk[0], sk[1], None if rs is None else self.encode_state(rs)))
+        for uid, key in ps.dirty:
+            per = ps.rules.get(uid)
+            rs = per.get(key) if per is not None else None
+            states.append((uid, key, None if rs is None else encode_rule_state(rs)))
         seen, cutoff = ps.new_seen, ps.seen_cutoff
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
 
     # snapshots -------------------------------------------------------------------
 
-    @staticmethod
-    def encode_state(rs: RuleState) -> bytes:
-        runs = None if rs.runs is None else [None if r is None else (r.steps, r.anchor, r.deadline, r.acc) for r in rs.runs]
-        return pickle.dumps((runs, rs.acc, rs.fires), protocol=5)
+    encode_state = staticmethod(encode_rule_state)
 
     @staticmethod
     def decode_state(data: bytes) -> RuleState:
-        runs, acc, fires = loads_state(data)
-        rs = RuleState(1)
-        rs.runs = None if runs is None else [None if r is None else Run(*r) for r in runs]
-        rs.acc, rs.fires = acc, fires
-        return rs
+        return decode_rule_state(data, RuleState, Run)
 
     def meta_of(self, p: int) -> tuple[int, int]:
         ps = self.partition(p)
@@ -508,8 +604,8 @@ class Engine:
 
     def snapshot_partition(self, p: int) -> bytes:
         ps = self.partition(p)
-        states = {sk: self.encode_state(rs) for sk, rs in ps.states.items()}
-        return pickle.dumps({"max_t": ps.max_t, "watermark": ps.watermark, "seen": ps.seen, "states": states}, protocol=5)
+        return snapshot_bytes(ps.max_t, ps.watermark, ps.seen,
+                              {(uid, key): encode_rule_state(rs) for uid, per in ps.rules.items() for key, rs in per.items()})
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
         if data is None:
@@ -523,11 +619,15 @@ class Engine:
                        states: Iterable[tuple[tuple[str, str], RuleState]]) -> None:
         ps = self.partitions[p] = PartitionState(p)
         ps.max_t, ps.watermark, ps.seen = max_t, watermark, dict(seen)
-        for sk, rs in states:
-            rule = self._rules.get(sk[0])
+        for (uid, key), rs in states:
+            rule = self._rules.get(uid)
             if rule is None:
-                self._dirty(ps, sk)  # its rule is gone: forget it durably too
+                self._dirty(ps, uid, key)  # its rule is gone: forget it durably too
                 continue
-            ps.states[sk] = rs
+            per = ps.rules.get(uid)
+            if per is None:
+                per = ps.rules[uid] = {}
+            per[key] = rs
             rs.wake = 0
-            self._reschedule(ps, rule, sk, rs)
+            self._reschedule(ps, rule, per, key, rs)
+

@@ -78,6 +78,9 @@ class StepPlan:
     # A necessary condition of ``pred`` usable as an index: (path, string values) from a
     # top-level `path == "x"` / `path in ["x", "y"]` conjunct on the step's own event.
     discriminator: tuple[tuple[str, ...], frozenset[str]] | None = None
+    project: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None  # env -> values of ``needs``
+    # ``pred`` where the engine reached the step through ``discriminator`` (that conjunct left out)
+    residual: Predicate | None = None
 
 
 @dataclass(frozen=True, eq=False)

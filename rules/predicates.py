@@ -95,6 +95,17 @@ def env_getter(parts: tuple[str, ...]) -> Getter:
     return lambda env, st: get_path(env, parts)
 
 
+def projector(needs: tuple[tuple[str, ...], ...]) -> Any:
+    """env -> the values of ``needs`` a step keeps in pending state (None: it keeps nothing)."""
+    if not needs:
+        return None
+    getters = [env_getter(p) for p in needs]
+    if len(getters) == 1:
+        g = getters[0]
+        return lambda env: (g(env, None),)
+    return lambda env: tuple(g(env, None) for g in getters)
+
+
 class StepScope:
     """What names mean inside one step's predicate (or the payload)."""
 
