@@ -38,6 +38,8 @@ from .state import CheckpointStore, SqliteStateStore
 
 logger = logging.getLogger(__name__)
 
+_ENDS_EVERY_S = 0.5  # how stale the log end offsets may be when deciding a partition is caught up
+
 
 def endpoint_policy(config: Config) -> tuple[set[str], str]:
     """Configured endpoint names, and how a rule posting elsewhere is reported.
@@ -78,6 +80,8 @@ class RulesService:
         self._assigned: set[int] = set()
         self._positions: dict[int, int] = {}
         self._generation = 0  # bumped at both ends of every rebalance callback
+        self._ends: dict[int, int] = {}
+        self._ends_at = float("-inf")
         self._stopping = False
         self._last_reload = time.monotonic()
         self._seen_stats = EngineStats()
@@ -233,7 +237,7 @@ class RulesService:
             matches.extend(engine.process(r.partition, r.offset, env))
         drained = not records or (self.kind == "embedded" and len(records) < self.rc.max_records)
         if drained:
-            matches.extend(engine.advance_wall(int(time.time() * 1000), sorted(self._assigned)))
+            matches.extend(engine.advance_wall(int(time.time() * 1000), await self._caught_up()))
         triggers = await self._to_triggers(matches, envs)
         positions = {p: self._positions[p] for p in self._assigned if p in self._positions}
         # Triggers are committed (and forwarded) at once; progress without triggers can wait a
@@ -249,6 +253,23 @@ class RulesService:
             self._last_save = now
         self.triggers_written += len(triggers)
         self._export_metrics(matches)
+
+    async def _caught_up(self) -> list[int]:
+        """Assigned partitions read to the end of the log: only their watermark follows the wall clock.
+
+        A partition with a backlog (just restored after a crash or a rebalance, or
+        behind after an outage) must not: its unread events would be declared late
+        before they are read. While the log end is unknown nothing follows the clock.
+        """
+        now = time.monotonic()
+        if now - self._ends_at >= _ENDS_EVERY_S:
+            try:
+                self._ends = await self.log.end_offsets(EVENTS)
+            except LogError as exc:
+                logger.debug("log end offsets unavailable, the watermark waits: %s", exc)
+                return []
+            self._ends_at = now
+        return [p for p in sorted(self._assigned) if self._positions.get(p, 0) >= self._ends.get(p, 0)]
 
     def _export_metrics(self, matches: list[Match]) -> None:
         s, last = self.engine.stats, self._seen_stats
