@@ -127,96 +127,99 @@ const flush = async (hide, m = 1, t = now(), b = [], n = 0, ok, x) => {
 };
 
 // Nothing ever throws into the host page: the set-up and every call catch (errors go to the debug log).
-const q = window.tw?.q || [];
 // Global Privacy Control or Do Not Track: do nothing at all (no storage, no requests; the loader's
 // stub keeps swallowing calls).
-if (!window.tw?.l && (Object.assign(c, d.currentScript?.dataset, ...q.map((a) => a[0] == 'init' && a[1])), on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)))
+if (!window.tw?.l)
   try {
-    const f = (window.tw = (m, ...a) => {
+    const q = window.tw?.q || [];
+    Object.assign(c, d.currentScript?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
+    if (on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)) {
+      const f = (window.tw = (m, ...a) => {
+        try {
+          api[m](m, ...a); // the method's name is the event's type
+        } catch (e) {
+          log(e);
+        }
+      });
+      f.l = 1;
       try {
-        api[m](m, ...a); // the method's name is the event's type
-      } catch (e) {
-        log(e);
+        if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
+      } catch {} // storage access throws in sandboxed frames: stay in memory
+      // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
+      url = c.api || new URL('v1/batch', d.currentScript.src);
+      I = +c.interval || 2e3;
+      B = get('tw_b'); // undefined if corrupt: treated as 0 everywhere
+      setInterval(flush, I);
+
+      const ev = (type, x) => {
+        if (get('tw_x')) return;
+        const t = now();
+        const i = get('tw_i') || {};
+        if (x.userId) i.u = (x.userId + '').slice(0, 256);
+        i.a ||= uuid();
+        // A session ends after 30 minutes without events; its id is its start time (ms).
+        if (!(t - i.l < 18e5)) i.s = t;
+        i.l = t;
+        set('tw_i', i);
+        on(c.cookie) && (d.cookie = 'tw_a=' + i.a + ';path=/;max-age=' + 3e7); // about a year
+        let campaign; // UTM parameters (utm_campaign becomes name)
+        for (let [k, v] of new URLSearchParams(L.search))
+          if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
+        const e = {
+          type,
+          messageId: uuid(),
+          anonymousId: i.a,
+          timestamp: new Date().toISOString(),
+          context: { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign },
+          ...x,
+          userId: i.u,
+        };
+        if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
+        put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
+        flush(0, c.batch || 20); // sends only once data-batch events wait
+      };
+      const forget = (k) => {
+        for (const x in S) k.test(x) && del(x);
+        on(c.cookie) && (d.cookie = 'tw_a=;path=/;max-age=0');
+      };
+      const api = {
+        track: (m, n, p) => ev(m, { event: (n + '').slice(0, 256), properties: { ...p } }),
+        page: (m, n, p) => {
+          if (n + '' !== n) (p = n), (n = void 0); // page(properties)
+          // After an SPA navigation the previous page view is the referrer.
+          ref = last || ref;
+          last = here();
+          ev(m, { name: n, properties: { ...pageInfo(), ...p } });
+        },
+        identify: (m, u, p) => {
+          if (typeof u == 'object') (p = u), (u = void 0); // identify(traits) keeps the user
+          ev(m, { userId: u, traits: { ...p } });
+        },
+        reset: () => forget(/^tw_i/),
+        optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
+        optIn: () => del('tw_x'),
+      };
+
+      // Replay the calls queued before the script loaded, then record the page view.
+      q.map((a) => f(...a)), f('page');
+
+      // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
+      // `here` ignores the hash otherwise).
+      const nv = () => here() != last && f('page');
+      for (const m of ['pushState', 'replaceState']) {
+        const o = history[m];
+        history[m] = (...a) => {
+          o.apply(history, a);
+          nv();
+        };
       }
-    });
-    f.l = 1;
-    try {
-      if (!on(c.memory)) (S = localStorage), (me = sessionStorage.tw ||= uuid());
-    } catch {} // storage access throws in sandboxed frames: stay in memory
-    // data-api: the batch endpoint; by default v1/batch next to the script (served by the collector).
-    url = c.api || new URL('v1/batch', d.currentScript.src);
-    I = +c.interval || 2e3;
-    B = get('tw_b'); // undefined if corrupt: treated as 0 everywhere
-    setInterval(flush, I);
-
-    const ev = (type, x) => {
-      if (get('tw_x')) return;
-      const t = now();
-      const i = get('tw_i') || {};
-      if (x.userId) i.u = (x.userId + '').slice(0, 256);
-      i.a ||= uuid();
-      // A session ends after 30 minutes without events; its id is its start time (ms).
-      if (!(t - i.l < 18e5)) i.s = t;
-      i.l = t;
-      set('tw_i', i);
-      on(c.cookie) && (d.cookie = 'tw_a=' + i.a + ';path=/;max-age=' + 3e7); // about a year
-      let campaign; // UTM parameters (utm_campaign becomes name)
-      for (let [k, v] of new URLSearchParams(L.search))
-        if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
-      const e = {
-        type,
-        messageId: uuid(),
-        anonymousId: i.a,
-        timestamp: new Date().toISOString(),
-        context: { page: pageInfo(), library: { name: 'tripwire.js', version: VERSION }, locale: nav.language, sessionId: i.s, campaign },
-        ...x,
-        userId: i.u,
-      };
-      if (size(e) > 3e4) return log(e); // the collector refuses events over 32 KB
-      put({ e, t: t + ++n / 1e3, o: me }); // (1e-6 would vanish: an ms timestamp has no room left)
-      flush(0, c.batch || 20); // sends only once data-batch events wait
-    };
-    const forget = (k) => {
-      for (const x in S) k.test(x) && del(x);
-      on(c.cookie) && (d.cookie = 'tw_a=;path=/;max-age=0');
-    };
-    const api = {
-      track: (m, n, p) => ev(m, { event: (n + '').slice(0, 256), properties: { ...p } }),
-      page: (m, n, p) => {
-        if (n + '' !== n) (p = n), (n = void 0); // page(properties)
-        // After an SPA navigation the previous page view is the referrer.
-        ref = last || ref;
-        last = here();
-        ev(m, { name: n, properties: { ...pageInfo(), ...p } });
-      },
-      identify: (m, u, p) => {
-        if (typeof u == 'object') (p = u), (u = void 0); // identify(traits) keeps the user
-        ev(m, { userId: u, traits: { ...p } });
-      },
-      reset: () => forget(/^tw_i/),
-      optOut: () => set('tw_x', 1, forget(/^tw[_:]/)),
-      optIn: () => del('tw_x'),
-    };
-
-    // Replay the calls queued before the script loaded, then record the page view.
-    q.map((a) => f(...a)), f('page');
-
-    // SPA page views: history API, back/forward and hash changes (page views with data-hash only:
-    // `here` ignores the hash otherwise).
-    const nv = () => here() != last && f('page');
-    for (const m of ['pushState', 'replaceState']) {
-      const o = history[m];
-      history[m] = (...a) => {
-        o.apply(history, a);
-        nv();
-      };
+      addEventListener('popstate', nv);
+      addEventListener('hashchange', nv);
+      // Leaving, or going to the background (on mobile maybe the last chance): beacon.
+      addEventListener('visibilitychange', () => flush(d.hidden)); // visible again: an ordinary flush
+      addEventListener('pagehide', () => flush(1));
+      addEventListener('online', () => flush((R = 0)));
     }
-    addEventListener('popstate', nv);
-    addEventListener('hashchange', nv);
-    // Leaving, or going to the background (on mobile maybe the last chance): beacon.
-    addEventListener('visibilitychange', () => flush(d.hidden)); // visible again: an ordinary flush
-    addEventListener('pagehide', () => flush(1));
-    addEventListener('online', () => flush((R = 0)));
   } catch (e) {
     log(e);
   }

@@ -342,6 +342,16 @@ def test_failures_never_reach_the_page(context: BrowserContext, site: Site, coll
     page.evaluate("tw('track', 'Still Working')")
     events = wait_events(collector, 2)
     assert [e.get("event") for e in by_type(events, "track")] == ["Still Working"]
+def test_a_foreign_window_tw_does_not_break_the_page(context: BrowserContext, site: Site, collector: Collector) -> None:
+    # Another script owns a global `tw` whose `q` is no call queue: the tracker's set-up fails
+    # quietly (the context fixture fails the test on any uncaught page error).
+    page = context.new_page()
+    page.goto(site.add("/foreign.html", collector.url, attrs=FAST, before="window.tw = {q: 42};"))
+    page.wait_for_load_state("load")
+    settle(0.3)
+    assert page.evaluate("window.tw.q") == 42 and collector.events() == []
+
+
 def test_corrupt_storage_is_dropped_not_fatal(context: BrowserContext, site: Site, collector: Collector) -> None:
     # Another script on the site may write garbage into our keys; the tracker must keep working.
     page = open_page(context, site.add("/corrupt.html", collector.url, attrs=FAST))
