@@ -161,7 +161,7 @@ if (!window.tw?.l)
         if (!(t - i.l < 18e5)) i.s = t;
         i.l = t;
         set('tw_i', i);
-        on(c.cookie) && (d.cookie = 'tw_a=' + i.a + ';path=/;max-age=' + 3e7); // about a year
+        on(c.cookie) && (d.cookie = 'tw_a=' + i.a + ';path=/;max-age=' + 3e7); // 347 days, renewed by every event
         let campaign; // UTM parameters (utm_campaign becomes name)
         for (let [k, v] of new URLSearchParams(L.search))
           if (/^utm_/.test(k)) (campaign ||= {})[(k = k.slice(4)) == 'campaign' ? 'name' : k] = v;
