@@ -100,14 +100,15 @@ class RuleState:
 
 
 class PartitionState:
-    __slots__ = ("partition", "max_t", "watermark", "rules", "timers", "wheel", "registered", "seen", "next_sweep",
-                 "dirty", "new_seen", "seen_cutoff")
+    __slots__ = ("partition", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
+                 "next_sweep", "dirty", "new_seen", "seen_cutoff")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.max_t = NEG_INF
         self.watermark = NEG_INF
-        self.rules: dict[str, dict[str, RuleState]] = {}  # rule uid -> key -> state
+        self.rules: dict[str, dict[str, RuleState]] = {}  # rule uid -> key -> state (one dict per rule, kept)
+        self.follow: dict[str, tuple[Any, ...]] = {}  # event name -> (states of the rule, rule, steps, by_anon)
         self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
         self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
         self.registered = 0  # registrations in ``wheel`` (live or superseded)
@@ -156,6 +157,7 @@ class Engine:
             for uid in [u for u in ps.rules if u not in self._rules]:
                 for key in ps.rules.pop(uid):
                     self._dirty(ps, uid, key)
+            self._prepare(ps)
 
     def _index(self, plan: Plan) -> None:
         """Dispatch table: event name -> (followers, starters tried always, starters looked up by a value)."""
@@ -182,8 +184,20 @@ class Engine:
     def partition(self, p: int) -> PartitionState:
         ps = self.partitions.get(p)
         if ps is None:
-            ps = self.partitions[p] = PartitionState(p)
+            ps = self.partitions[p] = self._new_partition(p)
         return ps
+
+    def _new_partition(self, p: int) -> PartitionState:
+        ps = PartitionState(p)
+        self._prepare(ps)
+        return ps
+
+    def _prepare(self, ps: PartitionState) -> None:
+        """One state dict per rule, and the followers of each event name pointing straight at them."""
+        for uid in self._rules:
+            ps.rules.setdefault(uid, {})
+        ps.follow = {name: tuple((ps.rules[uid], rule, idxs, by_anon) for uid, by_anon, rule, idxs in followers)
+                     for name, (followers, _, _) in self._dispatch.items() if followers is not None}
 
     def drop_partition(self, p: int) -> None:
         self.partitions.pop(p, None)
@@ -245,19 +259,20 @@ class Engine:
         followers, always, by_value = disp
         # A rule must never take the engine down: any error in one rule's step is counted and skipped.
         if followers is not None:
-            # Later steps only matter where a run of that rule is pending for this key.
-            prules = ps.rules
-            for uid, by_anon, rule, idxs in followers:
-                key = anonymous_id if by_anon else log_key
-                if type(key) is str:
-                    per = prules.get(uid)
-                    if per is not None:
-                        rs = per.get(key)
-                        if rs is not None:
-                            try:
-                                self._follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
-                            except Exception:  # noqa: BLE001
-                                stats.errors += 1
+            # Later steps only matter where a run of that rule is pending for this key. The same key
+            # serves every rule when the event has an anonymousId; else rules `by anonymousId` skip it.
+            if anonymous_id:
+                key, anon_ok = anonymous_id, True
+            else:
+                key, anon_ok = log_key, False
+            if type(key) is str:
+                for per, rule, idxs, by_anon in ps.follow[name]:
+                    rs = per.get(key)
+                    if rs is not None and (anon_ok or not by_anon):
+                        try:
+                            self._follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
+                        except Exception:  # noqa: BLE001
+                            stats.errors += 1
         if always is not None:
             for entry in always:
                 key = anonymous_id if entry[2] else log_key
@@ -328,15 +343,13 @@ class Engine:
         proj = step.project
         s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
         uid = rule.uid
-        per = ps.rules.get(uid)
-        rs = per.get(key) if per is not None else None
+        per = ps.rules[uid]
+        rs = per.get(key)
         n = len(steps)
         if rs is None:
             if n == 1 and step.count == 1 and rule.cap_times is None:
                 self._complete(ps, rule, key, None, (s,), t, out)  # nothing to remember
                 return
-            if per is None:
-                per = ps.rules[uid] = {}
             rs = per[key] = RuleState(n)
         if self.track_dirty:
             ps.dirty.add((uid, key))
@@ -510,6 +523,13 @@ class Engine:
                         ps.dirty.add((uid, key))
                     continue
                 rs.wake = 0
+                if rs.fires is None and rs.runs is None:
+                    acc = rs.acc
+                    if acc and acc[-1][1] < wm - rule.steps[0].within_ms:  # type: ignore[operator]
+                        del per[key]  # a count whose whole window passed: the common end of a state
+                        if track:
+                            ps.dirty.add((uid, key))
+                        continue
                 if self._expire(ps, rule, key, rs, wm, out) and track:
                     ps.dirty.add((uid, key))
                 self._reschedule(ps, rule, per, key, rs)
@@ -609,7 +629,7 @@ class Engine:
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
         if data is None:
-            self.partitions[p] = PartitionState(p)
+            self.partitions[p] = self._new_partition(p)
             return
         snap = loads_state(data)
         self.load_partition(p, snap["max_t"], snap["watermark"], snap["seen"],
@@ -617,7 +637,7 @@ class Engine:
 
     def load_partition(self, p: int, max_t: int, watermark: int, seen: dict[str, int],
                        states: Iterable[tuple[tuple[str, str], RuleState]]) -> None:
-        ps = self.partitions[p] = PartitionState(p)
+        ps = self.partitions[p] = self._new_partition(p)
         ps.max_t, ps.watermark, ps.seen = max_t, watermark, dict(seen)
         for (uid, key), rs in states:
             rule = self._rules.get(uid)
