@@ -17,7 +17,7 @@ from . import metrics
 from .body import check_content_type, decode, parse_json, read_body
 from .cors import CorsPolicy
 from .errors import CollectorError
-from .http import JSON_HEADERS, SUCCESS_BODY, respond, respond_error
+from .http import JSON_HEADERS, SUCCESS_BODY, SUCCESS_END, SUCCESS_START, respond, respond_error
 from .intake import Intake
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,17 @@ class TrackingEndpoint:
         except LogError as exc:
             await self._unavailable(send, exc, cors)
             return
+        except Exception:  # a bug: answer as Starlette's ServerErrorMiddleware would (the fast path skips it)
+            logger.exception("unhandled error on POST %s", self.metrics.route)
+            self.metrics.count(500)
+            error = CollectorError(500, "internal_error", "internal error")
+            return await respond_error(send, error, cors)
         self.metrics.count(200)
-        await respond(send, 200, SUCCESS_BODY, JSON_HEADERS + cors if cors else JSON_HEADERS)
+        if cors:
+            await respond(send, 200, SUCCESS_BODY, JSON_HEADERS + cors)
+        else:
+            await send(SUCCESS_START)
+            await send(SUCCESS_END)
 
     async def _unavailable(self, send: Send, exc: LogError, cors: list[tuple[bytes, bytes]]) -> None:
         retry = exc.retry_after_s if isinstance(exc, LogUnavailable) else 5

@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,24 +41,22 @@ logger = logging.getLogger(__name__)
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-class _FastPath:
-    """Hands POST/OPTIONS on the tracking routes straight to their endpoint.
+class _CollectorApp(Starlette):
+    """Starlette, with POST/OPTIONS on the tracking routes handed straight to their endpoint.
 
-    The endpoints answer every outcome themselves (4xx JSON, 503), so the
-    exception middleware and the router's matching are skipped on the hot path;
-    everything else (other methods, other paths) goes through Starlette as usual.
+    The endpoints answer every outcome themselves (4xx JSON, 503, and a JSON 500 for
+    a bug), so the middleware stack and the router's matching are skipped on the hot
+    path; everything else (other methods, other paths, lifespan) goes through Starlette.
     """
 
-    def __init__(self, app: ASGIApp, endpoints: Mapping[str, ASGIApp]) -> None:
-        self.app = app
-        self.endpoints = endpoints
+    fast: Mapping[str, ASGIApp] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "OPTIONS"):
-            endpoint = self.endpoints.get(scope["path"])
+            endpoint = self.fast.get(scope["path"])
             if endpoint is not None:
                 return await endpoint(scope, receive, send)
-        await self.app(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starlette:
@@ -154,12 +151,12 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
             if own_log:
                 await log.stop()
 
-    app = Starlette(
+    app = _CollectorApp(
         routes=routes,
-        middleware=[Middleware(_FastPath, endpoints=fast)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
+    app.fast = fast
     app.state.intake = intake
     app.state.settings = settings
     return app

@@ -17,6 +17,11 @@ from .errors import CollectorError, too_large
 
 JSON_TYPES = frozenset({"", "application/json", "text/plain"})
 _INFLATE_CHUNK = 64 * 1024
+# Content-Type values as clients send them, accepted without parsing.
+_ACCEPTED = frozenset({
+    b"application/json", b"application/json; charset=utf-8", b"application/json;charset=UTF-8",
+    b"text/plain", b"text/plain;charset=UTF-8", b"text/plain; charset=utf-8",
+})
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -28,7 +33,7 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 def check_content_type(raw: bytes | None) -> None:
     """JSON bodies come as application/json, or text/plain from beacons (no CORS preflight)."""
-    if raw is None:
+    if raw is None or raw in _ACCEPTED:
         return
     mime = raw.split(b";", 1)[0].strip().lower().decode("latin-1")
     if mime not in JSON_TYPES:

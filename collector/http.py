@@ -17,6 +17,13 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 SUCCESS_BODY = b'{"success": true}'
+# The ASGI messages of the commonest answer, built once (servers only read them).
+SUCCESS_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": JSON_HEADERS + [(b"content-length", str(len(SUCCESS_BODY)).encode())],
+}
+SUCCESS_END = {"type": "http.response.body", "body": SUCCESS_BODY}
 
 
 async def respond(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]]) -> None:
