@@ -119,7 +119,7 @@ class PartitionState:
         self.seen_cutoff: int | None = None
 
     @property
-    def states(self) -> dict[tuple[str, str], RuleState]:
+    def states(self) -> dict[tuple[str, str], Any]:
         """Every (rule uid, key) state (a copy; for inspection and snapshots)."""
         return {(uid, key): rs for uid, per in self.rules.items() for key, rs in per.items()}
 
@@ -161,6 +161,10 @@ class Engine:
 
     def _index(self, plan: Plan) -> None:
         """Dispatch table: event name -> (followers, starters tried always, starters looked up by a value)."""
+        # Rules "A then B within T" (single events, no cap): a key's state is at most one run waiting
+        # at B, kept as the Slim of its A alone (the deadline follows from it): the compact form.
+        self._compact = {r.uid: r.steps[1].within_ms or 0 for r in plan.rules
+                         if len(r.steps) == 2 and r.steps[0].count == 1 and r.steps[1].count == 1 and r.cap_times is None}
         def starter(r: RulePlan, indexed: bool = False) -> tuple[Any, ...]:
             # Reached through the index on a field's value, the step's residual predicate is enough.
             return (r, r.uid, r.by_anonymous_id, r.steps[0].residual if indexed else r.steps[0].pred)
@@ -270,7 +274,10 @@ class Engine:
                     rs = per.get(key)
                     if rs is not None and (anon_ok or not by_anon):
                         try:
-                            self._follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
+                            if type(rs) is tuple:
+                                self._follow_compact(ps, rule, per, key, rs, env, mid, t, offset, out)
+                            else:
+                                self._follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
                         except Exception:  # noqa: BLE001
                             stats.errors += 1
         if always is not None:
@@ -297,6 +304,24 @@ class Engine:
                             except Exception:  # noqa: BLE001
                                 stats.errors += 1
         return out
+
+    def _follow_compact(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, first: Slim,
+                        env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
+        """``env`` for step 2 of a compact rule where ``key`` waits with ``first``."""
+        step = rule.steps[1]
+        anchor = first[1]
+        if not (anchor <= t <= anchor + (step.within_ms or 0)):
+            return
+        pred = step.pred
+        if pred is not None and pred((env), (first,)) is not True:
+            return
+        del per[key]
+        if self.track_dirty:
+            ps.dirty.add((rule.uid, key))
+        if not step.absent:
+            proj = step.project
+            self._complete(ps, rule, key, None, (first, (mid, t, ps.partition, offset, proj(env) if proj is not None else ())),
+                           t, out)
 
     def _follow(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str, rs: RuleState,
                 env: dict[str, Any], mid: str, t: int, offset: int, idxs: tuple[int, ...], out: list[Match]) -> None:
@@ -345,6 +370,15 @@ class Engine:
         uid = rule.uid
         per = ps.rules[uid]
         rs = per.get(key)
+        if type(rs) is tuple or (rs is None and uid in self._compact):
+            if self.track_dirty:
+                ps.dirty.add((uid, key))
+            if rs is None:
+                per[key] = s
+                ps.register(t + self._compact[uid] + 1, uid, key)
+            elif rs[1] <= t:
+                per[key] = s  # the newer run replaces the one waiting; its registration comes first
+            return
         n = len(steps)
         if rs is None:
             if n == 1 and step.count == 1 and rule.cap_times is None:
@@ -491,8 +525,9 @@ class Engine:
         ps.wheel = {}
         for uid, per in ps.rules.items():
             for key, rs in per.items():
-                if rs.wake:
-                    ps.wheel.setdefault(rs.wake, []).extend((uid, key))
+                wake = self._wake_of(uid, rs)
+                if wake:
+                    ps.wheel.setdefault(wake, []).extend((uid, key))
         ps.timers = list(ps.wheel)
         heapq.heapify(ps.timers)
         ps.registered = live
@@ -500,7 +535,7 @@ class Engine:
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
         ps.watermark = wm
         timers, wheel, prules = ps.timers, ps.wheel, ps.rules
-        rules_get, track = self._rules.get, self.track_dirty
+        rules_get, track, compact = self._rules.get, self.track_dirty, self._compact
         while timers and timers[0] <= wm:
             wake = _heappop(timers)
             flat = wheel.pop(wake)
@@ -514,7 +549,22 @@ class Engine:
                 if per is None:
                     continue
                 rs = per.get(key)
-                if rs is None or rs.wake != wake:
+                if rs is None:
+                    continue
+                if type(rs) is tuple:
+                    w = rs[1] + compact[uid] + 1  # type: ignore[index]
+                    if w != wake:
+                        if w > wake:
+                            ps.register(w, uid, key)  # replaced by a later run: wake it then
+                        continue
+                    del per[key]
+                    if track:
+                        ps.dirty.add((uid, key))
+                    rule = rules_get(uid)
+                    if rule is not None and rule.steps[1].absent:
+                        self._complete(ps, rule, key, None, (rs,), w - 1, out)
+                    continue
+                if rs.wake != wake:
                     continue  # superseded registration
                 rule = rules_get(uid)
                 if rule is None:
@@ -589,14 +639,37 @@ class Engine:
             while timers:
                 wake = timers[0]
                 flat = wheel[wake]
-                if any((per := prules.get(flat[j])) is not None and (rs := per.get(flat[j + 1])) is not None
-                       and rs.wake == wake for j in range(0, len(flat), 2)):
+                live, moved = False, []
+                for j in range(0, len(flat), 2):
+                    uid, key = flat[j], flat[j + 1]
+                    per = prules.get(uid)
+                    rs = per.get(key) if per is not None else None
+                    if rs is not None:
+                        w = self._wake_of(uid, rs)
+                        if w == wake:
+                            live = True
+                            break
+                        if type(rs) is tuple and w > wake:
+                            moved.append((w, uid, key))  # a compact state replaced by a later run
+                if live:
                     break
                 _heappop(timers)
                 ps.registered -= len(wheel.pop(wake)) >> 1
+                for w, uid, key in moved:
+                    ps.register(w, uid, key)
             if timers and (best is None or timers[0] < best):
                 best = timers[0]
         return None if best is None else best + self.lateness
+
+    def _wake_of(self, uid: str, rs: Any) -> int:
+        return rs[1] + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake
+
+    def _encode(self, uid: str, rs: Any) -> bytes:
+        if type(rs) is tuple:  # a compact state is stored like the general form it stands for
+            full = RuleState(2)
+            full.runs[1] = Run((rs,), rs[1], rs[1] + self._compact.get(uid, 0))  # type: ignore[index]
+            rs = full
+        return encode_rule_state(rs)
 
     def take_changes(self, p: int) -> tuple[list[tuple[str, str, bytes | None]], list[tuple[str, int]], int | None]:
         """(changed states encoded or None when gone, new messageIds, messageId cutoff) since the last call."""
@@ -605,7 +678,7 @@ class Engine:
         for uid, key in ps.dirty:
             per = ps.rules.get(uid)
             rs = per.get(key) if per is not None else None
-            states.append((uid, key, None if rs is None else encode_rule_state(rs)))
+            states.append((uid, key, None if rs is None else self._encode(uid, rs)))
         seen, cutoff = ps.new_seen, ps.seen_cutoff
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
@@ -625,7 +698,7 @@ class Engine:
     def snapshot_partition(self, p: int) -> bytes:
         ps = self.partition(p)
         return snapshot_bytes(ps.max_t, ps.watermark, ps.seen,
-                              {(uid, key): encode_rule_state(rs) for uid, per in ps.rules.items() for key, rs in per.items()})
+                              {(uid, key): self._encode(uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()})
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
         if data is None:

@@ -266,6 +266,15 @@ def _const_compare(op: str, get: Getter, c: Any) -> Predicate | None:
                 return None
             return (type(a) is not str or a != c) if neg else (type(a) is str and a == c)
         return eq_str
+    if op in ("starts with", "ends with") and type(c) is str:
+        method = str.startswith if op == "starts with" else str.endswith
+
+        def affix(env: Any, st: Any) -> bool | None:
+            a = get(env, st)
+            if a is MISSING:
+                return None
+            return type(a) is str and method(a, c)
+        return affix
     if op in _ORDER and (type(c) is int or type(c) is float):
         f = _ORDER[op]
 
