@@ -20,10 +20,11 @@ A few rows per commit instead of one per event (or per request) is what makes
 intake cheap. Appends are framed on the event loop (:func:`encode_parts`); the
 writer only joins the frames.
 
-Offsets are assigned inside the write transaction from the table itself (and
-kept between transactions while ``PRAGMA data_version`` says no other
-connection wrote), so several processes may append to the same file (SQLite
-serialises writers).
+Offsets are assigned inside the write transaction from the table itself, so
+several processes may append to the same file (SQLite serialises writers). The
+usual commit (appends only) is a single autocommit INSERT that works its
+offsets out in SQL: one statement step, so the writer thread retakes the GIL
+once per commit.
 The partition count is fixed when the file is created and stored in it.
 Read the log through :class:`SqliteLog` (``read``/``read_sync``), not its tables.
 """
@@ -93,16 +94,16 @@ def connect(path: Path) -> sqlite3.Connection:
 class _Txn:
     """State shared by the ops of one group-committed transaction.
 
-    ``next_offsets`` holds each partition's next offset (read from the table once, then
-    kept across transactions while no other connection writes, see ``_commit``) and all
-    appended rows go to one ``executemany``: the per-append cost stays flat as the group grows.
+    Next offsets are read from the table once per partition per transaction (the
+    write lock is held, so they cannot move under us) and all appended rows go to
+    one multi-row INSERT: the per-append cost stays flat as the group grows.
     """
 
     __slots__ = ("conn", "next_offsets", "rows")
 
-    def __init__(self, conn: sqlite3.Connection, next_offsets: dict[tuple[str, int], int]) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.next_offsets = next_offsets
+        self.next_offsets: dict[tuple[str, int], int] = {}
         self.rows: list[tuple[Any, ...]] = []
 
 
@@ -224,6 +225,75 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         conn.execute("INSERT INTO record_batches VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)), params)
 
 
+def _merge_rows(txn: _Txn, merged: dict[tuple[str, int], list[_Part]]) -> None:
+    ts = int(time.time() * 1000)
+    for tp, pieces in merged.items():
+        nxt = txn.next_offsets.get(tp)
+        if nxt is None:
+            nxt = _next_offset(txn.conn, tp[0], tp[1])
+        # Rows of about _BATCH_BYTES at most (a piece is already at most about that big).
+        start = 0
+        while start < len(pieces):
+            stop, size, count = start, 0, 0
+            while stop < len(pieces):
+                piece = pieces[stop]
+                if stop > start and size + len(piece[3]) > _BATCH_BYTES:
+                    break
+                size += len(piece[3])
+                count += piece[1]
+                stop += 1
+            nxt += count
+            txn.rows.append((tp[0], tp[1], nxt - 1, count, ts, _join(pieces[start:stop])))
+            start = stop
+        txn.next_offsets[tp] = nxt
+
+
+def _join(pieces: list[_Part]) -> bytes:
+    if len(pieces) == 1:
+        return pieces[0][2] + pieces[0][3]
+    return b"".join([p[2] for p in pieces] + [p[3] for p in pieces])
+
+
+def _one_row(pieces: list[_Part]) -> bool:
+    """Whether a partition's pieces of one commit fit one record batch."""
+    if len(pieces) == 1:
+        return True
+    size = 0
+    for piece in pieces:
+        size += len(piece[3])
+    return size <= _BATCH_BYTES
+
+
+# One row whose last_offset is worked out by SQLite: the partition's next offset (its
+# highest, or the floor retention left in meta) plus the row's count minus one.
+_SELF_OFFSET_ROW = (
+    "(?, ?, (SELECT max(coalesce(max(last_offset) + 1, 0), "
+    "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE name = ?), 0)) "
+    "FROM record_batches WHERE topic = ? AND partition = ?) + ?, ?, ?, ?)"
+)
+
+
+def _insert_one_statement(conn: sqlite3.Connection, merged: dict[tuple[str, int], list[_Part]]) -> None:
+    """The common commit (appends only, one row per partition) as one autocommit INSERT.
+
+    A write statement outside BEGIN is its own transaction, taking the write lock
+    before it reads (as BEGIN IMMEDIATE does), so the offsets it computes cannot
+    race another writer, and it returns after the synchronous=FULL commit. One
+    step for the whole transaction: the writer retakes the GIL once per commit,
+    not once per statement (each retake waits out a switch interval on a busy loop).
+    Each row's offset subquery reads only its own partition, which no other row of
+    the statement touches, so every row sees the table as it was before the statement.
+    """
+    ts = int(time.time() * 1000)
+    params: list[Any] = []
+    for (topic, partition), pieces in merged.items():
+        count = 0
+        for piece in pieces:
+            count += piece[1]
+        params += (topic, partition, f"next:{topic}:{partition}", topic, partition, count - 1, count, ts, _join(pieces))
+    conn.execute("INSERT INTO record_batches VALUES " + ", ".join([_SELF_OFFSET_ROW] * len(merged)), params)
+
+
 def _next_offset(conn: sqlite3.Connection, topic: str, partition: int) -> int:
     (nxt,) = conn.execute(
         "SELECT coalesce(max(last_offset) + 1, 0) FROM record_batches WHERE topic = ? AND partition = ?",
@@ -258,10 +328,6 @@ class SqliteLog(EventLog):
         self._appended = asyncio.Event()
         self._closed = False
         self._started = False
-        # Writer thread only: next offset per (topic, partition), valid while no other
-        # connection has written the file (PRAGMA data_version unchanged).
-        self._next_offsets: dict[tuple[str, int], int] = {}
-        self._data_version: int | None = None
         self.commits = 0  # transactions written (group-commit efficiency = appends / commits)
 
     # lifecycle ---------------------------------------------------------------
@@ -340,39 +406,28 @@ class SqliteLog(EventLog):
                     self._resolve([op], LogClosed("event log stopped"))
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        # Every append of the transaction goes into one record batch per partition
+        # (a few rows per commit instead of one per request), in queue order.
+        merged: dict[tuple[str, int], list[_Part]] = {}
+        others: list[_Op] = []
+        for op in batch:
+            if op.apply is not None:
+                others.append(op)
+                continue
+            topic = op.topic
+            for part in op.parts:  # type: ignore[union-attr]
+                tp = (topic, part[0])
+                pieces = merged.get(tp)
+                if pieces is None:
+                    merged[tp] = [part]
+                else:
+                    pieces.append(part)
         error: Exception | None = None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                (version,) = conn.execute("PRAGMA data_version").fetchone()
-                if version != self._data_version:  # another connection wrote: offsets may have moved
-                    self._next_offsets.clear()
-                    self._data_version = version
-                txn = _Txn(conn, dict(self._next_offsets))
-                # Every append of the transaction goes into one record batch per partition
-                # (a few rows per commit instead of one per request), in queue order.
-                merged: dict[tuple[str, int], list[_Part]] = {}
-                for op in batch:
-                    if op.apply is not None:
-                        op.apply(txn)
-                    else:
-                        topic = op.topic
-                        for part in op.parts:  # type: ignore[union-attr]
-                            tp = (topic, part[0])
-                            pieces = merged.get(tp)
-                            if pieces is None:
-                                merged[tp] = [part]
-                            else:
-                                pieces.append(part)
-                if merged:
-                    self._merge_rows(txn, merged)
-                _insert_rows(conn, txn.rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._next_offsets.clear()
-                conn.execute("ROLLBACK")
-                raise
-            self._next_offsets = txn.next_offsets
+            if not others and len(merged) <= _INSERT_CHUNK and all(_one_row(p) for p in merged.values()):
+                _insert_one_statement(conn, merged)
+            else:
+                self._commit_general(conn, others, merged)
             self.commits += 1
         except sqlite3.Error as exc:
             logger.exception("event log write failed")
@@ -380,34 +435,19 @@ class SqliteLog(EventLog):
         self._resolve(batch, error)
 
     @staticmethod
-    def _merge_rows(txn: _Txn, merged: dict[tuple[str, int], list[_Part]]) -> None:
-        ts = int(time.time() * 1000)
-        next_offsets = txn.next_offsets
-        rows = txn.rows
-        for tp, pieces in merged.items():
-            nxt = next_offsets.get(tp)
-            if nxt is None:
-                nxt = _next_offset(txn.conn, tp[0], tp[1])
-            # Rows of about _BATCH_BYTES at most (a piece is already at most about that big).
-            start = 0
-            while start < len(pieces):
-                stop, size, count = start, 0, 0
-                while stop < len(pieces):
-                    piece = pieces[stop]
-                    if stop > start and size + len(piece[3]) > _BATCH_BYTES:
-                        break
-                    size += len(piece[3])
-                    count += piece[1]
-                    stop += 1
-                chosen = pieces[start:stop]
-                if len(chosen) == 1:
-                    blob = chosen[0][2] + chosen[0][3]
-                else:
-                    blob = b"".join([p[2] for p in chosen] + [p[3] for p in chosen])
-                nxt += count
-                rows.append((tp[0], tp[1], nxt - 1, count, ts, blob))
-                start = stop
-            next_offsets[tp] = nxt
+    def _commit_general(conn: sqlite3.Connection, others: list[_Op], merged: dict[tuple[str, int], list[_Part]]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            txn = _Txn(conn)
+            for op in others:
+                op.apply(txn)  # type: ignore[misc]
+            if merged:
+                _merge_rows(txn, merged)
+            _insert_rows(conn, txn.rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _resolve(self, batch: list[_Op], error: Exception | None) -> None:
         futures = [op.future for op in batch]
@@ -645,3 +685,9 @@ class SqliteConsumer(Consumer):
 
     async def committed(self, tp: TopicPartition) -> int | None:
         return await self._log.committed_offset(self._group, tp)
+
+    async def lag(self, tp: TopicPartition) -> int | None:
+        position = self._positions.get(tp)
+        if position is None:
+            return None
+        return max(0, (await self._log.end_offsets(tp.topic)).get(tp.partition, 0) - position)

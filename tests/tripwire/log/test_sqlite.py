@@ -35,6 +35,37 @@ async def test_group_commit_respects_the_batch_bound(tmp_path: Path) -> None:
         assert [r.value for r in records] == [b"%d" % i for i in range(100)]
 
 
+async def test_a_group_commit_keeps_every_append_whole_and_in_order_per_key(tmp_path: Path) -> None:
+    # Concurrent appends share transactions and record batches: single records, multi-record
+    # appends over several partitions, both topics, and offset commits in the same groups.
+    async with SqliteLog(tmp_path / "log.db", 3) as log:
+        def append(i: int):  # type: ignore[no-untyped-def]
+            if i % 5 == 0:
+                return log.append(EVENTS, [(b"u%d" % (i % 7), b"%d.%d" % (i, j)) for j in range(4)])
+            topic = TRIGGERS if i % 11 == 0 else EVENTS
+            return log.append(topic, [(b"u%d" % (i % 7), b"%d.0" % i)])
+
+        before = log.commits
+        await asyncio.gather(*(append(i) for i in range(150)))  # appends only: one INSERT per commit
+        await asyncio.gather(  # appends and offset commits: the BEGIN ... COMMIT path
+            *(append(i) for i in range(150, 300)),
+            *(log.commit_offsets("g", {TopicPartition(EVENTS, i % 3): i}) for i in range(0, 300, 30)),
+        )
+        assert log.commits - before < 100
+        records = await read_all(log, EVENTS) + await read_all(log, TRIGGERS)
+        assert await log.committed_offset("g", TopicPartition(EVENTS, 0)) is not None
+    expected = {(i, j) for i in range(300) for j in range(4 if i % 5 == 0 else 1)}
+    got = [tuple(int(x) for x in r.value.split(b".")) for r in records]
+    assert sorted(got) == sorted(expected)
+    for topic in (EVENTS, TRIGGERS):
+        for p in range(3):
+            offsets = [r.offset for r in records if r.topic == topic and r.partition == p]
+            assert offsets == list(range(len(offsets))), (topic, p)
+    for key in {r.key for r in records}:  # per key: the order the appends were made in
+        seq = [tuple(int(x) for x in r.value.split(b".")) for r in records if r.key == key and r.topic == EVENTS]
+        assert seq == sorted(seq)
+
+
 async def test_an_append_is_committed_when_it_returns(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     async with SqliteLog(path, 4) as log:
