@@ -38,7 +38,7 @@ from .state import CheckpointStore, SqliteStateStore
 
 logger = logging.getLogger(__name__)
 
-_ENDS_EVERY_S = 0.5  # how stale the log end offsets may be when deciding a partition is caught up
+_CAUGHT_UP_FOR_S = 0.25  # a partition found caught up is not asked again for this long
 
 
 def endpoint_policy(config: Config) -> tuple[set[str], str]:
@@ -80,8 +80,7 @@ class RulesService:
         self._assigned: set[int] = set()
         self._positions: dict[int, int] = {}
         self._generation = 0  # bumped at both ends of every rebalance callback
-        self._ends: dict[int, int] = {}
-        self._ends_at = float("-inf")
+        self._caught_up_at: dict[int, float] = {}  # partition -> when it was last found caught up
         self._stopping = False
         self._last_reload = time.monotonic()
         self._seen_stats = EngineStats()
@@ -127,6 +126,7 @@ class RulesService:
     async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         async with self._lock:
             self._generation += 1
+            self._caught_up_at.clear()
             for tp in sorted(partitions):
                 if tp.topic != EVENTS:
                     continue
@@ -143,6 +143,7 @@ class RulesService:
     async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
         async with self._lock:
             self._generation += 1
+            self._caught_up_at.clear()
             for tp in sorted(partitions):
                 if tp.topic != EVENTS or tp.partition not in self._assigned:
                     continue
@@ -200,6 +201,7 @@ class RulesService:
         known position: it goes back to the batch's first record of it.
         """
         assert self._consumer is not None
+        self._caught_up_at.clear()
         first: dict[int, int] = {}
         for r in records:
             if r.topic == EVENTS:
@@ -259,17 +261,24 @@ class RulesService:
 
         A partition with a backlog (just restored after a crash or a rebalance, or
         behind after an outage) must not: its unread events would be declared late
-        before they are read. While the log end is unknown nothing follows the clock.
+        before they are read. The consumer knows its lag (unknown, e.g. before the
+        first fetch, counts as behind). Once caught up, a partition can only fall
+        behind by new events, which are not late, so the answer is kept a moment.
         """
+        assert self._consumer is not None
         now = time.monotonic()
-        if now - self._ends_at >= _ENDS_EVERY_S:
-            try:
-                self._ends = await self.log.end_offsets(EVENTS)
-            except LogError as exc:
-                logger.debug("log end offsets unavailable, the watermark waits: %s", exc)
-                return []
-            self._ends_at = now
-        return [p for p in sorted(self._assigned) if self._positions.get(p, 0) >= self._ends.get(p, 0)]
+        out = []
+        for p in sorted(self._assigned):
+            if now - self._caught_up_at.get(p, float("-inf")) >= _CAUGHT_UP_FOR_S:
+                try:
+                    lag = await self._consumer.lag(TopicPartition(EVENTS, p))
+                except LogError:
+                    lag = None
+                if lag != 0:
+                    continue
+                self._caught_up_at[p] = now
+            out.append(p)
+        return out
 
     def _export_metrics(self, matches: list[Match]) -> None:
         s, last = self.engine.stats, self._seen_stats

@@ -109,6 +109,10 @@ class Consumer(abc.ABC):
     async def committed(self, tp: TopicPartition) -> int | None: ...
 
     @abc.abstractmethod
+    async def lag(self, tp: TopicPartition) -> int | None:
+        """Records of ``tp`` after what ``poll`` has returned (0: caught up); None when unknown yet."""
+
+    @abc.abstractmethod
     def assignment(self) -> set[TopicPartition]: ...
 
     async def __aenter__(self) -> Consumer:

@@ -181,6 +181,19 @@ class KafkaConsumer(Consumer):
             raise LogUnavailable(f"consumer group {self._group!r}: committed offsets unavailable: {exc}") from exc
         return offset if offset is not None and offset >= 0 else None
 
+    async def lag(self, tp: TopicPartition) -> int | None:
+        """From the high watermark of the last fetch response: no request of its own."""
+        consumer = self._require()
+        ktp = self._kafka(tp)
+        highwater = consumer.highwater(ktp)
+        if highwater is None or tp not in self._assignment:
+            return None
+        try:
+            position = await asyncio.wait_for(consumer.position(ktp), 0.1)  # waits only while resetting
+        except (KafkaError, TimeoutError):
+            return None
+        return max(0, highwater - position)
+
     def assignment(self) -> set[TopicPartition]:
         return set(self._assignment)
 

@@ -103,3 +103,8 @@ class MemoryConsumer(Consumer):
 
     async def committed(self, tp: TopicPartition) -> int | None:
         return self._log._offsets.get((self._group, tp))
+
+    async def lag(self, tp: TopicPartition) -> int | None:
+        if tp not in self._positions:
+            return None
+        return max(0, len(self._log._data.get(tp, [])) - self._positions[tp])

@@ -149,3 +149,20 @@ async def test_listener_seek_decides_where_reading_starts(log: EventLog) -> None
     assert len(got) == want
     assert all(r.offset >= 3 for r in got)
     assert listener.revoked == listener.assigned
+
+
+async def test_lag_counts_what_poll_has_not_returned_yet(log: EventLog) -> None:
+    await log.append(EVENTS, entries(20))
+    tp = TopicPartition(EVENTS, partition_for(b"user-0", PARTITIONS))
+    consumer = log.consumer("lagging", [EVENTS])
+    async with consumer:
+        got = await poll_until(consumer, 20)
+        assert len(got) == 20
+        assert await consumer.lag(tp) == 0  # everything returned: caught up
+        mine = sum(1 for r in got if r.partition == tp.partition)
+        consumer.seek(tp, 1)  # a rewind puts it behind again
+        lag = await consumer.lag(tp)
+        assert lag is None or lag == mine - 1  # Kafka knows only after its next fetch
+        again = await poll_until(consumer, mine - 1)
+        assert [r.offset for r in again] == list(range(1, mine))
+        assert await consumer.lag(tp) == 0
