@@ -133,6 +133,11 @@ class PartitionState:
             lst += (uid, key)
 
 
+def _slim_of(c: tuple[Any, ...], partition: int) -> Slim:
+    """The Slim a compact state ``(messageId, time, offset, *projection)`` stands for."""
+    return (c[0], c[1], partition, c[2], c[3:])
+
+
 class Engine:
     def __init__(self, plan: Plan, allowed_lateness_ms: int = 5000, *, track_dirty: bool = False,
                  dedup_window_ms: int = 300_000) -> None:
@@ -305,13 +310,14 @@ class Engine:
                                 stats.errors += 1
         return out
 
-    def _follow_compact(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, first: Slim,
+    def _follow_compact(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, c: tuple[Any, ...],
                         env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
-        """``env`` for step 2 of a compact rule where ``key`` waits with ``first``."""
+        """``env`` for step 2 of a compact rule where ``key`` waits with ``c`` (the first event, compact)."""
         step = rule.steps[1]
-        anchor = first[1]
+        anchor = c[1]
         if not (anchor <= t <= anchor + (step.within_ms or 0)):
             return
+        first = (c[0], anchor, ps.partition, c[2], c[3:])
         pred = step.pred
         if pred is not None and pred((env), (first,)) is not True:
             return
@@ -366,19 +372,18 @@ class Engine:
         steps = rule.steps
         step = steps[0]
         proj = step.project
-        s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
         uid = rule.uid
         per = ps.rules[uid]
         rs = per.get(key)
         if type(rs) is tuple or (rs is None and uid in self._compact):
             if self.track_dirty:
                 ps.dirty.add((uid, key))
-            if rs is None:
-                per[key] = s
-                ps.register(t + self._compact[uid] + 1, uid, key)
-            elif rs[1] <= t:
-                per[key] = s  # the newer run replaces the one waiting; its registration comes first
+            if rs is None or rs[1] <= t:  # a newer run replaces the one waiting (whose registration comes first)
+                per[key] = (mid, t, offset, *proj(env)) if proj is not None else (mid, t, offset)
+                if rs is None:
+                    ps.register(t + self._compact[uid] + 1, uid, key)
             return
+        s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
         n = len(steps)
         if rs is None:
             if n == 1 and step.count == 1 and rule.cap_times is None:
@@ -562,7 +567,7 @@ class Engine:
                         ps.dirty.add((uid, key))
                     rule = rules_get(uid)
                     if rule is not None and rule.steps[1].absent:
-                        self._complete(ps, rule, key, None, (rs,), w - 1, out)
+                        self._complete(ps, rule, key, None, (_slim_of(rs, ps.partition),), w - 1, out)
                     continue
                 if rs.wake != wake:
                     continue  # superseded registration
@@ -664,10 +669,10 @@ class Engine:
     def _wake_of(self, uid: str, rs: Any) -> int:
         return rs[1] + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake
 
-    def _encode(self, uid: str, rs: Any) -> bytes:
+    def _encode(self, p: int, uid: str, rs: Any) -> bytes:
         if type(rs) is tuple:  # a compact state is stored like the general form it stands for
             full = RuleState(2)
-            full.runs[1] = Run((rs,), rs[1], rs[1] + self._compact.get(uid, 0))  # type: ignore[index]
+            full.runs[1] = Run((_slim_of(rs, p),), rs[1], rs[1] + self._compact.get(uid, 0))  # type: ignore[index]
             rs = full
         return encode_rule_state(rs)
 
@@ -678,7 +683,7 @@ class Engine:
         for uid, key in ps.dirty:
             per = ps.rules.get(uid)
             rs = per.get(key) if per is not None else None
-            states.append((uid, key, None if rs is None else self._encode(uid, rs)))
+            states.append((uid, key, None if rs is None else self._encode(p, uid, rs)))
         seen, cutoff = ps.new_seen, ps.seen_cutoff
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
@@ -698,7 +703,7 @@ class Engine:
     def snapshot_partition(self, p: int) -> bytes:
         ps = self.partition(p)
         return snapshot_bytes(ps.max_t, ps.watermark, ps.seen,
-                              {(uid, key): self._encode(uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()})
+                              {(uid, key): self._encode(p, uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()})
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
         if data is None:
