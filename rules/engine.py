@@ -133,6 +133,10 @@ class PartitionState:
             lst += (uid, key)
 
 
+def _uid_key(m: Match) -> tuple[str, str]:
+    return m.rule.uid, m.key
+
+
 def _slim_of(c: tuple[Any, ...], partition: int) -> Slim:
     """The Slim a compact state ``(messageId, time, offset, *projection)`` stands for."""
     return (c[0], c[1], partition, c[2], c[3:])
@@ -545,11 +549,10 @@ class Engine:
             wake = _heappop(timers)
             flat = wheel.pop(wake)
             ps.registered -= len(flat) >> 1
-            if len(flat) == 2:
-                due: Any = (flat,)
-            else:
-                due = sorted(zip(flat[::2], flat[1::2]))  # deadline order, then rule and key
-            for uid, key in due:
+            first_out = len(out)
+            it = iter(flat)
+            for uid in it:
+                key = next(it)
                 per = prules.get(uid)
                 if per is None:
                     continue
@@ -588,6 +591,10 @@ class Engine:
                 if self._expire(ps, rule, key, rs, wm, out) and track:
                     ps.dirty.add((uid, key))
                 self._reschedule(ps, rule, per, key, rs)
+            if len(out) - first_out > 1:
+                # Timers due at one time fire in (rule uid, key) order; each entry fires at most once
+                # and entries do not affect one another, so sorting what they fired is the same.
+                out[first_out:] = sorted(out[first_out:], key=_uid_key)
         if wm >= ps.next_sweep:
             horizon = max(self.plan.horizon_ms, self.dedup_window_ms)
             cutoff = wm - horizon
