@@ -490,9 +490,8 @@ class SqliteLog(EventLog):
         n = self._partitions
         parts: list[_Part]
         if len(entries) == 1:  # a single event: the collector's commonest request
-            key, value = entries[0]
             head, data = encode_parts(entries)
-            parts = [(partition_for(key, n), 1, head, data)]
+            parts = [(partition_for(entries[0][0], n), 1, head, data)]
         else:
             by_partition: dict[int, list[Entry]] = {}
             for entry in entries:
