@@ -63,31 +63,6 @@ def parse_event_time(env: dict[str, Any]) -> int | None:
         return None
 
 
-# messageIds ----------------------------------------------------------------------------------
-# A canonical UUID messageId (36 characters, lowercase hex and dashes: what analytics clients
-# send) is held as its 128-bit integer (44 bytes instead of an 85-byte string) in the engine's
-# duplicate memory and pending state; any other messageId stays the string it is. The mapping
-# is exact both ways, and an int never equals a str, so duplicate detection is unchanged.
-def compact_mid(mid: str) -> int | str:
-    if len(mid) == 36 and mid[8] == mid[13] == mid[18] == mid[23] == "-":
-        h = mid.replace("-", "")
-        # int(h, 16) alone would also take "0x..", "_", signs, upper case and non-ASCII digits
-        if len(h) == 32 and h.isascii() and h.isalnum() and (h.islower() or h.isdigit()) and h[1] != "x":
-            try:
-                return int(h, 16)
-            except ValueError:
-                return mid
-    return mid
-
-
-def mid_text(mid: int | str) -> str:
-    """The messageId :func:`compact_mid` was given."""
-    if type(mid) is int:
-        h = f"{mid:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    return mid  # type: ignore[return-value]
-
-
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "rules.plan" and name == "MISSING":

@@ -40,8 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .codec import (compact_mid, decode_rule_state, encode_rule_state, loads_state, mid_text, parse_event_time,
-                    snapshot_bytes)
+from .codec import decode_rule_state, encode_rule_state, loads_state, parse_event_time, snapshot_bytes
 from .plan import Plan, RulePlan, Slim
 from .predicates import env_getter
 
@@ -113,7 +112,7 @@ class PartitionState:
         self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
         self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
         self.registered = 0  # registrations in ``wheel`` (live or superseded)
-        self.seen: dict[int | str, int] = {}  # messageId (compact_mid) -> event time
+        self.seen: dict[str, int] = {}
         self.next_sweep = NEG_INF
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
         self.new_seen: list[tuple[str, int]] = []
@@ -257,18 +256,17 @@ class Engine:
         disp = self._dispatch.get(name)
         if disp is None:
             return out
-        text = env.get("messageId")
-        if type(text) is not str and not isinstance(text, str):
+        mid = env.get("messageId")
+        if type(mid) is not str and not isinstance(mid, str):
             stats.errors += 1
             return out
-        mid = compact_mid(text)
         seen = ps.seen
         if mid in seen:
             stats.duplicates += 1
             return out
         seen[mid] = t
         if self.track_dirty:
-            ps.new_seen.append((text, t))
+            ps.new_seen.append((mid, t))
         anonymous_id = env.get("anonymousId")
         log_key = anonymous_id or env.get("userId")
         followers, always, by_value = disp
@@ -474,13 +472,16 @@ class Engine:
                 rs.fires = fires
             else:
                 rs.fires = [t]
-        flat: list[Slim] = []
-        for m in matched:
-            if type(m[0]) is tuple:
-                flat.extend(m)
-            else:
-                flat.append(m)
-        events = tuple([e if type(e[0]) is str else (mid_text(e[0]), e[1], e[2], e[3], e[4]) for e in flat])
+        if len(matched) == 1 and type(matched[0][0]) is str:
+            events: Any = matched
+        else:
+            events = []
+            for m in matched:
+                if type(m[0]) is tuple:
+                    events.extend(m)
+                else:
+                    events.append(m)
+            events = tuple(events)
         payload = None
         if rule.payload is not None:
             try:
@@ -722,8 +723,7 @@ class Engine:
     def load_partition(self, p: int, max_t: int, watermark: int, seen: dict[str, int],
                        states: Iterable[tuple[tuple[str, str], RuleState]]) -> None:
         ps = self.partitions[p] = self._new_partition(p)
-        ps.max_t, ps.watermark = max_t, watermark
-        ps.seen = {compact_mid(m) if type(m) is str else m: t for m, t in seen.items()}
+        ps.max_t, ps.watermark, ps.seen = max_t, watermark, dict(seen)
         for (uid, key), rs in states:
             rule = self._rules.get(uid)
             if rule is None:

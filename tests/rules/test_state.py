@@ -149,19 +149,3 @@ def test_compact_sequence_states_round_trip_through_snapshots_and_the_store(tmp_
         got = feed(e, [ev("B", 7, key="k2", mid="b1"), ev("A", 8, key="k2", mid="a1")], until_s=36)
         assert ids(got) == [["a1", "b1"], ["c2"]] and got[1].payload == {"sku": "S2"}
         assert e.pending() == 0 and e.stats.duplicates == 1
-
-
-def test_uuid_message_ids_are_held_compactly_and_given_back_unchanged() -> None:
-    mid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
-    text = 'rule "s" when A then B within 1m post crm'
-    engine = Engine(plan_of(text), 0, track_dirty=True)
-    got = feed(engine, [ev("A", 0, mid=mid), ev("A", 1, mid=mid), ev("B", 2, mid=mid.upper())])
-    assert ids(got) == [[mid, mid.upper()]]  # another string is another messageId
-    assert engine.stats.duplicates == 1
-    assert engine.take_changes(0)[1] == [(mid, T0), (mid.upper(), T0 + 2000)]  # stored as given
-    # a restored memory (as the store and older snapshots hold it: strings) still recognises the id
-    restored = Engine(plan_of(text), 0)
-    restored.load_partition(0, *engine.meta_of(0), {mid: T0}, [])
-    assert feed(restored, [ev("A", 3, mid=mid)]) == [] and restored.stats.duplicates == 1
-    restored.restore_partition(0, engine.snapshot_partition(0))
-    assert feed(restored, [ev("B", 4, mid=mid.upper())]) == [] and restored.stats.duplicates == 2
