@@ -10,7 +10,7 @@ import pytest
 
 from tripwire.envelope import parse_time_ms
 
-from .conftest import SERVER_KEY, WRITE_KEY, Collector, MakeCollector, basic
+from .conftest import SERVER_KEY, SOURCES, WRITE_KEY, Collector, MakeCollector, basic
 
 SUCCESS = {"success": True}
 
@@ -193,3 +193,20 @@ async def test_event_times_before_year_1000_stay_parseable(collector: Collector)
     (env,) = await collector.records()
     assert env["timestamp"] == "0999-01-01T00:00:00.000Z"
     assert event_time_ms(env) < 0
+
+
+async def test_a_bug_behind_the_fast_path_answers_a_json_500(make_collector: MakeCollector, caplog: pytest.LogCaptureFixture) -> None:
+    # The tracking routes skip Starlette's error middleware, so they must answer a bug themselves.
+    c = await make_collector({"sources": SOURCES}, raise_errors=False)
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the log")
+
+    c.log.append = broken  # type: ignore[method-assign]
+    headers = {**basic(WRITE_KEY), "Origin": "https://shop.example"}
+    for path, body in [("/v1/track", {"event": "A", "userId": "u"}), ("/v1/batch", {"batch": [{"type": "track", "event": "A", "userId": "u"}]})]:
+        r = await c.client.post(path, json=body, headers=headers)
+        assert r.status_code == 500, path
+        assert r.json() == {"success": False, "error": "internal_error", "message": "internal error"}
+        assert r.headers["access-control-allow-origin"] == "https://shop.example"  # the browser can read it
+    assert "unhandled error on POST" in caplog.text and "a bug in the log" in caplog.text
