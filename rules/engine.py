@@ -20,7 +20,10 @@ Contract (see LANGUAGE.md for the user-facing semantics):
   so memory is bounded by the rule windows.
 
 Layout, chosen for the hot path and for memory: per partition, one dict per
-rule uid mapping key -> :class:`RuleState`; timers are a heap of distinct wake
+rule uid mapping key -> :class:`RuleState`, or, for "A then B within T" rules
+without a cap, the compact form of the one run that can wait there: the flat
+tuple ``(messageId, time, offset, *projection)`` of its A (its deadline follows
+from the time; it is saved in the general form). Timers are a heap of distinct wake
 times plus, per wake time, a flat list ``[uid, key, uid, key, ...]``. A state
 registers its earliest wake only; when that comes due the state is looked at
 and registers its real wake (so updates that push a deadline later cost
