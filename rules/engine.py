@@ -19,16 +19,13 @@ Contract (see LANGUAGE.md for the user-facing semantics):
 * State per (rule, key) is dropped as soon as nothing in it can still match,
   so memory is bounded by the rule windows.
 
-Layout, chosen for the hot path and for memory: per partition, one dict per
-rule uid mapping key -> :class:`RuleState`, or, for "A then B within T" rules
-without a cap, the compact form of the one run that can wait there: the flat
-tuple ``(messageId, time, offset, *projection)`` of its A (its deadline follows
-from the time; it is saved in the general form). Timers are a heap of distinct wake
-times plus, per wake time, a flat list ``[uid, key, uid, key, ...]``. A state
-registers its earliest wake only; when that comes due the state is looked at
-and registers its real wake (so updates that push a deadline later cost
-nothing). Rules are reached through a dispatch table by event name, with each
-rule's first-step predicate tried before any state is touched.
+How the work is split: this module holds :class:`Engine` and its public API,
+the dispatch table (rules are reached by event name, with each rule's
+first-step predicate tried before any state is touched), the per-event loop
+(:meth:`Engine.process`), change tracking and snapshots. The state it keeps
+and its timers are in :mod:`rules.partition` (which describes the layout);
+matching an event against a rule's steps is in :mod:`rules.matching`. Both are
+mixed into :class:`Engine`, so the hot path calls their methods directly.
 
 Snapshot contents (:meth:`snapshot_partition`): watermark, highest event time,
 the messageIds still remembered, every (rule uid, key) state. Timers are not
@@ -37,115 +34,21 @@ stored; they are rebuilt from the states on restore.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from heapq import heappop as _heappop
+from typing import Any
 
 from .codec import decode_rule_state, encode_rule_state, loads_state, parse_event_time, snapshot_bytes
-from .plan import Plan, RulePlan, Slim
+from .matching import Matcher
+from .partition import NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, slim_of
+from .plan import Plan, RulePlan
 from .predicates import env_getter
 
-__all__ = ["Engine", "EngineStats", "Match", "RuleState", "Run", "parse_event_time"]
-
-NEG_INF = -(2**62)
-_SEEN_SWEEP_MIN_MS = 1000
-_heappush, _heappop = heapq.heappush, heapq.heappop
+__all__ = ["NEG_INF", "Engine", "EngineStats", "Match", "RuleState", "Run", "parse_event_time"]
 
 
-class Match(NamedTuple):
-    rule: RulePlan
-    key: str
-    events: tuple[Slim, ...]  # flattened, in match order
-    fired_at_ms: int
-    payload: Any
-    partition: int
-
-    @property
-    def message_ids(self) -> list[str]:
-        return [e[0] for e in self.events]
-
-
-@dataclass
-class EngineStats:
-    events: int = 0
-    late: int = 0
-    duplicates: int = 0
-    matches: int = 0
-    suppressed: int = 0
-    errors: int = 0
-
-
-class Run:
-    """A partial match waiting at one step."""
-
-    __slots__ = ("steps", "anchor", "deadline", "acc")
-
-    def __init__(self, steps: tuple[Any, ...], anchor: int, deadline: int, acc: tuple[Slim, ...] | None = None):
-        self.steps = steps  # per matched step: a Slim, or a tuple of Slims for a count step
-        self.anchor = anchor  # event time of the last matched event
-        self.deadline = deadline  # anchor + the waiting step's within
-        self.acc = acc  # events counted so far when the waiting step is a count
-
-
-class RuleState:
-    __slots__ = ("runs", "acc", "fires", "wake")
-
-    def __init__(self, n_steps: int) -> None:
-        self.runs: list[Run | None] | None = [None] * n_steps if n_steps > 1 else None
-        self.acc: list[Slim] | None = None  # count step 0: counted events, time order
-        self.fires: list[int] | None = None  # fire times inside the cap window
-        self.wake = 0  # earliest registered timer (0: none)
-
-    def empty(self) -> bool:
-        return not self.acc and not self.fires and (self.runs is None or not any(self.runs))
-
-
-class PartitionState:
-    __slots__ = ("partition", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
-                 "next_sweep", "dirty", "new_seen", "seen_cutoff")
-
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
-        self.max_t = NEG_INF
-        self.watermark = NEG_INF
-        self.rules: dict[str, dict[str, RuleState]] = {}  # rule uid -> key -> state (one dict per rule, kept)
-        self.follow: dict[str, tuple[Any, ...]] = {}  # event name -> (states of the rule, rule, steps, by_anon)
-        self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
-        self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
-        self.registered = 0  # registrations in ``wheel`` (live or superseded)
-        self.seen: dict[str, int] = {}
-        self.next_sweep = NEG_INF
-        self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
-        self.new_seen: list[tuple[str, int]] = []
-        self.seen_cutoff: int | None = None
-
-    @property
-    def states(self) -> dict[tuple[str, str], Any]:
-        """Every (rule uid, key) state (a copy; for inspection and snapshots)."""
-        return {(uid, key): rs for uid, per in self.rules.items() for key, rs in per.items()}
-
-    def register(self, wake: int, uid: str, key: str) -> None:
-        self.registered += 1
-        lst = self.wheel.get(wake)
-        if lst is None:
-            self.wheel[wake] = [uid, key]
-            _heappush(self.timers, wake)
-        else:
-            lst += (uid, key)
-
-
-def _uid_key(m: Match) -> tuple[str, str]:
-    return m.rule.uid, m.key
-
-
-def _slim_of(c: tuple[Any, ...], partition: int) -> Slim:
-    """The Slim a compact state ``(messageId, time, offset, *projection)`` stands for."""
-    return (c[0], c[1], partition, c[2], c[3:])
-
-
-class Engine:
+class Engine(Matcher, PartitionTimers):
     def __init__(self, plan: Plan, allowed_lateness_ms: int = 5000, *, track_dirty: bool = False,
                  dedup_window_ms: int = 300_000) -> None:
         # messageIds are remembered while their event time is within max(longest rule horizon,
@@ -317,317 +220,7 @@ class Engine:
                                 stats.errors += 1
         return out
 
-    def _follow_compact(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, c: tuple[Any, ...],
-                        env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
-        """``env`` for step 2 of a compact rule where ``key`` waits with ``c`` (the first event, compact)."""
-        step = rule.steps[1]
-        anchor = c[1]
-        if not (anchor <= t <= anchor + (step.within_ms or 0)):
-            return
-        first = (c[0], anchor, ps.partition, c[2], c[3:])
-        pred = step.pred
-        if pred is not None and pred((env), (first,)) is not True:
-            return
-        del per[key]
-        if self.track_dirty:
-            ps.dirty.add((rule.uid, key))
-        if not step.absent:
-            proj = step.project
-            self._complete(ps, rule, key, None, (first, (mid, t, ps.partition, offset, proj(env) if proj is not None else ())),
-                           t, out)
-
-    def _follow(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str, rs: RuleState,
-                env: dict[str, Any], mid: str, t: int, offset: int, idxs: tuple[int, ...], out: list[Match]) -> None:
-        """``env`` for the later steps ``idxs`` (descending) of ``rule`` where ``key`` has a state."""
-        runs = rs.runs
-        if runs is None:
-            return
-        steps = rule.steps
-        touched = False
-        for i in idxs:
-            run = runs[i]
-            if run is None or not (run.anchor <= t <= run.deadline):
-                continue
-            step = steps[i]
-            pred = step.pred
-            if pred is not None and pred(env, run.steps) is not True:
-                continue
-            touched = True
-            if step.absent:
-                runs[i] = None
-                continue
-            proj = step.project
-            s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
-            if step.count > 1:
-                acc = (run.acc or ()) + (s,)
-                if len(acc) < step.count:
-                    run.acc = acc
-                    continue
-                matched: Any = acc
-            else:
-                matched = s
-            runs[i] = None
-            self._advance_run(ps, rule, key, rs, run.steps + (matched,), t, out)
-        if touched:
-            if self.track_dirty:
-                ps.dirty.add((rule.uid, key))
-            self._reschedule(ps, rule, per, key, rs)
-
-    def _start(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], mid: str, t: int,
-               offset: int, out: list[Match]) -> None:
-        """``env`` satisfied the first step of ``rule`` (its predicate held)."""
-        steps = rule.steps
-        step = steps[0]
-        proj = step.project
-        uid = rule.uid
-        per = ps.rules[uid]
-        rs = per.get(key)
-        if type(rs) is tuple or (rs is None and uid in self._compact):
-            if self.track_dirty:
-                ps.dirty.add((uid, key))
-            if rs is None or rs[1] <= t:  # a newer run replaces the one waiting (whose registration comes first)
-                per[key] = (mid, t, offset, *proj(env)) if proj is not None else (mid, t, offset)
-                if rs is None:
-                    ps.register(t + self._compact[uid] + 1, uid, key)
-            return
-        s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
-        n = len(steps)
-        if rs is None:
-            if n == 1 and step.count == 1 and rule.cap_times is None:
-                self._complete(ps, rule, key, None, (s,), t, out)  # nothing to remember
-                return
-            rs = per[key] = RuleState(n)
-        if self.track_dirty:
-            ps.dirty.add((uid, key))
-        if step.count > 1:
-            group = self._count_first(rs, step.count, step.within_ms or 0, s)
-            if group is None:
-                # only the window's first event can make the state wake earlier
-                w = rs.acc[0][1] + (step.within_ms or 0) + 1  # type: ignore[index]
-                if rs.wake == 0 or w < rs.wake:
-                    rs.wake = w
-                    ps.register(w, uid, key)
-                return
-            self._advance_run(ps, rule, key, rs, (group,), max(e[1] for e in group), out)
-        elif n > 1:
-            runs = rs.runs
-            existing = runs[1]  # type: ignore[index]
-            if existing is None or existing.anchor <= t:
-                w = t + (steps[1].within_ms or 0)
-                runs[1] = Run((s,), t, w)  # type: ignore[index]
-                w += 1
-                if rs.wake == 0 or w < rs.wake:
-                    rs.wake = w
-                    ps.register(w, uid, key)
-            return
-        else:
-            self._complete(ps, rule, key, rs, (s,), t, out)
-        self._reschedule(ps, rule, per, key, rs)
-
-    @staticmethod
-    def _count_first(rs: RuleState, n: int, within: int, s: Slim) -> tuple[Slim, ...] | None:
-        acc = rs.acc
-        if acc is None:
-            rs.acc = [s]
-            return (s,) if n <= 1 else None
-        # Insert in event-time order (events usually arrive in order: append).
-        i = len(acc)
-        t = s[1]
-        while i > 0 and acc[i - 1][1] > t:
-            i -= 1
-        acc.insert(i, s)
-        if len(acc) < n:
-            return None
-        for j in range(len(acc) - n + 1):
-            if acc[j + n - 1][1] - acc[j][1] <= within:
-                group = tuple(acc[j : j + n])
-                del acc[j : j + n]
-                return group
-        return None
-
-    def _advance_run(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, matched: tuple[Any, ...],
-                     t: int, out: list[Match]) -> None:
-        i = len(matched)
-        steps = rule.steps
-        if i == len(steps):
-            self._complete(ps, rule, key, rs, matched, t, out)
-            return
-        runs = rs.runs
-        assert runs is not None
-        existing = runs[i]
-        if existing is not None and existing.anchor > t:
-            return  # a run that got here later in event time stays
-        runs[i] = Run(matched, t, t + (steps[i].within_ms or 0))
-
-    def _complete(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState | None, matched: tuple[Any, ...],
-                  t: int, out: list[Match]) -> None:
-        if rs is not None and rule.cap_times is not None and rule.cap_per_ms is not None:
-            per = rule.cap_per_ms
-            fires = rs.fires
-            if fires:
-                fires = [f for f in fires if f > t - per]
-                if sum(1 for f in fires if abs(f - t) < per) >= rule.cap_times:
-                    self.stats.suppressed += 1
-                    self.suppressed_by_rule[rule.name] += 1
-                    rs.fires = fires
-                    return
-                fires.append(t)
-                rs.fires = fires
-            else:
-                rs.fires = [t]
-        if len(matched) == 1 and type(matched[0][0]) is str:
-            events: Any = matched
-        else:
-            events = []
-            for m in matched:
-                if type(m[0]) is tuple:
-                    events.extend(m)
-                else:
-                    events.append(m)
-            events = tuple(events)
-        payload = None
-        if rule.payload is not None:
-            try:
-                payload = rule.payload(matched)
-            except Exception:  # noqa: BLE001 - a broken template still fires, without payload
-                self.stats.errors += 1
-        self.stats.matches += 1
-        out.append(Match(rule, key, events, t, payload, ps.partition))
-
-    # time ------------------------------------------------------------------------
-
-    def _reschedule(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str,
-                    rs: RuleState) -> None:
-        wake = 0
-        runs = rs.runs
-        if runs is not None:
-            for run in runs:
-                if run is not None and (wake == 0 or run.deadline < wake):
-                    wake = run.deadline
-            if wake:
-                wake += 1
-        acc = rs.acc
-        if acc:
-            w = acc[0][1] + (rule.steps[0].within_ms or 0) + 1
-            if wake == 0 or w < wake:
-                wake = w
-        fires = rs.fires
-        if fires and rule.cap_per_ms is not None:
-            w = min(fires) + rule.cap_per_ms + 1
-            if wake == 0 or w < wake:
-                wake = w
-        if wake == 0:
-            if rs.empty():
-                del per[key]
-            rs.wake = 0
-            return
-        # Registered lazily: a state keeps its earliest registration; when that one comes due the
-        # state is looked at again and registers its real wake.
-        if rs.wake == 0 or wake < rs.wake:
-            rs.wake = wake
-            ps.register(wake, rule.uid, key)
-            if ps.registered > 65_536 and ps.registered & 4095 == 0:
-                self._maybe_rebuild_timers(ps)
-
-    def _maybe_rebuild_timers(self, ps: PartitionState) -> None:
-        """Drop superseded registrations when they outnumber the live states."""
-        live = self.pending(ps.partition)
-        if ps.registered <= 2 * live + 4096:
-            return
-        ps.wheel = {}
-        for uid, per in ps.rules.items():
-            for key, rs in per.items():
-                wake = self._wake_of(uid, rs)
-                if wake:
-                    ps.wheel.setdefault(wake, []).extend((uid, key))
-        ps.timers = list(ps.wheel)
-        heapq.heapify(ps.timers)
-        ps.registered = live
-
-    def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
-        ps.watermark = wm
-        timers, wheel, prules = ps.timers, ps.wheel, ps.rules
-        rules_get, track, compact = self._rules.get, self.track_dirty, self._compact
-        while timers and timers[0] <= wm:
-            wake = _heappop(timers)
-            flat = wheel.pop(wake)
-            ps.registered -= len(flat) >> 1
-            first_out = len(out)
-            it = iter(flat)
-            for uid in it:
-                key = next(it)
-                per = prules.get(uid)
-                if per is None:
-                    continue
-                rs = per.get(key)
-                if rs is None:
-                    continue
-                if type(rs) is tuple:
-                    w = rs[1] + compact[uid] + 1  # type: ignore[index]
-                    if w != wake:
-                        if w > wake:
-                            ps.register(w, uid, key)  # replaced by a later run: wake it then
-                        continue
-                    del per[key]
-                    if track:
-                        ps.dirty.add((uid, key))
-                    rule = rules_get(uid)
-                    if rule is not None and rule.steps[1].absent:
-                        self._complete(ps, rule, key, None, (_slim_of(rs, ps.partition),), w - 1, out)
-                    continue
-                if rs.wake != wake:
-                    continue  # superseded registration
-                rule = rules_get(uid)
-                if rule is None:
-                    del per[key]
-                    if track:
-                        ps.dirty.add((uid, key))
-                    continue
-                rs.wake = 0
-                if rs.fires is None and rs.runs is None:
-                    acc = rs.acc
-                    if acc and acc[-1][1] < wm - rule.steps[0].within_ms:  # type: ignore[operator]
-                        del per[key]  # a count whose whole window passed: the common end of a state
-                        if track:
-                            ps.dirty.add((uid, key))
-                        continue
-                if self._expire(ps, rule, key, rs, wm, out) and track:
-                    ps.dirty.add((uid, key))
-                self._reschedule(ps, rule, per, key, rs)
-            if len(out) - first_out > 1:
-                # Timers due at one time fire in (rule uid, key) order; each entry fires at most once
-                # and entries do not affect one another, so sorting what they fired is the same.
-                out[first_out:] = sorted(out[first_out:], key=_uid_key)
-        if wm >= ps.next_sweep:
-            horizon = max(self.plan.horizon_ms, self.dedup_window_ms)
-            cutoff = wm - horizon
-            if ps.seen:
-                ps.seen = {m: t for m, t in ps.seen.items() if t >= cutoff}
-            if self.track_dirty:
-                ps.seen_cutoff = cutoff
-            ps.next_sweep = wm + max(_SEEN_SWEEP_MIN_MS, horizon // 8)
-
-    def _expire(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, wm: int, out: list[Match]) -> bool:
-        """Drop what the watermark ``wm`` has passed (firing absences); True when anything changed."""
-        changed = False
-        if rs.runs is not None:
-            for i, run in enumerate(rs.runs):
-                if run is not None and run.deadline < wm:
-                    rs.runs[i] = None
-                    changed = True
-                    if rule.steps[i].absent:
-                        self._complete(ps, rule, key, rs, run.steps, run.deadline, out)
-        if rs.acc:
-            cutoff = wm - (rule.steps[0].within_ms or 0)
-            if rs.acc[0][1] < cutoff:
-                rs.acc = [s for s in rs.acc if s[1] >= cutoff] or None
-                changed = True
-        if rs.fires and rule.cap_per_ms is not None:
-            per = rule.cap_per_ms
-            if min(rs.fires) + per <= wm:
-                rs.fires = [f for f in rs.fires if f + per > wm] or None
-                changed = True
-        return changed
+    # time (the timers themselves: rules.partition) ---------------------------------
 
     def advance_watermark(self, partition: int, wm: int) -> list[Match]:
         out: list[Match] = []
@@ -676,13 +269,12 @@ class Engine:
                 best = timers[0]
         return None if best is None else best + self.lateness
 
-    def _wake_of(self, uid: str, rs: Any) -> int:
-        return rs[1] + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake
+    # changes and snapshots ---------------------------------------------------------
 
     def _encode(self, p: int, uid: str, rs: Any) -> bytes:
         if type(rs) is tuple:  # a compact state is stored like the general form it stands for
             full = RuleState(2)
-            full.runs[1] = Run((_slim_of(rs, p),), rs[1], rs[1] + self._compact.get(uid, 0))  # type: ignore[index]
+            full.runs[1] = Run((slim_of(rs, p),), rs[1], rs[1] + self._compact.get(uid, 0))  # type: ignore[index]
             rs = full
         return encode_rule_state(rs)
 
@@ -697,8 +289,6 @@ class Engine:
         seen, cutoff = ps.new_seen, ps.seen_cutoff
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
-
-    # snapshots -------------------------------------------------------------------
 
     encode_state = staticmethod(encode_rule_state)
 

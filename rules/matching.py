@@ -1,0 +1,212 @@
+"""Matching of events against rule steps: starting runs, following them, completing matches.
+
+Owns the per-event work of :class:`rules.engine.Engine` (mixed in as
+:class:`Matcher`): an event that satisfies a rule's first step starts a run
+(or, for a compact "A then B within T" rule, becomes the flat tuple waiting
+for B); an event for a later step advances the run waiting there; a count step
+gathers its events in event-time order; a completed run becomes a
+:class:`~rules.partition.Match`, subject to the rule's ``at most`` cap. The
+state these work on and its timers live in :mod:`rules.partition`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .partition import EngineStats, Match, PartitionState, RuleState, Run
+from .plan import RulePlan, Slim
+
+if TYPE_CHECKING:
+    from collections import Counter
+
+__all__ = ["Matcher"]
+
+
+class Matcher:
+    """Step matching of :class:`rules.engine.Engine` (a mixin: methods only, the engine holds the data)."""
+
+    _compact: dict[str, int]  # uid of a compact rule -> its step 2's within
+    track_dirty: bool
+    stats: EngineStats
+    suppressed_by_rule: Counter[str]
+
+    if TYPE_CHECKING:  # provided by rules.partition.PartitionTimers
+        def _reschedule(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str,
+                        rs: RuleState) -> None: ...
+
+    def _follow_compact(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, c: tuple[Any, ...],
+                        env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
+        """``env`` for step 2 of a compact rule where ``key`` waits with ``c`` (the first event, compact)."""
+        step = rule.steps[1]
+        anchor = c[1]
+        if not (anchor <= t <= anchor + (step.within_ms or 0)):
+            return
+        first = (c[0], anchor, ps.partition, c[2], c[3:])
+        pred = step.pred
+        if pred is not None and pred((env), (first,)) is not True:
+            return
+        del per[key]
+        if self.track_dirty:
+            ps.dirty.add((rule.uid, key))
+        if not step.absent:
+            proj = step.project
+            self._complete(ps, rule, key, None, (first, (mid, t, ps.partition, offset, proj(env) if proj is not None else ())),
+                           t, out)
+
+    def _follow(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str, rs: RuleState,
+                env: dict[str, Any], mid: str, t: int, offset: int, idxs: tuple[int, ...], out: list[Match]) -> None:
+        """``env`` for the later steps ``idxs`` (descending) of ``rule`` where ``key`` has a state."""
+        runs = rs.runs
+        if runs is None:
+            return
+        steps = rule.steps
+        touched = False
+        for i in idxs:
+            run = runs[i]
+            if run is None or not (run.anchor <= t <= run.deadline):
+                continue
+            step = steps[i]
+            pred = step.pred
+            if pred is not None and pred(env, run.steps) is not True:
+                continue
+            touched = True
+            if step.absent:
+                runs[i] = None
+                continue
+            proj = step.project
+            s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
+            if step.count > 1:
+                acc = (run.acc or ()) + (s,)
+                if len(acc) < step.count:
+                    run.acc = acc
+                    continue
+                matched: Any = acc
+            else:
+                matched = s
+            runs[i] = None
+            self._advance_run(ps, rule, key, rs, run.steps + (matched,), t, out)
+        if touched:
+            if self.track_dirty:
+                ps.dirty.add((rule.uid, key))
+            self._reschedule(ps, rule, per, key, rs)
+
+    def _start(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], mid: str, t: int,
+               offset: int, out: list[Match]) -> None:
+        """``env`` satisfied the first step of ``rule`` (its predicate held)."""
+        steps = rule.steps
+        step = steps[0]
+        proj = step.project
+        uid = rule.uid
+        per = ps.rules[uid]
+        rs = per.get(key)
+        if type(rs) is tuple or (rs is None and uid in self._compact):
+            if self.track_dirty:
+                ps.dirty.add((uid, key))
+            if rs is None or rs[1] <= t:  # a newer run replaces the one waiting (whose registration comes first)
+                per[key] = (mid, t, offset, *proj(env)) if proj is not None else (mid, t, offset)
+                if rs is None:
+                    ps.register(t + self._compact[uid] + 1, uid, key)
+            return
+        s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
+        n = len(steps)
+        if rs is None:
+            if n == 1 and step.count == 1 and rule.cap_times is None:
+                self._complete(ps, rule, key, None, (s,), t, out)  # nothing to remember
+                return
+            rs = per[key] = RuleState(n)
+        if self.track_dirty:
+            ps.dirty.add((uid, key))
+        if step.count > 1:
+            group = self._count_first(rs, step.count, step.within_ms or 0, s)
+            if group is None:
+                # only the window's first event can make the state wake earlier
+                w = rs.acc[0][1] + (step.within_ms or 0) + 1  # type: ignore[index]
+                if rs.wake == 0 or w < rs.wake:
+                    rs.wake = w
+                    ps.register(w, uid, key)
+                return
+            self._advance_run(ps, rule, key, rs, (group,), max(e[1] for e in group), out)
+        elif n > 1:
+            runs = rs.runs
+            existing = runs[1]  # type: ignore[index]
+            if existing is None or existing.anchor <= t:
+                w = t + (steps[1].within_ms or 0)
+                runs[1] = Run((s,), t, w)  # type: ignore[index]
+                w += 1
+                if rs.wake == 0 or w < rs.wake:
+                    rs.wake = w
+                    ps.register(w, uid, key)
+            return
+        else:
+            self._complete(ps, rule, key, rs, (s,), t, out)
+        self._reschedule(ps, rule, per, key, rs)
+
+    @staticmethod
+    def _count_first(rs: RuleState, n: int, within: int, s: Slim) -> tuple[Slim, ...] | None:
+        acc = rs.acc
+        if acc is None:
+            rs.acc = [s]
+            return (s,) if n <= 1 else None
+        # Insert in event-time order (events usually arrive in order: append).
+        i = len(acc)
+        t = s[1]
+        while i > 0 and acc[i - 1][1] > t:
+            i -= 1
+        acc.insert(i, s)
+        if len(acc) < n:
+            return None
+        for j in range(len(acc) - n + 1):
+            if acc[j + n - 1][1] - acc[j][1] <= within:
+                group = tuple(acc[j : j + n])
+                del acc[j : j + n]
+                return group
+        return None
+
+    def _advance_run(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, matched: tuple[Any, ...],
+                     t: int, out: list[Match]) -> None:
+        i = len(matched)
+        steps = rule.steps
+        if i == len(steps):
+            self._complete(ps, rule, key, rs, matched, t, out)
+            return
+        runs = rs.runs
+        assert runs is not None
+        existing = runs[i]
+        if existing is not None and existing.anchor > t:
+            return  # a run that got here later in event time stays
+        runs[i] = Run(matched, t, t + (steps[i].within_ms or 0))
+
+    def _complete(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState | None, matched: tuple[Any, ...],
+                  t: int, out: list[Match]) -> None:
+        if rs is not None and rule.cap_times is not None and rule.cap_per_ms is not None:
+            per = rule.cap_per_ms
+            fires = rs.fires
+            if fires:
+                fires = [f for f in fires if f > t - per]
+                if sum(1 for f in fires if abs(f - t) < per) >= rule.cap_times:
+                    self.stats.suppressed += 1
+                    self.suppressed_by_rule[rule.name] += 1
+                    rs.fires = fires
+                    return
+                fires.append(t)
+                rs.fires = fires
+            else:
+                rs.fires = [t]
+        if len(matched) == 1 and type(matched[0][0]) is str:
+            events: Any = matched
+        else:
+            events = []
+            for m in matched:
+                if type(m[0]) is tuple:
+                    events.extend(m)
+                else:
+                    events.append(m)
+            events = tuple(events)
+        payload = None
+        if rule.payload is not None:
+            try:
+                payload = rule.payload(matched)
+            except Exception:  # noqa: BLE001 - a broken template still fires, without payload
+                self.stats.errors += 1
+        self.stats.matches += 1
+        out.append(Match(rule, key, events, t, payload, ps.partition))

@@ -1,0 +1,276 @@
+"""Per-partition matcher state and its timers: what the engine keeps between events.
+
+Owns the records the matcher produces and holds (:class:`Match`,
+:class:`EngineStats`, :class:`Run`, :class:`RuleState`), the state of one log
+partition (:class:`PartitionState`) and the timer bookkeeping that the engine
+mixes in (:class:`PartitionTimers`): registering wakes, firing them when the
+watermark passes (absences, window and cooldown expiry) and forgetting
+messageIds past the dedup horizon. The matching of events against steps lives
+in :mod:`rules.matching`; :class:`rules.engine.Engine` combines both.
+
+Layout, chosen for the hot path and for memory: per partition, one dict per
+rule uid mapping key -> :class:`RuleState`, or, for "A then B within T" rules
+without a cap, the compact form of the one run that can wait there: the flat
+tuple ``(messageId, time, offset, *projection)`` of its A (its deadline follows
+from the time; it is saved in the general form). Timers are a heap of distinct wake
+times plus, per wake time, a flat list ``[uid, key, uid, key, ...]``. A state
+registers its earliest wake only; when that comes due the state is looked at
+and registers its real wake (so updates that push a deadline later cost
+nothing).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .plan import Plan, RulePlan, Slim
+
+__all__ = ["NEG_INF", "EngineStats", "Match", "PartitionState", "PartitionTimers", "RuleState", "Run", "slim_of"]
+
+NEG_INF = -(2**62)
+_SEEN_SWEEP_MIN_MS = 1000
+_heappush, _heappop = heapq.heappush, heapq.heappop
+
+class Match(NamedTuple):
+    rule: RulePlan
+    key: str
+    events: tuple[Slim, ...]  # flattened, in match order
+    fired_at_ms: int
+    payload: Any
+    partition: int
+
+    @property
+    def message_ids(self) -> list[str]:
+        return [e[0] for e in self.events]
+
+
+@dataclass
+class EngineStats:
+    events: int = 0
+    late: int = 0
+    duplicates: int = 0
+    matches: int = 0
+    suppressed: int = 0
+    errors: int = 0
+
+
+class Run:
+    """A partial match waiting at one step."""
+
+    __slots__ = ("steps", "anchor", "deadline", "acc")
+
+    def __init__(self, steps: tuple[Any, ...], anchor: int, deadline: int, acc: tuple[Slim, ...] | None = None):
+        self.steps = steps  # per matched step: a Slim, or a tuple of Slims for a count step
+        self.anchor = anchor  # event time of the last matched event
+        self.deadline = deadline  # anchor + the waiting step's within
+        self.acc = acc  # events counted so far when the waiting step is a count
+
+
+class RuleState:
+    __slots__ = ("runs", "acc", "fires", "wake")
+
+    def __init__(self, n_steps: int) -> None:
+        self.runs: list[Run | None] | None = [None] * n_steps if n_steps > 1 else None
+        self.acc: list[Slim] | None = None  # count step 0: counted events, time order
+        self.fires: list[int] | None = None  # fire times inside the cap window
+        self.wake = 0  # earliest registered timer (0: none)
+
+    def empty(self) -> bool:
+        return not self.acc and not self.fires and (self.runs is None or not any(self.runs))
+
+
+class PartitionState:
+    __slots__ = ("partition", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
+                 "next_sweep", "dirty", "new_seen", "seen_cutoff")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.max_t = NEG_INF
+        self.watermark = NEG_INF
+        self.rules: dict[str, dict[str, RuleState]] = {}  # rule uid -> key -> state (one dict per rule, kept)
+        self.follow: dict[str, tuple[Any, ...]] = {}  # event name -> (states of the rule, rule, steps, by_anon)
+        self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
+        self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
+        self.registered = 0  # registrations in ``wheel`` (live or superseded)
+        self.seen: dict[str, int] = {}
+        self.next_sweep = NEG_INF
+        self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
+        self.new_seen: list[tuple[str, int]] = []
+        self.seen_cutoff: int | None = None
+
+    @property
+    def states(self) -> dict[tuple[str, str], Any]:
+        """Every (rule uid, key) state (a copy; for inspection and snapshots)."""
+        return {(uid, key): rs for uid, per in self.rules.items() for key, rs in per.items()}
+
+    def register(self, wake: int, uid: str, key: str) -> None:
+        self.registered += 1
+        lst = self.wheel.get(wake)
+        if lst is None:
+            self.wheel[wake] = [uid, key]
+            _heappush(self.timers, wake)
+        else:
+            lst += (uid, key)
+
+
+def _uid_key(m: Match) -> tuple[str, str]:
+    return m.rule.uid, m.key
+
+
+def slim_of(c: tuple[Any, ...], partition: int) -> Slim:
+    """The Slim a compact state ``(messageId, time, offset, *projection)`` stands for."""
+    return (c[0], c[1], partition, c[2], c[3:])
+
+
+class PartitionTimers:
+    """Timer bookkeeping of :class:`rules.engine.Engine` (a mixin: methods only, the engine holds the data)."""
+
+    plan: Plan
+    _rules: dict[str, RulePlan]
+    _compact: dict[str, int]  # uid of a compact rule -> its step 2's within
+    track_dirty: bool
+    dedup_window_ms: int
+
+    if TYPE_CHECKING:  # provided by the engine and by rules.matching.Matcher
+        def pending(self, partition: int | None = None) -> int: ...
+
+        def _complete(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState | None,
+                      matched: tuple[Any, ...], t: int, out: list[Match]) -> None: ...
+
+    def _reschedule(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str,
+                    rs: RuleState) -> None:
+        wake = 0
+        runs = rs.runs
+        if runs is not None:
+            for run in runs:
+                if run is not None and (wake == 0 or run.deadline < wake):
+                    wake = run.deadline
+            if wake:
+                wake += 1
+        acc = rs.acc
+        if acc:
+            w = acc[0][1] + (rule.steps[0].within_ms or 0) + 1
+            if wake == 0 or w < wake:
+                wake = w
+        fires = rs.fires
+        if fires and rule.cap_per_ms is not None:
+            w = min(fires) + rule.cap_per_ms + 1
+            if wake == 0 or w < wake:
+                wake = w
+        if wake == 0:
+            if rs.empty():
+                del per[key]
+            rs.wake = 0
+            return
+        # Registered lazily: a state keeps its earliest registration; when that one comes due the
+        # state is looked at again and registers its real wake.
+        if rs.wake == 0 or wake < rs.wake:
+            rs.wake = wake
+            ps.register(wake, rule.uid, key)
+            if ps.registered > 65_536 and ps.registered & 4095 == 0:
+                self._maybe_rebuild_timers(ps)
+
+    def _maybe_rebuild_timers(self, ps: PartitionState) -> None:
+        """Drop superseded registrations when they outnumber the live states."""
+        live = self.pending(ps.partition)
+        if ps.registered <= 2 * live + 4096:
+            return
+        ps.wheel = {}
+        for uid, per in ps.rules.items():
+            for key, rs in per.items():
+                wake = self._wake_of(uid, rs)
+                if wake:
+                    ps.wheel.setdefault(wake, []).extend((uid, key))
+        ps.timers = list(ps.wheel)
+        heapq.heapify(ps.timers)
+        ps.registered = live
+
+    def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
+        ps.watermark = wm
+        timers, wheel, prules = ps.timers, ps.wheel, ps.rules
+        rules_get, track, compact = self._rules.get, self.track_dirty, self._compact
+        while timers and timers[0] <= wm:
+            wake = _heappop(timers)
+            flat = wheel.pop(wake)
+            ps.registered -= len(flat) >> 1
+            first_out = len(out)
+            it = iter(flat)
+            for uid in it:
+                key = next(it)
+                per = prules.get(uid)
+                if per is None:
+                    continue
+                rs = per.get(key)
+                if rs is None:
+                    continue
+                if type(rs) is tuple:
+                    w = rs[1] + compact[uid] + 1  # type: ignore[index]
+                    if w != wake:
+                        if w > wake:
+                            ps.register(w, uid, key)  # replaced by a later run: wake it then
+                        continue
+                    del per[key]
+                    if track:
+                        ps.dirty.add((uid, key))
+                    rule = rules_get(uid)
+                    if rule is not None and rule.steps[1].absent:
+                        self._complete(ps, rule, key, None, (slim_of(rs, ps.partition),), w - 1, out)
+                    continue
+                if rs.wake != wake:
+                    continue  # superseded registration
+                rule = rules_get(uid)
+                if rule is None:
+                    del per[key]
+                    if track:
+                        ps.dirty.add((uid, key))
+                    continue
+                rs.wake = 0
+                if rs.fires is None and rs.runs is None:
+                    acc = rs.acc
+                    if acc and acc[-1][1] < wm - rule.steps[0].within_ms:  # type: ignore[operator]
+                        del per[key]  # a count whose whole window passed: the common end of a state
+                        if track:
+                            ps.dirty.add((uid, key))
+                        continue
+                if self._expire(ps, rule, key, rs, wm, out) and track:
+                    ps.dirty.add((uid, key))
+                self._reschedule(ps, rule, per, key, rs)
+            if len(out) - first_out > 1:
+                # Timers due at one time fire in (rule uid, key) order; each entry fires at most once
+                # and entries do not affect one another, so sorting what they fired is the same.
+                out[first_out:] = sorted(out[first_out:], key=_uid_key)
+        if wm >= ps.next_sweep:
+            horizon = max(self.plan.horizon_ms, self.dedup_window_ms)
+            cutoff = wm - horizon
+            if ps.seen:
+                ps.seen = {m: t for m, t in ps.seen.items() if t >= cutoff}
+            if self.track_dirty:
+                ps.seen_cutoff = cutoff
+            ps.next_sweep = wm + max(_SEEN_SWEEP_MIN_MS, horizon // 8)
+
+    def _expire(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, wm: int, out: list[Match]) -> bool:
+        """Drop what the watermark ``wm`` has passed (firing absences); True when anything changed."""
+        changed = False
+        if rs.runs is not None:
+            for i, run in enumerate(rs.runs):
+                if run is not None and run.deadline < wm:
+                    rs.runs[i] = None
+                    changed = True
+                    if rule.steps[i].absent:
+                        self._complete(ps, rule, key, rs, run.steps, run.deadline, out)
+        if rs.acc:
+            cutoff = wm - (rule.steps[0].within_ms or 0)
+            if rs.acc[0][1] < cutoff:
+                rs.acc = [s for s in rs.acc if s[1] >= cutoff] or None
+                changed = True
+        if rs.fires and rule.cap_per_ms is not None:
+            per = rule.cap_per_ms
+            if min(rs.fires) + per <= wm:
+                rs.fires = [f for f in rs.fires if f + per > wm] or None
+                changed = True
+        return changed
+
+    def _wake_of(self, uid: str, rs: Any) -> int:
+        return rs[1] + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake
