@@ -170,7 +170,7 @@ class Engine(Matcher, PartitionTimers):
         if mid in seen:
             stats.duplicates += 1
             return out
-        seen[mid] = t
+        seen[mid] = tp = t << 64 | offset  # partition.pack: compact states share this int
         if self.track_dirty:
             ps.new_seen.append((mid, t))
         anonymous_id = env.get("anonymousId")
@@ -202,7 +202,7 @@ class Engine(Matcher, PartitionTimers):
                     try:
                         pred = entry[3]
                         if pred is None or pred(env, ()) is True:
-                            self._start(ps, entry[0], key, env, mid, t, offset, out)
+                            self._start(ps, entry[0], key, env, mid, t, tp, out)
                     except Exception:  # noqa: BLE001
                         stats.errors += 1
         if by_value is not None:
@@ -215,7 +215,7 @@ class Engine(Matcher, PartitionTimers):
                             try:
                                 pred = entry[3]
                                 if pred is None or pred(env, ()) is True:
-                                    self._start(ps, entry[0], key, env, mid, t, offset, out)
+                                    self._start(ps, entry[0], key, env, mid, t, tp, out)
                             except Exception:  # noqa: BLE001
                                 stats.errors += 1
         return out
@@ -274,7 +274,8 @@ class Engine(Matcher, PartitionTimers):
     def _encode(self, p: int, uid: str, rs: Any) -> bytes:
         if type(rs) is tuple:  # a compact state is stored like the general form it stands for
             full = RuleState(2)
-            full.runs[1] = Run((slim_of(rs, p),), rs[1], rs[1] + self._compact.get(uid, 0))  # type: ignore[index]
+            t = rs[1] >> 64  # type: ignore[index]
+            full.runs[1] = Run((slim_of(rs, p),), t, t + self._compact.get(uid, 0))
             rs = full
         return encode_rule_state(rs)
 
@@ -302,7 +303,7 @@ class Engine(Matcher, PartitionTimers):
 
     def snapshot_partition(self, p: int) -> bytes:
         ps = self.partition(p)
-        return snapshot_bytes(ps.max_t, ps.watermark, ps.seen,
+        return snapshot_bytes(ps.max_t, ps.watermark, {m: tp >> 64 for m, tp in ps.seen.items()},
                               {(uid, key): self._encode(p, uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()})
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
@@ -316,7 +317,8 @@ class Engine(Matcher, PartitionTimers):
     def load_partition(self, p: int, max_t: int, watermark: int, seen: dict[str, int],
                        states: Iterable[tuple[tuple[str, str], RuleState]]) -> None:
         ps = self.partitions[p] = self._new_partition(p)
-        ps.max_t, ps.watermark, ps.seen = max_t, watermark, dict(seen)
+        ps.max_t, ps.watermark = max_t, watermark
+        ps.seen = {m: t << 64 for m, t in seen.items()}  # pack(t, offset); the offset is not needed there
         for (uid, key), rs in states:
             rule = self._rules.get(uid)
             if rule is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .partition import EngineStats, Match, PartitionState, RuleState, Run
+from .partition import OFFSET_MASK, EngineStats, Match, PartitionState, RuleState, Run
 from .plan import RulePlan, Slim
 
 if TYPE_CHECKING:
@@ -38,10 +38,11 @@ class Matcher:
                         env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
         """``env`` for step 2 of a compact rule where ``key`` waits with ``c`` (the first event, compact)."""
         step = rule.steps[1]
-        anchor = c[1]
+        tp = c[1]
+        anchor = tp >> 64
         if not (anchor <= t <= anchor + (step.within_ms or 0)):
             return
-        first = (c[0], anchor, ps.partition, c[2], c[3:])
+        first = (c[0], anchor, ps.partition, tp & OFFSET_MASK, c[2:])
         pred = step.pred
         if pred is not None and pred((env), (first,)) is not True:
             return
@@ -91,8 +92,8 @@ class Matcher:
             self._reschedule(ps, rule, per, key, rs)
 
     def _start(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], mid: str, t: int,
-               offset: int, out: list[Match]) -> None:
-        """``env`` satisfied the first step of ``rule`` (its predicate held)."""
+               tp: int, out: list[Match]) -> None:
+        """``env`` satisfied the first step of ``rule`` (its predicate held); ``tp``: pack(t, offset)."""
         steps = rule.steps
         step = steps[0]
         proj = step.project
@@ -102,12 +103,12 @@ class Matcher:
         if type(rs) is tuple or (rs is None and uid in self._compact):
             if self.track_dirty:
                 ps.dirty.add((uid, key))
-            if rs is None or rs[1] <= t:  # a newer run replaces the one waiting (whose registration comes first)
-                per[key] = (mid, t, offset, *proj(env)) if proj is not None else (mid, t, offset)
+            if rs is None or rs[1] >> 64 <= t:  # a newer run replaces the one waiting (registered first)
+                per[key] = (mid, tp, *proj(env)) if proj is not None else (mid, tp)
                 if rs is None:
                     ps.register(t + self._compact[uid] + 1, uid, key)
             return
-        s = (mid, t, ps.partition, offset, proj(env) if proj is not None else ())
+        s = (mid, t, ps.partition, tp & OFFSET_MASK, proj(env) if proj is not None else ())
         n = len(steps)
         if rs is None:
             if n == 1 and step.count == 1 and rule.cap_times is None:

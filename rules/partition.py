@@ -11,8 +11,11 @@ in :mod:`rules.matching`; :class:`rules.engine.Engine` combines both.
 Layout, chosen for the hot path and for memory: per partition, one dict per
 rule uid mapping key -> :class:`RuleState`, or, for "A then B within T" rules
 without a cap, the compact form of the one run that can wait there: the flat
-tuple ``(messageId, time, offset, *projection)`` of its A (its deadline follows
-from the time; it is saved in the general form). Timers are a heap of distinct wake
+tuple ``(messageId, packed time and offset, *projection)`` of its A (its deadline follows
+from the time; it is saved in the general form). Time and offset are packed in one
+int, ``time << 64 | offset`` (:func:`pack`): the very object the partition's duplicate
+memory ``seen`` holds for that messageId, so a pending state costs no int of its own
+(offsets are Kafka/SQLite offsets: 0 <= offset < 2**64). Timers are a heap of distinct wake
 times plus, per wake time, a flat list ``[uid, key, uid, key, ...]``. A state
 registers its earliest wake only; when that comes due the state is looked at
 and registers its real wake (so updates that push a deadline later cost
@@ -27,11 +30,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .plan import Plan, RulePlan, Slim
 
-__all__ = ["NEG_INF", "EngineStats", "Match", "PartitionState", "PartitionTimers", "RuleState", "Run", "slim_of"]
+__all__ = ["NEG_INF", "OFFSET_MASK", "EngineStats", "Match", "PartitionState", "PartitionTimers", "RuleState", "Run",
+           "pack", "slim_of"]
 
 NEG_INF = -(2**62)
 _SEEN_SWEEP_MIN_MS = 1000
 _heappush, _heappop = heapq.heappush, heapq.heappop
+OFFSET_MASK = (1 << 64) - 1
+
+
+def pack(t: int, offset: int) -> int:
+    """Event time and log offset as one int (what ``seen`` and compact states hold): ordered by time."""
+    return t << 64 | offset
 
 class Match(NamedTuple):
     rule: RulePlan
@@ -94,7 +104,7 @@ class PartitionState:
         self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
         self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
         self.registered = 0  # registrations in ``wheel`` (live or superseded)
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, int] = {}  # messageId -> pack(event time, offset)
         self.next_sweep = NEG_INF
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
         self.new_seen: list[tuple[str, int]] = []
@@ -120,8 +130,9 @@ def _uid_key(m: Match) -> tuple[str, str]:
 
 
 def slim_of(c: tuple[Any, ...], partition: int) -> Slim:
-    """The Slim a compact state ``(messageId, time, offset, *projection)`` stands for."""
-    return (c[0], c[1], partition, c[2], c[3:])
+    """The Slim a compact state ``(messageId, pack(time, offset), *projection)`` stands for."""
+    tp = c[1]
+    return (c[0], tp >> 64, partition, tp & OFFSET_MASK, c[2:])
 
 
 class PartitionTimers:
@@ -206,7 +217,7 @@ class PartitionTimers:
                 if rs is None:
                     continue
                 if type(rs) is tuple:
-                    w = rs[1] + compact[uid] + 1  # type: ignore[index]
+                    w = (rs[1] >> 64) + compact[uid] + 1  # type: ignore[index]
                     if w != wake:
                         if w > wake:
                             ps.register(w, uid, key)  # replaced by a later run: wake it then
@@ -245,7 +256,8 @@ class PartitionTimers:
             horizon = max(self.plan.horizon_ms, self.dedup_window_ms)
             cutoff = wm - horizon
             if ps.seen:
-                ps.seen = {m: t for m, t in ps.seen.items() if t >= cutoff}
+                packed_cutoff = cutoff << 64  # seen holds pack(t, offset): ordered by t
+                ps.seen = {m: tp for m, tp in ps.seen.items() if tp >= packed_cutoff}
             if self.track_dirty:
                 ps.seen_cutoff = cutoff
             ps.next_sweep = wm + max(_SEEN_SWEEP_MIN_MS, horizon // 8)
@@ -273,4 +285,4 @@ class PartitionTimers:
         return changed
 
     def _wake_of(self, uid: str, rs: Any) -> int:
-        return rs[1] + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake
+        return (rs[1] >> 64) + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake

@@ -8,6 +8,7 @@ different types never compare equal or ordered. Nothing here raises at run time.
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +62,7 @@ def _order(op: str, a: Any, b: Any) -> bool:
 
 
 Getter = Any  # Callable[[env, steps], value]
+_intern = sys.intern
 
 
 def env_getter(parts: tuple[str, ...]) -> Getter:
@@ -95,6 +97,13 @@ def env_getter(parts: tuple[str, ...]) -> Getter:
     return lambda env, st: get_path(env, parts)
 
 
+def _shared(v: Any) -> Any:
+    """A kept string value shared with every equal one kept (``sys.intern``): projected fields
+    (sku, category, plan...) repeat across keys, and each copy would cost ~50+ bytes per pending
+    state. Interned strings are freed with their last reference."""
+    return _intern(v) if type(v) is str else v
+
+
 def projector(needs: tuple[tuple[str, ...], ...]) -> Any:
     """env -> the values of ``needs`` a step keeps in pending state (None: it keeps nothing)."""
     if not needs:
@@ -102,8 +111,12 @@ def projector(needs: tuple[tuple[str, ...], ...]) -> Any:
     getters = [env_getter(p) for p in needs]
     if len(getters) == 1:
         g = getters[0]
-        return lambda env: (g(env, None),)
-    return lambda env: tuple(g(env, None) for g in getters)
+
+        def project1(env: Any) -> tuple[Any, ...]:
+            v = g(env, None)
+            return (_intern(v),) if type(v) is str else (v,)
+        return project1
+    return lambda env: tuple(_shared(g(env, None)) for g in getters)
 
 
 class StepScope:
