@@ -134,9 +134,10 @@ if (!window.tw?.l)
     const q = window.tw?.q || [];
     Object.assign(c, d.currentScript?.dataset, ...q.map((a) => a[0] == 'init' && a[1]));
     if (on(c.ignoreDnt) || !(nav.globalPrivacyControl || nav.doNotTrack == 1)) {
-      const f = (window.tw = (m, ...a) => {
+      // Every method takes at most two arguments; a third parameter is always undefined.
+      const f = (window.tw = (m, n, p) => {
         try {
-          api[m](m, ...a); // the method's name is the event's type
+          api[m](m, n, p); // the method's name is the event's type
         } catch (e) {
           log(e);
         }
@@ -184,15 +185,15 @@ if (!window.tw?.l)
       };
       const api = {
         track: (m, n, p) => ev(m, { event: (n + '').slice(0, 256), properties: { ...p } }),
-        page: (m, n, p) => {
-          if (n + '' !== n) (p = n), (n = void 0); // page(properties)
+        page: (m, n, p, u) => {
+          if (n + '' !== n) (p = n), (n = u); // page(properties)
           // After an SPA navigation the previous page view is the referrer.
           ref = last || ref;
           last = here();
           ev(m, { name: n, properties: { ...pageInfo(), ...p } });
         },
-        identify: (m, u, p) => {
-          if (typeof u == 'object') (p = u), (u = void 0); // identify(traits) keeps the user
+        identify: (m, u, p, n) => {
+          if (typeof u == 'object') (p = u), (u = n); // identify(traits) keeps the user
           ev(m, { userId: u, traits: { ...p } });
         },
         reset: () => forget(/^tw_i/),
