@@ -89,11 +89,10 @@ const put = (r) => set('tw:' + r.e.messageId, r);
 const drop = (r) => del('tw:' + r.e.messageId);
 
 /** The queue, oldest first, trimmed to the cap (the newest event counts what was dropped). */
-const queue = (t = now(), q = [], n = 0, x) => {
+const queue = (t = now(), q = [], n, x) => {
   for (x in S) /^tw:/.test(x) && (x = get(x)) && q.push(x);
   for (x of q.sort((a, b) => b.t - a.t).splice(c.cap || 200))
-    drop(x), x.l > t || (n -= ~x.e.context.dropped); // 1 + its own count
-  if (n) put((x = q[0]), (x.e.context.dropped = (x.e.context.dropped | 0) + n));
+    drop(x), x.l > t || put(q[0], ((n = q[0].e.context).dropped = ~~n.dropped - ~x.e.context.dropped)); // + 1 + its own count
   return q.reverse();
 };
 
