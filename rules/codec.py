@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +62,27 @@ def parse_event_time(env: dict[str, Any]) -> int | None:
         return event_time_ms(env)
     except (KeyError, EnvelopeError, TypeError, ValueError, OverflowError):
         return None
+
+
+# messageIds ----------------------------------------------------------------------------------
+# A canonical UUID messageId (36 characters, lowercase hex and dashes: what analytics clients
+# send) is remembered as its 128-bit integer (44 bytes instead of an 85-byte string) in the
+# duplicate memory and in compact pending states; any other messageId stays the string it is.
+# The mapping is exact both ways, and an int never equals a str, so duplicate detection is
+# unchanged. Matches, stored seen rows, snapshots and trigger ids always get the exact text.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z").match
+
+
+def compact_mid(mid: str) -> int | str:
+    return int(mid.replace("-", ""), 16) if _CANONICAL_UUID(mid) else mid
+
+
+def mid_text(mid: int | str) -> str:
+    """The messageId :func:`compact_mid` was given."""
+    if type(mid) is int:
+        h = f"{mid:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return mid  # type: ignore[return-value]
 
 
 class _Unpickler(pickle.Unpickler):

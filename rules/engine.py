@@ -39,7 +39,8 @@ from collections.abc import Iterable
 from heapq import heappop as _heappop
 from typing import Any
 
-from .codec import decode_rule_state, encode_rule_state, loads_state, parse_event_time, snapshot_bytes
+from .codec import (compact_mid, decode_rule_state, encode_rule_state, loads_state, mid_text, parse_event_time,
+                    snapshot_bytes)
 from .matching import Matcher
 from .partition import NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, slim_of
 from .plan import Plan, RulePlan
@@ -167,10 +168,11 @@ class Engine(Matcher, PartitionTimers):
             stats.errors += 1
             return out
         seen = ps.seen
-        if mid in seen:
+        cmid = compact_mid(mid)
+        if cmid in seen:
             stats.duplicates += 1
             return out
-        seen[mid] = tp = t << 64 | offset  # partition.pack: compact states share this int
+        seen[cmid] = tp = t << 64 | offset  # partition.pack: compact states share both objects
         if self.track_dirty:
             ps.new_seen.append((mid, t))
         anonymous_id = env.get("anonymousId")
@@ -202,7 +204,7 @@ class Engine(Matcher, PartitionTimers):
                     try:
                         pred = entry[3]
                         if pred is None or pred(env, ()) is True:
-                            self._start(ps, entry[0], key, env, mid, t, tp, out)
+                            self._start(ps, entry[0], key, env, mid, t, tp, cmid, out)
                     except Exception:  # noqa: BLE001
                         stats.errors += 1
         if by_value is not None:
@@ -215,7 +217,7 @@ class Engine(Matcher, PartitionTimers):
                             try:
                                 pred = entry[3]
                                 if pred is None or pred(env, ()) is True:
-                                    self._start(ps, entry[0], key, env, mid, t, tp, out)
+                                    self._start(ps, entry[0], key, env, mid, t, tp, cmid, out)
                             except Exception:  # noqa: BLE001
                                 stats.errors += 1
         return out
@@ -303,7 +305,7 @@ class Engine(Matcher, PartitionTimers):
 
     def snapshot_partition(self, p: int) -> bytes:
         ps = self.partition(p)
-        return snapshot_bytes(ps.max_t, ps.watermark, {m: tp >> 64 for m, tp in ps.seen.items()},
+        return snapshot_bytes(ps.max_t, ps.watermark, {mid_text(m): tp >> 64 for m, tp in ps.seen.items()},
                               {(uid, key): self._encode(p, uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()})
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
@@ -318,7 +320,8 @@ class Engine(Matcher, PartitionTimers):
                        states: Iterable[tuple[tuple[str, str], RuleState]]) -> None:
         ps = self.partitions[p] = self._new_partition(p)
         ps.max_t, ps.watermark = max_t, watermark
-        ps.seen = {m: t << 64 for m, t in seen.items()}  # pack(t, offset); the offset is not needed there
+        # as process() remembers them: compact_mid(messageId) -> pack(t, offset) (the offset is not needed)
+        ps.seen = {compact_mid(m) if type(m) is str else m: t << 64 for m, t in seen.items()}
         for (uid, key), rs in states:
             rule = self._rules.get(uid)
             if rule is None:

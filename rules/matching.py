@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .partition import OFFSET_MASK, EngineStats, Match, PartitionState, RuleState, Run
+from .partition import OFFSET_MASK, EngineStats, Match, PartitionState, RuleState, Run, slim_of
 from .plan import RulePlan, Slim
 
 if TYPE_CHECKING:
@@ -38,11 +38,10 @@ class Matcher:
                         env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
         """``env`` for step 2 of a compact rule where ``key`` waits with ``c`` (the first event, compact)."""
         step = rule.steps[1]
-        tp = c[1]
-        anchor = tp >> 64
+        anchor = c[1] >> 64
         if not (anchor <= t <= anchor + (step.within_ms or 0)):
             return
-        first = (c[0], anchor, ps.partition, tp & OFFSET_MASK, c[2:])
+        first = slim_of(c, ps.partition)
         pred = step.pred
         if pred is not None and pred((env), (first,)) is not True:
             return
@@ -92,8 +91,11 @@ class Matcher:
             self._reschedule(ps, rule, per, key, rs)
 
     def _start(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], mid: str, t: int,
-               tp: int, out: list[Match]) -> None:
-        """``env`` satisfied the first step of ``rule`` (its predicate held); ``tp``: pack(t, offset)."""
+               tp: int, cmid: int | str, out: list[Match]) -> None:
+        """``env`` satisfied the first step of ``rule`` (its predicate held).
+
+        ``tp``: pack(t, offset) and ``cmid``: compact_mid(mid), the objects the duplicate memory holds.
+        """
         steps = rule.steps
         step = steps[0]
         proj = step.project
@@ -104,7 +106,7 @@ class Matcher:
             if self.track_dirty:
                 ps.dirty.add((uid, key))
             if rs is None or rs[1] >> 64 <= t:  # a newer run replaces the one waiting (registered first)
-                per[key] = (mid, tp, *proj(env)) if proj is not None else (mid, tp)
+                per[key] = (cmid, tp, *proj(env)) if proj is not None else (cmid, tp)
                 if rs is None:
                     ps.register(t + self._compact[uid] + 1, uid, key)
             return

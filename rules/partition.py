@@ -11,7 +11,8 @@ in :mod:`rules.matching`; :class:`rules.engine.Engine` combines both.
 Layout, chosen for the hot path and for memory: per partition, one dict per
 rule uid mapping key -> :class:`RuleState`, or, for "A then B within T" rules
 without a cap, the compact form of the one run that can wait there: the flat
-tuple ``(messageId, packed time and offset, *projection)`` of its A (its deadline follows
+tuple ``(messageId, packed time and offset, *projection)`` of its A, the messageId as the
+duplicate memory holds it (:func:`rules.codec.compact_mid`: a UUID's 128-bit int) (its deadline follows
 from the time; it is saved in the general form). Time and offset are packed in one
 int, ``time << 64 | offset`` (:func:`pack`): the very object the partition's duplicate
 memory ``seen`` holds for that messageId, so a pending state costs no int of its own
@@ -28,6 +29,7 @@ import heapq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .codec import mid_text
 from .plan import Plan, RulePlan, Slim
 
 __all__ = ["NEG_INF", "OFFSET_MASK", "EngineStats", "Match", "PartitionState", "PartitionTimers", "RuleState", "Run",
@@ -104,7 +106,7 @@ class PartitionState:
         self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
         self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
         self.registered = 0  # registrations in ``wheel`` (live or superseded)
-        self.seen: dict[str, int] = {}  # messageId -> pack(event time, offset)
+        self.seen: dict[int | str, int] = {}  # messageId (codec.compact_mid) -> pack(event time, offset)
         self.next_sweep = NEG_INF
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
         self.new_seen: list[tuple[str, int]] = []
@@ -130,9 +132,9 @@ def _uid_key(m: Match) -> tuple[str, str]:
 
 
 def slim_of(c: tuple[Any, ...], partition: int) -> Slim:
-    """The Slim a compact state ``(messageId, pack(time, offset), *projection)`` stands for."""
+    """The Slim a compact state ``(compact messageId, pack(time, offset), *projection)`` stands for."""
     tp = c[1]
-    return (c[0], tp >> 64, partition, tp & OFFSET_MASK, c[2:])
+    return (mid_text(c[0]), tp >> 64, partition, tp & OFFSET_MASK, c[2:])
 
 
 class PartitionTimers:

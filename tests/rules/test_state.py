@@ -149,3 +149,36 @@ def test_compact_sequence_states_round_trip_through_snapshots_and_the_store(tmp_
         got = feed(e, [ev("B", 7, key="k2", mid="b1"), ev("A", 8, key="k2", mid="a1")], until_s=36)
         assert ids(got) == [["a1", "b1"], ["c2"]] and got[1].payload == {"sku": "S2"}
         assert e.pending() == 0 and e.stats.duplicates == 1
+
+
+def test_uuid_message_ids_are_held_compactly_and_given_back_unchanged(tmp_path: Path) -> None:
+    # Canonical UUID messageIds are remembered as 128-bit ints (duplicate memory, compact states);
+    # matches, stored seen rows and snapshots still carry the exact text; another spelling is another id.
+    mid, upper = "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "1B4E28BA-2FA1-11D2-883F-0016D3CCA427"
+    text = 'rule "s" when A as a then B within 1m post crm with { sku: a.properties.sku }'
+    engine = Engine(plan_of(text), 0, track_dirty=True)
+    got = feed(engine, [ev("A", 0, mid=mid, sku="S1"), ev("A", 1, mid=mid), ev("B", 2, mid=upper)])
+    assert ids(got) == [[mid, upper]] and got[0].payload == {"sku": "S1"}
+    assert [(e[1], e[3]) for e in got[0].events] == [(T0, 0), (T0 + 2000, 2)]  # event time and log offset
+    assert engine.stats.duplicates == 1
+    states, seen, cutoff = engine.take_changes(0)
+    assert seen == [(mid, T0), (upper, T0 + 2000)]  # stored as given
+    # a waiting compact state with a UUID id, saved through the store and a snapshot
+    feed(engine, [ev("A", 3, key="k2", mid="00000000-0000-4000-8000-000000000001", sku="S2")])
+    states, seen, cutoff = engine.take_changes(0)
+    store = SqliteStateStore(tmp_path / "state.db", "g")
+    store.open()
+    store.commit([PartitionDelta(0, 4, *engine.meta_of(0), states, seen, cutoff)], [])
+    loaded = store.load(0)
+    store.close()
+    from_store = Engine(plan_of(text), 0)
+    from_store.load_partition(0, loaded.max_t, loaded.watermark, {**loaded.seen, mid: T0},
+                              ((sk, from_store.decode_state(d)) for sk, d in loaded.states))
+    from_snapshot = Engine(plan_of(text), 0)
+    from_snapshot.restore_partition(0, engine.snapshot_partition(0))
+    for e in (engine, from_store, from_snapshot):
+        later = [ev("A", 4, mid=mid), ev("B", 5, key="k2", mid="00000000-0000-4000-8000-000000000002")]
+        got = feed(e, later)
+        assert ids(got) == [["00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"]]
+        assert got[0].payload == {"sku": "S2"} and got[0].events[0][1] == T0 + 3000
+        assert e.stats.duplicates >= 1  # mid again: remembered (restored from text too)
