@@ -42,7 +42,8 @@ from typing import Any
 from .codec import (compact_mid, decode_rule_state, encode_rule_state, loads_state, mid_text, parse_event_time,
                     snapshot_bytes)
 from .matching import Matcher
-from .partition import NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, slim_of
+from .partition import (NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, slim_of,
+                        wheel_entries)
 from .plan import Plan, RulePlan
 from .predicates import env_getter
 
@@ -250,8 +251,7 @@ class Engine(Matcher, PartitionTimers):
                 wake = timers[0]
                 flat = wheel[wake]
                 live, moved = False, []
-                for j in range(0, len(flat), 2):
-                    uid, key = flat[j], flat[j + 1]
+                for uid, key in wheel_entries(flat):
                     per = prules.get(uid)
                     rs = per.get(key) if per is not None else None
                     if rs is not None:
@@ -264,7 +264,9 @@ class Engine(Matcher, PartitionTimers):
                 if live:
                     break
                 _heappop(timers)
-                ps.registered -= len(wheel.pop(wake)) >> 1
+                ps.registered -= sum(1 for _ in wheel_entries(wheel.pop(wake)))
+                if wake == ps.last_wake:
+                    ps.last_wake = 0
                 for w, uid, key in moved:
                     ps.register(w, uid, key)
             if timers and (best is None or timers[0] < best):

@@ -17,10 +17,12 @@ from the time; it is saved in the general form). Time and offset are packed in o
 int, ``time << 64 | offset`` (:func:`pack`): the very object the partition's duplicate
 memory ``seen`` holds for that messageId, so a pending state costs no int of its own
 (offsets are Kafka/SQLite offsets: 0 <= offset < 2**64). Timers are a heap of distinct wake
-times plus, per wake time, a flat list ``[uid, key, uid, key, ...]``. A state
+times plus, per wake time, a list of the keys registered then, grouped by rule. A state
 registers its earliest wake only; when that comes due the state is looked at
 and registers its real wake (so updates that push a deadline later cost
-nothing).
+nothing). A wake's list is grouped by rule: ``[(uid,), key, key, (uid2,), key, ...]``;
+consecutive registrations of one rule at one wake (many events in the same
+millisecond) cost one key reference each.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class RuleState:
 
 class PartitionState:
     __slots__ = ("partition", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
-                 "next_sweep", "dirty", "new_seen", "seen_cutoff")
+                 "next_sweep", "dirty", "new_seen", "seen_cutoff", "last_wake", "last_uid", "marks")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
@@ -104,13 +106,15 @@ class PartitionState:
         self.rules: dict[str, dict[str, RuleState]] = {}  # rule uid -> key -> state (one dict per rule, kept)
         self.follow: dict[str, tuple[Any, ...]] = {}  # event name -> (states of the rule, rule, steps, by_anon)
         self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
-        self.wheel: dict[int, list[str]] = {}  # wake time -> [uid, key, uid, key, ...] registered then
+        self.wheel: dict[int, list[Any]] = {}  # wake time -> [(uid,), key, key, (uid2,), key, ...] registered then
         self.registered = 0  # registrations in ``wheel`` (live or superseded)
         self.seen: dict[int | str, int] = {}  # messageId (codec.compact_mid) -> pack(event time, offset)
         self.next_sweep = NEG_INF
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
         self.new_seen: list[tuple[str, int]] = []
         self.seen_cutoff: int | None = None
+        self.last_wake, self.last_uid = 0, ""  # the latest registration: its group is the tail of that wake's list
+        self.marks: dict[str, tuple[str]] = {}  # uid -> (uid,): the group marker in wheel lists
 
     @property
     def states(self) -> dict[tuple[str, str], Any]:
@@ -121,10 +125,37 @@ class PartitionState:
         self.registered += 1
         lst = self.wheel.get(wake)
         if lst is None:
-            self.wheel[wake] = [uid, key]
+            self.wheel[wake] = [self.mark(uid), key]
             _heappush(self.timers, wake)
+        elif wake == self.last_wake and uid == self.last_uid:
+            lst.append(key)  # same rule and wake as the registration before: same group
         else:
-            lst += (uid, key)
+            lst += (self.mark(uid), key)
+        self.last_wake, self.last_uid = wake, uid
+
+    def mark(self, uid: str) -> tuple[str]:
+        m = self.marks.get(uid)
+        if m is None:
+            m = self.marks[uid] = (uid,)
+        return m
+
+    def reset_wheel(self, wheel: dict[int, list[Any]], registered: int) -> None:
+        """Replace the registrations, in place (a watermark advance in progress holds these objects)."""
+        self.wheel.clear()
+        self.wheel.update(wheel)
+        self.timers[:] = wheel
+        heapq.heapify(self.timers)
+        self.registered, self.last_wake = registered, 0
+
+
+def wheel_entries(flat: list[Any]) -> Any:
+    """(uid, key) of each registration in a wake's list."""
+    uid = ""
+    for x in flat:
+        if type(x) is tuple:
+            uid = x[0]
+        else:
+            yield uid, x
 
 
 def _uid_key(m: Match) -> tuple[str, str]:
@@ -190,15 +221,22 @@ class PartitionTimers:
         live = self.pending(ps.partition)
         if ps.registered <= 2 * live + 4096:
             return
-        ps.wheel = {}
+        wheel: dict[int, list[Any]] = {}
+        tail: dict[int, tuple[str]] = {}  # wake -> marker of its list's last group
         for uid, per in ps.rules.items():
+            mark = ps.mark(uid)
             for key, rs in per.items():
                 wake = self._wake_of(uid, rs)
                 if wake:
-                    ps.wheel.setdefault(wake, []).extend((uid, key))
-        ps.timers = list(ps.wheel)
-        heapq.heapify(ps.timers)
-        ps.registered = live
+                    lst = wheel.get(wake)
+                    if lst is None:
+                        wheel[wake] = [mark, key]
+                    elif tail[wake] is mark:
+                        lst.append(key)
+                    else:
+                        lst += (mark, key)
+                    tail[wake] = mark
+        ps.reset_wheel(wheel, live)
 
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
         ps.watermark = wm
@@ -207,12 +245,16 @@ class PartitionTimers:
         while timers and timers[0] <= wm:
             wake = _heappop(timers)
             flat = wheel.pop(wake)
-            ps.registered -= len(flat) >> 1
+            if wake == ps.last_wake:
+                ps.last_wake = 0
             first_out = len(out)
-            it = iter(flat)
-            for uid in it:
-                key = next(it)
-                per = prules.get(uid)
+            uid, per = "", None
+            for key in flat:
+                if type(key) is tuple:
+                    uid = key[0]
+                    per = prules.get(uid)
+                    continue
+                ps.registered -= 1
                 if per is None:
                     continue
                 rs = per.get(key)

@@ -182,3 +182,25 @@ def test_uuid_message_ids_are_held_compactly_and_given_back_unchanged(tmp_path: 
         assert ids(got) == [["00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"]]
         assert got[0].payload == {"sku": "S2"} and got[0].events[0][1] == T0 + 3000
         assert e.stats.duplicates >= 1  # mid again: remembered (restored from text too)
+
+
+def test_many_timers_per_millisecond_and_a_rebuild_of_superseded_ones_fire_every_deadline() -> None:
+    # Timer registrations are grouped by rule per wake time, and superseded registrations are
+    # dropped once they outnumber live states: neither may lose or repeat a deadline.
+    text = ('rule "chain" when A then B within 1h then C within 30m then no D within 1s post crm\n'
+            'rule "gone" when G then no Z within 2s post crm\n')
+    engine = Engine(plan_of(text), 0)
+    n, g = 25_000, 2_000
+    events = [ev("G", 0, key=f"k{i}", mid=f"G{i}") for i in range(g)]
+    for step, name in enumerate("ABC"):  # every key: A, B, C at the same millisecond (3 registrations)
+        events += [ev(name, step, key=f"k{i}", mid=f"{name}{i}") for i in range(n)]
+    got = feed(engine, events)
+    assert got == [] and engine.pending() == n + g
+    assert engine.partitions[0].registered < 3 * n  # superseded registrations were dropped
+    assert engine.next_wake_ms() == T0 + 2001
+    got = engine.advance_watermark(0, T0 + 2001)
+    assert len(got) == g and {m.rule.name for m in got} == {"gone"} and {m.fired_at_ms for m in got} == {T0 + 2000}
+    assert [m.key for m in got] == sorted(m.key for m in got)  # same deadline: (rule, key) order
+    got = engine.advance_watermark(0, T0 + 3001)
+    assert len(got) == n and {m.rule.name for m in got} == {"chain"} and {m.fired_at_ms for m in got} == {T0 + 3000}
+    assert engine.pending() == 0 and engine.next_wake_ms() is None
