@@ -9,6 +9,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
+import { execFileSync } from 'node:child_process';
 
 const at = (p) => fileURLToPath(new URL(p, import.meta.url));
 const out = process.argv[2] ? resolve(process.argv[2]) : at('../collector/static/t.js');
@@ -30,5 +31,11 @@ const min = await minify(result.outputFiles[0].text, { ecma: 2021, compress: { p
 const code = Buffer.from(min.code);
 mkdirSync(dirname(out), { recursive: true });
 writeFileSync(out, code);
-const gz = gzipSync(code, { level: 9 }).length;
-console.log(`${out}: ${code.length} bytes, ${gz} bytes gzip -9 (budget 1500)`);
+// The size the issue and test_build.py mean is zlib's (GNU gzip -9 -n, Python's gzip module); Node
+// bundles a zlib fork whose matcher differs by a few bytes either way, so that figure is secondary.
+const node = gzipSync(code, { level: 9 }).length;
+let gz;
+try {
+  gz = execFileSync('gzip', ['-9', '-n'], { input: code }).length;
+} catch {}
+console.log(`${out}: ${code.length} bytes, ${gz ?? '?'} bytes gzip -9 (budget 1500; Node's zlib: ${node})`);
