@@ -61,13 +61,6 @@ let ref = d.referrer; // the referrer of the next page view
 
 const pageInfo = () => ({ path: L.pathname, title: d.title, search: L.search, referrer: ref, url: L.href });
 const here = () => (on(c.hash) ? L.href : L.href.split('#')[0]);
-/** The queue, oldest first, trimmed to the cap (the newest event counts what was dropped). */
-const queue = (t = now(), q = [], n, x) => {
-  for (x in S) /^tw:/.test(x) && (x = get(x)) && q.push(x);
-  for (x of q.sort((a, b) => b.t - a.t).splice(c.cap || 200))
-    drop(x), x.l > t || put(q[0], ((n = q[0].e.context).dropped = ~~n.dropped - ~x.e.context.dropped)); // + 1 + its own count
-  return q.reverse();
-};
 
 const set = (k, v) => {
   v = str(v);
@@ -93,11 +86,14 @@ const del = (k) => delete S[k];
 /** Send a batch (the oldest free events of this tab, or abandoned by theirs, that fit in 64 KB), then the
  * next; only when at least `m` events are ready (data-batch, for a flush after an event). The queue is
  * trimmed to the cap on every call, even when nothing is sent. */
-const flush = async (hide, m = 1, t = now(), b = [], n = 0, ok, x) => {
+const flush = async (hide, m = 1, t = now(), b = [], n = 0, ok, x, q = []) => {
   try {
-    const q = queue(t);
+    // The queue, newest first, trimmed to the cap: the newest event counts what was dropped.
+    for (x in S) /^tw:/.test(x) && (x = get(x)) && q.push(x);
+    for (x of q.sort((a, b) => b.t - a.t).splice(c.cap || 200))
+      drop(x), x.l > t || put(q[0], ((ok = q[0].e.context).dropped = ~~ok.dropped - ~x.e.context.dropped)); // + 1 + its own count
     if (hide ? B || !nav.onLine : t < R) return;
-    for (const r of q)
+    for (const r of q.reverse()) // oldest first
       r.l > t
         ? hide && r.o == me && drop(r) // leaving: this tab's in-flight events are trusted to arrive
         : (r.o == me || t - r.t > 30 * I) && (n += size(r.e)) < 6e4 && b.push(r);
