@@ -173,7 +173,7 @@ class Engine(Matcher, PartitionTimers):
         if cmid in seen:
             stats.duplicates += 1
             return out
-        seen[cmid] = tp = t << 64 | offset  # partition.pack: compact states share both objects
+        seen[cmid] = tp = t << 64 | offset  # partition.pack; a compact state holds cmid and finds tp here
         if self.track_dirty:
             ps.new_seen.append((mid, t))
         anonymous_id = env.get("anonymousId")
@@ -255,7 +255,7 @@ class Engine(Matcher, PartitionTimers):
                     per = prules.get(uid)
                     rs = per.get(key) if per is not None else None
                     if rs is not None:
-                        w = self._wake_of(uid, rs)
+                        w = self._wake_of(ps, uid, rs)
                         if w == wake:
                             live = True
                             break
@@ -278,8 +278,8 @@ class Engine(Matcher, PartitionTimers):
     def _encode(self, p: int, uid: str, rs: Any) -> bytes:
         if type(rs) is tuple:  # a compact state is stored like the general form it stands for
             full = RuleState(2)
-            t = rs[1] >> 64  # type: ignore[index]
-            full.runs[1] = Run((slim_of(rs, p),), t, t + self._compact.get(uid, 0))
+            first = slim_of(rs, self.partition(p))
+            full.runs[1] = Run((first,), first[1], first[1] + self._compact.get(uid, 0))
             rs = full
         return encode_rule_state(rs)
 

@@ -38,10 +38,10 @@ class Matcher:
                         env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
         """``env`` for step 2 of a compact rule where ``key`` waits with ``c`` (the first event, compact)."""
         step = rule.steps[1]
-        anchor = c[1] >> 64
+        anchor = ps.seen[c[0]] >> 64
         if not (anchor <= t <= anchor + (step.within_ms or 0)):
             return
-        first = slim_of(c, ps.partition)
+        first = slim_of(c, ps)
         pred = step.pred
         if pred is not None and pred((env), (first,)) is not True:
             return
@@ -105,8 +105,8 @@ class Matcher:
         if type(rs) is tuple or (rs is None and uid in self._compact):
             if self.track_dirty:
                 ps.dirty.add((uid, key))
-            if rs is None or rs[1] >> 64 <= t:  # a newer run replaces the one waiting (registered first)
-                per[key] = (cmid, tp, *proj(env)) if proj is not None else (cmid, tp)
+            if rs is None or ps.seen[rs[0]] >> 64 <= t:  # a newer run replaces the one waiting (registered first)
+                per[key] = (cmid, *proj(env)) if proj is not None else (cmid,)
                 if rs is None:
                     ps.register(t + self._compact[uid] + 1, uid, key)
             return

@@ -11,12 +11,13 @@ in :mod:`rules.matching`; :class:`rules.engine.Engine` combines both.
 Layout, chosen for the hot path and for memory: per partition, one dict per
 rule uid mapping key -> :class:`RuleState`, or, for "A then B within T" rules
 without a cap, the compact form of the one run that can wait there: the flat
-tuple ``(messageId, packed time and offset, *projection)`` of its A, the messageId as the
-duplicate memory holds it (:func:`rules.codec.compact_mid`: a UUID's 128-bit int) (its deadline follows
-from the time; it is saved in the general form). Time and offset are packed in one
-int, ``time << 64 | offset`` (:func:`pack`): the very object the partition's duplicate
-memory ``seen`` holds for that messageId, so a pending state costs no int of its own
-(offsets are Kafka/SQLite offsets: 0 <= offset < 2**64). Timers are a heap of distinct wake
+tuple ``(messageId, *projection)`` of its A, the messageId as the duplicate memory holds
+it (:func:`rules.codec.compact_mid`: a UUID's 128-bit int) (its deadline follows
+from the time; it is saved in the general form). Its time and offset are not in the
+tuple: they are in the partition's duplicate memory ``seen``, which maps the messageId to
+``time << 64 | offset`` (:func:`pack`; offsets are Kafka/SQLite offsets, 0 <= offset <
+2**64) and keeps it at least as long as the state can live (its horizon is the longest
+rule window, or longer), so a pending state costs no int of its own. Timers are a heap of distinct wake
 times plus, per wake time, a list of the keys registered then, grouped by rule. A state
 registers its earliest wake only; when that comes due the state is looked at
 and registers its real wake (so updates that push a deadline later cost
@@ -35,7 +36,7 @@ from .codec import mid_text
 from .plan import Plan, RulePlan, Slim
 
 __all__ = ["NEG_INF", "OFFSET_MASK", "EngineStats", "Match", "PartitionState", "PartitionTimers", "RuleState", "Run",
-           "pack", "slim_of"]
+           "compact_time", "pack", "slim_of"]
 
 NEG_INF = -(2**62)
 _SEEN_SWEEP_MIN_MS = 1000
@@ -162,10 +163,15 @@ def _uid_key(m: Match) -> tuple[str, str]:
     return m.rule.uid, m.key
 
 
-def slim_of(c: tuple[Any, ...], partition: int) -> Slim:
-    """The Slim a compact state ``(compact messageId, pack(time, offset), *projection)`` stands for."""
-    tp = c[1]
-    return (mid_text(c[0]), tp >> 64, partition, tp & OFFSET_MASK, c[2:])
+def slim_of(c: tuple[Any, ...], ps: PartitionState) -> Slim:
+    """The Slim a compact state ``(compact messageId, *projection)`` of partition ``ps`` stands for."""
+    tp = ps.seen[c[0]]
+    return (mid_text(c[0]), tp >> 64, ps.partition, tp & OFFSET_MASK, c[1:])
+
+
+def compact_time(c: tuple[Any, ...], ps: PartitionState) -> int:
+    """Event time of the first event a compact state holds."""
+    return ps.seen[c[0]] >> 64  # type: ignore[no-any-return]
 
 
 class PartitionTimers:
@@ -226,7 +232,7 @@ class PartitionTimers:
         for uid, per in ps.rules.items():
             mark = ps.mark(uid)
             for key, rs in per.items():
-                wake = self._wake_of(uid, rs)
+                wake = self._wake_of(ps, uid, rs)
                 if wake:
                     lst = wheel.get(wake)
                     if lst is None:
@@ -240,7 +246,7 @@ class PartitionTimers:
 
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
         ps.watermark = wm
-        timers, wheel, prules = ps.timers, ps.wheel, ps.rules
+        timers, wheel, prules, seen = ps.timers, ps.wheel, ps.rules, ps.seen
         rules_get, track, compact = self._rules.get, self.track_dirty, self._compact
         while timers and timers[0] <= wm:
             wake = _heappop(timers)
@@ -261,7 +267,7 @@ class PartitionTimers:
                 if rs is None:
                     continue
                 if type(rs) is tuple:
-                    w = (rs[1] >> 64) + compact[uid] + 1  # type: ignore[index]
+                    w = (seen[rs[0]] >> 64) + compact[uid] + 1  # type: ignore[index]
                     if w != wake:
                         if w > wake:
                             ps.register(w, uid, key)  # replaced by a later run: wake it then
@@ -271,7 +277,7 @@ class PartitionTimers:
                         ps.dirty.add((uid, key))
                     rule = rules_get(uid)
                     if rule is not None and rule.steps[1].absent:
-                        self._complete(ps, rule, key, None, (slim_of(rs, ps.partition),), w - 1, out)
+                        self._complete(ps, rule, key, None, (slim_of(rs, ps),), w - 1, out)
                     continue
                 if rs.wake != wake:
                     continue  # superseded registration
@@ -328,5 +334,5 @@ class PartitionTimers:
                 changed = True
         return changed
 
-    def _wake_of(self, uid: str, rs: Any) -> int:
-        return (rs[1] >> 64) + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake
+    def _wake_of(self, ps: PartitionState, uid: str, rs: Any) -> int:
+        return compact_time(rs, ps) + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake

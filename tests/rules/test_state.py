@@ -204,3 +204,18 @@ def test_many_timers_per_millisecond_and_a_rebuild_of_superseded_ones_fire_every
     got = engine.advance_watermark(0, T0 + 3001)
     assert len(got) == n and {m.rule.name for m in got} == {"chain"} and {m.fired_at_ms for m in got} == {T0 + 3000}
     assert engine.pending() == 0 and engine.next_wake_ms() is None
+
+
+def test_a_compact_state_keeps_its_time_and_offset_across_duplicate_memory_sweeps() -> None:
+    # A waiting "A then B" run keeps its first event's time and offset in the duplicate memory,
+    # which is swept as the watermark moves on: never below the longest rule window.
+    engine = Engine(plan_of('rule "gone" when A as a then no B within 1h post crm with { x: a.properties.x }'), 0,
+                    dedup_window_ms=1000)
+    events = [ev("A", 0, key="k0", mid="a0", x=1)] + [ev("Other", 60 * i, key="k1") for i in range(1, 60)]
+    events += [ev("A", 3599, key="k2", mid="a2", x=2)]
+    assert feed(engine, events) == []
+    got = engine.advance_watermark(0, T0 + 3_600_001)
+    assert [(m.key, m.events[0][1], m.events[0][3], m.payload) for m in got] == [("k0", T0, 0, {"x": 1})]
+    assert feed(engine, [ev("A", 4000, key="k3", mid="a0")]) == [] and engine.stats.duplicates == 0  # a0 is forgotten now
+    got = engine.advance_watermark(0, T0 + 7_199_001)
+    assert [(m.key, m.events[0][1], m.events[0][3], m.payload) for m in got] == [("k2", T0 + 3_599_000, 60, {"x": 2})]
