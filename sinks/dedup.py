@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 _SLACK_MS = 3_600_000
 
@@ -42,6 +42,7 @@ class Dedup:
         self._new = array("q")
         self.evicted_early = 0
         self.newest_ms = 0
+        self.rewrite = False  # ids were forgotten: persist a snapshot, not a segment on top of old ones
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -64,6 +65,19 @@ class Dedup:
         if ts_ms > self.newest_ms:
             self.newest_ms = ts_ms
         return False
+
+    def forget(self, start: int, end: int, written: Callable[[int], bool]) -> int:
+        """Forget ids first seen in ``[start, end)`` whose records are not ``written`` to a file.
+
+        For a jump of the log's offsets (a broker that lost its data starts a new
+        epoch): an earlier run saw those records ahead of its resume point, and
+        they will now come again at new offsets, not at the ones remembered.
+        """
+        gone = [h for h, o in self._ids.items() if start <= o < end and not written(o)]
+        for h in gone:
+            del self._ids[h]
+        self.rewrite = self.rewrite or bool(gone)
+        return len(gone)
 
     def expire(self) -> None:
         """Forget ids older than the window (relative to the newest append time seen)."""
@@ -98,6 +112,7 @@ class Dedup:
             i = bisect.bisect_right(offs, o) - 1
             out.extend((h, o, ts[i] if i >= 0 else (ts[0] if ts else self.newest_ms)))
         self._new = array("q")
+        self.rewrite = False
         return out.tobytes()
 
     def load(self, segments: Iterable[bytes]) -> None:

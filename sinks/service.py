@@ -22,7 +22,7 @@ import logging
 import time
 
 from tripwire.config import Config
-from tripwire.log import EVENTS, Consumer, EventLog, Record, TopicPartition
+from tripwire.log import EVENTS, Consumer, EventLog, Record, TopicPartition, records_between
 
 from . import metrics
 from .config import SinkConfig, sink_config
@@ -220,7 +220,7 @@ class SinkService:
             logger.debug("cannot read end offsets for the lag metric", exc_info=True)
             return
         for partition, pw in self.writer.parts.items():
-            metrics.LAG.labels(str(partition)).set(max(0, ends.get(partition, 0) - pw.position))
+            metrics.LAG.labels(str(partition)).set(records_between(pw.position, ends.get(partition, 0)))
 
 
 def _redact(url: str) -> str:

@@ -96,6 +96,10 @@ class PartitionWriter:
 
     # routing -------------------------------------------------------------------
 
+    def _in_a_file(self, offset: int) -> bool:
+        """A previous run wrote the record at ``offset`` to a file."""
+        return any(c.first <= offset < c.end for cuts in self._skip.values() for c in cuts)
+
     def add(self, records: Sequence[Record]) -> None:
         cfg = self.cfg
         today = datetime.now(UTC).strftime("date=%Y-%m-%d")
@@ -104,6 +108,11 @@ class PartitionWriter:
             # Offsets of a non-transactional topic are dense: a jump means records went by unread.
             logger.warning("%s-%d: records jump from offset %d to %d", records[0].topic, records[0].partition,
                            self.position, records[0].offset)
+            forgotten = self.dedup.forget(self.position, records[0].offset, self._in_a_file)
+            if forgotten:
+                logger.warning("%s-%d: %d message ids seen past offset %d but never written are forgotten, so their "
+                               "records are written when they come again", records[0].topic, records[0].partition,
+                               forgotten, self.position)
         for r in records:
             o = r.offset
             if o < self.position:
@@ -319,9 +328,9 @@ class LakeWriter:
         state = pw.next_state()
         expired: list[int] = []
         segment = pw.dedup.take_segment()
-        if segment is not None:
+        if segment is not None or pw.dedup.rewrite:
             state.seq += 1
-            if len(state.dedup) >= _MAX_DEDUP_SEGMENTS:
+            if pw.dedup.rewrite or len(state.dedup) >= _MAX_DEDUP_SEGMENTS:
                 segment = pw.dedup.snapshot()
                 expired = [s for s, _ in state.dedup]
                 state.dedup = []

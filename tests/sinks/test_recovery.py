@@ -9,6 +9,7 @@ at random moments. After each crash a fresh writer resumes from the lake alone.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from sinks.lake import LocalLake
 from sinks.writer import LakeWriter
 from sinks.state import load_state
 from tests.sinks.helpers import BASE_MS, DAY_MS, caught_up, event, lake_table, send
+from tripwire.log.epoch import OFFSET_BITS
 from tripwire.log.memory import MemoryLog
 
 
@@ -128,3 +130,32 @@ async def test_an_idle_restart_closes_the_cuts_a_killed_run_wrote_but_left_pendi
     assert writer.flush() == {}  # and only once
     writer.close()
     assert sorted(lake_table(LocalLake(tmp_path)).message_id) == sorted(f"m-{i}" for i in range(10))
+
+
+async def test_records_seen_ahead_of_the_resume_point_are_written_when_a_new_log_epoch_brings_them_again(
+    tmp_path: Path,
+) -> None:
+    """The broker lost its data: what a killed run had only buffered comes back at new offsets."""
+    log = MemoryLog(1)
+    await log.start()
+    await send(log, [event(i, user="u") for i in range(15)])
+    cfg = SinkConfig(lake_url=str(tmp_path), max_file_rows=10)
+    writer = LakeWriter(LocalLake(tmp_path), cfg)
+    writer.assign(0)
+    first = await log.read("events", 0, 0, 100)
+    writer.process(first)
+    writer.flush()  # 0..9 in a file; 10..14 buffered, their ids saved with the state (then: kill -9)
+    state = load_state(LocalLake(tmp_path), "events", 0)
+    assert state is not None and state.resume == 10
+
+    epoch = 1 << OFFSET_BITS  # the producers write 10..14 again, then 15..19, in the broker's new epoch
+    again = [replace(r, offset=epoch + i) for i, r in enumerate(first[10:])]
+    await send(log, [event(i, user="u") for i in range(15, 20)])
+    newer = [replace(r, offset=epoch + 5 + i) for i, r in enumerate(await log.read("events", 0, 15, 100))]
+    writer = LakeWriter(LocalLake(tmp_path), cfg)
+    assert writer.assign(0) == 10
+    writer.process(again + newer + [replace(first[3], offset=epoch + 10)])  # and one that is in a file
+    writer.seal_aged(now=1e12)
+    writer.flush()
+    writer.close()
+    assert sorted(lake_table(LocalLake(tmp_path)).message_id) == sorted(f"m-{i}" for i in range(20))

@@ -18,13 +18,14 @@ from .base import (
     Record,
     TopicPartition,
 )
+from .epoch import records_between
 
 if TYPE_CHECKING:
     from tripwire.config import Config
 
 __all__ = [
     "EVENTS", "INVALID", "TRIGGERS", "TOPICS", "Consumer", "EventLog", "LogClosed", "LogError",
-    "LogUnavailable", "RebalanceListener", "Record", "TopicPartition", "open_log",
+    "LogUnavailable", "RebalanceListener", "Record", "TopicPartition", "open_log", "records_between",
 ]
 
 

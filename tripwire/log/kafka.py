@@ -27,6 +27,16 @@ a replay can duplicate records (``messageId`` identifies them), never lose or
 reorder them. ``ready()`` is False while anything is spilled or the broker is
 unreachable.
 
+A broker that comes back empty. What Kafka acknowledged is kept for
+``log.kafka_retain_s`` (:class:`~tripwire.log.retain.Retained`, memory plus a
+journal in the spill slot). Every partition starts with an epoch marker
+(:mod:`tripwire.log.epoch`); a watch task checks once a second that the markers
+are still where they were, and every acknowledgement is checked against them
+(a restarted tansu acknowledges records for topics it no longer has). When a
+topic is lost, the log writes new markers, produces the kept records again,
+then the spill, and only then new appends (``ready()`` is False meanwhile).
+Consumers hand out logical offsets that keep growing across epochs.
+
 If the writer or the forwarder task dies, a done-callback fails every queued
 append with :class:`LogUnavailable` and ``append`` keeps failing, so nothing is
 acknowledged that was not stored.
@@ -37,12 +47,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge
 
 from .base import (
     TOPICS,
@@ -55,8 +67,10 @@ from .base import (
     RebalanceListener,
     Record,
 )
+from .epoch import EpochBook
 from .kafka_consumer import KafkaConsumer, KafkaReader
 from .kafka_producer import OrderedProducer
+from .retain import Retained
 from .spill import Spill, SpilledRecord, SpillFull
 
 if TYPE_CHECKING:
@@ -64,7 +78,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+EPOCH_RESETS = Counter(
+    "tripwire_log_epoch_resets", "Times the Kafka broker lost a topic and this process produced its retained records again"
+)
+_live: weakref.WeakSet[KafkaLog] = weakref.WeakSet()
+RETAINED_BYTES = Gauge(
+    "tripwire_log_retained_bytes", "Bytes of records Kafka acknowledged, kept in case the broker loses them"
+)
+RETAINED_BYTES.set_function(lambda: float(sum(log.retained.bytes for log in list(_live))))
+
 _FORWARD_CHUNK = 2000
+_WATCH_S = 1.0  # how often the log checks that the broker still has its epoch markers
 MAX_RECORD_BYTES = 1_000_000  # under Kafka's default message.max.bytes and aiokafka's max_request_size
 
 
@@ -93,6 +117,8 @@ class KafkaLog(EventLog):
         reconnect_backoff_ms: int = 500,
         max_batch_records: int = 10_000,
         client_id: str = "tripwire",
+        retain_s: float = 300.0,
+        retain_max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
@@ -113,6 +139,11 @@ class KafkaLog(EventLog):
             request_timeout_ms=request_timeout_ms,
             client_id=client_id,
         )
+        self.book = EpochBook(Path(spill_dir) / "epochs.json")
+        self.retained = Retained(retain_s, retain_max_bytes)
+        self._last_ack: dict[tuple[str, int], int] = {}
+        self._replay: list[SpilledRecord] = []  # acknowledged, then lost by the broker: produce again first
+        self.epoch_resets = 0
         self._reader: KafkaReader | None = None
         self._queue: asyncio.Queue[_Append] | None = None
         self._spilled = asyncio.Event()
@@ -123,6 +154,7 @@ class KafkaLog(EventLog):
         self._closed = False
         self._failed: BaseException | None = None
         self.produce_batches = 0  # direct produce round trips (group-commit efficiency)
+        _live.add(self)
 
     @classmethod
     def from_config(cls, config: Config) -> KafkaLog:
@@ -139,6 +171,8 @@ class KafkaLog(EventLog):
             spill_max_bytes=log.spill_max_bytes,
             spill_retry_after_s=log.spill_retry_after_s,
             max_batch_records=log.group_commit_max_records,
+            retain_s=log.kafka_retain_s,
+            retain_max_bytes=log.kafka_retain_max_bytes,
         )
 
     def topic(self, name: str) -> str:
@@ -151,17 +185,20 @@ class KafkaLog(EventLog):
         if self._started:
             return
         await asyncio.to_thread(self.spill.open)
+        assert self.spill.dir is not None
+        await asyncio.to_thread(self.retained.open, self.spill.dir / "retained")
         self._queue = asyncio.Queue()
         self._spilled = asyncio.Event()
         if self.spill.depth:
             self._spilled.set()
-        self._reader = KafkaReader(self.bootstrap, self.topic, self._timeout_ms, self._client_id)
+        self._reader = KafkaReader(self.bootstrap, self.topic, self._timeout_ms, self._client_id, self.book)
         self._started = True
         try:
             await self._connect()
         except (KafkaError, OSError, TimeoutError) as exc:
             logger.warning("Kafka at %s is unreachable (%s); spilling until it is back", self.bootstrap, exc)
-        for name, loop in (("writer", self._write_loop), ("forwarder", self._forward_loop)):
+        for name, loop in (("writer", self._write_loop), ("forwarder", self._forward_loop),
+                           ("epoch watch", self._watch_loop)):
             task = asyncio.create_task(loop(), name=f"tripwire-kafka-{name}")
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
@@ -174,7 +211,8 @@ class KafkaLog(EventLog):
         if not self._started or self._closed:
             return
         self._closed = True
-        writer, forwarder = self._tasks
+        writer, forwarder, watch = self._tasks
+        watch.cancel()
         assert self._queue is not None
         if not writer.done():
             await self._queue.join()
@@ -189,6 +227,7 @@ class KafkaLog(EventLog):
         if self._reader is not None:
             await self._reader.stop()
         await self._producer.stop()
+        self.retained.close()
         await asyncio.to_thread(self.spill.close)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -211,9 +250,33 @@ class KafkaLog(EventLog):
             self._queue.task_done()
 
     async def _connect(self) -> None:
-        """Start the producer and create the topics; raises while the broker is away."""
+        """Start the producer, create the topics, find (or write) their epoch markers; raises while away."""
         await self._producer.connect()
+        await self._ensure_marks()
+        stale = self.retained.take_stale(self.book)  # acknowledged in an epoch the broker has lost since
+        if stale:
+            logger.warning("Kafka lost %d records this process had written before (in an earlier run, or while it "
+                           "was away); producing them again", len(stale))
+            self._replay.extend(stale)
         self._reachable = True
+
+    async def _ensure_marks(self) -> None:
+        assert self._reader is not None
+        for name in self._producer.topics:
+            parts = list(range(self._producer.partition_count(name)))
+            before = self.book.marks(name)
+            found = await self._reader.find_marks(name, parts)
+            missing = [p for p in parts if found.get(p) is None]
+            if missing:
+                await self._producer.write_markers(name, missing, self.book.next_epoch(name))
+                found.update(await self._reader.find_marks(name, missing))
+                if any(found.get(p) is None for p in missing):
+                    raise LogUnavailable(f"Kafka topic {name!r}: epoch markers written but not found")
+            if any(found.get(p) != mark for p, mark in before.items()):
+                self._reset(name, "its epoch markers changed")
+                for p, mark in found.items():
+                    if mark is not None:
+                        self.book.set(name, p, mark)
 
     # writing -----------------------------------------------------------------
 
@@ -259,7 +322,7 @@ class KafkaLog(EventLog):
     async def _write(self, batch: list[_Append]) -> None:
         records = [(a.topic, key, value) for a in batch for key, value in a.entries]
         owner = [i for i, a in enumerate(batch) for _ in a.entries]
-        if self.spill.depth == 0 and self._reachable:
+        if self.spill.depth == 0 and self._reachable and not self._replay:
             self.produce_batches += 1
             failed = await self._produce(records)
             if not failed:
@@ -313,18 +376,104 @@ class KafkaLog(EventLog):
                 item.future.set_result(None)
 
     async def _produce(self, records: Sequence[SpilledRecord]) -> list[int]:
-        return await self._producer.produce(records)
+        """Produce; the indexes to retry. Acknowledged records are kept for ``retain_s``.
+
+        An acknowledgement at or before the partition's epoch marker, or before an
+        earlier one, means the broker lost the topic (a phantom acknowledgement from
+        a restarted broker): every record of that topic in this call is retried and
+        what it acknowledged before is produced again (:meth:`_reset`).
+        """
+        results = await self._producer.produce(records)
+        reset: set[str] = set()
+        for (topic, _, _), result in zip(records, results, strict=True):
+            if result is None or topic in reset:
+                continue
+            partition, offset = result
+            mark = self.book.get(topic, partition)
+            last = self._last_ack.get((topic, partition), -1)
+            if mark is None or offset <= mark.offset or offset <= last:
+                reset.add(topic)
+            else:
+                self._last_ack[(topic, partition)] = offset
+        retry = [i for i, r in enumerate(results) if r is None or records[i][0] in reset]
+        now = time.time()
+        book = self.book
+        self.retained.add([
+            (now, topic, r[0], book.get(topic, r[0]).epoch, key, value)  # type: ignore[union-attr]
+            for (topic, key, value), r in zip(records, results, strict=True)
+            if r is not None and topic not in reset
+        ])
+        for topic in reset:
+            self._reset(topic, "Kafka acknowledged records at offsets it had already used")
+        return retry
+
+    def _reset(self, topic: str, why: str) -> None:
+        """The broker lost ``topic``: produce what it had acknowledged again, before anything newer."""
+        lost = self.retained.take(topic)
+        self._replay.extend(lost)
+        self.book.forget(topic)
+        for tp in [tp for tp in self._last_ack if tp[0] == topic]:
+            del self._last_ack[tp]
+        self.epoch_resets += 1
+        EPOCH_RESETS.inc()
+        self._reachable = False
+        self._spilled.set()  # wake the forwarder: it reconnects, writes new markers, replays
+        logger.warning("Kafka lost topic %s (%s): producing its %d acknowledged records of the last %.0f s again",
+                       topic, why, len(lost), self.retained.retain_s)
+
+    async def _watch_loop(self) -> None:
+        """Forget retained records past ``retain_s``; notice a broker that came back empty."""
+        assert self._reader is not None
+        while True:
+            await asyncio.sleep(_WATCH_S)
+            self.retained.expire()
+            if not self._reachable:
+                continue
+            for name in self._producer.topics:
+                try:
+                    changed = await self._reader.changed_marks(name)
+                except LogUnavailable:
+                    continue
+                if changed and self.book.marks(name):
+                    self._reset(name, f"the epoch markers of partitions {sorted(changed)} are gone")
+
+    async def _replay_lost(self) -> bool:
+        """Produce what a lost topic had acknowledged; False when the broker failed us again."""
+        pending, self._replay = self._replay, []
+        while pending:
+            chunk, pending = pending[:_FORWARD_CHUNK], pending[_FORWARD_CHUNK:]
+            retry = await self._produce(chunk)
+            if retry:
+                self._reachable = False
+                # what a reset during this call took back comes first (it is older)
+                self._replay += [chunk[i] for i in retry] + pending
+                return False
+        if not self._replay:
+            logger.info("replayed every acknowledged record of the lost topics")
+        return not self._replay
+
+    async def _recover(self) -> bool:
+        """Reconnect and replay what a lost topic held; False while the broker is away."""
+        try:
+            if not self._reachable:
+                await self._connect()
+                logger.info("Kafka at %s is reachable", self.bootstrap)
+            while self._replay:
+                if not await self._replay_lost():
+                    return False
+                if not self._reachable:
+                    await self._connect()
+        except (KafkaError, OSError, TimeoutError, LogUnavailable) as exc:
+            self._reachable = False
+            logger.debug("Kafka still unreachable: %s", exc)
+            return False
+        return True
 
     async def _forward_loop(self) -> None:
         while True:
-            if not self._reachable:
-                try:
-                    await self._connect()
-                    logger.info("Kafka at %s is reachable", self.bootstrap)
-                except (KafkaError, OSError, TimeoutError) as exc:
-                    logger.debug("Kafka still unreachable: %s", exc)
-                    await asyncio.sleep(self._backoff_s)
-                    continue
+            if (not self._reachable or self._replay) and not await self._recover():
+                await asyncio.sleep(self._backoff_s)
+                continue
             if self.spill.depth == 0:
                 self._spilled.clear()
                 if self.spill.depth == 0:
@@ -358,10 +507,7 @@ class KafkaLog(EventLog):
                         seg.done = start  # chunks before this one are in Kafka
                         return False
                     await asyncio.sleep(self._backoff_s)
-                    try:
-                        await self._connect()  # a restarted broker may have lost the topics
-                    except (KafkaError, OSError, TimeoutError):
-                        pass
+                    await self._recover()  # a restarted broker may have lost the topics: replay them first
         await asyncio.to_thread(self.spill.remove, seg)
         logger.debug("forwarded %d spilled records to Kafka; %d left", seg.records, self.spill.depth)
         return True
@@ -372,7 +518,7 @@ class KafkaLog(EventLog):
         """Not spilling, and a broker answered just now (so a dead broker shows before an append fails)."""
         if not (self._started and not self._closed and self._failed is None):
             return False
-        if not self._reachable or self.spill.depth:
+        if not self._reachable or self.spill.depth or self._replay:
             return False
         return await self._producer.ping(min(2.0, self._timeout_ms / 1000))
 
@@ -397,6 +543,6 @@ class KafkaLog(EventLog):
         self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None
     ) -> Consumer:
         return KafkaConsumer(
-            self.bootstrap, group, topics, listener,
+            self.bootstrap, group, topics, listener, reader=self._require_reader(),
             topic_prefix=self.topic_prefix, request_timeout_ms=self._timeout_ms, client_id=self._client_id,
         )

@@ -8,7 +8,8 @@ topics, picks partitions with :func:`~tripwire.log.partition.partition_for`,
 and :meth:`OrderedProducer.produce` answers which records must be retried:
 every record Kafka did not acknowledge, plus every later record of the same
 partition, so retrying them (or spilling them) never lets a key's records
-overtake each other.
+overtake each other; for the others it gives the partition and offset, which
+the log checks against the partition's epoch marker (it also writes those).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
+from .epoch import new_marker_header
 from .partition import partition_for
 from .spill import SpilledRecord
 
@@ -96,6 +98,10 @@ class OrderedProducer:
         finally:
             await admin.close()
 
+    def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` as of the last :meth:`connect`."""
+        return self._counts[topic]
+
     async def ping(self, timeout_s: float) -> bool:
         """True when a broker answers a metadata request within ``timeout_s``."""
         if self._producer is None:
@@ -116,11 +122,23 @@ class OrderedProducer:
         except (KafkaError, TimeoutError) as exc:
             logger.warning("Kafka producer did not stop cleanly: %s", exc)
 
-    async def produce(self, records: Sequence[SpilledRecord]) -> list[int]:
-        """Produce ``records`` in order; the indexes that must be retried (empty: all acknowledged)."""
+    async def write_markers(self, topic: str, partitions: Sequence[int], epoch: int) -> None:
+        """Append an epoch marker (see :mod:`tripwire.log.epoch`) to each of these partitions."""
         producer = self._producer
         if producer is None:
-            return list(range(len(records)))
+            raise KafkaConnectionError("producer not connected")
+        timeout_s = 2 * self._timeout_ms / 1000
+        futures = [
+            await producer.send(topic, b"", partition=p, headers=new_marker_header(epoch)) for p in partitions
+        ]
+        await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+        logger.info("wrote epoch %d markers to %s partitions %s", epoch, topic, list(partitions))
+
+    async def produce(self, records: Sequence[SpilledRecord]) -> list[tuple[int, int] | None]:
+        """Produce ``records`` in order; per record its (partition, offset), or None: retry it."""
+        producer = self._producer
+        if producer is None:
+            return [None] * len(records)
         futures: list[asyncio.Future[object]] = []
         try:
             for topic, key, value in records:
@@ -138,13 +156,17 @@ class OrderedProducer:
         except TimeoutError:
             results = [TimeoutError("no acknowledgement")] * len(futures)
         broken: set[tuple[str, int]] = set()
-        retry = []
+        out: list[tuple[int, int] | None] = []
         for i, (topic, key, _) in enumerate(records):
             tp = (topic, partition_for(key, self._counts.get(topic, 1)))
-            if i >= len(results) or isinstance(results[i], BaseException) or tp in broken:
+            result = results[i] if i < len(results) else None
+            if result is None or isinstance(result, BaseException) or tp in broken:
                 broken.add(tp)
-                retry.append(i)
-        if retry and len(futures) == len(records):
+                out.append(None)
+            else:
+                out.append((result.partition, result.offset))  # type: ignore[attr-defined]
+        failed = sum(r is None for r in out)
+        if failed and len(futures) == len(records):
             first = next((r for r in results if isinstance(r, BaseException)), None)
-            logger.warning("Kafka did not acknowledge %d of %d records: %r", len(retry), len(records), first)
-        return retry
+            logger.warning("Kafka did not acknowledge %d of %d records: %r", failed, len(records), first)
+        return out
