@@ -68,8 +68,9 @@ from .base import (
     Record,
 )
 from .epoch import EpochBook
-from .kafka_consumer import KafkaConsumer, KafkaReader
+from .kafka_consumer import KafkaConsumer
 from .kafka_producer import OrderedProducer
+from .kafka_reader import KafkaReader
 from .retain import Retained
 from .spill import Spill, SpilledRecord, SpillFull
 
