@@ -25,6 +25,7 @@ from . import ast
 from .errors import Diagnostic
 from .parser import parse_text
 from .plan import Plan, Predicate, RulePlan, StepPlan
+from .predcode import fast_predicate
 from .predicates import ENVELOPE_FIELDS, Ctx, StepScope, compile_expr, compile_template, projector
 
 __all__ = ["ENVELOPE_FIELDS", "build_plan", "compile_rule", "compile_text", "fingerprint"]
@@ -87,7 +88,8 @@ def _residual(step: ast.Step, known: ast.Expr, steps: Sequence[ast.Step], ctx: C
     for c in rest[1:]:
         expr = ast.And(c.line, c.column, expr, c)
     scratch = Ctx(ctx.filename, ctx.lines)  # the full predicate's diagnostics were reported already
-    return compile_expr(expr, StepScope(steps, 0, [[] for _ in steps], scratch))
+    scope = StepScope(steps, 0, [[] for _ in steps], scratch)
+    return fast_predicate(expr, scope, compile_expr(expr, scope))
 
 
 # rules ---------------------------------------------------------------------------
@@ -180,7 +182,8 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
     preds: list[Predicate | None] = []
     for i, step in enumerate(steps):
         scope = StepScope(steps, i, needs, ctx)
-        preds.append(compile_expr(step.where, scope) if step.where is not None else None)
+        # the closure tree reports errors and projection slots; the engine runs one compiled function
+        preds.append(fast_predicate(step.where, scope, compile_expr(step.where, scope)) if step.where is not None else None)
     payload = None
     if posts and posts[0].payload is not None:
         positives = [i for i, s in enumerate(steps) if not s.absent]
