@@ -82,6 +82,10 @@ class Engine(Matcher, PartitionTimers):
         # at B, kept as the Slim of its A alone (the deadline follows from it): the compact form.
         self._compact = {r.uid: r.steps[1].within_ms or 0 for r in plan.rules
                          if len(r.steps) == 2 and r.steps[0].count == 1 and r.steps[1].count == 1 and r.cap_times is None}
+        # One-step count rules ("3 X within T"): a key's state is the list of its counted events
+        # (time order) until the rule fires under a cap (then the general form keeps fire times).
+        self._counts = {r.uid: r.steps[0].within_ms or 0 for r in plan.rules if len(r.steps) == 1 and r.steps[0].count > 1}
+
         def starter(r: RulePlan, indexed: bool = False) -> tuple[Any, ...]:
             # Reached through the index on a field's value, the step's residual predicate is enough.
             return (r, r.uid, r.by_anonymous_id, r.steps[0].residual if indexed else r.steps[0].pred)
@@ -256,10 +260,10 @@ class Engine(Matcher, PartitionTimers):
                     rs = per.get(key) if per is not None else None
                     if rs is not None:
                         w = self._wake_of(ps, uid, rs)
-                        if w == wake:
-                            live = True
+                        if w == wake or (type(rs) is list and w < wake):
+                            live = True  # (a count list: an event counted out of order is due already)
                             break
-                        if type(rs) is tuple and w > wake:
+                        if type(rs) is not RuleState and w > wake:
                             moved.append((w, uid, key))  # a compact state replaced by a later run
                 if live:
                     break
@@ -276,7 +280,11 @@ class Engine(Matcher, PartitionTimers):
     # changes and snapshots ---------------------------------------------------------
 
     def _encode(self, p: int, uid: str, rs: Any) -> bytes:
-        if type(rs) is tuple:  # a compact state is stored like the general form it stands for
+        if type(rs) is list:  # a one-step count's events: stored like the general form
+            full = RuleState(1)
+            full.acc = list(rs)
+            rs = full
+        elif type(rs) is tuple:  # a compact state is stored like the general form it stands for
             full = RuleState(2)
             first = slim_of(rs, self.partition(p))
             full.runs[1] = Run((first,), first[1], first[1] + self._compact.get(uid, 0))

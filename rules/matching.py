@@ -26,6 +26,7 @@ class Matcher:
     """Step matching of :class:`rules.engine.Engine` (a mixin: methods only, the engine holds the data)."""
 
     _compact: dict[str, int]  # uid of a compact rule -> its step 2's within
+    _counts: dict[str, int]  # uid of a one-step count rule (state: its list of counted events) -> within
     track_dirty: bool
     stats: EngineStats
     suppressed_by_rule: Counter[str]
@@ -111,6 +112,9 @@ class Matcher:
                     ps.register(t + self._compact[uid] + 1, uid, key)
             return
         s = (mid, t, ps.partition, tp & OFFSET_MASK, proj(env) if proj is not None else ())
+        if type(rs) is list or (rs is None and uid in self._counts):
+            self._start_count(ps, rule, per, key, rs, s, out)
+            return
         n = len(steps)
         if rs is None:
             if n == 1 and step.count == 1 and rule.cap_times is None:
@@ -144,12 +148,42 @@ class Matcher:
             self._complete(ps, rule, key, rs, (s,), t, out)
         self._reschedule(ps, rule, per, key, rs)
 
-    @staticmethod
-    def _count_first(rs: RuleState, n: int, within: int, s: Slim) -> tuple[Slim, ...] | None:
+    def _start_count(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, acc: list[Slim] | None,
+                     s: Slim, out: list[Match]) -> None:
+        """``s`` counts for a one-step count rule whose state is its list of counted events (or none yet)."""
+        if self.track_dirty:
+            ps.dirty.add((rule.uid, key))
+        step = rule.steps[0]
+        within = step.within_ms or 0
+        if acc is None:
+            per[key] = [s]  # its timer: when this first event leaves the window
+            ps.register(s[1] + within + 1, rule.uid, key)
+            return
+        group = self._count_insert(acc, step.count, within, s)
+        if group is None:
+            return
+        t = max(e[1] for e in group)
+        if rule.cap_times is None:
+            if not acc:
+                del per[key]  # its registration finds nothing when it comes due
+            self._complete(ps, rule, key, None, (group,), t, out)
+            return
+        rs = per[key] = RuleState(1)  # a cap remembers fire times: the general form from now on
+        rs.acc = acc or None
+        self._complete(ps, rule, key, rs, (group,), t, out)
+        self._reschedule(ps, rule, per, key, rs)
+
+    @classmethod
+    def _count_first(cls, rs: RuleState, n: int, within: int, s: Slim) -> tuple[Slim, ...] | None:
         acc = rs.acc
         if acc is None:
             rs.acc = [s]
             return (s,) if n <= 1 else None
+        return cls._count_insert(acc, n, within, s)
+
+    @staticmethod
+    def _count_insert(acc: list[Slim], n: int, within: int, s: Slim) -> tuple[Slim, ...] | None:
+        """Count ``s`` in ``acc``; the first ``n`` events within ``within`` (taken out of ``acc``), or None."""
         # Insert in event-time order (events usually arrive in order: append).
         i = len(acc)
         t = s[1]

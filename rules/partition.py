@@ -180,6 +180,7 @@ class PartitionTimers:
     plan: Plan
     _rules: dict[str, RulePlan]
     _compact: dict[str, int]  # uid of a compact rule -> its step 2's within
+    _counts: dict[str, int]  # uid of a one-step count rule (state: its list of counted events) -> within
     track_dirty: bool
     dedup_window_ms: int
 
@@ -247,7 +248,7 @@ class PartitionTimers:
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
         ps.watermark = wm
         timers, wheel, prules, seen = ps.timers, ps.wheel, ps.rules, ps.seen
-        rules_get, track, compact = self._rules.get, self.track_dirty, self._compact
+        rules_get, track, compact, counts = self._rules.get, self.track_dirty, self._compact, self._counts
         while timers and timers[0] <= wm:
             wake = _heappop(timers)
             flat = wheel.pop(wake)
@@ -278,6 +279,24 @@ class PartitionTimers:
                     rule = rules_get(uid)
                     if rule is not None and rule.steps[1].absent:
                         self._complete(ps, rule, key, None, (slim_of(rs, ps),), w - 1, out)
+                    continue
+                if type(rs) is list:  # a one-step count's events (time order)
+                    within = counts[uid]
+                    w = rs[0][1] + within + 1
+                    if w > wake:
+                        ps.register(w, uid, key)  # its first events were counted since: wake then
+                        continue
+                    cutoff = wm - within  # only memory: an event this old can never be counted again
+                    i = 0
+                    while i < len(rs) and rs[i][1] < cutoff:
+                        i += 1
+                    if track:
+                        ps.dirty.add((uid, key))
+                    if i == len(rs):
+                        del per[key]
+                        continue
+                    del rs[:i]
+                    ps.register(rs[0][1] + within + 1, uid, key)
                     continue
                 if rs.wake != wake:
                     continue  # superseded registration
@@ -335,4 +354,8 @@ class PartitionTimers:
         return changed
 
     def _wake_of(self, ps: PartitionState, uid: str, rs: Any) -> int:
-        return compact_time(rs, ps) + self._compact.get(uid, 0) + 1 if type(rs) is tuple else rs.wake
+        if type(rs) is tuple:
+            return compact_time(rs, ps) + self._compact.get(uid, 0) + 1
+        if type(rs) is list:
+            return rs[0][1] + self._counts.get(uid, 0) + 1  # type: ignore[no-any-return]
+        return rs.wake  # type: ignore[no-any-return]

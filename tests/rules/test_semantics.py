@@ -248,3 +248,27 @@ def test_state_expires_with_the_window() -> None:
     assert engine.pending() == 100
     engine.advance_watermark(0, T0 + 200_000)
     assert engine.pending() == 0 and engine.partitions[0].seen == {}
+
+
+def test_count_state_out_of_order_capped_and_expired() -> None:
+    # A one-step count keeps its counted events (a list) until it fires under a cap; an event
+    # counted out of order (within the lateness) still counts, and everything expires with the window.
+    text = 'rule "fan" when 3 P within 10s at most once per 1m post crm'
+    engine = Engine(plan_of(text), 5000, track_dirty=True)
+    got = feed(engine, [ev("P", 10, mid="p10"), ev("P", 12, mid="p12"), ev("P", 9, mid="p9"),  # p9: out of order
+                        ev("P", 13, mid="p13"), ev("P", 14, mid="p14"), ev("P", 15, mid="p15")])
+    assert ids(got) == [["p9", "p10", "p12"]] and engine.stats.suppressed == 1  # p13-p15: within the cap
+    restored = Engine(plan_of(text), 5000)
+    restored.restore_partition(0, engine.snapshot_partition(0))
+    for e in (engine, restored):
+        assert e.pending() == 1
+        got = feed(e, [ev("P", 70, mid="q1"), ev("P", 71, mid="q2"), ev("P", 72, mid="q3")])
+        assert ids(got) == [["q1", "q2", "q3"]]
+        e.advance_watermark(0, T0 + 200_000)
+        assert e.pending() == 0 and e.next_wake_ms() is None
+    uncapped = Engine(plan_of('rule "fan" when 2 P within 10s post crm'), 0)
+    got = feed(uncapped, [ev("P", 0, mid="a"), ev("P", 20, mid="b"), ev("P", 25, mid="c"), ev("P", 26, mid="d")])
+    assert ids(got) == [["b", "c"]] and uncapped.pending() == 1  # "a" left the window, "d" waits
+    assert uncapped.next_wake_ms() == T0 + 36_001  # d leaves the window (b's registration moved there)
+    uncapped.advance_watermark(0, T0 + 36_001)
+    assert uncapped.pending() == 0 and uncapped.next_wake_ms() is None
