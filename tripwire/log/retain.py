@@ -95,6 +95,14 @@ class Retained:
             self.bytes += sum(len(k[5]) + len(k[4] or b"") + _OVERHEAD for k in kept)
             if not kept:
                 path.unlink(missing_ok=True)
+        # A record the broker lost and this process wrote again is in the journal twice:
+        # keep the copy of the newest epoch only, or the next run would write it a third time.
+        newest: dict[tuple[str, bytes | None, bytes], int] = {}
+        for k in self._kept:
+            if newest.get((k[1], k[4], k[5]), -1) < k[3]:
+                newest[(k[1], k[4], k[5])] = k[3]
+        if len(newest) < len(self._kept):
+            self._keep_only(lambda k: newest[(k[1], k[4], k[5])] == k[3])
         if self._kept:
             logger.info("%d records acknowledged by Kafka in an earlier run are kept for %.0f s more at most",
                         len(self._kept), self.retain_s)
