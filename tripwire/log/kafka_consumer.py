@@ -212,7 +212,8 @@ class KafkaConsumer(Consumer):
     async def _epoch_changes(self, consumer: AIOKafkaConsumer) -> set[KafkaTP]:
         """Partitions that moved to another epoch since we last looked; sought to its start."""
         stale: set[KafkaTP] = set()
-        for ktp in self._reading:
+        assigned = consumer.assignment()  # ours may lag behind aiokafka's during a rebalance
+        for ktp in [k for k in self._reading if k in assigned]:
             highwater = consumer.highwater(ktp)
             if highwater is None:
                 continue
@@ -227,6 +228,8 @@ class KafkaConsumer(Consumer):
         if self._book.version != self._book_version:
             self._book_version = self._book.version
             for ktp, mark in list(self._reading.items()):
+                if ktp not in assigned:
+                    continue
                 known = self._book.get(ktp.topic, ktp.partition)
                 if known is not None and known != mark:
                     self._reading[ktp] = known
@@ -237,7 +240,8 @@ class KafkaConsumer(Consumer):
         mark = self._reading.get(ktp)
         logger.warning("consumer group %r: %s partition %d is in epoch %s now; reading it from its start",
                        self._group, ktp.topic, ktp.partition, mark.epoch if mark else "(none yet)")
-        consumer.seek(ktp, mark.offset + 1 if mark is not None else 0)
+        if ktp in consumer.assignment():
+            consumer.seek(ktp, mark.offset + 1 if mark is not None else 0)
         stale.add(ktp)
 
     async def _mark_for_unmarked(self, consumer: AIOKafkaConsumer, ktp: KafkaTP) -> Mark | None:
@@ -249,7 +253,8 @@ class KafkaConsumer(Consumer):
             mark = found.get(ktp.partition)
             self._scanned[ktp] = now
         if mark is None:
-            consumer.seek(ktp, 0)  # nothing here belongs to an epoch yet
+            if ktp in consumer.assignment():
+                consumer.seek(ktp, 0)  # nothing here belongs to an epoch yet
             return None
         self._reading[ktp] = mark
         return mark
