@@ -11,7 +11,10 @@ Semantics (identical for SQLite, Kafka and the in-memory twin):
   or written to the collector's spill buffer). It raises :class:`LogUnavailable`
   when that cannot be promised; the caller must then not acknowledge.
 * Offsets are per (topic, partition), start at 0 and grow by one per record.
-  A committed offset is the offset of the *next* record to read.
+  A committed offset is the offset of the *next* record to read. On Kafka they
+  can also jump forward, never back: a broker that lost its data starts a new
+  epoch whose offsets are ``epoch << 40`` on (:mod:`tripwire.log.epoch`), and
+  a stored offset of an earlier epoch reads from the new epoch's start.
 * A :class:`Consumer` belongs to a consumer group. Partitions of its topics are
   assigned to it (all of them in embedded mode; a share of them with Kafka
   consumer groups) and the listener hears about every change before records
