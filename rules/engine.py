@@ -42,8 +42,8 @@ from typing import Any
 from .codec import (compact_mid, decode_rule_state, encode_rule_state, loads_state, mid_text, parse_event_time,
                     snapshot_bytes)
 from .matching import Matcher
-from .partition import (NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, slim_of,
-                        wheel_entries)
+from .partition import (NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, pack,
+                        slim_of, wheel_entries)
 from .plan import Plan, RulePlan
 from .predicates import env_getter
 
@@ -287,7 +287,7 @@ class Engine(Matcher, PartitionTimers):
         elif type(rs) is tuple:  # a compact state is stored like the general form it stands for
             full = RuleState(2)
             first = slim_of(rs, self.partition(p))
-            full.runs[1] = Run((first,), first[1], first[1] + self._compact.get(uid, 0))
+            full.runs[1] = Run((first,), first[1], first[1] + self._compact.get(uid, 0))  # type: ignore[index]
             rs = full
         return encode_rule_state(rs)
 
@@ -331,7 +331,7 @@ class Engine(Matcher, PartitionTimers):
         ps = self.partitions[p] = self._new_partition(p)
         ps.max_t, ps.watermark = max_t, watermark
         # as process() remembers them: compact_mid(messageId) -> pack(t, offset) (the offset is not needed)
-        ps.seen = {compact_mid(m) if type(m) is str else m: t << 64 for m, t in seen.items()}
+        ps.seen = {compact_mid(m) if type(m) is str else m: pack(t, 0) for m, t in seen.items()}
         for (uid, key), rs in states:
             rule = self._rules.get(uid)
             if rule is None:

@@ -45,7 +45,8 @@ OFFSET_MASK = (1 << 64) - 1
 
 
 def pack(t: int, offset: int) -> int:
-    """Event time and log offset as one int (what ``seen`` and compact states hold): ordered by time."""
+    """Event time and log offset as one int, ordered by time: the values of ``seen`` (compact states read
+    their first event's time and offset there). The per-event loop inlines it."""
     return t << 64 | offset
 
 class Match(NamedTuple):
