@@ -127,12 +127,12 @@ class PartitionState:
         self.registered += 1
         lst = self.wheel.get(wake)
         if lst is None:
-            self.wheel[wake] = [self.mark(uid), key]
+            self.wheel[wake] = [self.marks.get(uid) or self.mark(uid), key]
             _heappush(self.timers, wake)
         elif wake == self.last_wake and uid == self.last_uid:
             lst.append(key)  # same rule and wake as the registration before: same group
         else:
-            lst += (self.mark(uid), key)
+            lst += (self.marks.get(uid) or self.mark(uid), key)
         self.last_wake, self.last_uid = wake, uid
 
     def mark(self, uid: str) -> tuple[str]:
