@@ -54,9 +54,11 @@ class LogConfig:
     kafka_request_timeout_ms: int = 10_000
     spill_max_bytes: int = 512 * 1024 * 1024
     spill_retry_after_s: int = 5
-    # What Kafka acknowledged is kept this long in memory, so a broker that comes back
-    # empty (no replicas left, or tansu's memory storage) gets it again: set it above
-    # the consumers' lag and checkpoint interval. 0 turns it off.
+    # For a broker that can come back empty (tansu's memory storage, a dev broker): epoch
+    # markers and logical offsets (tripwire/log/epoch.py), and what Kafka acknowledged is
+    # kept for kafka_retain_s (above the consumers' lag and checkpoint interval) to be
+    # produced again. Not with time/size retention, which deletes a partition's marker.
+    kafka_epochs: bool = False
     kafka_retain_s: float = 300.0
     kafka_retain_max_bytes: int = 256 * 1024 * 1024
 

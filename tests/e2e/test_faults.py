@@ -268,6 +268,7 @@ backend = "kafka"
 kafka_bootstrap = "{broker.bootstrap}"
 partitions = 4
 kafka_request_timeout_ms = 3000
+kafka_epochs = true  # tansu keeps everything in memory: it comes back empty
 [sources.backend]
 write_key = "{WRITE_KEY}"
 [collector]

@@ -20,6 +20,11 @@ them again. A new epoch's number is one more than the highest this process
 (or, through ``epochs.json`` in its data dir, an earlier run) has seen for the
 topic; a process that never saw the old epoch starts at 0 — the one case this
 cannot order, and a double failure (new data dir and broker data lost).
+
+Opt-in (``log.kafka_epochs``): Kafka's time or size retention deletes a
+partition's oldest records, its marker with them, so this is for brokers that
+can lose everything but never trim (tansu's memory storage, a dev broker). Off,
+every partition reads as :data:`NO_EPOCHS` and logical offsets are Kafka's.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ class Mark:
     def end(self, kafka_end: int) -> int:
         """The logical end offset for a Kafka end offset (never before the epoch's start)."""
         return self.base + max(kafka_end, self.offset + 1)
+
+
+NO_EPOCHS = Mark(0, -1, "")  # epochs off: logical offsets are Kafka's own
 
 
 def records_between(position: int, end: int) -> int:

@@ -27,7 +27,8 @@ a replay can duplicate records (``messageId`` identifies them), never lose or
 reorder them. ``ready()`` is False while anything is spilled or the broker is
 unreachable.
 
-A broker that comes back empty. What Kafka acknowledged is kept for
+A broker that comes back empty, with ``epochs`` (``log.kafka_epochs``; off, none
+of this runs and offsets are Kafka's own). What Kafka acknowledged is kept for
 ``log.kafka_retain_s`` (:class:`~tripwire.log.retain.Retained`, memory plus a
 journal in the spill slot). Every partition starts with an epoch marker
 (:mod:`tripwire.log.epoch`); a watch task checks once a second that the markers
@@ -115,6 +116,7 @@ class KafkaLog(EpochRecovery, EventLog):
         reconnect_backoff_ms: int = 500,
         max_batch_records: int = 10_000,
         client_id: str = "tripwire",
+        epochs: bool = False,
         retain_s: float = 300.0,
         retain_max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
@@ -137,8 +139,9 @@ class KafkaLog(EpochRecovery, EventLog):
             request_timeout_ms=request_timeout_ms,
             client_id=client_id,
         )
-        self.book = EpochBook(Path(spill_dir) / "epochs.json")
-        self.retained = Retained(retain_s, retain_max_bytes)
+        self.epochs = epochs
+        self.book = EpochBook(Path(spill_dir) / "epochs.json" if epochs else None)
+        self.retained = Retained(retain_s if epochs else 0, retain_max_bytes)
         self._last_ack: dict[tuple[str, int], int] = {}
         self._replay: list[SpilledRecord] = []  # acknowledged, then lost by the broker: produce again first
         self.epoch_resets = 0
@@ -169,6 +172,7 @@ class KafkaLog(EpochRecovery, EventLog):
             spill_max_bytes=log.spill_max_bytes,
             spill_retry_after_s=log.spill_retry_after_s,
             max_batch_records=log.group_commit_max_records,
+            epochs=log.kafka_epochs,
             retain_s=log.kafka_retain_s,
             retain_max_bytes=log.kafka_retain_max_bytes,
         )
@@ -184,12 +188,14 @@ class KafkaLog(EpochRecovery, EventLog):
             return
         await asyncio.to_thread(self.spill.open)
         assert self.spill.dir is not None
-        await asyncio.to_thread(self.retained.open, self.spill.dir / "retained")
+        if self.retained.retain_s > 0:
+            await asyncio.to_thread(self.retained.open, self.spill.dir / "retained")
         self._queue = asyncio.Queue()
         self._spilled = asyncio.Event()
         if self.spill.depth:
             self._spilled.set()
-        self._reader = KafkaReader(self.bootstrap, self.topic, self._timeout_ms, self._client_id, self.book)
+        self._reader = KafkaReader(self.bootstrap, self.topic, self._timeout_ms, self._client_id, self.book,
+                                   epochs=self.epochs)
         self._started = True
         try:
             await self._connect()

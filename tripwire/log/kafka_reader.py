@@ -20,7 +20,7 @@ from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from .base import LogUnavailable, Record
-from .epoch import EpochBook, Mark, marker_of
+from .epoch import NO_EPOCHS, EpochBook, Mark, marker_of
 
 # The reader re-assigns partitions on every read; aiokafka logs each at INFO.
 logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
@@ -32,13 +32,14 @@ class KafkaReader:
 
     def __init__(
         self, bootstrap: str, topic_name: Callable[[str], str], request_timeout_ms: int, client_id: str,
-        book: EpochBook | None = None,
+        book: EpochBook | None = None, *, epochs: bool = True,
     ):
         self._bootstrap = bootstrap
         self._topic_name = topic_name
         self._timeout_ms = request_timeout_ms
         self._client_id = client_id
         self.book = book if book is not None else EpochBook()
+        self.epochs = epochs  # False: no markers, every partition reads as NO_EPOCHS
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
 
@@ -115,10 +116,19 @@ class KafkaReader:
 
     async def find_marks(self, name: str, parts: Sequence[int]) -> dict[int, Mark | None]:
         """Each partition's first epoch marker (None: none yet), read from the log; updates the book."""
+        if not self.epochs:
+            return self._no_epochs(name, parts)
         async with self._lock:
             return await self._find_marks(name, parts)
 
+    def _no_epochs(self, name: str, parts: Sequence[int]) -> dict[int, Mark | None]:
+        for p in parts:
+            self.book.set(name, p, NO_EPOCHS)
+        return dict.fromkeys(parts, NO_EPOCHS)
+
     async def _find_marks(self, name: str, parts: Sequence[int]) -> dict[int, Mark | None]:
+        if not self.epochs:
+            return self._no_epochs(name, parts)
         consumer = await self._get()
         found: dict[int, Mark | None] = {}
         starts = {KafkaTP(name, p): 0 for p in parts}
@@ -144,7 +154,7 @@ class KafkaReader:
     async def changed_marks(self, name: str) -> set[int]:
         """Partitions whose known marker is no longer where it was (the broker lost the topic)."""
         marks = self.book.marks(name)
-        if not marks:
+        if not marks or not self.epochs:
             return set()
         async with self._lock:
             consumer = await self._get()

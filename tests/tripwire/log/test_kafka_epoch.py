@@ -1,5 +1,7 @@
 """A broker that comes back empty (tansu's memory storage): producers replay, consumers follow.
 
+With ``epochs`` on (``log.kafka_epochs``); off, the log uses Kafka's offsets as they are.
+
 The log keeps what Kafka acknowledged for ``retain_s``; when the broker loses
 its topics, the first producer that notices writes a new epoch marker and
 produces its retained records again, and consumers move on to the new epoch
@@ -12,6 +14,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as KafkaTP
+
 from tests.fixtures.tansu import TansuBroker
 from tripwire.log import EVENTS, Record, TopicPartition
 from tripwire.log.epoch import OFFSET_BITS
@@ -20,9 +25,12 @@ from tripwire.log.kafka import KafkaLog
 from .helpers import read_all, wait_assigned, wait_for
 from .test_kafka_spill import _SPILLING_CHILD, FAST, assert_all_acked_in_order
 
+EPOCHS_CHILD = _SPILLING_CHILD.replace("reconnect_backoff_ms=100)", "reconnect_backoff_ms=100, epochs=True)")
+assert EPOCHS_CHILD != _SPILLING_CHILD
+
 
 async def test_offsets_start_at_zero_after_the_epoch_marker(tansu: TansuBroker, tmp_path: Path) -> None:
-    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=2, **FAST) as log:
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=2, epochs=True, **FAST) as log:
         await log.append(EVENTS, [(b"k", b"a"), (b"k", b"b")])
         records = await read_all(log, EVENTS)
         assert [(r.offset, r.value) for r in records] == [(0, b"a"), (1, b"b")]
@@ -52,7 +60,7 @@ async def test_broker_restarted_empty_under_load_gets_every_acknowledged_record_
         while not stop.is_set() or len({r.value for r in consumed}) < total():
             consumed.extend(await consumer.poll(timeout_ms=200))
 
-    log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4, **FAST)
+    log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4, epochs=True, **FAST)
     async with log:
         consumer = log.consumer("readers", [EVENTS])
         await consumer.start()
@@ -87,7 +95,7 @@ async def test_broker_restarted_empty_under_load_gets_every_acknowledged_record_
 
 async def test_an_idle_producer_is_not_fooled_by_a_restarted_broker(tansu: TansuBroker, tmp_path: Path) -> None:
     """No request in flight during the outage: the next acknowledgement comes from an empty topic."""
-    log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=2, **FAST)
+    log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=2, epochs=True, **FAST)
     async with log:
         await log.append(EVENTS, [(b"k", b"%d" % i) for i in range(20)])
         await asyncio.to_thread(tansu.kill)
@@ -103,12 +111,12 @@ async def test_an_idle_producer_is_not_fooled_by_a_restarted_broker(tansu: Tansu
 async def test_a_new_run_numbers_the_next_epoch_after_the_one_it_saw(tansu: TansuBroker, tmp_path: Path) -> None:
     """Stopped cleanly, broker lost everything: the next run (same data dir) writes epoch 1 and replays."""
     spill = tmp_path / "spill"
-    async with KafkaLog(tansu.bootstrap, spill_dir=spill, partitions=1, **FAST) as log:
+    async with KafkaLog(tansu.bootstrap, spill_dir=spill, partitions=1, epochs=True, **FAST) as log:
         await log.append(EVENTS, [(b"k", b"first")])
         (first,) = await read_all(log, EVENTS)
     await asyncio.to_thread(tansu.kill)
     await asyncio.to_thread(tansu.restart)
-    async with KafkaLog(tansu.bootstrap, spill_dir=spill, partitions=1, **FAST) as log:  # same data dir
+    async with KafkaLog(tansu.bootstrap, spill_dir=spill, partitions=1, epochs=True, **FAST) as log:  # same data dir
         await wait_for(log.ready, 30, "the replay of what the first run had written")
         await log.append(EVENTS, [(b"k", b"second")])
         records = await read_all(log, EVENTS)
@@ -131,7 +139,7 @@ async def test_a_process_killed_while_the_broker_is_away_still_replays_what_kafk
     spill_dir = tmp_path / "spill"
     repo = Path(__file__).resolve().parents[3]
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SPILLING_CHILD, broker.bootstrap, str(spill_dir),
+        sys.executable, "-c", EPOCHS_CHILD, broker.bootstrap, str(spill_dir),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=repo,
     )
     acked: list[int] = []
@@ -153,10 +161,25 @@ async def test_a_process_killed_while_the_broker_is_away_still_replays_what_kafk
         await child.wait()
     try:
         await asyncio.to_thread(broker.start)
-        async with KafkaLog(broker.bootstrap, spill_dir=spill_dir, **FAST) as log:
+        async with KafkaLog(broker.bootstrap, spill_dir=spill_dir, epochs=True, **FAST) as log:
             await wait_for(log.ready, 60, "the replay of kept and spilled records")
             records = await read_all(log, EVENTS)
     finally:
         broker.close()
     expected = {b"user-%d" % k: [b"%d" % i for i in acked if i % 7 == k] for k in range(7)}
     assert_all_acked_in_order(records, expected)
+
+
+async def test_without_epochs_the_log_writes_no_marker_and_uses_kafkas_offsets(tansu: TansuBroker, tmp_path: Path) -> None:
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=1, **FAST) as log:
+        await log.append(EVENTS, [(b"k", b"a"), (b"k", b"b")])
+        assert [(r.offset, r.value) for r in await read_all(log, EVENTS)] == [(0, b"a"), (1, b"b")]
+        raw = AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+        await raw.start()
+        try:
+            raw.assign([KafkaTP(log.topic(EVENTS), 0)])
+            got = await raw.getmany(timeout_ms=5000)
+        finally:
+            await raw.stop()
+    assert [(m.offset, m.value, tuple(m.headers)) for ms in got.values() for m in ms] == [(0, b"a", ()), (1, b"b", ())]
+    assert not (tmp_path / "spill" / "epochs.json").exists()
