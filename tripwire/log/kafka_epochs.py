@@ -103,13 +103,14 @@ class EpochRecovery:
             else:
                 self._last_ack[(topic, partition)] = offset
         retry = [i for i, r in enumerate(results) if r is None or records[i][0] in reset]
-        now = time.time()
-        book = self.book
-        self.retained.add([
-            (now, topic, r[0], book.get(topic, r[0]).epoch, key, value)  # type: ignore[union-attr]
-            for (topic, key, value), r in zip(records, results, strict=True)
-            if r is not None and topic not in reset
-        ])
+        if self.retained.retain_s > 0:
+            now = time.time()
+            book = self.book
+            self.retained.add([
+                (now, topic, r[0], book.get(topic, r[0]).epoch, key, value)  # type: ignore[union-attr]
+                for (topic, key, value), r in zip(records, results, strict=True)
+                if r is not None and topic not in reset
+            ])
         for topic in reset:
             self._reset(topic, "Kafka acknowledged records at offsets it had already used")
         return retry
