@@ -97,17 +97,12 @@ def marker_of(headers: object, kafka_offset: int) -> Mark | None:
 
 
 class EpochBook:
-    """The epoch marks one process knows, shared by its log, reader and consumers.
-
-    ``version`` grows on every change so a consumer can notice cheaply that a
-    partition it reads moved to another epoch.
-    """
+    """The epoch marks one process knows, shared by its log, reader and consumers."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._marks: dict[tuple[str, int], Mark] = {}
         self._highest: dict[str, int] = {}  # per Kafka topic: the highest epoch ever seen
         self._path = path
-        self.version = 0
         if path is not None:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 self._highest = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
@@ -119,7 +114,6 @@ class EpochBook:
         if self._marks.get((topic, partition)) == mark:
             return
         self._marks[(topic, partition)] = mark
-        self.version += 1
         if mark.epoch > self._highest.get(topic, -1):
             self._highest[topic] = mark.epoch
             self._save()
@@ -128,7 +122,6 @@ class EpochBook:
         """Drop every mark of a topic (its epoch ended); the highest epoch is kept."""
         for key in [k for k in self._marks if k[0] == topic]:
             del self._marks[key]
-        self.version += 1
 
     def marks(self, topic: str) -> dict[int, Mark]:
         return {p: m for (t, p), m in self._marks.items() if t == topic}

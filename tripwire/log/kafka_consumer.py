@@ -96,7 +96,6 @@ class KafkaConsumer(Consumer):
         self._assignment: set[TopicPartition] = set()
         self._reader = reader
         self._book = reader.book
-        self._book_version = -1
         self._reading: dict[KafkaTP, Mark | None] = {}  # the epoch our fetch position is in
         self._highwater: dict[KafkaTP, int] = {}
         self._scanned: dict[KafkaTP, float] = {}  # last marker scan that found nothing
@@ -134,7 +133,6 @@ class KafkaConsumer(Consumer):
                 found = {}
             for p in parts:
                 self._reading[KafkaTP(name, p)] = found.get(p)
-        self._book_version = -1
 
     async def start(self) -> None:
         """Join the group; partitions arrive (and the listener hears) while polling."""
@@ -210,30 +208,40 @@ class KafkaConsumer(Consumer):
         return out
 
     async def _epoch_changes(self, consumer: AIOKafkaConsumer) -> set[KafkaTP]:
-        """Partitions that moved to another epoch since we last looked; sought to its start."""
+        """Partitions that moved to another epoch since we last looked; sought to its start.
+
+        Every poll compares each assigned partition's epoch with the book (a handful
+        of dict lookups): a change seen while a partition was briefly unassigned
+        (a rebalance during the outage) must still be acted on once it is back.
+        """
         stale: set[KafkaTP] = set()
         assigned = consumer.assignment()  # ours may lag behind aiokafka's during a rebalance
+        shrunk: set[str] = set()
         for ktp in [k for k in self._reading if k in assigned]:
             highwater = consumer.highwater(ktp)
             if highwater is None:
                 continue
             if highwater < self._highwater.get(ktp, 0):  # the partition shrank: the broker lost it
                 logger.warning("consumer group %r: %s partition %d shrank (%d -> %d records): the broker lost its "
-                               "data; re-reading its epoch marker", self._group, ktp.topic, ktp.partition,
+                               "data; re-reading the epoch markers", self._group, ktp.topic, ktp.partition,
                                self._highwater[ktp], highwater)
-                self._book.forget(ktp.topic)
-                await self._learn_marks([ktp])
-                self._resume(consumer, ktp, stale)
+                shrunk.add(ktp.topic)
             self._highwater[ktp] = highwater
-        if self._book.version != self._book_version:
-            self._book_version = self._book.version
-            for ktp, mark in list(self._reading.items()):
-                if ktp not in assigned:
-                    continue
-                known = self._book.get(ktp.topic, ktp.partition)
-                if known is not None and known != mark:
-                    self._reading[ktp] = known
-                    self._resume(consumer, ktp, stale)
+        for topic in shrunk:
+            mine = [k for k in self._reading if k.topic == topic]
+            before = {k: self._reading[k] for k in mine}
+            self._book.forget(topic)
+            await self._learn_marks(mine)
+            for k in mine:
+                if k in assigned and self._reading.get(k) != before[k]:
+                    self._resume(consumer, k, stale)
+        for ktp, mark in list(self._reading.items()):
+            if ktp not in assigned or ktp in stale:
+                continue
+            known = self._book.get(ktp.topic, ktp.partition)
+            if known is not None and known != mark:
+                self._reading[ktp] = known
+                self._resume(consumer, ktp, stale)
         return stale
 
     def _resume(self, consumer: AIOKafkaConsumer, ktp: KafkaTP, stale: set[KafkaTP]) -> None:
@@ -288,7 +296,9 @@ class KafkaConsumer(Consumer):
         for tp, off in offsets.items():
             ktp = self._kafka(tp)
             mark = self._reading.get(ktp)
-            if mark is not None and off >> OFFSET_BITS == mark.epoch:
+            # Only into the epoch the log is in now: an offset of a lost epoch committed to
+            # a broker that came back empty would make the group skip the new records.
+            if mark is not None and mark == self._book.get(ktp.topic, ktp.partition) and off >> OFFSET_BITS == mark.epoch:
                 kafka_offsets[ktp] = (mark.kafka(off), str(mark.epoch))
         if not kafka_offsets:
             return
