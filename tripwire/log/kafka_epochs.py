@@ -140,8 +140,14 @@ class EpochRecovery:
             for name in self._producer.topics:
                 try:
                     changed = await self._reader.changed_marks(name)
-                except LogUnavailable:
-                    continue
+                except LogUnavailable as exc:
+                    # The broker may come back empty: nothing goes to it directly until
+                    # _connect has checked the markers again (an idle producer would
+                    # otherwise write into the topic a restarted tansu re-creates on the fly).
+                    logger.info("Kafka did not answer the epoch check (%s); checking again before producing", exc)
+                    self._reachable = False
+                    self._spilled.set()
+                    break
                 if changed and self.book.marks(name):
                     self._reset(name, f"the epoch markers of partitions {sorted(changed)} are gone")
 

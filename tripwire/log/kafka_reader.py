@@ -163,8 +163,10 @@ class KafkaReader:
                 got = await self._fetch(consumer, starts, self._timeout_ms, 1)
             except KafkaError as exc:
                 raise LogUnavailable(f"Kafka topic {name!r}: epoch markers unavailable: {exc}") from exc
+        if any(tp not in got for tp in starts):
+            raise LogUnavailable(f"Kafka topic {name!r}: no answer while checking the epoch markers")
         changed = set()
-        for tp, messages in got.items():  # no answer for a partition: unknown, not changed
+        for tp, messages in got.items():
             first = messages[0] if messages else None
             seen = marker_of(first.headers, first.offset) if first is not None else None  # type: ignore[attr-defined]
             if seen != marks[tp.partition]:
