@@ -103,6 +103,7 @@ class EpochBook:
         self._marks: dict[tuple[str, int], Mark] = {}
         self._highest: dict[str, int] = {}  # per Kafka topic: the highest epoch ever seen
         self._path = path
+        self.changes = 0  # grows whenever a mark is set or forgotten
         if path is not None:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 self._highest = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
@@ -114,6 +115,7 @@ class EpochBook:
         if self._marks.get((topic, partition)) == mark:
             return
         self._marks[(topic, partition)] = mark
+        self.changes += 1
         if mark.epoch > self._highest.get(topic, -1):
             self._highest[topic] = mark.epoch
             self._save()
@@ -122,6 +124,7 @@ class EpochBook:
         """Drop every mark of a topic (its epoch ended); the highest epoch is kept."""
         for key in [k for k in self._marks if k[0] == topic]:
             del self._marks[key]
+        self.changes += 1
 
     def marks(self, topic: str) -> dict[int, Mark]:
         return {p: m for (t, p), m in self._marks.items() if t == topic}

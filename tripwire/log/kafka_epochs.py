@@ -132,9 +132,22 @@ class EpochRecovery:
     async def _watch_loop(self) -> None:
         """Forget retained records past ``retain_s``; notice a broker that came back empty."""
         assert self._reader is not None
+        seen_changes = -1
         while True:
             await asyncio.sleep(_WATCH_S)
             self.retained.expire()
+            if self.book.changes != seen_changes:
+                # Another part of this process (a consumer, a read) may have learnt a new epoch
+                # first: what this producer wrote under the old one (maybe into the restarted
+                # broker before its new marker, where consumers skip it) is written again.
+                seen_changes = self.book.changes
+                stale = self.retained.take_stale(self.book)
+                if stale:
+                    logger.warning("%d records this process wrote are in an epoch the broker has lost; "
+                                   "producing them again", len(stale))
+                    self._replay.extend(stale)
+                    self._reachable = False
+                    self._spilled.set()
             if not self._reachable:
                 continue
             for name in self._producer.topics:
