@@ -26,28 +26,9 @@ from typing import Any
 
 from . import ast
 from .plan import MISSING, Predicate
-from .predicates import StepScope, _eq, _order
+from .predicates import StepScope, _eq, _order, compare_values
 
 __all__ = ["fast_predicate"]
-
-
-def _test(op: str, a: Any, b: Any) -> bool:
-    """``cmp``'s test in :mod:`rules.predicates` (both operands present)."""
-    if op == "==":
-        return _eq(a, b)
-    if op == "!=":
-        return not _eq(a, b)
-    if op == "contains":
-        if type(a) is str and type(b) is str:
-            return b in a
-        if type(a) is list:
-            return any(_eq(x, b) for x in a)
-        return False
-    if op == "starts with":
-        return type(a) is str and type(b) is str and a.startswith(b)
-    if op == "ends with":
-        return type(a) is str and type(b) is str and a.endswith(b)
-    return _order(op, a, b)
 
 
 def _in(v: Any, values: tuple[Any, ...]) -> bool:
@@ -61,7 +42,7 @@ class _Unsupported(Exception):
 class _Gen:
     def __init__(self, scope: StepScope) -> None:
         self.scope = scope
-        self.consts: dict[str, Any] = {"MISSING": MISSING, "_test": _test, "_eq": _eq, "_order": _order, "_in": _in}
+        self.consts: dict[str, Any] = {"MISSING": MISSING, "_test": compare_values, "_eq": _eq, "_order": _order, "_in": _in}
         self.reads: dict[tuple[Any, ...], str] = {}  # field reference -> local name
         self.lines: list[str] = []
 

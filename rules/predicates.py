@@ -49,6 +49,25 @@ def _eq(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def compare_values(op: str, a: Any, b: Any) -> bool:
+    """A comparison or string operator on two present values (not MISSING)."""
+    if op == "==":
+        return _eq(a, b)
+    if op == "!=":
+        return not _eq(a, b)
+    if op == "contains":
+        if type(a) is str and type(b) is str:
+            return b in a
+        if type(a) is list:
+            return any(_eq(x, b) for x in a)
+        return False
+    if op == "starts with":
+        return type(a) is str and type(b) is str and a.startswith(b)
+    if op == "ends with":
+        return type(a) is str and type(b) is str and a.endswith(b)
+    return _order(op, a, b)
+
+
 def _order(op: str, a: Any, b: Any) -> bool:
     if not ((_is_num(a) and _is_num(b)) or (type(a) is str and type(b) is str)):
         return False
@@ -239,21 +258,7 @@ def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
             return fast
 
         def test(a: Any, b: Any) -> bool:
-            if op == "==":
-                return _eq(a, b)
-            if op == "!=":
-                return not _eq(a, b)
-            if op == "contains":
-                if type(a) is str and type(b) is str:
-                    return b in a
-                if type(a) is list:
-                    return any(_eq(x, b) for x in a)
-                return False
-            if op == "starts with":
-                return type(a) is str and type(b) is str and a.startswith(b)
-            if op == "ends with":
-                return type(a) is str and type(b) is str and a.endswith(b)
-            return _order(op, a, b)
+            return compare_values(op, a, b)
 
         def cmp(env: Any, st: Any) -> bool | None:
             a = lconst if lget is None else lget(env, st)
