@@ -24,7 +24,7 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +40,10 @@ _FRAME = struct.Struct(">II")
 _HEAD = struct.Struct(">dIHHi")
 _SUFFIX = ".ret"
 _OVERHEAD = 160  # bytes per kept record beyond key and value (tuple, deque slot, floats)
+
+
+def _size(k: Kept) -> int:
+    return len(k[5]) + len(k[4] or b"") + _OVERHEAD
 
 
 def _encode(kept: Sequence[Kept]) -> bytes:
@@ -92,7 +96,7 @@ class Retained:
                 logger.warning("retained records in %s unreadable: %s", path, exc)
                 continue
             self._kept.extend(kept)
-            self.bytes += sum(len(k[5]) + len(k[4] or b"") + _OVERHEAD for k in kept)
+            self.bytes += sum(_size(k) for k in kept)
             if not kept:
                 path.unlink(missing_ok=True)
         # A record the broker lost and this process wrote again is in the journal twice:
@@ -102,7 +106,7 @@ class Retained:
             if newest.get((k[1], k[4], k[5]), -1) < k[3]:
                 newest[(k[1], k[4], k[5])] = k[3]
         if len(newest) < len(self._kept):
-            self._keep_only(lambda k: newest[(k[1], k[4], k[5])] == k[3])
+            self._take(lambda k: newest[(k[1], k[4], k[5])] != k[3])
         if self._kept:
             logger.info("%d records acknowledged by Kafka in an earlier run are kept for %.0f s more at most",
                         len(self._kept), self.retain_s)
@@ -120,7 +124,7 @@ class Retained:
         if not kept or self.retain_s <= 0:
             return
         self._kept.extend(kept)
-        self.bytes += sum(len(k[5]) + len(k[4] or b"") + _OVERHEAD for k in kept)
+        self.bytes += sum(_size(k) for k in kept)
         if self._dir is not None:
             try:
                 self._journal(kept[0][0]).write(_encode(kept))
@@ -145,9 +149,9 @@ class Retained:
         kept = self._kept
         dropped = 0
         while kept and (kept[0][0] < cutoff or (over_bytes and self.bytes > self.max_bytes)):
-            at, _, _, _, key, value = kept.popleft()
-            self.bytes -= len(value) + len(key or b"") + _OVERHEAD
-            dropped += at >= cutoff
+            k = kept.popleft()
+            self.bytes -= _size(k)
+            dropped += k[0] >= cutoff
         if dropped:
             self.dropped += dropped
             logger.warning("forgot %d acknowledged records before log.kafka_retain_s (over "
@@ -161,10 +165,7 @@ class Retained:
 
     def take(self, topic: str) -> list[SpilledRecord]:
         """Every kept record of ``topic`` (its broker lost it), oldest first; they leave the memory."""
-        out = [(t, key, value) for _, t, _, _, key, value in self._kept if t == topic]
-        if out:
-            self._keep_only(lambda k: k[1] != topic)
-        return out
+        return self._take(lambda k: k[1] == topic)
 
     def take_stale(self, book: EpochBook) -> list[SpilledRecord]:
         """Kept records acknowledged in an earlier epoch than their partition's current one."""
@@ -172,12 +173,15 @@ class Retained:
             mark = book.get(k[1], k[2])
             return mark is not None and k[3] < mark.epoch
 
-        out = [(k[1], k[4], k[5]) for k in self._kept if stale(k)]
-        if out:
-            self._keep_only(lambda k: not stale(k))
-        return out
+        return self._take(stale)
 
-    def _keep_only(self, keep: object) -> None:
-        remaining = deque(k for k in self._kept if keep(k))  # type: ignore[operator]
-        self.bytes = sum(len(k[5]) + len(k[4] or b"") + _OVERHEAD for k in remaining)
-        self._kept = remaining
+    def _take(self, pick: Callable[[Kept], bool]) -> list[SpilledRecord]:
+        """Remove the kept records ``pick`` selects (one pass); them, oldest first."""
+        out: list[Kept] = []
+        remaining: deque[Kept] = deque()
+        for k in self._kept:
+            (out if pick(k) else remaining).append(k)
+        if out:
+            self._kept = remaining
+            self.bytes -= sum(_size(k) for k in out)
+        return [(k[1], k[4], k[5]) for k in out]
