@@ -46,9 +46,10 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
-        raise CollectorError(500, "bind_failed", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        reason = exc.strerror if isinstance(exc, OSError) else "not a port (0-65535)"
+        raise CollectorError(500, "bind_failed", f"Config 'server.port': cannot listen on {host}:{port}: {reason}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -39,6 +39,12 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"Config 'server.port' has value {self.port!r}. Must be 0-65535 (0 = any free port).")
+        if self.workers < 1:
+            raise ConfigError(f"Config 'server.workers' has value {self.workers!r}. Must be >= 1.")
+
 
 @dataclass(frozen=True)
 class LogConfig:

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from tripwire.config import Config
+from tripwire.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ Check = Callable[[], Awaitable[bool]]
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"Config 'metrics.port' has value {self.port!r}. Must be 0-65535 (0 = no metrics server).")
 
 
 def metrics_config(config: Config) -> MetricsConfig:
@@ -169,7 +173,7 @@ def serve(host: str, port: int) -> MetricsServer:
     """Start the metrics server; errors name the address."""
     try:
         return MetricsServer(host, port).start()
+    except OverflowError:  # the socket module's word for a port outside 0-65535
+        raise ConfigError(f"Config 'metrics.port' has value {port!r}. Must be 0-65535.") from None
     except OSError as exc:
-        from tripwire.config import ConfigError
-
         raise ConfigError(f"Config 'metrics.port': cannot listen on {host}:{port}: {exc.strerror}") from None

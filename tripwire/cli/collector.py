@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
@@ -52,12 +53,11 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
         port=args.port if args.port is not None else config.server.port,
         workers=args.workers if args.workers is not None else config.server.workers,
     )
-    if server.workers < 1:
-        raise ConfigError(f"Config 'server.workers' has value {server.workers!r}. Must be >= 1.")
     if server.workers == 1:
         config = replace(config, server=server)
         return run_loop(_run_single(config, args.log))
-    from collector.service import uvicorn_config
+    from collector.errors import CollectorError
+    from collector.service import bind, uvicorn_config
 
     os.environ.update(overrides)
     if config.source_path is not None:
@@ -65,18 +65,32 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
     cfg = uvicorn_config("collector.service:worker_app", factory=True, host=server.host, port=server.port, workers=server.workers)
     from uvicorn.supervisors import Multiprocess
 
-    Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
+    try:
+        sock = bind(server.host, server.port)
+    except CollectorError as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
+        return 1
+    Multiprocess(cfg, sockets=[sock]).run()
     return 0
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on uvloop when installed (as uvicorn would): the standard loop serves the
-    collector several times slower (measured 4x with the SQLite log's cross-thread wake-ups)."""
+    collector several times slower (measured 4x with the SQLite log's cross-thread wake-ups).
+
+    A collector that cannot start (its port taken) is one line on stderr and exit status 1,
+    after the services already started have stopped."""
+    from collector.errors import CollectorError
+
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+        uvloop = None
+    try:
+        return uvloop.run(main) if uvloop is not None else asyncio.run(main)
+    except CollectorError as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
+        return 1
 
 
 async def _run_single(config: Config, url: str | None) -> int:

@@ -1,0 +1,58 @@
+"""What an operator sees from the CLI when something is wrong: one line naming the key, no traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tripwire import metrics
+from tripwire.config import ConfigError, from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tripwire(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "tripwire", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["run"], ["collector"]])
+def test_a_taken_port_is_one_line_naming_the_key(tmp_path: Path, taken_port: int, command: list[str]) -> None:
+    done = tripwire([*command, "--port", str(taken_port)], cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"Config 'server.port': cannot listen on 127.0.0.1:{taken_port}: Address already in use" in done.stderr
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"server": {"port": 70000}}, "server.port"),
+    ({"server": {"port": -1}}, "server.port"),
+    ({"server": {"workers": 0}}, "server.workers"),
+])
+def test_server_values_out_of_range_are_config_errors(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        from_dict(data)
+
+
+def test_metrics_port_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="'metrics.port'"):
+        metrics.metrics_config(from_dict({"metrics": {"port": 70000}}))
+    with pytest.raises(ConfigError, match="'metrics.port'.*65535"):
+        metrics.serve("127.0.0.1", -1)  # tripwire --metrics-port -1 ...
