@@ -22,6 +22,7 @@ from tripwire.envelope import format_time_ms
 
 from .engine import Engine, parse_event_time
 from .gctune import relax_for_long_lived_state
+from .partition import RuleState
 from .plan import Plan
 
 
@@ -43,14 +44,16 @@ class BacktestResult:
     skipped: int  # unreadable lines or events without a usable time
     late: int
     duplicates: int
-    pending: int
+    pending: int  # partial matches still waiting (not cooldowns: those fired)
     first_ms: int | None = None
     last_ms: int | None = None
+    no_message_id: int = 0  # events the engine ignores: every event needs a messageId
+    no_key: int = 0  # events with neither anonymousId nor userId: no rule can match them
 
     def to_json(self) -> dict[str, Any]:
         return {
             "events": self.events, "skipped": self.skipped, "late": self.late, "duplicates": self.duplicates,
-            "pending_at_end": self.pending,
+            "no_message_id": self.no_message_id, "no_key": self.no_key, "pending_at_end": self.pending,
             "from": None if self.first_ms is None else format_time_ms(self.first_ms),
             "to": None if self.last_ms is None else format_time_ms(self.last_ms),
             "rules": {n: {"triggers": r.total, "per_day": dict(sorted(r.per_day.items())), "samples": r.samples}
@@ -118,7 +121,7 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, 
     relax_for_long_lived_state()  # large acyclic state: see rules/gctune.py
     engine = Engine(plan, 0)
     reports = {r.name: RuleReport(r.name) for r in plan.rules}
-    count = 0
+    count = no_mid = no_key = 0
     first = last = None
     for item in events:
         if isinstance(item, tuple):
@@ -132,6 +135,10 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, 
         count += 1
         first = t if first is None else first
         last = t
+        if not isinstance(env.get("messageId"), str):
+            no_mid += 1  # the engine skips it (it dedupes by messageId); say so instead of matching nothing
+        elif not (env.get("anonymousId") or env.get("userId")):
+            no_key += 1
         for m in engine.process(0, count, env, t):
             report = reports[m.rule.name]
             report.per_day[format_time_ms(m.fired_at_ms)[:10]] += 1
@@ -140,7 +147,24 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, 
                                        "events": m.message_ids, "payload": m.payload})
         if progress is not None and count % 1000 == 0:
             progress(count)
-    return BacktestResult(reports, count, skipped, engine.stats.late, engine.stats.duplicates, engine.pending(), first, last)
+    return BacktestResult(reports, count, skipped, engine.stats.late, engine.stats.duplicates, waiting(engine),
+                          first, last, no_mid, no_key)
+
+
+def waiting(engine: Engine) -> int:
+    """(rule, key) states holding a partial match. ``Engine.pending()`` also counts states that only
+    remember fire times for an ``at most`` cap; those matches fired, so a report must not call them
+    pending. State shapes: a tuple (compact ``A then B`` run), a list (one-step count's events) or a
+    RuleState."""
+    n = 0
+    for ps in engine.partitions.values():
+        for per in ps.rules.values():
+            for rs in per.values():
+                if type(rs) is tuple or type(rs) is list:
+                    n += 1 if rs else 0
+                elif isinstance(rs, RuleState) and (rs.acc or (rs.runs is not None and any(rs.runs))):
+                    n += 1
+    return n
 
 
 def format_report(result: BacktestResult) -> str:
@@ -148,8 +172,13 @@ def format_report(result: BacktestResult) -> str:
     if result.first_ms is not None and result.last_ms is not None:
         span = f" from {format_time_ms(result.first_ms)} to {format_time_ms(result.last_ms)}"
     lines = [f"{result.events:,} events{span}"
-             + (f", {result.skipped:,} skipped" if result.skipped else "")
+             + (f", {result.skipped:,} skipped (not a JSON object, or no usable timestamp)" if result.skipped else "")
              + (f", {result.duplicates:,} duplicate messageIds ignored" if result.duplicates else "")]
+    if result.no_message_id:
+        lines.append(f"{result.no_message_id:,} event(s) without a messageId ignored: the engine needs one per event "
+                     "(the collector always sets it; add \"messageId\" to hand-written events)")
+    if result.no_key:
+        lines.append(f"{result.no_key:,} event(s) without anonymousId or userId: no rule can match them")
     for report in result.rules.values():
         lines.append("")
         lines.append(f'rule "{report.name}": {report.total:,} trigger(s)')
@@ -159,5 +188,5 @@ def format_report(result: BacktestResult) -> str:
             payload = "" if s["payload"] is None else " payload=" + orjson.dumps(s["payload"]).decode()
             lines.append(f"  sample: {s['fired_at']} key={s['key']} events={','.join(s['events'])}{payload}")
     lines.append("")
-    lines.append(f"{result.pending:,} (rule, key) state(s) still pending when history ends (not fired)")
+    lines.append(f"{result.pending:,} partial match(es) still waiting when history ends (not fired)")
     return "\n".join(lines)

@@ -196,3 +196,26 @@ def test_backtest_lake_on_s3(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert code == 0, err
     day1, day2 = format_time_ms(T0)[:10], format_time_ms(T0 + DAY)[:10]
     assert orjson.loads(out)["rules"]["abandoned cart"]["per_day"] == {day1: 3, day2: 4}
+
+
+def test_backtest_report_counts_only_waiting_matches_and_says_why_events_do_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", GOOD)
+    events = [envelope("AddToCart", "k1", "a1", T0, price=30, sku="S"),
+              envelope("PageView", "k2", "p1", T0 + 60_000)]  # moves event time past the deadline
+    no_mid = envelope("AddToCart", "k3", "x", T0 + 1000, price=30)
+    del no_mid["messageId"]  # a hand-written event: the engine needs a messageId
+    no_key = envelope("AddToCart", "k4", "a4", T0 + 2000, price=30)
+    del no_key["anonymousId"]
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(e) for e in [*events, no_mid, no_key]) + b"\n")
+    code, out, err = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--no-progress"], capsys)
+    assert code == 0, err
+    assert 'rule "abandoned cart": 1 trigger(s)' in out
+    # k1's cart fired; what is left is its `at most once per 24h` memory, which is not a pending match
+    assert "0 partial match(es) still waiting when history ends (not fired)" in out
+    assert "1 event(s) without a messageId ignored" in out
+    assert "1 event(s) without anonymousId or userId: no rule can match them" in out
+    code, out, _ = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--json", "--no-progress"], capsys)
+    report = orjson.loads(out)
+    assert report["pending_at_end"] == 0 and report["no_message_id"] == 1 and report["no_key"] == 1
