@@ -232,3 +232,26 @@ async def test_cli_compact_and_forget(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--config", str(cfg), "lake", "compact", "--date", "yesterday"]) == 2
     assert "not YYYY-MM-DD" in capsys.readouterr().err
     assert lake_table(lake.lake).message_id.is_unique
+
+
+@pytest.mark.parametrize("command", [["forget", "--user", "ann"], ["forget", "--user", "ann", "--dry-run"],
+                                     ["compact"], ["compact", "--date", "2026-11-02"], ["migrate"]])
+def test_cli_refuses_a_lake_that_is_not_there(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              command: list[str]) -> None:
+    # A typo in --lake or a forgotten --config must not report "0 files scanned, removed 0 row(s)"
+    # as if an erasure had been done, nor create a lake there.
+    typo = tmp_path / "lake-typo"
+    path = tmp_path / "tripwire.toml"
+    path.write_text(f'data_dir = "{tmp_path / "data"}"\n[sink]\nlake_url = "{typo}"\n[sink.promote]\nqty = "integer"\n')
+    assert main(["--config", str(path), "lake", *command]) == 1
+    captured = capsys.readouterr()
+    assert f"no Tripwire lake at {typo}" in captured.err
+    assert "removed" not in captured.out
+    assert not typo.exists()
+    assert main(["--config", str(path), "lake", *command, "--lake", str(tmp_path / "other")]) == 1
+    assert f"no Tripwire lake at {tmp_path / 'other'}" in capsys.readouterr().err
+
+
+def test_cli_compact_refuses_a_date_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lake", "compact", "--date", "2026-13-45", "--lake", str(tmp_path)]) == 2
+    assert "--date '2026-13-45' is not YYYY-MM-DD (a calendar date)" in capsys.readouterr().err

@@ -1,16 +1,21 @@
-"""``tripwire lake compact|forget``: maintenance of the Parquet lake."""
+"""``tripwire lake compact|migrate|forget``: maintenance of the Parquet lake.
+
+Each refuses (exit 1) a lake URL where no Tripwire lake is: a typo in ``--lake`` or a
+forgotten ``--config`` must not read as "0 row(s) removed", nor create a lake there.
+"""
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
+from datetime import date as Date
+from pathlib import Path
 
 from tripwire.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    lake = sub.add_parser("lake", help="maintain the Parquet lake (compaction, erasure)")
+    lake = sub.add_parser("lake", help="maintain the Parquet lake (compaction, erasure, new catalog columns)")
     lake_sub = lake.add_subparsers(dest="lake_command", metavar="SUBCOMMAND", required=True)
     c = lake_sub.add_parser("compact", help="merge the small files of closed date partitions")
     c.add_argument("--date", metavar="YYYY-MM-DD", help="compact this day (default: every closed day)")
@@ -27,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f.set_defaults(handler=forget_command)
 
 
+def lake_url_arg(url: str) -> str:
+    """A ``--lake`` argument as ``sink.lake_url`` would be resolved (paths: from the working directory)."""
+    if "://" in url and not url.startswith("file://"):
+        return url.rstrip("/")
+    return str(Path(url.removeprefix("file://")).expanduser().resolve())
+
+
 def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
@@ -35,18 +47,37 @@ def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-
 
     cfg = sink_config(config)
     if args.lake:
-        cfg = replace(cfg, lake_url=args.lake)
+        cfg = replace(cfg, lake_url=lake_url_arg(args.lake))
     return cfg, open_lake(cfg.lake_url, cfg.storage_options() if cfg.is_s3 else None)
+
+
+def _missing(command: str, lake) -> bool:  # type: ignore[no-untyped-def]
+    """True (and says so) when ``lake`` holds neither the sink's registry nor a data file."""
+    from sinks.lake import data_files
+    from sinks.registry import SCHEMA_PATH
+
+    if lake.exists(SCHEMA_PATH) or data_files(lake):
+        return False
+    print(f"tripwire lake {command}: no Tripwire lake at {lake.url} (no {SCHEMA_PATH}, no data files); "
+          "check --lake, sink.lake_url and --config", file=sys.stderr)
+    return True
 
 
 def compact_command(args: argparse.Namespace, config: Config) -> int:
     from sinks.compact import compact
     from sinks.errors import SinkError
 
-    if args.date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.date):
-        print(f"tripwire lake compact: --date {args.date!r} is not YYYY-MM-DD", file=sys.stderr)
-        return 2
+    if args.date is not None:
+        try:
+            Date.fromisoformat(args.date)
+            if len(args.date) != 10:
+                raise ValueError(args.date)
+        except ValueError:
+            print(f"tripwire lake compact: --date {args.date!r} is not YYYY-MM-DD (a calendar date)", file=sys.stderr)
+            return 2
     cfg, lake = _open(args, config)
+    if _missing("compact", lake):
+        return 1
     try:
         done = compact(lake, cfg, date=args.date, target_bytes=args.target_mb * 1024 * 1024)
     except SinkError as exc:
@@ -65,6 +96,8 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
     from sinks.forget import forget
 
     cfg, lake = _open(args, config)
+    if _missing("forget", lake):
+        return 1
     try:
         report = forget(lake, cfg, args.user, dry_run=args.dry_run)
     except (SinkError, ValueError) as exc:
@@ -85,6 +118,8 @@ def migrate_command(args: argparse.Namespace, config: Config) -> int:
     from sinks.migrate import migrate
 
     cfg, lake = _open(args, config)
+    if _missing("migrate", lake):
+        return 1
     try:
         report = migrate(lake, cfg)
     except SinkError as exc:

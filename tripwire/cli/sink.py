@@ -27,10 +27,11 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     from sinks.config import sink_config
     from sinks.errors import SinkError
     from sinks.service import SinkService
+    from tripwire.cli.lake import lake_url_arg
 
     cfg = sink_config(config)
     if args.lake:
-        cfg = replace(cfg, lake_url=args.lake)
+        cfg = replace(cfg, lake_url=lake_url_arg(args.lake))
     log = open_log(config, url=args.log)
     await log.start()
     service = SinkService(cfg, log)
