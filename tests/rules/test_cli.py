@@ -219,3 +219,26 @@ def test_backtest_report_counts_only_waiting_matches_and_says_why_events_do_noth
     code, out, _ = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--json", "--no-progress"], capsys)
     report = orjson.loads(out)
     assert report["pending_at_end"] == 0 and report["no_message_id"] == 1 and report["no_key"] == 1
+
+
+def test_backtest_days_apply_to_jsonl_and_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", GOOD)
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(e) for e in history()) + b"\n")
+    day1, day2 = format_time_ms(T0)[:10], format_time_ms(T0 + DAY)[:10]
+    code, out, err = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--since", day2, "--json"], capsys)
+    assert code == 0, err
+    assert orjson.loads(out)["rules"]["abandoned cart"]["per_day"] == {day2: 4}  # --since was ignored for --events
+    code, out, _ = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--until", day2, "--json"], capsys)
+    assert orjson.loads(out)["rules"]["abandoned cart"]["per_day"] == {day1: 3}  # day 2's deadlines are not reached
+    for bad in (["--since", "2026-13-01"], ["--until", "20261129"], ["--samples", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["rules", "backtest", str(rules), "--events", str(jsonl), *bad])
+        assert exc.value.code == 2
+        assert "error: argument" in capsys.readouterr().err
+    code, _, err = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--since", day2, "--until", day1], capsys)
+    assert code == 2 and f"--since {day2} is after --until {day1}" in err
+    empty = tmp_path / "lake"
+    empty.mkdir()
+    code, out, err = run(["rules", "backtest", str(rules), "--lake", str(empty)], capsys)
+    assert code == 0 and f"no date=YYYY-MM-DD partitions with Parquet files in {empty}" in err

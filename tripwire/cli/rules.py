@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date
 from pathlib import Path
 
 import orjson
@@ -29,12 +30,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     source = bt.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", metavar="FILE.jsonl", help="envelopes, one JSON object per line ('-' = stdin)")
     source.add_argument("--lake", metavar="DIR|s3://...", help="the Parquet lake written by the sink (S3 credentials and endpoint: the usual AWS_* variables)")
-    bt.add_argument("--since", metavar="YYYY-MM-DD", help="first day to read from the lake")
-    bt.add_argument("--until", metavar="YYYY-MM-DD", help="last day to read from the lake (inclusive)")
-    bt.add_argument("--samples", type=int, default=3, help="sample matches to print per rule (default 3)")
+    bt.add_argument("--since", metavar="YYYY-MM-DD", type=_day,
+                    help="first day (UTC, of the event time) to replay: the first lake partition read, or the "
+                         "first day of --events kept")
+    bt.add_argument("--until", metavar="YYYY-MM-DD", type=_day, help="last day to replay (inclusive), likewise")
+    bt.add_argument("--samples", type=_count, default=3, metavar="N",
+                    help="sample matches to print per rule (default 3, 0 = none)")
     bt.add_argument("--json", action="store_true", help="print the report as JSON")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bt.set_defaults(handler=backtest_command)
+
+
+def _day(text: str) -> str:
+    """YYYY-MM-DD, a real day (lake partitions and event days compare as these strings)."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or day.isoformat() != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day: write YYYY-MM-DD, e.g. 2026-11-29")
+    return text
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return n
 
 
 def rule_files(paths: list[str]) -> tuple[list[Path], list[str]]:
@@ -84,6 +109,13 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
     return plan, errors, warnings
 
 
+def _in_days(t_ms: int, since: str | None, until: str | None) -> bool:
+    from tripwire.envelope import format_time_ms
+
+    day = format_time_ms(t_ms)[:10]
+    return (since is None or day >= since) and (until is None or day <= until)
+
+
 def check_command(args: argparse.Namespace, config: Config) -> int:
     plan, errors, warnings = _compile(args.paths, config, args.strict)
     n = len(plan.rules)  # type: ignore[attr-defined]
@@ -108,6 +140,9 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
     from rules.backtest import Progress, backtest, format_report, read_jsonl
     from rules.errors import RulesError
 
+    if args.since and args.until and args.since > args.until:
+        print(f"tripwire: --since {args.since} is after --until {args.until}", file=sys.stderr)
+        return 2
     plan, errors, _ = _compile(args.paths, config)
     if errors:
         return 1
@@ -119,6 +154,8 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
             else:
                 with open(args.events, "rb") as f:
                     events, skipped = read_jsonl(f)
+            if args.since or args.until:
+                events = [e for e in events if _in_days(e[0], args.since, args.until)]
             bar = Progress(len(events)) if show else None
             result = backtest(plan, iter(events), samples=args.samples, skipped=skipped,  # type: ignore[arg-type]
                               progress=bar.update if bar else None)
@@ -129,6 +166,10 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
 
             reader = LakeReader(args.lake, rules_config(config).storage_options or None)
             days = reader.days(args.since, args.until)
+            if not days:
+                span = f" from {args.since or 'the start'} to {args.until or 'the end'}" if args.since or args.until else ""
+                print(f"tripwire: no date=YYYY-MM-DD partitions with Parquet files in {args.lake}{span}",
+                      file=sys.stderr)
             bar = Progress(reader.count(days)) if show else None
             result = backtest(plan, reader.envelopes(days), samples=args.samples,  # type: ignore[arg-type]
                               progress=bar.update if bar else None)
