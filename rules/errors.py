@@ -32,7 +32,7 @@ class Diagnostic:
         """``file:line:col: message`` then the source line and a caret under the column."""
         text = self.headline()
         if self.source_line.strip():
-            line = self.source_line.rstrip("\n").expandtabs(1)
+            line = self.source_line.rstrip("\r\n").expandtabs(1)  # a CRLF file's lines end in \r
             text += f"\n    {line}\n    {' ' * (self.column - 1)}^"
         return text
 

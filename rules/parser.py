@@ -181,6 +181,28 @@ def _check_nesting(chunk: str, first_line: int, filename: str, lines: list[str])
     return None
 
 
+def decode_rules(data: bytes, filename: str) -> tuple[str | None, Diagnostic | None]:
+    """A rule file's bytes as text: UTF-8, a leading byte-order mark dropped (Windows editors write one).
+
+    Not UTF-8: (None, a diagnostic at the first bad byte). ``rules check`` and the running engine
+    both read files through this, so a file check rejects never runs half-decoded.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\0" in data:  # no text file holds a NUL byte
+        return None, Diagnostic(filename, 1, 1, "the file is binary, not rule text")
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        head = data[: exc.start]
+        line = head.count(b"\n") + 1
+        start = head.rfind(b"\n") + 1
+        column = len(head[start:].decode("utf-8", "replace")) + 1
+        source = data[start:].split(b"\n", 1)[0].decode("utf-8", "replace")
+        message = f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8"
+        return None, Diagnostic(filename, line, column, message, "error", source)
+
+
 def parse_text(text: str, filename: str = "<rules>") -> tuple[ast.RuleFile, list[Diagnostic]]:
     """Parse a whole file. Returns the rules that parsed and a diagnostic per broken rule."""
     lines = text.split("\n")

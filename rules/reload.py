@@ -19,6 +19,7 @@ from pathlib import Path
 from . import metrics
 from .compiler import build_plan, compile_text
 from .errors import Diagnostic
+from .parser import decode_rules
 from .plan import Plan, RulePlan
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,12 @@ class RuleSet:
             if old is not None and old.digest == digest:
                 old.stamp = stamp
                 continue
-            text = data.decode("utf-8", "replace")
-            plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints, endpoint_severity=self.endpoint_severity)
+            text, bad = decode_rules(data, str(path))
+            if text is None:
+                plans, diagnostics = [], [bad]
+            else:
+                plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints,
+                                                  endpoint_severity=self.endpoint_severity)
             errors = [d for d in diagnostics if d.severity == "error"]
             for d in diagnostics:
                 if d.severity == "warning":

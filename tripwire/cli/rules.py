@@ -78,6 +78,7 @@ def rule_files(paths: list[str]) -> tuple[list[Path], list[str]]:
 def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[object, int, int]:
     """Compile everything, print diagnostics to stderr; (plan, errors, warnings)."""
     from rules.compiler import build_plan, compile_text
+    from rules.parser import decode_rules
     from rules.service import endpoint_policy
 
     files, missing = rule_files(paths)
@@ -89,9 +90,14 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
     compiled = []
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"{f}:1:1: cannot read the file: {exc}", file=sys.stderr)
+            text, bad = decode_rules(f.read_bytes(), str(f))
+        except OSError as exc:
+            print(f"{f}:1:1: cannot read the file: {exc.strerror or exc}", file=sys.stderr)
+            errors += 1
+            continue
+        if text is None:
+            assert bad is not None
+            print(bad.format(), file=sys.stderr)
             errors += 1
             continue
         plans, diagnostics = compile_text(text, str(f), endpoints=names, endpoint_severity=severity)
