@@ -14,11 +14,13 @@ Each room declares its own section as a dataclass and reads it with
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,6 +84,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     raw: Mapping[str, Any] = field(default_factory=dict)  # every section, for the rooms
     source_path: Path | None = None  # the file read, if any
+    env_keys: Mapping[str, str] = field(default_factory=dict)  # dotted key -> the TRIPWIRE_* variable that set it
 
     def section(self, name: str, cls: type[T]) -> T:
         """Build a room's settings dataclass from section ``name`` (defaults if absent)."""
@@ -96,6 +99,19 @@ class Config:
         if not isinstance(value, Mapping):
             raise ConfigError(f"Config '{name}' must be a table, got {type(value).__name__}.")
         return value
+
+    def locate(self, message: str) -> str:
+        """``message`` (a :class:`ConfigError`'s) plus where the key it quotes was set:
+        ``(set by TRIPWIRE_SERVER__PORT)`` or ``(in tripwire.toml)``."""
+        return _locate(message, self.env_keys, self.source_path)
+
+    def check_sections(self, known: Collection[str]) -> None:
+        """Refuse a table that is no known section (a typo such as ``[colector]`` would be ignored)."""
+        for name, value in self.raw.items():
+            if isinstance(value, Mapping) and name not in known:
+                close = difflib.get_close_matches(name, list(known), n=1)
+                hint = f" (did you mean [{close[0]}]?)" if close else ""
+                raise ConfigError(f"Unknown config section '[{name}]'{hint}. Known sections: {', '.join(sorted(known))}.")
 
     def resolve(self, path: str | Path) -> Path:
         """A path from config: relative ones are relative to the config file's folder."""
@@ -121,25 +137,53 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"Config file '{source}' does not exist.") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Config file '{source}' is not valid TOML: {exc}") from exc
-    apply_env(data, environ)
-    return from_dict(data, source)
+    env_keys = apply_env(data, environ)
+    try:
+        return from_dict(data, source, env_keys)
+    except ConfigError as exc:
+        raise ConfigError(_locate(str(exc), env_keys, source)) from None
 
 
-def from_dict(data: Mapping[str, Any], source: Path | None = None) -> Config:
+def from_dict(data: Mapping[str, Any], source: Path | None = None, env_keys: Mapping[str, str] | None = None) -> Config:
     top = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
-    unknown = set(top) - {"data_dir"}
+    unknown = sorted(set(top) - {"data_dir"})
     if unknown:
-        raise ConfigError(f"Unknown config key(s) {', '.join(sorted(unknown))!s}.")
+        raise ConfigError(
+            f"Unknown config key '{unknown[0]}'. The only top-level key is data_dir; "
+            f"settings go in sections such as [{unknown[0]}] (TRIPWIRE_{unknown[0].upper()}__<KEY>)."
+        )
     data_dir = Path(_coerce(top.get("data_dir", "data"), str, "data_dir")).expanduser()
     if source is not None and not data_dir.is_absolute():
         data_dir = source.parent / data_dir
-    cfg = Config(data_dir=data_dir, raw=dict(data), source_path=source)
+    cfg = Config(data_dir=data_dir, raw=dict(data), source_path=source, env_keys=dict(env_keys or {}))
     return dataclasses.replace(
         cfg, server=cfg.section("server", ServerConfig), log=cfg.section("log", LogConfig)
     )
 
 
-def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+_QUOTED_KEY = re.compile(r"'\[?([A-Za-z_][\w.\-]*)")
+
+
+def _locate(message: str, env_keys: Mapping[str, str], source: Path | None) -> str:
+    if message.endswith(")") and (" (set by TRIPWIRE_" in message or " (in " in message):
+        return message  # already located
+    keys = [m.group(1).lower() for m in _QUOTED_KEY.finditer(message)]
+    for key in keys:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):  # the key itself, else the table an override replaced
+            name = env_keys.get(".".join(parts[:n]))
+            if name is not None:
+                return f"{message} (set by {name})"
+    for key in keys[:1]:  # a table the overrides created ([sinks] from TRIPWIRE_SINKS__LAKE_URL)
+        names = [v for k, v in sorted(env_keys.items()) if k.startswith(key + ".")]
+        if names:
+            return f"{message} (set by {', '.join(names)})"
+    return f"{message} (in {source})" if source is not None else message
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Apply ``TRIPWIRE_*`` overrides to ``data``; returns which variable set which dotted key."""
+    keys: dict[str, str] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
@@ -153,6 +197,8 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 raise ConfigError(f"Environment variable {name} overrides '{part}', which is not a table.")
             node = child
         node[path[-1]] = _env_value(text)
+        keys[".".join(path)] = name
+    return keys
 
 
 def _env_value(text: str) -> Any:

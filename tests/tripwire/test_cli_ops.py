@@ -56,3 +56,31 @@ def test_metrics_port_out_of_range_is_a_config_error() -> None:
         metrics.metrics_config(from_dict({"metrics": {"port": 70000}}))
     with pytest.raises(ConfigError, match="'metrics.port'.*65535"):
         metrics.serve("127.0.0.1", -1)  # tripwire --metrics-port -1 ...
+
+
+def test_unknown_sections_are_refused_with_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "tripwire.toml"
+    path.write_text("[colector]\nstrict = true\n")
+    done = tripwire(["--config", str(path), "config", "check"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"tripwire: Unknown config section '[colector]' (did you mean [collector]?). Known sections: collector, "
+        f"endpoints, log, logging, metrics, rules, server, sink, sources, webhooks. (in {path})"]
+    (tmp_path / "empty").mkdir()
+    done = tripwire(["config", "check"], cwd=tmp_path / "empty", env={"TRIPWIRE_SINKS__LAKE_URL": "s3://b/p"})
+    assert done.returncode == 2
+    assert "Unknown config section '[sinks]' (did you mean [sink]?)" in done.stderr
+    assert done.stderr.strip().endswith("(set by TRIPWIRE_SINKS__LAKE_URL)")
+
+
+def test_config_errors_of_any_command_name_the_key_and_where_it_was_set(tmp_path: Path) -> None:
+    done = tripwire(["config", "check"], cwd=tmp_path, env={"TRIPWIRE_COLLECTOR__PORT": "abc"})
+    assert done.returncode == 1
+    assert done.stderr.startswith("tripwire: Unknown config key 'collector.port'.")
+    assert done.stderr.strip().endswith("(set by TRIPWIRE_COLLECTOR__PORT)")
+    path = tmp_path / "tripwire.toml"
+    path.write_text('[sink]\npartitioning = "hour"\n')
+    done = tripwire(["--config", str(path), "lake", "compact"], cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"tripwire: Config 'sink.partitioning' has value 'hour'. "
+                                   f"Expected one of date, date/hour. (in {path})")

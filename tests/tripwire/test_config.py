@@ -187,3 +187,31 @@ def test_config_is_immutable() -> None:
     config = Config()
     with pytest.raises(AttributeError):
         config.data_dir = Path("/elsewhere")  # type: ignore[misc]
+
+
+def test_errors_say_where_the_bad_value_was_set(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = "http"\n[collector]\nstrict = true\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value).endswith(f"(in {path})")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"TRIPWIRE_SERVER__PORT": "abc"})
+    assert "'server.port' has value 'abc'" in str(info.value)
+    assert str(info.value).endswith("(set by TRIPWIRE_SERVER__PORT)")
+    config = load_config(write(tmp_path, "[collector]\nstrict = true\n"),
+                         environ={"TRIPWIRE_COLLECTOR__PORT": "abc", "TRIPWIRE_SOURCES__WEB__WRITE_KEY": "7"})
+    assert config.env_keys["collector.port"] == "TRIPWIRE_COLLECTOR__PORT"
+    message = config.locate("Unknown config key 'collector.port'. Known keys: catalog, strict.")
+    assert message.endswith("(set by TRIPWIRE_COLLECTOR__PORT)")
+    assert config.locate("Config 'sources.web.write_key' has value 7. Not a string.").endswith(
+        "(set by TRIPWIRE_SOURCES__WEB__WRITE_KEY)")
+    assert config.locate("Config 'collector.strict' has value 2.").endswith(f"(in {tmp_path / 'tripwire.toml'})")
+    assert from_dict({}).locate("Config 'x.y' is bad.") == "Config 'x.y' is bad."  # defaults: nowhere to point
+
+
+def test_a_value_where_a_section_belongs_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"TRIPWIRE_LOG": "kafka"})
+    message = str(info.value)
+    assert "'log'" in message and "data_dir" in message and "[log]" in message
+    assert message.endswith("(set by TRIPWIRE_LOG)")

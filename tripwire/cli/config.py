@@ -24,6 +24,7 @@ SECTIONS = {
     "webhooks": "rules.webhooks.config:WebhooksConfig",
     "sink": "sinks.config:SinkConfig",
 }
+TABLES = ("sources", "endpoints")  # tables keyed by user names
 SECRET_WORDS = ("secret", "key", "salt", "password", "token")
 
 
@@ -74,7 +75,7 @@ def render(config: Config) -> str:
         for f in dataclasses.fields(section):
             lines.append(f"{f.name} = {_toml(_mask(f.name, getattr(section, f.name)))}")
         lines.append("")
-    for table in ("sources", "endpoints"):
+    for table in TABLES:
         for name, values in config.table(table).items():
             lines.append(f"[{table}.{_key(name)}]")
             for k, v in dict(values).items():
@@ -97,7 +98,7 @@ def check_command(args: argparse.Namespace, config: Config) -> int:
         load_sources(config)
         endpoints(config)
     except ConfigError as exc:
-        print(f"tripwire: {exc}", file=sys.stderr)
+        print(f"tripwire: {config.locate(str(exc))}", file=sys.stderr)
         return 1
     print(f"config ok ({config.source_path or 'defaults and environment'})")
     return 0

@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def known_sections() -> set[str]:
+    from tripwire.cli.config import SECTIONS, TABLES
+
+    return set(SECTIONS) | set(TABLES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,8 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=(args.log_level or "info").upper(), format=logs.TEXT_FORMAT)
+    config = None
     try:
         config = load_config(args.config)
+        config.check_sections(known_sections())
         settings = logs.logging_config(config)
         logs.setup(args.log_format or settings.format, args.log_level or settings.level,
                    service=args.command, redact_ips=settings.redact_ips)
@@ -59,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics.serve(metrics_settings.host, port)
         return int(args.handler(args, config) or 0)
     except ConfigError as exc:
-        print(f"tripwire: {exc}", file=sys.stderr)
+        print(f"tripwire: {config.locate(str(exc)) if config is not None else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
