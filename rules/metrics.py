@@ -10,8 +10,11 @@ DUPLICATES = Counter("tripwire_rules_duplicate_events", "Events whose messageId 
 TRIGGERS = Counter("tripwire_rules_triggers", "Triggers written to the triggers topic", ["rule"])
 SUPPRESSED = Counter("tripwire_rules_suppressed", "Complete matches suppressed by `at most ... per`", ["rule"])
 ERRORS = Counter("tripwire_rules_errors", "Events or rules that could not be evaluated (bad JSON, bad time, ...)")
-RELOAD_ERRORS = Counter("tripwire_rules_reload_errors", "Rule files that failed to compile on (re)load", ["file"])
-BROKEN_FILES = Gauge("tripwire_rules_broken_files", "Rule files currently rejected (their previous version runs)")
+RELOAD_ERRORS = Counter("tripwire_rules_reload_errors",
+                        "Rule files that failed to compile on (re)load, or whose rule's name another file uses", ["file"])
+BROKEN_FILES = Gauge("tripwire_rules_broken_files",
+                     "Rule files currently rejected (their previous version runs) or holding a rule that does not "
+                     "run (its name is used by an earlier file)")
 RULES = Gauge("tripwire_rules_loaded", "Rules currently running")
 PENDING = Gauge("tripwire_rules_pending_states", "(rule, key) states held in memory")
 WATERMARK_LAG = Gauge("tripwire_rules_watermark_lag_seconds", "Wall clock minus the lowest partition watermark")

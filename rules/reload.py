@@ -3,7 +3,8 @@
 :meth:`RuleSet.scan` re-reads ``*.rules`` files whose size, mtime or content
 changed. A file that compiles replaces its previous rules; a file with errors
 is reported (log + ``tripwire_rules_reload_errors``) and its previous version
-keeps running; a deleted file's rules stop. Rules are identified by a
+keeps running; a deleted file's rules stop. A rule whose name an earlier file
+(in path order) already uses does not run, and is reported the same way. Rules are identified by a
 fingerprint of their meaning, so an unchanged rule keeps its engine state even
 when its file was edited elsewhere.
 """
@@ -42,6 +43,7 @@ class RuleSet:
         self._files: dict[Path, _File] = {}
         self.plan: Plan = Plan.build(())
         self.generation = 0
+        self._dups: set[tuple[str, int]] = set()  # (file, line) of rules not running: name used earlier
 
     def broken(self) -> dict[str, list[Diagnostic]]:
         return {str(p): f.diagnostics for p, f in self._files.items() if f.broken}
@@ -54,7 +56,7 @@ class RuleSet:
             paths = []
         changed = False
         for gone in set(self._files) - set(paths):
-            logger.info("rule file %s removed; its rules stop", gone)
+            logger.info("rule file %s removed%s", gone, "; its rules stop" if self._files[gone].plans else "")
             del self._files[gone]
             changed = True
         for path in paths:
@@ -84,8 +86,9 @@ class RuleSet:
                     logger.warning("%s", d.headline())
             if errors:
                 metrics.RELOAD_ERRORS.labels(file=path.name).inc()
+                running = "previous version keeps running" if old is not None and old.plans else "not running"
                 for d in errors:
-                    logger.error("rule file rejected, previous version keeps running: %s", d.headline())
+                    logger.error("rule file rejected (%s): %s", running, d.headline())
                 if old is None:
                     self._files[path] = _File(stamp, digest, [], diagnostics, broken=True)
                 else:
@@ -97,10 +100,17 @@ class RuleSet:
             self._files[path] = _File(stamp, digest, plans, diagnostics)
         if changed or self.generation == 0:
             plan, dups = build_plan([f.plans for _, f in sorted(self._files.items())])
+            # A rule whose name an earlier file already uses does not run: an error like a rejected
+            # file (counted once when it appears, and in broken_files while it lasts), not just a log line.
+            dup_rules = {(d.file, d.line) for d in dups}
             for d in dups:
-                logger.error("%s", d.headline())
+                logger.error("%s; this rule does not run", d.headline())
+                if (d.file, d.line) not in self._dups:
+                    metrics.RELOAD_ERRORS.labels(file=Path(d.file).name).inc()
+            self._dups = dup_rules
             self.plan = plan
             self.generation += 1
-        metrics.BROKEN_FILES.set(sum(1 for f in self._files.values() if f.broken))
+        broken = {str(p) for p, f in self._files.items() if f.broken} | {file for file, _ in self._dups}
+        metrics.BROKEN_FILES.set(len(broken))
         metrics.RULES.set(len(self.plan.rules))
         return changed

@@ -54,3 +54,39 @@ def test_a_file_that_is_not_utf8_is_rejected_alike_by_check_and_the_engine(
     code, text = check(capsys, binary)
     assert code == 1 and f"{binary}:1:1: the file is binary, not rule text" in text
     assert "\x00" not in text
+
+
+def test_reload_reports_duplicate_names_and_new_broken_files_as_what_they_are(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from rules import metrics
+
+    def gauge() -> float:
+        return metrics.BROKEN_FILES._value.get()  # type: ignore[attr-defined, no-any-return]
+
+    def errors(name: str) -> float:
+        return metrics.RELOAD_ERRORS.labels(file=name)._value.get()  # type: ignore[no-any-return]
+
+    (tmp_path / "a.rules").write_text('rule "dup" when A post crm\n')
+    rules = RuleSet(tmp_path)
+    rules.scan()
+    before = errors("dup-b.rules")
+    (tmp_path / "dup-b.rules").write_text('rule "dup" when B post crm\nrule "other" when C post crm\n')
+    caplog.clear()
+    rules.scan()
+    # b's "dup" does not run: that used to be one log line and nothing a dashboard could see
+    assert sorted(r.name for r in rules.plan.rules) == ["dup", "other"]
+    assert errors("dup-b.rules") == before + 1 and gauge() == 1
+    assert any("already defined" in r.getMessage() and "does not run" in r.getMessage() for r in caplog.records)
+    (tmp_path / "a.rules").write_text('rule "dup" when A2 post crm\n')  # an unrelated edit: still one error
+    rules.scan()
+    assert errors("dup-b.rules") == before + 1 and gauge() == 1
+    (tmp_path / "dup-b.rules").write_text('rule "dup2" when B post crm\n')
+    rules.scan()
+    assert gauge() == 0
+
+    caplog.clear()
+    (tmp_path / "new.rules").write_text('rule "x" when A then B post crm\n')
+    rules.scan()
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "previous version" not in message and "not running" in message  # a new file has no previous version
+    assert gauge() == 1
