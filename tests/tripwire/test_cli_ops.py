@@ -84,3 +84,13 @@ def test_config_errors_of_any_command_name_the_key_and_where_it_was_set(tmp_path
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (f"tripwire: Config 'sink.partitioning' has value 'hour'. "
                                    f"Expected one of date, date/hour. (in {path})")
+
+
+def test_events_tail_where_no_log_is_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    done = tripwire(["events", "tail"], cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"tripwire events tail: no event log at {tmp_path / 'data' / 'log.db'} "
+                                   "(nothing was collected with this data_dir; check --config)")
+    assert not (tmp_path / "data").exists()
+    done = tripwire(["events", "tail", "-n", "-3"], cwd=tmp_path)
+    assert done.returncode == 2 and "-n: -3 is not a count (0 or more)" in done.stderr

@@ -16,11 +16,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     events = sub.add_parser("events", help="inspect the event log")
     events_sub = events.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)
     tail = events_sub.add_parser("tail", help="print the last records of a topic as JSON lines")
-    tail.add_argument("--topic", choices=TOPICS, default="events")
-    tail.add_argument("-n", type=int, default=10, metavar="N", help="how many records (default 10)")
+    tail.add_argument("--topic", choices=TOPICS, default="events",
+                      help="events (accepted), invalid (acknowledged but refused by the catalog) or triggers")
+    tail.add_argument("-n", type=_count, default=10, metavar="N", help="how many records (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     tail.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
     tail.set_defaults(handler=lambda args, config: asyncio.run(tail_command(args, config)))
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a count (0 or more)")
+    return n
 
 
 def _print(value: bytes) -> None:
@@ -43,6 +54,12 @@ async def tail(log: EventLog, topic: str, n: int) -> tuple[list[bytes], dict[int
 
 
 async def tail_command(args: argparse.Namespace, config: Config) -> int:
+    embedded = args.log in ("sqlite", "embedded") or (args.log is None and config.log.backend == "sqlite")
+    if embedded and not (config.data_dir / "log.db").exists():
+        # Opening it would create an empty log and print nothing: say why there is nothing to see.
+        print(f"tripwire events tail: no event log at {(config.data_dir / 'log.db').resolve()} "
+              "(nothing was collected with this data_dir; check --config)", file=sys.stderr)
+        return 1
     log = open_log(config, url=args.log)
     await log.start()
     try:
