@@ -10,7 +10,7 @@ server next to them, in a daemon thread::
     port = 9464          # 0 = no metrics server (default)
 
 * ``/metrics``: the process-wide default registry (every room's ``tripwire_*``
-  metrics, plus process and Python collectors);
+  metrics, plus process and Python collectors; no ``_created`` series);
 * ``/healthz``: 200 while the process runs;
 * ``/readyz``: 200 when every registered readiness check passes, else 503 with
   the failing names. :func:`tripwire.log.open_log` registers the event log
@@ -35,11 +35,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, disable_created_metrics, generate_latest
 
 from tripwire.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
+
+# No '<name>_created' gauge next to every counter and histogram: one more series per label set,
+# holding a start timestamp that no dashboard or alert uses. Every service imports this module.
+disable_created_metrics()
 
 CHECK_TIMEOUT_S = 5.0
 Check = Callable[[], Awaitable[bool]]

@@ -76,3 +76,16 @@ async def test_run_services_registers_each_service() -> None:
     stop.set()
     await asyncio.wait_for(task, 10)
     assert "service:flaky" not in READINESS.names()
+
+
+def test_metrics_page_has_no_created_series() -> None:
+    # prometheus_client adds a '<name>_created' gauge next to every counter and histogram (one more
+    # series per label set, each a timestamp nobody graphs); Tripwire's /metrics leaves them out.
+    import collector.metrics  # noqa: F401 (registers the collector's counters)
+    import sinks.metrics  # noqa: F401
+    from prometheus_client import REGISTRY, generate_latest
+
+    page = generate_latest(REGISTRY).decode()
+    assert "tripwire_collector_events_accepted_total" in page
+    assert "tripwire_sink_rows_written_total" in page
+    assert "_created" not in page
