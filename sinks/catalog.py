@@ -15,6 +15,9 @@ JSON Schema                     Parquet / Arrow
 ``boolean``                     bool
 ==============================  ==========================
 
+A schema with no ``type`` but an ``enum`` or ``const`` is typed by its values
+(``{"enum": ["free", "pro"]}`` is a string column).
+
 Objects, arrays and properties whose events disagree on the type stay in the
 ``properties`` JSON column. ``sink.promote`` adds columns by hand.
 
@@ -64,10 +67,25 @@ def column_name(field: str, key: str) -> str:
     return f"{field}_" + (_UNSAFE.sub("_", key.lower()).strip("_") or "x")
 
 
+def _value_type(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return None  # objects, arrays; null is dropped before
+
+
 def _kind(schema: Any) -> str | None:
     if not isinstance(schema, Mapping):
         return None
     t = schema.get("type")
+    if t is None and ("enum" in schema or "const" in schema):  # {"enum": ["free", "pro"]}: typed by its values
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        t = sorted({_value_type(v) or "?" for v in values if v is not None}) if isinstance(values, list) else []
     types = [t] if isinstance(t, str) else [x for x in t if isinstance(x, str)] if isinstance(t, list) else []
     types = [x for x in types if x != "null"]
     if set(types) == {"integer", "number"}:

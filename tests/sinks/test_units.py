@@ -43,6 +43,20 @@ def test_catalog_types_merge_across_events_and_odd_ones_stay_json(tmp_path: Path
                     "traits_plan": "string"}
 
 
+def test_an_enum_or_const_without_a_type_is_typed_by_its_values(tmp_path: Path) -> None:
+    # {"enum": ["free", "pro"]} (the example catalog's traits.plan) is as much a string as {"type": "string"}.
+    path = tmp_path / "catalog.json"
+    path.write_text(orjson.dumps({"events": {"A": {"schema": {"properties": {
+        "plan": {"enum": ["free", "pro", None]}, "level": {"enum": [1, 2, 3]}, "ratio": {"enum": [1, 2.5]},
+        "flag": {"const": True}, "mixed": {"enum": ["a", 1]}, "boolint": {"enum": [True, 1]},
+        "typed": {"type": "string", "enum": ["x"]}, "nothing": {"enum": []},
+    }}}}}).decode())
+    cols = {p.column: p.kind for p in read_catalog(path)}
+    assert cols == {"properties_plan": "string", "properties_level": "integer", "properties_ratio": "number",
+                    "properties_flag": "boolean", "properties_typed": "string"}
+    assert {p.column: p.kind for p in read_catalog(EXAMPLE)}["traits_plan"] == "string"
+
+
 def test_a_broken_catalog_is_named(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="does not exist"):
         read_catalog(tmp_path / "nope.json")
