@@ -6,8 +6,12 @@ its file, so every compiler error can name ``file:line:col``.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, Union
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z").match
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,8 @@ class Path(Node):
     parts: tuple[str, ...]
 
     def __str__(self) -> str:
-        return ".".join(self.parts)
+        # as written: a part that is not a plain name was quoted (properties."Product Name")
+        return ".".join(p if _NAME(p) else json.dumps(p, ensure_ascii=False) for p in self.parts)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,12 @@ from .predicates import ENVELOPE_FIELDS, Ctx, StepScope, compile_expr, compile_t
 
 __all__ = ["ENVELOPE_FIELDS", "build_plan", "compile_rule", "compile_text", "fingerprint"]
 
+# The language's keywords (LANGUAGE.md). The parser reads most of them as a name where only a name
+# fits, so `as post` parsed, but `as true` could never be referenced and `as rule` splits the file.
+RESERVED = frozenset(
+    "rule when then no as where within by at most once twice times per post with and or not in contains "
+    "starts ends exists does exist true false null".split()
+)
 MAX_COUNT = 1000
 MAX_WINDOW_MS = 90 * 86_400_000
 COMPILER_VERSION = "1"
@@ -127,7 +133,9 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
     for i, step in enumerate(steps):
         if step.alias:
             pos = step.alias_pos or step
-            if step.alias in ENVELOPE_FIELDS:
+            if step.alias in RESERVED:
+                ctx.error(pos, f"'{step.alias}' is a reserved word of the rule language; pick another alias")
+            elif step.alias in ENVELOPE_FIELDS:
                 ctx.error(pos, f"alias '{step.alias}' would hide the event field of that name; pick another")
             elif step.alias in aliases:
                 ctx.error(pos, f"alias '{step.alias}' is already used by an earlier step")
@@ -150,8 +158,9 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
     by = [c for c in rule.clauses if isinstance(c, ast.By)]
     caps = [c for c in rule.clauses if isinstance(c, ast.Cap)]
     posts = [c for c in rule.clauses if isinstance(c, ast.Post)]
-    for extra in by[1:] + caps[1:] + posts[1:]:
-        ctx.error(extra, "this clause is given twice in the rule")
+    for extra, what in [(c, "by") for c in by[1:]] + [(c, "at most") for c in caps[1:]] + [(c, "post") for c in posts[1:]]:
+        ctx.error(extra, f"`{what}` is given twice in the rule; keep one"
+                  + (" (one rule posts to one endpoint: write a second rule for another)" if what == "post" else ""))
     by_anonymous = False
     if by:
         path = str(by[0].path)

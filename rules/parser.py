@@ -23,7 +23,7 @@ from .errors import Diagnostic
 MAX_NESTING = 32  # parentheses / brackets / braces deep; deeper is certainly a mistake
 MAX_RULE_CHARS = 64_000
 
-_RULE_START = re.compile(r"^[ \t]*rule\b", re.M)
+_RULE_START = re.compile(r"^[ \t]*rule\b(?![ \t]*:)", re.M)  # `rule: x` is a payload key, not a rule
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 
@@ -70,6 +70,9 @@ _EXAMPLES: dict[str, list[str]] = {
     ],
     "`post` needs an endpoint name from the config, e.g. post crm": [
         'rule "x" when A post', 'rule "x" when A post "crm"', 'rule "x" when A post {',
+    ],
+    "an absence takes no count: `then no Checkout within 30s` (no Checkout at all)": [
+        'rule "x" when A then no 2', 'rule "x" when A then no 2 B within 1m',
     ],
     "an event name is expected here (a name, a \"quoted name\" or $page)": [
         'rule "x" when', 'rule "x" when A then', 'rule "x" when A then no', 'rule "x" when 3',
@@ -135,15 +138,20 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str, lines: li
             message = "strings are written in double quotes: \"like this\""
         elif char == '"':
             message = "this string is not closed on its line (missing \")"
+        elif not char.isascii() and char.isalpha():
+            message = (f"unexpected character {char!r}: names without quotes are ASCII letters, digits and _; "
+                       'quote the name: when "Añadir al carrito", properties."precio €"')
         else:
             message = f"unexpected character {char!r}"
             if exc.allowed:
                 message += f"; expected {_describe_expected(exc.allowed)}"
-        if label:
+        if label and not (not char.isascii() and char.isalpha()):
             message = f"{message} ({label})" if char in "='\"" else label
     elif isinstance(exc, UnexpectedToken):
         found = _token_text(exc.token)
-        message = label or f"unexpected {found}; expected {_describe_expected(exc.expected)}"
+        expected = _describe_expected(exc.expected)
+        message = label or (f"the rule ends too early; expected {expected}" if exc.token.type == "$END"
+                            else f"unexpected {found}; expected {expected}")
         if label:
             message = f"{label} (found {found})"
     else:
@@ -382,7 +390,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         return ast.Exists(*_pos(meta), c[0], True)
 
     def path(self, meta: Any, c: list[Token]) -> ast.Path:
-        return ast.Path(*_pos(meta, c[0]), tuple(str(t) for t in c))
+        return ast.Path(*_pos(meta, c[0]), tuple(_string(t) if t.type == "STRING" else str(t) for t in c))
 
     def list(self, meta: Any, c: list[Any]) -> tuple[ast.Literal, ...]:
         return tuple(x for x in c if x is not None)

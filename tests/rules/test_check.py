@@ -30,6 +30,10 @@ def only(text: str) -> Diagnostic:
     ('rule "r" when A at most per 1h post crm', 1, 25, "at most"),
     ('rule "r" when A post', 1, 17, "post"),
     ('rule "r" when A where properties.a == "\\q" post crm', 1, 39, "escape"),
+    ('rule "r"\n  when Añadir\n  post crm', 2, 9, 'quote the name: when "Añadir al carrito"'),
+    ('rule "r"\n  when A where properties.név == 1\n  post crm', 2, 28, 'properties."precio €"'),
+    ('rule "r"\n  when A\n  then no 2 B within 1m\n  post crm', 3, 11, "an absence takes no count"),
+    ('rule "r"\n  when A\n  post crm with {', 3, 17, "the rule ends too early; expected `}`"),
 ])
 def test_syntax_errors_point_at_the_offending_text(text: str, line: int, column: int, words: str) -> None:
     d = only(text)
@@ -57,7 +61,10 @@ def test_syntax_errors_point_at_the_offending_text(text: str, line: int, column:
     ('rule "r"\n  when A\n  then B within 0s\n  post crm', 3, 17, "more than zero"),
     ('rule "r"\n  when A\n  then B within 100d\n  post crm', 3, 17, "limited to 90d"),
     ('rule "r"\n  when A\n', 1, 1, "no action"),
-    ('rule "r"\n  when A\n  post crm\n  post crm', 4, 3, "given twice"),
+    ('rule "r"\n  when A\n  post crm\n  post crm', 4, 3, "`post` is given twice"),
+    ('rule "r"\n  when A\n  by anonymousId\n  by anonymousId\n  post crm', 4, 3, "`by` is given twice"),
+    ('rule "r"\n  when A as post\n  post crm', 2, 13, "'post' is a reserved word"),
+    ('rule "r"\n  when A as true\n  post crm', 2, 13, "'true' is a reserved word"),
     ('rule "r" when A post crm\nrule "r" when B post crm', 2, 1, "already defined at line 1"),
     ('rule "r"\n  when A as a\n  then no B as b within 1s\n  post crm with { x: b.properties.y }', 4, 22, "is an absence"),
     ('rule "r"\n  when A where 1 == 1\n  post crm', 2, 16, "two constants"),
@@ -115,3 +122,26 @@ def test_fingerprint_ignores_layout_and_comments_but_not_meaning() -> None:
     b = compile_text('\n# hi\nrule "r"\n  when A   # x\n  then B within 1m\n  post crm', "a.rules")[0][0]
     c = compile_text('rule "r" when A then B within 2m post crm', "a.rules")[0][0]
     assert a.uid == b.uid != c.uid
+
+
+def test_a_payload_key_named_rule_at_the_start_of_a_line_does_not_start_a_rule() -> None:
+    text = 'rule "r"\n  when A as a\n  post crm with {\n    rule: a.event,\n    x: 1 }\n'
+    plans, ds = compile_text(text, "f.rules")
+    assert not ds, [d.format() for d in ds]  # the file used to be cut before `rule:`: two broken rules
+    assert plans[0].payload is not None
+
+
+def test_quoted_field_names_read_any_key() -> None:
+    from .util import ev, run
+
+    text = ('rule "r"\n  when "Añadir" as c where c.properties."Product Name" starts with "Shoe"'
+            '\n  then no Checkout where properties."cart id" == c.properties."cart id" within 1m'
+            '\n  post crm with { "név": c.properties."név", name: c.properties."Product Name" }\n')
+    cart = {"Product Name": "Shoe 42", "cart id": "c1", "név": "😀"}
+    fired = run(text, [ev("Añadir", 0, **cart), ev("Checkout", 5, **{"cart id": "other"})], until_s=100)
+    assert [m.payload for m in fired] == [{"név": "😀", "name": "Shoe 42"}]
+    assert run(text, [ev("Añadir", 0, **cart), ev("Checkout", 5, **{"cart id": "c1"})], until_s=100) == []
+    from rules.explain import explain
+    from .util import plan_of
+
+    assert 'c.properties."Product Name" starts with "Shoe"' in explain(plan_of(text).rules[0])
