@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,20 +33,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     status.set_defaults(handler=status_command)
 
     failed = cmds.add_parser("failed", help="list dead letters (deliveries that exhausted their attempts)")
-    failed.add_argument("--endpoint", metavar="NAME")
-    failed.add_argument("-n", type=int, default=50, metavar="N", help="at most N, newest first (default 50)")
-    failed.add_argument("--json", action="store_true")
+    failed.add_argument("--endpoint", metavar="NAME", help="only this endpoint's dead letters")
+    failed.add_argument("-n", type=_positive, default=50, metavar="N", help="at most N, newest first (default 50)")
+    failed.add_argument("--json", action="store_true", help="one JSON object per dead letter")
     failed.set_defaults(handler=failed_command)
 
-    replay = cmds.add_parser("replay", help="deliver again (same webhook-id), from the first attempt")
+    replay = cmds.add_parser(
+        "replay", help="deliver again (same webhook-id), from the first attempt",
+        description="Deliver a dead letter (or an already delivered trigger) again with the same webhook-id, "
+                    "starting the retry schedule over. The running dispatcher picks it up within scan_interval_s.")
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", help="a delivery (trigger) id, e.g. trg_...")
+    which.add_argument("id", nargs="?", help="a delivery (trigger) id, e.g. trg_... (see `webhooks failed`)")
     which.add_argument("--all", action="store_true", help="every dead letter (of --endpoint, if given)")
-    replay.add_argument("--endpoint", metavar="NAME")
+    replay.add_argument("--endpoint", metavar="NAME", help="with --all: only this endpoint's dead letters")
     replay.set_defaults(handler=replay_command)
 
     enable = cmds.add_parser("enable", help="re-enable a disabled endpoint; its waiting deliveries go out")
-    enable.add_argument("name")
+    enable.add_argument("name", metavar="NAME", help="the endpoint, as in [endpoints.NAME]")
     enable.set_defaults(handler=enable_command)
 
     dispatcher = sub.add_parser("dispatcher", help="run the webhook dispatcher alone on the configured log")
@@ -53,11 +57,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dispatcher.set_defaults(handler=lambda args, config: asyncio.run(dispatcher_command(args, config)))
 
 
-def _store(config: Config) -> Any:
-    from rules.webhooks import Store
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return n
+
+
+def _store_file(config: Config) -> Path:
     from rules.webhooks.service import settings
 
-    return Store(settings(config).store_file(config.data_dir))
+    return settings(config).store_file(config.data_dir)
+
+
+def _store(config: Config) -> Any:
+    """The delivery store, or None when there is none yet. These commands only read and steer what
+    a dispatcher stored: creating an empty store (a data dir where none should be, after a wrong
+    --config or working directory) would hide the mistake behind "no dead letters"."""
+    from rules.webhooks import Store
+
+    path = _store_file(config)
+    if not path.exists():
+        print(f"tripwire: no webhook delivery store at {path} (nothing delivered yet with this config; "
+              "check --config and data_dir)", file=sys.stderr)
+        return None
+    return Store(path)
 
 
 def _time(ms: int | None) -> str:
@@ -73,11 +100,14 @@ def _out(line: str) -> None:
 def status_command(args: argparse.Namespace, config: Config) -> int:
     configured = endpoints(config)
     store = _store(config)
-    try:
-        counts = store.counts()
-        states = store.endpoint_states()
-    finally:
-        store.close()
+    counts: dict[str, dict[str, int]] = {}
+    states: dict[str, Any] = {}
+    if store is not None:
+        try:
+            counts = store.counts()
+            states = store.endpoint_states()
+        finally:
+            store.close()
     names = sorted(set(configured) | set(counts) | set(states))
     rows = []
     for name in names:
@@ -117,10 +147,12 @@ def status_command(args: argparse.Namespace, config: Config) -> int:
 
 def failed_command(args: argparse.Namespace, config: Config) -> int:
     store = _store(config)
-    try:
-        rows = store.rows("dead", args.endpoint, args.n)
-    finally:
-        store.close()
+    rows: list[Any] = []
+    if store is not None:
+        try:
+            rows = store.rows("dead", args.endpoint, args.n)
+        finally:
+            store.close()
     for row in rows:
         if args.json:
             _out(orjson.dumps({
@@ -135,7 +167,12 @@ def failed_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def replay_command(args: argparse.Namespace, config: Config) -> int:
+    if args.endpoint and not args.all:
+        print("tripwire: --endpoint goes with --all (a delivery id already names its endpoint)", file=sys.stderr)
+        return 2
     store = _store(config)
+    if store is None:
+        return 1
     try:
         if args.all:
             n = store.replay_dead(args.endpoint)
@@ -160,11 +197,13 @@ def enable_command(args: argparse.Namespace, config: Config) -> int:
     if args.name not in configured:
         print(f"tripwire: endpoint {args.name!r} is not configured ([endpoints.{args.name}])", file=sys.stderr)
         return 1
-    store = _store(config)
-    try:
-        was_disabled = store.enable(args.name)
-    finally:
-        store.close()
+    store = _store(config) if _store_file(config).exists() else None  # no store: nothing was disabled
+    was_disabled = False
+    if store is not None:
+        try:
+            was_disabled = store.enable(args.name)
+        finally:
+            store.close()
     if not configured[args.name].enabled:
         _out(f"{args.name} is disabled in config (endpoints.{args.name}.enabled = false); change it there")
         return 1

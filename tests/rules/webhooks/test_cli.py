@@ -157,3 +157,22 @@ def test_env_override_of_the_schedule(tmp_path):
     apply_env(data, {"TRIPWIRE_WEBHOOKS__RETRY_SCHEDULE_S": "[0, 0.5, 2]"})
     config = from_dict(data)
     assert config.section("webhooks", WebhooksConfig).retry_schedule_s == [0.0, 0.5, 2.0]
+
+
+def test_commands_do_not_create_a_store_where_there_is_none(tmp_path, capsys):
+    (tmp_path / "nowhere").mkdir()  # the config's dir, also its data_dir: no dispatcher ran there
+    cfg = _toml(tmp_path / "nowhere", {"crm": "https://crm.example/hook"}, new_secret())
+    store = tmp_path / "nowhere" / "webhooks.db"
+    code, out = _run(capsys, cfg, "webhooks", "status")
+    assert code == 0 and "crm" in out  # the configured endpoints, nothing delivered
+    code, out = _run(capsys, cfg, "webhooks", "failed")
+    assert code == 0 and "no dead letters" in out
+    capsys.readouterr()
+    assert main(["--config", cfg, "webhooks", "replay", "trg_x"]) == 1
+    assert f"no webhook delivery store at {store}" in capsys.readouterr().err
+    code, out = _run(capsys, cfg, "webhooks", "enable", "crm")
+    assert code == 0 and "crm was not disabled" in out
+    assert not store.exists()  # a read-only look used to create an empty store (and its data dir)
+    assert main(["--config", cfg, "webhooks", "replay", "trg_x", "--endpoint", "crm"]) == 2
+    with pytest.raises(SystemExit):
+        main(["--config", cfg, "webhooks", "failed", "-n", "0"])
