@@ -242,3 +242,21 @@ def test_backtest_days_apply_to_jsonl_and_are_checked(tmp_path: Path, capsys: py
     empty.mkdir()
     code, out, err = run(["rules", "backtest", str(rules), "--lake", str(empty)], capsys)
     assert code == 0 and f"no date=YYYY-MM-DD partitions with Parquet files in {empty}" in err
+
+
+def test_check_warns_about_what_the_engine_would_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    (rules / "cart.rule").write_text(GOOD)  # one letter short: the engine never reads it
+    (rules / "notes.rules").write_text("# to do\n")
+    code, out, err = run(["rules", "check", str(rules), str(empty)], capsys)
+    assert code == 0  # used to be "0 rule(s) ok" and nothing else
+    assert f"{rules / 'cart.rule'}: warning: not read (the engine reads *.rules files only)" in err
+    assert f"{rules / 'notes.rules'}:1:1: warning: the file defines no rules" in err
+    assert f"{empty}: warning: no *.rules files in this directory" in err
+    assert "0 rule(s) ok, 3 warning(s)" in out
+    assert run(["rules", "check", "--strict", str(empty)], capsys)[0] == 1

@@ -75,9 +75,27 @@ def rule_files(paths: list[str]) -> tuple[list[Path], list[str]]:
     return files, missing
 
 
+def _unread(paths: list[str]) -> list[str]:
+    """Warnings about what the engine would not read: a directory without *.rules files, files
+    in it named like rule files that do not end in .rules (cart.rule, shop.rules.txt)."""
+    notes = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            if not any(x.is_file() for x in p.glob("*.rules")):
+                notes.append(f"{p}: warning: no *.rules files in this directory")
+            for x in sorted(p.iterdir()):
+                if x.is_file() and x.suffix != ".rules" and "rule" in x.name.lower() and not x.name.startswith("."):
+                    notes.append(f"{x}: warning: not read (the engine reads *.rules files only); rename it to *.rules")
+        elif p.is_file() and p.suffix != ".rules":
+            notes.append(f"{p}: warning: checked, but the engine reads *.rules files only")
+    return notes
+
+
 def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[object, int, int]:
     """Compile everything, print diagnostics to stderr; (plan, errors, warnings)."""
     from rules.compiler import build_plan, compile_text
+    from rules.errors import Diagnostic
     from rules.parser import decode_rules
     from rules.service import endpoint_policy
 
@@ -86,6 +104,12 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
     for m in missing:
         print(f"{m}: no such file or directory", file=sys.stderr)
         errors += 1
+    for note in _unread(paths):
+        print(note, file=sys.stderr)
+        if strict:
+            errors += 1
+        else:
+            warnings += 1
     names, severity = endpoint_policy(config)
     compiled = []
     for f in files:
@@ -102,6 +126,8 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
             continue
         plans, diagnostics = compile_text(text, str(f), endpoints=names, endpoint_severity=severity)
         compiled.append(plans)
+        if not plans and not diagnostics:
+            diagnostics = [Diagnostic(str(f), 1, 1, "the file defines no rules (it is empty or only comments)", "warning")]
         for d in diagnostics:
             print(d.format(), file=sys.stderr)
             if d.severity == "error" or strict:
