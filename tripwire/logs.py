@@ -142,3 +142,7 @@ def setup(fmt: str = "text", level: str = "info", *, service: str = "", redact_i
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # uvicorn narrates its lifecycle at INFO under the name "uvicorn.error" ("Waiting for application
+    # startup." and six more lines per run); the collector logs its own "listening on" and "stopped".
+    quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
+    logging.getLogger("uvicorn.error").setLevel(quiet)

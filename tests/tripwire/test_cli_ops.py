@@ -94,3 +94,15 @@ def test_events_tail_where_no_log_is_says_so_and_creates_nothing(tmp_path: Path)
     assert not (tmp_path / "data").exists()
     done = tripwire(["events", "tail", "-n", "-3"], cwd=tmp_path)
     assert done.returncode == 2 and "-n: -3 is not a count (0 or more)" in done.stderr
+
+
+def test_run_logs_little_at_info_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    from tests.fixtures.servers import run_command
+
+    with run_command(["run", "--port", "0"], cwd=tmp_path, env={"TRIPWIRE_RULES__ENABLED": "false"}) as proc:
+        assert proc.stop() == 0
+        lines = proc.output().splitlines()
+    assert any("collector listening on" in line for line in lines)
+    assert any("sink stopped" in line for line in lines)
+    assert not [line for line in lines if "uvicorn" in line]  # "Waiting for application startup." and 6 more
+    assert not [line for line in lines if "Traceback" in line or " ERROR " in line]
