@@ -120,8 +120,11 @@ def create_service(config: Config, log: EventLog) -> CollectorService:
 
 def worker_app() -> object:
     """uvicorn factory for ``tripwire collector --workers N``: one app and log per worker process."""
+    from tripwire import logs
     from tripwire.config import load_config
     from tripwire.log import open_log
 
     config = load_config()
+    settings = logs.logging_config(config)  # the parent passes --log-format/--log-level as TRIPWIRE_LOGGING__*
+    logs.setup(settings.format, settings.level, service="collector", redact_ips=settings.redact_ips)
     return create_app(config, open_log(config), own_log=True)

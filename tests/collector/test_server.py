@@ -129,3 +129,17 @@ def test_collector_command_with_two_workers(tmp_path: Path) -> None:
         assert proc.stop() == 0
     ids = {e["messageId"] for e in asyncio.run(stored(tmp_path / "data" / "log.db"))}
     assert ids == {f"w{i}" for i in range(40)}
+
+
+def test_collector_workers_log_like_the_parent(tmp_path: Path) -> None:
+    # Worker processes had no logging set up: their warnings came out bare (no level, no time,
+    # no masking) whatever --log-format said, and nothing said where the collector listened.
+    with run_command(["--log-format", "json", "collector", "--port", "0", "--workers", "2"], cwd=tmp_path) as proc:
+        r = httpx.get(f"{proc.url}/healthz", timeout=10)
+        assert r.status_code == 200
+        assert proc.stop() == 0
+        lines = [line for line in proc.output().splitlines() if line.strip()]
+    docs = [orjson.loads(line) for line in lines]  # every line is JSON
+    assert any("listening on" in d["msg"] and "2 workers" in d["msg"] for d in docs)
+    warnings = [d for d in docs if "accepting every write key" in d["msg"]]
+    assert len(warnings) == 2 and all(d["level"] == "warning" and d["service"] == "collector" for d in warnings)

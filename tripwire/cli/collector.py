@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine
@@ -20,6 +21,8 @@ from typing import Any
 from tripwire.config import Config, ConfigError
 from tripwire.log import open_log
 from tripwire.service import run_services
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -60,6 +63,9 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
     from collector.service import bind, uvicorn_config
 
     os.environ.update(overrides)
+    for option, key in (("log_format", "FORMAT"), ("log_level", "LEVEL")):  # the workers set up logging alike
+        if getattr(args, option, None):
+            os.environ[f"TRIPWIRE_LOGGING__{key}"] = getattr(args, option)
     if config.source_path is not None:
         os.environ["TRIPWIRE_CONFIG"] = str(config.source_path.resolve())
     cfg = uvicorn_config("collector.service:worker_app", factory=True, host=server.host, port=server.port, workers=server.workers)
@@ -70,6 +76,7 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
     except CollectorError as exc:
         print(f"tripwire: {exc}", file=sys.stderr)
         return 1
+    logger.info("collector listening on http://%s:%d (%d workers)", server.host, sock.getsockname()[1], server.workers)
     Multiprocess(cfg, sockets=[sock]).run()
     return 0
 
