@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from . import ast
 from .plan import RulePlan
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z").match
 
 _OPS = {"==": "is", "!=": "is not", "<": "is less than", "<=": "is at most", ">": "is more than", ">=": "is at least"}
 _UNITS = [(86_400_000, "day"), (3_600_000, "hour"), (60_000, "minute"), (1000, "second"), (1, "millisecond")]
@@ -52,11 +56,33 @@ def expr(node: ast.Expr) -> str:
     raise TypeError(node)  # pragma: no cover
 
 
+def _name(name: str) -> str:
+    """An event name as a reader can tell where it ends: quoted unless it is one plain word."""
+    return name if _WORD(name) else f'"{name}"'
+
+
 def _event(name: str) -> str:
     if name.startswith("$"):
         return f"a {name[1:]} call"
     article = "an" if name[:1].lower() in "aeiou" else "a"
-    return f"{article} {name} event"
+    return f"{article} {_name(name)} event"
+
+
+def _paths(node: ast.Template) -> list[ast.Path]:
+    if isinstance(node, ast.TemplateObject):
+        return [p for _, v in node.items for p in _paths(v)]
+    if isinstance(node, ast.TemplateArray):
+        return [p for v in node.items for p in _paths(v)]
+    return [node] if isinstance(node, ast.Path) else []
+
+
+def template(node: ast.Template) -> str:
+    """A payload template as written (keys quoted only where they must be)."""
+    if isinstance(node, ast.TemplateObject):
+        return "{ " + ", ".join(f"{k if _WORD(k) else _value(k)}: {template(v)}" for k, v in node.items) + " }"
+    if isinstance(node, ast.TemplateArray):
+        return "[" + ", ".join(template(v) for v in node.items) + "]"
+    return _operand(node)
 
 
 def explain(plan: RulePlan) -> str:
@@ -65,14 +91,14 @@ def explain(plan: RulePlan) -> str:
     key = "anonymousId (events without one are ignored)" if plan.by_anonymous_id else "visitor (anonymousId, or userId when there is none)"
     steps = rule.steps
     for i, step in enumerate(steps):
-        what = _event(step.event) if step.count == 1 else f"at least {step.count} {step.event} events"
+        what = _event(step.event) if step.count == 1 else f"at least {step.count} {_name(step.event)} events"
         cond = f" where {expr(step.where)}" if step.where is not None else ""
         named = f' (called "{step.alias}")' if step.alias else ""
         if i == 0:
             window = f" within any {duration(step.within.ms)}" if step.within else ""
             lines.append(f"  1. Starts with {what}{window}{cond}{named}.")
         elif step.absent:
-            lines.append(f"  {i + 1}. Then fires if NO {step.event} event{cond} arrives within {duration(step.within.ms)} "
+            lines.append(f"  {i + 1}. Then fires if NO {_name(step.event)} event{cond} arrives within {duration(step.within.ms)} "
                          f"after step {i}." if step.within else "")
         else:
             lines.append(f"  {i + 1}. Then {what}{cond}{named} within {duration(step.within.ms)} after step {i}"
@@ -81,7 +107,7 @@ def explain(plan: RulePlan) -> str:
     semantics = []
     if len(steps) > 1:
         semantics.append(
-            f"Only the latest {steps[0].event if steps[0].count == 1 else 'group'} waits at each step: a newer one replaces "
+            f"Only the latest {_name(steps[0].event) if steps[0].count == 1 else 'group'} waits at each step: a newer one replaces "
             f"the older one" + (" and restarts the timer" if steps[-1].absent else "") + "."
         )
     if steps[-1].absent:
@@ -89,7 +115,12 @@ def explain(plan: RulePlan) -> str:
                          "even if the visitor sends nothing more.")
     if steps[0].count > 1:
         semantics.append("Events counted for one trigger are not counted again (windows do not overlap).")
-    semantics.append("Each matched event is used by at most one trigger of this rule; a repeated messageId is ignored.")
+    if any(not s.absent and s.event == steps[0].event for s in steps[1:]):
+        # `when Search then Search within 1m`: S1 S2 S3 fires for S1 S2 and for S2 S3
+        semantics.append(f"A matched event is not matched again by this rule, except that the {_name(steps[0].event)} "
+                         "completing a match also starts the next one; a repeated messageId is ignored.")
+    else:
+        semantics.append("Each matched event is used by at most one trigger of this rule; a repeated messageId is ignored.")
     for s in semantics:
         lines.append(f"  {s}")
     if plan.cap_times is not None and plan.cap_per_ms is not None:
@@ -99,6 +130,13 @@ def explain(plan: RulePlan) -> str:
         lines.append(f"  Fires at most {times} per {per} for the same key; "
                      "complete matches beyond that are dropped (not delayed).")
     post = next(c for c in rule.clauses if isinstance(c, ast.Post))
-    payload = " with a payload built from the matched events" if post.payload is not None else ""
-    lines.append(f'  Then posts to endpoint "{plan.endpoint}"{payload}.')
+    if post.payload is None:
+        lines.append(f'  Then posts to endpoint "{plan.endpoint}" (the matched events, no payload).')
+    else:
+        aliases = {s.alias for s in steps if s.alias}
+        bare = any(p.parts[0] not in aliases for p in _paths(post.payload))
+        last = max(i for i, s in enumerate(steps) if not s.absent)
+        where = f" (paths without a step name read step {last + 1}'s event)" if bare and len(steps) > 1 else ""
+        lines.append(f'  Then posts to endpoint "{plan.endpoint}" with payload {template(post.payload)}{where}; '
+                     "a missing field is null.")
     return "\n".join(x for x in lines if x)

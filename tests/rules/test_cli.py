@@ -260,3 +260,22 @@ def test_check_warns_about_what_the_engine_would_not_read(tmp_path: Path, capsys
     assert f"{empty}: warning: no *.rules files in this directory" in err
     assert "0 rule(s) ok, 3 warning(s)" in out
     assert run(["rules", "check", "--strict", str(empty)], capsys)[0] == 1
+
+
+def test_explain_says_what_is_posted_and_how_events_are_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", """
+rule "searches" when Search then Search within 1m post crm
+rule "cart" when "Product Added" as cart then no "Checkout Started" within 30s
+  post crm with { sku: cart.properties.sku, "clé": [1, properties.x, { y: null }] }
+""")
+    code, out, _ = run(["rules", "explain", str(rules)], capsys)
+    assert code == 0
+    # S1 S2 S3 fires for S1 S2 and S2 S3: "each matched event is used by at most one trigger" was wrong here
+    searches, cart = out.split("\n\n")[:2]
+    assert "except that the Search completing a match also starts the next one" in searches
+    assert "at most one trigger" not in searches
+    assert 'Posts to endpoint "crm" (the matched events, no payload).' in searches.replace("Then posts", "Posts")
+    assert '1. Starts with a "Product Added" event (called "cart").' in cart
+    assert 'NO "Checkout Started" event arrives within 30 seconds' in cart
+    assert ('with payload { sku: cart.properties.sku, "clé": [1, properties.x, { y: null }] } '
+            "(paths without a step name read step 1's event); a missing field is null.") in cart
