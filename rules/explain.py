@@ -52,13 +52,24 @@ def expr(node: ast.Expr) -> str:
     if isinstance(node, ast.StringOp):
         return f"{_operand(node.left)} {node.op.replace('starts with', 'starts with').replace('ends with', 'ends with')} {_operand(node.right)}"
     if isinstance(node, ast.Exists):
-        return f"{_operand(node.operand)} is {'missing' if node.negated else 'present'}"
+        return f"{_operand(node.operand)} is {'missing (or null)' if node.negated else 'present (not null)'}"
     raise TypeError(node)  # pragma: no cover
 
 
 def _name(name: str) -> str:
     """An event name as a reader can tell where it ends: quoted unless it is one plain word."""
     return name if _WORD(name) else f'"{name}"'
+
+
+def _negates(node: ast.Expr) -> bool:
+    """Whether a reader could think a missing field makes this true (three-valued logic says no)."""
+    if isinstance(node, (ast.And, ast.Or)):
+        return _negates(node.left) or _negates(node.right)
+    if isinstance(node, ast.Not):
+        return True
+    if isinstance(node, ast.Compare):
+        return node.op == "!="
+    return isinstance(node, ast.InList) and node.negated
 
 
 def _event(name: str) -> str:
@@ -121,6 +132,8 @@ def explain(plan: RulePlan) -> str:
                          "completing a match also starts the next one; a repeated messageId is ignored.")
     else:
         semantics.append("Each matched event is used by at most one trigger of this rule; a repeated messageId is ignored.")
+    if any(_negates(step.where) for step in steps if step.where is not None):
+        semantics.append("A comparison with a missing field is never true, not even under `not`, `!=` or `not in`.")
     for s in semantics:
         lines.append(f"  {s}")
     if plan.cap_times is not None and plan.cap_per_ms is not None:

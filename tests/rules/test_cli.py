@@ -279,3 +279,13 @@ rule "cart" when "Product Added" as cart then no "Checkout Started" within 30s
     assert 'NO "Checkout Started" event arrives within 30 seconds' in cart
     assert ('with payload { sku: cart.properties.sku, "clé": [1, properties.x, { y: null }] } '
             "(paths without a step name read step 1's event); a missing field is null.") in cart
+    assert "missing field is never true" not in cart
+
+
+def test_explain_warns_that_negations_do_not_match_missing_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", 'rule "r" when A where properties.plan != "pro" and properties.c does not exist '
+                                       'post crm\n')
+    code, out, _ = run(["rules", "explain", str(rules)], capsys)
+    assert code == 0
+    assert 'properties.plan is not "pro" and properties.c is missing (or null)' in out
+    assert "A comparison with a missing field is never true, not even under `not`, `!=` or `not in`." in out
