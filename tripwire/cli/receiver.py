@@ -58,10 +58,9 @@ def verify(keys: list[bytes], headers: dict[str, str], body: bytes, now: float |
     signatures = headers.get("webhook-signature", "")
     if not msg_id or not stamp or not signatures:
         raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature header")
-    try:
-        ts = int(stamp)
-    except ValueError:
-        raise SignatureError(f"webhook-timestamp {stamp[:20]!r} is not an integer") from None
+    if not stamp.isascii() or not stamp.isdigit():  # int() would also take " 1", "+1" and "1_000"
+        raise SignatureError(f"webhook-timestamp {stamp[:20]!r} is not an integer")
+    ts = int(stamp)
     now = time.time() if now is None else now
     if abs(now - ts) > TOLERANCE_S:
         raise SignatureError(f"webhook-timestamp is {int(now - ts)} s away from now (tolerance {TOLERANCE_S} s)")
@@ -102,8 +101,15 @@ class Receiver:
         self.port = self.server.server_address[1]
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
-        length = int(req.headers.get("content-length") or 0)
+        raw_length = (req.headers.get("content-length") or "").strip()
+        if not raw_length.isdigit():
+            # chunked or garbled: refuse plainly (the handler thread used to die on "-1" or "abc")
+            req.close_connection = True
+            self._answer(req, 411, {"error": "send the body with a Content-Length (no chunked encoding)"})
+            return
+        length = int(raw_length)
         if length > MAX_BODY_BYTES:
+            req.close_connection = True
             self._answer(req, 413, {"error": "body_too_large"})
             return
         body = req.rfile.read(length)
@@ -111,6 +117,8 @@ class Receiver:
         try:
             msg_id = verify(self.keys, headers, body) if self.keys is not None else headers.get("webhook-id", "?")
             delivery = json.loads(body)
+            if not isinstance(delivery, dict):
+                raise ValueError("the body is not a JSON object")
         except (SignatureError, ValueError) as exc:
             with self._lock:
                 self.refused += 1

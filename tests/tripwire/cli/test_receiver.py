@@ -51,3 +51,38 @@ def test_wrong_secret_stale_timestamp_and_missing_headers_are_refused(receiver: 
     assert post(receiver, SECRET, "msg_y", stale).status_code == 401
     assert httpx.post(f"http://127.0.0.1:{receiver.port}/", content=BODY, timeout=5).status_code == 401
     assert receiver.received == 0 and receiver.refused == 3
+
+
+def raw_request(r: Receiver, head: str, body: bytes = b"") -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        return s.recv(1000)
+
+
+def test_bad_content_length_and_non_object_bodies_get_an_answer(receiver: Receiver) -> None:
+    # the handler thread used to die on these (a traceback on stderr, the connection dropped unanswered)
+    for length in ("-5", "abc"):
+        answer = raw_request(receiver, f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}", b"{}")
+        assert answer.startswith(b"HTTP/1.1 411"), answer
+    answer = raw_request(receiver, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked", b"2\r\n{}\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 411"), answer
+    loose = Receiver("127.0.0.1", 0, None, quiet=True)  # --no-verify: any body reaches describe()
+    thread = threading.Thread(target=loose.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert httpx.post(f"http://127.0.0.1:{loose.port}/", content=b"[1, 2]", timeout=5).status_code == 400
+        assert httpx.post(f"http://127.0.0.1:{loose.port}/", content=BODY, timeout=5).status_code == 200
+    finally:
+        loose.close()
+        thread.join(5)
+
+
+def test_timestamps_are_plain_digits(receiver: Receiver) -> None:
+    now = int(time.time())
+    sig = Webhook(SECRET).sign("msg_t", datetime.fromtimestamp(now, UTC), BODY)
+    spaced = f"{now // 1000}_{now % 1000:03d}"  # Python's int() accepts it; the spec's integer does not
+    headers = {"webhook-id": "msg_t", "webhook-timestamp": spaced, "webhook-signature": sig}
+    answer = httpx.post(f"http://127.0.0.1:{receiver.port}/", content=BODY, headers=headers, timeout=5)
+    assert answer.status_code == 401 and "not an integer" in answer.text
