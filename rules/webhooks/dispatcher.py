@@ -335,6 +335,9 @@ class Dispatcher:
                 "webhook %s to endpoint %s is a dead letter after %d attempts (%s)",
                 claimed.id, ep.name, claimed.attempt, result.error,
             )
+        elif result.outcome == "gone":  # no "next in 2 s": it waits for `webhooks enable` (logged below)
+            logger.info("webhook %s to endpoint %s: attempt %d failed (%s)", claimed.id, ep.name, claimed.attempt,
+                        result.error)
         else:
             logger.info(
                 "webhook %s to endpoint %s: attempt %d failed (%s); next in %.1f s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import orjson
@@ -156,7 +157,8 @@ async def test_redirect_is_a_failure_and_never_followed(log, receivers, tmp_path
     assert {r.path for r in rx.requests} == {"/hook"}
 
 
-async def test_410_disables_endpoint_until_enabled(log, receivers, tmp_path):
+async def test_410_disables_endpoint_until_enabled(log, receivers, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rules.webhooks.dispatcher")
     gone = True
 
     def handler(req: Received, n: int) -> Reply:
@@ -171,6 +173,8 @@ async def test_410_disables_endpoint_until_enabled(log, receivers, tmp_path):
         await wait_until(lambda: "crm" in d.store.endpoint_states() and d.store.endpoint_states()["crm"].disabled_reason)
         assert "410" in d.store.endpoint_states()["crm"].disabled_reason
         assert metric("tripwire_webhook_endpoint_disabled", endpoint="crm") == 1
+        said = [r.getMessage() for r in caplog.records if t1.id in r.getMessage()]
+        assert said and not any("next in" in m for m in said), said  # it waits for `enable`, not 2 s
         await publish(log, [t2])
         await wait_until(lambda: d.store.get(t2.id) is not None)
         # disabled: nothing more is sent, deliveries wait
