@@ -41,6 +41,9 @@ class CollectorConfig:
     snippet_max_age_s: int = 3600
     pixel_path: str = "/v1/pixel"
     cors_max_age_s: int = 86400
+    # An event time more than this ahead of receivedAt (a clock far ahead, a local time sent without
+    # its offset, an event "after" its sentAt) is replaced by receivedAt; originalTimestamp keeps it.
+    max_future_s: int = 10
 
     def __post_init__(self) -> None:
         for name in ("max_event_bytes", "max_batch_bytes", "max_decompressed_bytes"):
@@ -57,6 +60,8 @@ class CollectorConfig:
                 raise ConfigError(
                     f"Config 'collector.trusted_proxies[{i}]' has value {cidr!r}. Not an IP network (CIDR)."
                 ) from None
+        if self.max_future_s < 0:
+            raise ConfigError(f"Config 'collector.max_future_s' has value {self.max_future_s!r}. Must be >= 0.")
         for name in ("snippet_path", "pixel_path"):
             if not getattr(self, name).startswith("/"):
                 raise ConfigError(f"Config 'collector.{name}' has value {getattr(self, name)!r}. Must start with '/'.")

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from tripwire.envelope import EnvelopeError, format_time_ms, log_key, normalize
+from tripwire.envelope import EnvelopeError, event_time_ms, format_time_ms, log_key, normalize
 from tripwire.log import EVENTS, INVALID, EventLog
 
 from . import metrics
@@ -39,6 +39,7 @@ class Intake:
         catalog: Catalog | None,
         ip_policy: IpPolicy,
         max_event_bytes: int,
+        max_future_s: int = 10,
     ) -> None:
         self.log = log
         self.sources = dict(sources)
@@ -46,6 +47,8 @@ class Intake:
         self.catalog = catalog
         self.ip_policy = ip_policy
         self.max_event_bytes = max_event_bytes
+        self.max_future_ms = max_future_s * 1000
+        self._future: tuple[int, str] = (-1, "")  # (receive second, latest event time allowed), once a second
         self._basic_cache: dict[bytes, str | None] = {}
 
     # write key -----------------------------------------------------------------
@@ -99,6 +102,10 @@ class Intake:
         """
         received_ms = int(time.time() * 1000)
         received_at = format_time_ms(received_ms)
+        second = received_ms // 1000
+        if self._future[0] != second:  # times are one ISO format: strings compare like the times
+            self._future = (second, format_time_ms(second * 1000 + 999 + self.max_future_ms))
+        latest = self._future[1]
         anonymize = self.ip_policy.anonymize
         anonymized_peer = anonymize(client_ip) if client_ip else None
         batch_sent_at = batch_context = batch_integrations = None
@@ -141,6 +148,8 @@ class Intake:
             except EnvelopeError as exc:
                 where = f"batch[{i}]." if batch is not None else ""
                 raise CollectorError(400, "invalid_event", f"{where}{exc.field}: {exc.message}", field=where + exc.field) from None
+            if env["timestamp"] > latest and event_time_ms(env) > received_ms + self.max_future_ms:
+                env["timestamp"] = received_at  # an event cannot happen after it arrived
             ctx = env.get("context")
             if ctx is None:
                 ctx = env["context"] = {}

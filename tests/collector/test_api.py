@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import time
 
 import orjson
 import pytest
 
-from tripwire.envelope import parse_time_ms
+from tripwire.envelope import format_time_ms, parse_time_ms
 
 from .conftest import SERVER_KEY, SOURCES, WRITE_KEY, Collector, MakeCollector, basic
 
@@ -85,6 +86,30 @@ async def test_timestamp_without_sent_at_is_trusted(collector: Collector) -> Non
     assert r.status_code == 200
     (env,) = await collector.records()
     assert env["timestamp"] == "2024-05-01T10:00:00.000Z"
+
+
+async def test_an_event_time_in_the_future_becomes_the_receive_time(make_collector: MakeCollector) -> None:
+    # A clock far ahead (or a local time sent without its offset) would put the event in a future
+    # day of the lake and move the rules' watermark past every other visitor's events.
+    c = await make_collector({"sources": SOURCES})
+    near = format_time_ms(int(time.time() * 1000) + 5_000)  # within collector.max_future_s (10 s)
+    body = {"batch": [
+        {"type": "track", "event": "A", "userId": "u", "messageId": "far", "timestamp": "2099-01-01T00:00:00Z"},
+        {"type": "track", "event": "A", "userId": "u", "messageId": "after-sent", "timestamp": "2030-01-01T02:00:00Z",
+         "sentAt": "2030-01-01T01:00:00Z"},
+        {"type": "track", "event": "A", "userId": "u", "messageId": "near", "timestamp": near},
+    ], "writeKey": SERVER_KEY}
+    assert (await c.client.post("/v1/batch", json=body)).status_code == 200
+    envs = {e["messageId"]: e for e in await c.records()}
+    assert envs["far"]["timestamp"] == envs["far"]["receivedAt"]
+    assert envs["far"]["originalTimestamp"] == "2099-01-01T00:00:00Z"  # what the client sent is kept
+    assert envs["after-sent"]["timestamp"] == envs["after-sent"]["receivedAt"]
+    assert envs["near"]["timestamp"] == near
+    c0 = await make_collector({"sources": SOURCES, "collector": {"max_future_s": 0}})
+    assert (await c0.client.post("/v1/track", json={"event": "A", "userId": "u", "timestamp": near},
+                                 headers=basic(SERVER_KEY))).status_code == 200
+    (env,) = await c0.records()
+    assert env["timestamp"] == env["receivedAt"]
 
 
 async def test_batch_applies_batch_sent_at_and_context(collector: Collector) -> None:
