@@ -13,23 +13,40 @@ from tripwire.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    rules = sub.add_parser("rules", help="check, explain and backtest trigger rule files")
+    rules = sub.add_parser("rules", help="check, explain and backtest trigger rule files",
+                           description="Tools for trigger rule files (*.rules); the language: rules/LANGUAGE.md.")
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
 
-    check = rules_sub.add_parser("check", help="report every error as file:line:col (exit 1 on errors)")
-    check.add_argument("paths", nargs="+", metavar="PATH", help="rule files or directories of *.rules files")
+    paths_help = "rule files, or directories whose *.rules files are read (as the engine does)"
+    check = rules_sub.add_parser(
+        "check", help="report every error as file:line:col (exit 1 on errors)",
+        description="Parse and compile rule files the way the engine does. Each problem is printed as "
+                    "file:line:col: message, with the line and a caret. A post to an endpoint missing from the "
+                    "config is an error when a config file is in use (--config, $TRIPWIRE_CONFIG or "
+                    "./tripwire.toml), a warning otherwise. Exit 0: no errors; 1: errors.")
+    check.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.set_defaults(handler=check_command)
 
-    explain = rules_sub.add_parser("explain", help="each rule in plain English, with its matching semantics")
-    explain.add_argument("paths", nargs="+", metavar="PATH")
+    explain = rules_sub.add_parser(
+        "explain", help="each rule in plain English, with its matching semantics",
+        description="Print each rule that compiles in plain English: its steps, key, time bounds, cap and "
+                    "payload, and how it matches (see rules/LANGUAGE.md). Errors are printed as by check "
+                    "(exit 1).")
+    explain.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
     explain.set_defaults(handler=explain_command)
 
-    bt = rules_sub.add_parser("backtest", help="replay history through the engine: triggers per rule per day")
-    bt.add_argument("paths", nargs="+", metavar="PATH")
+    bt = rules_sub.add_parser(
+        "backtest", help="replay history through the engine: triggers per rule per day",
+        description="Replay recorded events through the same engine, in event-time order with no lateness, "
+                    "and print per rule the triggers per day (UTC, of the trigger time) and sample matches. "
+                    "Nothing is posted. Matches still waiting when history ends are reported, not fired. "
+                    "Exit 1: the rules have errors; 2: bad options, or the events cannot be read.")
+    bt.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
     source = bt.add_mutually_exclusive_group(required=True)
-    source.add_argument("--events", metavar="FILE.jsonl", help="envelopes, one JSON object per line ('-' = stdin)")
-    source.add_argument("--lake", metavar="DIR|s3://...", help="the Parquet lake written by the sink (S3 credentials and endpoint: the usual AWS_* variables)")
+    source.add_argument("--events", metavar="FILE.jsonl", help="Segment envelopes, one JSON object per line ('-' = stdin); each needs timestamp, messageId "
+                             "and anonymousId or userId")
+    source.add_argument("--lake", metavar="DIR|s3://...", help="the Parquet lake written by the sink (S3 credentials and endpoint: the usual AWS_* variables or [rules] storage_options)")
     bt.add_argument("--since", metavar="YYYY-MM-DD", type=_day,
                     help="first day (UTC, of the event time) to replay: the first lake partition read, or the "
                          "first day of --events kept")
