@@ -106,3 +106,15 @@ def test_run_logs_little_at_info_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
     assert any("sink stopped" in line for line in lines)
     assert not [line for line in lines if "uvicorn" in line]  # "Waiting for application startup." and 6 more
     assert not [line for line in lines if "Traceback" in line or " ERROR " in line]
+
+
+def test_the_readme_lists_every_default_that_config_show_prints() -> None:
+    import tomllib
+
+    from tripwire.cli.config import render
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("these are the defaults:\n\n```toml\n", 1)[1].split("```", 1)[0]
+    documented = tomllib.loads(block.split("# Tables keyed by your names", 1)[0])
+    effective = tomllib.loads(render(from_dict({})))
+    assert documented == effective
