@@ -17,15 +17,20 @@ from tripwire.config import Config
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lake = sub.add_parser("lake", help="maintain the Parquet lake (compaction, erasure, new catalog columns)")
     lake_sub = lake.add_subparsers(dest="lake_command", metavar="SUBCOMMAND", required=True)
-    c = lake_sub.add_parser("compact", help="merge the small files of closed date partitions")
+    c = lake_sub.add_parser("compact", help="merge the small files of closed date partitions",
+                            description="Merge the small files of each date partition whose day ended more than "
+                                        "sink.compact_min_age_s ago (or of --date), atomically per directory.")
     c.add_argument("--date", metavar="YYYY-MM-DD", help="compact this day (default: every closed day)")
-    c.add_argument("--target-mb", type=int, default=64, help="files below this size are merged (default 64)")
+    c.add_argument("--target-mb", type=int, default=64, metavar="MB", help="files below this size are merged (default 64)")
     c.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     c.set_defaults(handler=compact_command)
     m = lake_sub.add_parser("migrate", help="add the catalog's new typed columns to every file (stop the sinks first)")
     m.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     m.set_defaults(handler=migrate_command)
-    f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId)")
+    f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId)",
+                            description="Rewrite every file holding rows whose userId, anonymousId or previousId "
+                                        "is ID, without them. Covers what is in the lake: run it again after "
+                                        "sink.max_late_file_age_s, or stop the sink first.")
     f.add_argument("--user", required=True, metavar="ID", help="the userId or anonymousId to erase")
     f.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     f.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")

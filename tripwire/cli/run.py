@@ -25,7 +25,12 @@ SERVICE_FACTORIES = [
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    run = sub.add_parser("run", help="run collector, rules engine, webhooks and sink in one process (embedded log)")
+    run = sub.add_parser(
+        "run", help="run collector, rules engine, webhooks and sink in one process (embedded log)",
+        description="Run the whole stack in one process: the collector on server.host:server.port (also "
+                    "/metrics, /healthz, /readyz), the rules engine, the webhook dispatcher and the Parquet sink, "
+                    "on the log in <data_dir>. Stops cleanly on SIGTERM/SIGINT.",
+    )
     run.add_argument("--host", help="listen address (server.host)")
     run.add_argument("--port", type=int, help="listen port (server.port)")
     # uvloop when installed: the collector serves several times more requests on it.

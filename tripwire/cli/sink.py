@@ -15,7 +15,12 @@ from tripwire.service import run_services
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("sink", help="consume the events topic into the Parquet lake (sink.lake_url)")
+    p = sub.add_parser(
+        "sink", help="consume the events topic into the Parquet lake (sink.lake_url)",
+        description="Write the events topic into the Hive-partitioned Parquet lake (sink.lake_url, default "
+                    "<data_dir>/lake; s3://bucket/prefix). Several sinks sharing sink.group split the partitions. "
+                    "Metrics and probes: tripwire --metrics-port PORT sink.",
+    )
     p.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
     p.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     p.set_defaults(handler=lambda args, config: asyncio.run(sink_command(args, config)))
