@@ -66,6 +66,8 @@ def row_to_envelope(row: Mapping[str, Any], promoted: Mapping[str, tuple[str, st
     for col, (field, key) in promoted.items():
         value = row.get(col)
         if value is not None:
+            if type(value) is float and value.is_integer() and abs(value) < 2**53:
+                value = int(value)  # a "number" column is float64; the event said 150, not 150.0 (payloads)
             (props if field == "properties" else traits)[key] = _iso(value)
     if props or env.get("type") in ("track", "page", "screen"):
         env["properties"] = props

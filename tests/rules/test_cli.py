@@ -289,3 +289,15 @@ def test_explain_warns_that_negations_do_not_match_missing_fields(tmp_path: Path
     assert code == 0
     assert 'properties.plan is not "pro" and properties.c is missing (or null)' in out
     assert "A comparison with a missing field is never true, not even under `not`, `!=` or `not in`." in out
+
+
+def test_backtest_on_the_lake_gives_numbers_as_the_events_had_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", GOOD.replace("{ sku: cart.properties.sku }", "{ price: cart.properties.price }"))
+    lake = tmp_path / "lake"
+    events = history()
+    events[0]["properties"]["price"] = 30.5
+    write_lake(lake, events)  # price is a promoted float64 column, as the sink writes catalog numbers
+    code, out, err = run(["rules", "backtest", str(rules), "--lake", str(lake), "--no-progress"], capsys)
+    assert code == 0, err
+    # a live trigger posts {"price":30}; the backtest of the same event said {"price":30.0}
+    assert 'payload={"price":30.5}' in out and 'payload={"price":30}' in out and "30.0" not in out
