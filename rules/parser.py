@@ -9,6 +9,7 @@ what was expected), always with the line and column of the offending text.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import re
@@ -109,6 +110,23 @@ def _describe_expected(expected: set[str] | frozenset[str]) -> str:
     return ", ".join(names)
 
 
+def _did_you_mean(token: Token, expected: set[str] | frozenset[str]) -> str | None:
+    """The keyword a misspelt name was probably meant to be (`thn` -> `then`, `wihtin` -> `within`)."""
+    if token.type != "NAME":
+        return None
+    words = []
+    parser = _lark()
+    for name in expected:
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            continue
+        if pattern.type == "str" and pattern.value.isalpha():
+            words.append(pattern.value)
+    close = difflib.get_close_matches(str(token).lower(), words, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _token_text(token: Token) -> str:
     if token.type == "$END":
         return "the end of the file"
@@ -154,6 +172,9 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str, lines: li
                             else f"unexpected {found}; expected {expected}")
         if label:
             message = f"{label} (found {found})"
+        hint = _did_you_mean(exc.token, exc.expected)
+        if hint:
+            message += f"; did you mean `{hint}`?"
     else:
         message = label or f"the rule ends too early; expected {_describe_expected(getattr(exc, 'expected', set()))}"
     source = lines[line - 1] if 0 < line <= len(lines) else ""

@@ -34,6 +34,9 @@ def only(text: str) -> Diagnostic:
     ('rule "r"\n  when A where properties.név == 1\n  post crm', 2, 28, 'properties."precio €"'),
     ('rule "r"\n  when A\n  then no 2 B within 1m\n  post crm', 3, 11, "an absence takes no count"),
     ('rule "r"\n  when A\n  post crm with {', 3, 17, "the rule ends too early; expected `}`"),
+    ('rule "r"\n  when A\n  thn no B within 1m\n  post crm', 3, 3, "did you mean `then`?"),
+    ('rule "r"\n  when A\n  then B wihtin 1m\n  post crm', 3, 10, "did you mean `within`?"),
+    ('rule "r"\n  when A where properties.x == 1 adn properties.y == 2\n  post crm', 2, 34, "did you mean `and`?"),
 ])
 def test_syntax_errors_point_at_the_offending_text(text: str, line: int, column: int, words: str) -> None:
     d = only(text)
