@@ -278,5 +278,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+SECRET_WORDS = ("secret", "key", "salt", "password", "token")  # in a key's last part: its value is not printed
+
+
 def _bad(key: str, value: Any, expected: str) -> ConfigError:
+    name = key.rsplit(".", 1)[-1].split("[", 1)[0].lower()
+    if any(w in name for w in SECRET_WORDS):
+        return ConfigError(f"Config '{key}' has a value of type {type(value).__name__} (not shown: a secret). Not {expected}.")
     return ConfigError(f"Config '{key}' has value {value!r}. Not {expected}.")

@@ -215,3 +215,31 @@ def test_a_value_where_a_section_belongs_says_so(tmp_path: Path) -> None:
     message = str(info.value)
     assert "'log'" in message and "data_dir" in message and "[log]" in message
     assert message.endswith("(set by TRIPWIRE_LOG)")
+
+
+@pytest.mark.parametrize(("data", "key", "secret"), [
+    ({"sources": {"web": {"write_key": ["wk_live_topsecret"]}}}, "sources.web.write_key", "wk_live_topsecret"),
+    ({"endpoints": {"crm": {"secret": ["whsec_abcdefgh"]}}}, "endpoints.crm.secret", "whsec_abcdefgh"),
+    ({"sink": {"s3_secret": 123456789}}, "sink.s3_secret", "123456789"),
+    ({"collector": {"pii_salt": {"salt": "pepper-9f2"}}}, "collector.pii_salt", "pepper-9f2"),
+])
+def test_a_secret_of_the_wrong_type_is_named_but_not_printed(data: dict, key: str, secret: str) -> None:
+    from tripwire.config import build
+
+    @dataclass(frozen=True)
+    class Secrets:
+        write_key: str = ""
+        secret: str = ""
+        s3_secret: str = ""
+        pii_salt: str = ""
+
+    section, rest = key.split(".", 1)
+    values = data[section]
+    while "." in rest:
+        head, rest = rest.split(".", 1)
+        values = values[head]
+    with pytest.raises(ConfigError) as info:
+        build(Secrets, values, key.rsplit(".", 1)[0])
+    message = str(info.value)
+    assert f"'{key}'" in message and "Not a string" in message
+    assert secret not in message

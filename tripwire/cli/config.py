@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Any
 
-from tripwire.config import Config, ConfigError
+from tripwire.config import SECRET_WORDS, Config, ConfigError  # SECRET_WORDS: masked here, not printed in errors
 
 # Section name -> "module:Dataclass" (read with Config.section).
 SECTIONS = {
@@ -25,7 +25,6 @@ SECTIONS = {
     "sink": "sinks.config:SinkConfig",
 }
 TABLES = ("sources", "endpoints")  # tables keyed by user names
-SECRET_WORDS = ("secret", "key", "salt", "password", "token")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
