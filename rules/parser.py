@@ -39,6 +39,46 @@ _FRIENDLY = {
     "$END": "the end of the file",
 }
 
+_DURATION_LABEL = "a duration needs a unit: ms, s, m, h or d (e.g. 30s)"
+_WORD_UNITS = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m", "mins": "m", "minute": "m",
+               "minutes": "m", "hr": "h", "hrs": "h", "hour": "h", "hours": "h", "day": "d", "days": "d",
+               "msec": "ms", "millis": "ms", "milliseconds": "ms"}
+
+
+def _duration_hint(rest: str) -> str | None:
+    """What is wrong with a duration as written (``rest``: the text from where it starts)."""
+    word = re.match(r"-?[0-9.]+(?:[ \t]*[A-Za-z]+)?(?:[0-9]+[A-Za-z]+)*", rest)
+    if word is None:
+        return None
+    w = word.group(0)
+    parts = re.findall(r"([0-9]+)(ms|s|m|h|d)", w)
+    if len(parts) > 1 and "".join(n + u for n, u in parts) == w:
+        total = sum(int(n) * _UNITS_MS[u] for n, u in parts)
+        unit = next(u for u in ("d", "h", "m", "s", "ms") if total % _UNITS_MS[u] == 0)
+        return f"one number and one unit per duration: write {total // _UNITS_MS[unit]}{unit}, not {w}"
+    if w.startswith("-"):
+        return f"a duration must be more than zero (found '{w}')"
+    m = re.fullmatch(r"([0-9]+\.[0-9]+)[ \t]*([A-Za-z]*)", w)
+    if m:
+        unit = _WORD_UNITS.get(m.group(2).lower(), m.group(2).lower())
+        ms = float(m.group(1)) * _UNITS_MS.get(unit, 0)
+        better = next((f"{int(ms) // _UNITS_MS[u]}{u}" for u in ("d", "h", "m", "s", "ms")
+                       if ms >= 1 and ms.is_integer() and int(ms) % _UNITS_MS[u] == 0), None)
+        fix = f"write {better}" if better else "ms, s, m, h or d, e.g. 30s"
+        return f"a duration is a whole number and a unit: {fix} (found '{w}')"
+    m = re.fullmatch(r"([0-9]+)([ \t]*)([A-Za-z]+)", w)
+    if m:
+        n, space, unit = m.groups()
+        fix = unit if unit in _UNITS_MS else _WORD_UNITS.get(unit.lower()) or (unit.lower() if unit.lower() in _UNITS_MS else None)
+        if unit.lower() in ("w", "wk", "week", "weeks"):
+            return f"there is no week unit: write {int(n) * 7}d (found '{w}')"
+        if fix is not None and (space or fix != unit):
+            return f"write {n}{fix} (found '{w}'; units are ms, s, m, h and d, right after the number)"
+        if fix is None:
+            return f"unknown unit '{unit}': use ms, s, m, h or d, e.g. 30s (found '{w}')"
+    return None
+
+
 # Common mistakes, labelled (lark's match_examples compares parser states).
 _EXAMPLES: dict[str, list[str]] = {
     'a rule name must be a quoted string, e.g. rule "abandoned cart"': [
@@ -47,7 +87,7 @@ _EXAMPLES: dict[str, list[str]] = {
     "a rule starts with `when <Event>` after its name": [
         'rule "x" then A', 'rule "x" post crm', 'rule "x" A', 'rule "x" no A',
     ],
-    "a duration needs a unit: ms, s, m, h or d (e.g. 30s)": [
+    _DURATION_LABEL: [
         'rule "x" when A then B within 30', 'rule "x" when 3 A within 10 post c',
         'rule "x" when A then no B within x', 'rule "x" when A at most once per 3',
         'rule "x" when A then B within 30 post c',
@@ -172,6 +212,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str, lines: li
                             else f"unexpected {found}; expected {expected}")
         if label:
             message = f"{label} (found {found})"
+        if label == _DURATION_LABEL and exc.token.start_pos is not None:
+            message = _duration_hint(text[exc.token.start_pos :]) or message
         hint = _did_you_mean(exc.token, exc.expected)
         if hint:
             message += f"; did you mean `{hint}`?"

@@ -35,6 +35,12 @@ def only(text: str) -> Diagnostic:
     ('rule "r"\n  when A\n  then no 2 B within 1m\n  post crm', 3, 11, "an absence takes no count"),
     ('rule "r"\n  when A\n  post crm with {', 3, 17, "the rule ends too early; expected `}`"),
     ('rule "r"\n  when A\n  thn no B within 1m\n  post crm', 3, 3, "did you mean `then`?"),
+    ('rule "r"\n  when A\n  then B within 1h30m\n  post crm', 3, 17, "one number and one unit per duration: write 90m"),
+    ('rule "r"\n  when A\n  then B within 1.5h\n  post crm', 3, 17, "whole number and a unit: write 90m"),
+    ('rule "r"\n  when A\n  then B within 30 sec\n  post crm', 3, 17, "write 30s (found '30 sec'"),
+    ('rule "r"\n  when A\n  then B within 2w\n  post crm', 3, 17, "there is no week unit: write 14d"),
+    ('rule "r"\n  when A\n  then B within -5s\n  post crm', 3, 17, "more than zero"),
+    ('rule "r"\n  when A at most once per 1d12h post crm', 2, 27, "write 36h, not 1d12h"),
     ('rule "r"\n  when A\n  then B wihtin 1m\n  post crm', 3, 10, "did you mean `within`?"),
     ('rule "r"\n  when A where properties.x == 1 adn properties.y == 2\n  post crm', 2, 34, "did you mean `and`?"),
 ])
