@@ -118,3 +118,18 @@ def test_the_readme_lists_every_default_that_config_show_prints() -> None:
     documented = tomllib.loads(block.split("# Tables keyed by your names", 1)[0])
     effective = tomllib.loads(render(from_dict({})))
     assert documented == effective
+
+
+def test_config_show_masks_secrets_inside_tables_and_urls() -> None:
+    from tripwire.cli.config import render
+
+    text = render(from_dict({
+        "rules": {"storage_options": {"key": "AKIAEXAMPLE", "secret": "s3cr3t-value",
+                                      "client_kwargs": {"endpoint_url": "http://minio:9000"}}},
+        "sink": {"lake_url": "s3://bucket/x", "s3_endpoint_url": "https://user:pa55word@s3.example"},
+        "endpoints": {"crm": {"url": "https://crm.example/h?token=tok-123", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                              "headers": {"Authorization": "Bearer abc123xyz", "X-Api-Key": "k-999", "X-Team": "growth"}}},
+    }))
+    for secret in ("AKIAEXAMPLE", "s3cr3t-value", "pa55word", "tok-123", "MfKQ9r8", "abc123xyz", "k-999"):
+        assert secret not in text
+    assert 'endpoint_url = "http://minio:9000"' in text and 'X-Team = "growth"' in text  # the rest stays readable

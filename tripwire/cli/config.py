@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from tripwire.config import SECRET_WORDS, Config, ConfigError  # SECRET_WORDS: masked here, not printed in errors
+from tripwire.logs import redact
 
 # Section name -> "module:Dataclass" (read with Config.section).
 SECTIONS = {
@@ -45,8 +46,16 @@ def sections(config: Config) -> dict[str, Any]:
 
 
 def _mask(key: str, value: Any) -> Any:
-    if isinstance(value, str) and value and any(w in key for w in SECRET_WORDS) and not key.endswith("_path"):
-        return "***"
+    """``value`` with secrets masked: by its key's name (also inside tables such as webhook headers
+    and storage options), and credentials or tokens inside strings (URLs)."""
+    name = key.lower()
+    secret = any(w in name for w in (*SECRET_WORDS, "authorization")) and not name.endswith("_path")
+    if isinstance(value, str):
+        return "***" if secret and value else redact(value, ips=False)
+    if isinstance(value, dict):
+        return {k: _mask(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask(key, v) for v in value]
     return value
 
 
