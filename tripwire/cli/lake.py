@@ -109,10 +109,11 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
         print(f"tripwire lake forget: {exc}", file=sys.stderr)
         return 1
     verb = "would remove" if args.dry_run else "removed"
+    rewrote, deleted = ("would rewrite", "would delete") if args.dry_run else ("rewrote", "deleted")
     for path, n in sorted(report.rewritten.items()):
-        print(f"rewrote {path}: {verb} {n} row(s)")
+        print(f"{rewrote} {path}: {verb} {n} row(s)")
     for path, n in sorted(report.deleted.items()):
-        print(f"deleted {path}: {verb} {n} row(s), none left")
+        print(f"{deleted} {path}: {verb} {n} row(s), none left")
     print(f"{report.files_scanned} files scanned, {verb} {report.rows_removed} row(s) "
           f"in {len(report.rewritten) + len(report.deleted)} file(s)")
     return 0
