@@ -116,6 +116,7 @@ def read_catalog(path: str | Path) -> list[Promoted]:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("events", {}), Mapping):
         raise CatalogError(f"event catalog '{path}': expected an object with an 'events' object")
     found: dict[tuple[str, str], str | None] = {}
+    nested: set[tuple[str, str]] = set()  # declared as objects or arrays: JSON by design, nothing to report
 
     def collect(field: str, spec: Any) -> None:
         schema = spec.get("schema") if isinstance(spec, Mapping) else None
@@ -125,6 +126,8 @@ def read_catalog(path: str | Path) -> list[Promoted]:
         for key, sub in props.items():
             kind = _kind(sub)
             slot = (field, str(key))
+            if isinstance(sub, Mapping) and sub.get("type") in ("object", "array"):
+                nested.add(slot)
             if slot in found:
                 old = found[slot]
                 found[slot] = None if old is None or kind is None else _merge(old, kind)
@@ -138,7 +141,8 @@ def read_catalog(path: str | Path) -> list[Promoted]:
     out = []
     for (field, key), kind in sorted(found.items()):
         if kind is None:
-            logger.info("catalog property %s.%s has no single scalar type; it stays in the JSON column", field, key)
+            logger.log(logging.DEBUG if (field, key) in nested else logging.INFO,
+                       "catalog property %s.%s has no single scalar type; it stays in the JSON column", field, key)
             continue
         out.append(Promoted(column_name(field, key), field, key, kind))
     return out

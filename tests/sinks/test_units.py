@@ -57,6 +57,19 @@ def test_an_enum_or_const_without_a_type_is_typed_by_its_values(tmp_path: Path) 
     assert {p.column: p.kind for p in read_catalog(EXAMPLE)}["traits_plan"] == "string"
 
 
+def test_only_surprising_json_columns_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # An object or array property stays JSON by design: no INFO line on every start and lake command.
+    path = tmp_path / "catalog.json"
+    path.write_text(orjson.dumps({"events": {
+        "A": {"schema": {"properties": {"shipping": {"type": "object"}, "tags": {"type": "array"}, "n": {"type": "string"}}}},
+        "B": {"schema": {"properties": {"n": {"type": "boolean"}}}},
+    }}).decode())
+    with caplog.at_level("INFO", logger="sinks.catalog"):
+        assert read_catalog(path) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "catalog property properties.n has no single scalar type; it stays in the JSON column"]
+
+
 def test_a_broken_catalog_is_named(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="does not exist"):
         read_catalog(tmp_path / "nope.json")
