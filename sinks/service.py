@@ -95,13 +95,16 @@ class SinkService:
         assert self.writer is not None
         async with self._lock:
             self._generation += 1
+            owned = []
             for tp in sorted(partitions):
                 if tp.topic != EVENTS:
                     continue
                 offset = await asyncio.to_thread(self.writer.assign, tp.partition)
                 self._owned.add(tp.partition)
                 consumer.seek(tp, offset)
-                logger.info("sink owns %s-%d from offset %d", tp.topic, tp.partition, offset)
+                owned.append(f"{tp.topic}-{tp.partition} from offset {offset}")
+            if owned:  # one line per rebalance, not one per partition
+                logger.info("sink owns %s", ", ".join(owned))
             self._generation += 1  # a poll that began while this ran may predate the seeks
 
     async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:

@@ -105,6 +105,8 @@ def test_run_logs_little_at_info_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
     assert any("collector listening on" in line for line in lines)
     assert any("sink stopped" in line for line in lines)
     assert not [line for line in lines if "uvicorn" in line]  # "Waiting for application startup." and 6 more
+    (owns,) = [line for line in lines if "sink owns" in line]  # one line for the 4 partitions
+    assert "events-0 from offset 0, events-1 from offset 0" in owns
     assert not [line for line in lines if "Traceback" in line or " ERROR " in line]
 
 
