@@ -152,7 +152,7 @@ def _describe_expected(expected: set[str] | frozenset[str]) -> str:
 
 def _did_you_mean(token: Token, expected: set[str] | frozenset[str]) -> str | None:
     """The keyword a misspelt name was probably meant to be (`thn` -> `then`, `wihtin` -> `within`)."""
-    if token.type != "NAME":
+    if token.type != "NAME" or len(token) < 3:  # `B` is an event name, not a misspelt `by`
         return None
     words = []
     parser = _lark()
@@ -165,6 +165,10 @@ def _did_you_mean(token: Token, expected: set[str] | frozenset[str]) -> str | No
             words.append(pattern.value)
     close = difflib.get_close_matches(str(token).lower(), words, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
 def _token_text(token: Token) -> str:
@@ -217,6 +221,12 @@ def _syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str, lines: li
         hint = _did_you_mean(exc.token, exc.expected)
         if hint:
             message += f"; did you mean `{hint}`?"
+        if exc.token.start_pos is not None:
+            # `where` at the end of a line, the next clause read as the field to test: `where then no B`
+            bare = re.search(r"\bwhere\s+(then|post|within|by|at)\s*\Z", text[: exc.token.start_pos])
+            if bare:
+                message = f"the condition after `where` is missing (`{bare.group(1)}` is a keyword, not a field)"
+                line, column = _line_col(text, bare.start())
     else:
         message = label or f"the rule ends too early; expected {_describe_expected(getattr(exc, 'expected', set()))}"
     source = lines[line - 1] if 0 < line <= len(lines) else ""

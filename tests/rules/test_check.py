@@ -35,6 +35,8 @@ def only(text: str) -> Diagnostic:
     ('rule "r"\n  when A\n  then no 2 B within 1m\n  post crm', 3, 11, "an absence takes no count"),
     ('rule "r"\n  when A\n  post crm with {', 3, 17, "the rule ends too early; expected `}`"),
     ('rule "r"\n  when A\n  thn no B within 1m\n  post crm', 3, 3, "did you mean `then`?"),
+    ('rule "r"\n  when A as cart where\n  then no B within 1m\n  post crm', 2, 18,
+     "the condition after `where` is missing (`then` is a keyword, not a field)"),
     ('rule "r"\n  when A\n  then B within 1h30m\n  post crm', 3, 17, "one number and one unit per duration: write 90m"),
     ('rule "r"\n  when A\n  then B within 1.5h\n  post crm', 3, 17, "whole number and a unit: write 90m"),
     ('rule "r"\n  when A\n  then B within 30 sec\n  post crm', 3, 17, "write 30s (found '30 sec'"),
@@ -154,3 +156,8 @@ def test_quoted_field_names_read_any_key() -> None:
     from .util import plan_of
 
     assert 'c.properties."Product Name" starts with "Shoe"' in explain(plan_of(text).rules[0])
+
+
+def test_short_names_get_no_keyword_suggestion() -> None:
+    d = only('rule "r"\n  when A where x B\n  post crm')
+    assert "did you mean" not in d.message  # `B` is not a misspelt `by`
