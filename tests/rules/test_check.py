@@ -22,7 +22,7 @@ def only(text: str) -> Diagnostic:
     ("rule cart\n  when A post crm", 1, 6, "quoted string"),
     ('rule "r"\n  when A\n  then B within 30\n  post crm', 3, 17, "needs a unit"),
     ('rule "r"\n  when A where properties.a post crm', 2, 29, "must be compared"),
-    ('rule "r"\n  when A where\n  post crm', 3, 8, "condition after `where`"),
+    ('rule "r"\n  when A where\n  post crm', 2, 10, "condition after `where` is missing"),
     ('rule "r"\n  when A\n  then\n', 3, 3, "event name is expected"),
     ('rule "r" when A where properties.a == \'x\' post crm', 1, 39, "double quotes"),
     ('rule "r" when A where properties.a == "x post crm', 1, 39, "not closed"),
