@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,6 +34,7 @@ from tripwire.config import Config, ConfigError
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CHATTY_LIBRARIES = ("aiokafka",)  # the same line at most once a minute (RepeatFilter)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,35 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode()
 
 
+class RepeatFilter(logging.Filter):
+    """Let a library's identical message through once per ``interval_s``; the next one that passes
+    says how many were held back. For chatty dependencies only (aiokafka logs each failed connect)."""
+
+    def __init__(self, prefixes: tuple[str, ...], interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.interval_s = interval_s
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # -> (last passed, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = self.clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if last is not None and last[1]:
+            record.msg, record.args = f"{key[2]} ({last[1]} more in {self.interval_s:.0f}s)", ()
+        return True
+
+
 def logging_config(config: Config) -> LoggingConfig:
     return config.section("logging", LoggingConfig)
 
@@ -137,6 +169,7 @@ def setup(fmt: str = "text", level: str = "info", *, service: str = "", redact_i
         handler.setFormatter(JsonFormatter(service, redact_ips))
     else:
         handler.setFormatter(RedactingFormatter(TEXT_FORMAT, redact_ips))
+    handler.addFilter(RepeatFilter(CHATTY_LIBRARIES))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -51,3 +51,26 @@ def test_logging_section_is_checked() -> None:
     assert logging_config(from_dict({"logging": {"format": "json"}})).format == "json"
     with pytest.raises(ConfigError, match="logging.format"):
         logging_config(from_dict({"logging": {"format": "xml"}}))
+
+
+def test_a_library_repeating_itself_is_logged_once_a_minute_with_a_count() -> None:
+    # aiokafka logs 'Unable connect to ...' at ERROR twice a second while the broker is away
+    # (7,200 lines an hour); Tripwire's own warning already says it is spilling.
+    from tripwire.logs import RepeatFilter
+
+    now = [1000.0]
+    f = RepeatFilter(("aiokafka",), interval_s=60, clock=lambda: now[0])
+
+    def kafka(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka.conn", logging.ERROR, __file__, 1, msg, (), None)
+
+    passed = []
+    for i in range(240):  # two minutes, twice a second
+        now[0] = 1000.0 + i / 2
+        r = kafka('Unable connect to "127.0.0.1:9092": [Errno 111] Connection refused')
+        if f.filter(r):
+            passed.append(r.getMessage())
+    assert passed == ['Unable connect to "127.0.0.1:9092": [Errno 111] Connection refused',
+                      'Unable connect to "127.0.0.1:9092": [Errno 111] Connection refused (119 more in 60s)']
+    assert f.filter(kafka("another message"))
+    assert all(f.filter(record("rules.service says %s", i)) for i in range(10))  # others are never held back
