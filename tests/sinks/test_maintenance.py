@@ -257,3 +257,26 @@ def test_cli_refuses_a_lake_that_is_not_there(tmp_path: Path, capsys: pytest.Cap
 def test_cli_compact_refuses_a_date_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lake", "compact", "--date", "2026-13-45", "--lake", str(tmp_path)]) == 2
     assert "--date '2026-13-45' is not YYYY-MM-DD (a calendar date)" in capsys.readouterr().err
+
+
+async def test_forget_also_erases_the_anonymous_history_linked_to_the_user(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # Page views before login carry only the anonymousId; identify links it to the userId. Erasing
+    # the userId alone left the person's pre-login history (pages, user agent, IP prefix) in the lake.
+    lake = make_lake("local", tmp_path, None)
+    before = [event(i, user="a1") for i in range(3)]
+    login = event(3, user="a1")
+    login["userId"] = "u1"
+    alias = event(4, user="a9")
+    alias.update(type="alias", userId="u1", previousId="old-id")
+    other_on_same_device = event(5, user="a1")
+    other_on_same_device["userId"] = "u2"
+    unrelated = event(6, user="a2")
+    await fill(lake, [*before, login, alias, other_on_same_device, unrelated])
+    report = forget(lake.lake, lake.cfg, "u1", dry_run=True)
+    assert report.linked == ["a1", "a9", "old-id"] and report.rows_removed == 5
+    assert forget(lake.lake, lake.cfg, "u1", exact=True, dry_run=True).rows_removed == 2
+    cfg = _config(tmp_path, lake.lake)
+    assert main(["--config", str(cfg), "lake", "forget", "--user", "u1"]) == 0
+    assert "with the anonymous ids seen with it: a1, a9, old-id" in capsys.readouterr().out
+    assert ids(lake) == ["m-5", "m-6"]  # another user on the same browser, and a stranger, stay

@@ -29,10 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     m.set_defaults(handler=migrate_command)
     f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId)",
                             description="Rewrite every file holding rows whose userId, anonymousId or previousId "
-                                        "is ID, without them. Covers what is in the lake: run it again after "
-                                        "sink.max_late_file_age_s, or stop the sink first.")
+                                        "is ID, without them, and the rows without a userId of the anonymous ids "
+                                        "seen with it (the history from before login). Covers what is in the lake: "
+                                        "run it again after sink.max_late_file_age_s, or stop the sink first.")
     f.add_argument("--user", required=True, metavar="ID", help="the userId or anonymousId to erase")
     f.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    f.add_argument("--exact", action="store_true",
+                   help="only rows carrying ID, not the anonymous history linked to it (see sinks/README.md)")
     f.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     f.set_defaults(handler=forget_command)
 
@@ -104,7 +107,7 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
     if _missing("forget", lake):
         return 1
     try:
-        report = forget(lake, cfg, args.user, dry_run=args.dry_run)
+        report = forget(lake, cfg, args.user, dry_run=args.dry_run, exact=args.exact)
     except (SinkError, ValueError) as exc:
         print(f"tripwire lake forget: {exc}", file=sys.stderr)
         return 1
@@ -114,7 +117,8 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
         print(f"{rewrote} {path}: {verb} {n} row(s)")
     for path, n in sorted(report.deleted.items()):
         print(f"{deleted} {path}: {verb} {n} row(s), none left")
-    print(f"{report.files_scanned} files scanned, {verb} {report.rows_removed} row(s) "
+    linked = f" with the anonymous ids seen with it: {', '.join(report.linked)}" if report.linked else ""
+    print(f"{report.files_scanned} files scanned, {verb} {report.rows_removed} row(s) of {args.user}{linked} "
           f"in {len(report.rewritten) + len(report.deleted)} file(s)")
     return 0
 
