@@ -72,7 +72,8 @@ class EmbeddedDurability:
         for p, offset in positions.items():
             states, seen, cutoff = self.engine.take_changes(p)
             max_t, wm = self.engine.meta_of(p)
-            deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff))
+            snapshot = self.engine.snapshot_partition(p) if self.store.wants_snapshot(p) else None
+            deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff, snapshot))
         await asyncio.to_thread(self.store.commit, deltas, triggers)
         if triggers or self._outbox_waiting:
             self._outbox_waiting = True

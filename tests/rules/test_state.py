@@ -219,3 +219,76 @@ def test_a_compact_state_keeps_its_time_and_offset_across_duplicate_memory_sweep
     assert feed(engine, [ev("A", 4000, key="k3", mid="a0")]) == [] and engine.stats.duplicates == 0  # a0 is forgotten now
     got = engine.advance_watermark(0, T0 + 7_199_001)
     assert [(m.key, m.events[0][1], m.events[0][3], m.payload) for m in got] == [("k2", T0 + 3_599_000, 60, {"x": 2})]
+
+
+def _rows(path: Path, table: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+
+
+def test_sqlite_store_journals_each_commit_and_snapshots_when_the_journal_outgrows_the_last_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One journal row per partition and commit; when the journal is as big as the last snapshot,
+    # the commit carries a full snapshot instead and the journal before it goes. After every commit a
+    # fresh store loads exactly what the engine holds (states, remembered ids, offset, watermark).
+    import rules.state
+
+    monkeypatch.setattr(rules.state, "_SNAPSHOT_MIN_BYTES", 1500)
+    db = tmp_path / "state.db"
+    engine = Engine(plan_of(RULES), 0, track_dirty=True)
+    store = SqliteStateStore(db, "g")
+    store.open()
+    snapshots = journal_loads = 0
+    offset = 0
+    for batch in range(40):
+        for i in range(5):
+            kind = ("AddToCart", "PageView", "A", "B", "Checkout")[(batch + i) % 5]
+            engine.process(0, offset, ev(kind, batch * 20 + i, key=f"k{(batch * 3 + i) % 7}", mid=f"m{offset}", sku=f"S{i}"))
+            offset += 1
+        states, seen, cutoff = engine.take_changes(0)
+        snapshot = engine.snapshot_partition(0) if store.wants_snapshot(0) else None
+        snapshots += snapshot is not None
+        store.commit([PartitionDelta(0, offset, *engine.meta_of(0), states, seen, cutoff, snapshot)], [])
+        journal_loads += _rows(db, "journal") > 0
+
+        fresh = SqliteStateStore(db, "g")
+        fresh.open()
+        loaded = fresh.load(0)
+        fresh.close()
+        held = pickle.loads(engine.snapshot_partition(0))
+        assert loaded.offset == offset and (loaded.max_t, loaded.watermark) == engine.meta_of(0)
+        assert dict(loaded.states) == held["states"] and loaded.seen == held["seen"]
+    store.close()
+    assert snapshots >= 2 and journal_loads >= 20
+    assert _rows(db, "journal") < 40 and _rows(db, "snapshots") == 1
+
+
+def test_sqlite_store_reads_the_row_per_state_layout_until_a_snapshot_replaces_it(tmp_path: Path) -> None:
+    # A database written before the journal: states and remembered ids one row each. It loads as
+    # the base the journal applies to; the partition's first snapshot replaces those rows.
+    import sqlite3
+
+    db = tmp_path / "state.db"
+    store = SqliteStateStore(db, "g")
+    store.open()
+    store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO partitions VALUES ('g', 0, 7, 100, 90)")
+        conn.executemany("INSERT INTO states VALUES ('g', 0, ?, ?, ?)", [("r1", "k1", b"s1"), ("r1", "k2", b"s2")])
+        conn.executemany("INSERT INTO seen VALUES ('g', 0, ?, ?)", [("m1", 50), ("m2", 80)])
+    store = SqliteStateStore(db, "g")
+    store.open()
+    loaded = store.load(0)
+    assert (loaded.offset, loaded.max_t, loaded.watermark) == (7, 100, 90)
+    assert dict(loaded.states) == {("r1", "k1"): b"s1", ("r1", "k2"): b"s2"} and loaded.seen == {"m1": 50, "m2": 80}
+    store.commit([PartitionDelta(0, 8, 110, 95, [("r1", "k1", None), ("r1", "k3", b"s3")], [("m3", 105)], 60)], [])
+    loaded = store.load(0)
+    assert dict(loaded.states) == {("r1", "k2"): b"s2", ("r1", "k3"): b"s3"} and loaded.seen == {"m2": 80, "m3": 105}
+    snapshot = pickle.dumps({"max_t": 120, "watermark": 99, "seen": {"m3": 105}, "states": {("r1", "k3"): b"s3"}})
+    store.commit([PartitionDelta(0, 9, 120, 99, [], [], None, snapshot)], [])
+    assert [_rows(db, t) for t in ("states", "seen", "journal")] == [0, 0, 0]
+    loaded = store.load(0)
+    store.close()
+    assert loaded.offset == 9 and dict(loaded.states) == {("r1", "k3"): b"s3"} and loaded.seen == {"m3": 105}
