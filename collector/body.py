@@ -116,6 +116,8 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if body.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (.NET, PowerShell): RFC 8259 lets us ignore it
+            return parse_json(body[3:])
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as uexc:

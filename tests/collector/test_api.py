@@ -112,6 +112,16 @@ async def test_an_event_time_in_the_future_becomes_the_receive_time(make_collect
     assert env["timestamp"] == env["receivedAt"]
 
 
+async def test_a_body_with_a_utf8_byte_order_mark_is_read(collector: Collector) -> None:
+    # .NET's and PowerShell's UTF-8 encoders write a BOM first; orjson refuses it.
+    body = b"\xef\xbb\xbf" + orjson.dumps({"event": "E", "userId": "u", "messageId": "bom-1"})
+    r = await collector.client.post("/v1/track", content=body, headers={**basic(SERVER_KEY), "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [e["messageId"] for e in await collector.records()] == ["bom-1"]
+    r = await collector.client.post("/v1/track", content=b"\xef\xbb\xbf", headers={**basic(SERVER_KEY), "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_json"
+
+
 async def test_batch_applies_batch_sent_at_and_context(collector: Collector) -> None:
     body = {
         "batch": [
