@@ -280,3 +280,20 @@ async def test_forget_also_erases_the_anonymous_history_linked_to_the_user(tmp_p
     assert main(["--config", str(cfg), "lake", "forget", "--user", "u1"]) == 0
     assert "with the anonymous ids seen with it: a1, a9, old-id" in capsys.readouterr().out
     assert ids(lake) == ["m-5", "m-6"]  # another user on the same browser, and a stranger, stay
+
+
+def test_cli_on_an_unreachable_s3_lake_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    assert main(["lake", "forget", "--user", "ann", "--lake", "s3://lake/events"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tripwire lake forget: cannot stat s3://lake/events/_tripwire_sink/schema.json")
+    assert "Traceback" not in err

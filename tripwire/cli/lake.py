@@ -61,11 +61,16 @@ def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-
 
 def _missing(command: str, lake) -> bool:  # type: ignore[no-untyped-def]
     """True (and says so) when ``lake`` holds neither the sink's registry nor a data file."""
+    from sinks.errors import SinkError
     from sinks.lake import data_files
     from sinks.registry import SCHEMA_PATH
 
-    if lake.exists(SCHEMA_PATH) or data_files(lake):
-        return False
+    try:
+        if lake.exists(SCHEMA_PATH) or data_files(lake):
+            return False
+    except SinkError as exc:  # unreachable (S3 down, bad credentials): one line, as the command's own errors
+        print(f"tripwire lake {command}: {exc}", file=sys.stderr)
+        return True
     print(f"tripwire lake {command}: no Tripwire lake at {lake.url} (no {SCHEMA_PATH}, no data files); "
           "check --lake, sink.lake_url and --config", file=sys.stderr)
     return True
