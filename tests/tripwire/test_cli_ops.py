@@ -135,3 +135,19 @@ def test_config_show_masks_secrets_inside_tables_and_urls() -> None:
     for secret in ("AKIAEXAMPLE", "s3cr3t-value", "pa55word", "tok-123", "MfKQ9r8", "abc123xyz", "k-999"):
         assert secret not in text
     assert 'endpoint_url = "http://minio:9000"' in text and 'X-Team = "growth"' in text  # the rest stays readable
+
+
+@pytest.mark.parametrize(("catalog", "message"), [
+    (None, "event catalog '{path}' does not exist"),
+    ('{"events": {"A": {"schema": {"type": "objekt"}}}}', "'events.A.schema' is not a valid JSON Schema"),
+    ('{"events": [1]}', "expected an object with an 'events' object"),
+])
+def test_config_check_reads_the_event_catalog(tmp_path: Path, catalog: str | None, message: str) -> None:
+    path = tmp_path / "catalog.json"
+    if catalog is not None:
+        path.write_text(catalog)
+    (tmp_path / "tripwire.toml").write_text('[collector]\ncatalog = "catalog.json"\n')
+    done = tripwire(["config", "check"], cwd=tmp_path)
+    assert done.returncode == 1, done.stdout
+    assert message.format(path="catalog.json") in done.stderr  # as configured, relative to ./tripwire.toml
+    assert not (tmp_path / "data").exists()  # a check creates nothing (no PII salt file)

@@ -99,14 +99,27 @@ def show_command(args: argparse.Namespace, config: Config) -> int:
 
 def check_command(args: argparse.Namespace, config: Config) -> int:
     try:
-        sections(config)
+        found = sections(config)
+        from collector.catalog import Catalog
         from collector.config import load_sources
+        from collector.errors import CatalogError
+        from sinks.config import sink_config
+        from sinks.errors import CatalogError as SinkCatalogError
+        from sinks.catalog import wanted_columns
         from tripwire.triggers import endpoints
 
         load_sources(config)
         endpoints(config)
+        collector = found["collector"]
+        if collector.catalog:  # as the collector and the sink will read it (no salt file is made)
+            Catalog.load(config.resolve(collector.catalog), strict=collector.strict, salt=b"config check")
+        sink = sink_config(config)
+        wanted_columns(sink.catalog, sink.promote)
     except ConfigError as exc:
         print(f"tripwire: {config.locate(str(exc))}", file=sys.stderr)
+        return 1
+    except (CatalogError, SinkCatalogError) as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
         return 1
     print(f"config ok ({config.source_path or 'defaults and environment'})")
     return 0
