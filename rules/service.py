@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -319,22 +319,37 @@ class RulesService:
         read_sync = getattr(self.log, "read_sync", None)
         try:
             if read_sync is not None:  # embedded: every read in one trip to a worker thread
-                got = await asyncio.to_thread(lambda: [(ref, read_sync(EVENTS, ref[0], ref[1], 1)) for ref in wanted])
+                got = await asyncio.to_thread(lambda: [(span, read_sync(EVENTS, *span)) for span in _spans(wanted)])
             else:
-                got = [(ref, await self.log.read(EVENTS, ref[0], ref[1], 1)) for ref in wanted]
+                got = [(span, await self.log.read(EVENTS, *span)) for span in _spans(wanted)]
         except LogError as exc:
             logger.warning("matched events cannot be read back from the log: %s", exc)
             return {}
         out = {}
-        for ref, records in got:
-            if records and records[0].offset == ref[1]:
+        for (p, _, _), records in got:
+            for r in records:
+                mid = wanted.get((p, r.offset))
+                if mid is None:
+                    continue
                 try:
-                    env = orjson.loads(records[0].value)
+                    env = orjson.loads(r.value)
                 except orjson.JSONDecodeError:
                     continue
-                if isinstance(env, dict) and env.get("messageId") == wanted[ref]:
-                    out[ref] = env
+                if isinstance(env, dict) and env.get("messageId") == mid:
+                    out[(p, r.offset)] = env
         return out
+
+
+def _spans(refs: Iterable[tuple[int, int]], max_gap: int = 16) -> list[tuple[int, int, int]]:
+    """(partition, first offset, count) reads covering ``refs``: near ones (gap <= ``max_gap``) share a read."""
+    spans: list[list[int]] = []
+    for p, off in sorted(refs):
+        last = spans[-1] if spans else None
+        if last is not None and last[0] == p and off - (last[1] + last[2] - 1) <= max_gap:
+            last[2] = off - last[1] + 1
+        else:
+            spans.append([p, off, 1])
+    return [(p, off, n) for p, off, n in spans]
 
 
 def build_service(config: Config, log: EventLog, *, kind: str | None = None) -> RulesService:

@@ -150,3 +150,35 @@ async def test_hot_reload_keeps_state_of_unchanged_rules_and_survives_a_broken_f
         await wait_for(fixed)
     finally:
         await service.stop()
+
+
+async def test_matched_events_from_earlier_batches_are_read_back_whole(tmp_path: Path, sqlite_log: SqliteLog) -> None:
+    # A trigger carries every matched envelope; those of earlier batches come back from the log,
+    # near ones in shared reads (gaps of 0 to 40 records here, over every partition).
+    config = config_for(tmp_path)
+    (tmp_path / "rules" / "seq.rules").write_text('rule "pair" when Viewed then Bought within 1h post crm\n')
+    service = build_service(config, sqlite_log)
+    await service.start()
+    try:
+        first, n = [], 0
+        for i in range(40):
+            first.append(event("Viewed", f"u{i}", f"v{i}", sku=f"S{i}"))
+            first += [event("Noise", f"u{i}", f"n{n + j}") for j in range(i % 3 * 20 if i % 7 else i % 2)]
+            n += 100
+        await sqlite_log.append(EVENTS, first)
+
+        async def read_all() -> bool:
+            return service.engine.stats.events >= len(first)
+        await wait_for(read_all)
+        await sqlite_log.append(EVENTS, [event("Bought", f"u{i}", f"b{i}") for i in range(40)])
+
+        async def all_fired() -> bool:
+            return len(await triggers(sqlite_log)) >= 40
+        await wait_for(all_fired)
+        got = {t.key: t for t in await triggers(sqlite_log)}
+        for i in range(40):
+            viewed, bought = got[f"u{i}"].events
+            assert viewed["messageId"] == f"v{i}" and viewed["properties"] == {"sku": f"S{i}"}
+            assert bought["messageId"] == f"b{i}" and "properties" in bought
+    finally:
+        await service.stop()
