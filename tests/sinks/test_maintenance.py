@@ -227,6 +227,8 @@ async def test_cli_compact_and_forget(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "removed 4 row(s)" in capsys.readouterr().out
     assert main(["--config", str(cfg), "lake", "compact", "--date", day]) == 0
     assert f"date={day}:" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "lake", "compact"]) == 0  # that day is done; today is not closed
+    assert "nothing to compact in days that ended over 7200s ago (sink.compact_min_age_s" in capsys.readouterr().out
     assert ids(lake) == sorted(str(e["messageId"]) for e in events[4:])
     assert main(["--config", str(cfg), "lake", "migrate"]) == 0
     assert "added properties_qty" in capsys.readouterr().out

@@ -100,7 +100,9 @@ def compact_command(args: argparse.Namespace, config: Config) -> int:
         print(f"{job.directory}: {len(job.inputs)} files -> {len(job.outputs)} ({job.rows} rows, "
               f"{job.bytes_before} -> {job.bytes_after} bytes)")
     if not done:
-        print("nothing to compact")
+        where = f"date={args.date}" if args.date else (
+            f"days that ended over {cfg.compact_min_age_s}s ago (sink.compact_min_age_s; --date D for another)")
+        print(f"nothing to compact in {where}: no directory has two files under {args.target_mb} MB")
     return 0
 
 
