@@ -259,6 +259,9 @@ def test_cli_refuses_a_lake_that_is_not_there(tmp_path: Path, capsys: pytest.Cap
 def test_cli_compact_refuses_a_date_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lake", "compact", "--date", "2026-13-45", "--lake", str(tmp_path)]) == 2
     assert "--date '2026-13-45' is not YYYY-MM-DD (a calendar date)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and the reason, status 2
+        main(["lake", "compact", "--target-mb", "0", "--lake", str(tmp_path)])
+    assert exit_info.value.code == 2 and "0 is not a size in MB" in capsys.readouterr().err
 
 
 async def test_forget_also_erases_the_anonymous_history_linked_to_the_user(tmp_path: Path,
