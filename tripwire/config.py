@@ -4,7 +4,8 @@ Every key has a default, so ``tripwire run`` works with no file. Nested keys are
 overridden with ``__`` between levels, e.g. ``TRIPWIRE_LOG__BACKEND=kafka`` or
 ``TRIPWIRE_SOURCES__WEB__WRITE_KEY=...``. An override's value is read as a TOML
 value when it parses as one (``8``, ``true``, ``["a", "b"]``) and as a plain
-string otherwise.
+string otherwise; a key that wants a string keeps the text as written
+(``TRIPWIRE_SINK__GROUP=2024`` is ``"2024"``, a numeric write key stays one).
 
 Each room declares its own section as a dataclass and reads it with
 :func:`Config.section`; the spine only owns the top-level keys and the
@@ -201,11 +202,26 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str
     return keys
 
 
+class _EnvInt(int):
+    """A number from the environment that remembers its text, for a key that wants a string."""
+
+    text: str
+
+
+class _EnvFloat(float):
+    text: str
+
+
 def _env_value(text: str) -> Any:
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    if type(value) in (int, float):  # TRIPWIRE_SINK__GROUP=2024 stays "2024" for a string key
+        number = _EnvInt(value) if type(value) is int else _EnvFloat(value)
+        number.text = text.strip()
+        return number
+    return value
 
 
 def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
@@ -228,6 +244,8 @@ def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
+    if isinstance(value, (_EnvInt, _EnvFloat)) and tp is not str and origin not in (typing.Union, types.UnionType):
+        value = int(value) if isinstance(value, _EnvInt) else float(value)  # only a string key wants the text
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
@@ -250,14 +268,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if type(value) is int and value in (0, 1):  # TRIPWIRE_X=1 arrives as a TOML integer
+        if isinstance(value, int) and value in (0, 1):  # TRIPWIRE_X=1 arrives as a TOML integer
             return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
         raise _bad(key, value, "a bool")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         raise _bad(key, value, "an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -266,6 +284,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (_EnvInt, _EnvFloat)):
+            return value.text
         raise _bad(key, value, "a string")
     if tp is Path:
         if isinstance(value, str):

@@ -243,3 +243,26 @@ def test_a_secret_of_the_wrong_type_is_named_but_not_printed(data: dict, key: st
     message = str(info.value)
     assert f"'{key}'" in message and "Not a string" in message
     assert secret not in message
+
+
+def test_a_string_key_from_the_environment_keeps_its_text_even_when_it_looks_like_a_number() -> None:
+    @dataclass(frozen=True)
+    class Room:
+        group: str = "g"
+        port: int = 1
+        ratio: float = 0.5
+        flag: bool = False
+
+    config = load_config(None, environ={"TRIPWIRE_ROOM__GROUP": "007", "TRIPWIRE_ROOM__PORT": "9000",
+                                        "TRIPWIRE_ROOM__RATIO": "1e3", "TRIPWIRE_ROOM__FLAG": "true",
+                                        "TRIPWIRE_SOURCES__WEB__WRITE_KEY": "1234567890"})
+    room = config.section("room", Room)
+    assert room == Room(group="007", port=9000, ratio=1000.0, flag=True)
+    assert type(room.port) is int and type(room.ratio) is float
+    config = load_config(None, environ={"TRIPWIRE_ROOM__GROUP": "2024"})
+    assert config.section("room", Room).group == "2024"
+    assert config.table("sources") == {}
+    from collector.config import load_sources
+
+    web = load_sources(load_config(None, environ={"TRIPWIRE_SOURCES__WEB__WRITE_KEY": "1234567890"}))
+    assert list(web) == ["1234567890"]
