@@ -86,6 +86,7 @@ class Config:
     raw: Mapping[str, Any] = field(default_factory=dict)  # every section, for the rooms
     source_path: Path | None = None  # the file read, if any
     env_keys: Mapping[str, str] = field(default_factory=dict)  # dotted key -> the TRIPWIRE_* variable that set it
+    file_keys: frozenset[str] | None = None  # dotted keys (lower case) the file sets; None = not known
 
     def section(self, name: str, cls: type[T]) -> T:
         """Build a room's settings dataclass from section ``name`` (defaults if absent)."""
@@ -104,7 +105,7 @@ class Config:
     def locate(self, message: str) -> str:
         """``message`` (a :class:`ConfigError`'s) plus where the key it quotes was set:
         ``(set by TRIPWIRE_SERVER__PORT)`` or ``(in tripwire.toml)``."""
-        return _locate(message, self.env_keys, self.source_path)
+        return _locate(message, self.env_keys, self.source_path, self.file_keys)
 
     def check_sections(self, known: Collection[str]) -> None:
         """Refuse a table that is no known section (a typo such as ``[colector]`` would be ignored)."""
@@ -138,11 +139,22 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"Config file '{source}' does not exist.") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"Config file '{source}' is not valid TOML: {exc}") from exc
+    file_keys = frozenset(_dotted(data))
     env_keys = apply_env(data, environ)
     try:
-        return from_dict(data, source, env_keys)
+        return dataclasses.replace(from_dict(data, source, env_keys), file_keys=file_keys)
     except ConfigError as exc:
-        raise ConfigError(_locate(str(exc), env_keys, source)) from None
+        raise ConfigError(_locate(str(exc), env_keys, source, file_keys)) from None
+
+
+def _dotted(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in data.items():
+        key = f"{prefix}{str(k).lower()}"
+        out.append(key)
+        if isinstance(v, Mapping):
+            out += _dotted(v, key + ".")
+    return out
 
 
 def from_dict(data: Mapping[str, Any], source: Path | None = None, env_keys: Mapping[str, str] | None = None) -> Config:
@@ -165,7 +177,8 @@ def from_dict(data: Mapping[str, Any], source: Path | None = None, env_keys: Map
 _QUOTED_KEY = re.compile(r"'\[?([A-Za-z_][\w.\-]*)")
 
 
-def _locate(message: str, env_keys: Mapping[str, str], source: Path | None) -> str:
+def _locate(message: str, env_keys: Mapping[str, str], source: Path | None,
+            file_keys: frozenset[str] | None = None) -> str:
     if message.endswith(")") and (" (set by TRIPWIRE_" in message or " (in " in message):
         return message  # already located
     keys = [m.group(1).lower() for m in _QUOTED_KEY.finditer(message)]
@@ -179,7 +192,9 @@ def _locate(message: str, env_keys: Mapping[str, str], source: Path | None) -> s
         names = [v for k, v in sorted(env_keys.items()) if k.startswith(key + ".")]
         if names:
             return f"{message} (set by {', '.join(names)})"
-    return f"{message} (in {source})" if source is not None else message
+    if source is None or (file_keys is not None and not any(k in file_keys for k in keys)):
+        return message  # a default, or a command-line option (--port): no file to point at
+    return f"{message} (in {source})"
 
 
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:

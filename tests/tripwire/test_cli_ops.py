@@ -151,3 +151,11 @@ def test_config_check_reads_the_event_catalog(tmp_path: Path, catalog: str | Non
     assert done.returncode == 1, done.stdout
     assert message.format(path="catalog.json") in done.stderr  # as configured, relative to ./tripwire.toml
     assert not (tmp_path / "data").exists()  # a check creates nothing (no PII salt file)
+
+
+def test_an_error_about_a_command_line_value_does_not_blame_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "tripwire.toml"
+    path.write_text('[server]\nhost = "127.0.0.1"\n')
+    done = tripwire(["--config", str(path), "run", "--port", "70000"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "tripwire: Config 'server.port' has value 70000. Must be 0-65535 (0 = any free port)."
