@@ -245,9 +245,10 @@ def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = set(values) - fields
     if unknown:
-        raise ConfigError(
-            f"Unknown config key '{where}.{sorted(unknown)[0]}'. Known keys: {', '.join(sorted(fields))}."
-        )
+        name = sorted(unknown)[0]
+        close = difflib.get_close_matches(name, sorted(fields), n=1)
+        hint = f" (did you mean '{where}.{close[0]}'?)" if close else ""
+        raise ConfigError(f"Unknown config key '{where}.{name}'{hint}. Known keys: {', '.join(sorted(fields))}.")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     try:
         return cls(**kwargs)

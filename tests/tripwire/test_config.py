@@ -127,6 +127,7 @@ def test_unknown_keys_are_named_with_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"log\.partitons") as info:
         from_dict({"log": {"partitons": 4}})
     assert "partitions" in str(info.value).split("Known keys:")[1]
+    assert "(did you mean 'log.partitions'?)" in str(info.value)
     with pytest.raises(ConfigError, match="datadir"):
         from_dict({"datadir": "x"})
 
