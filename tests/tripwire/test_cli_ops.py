@@ -159,3 +159,33 @@ def test_an_error_about_a_command_line_value_does_not_blame_the_file(tmp_path: P
     done = tripwire(["--config", str(path), "run", "--port", "70000"], cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "tripwire: Config 'server.port' has value 70000. Must be 0-65535 (0 = any free port)."
+
+
+class Dying:
+    """A service whose background task dies after a moment (as a sink hitting a bug would)."""
+
+    def __init__(self, name: str, dies: bool) -> None:
+        self.name, self.dies = name, dies
+        self.failed = False
+        self.stopped = False
+
+    async def start(self) -> None:
+        import asyncio
+
+        if self.dies:
+            asyncio.get_running_loop().call_later(0.2, setattr, self, "failed", True)
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_service_that_dies_stops_the_process_with_status_1() -> None:
+    # `tripwire run` kept running with a dead sink: /healthz 200, nothing written, nobody restarting it.
+    import asyncio
+
+    from tripwire.cli.collector import serve_until_failure
+
+    services = [Dying("sink", dies=True), Dying("collector", dies=False)]
+    status = await asyncio.wait_for(serve_until_failure(services, poll_s=0.05), 10)
+    assert status == 1
+    assert all(s.stopped for s in services)

@@ -9,9 +9,9 @@ import argparse
 import asyncio
 import sys
 
+from tripwire.cli.collector import serve_until_failure
 from tripwire.config import Config
 from tripwire.log import open_log
-from tripwire.service import run_services
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,10 +41,9 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     await log.start()
     service = SinkService(cfg, log)
     try:
-        await run_services([service])
+        return await serve_until_failure([service])  # 1 when the sink's task died
     except SinkError as exc:
         print(f"tripwire sink: {exc}", file=sys.stderr)
         return 1
     finally:
         await log.stop()
-    return 1 if service.failed else 0
