@@ -34,7 +34,9 @@ from tripwire.config import Config, ConfigError
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-CHATTY_LIBRARIES = ("aiokafka",)  # the same line at most once a minute (RepeatFilter)
+# The same line at most once a minute (RepeatFilter): aiokafka's failed connects during a broker
+# outage, uvicorn's "Invalid HTTP request received." for every scanner that probes the port.
+CHATTY_LIBRARIES = ("aiokafka", "uvicorn.error")
 
 
 @dataclass(frozen=True)

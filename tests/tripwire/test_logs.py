@@ -74,3 +74,13 @@ def test_a_library_repeating_itself_is_logged_once_a_minute_with_a_count() -> No
                       'Unable connect to "127.0.0.1:9092": [Errno 111] Connection refused (119 more in 60s)']
     assert f.filter(kafka("another message"))
     assert all(f.filter(record("rules.service says %s", i)) for i in range(10))  # others are never held back
+
+
+def test_the_handler_holds_back_uvicorns_repeated_invalid_request_warnings() -> None:
+    # Every port scanner probing the collector made one "Invalid HTTP request received." line.
+    from tripwire.logs import CHATTY_LIBRARIES, RepeatFilter
+
+    f = RepeatFilter(CHATTY_LIBRARIES, clock=lambda: 5.0)
+    lines = [logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, "Invalid HTTP request received.", (), None)
+             for _ in range(50)]
+    assert sum(f.filter(r) for r in lines) == 1
