@@ -75,7 +75,7 @@ def test_unknown_sections_are_refused_with_a_suggestion(tmp_path: Path) -> None:
 
 def test_config_errors_of_any_command_name_the_key_and_where_it_was_set(tmp_path: Path) -> None:
     done = tripwire(["config", "check"], cwd=tmp_path, env={"TRIPWIRE_COLLECTOR__PORT": "abc"})
-    assert done.returncode == 1
+    assert done.returncode == 2  # as for every config error, whichever check finds it
     assert done.stderr.startswith("tripwire: Unknown config key 'collector.port'.")
     assert done.stderr.strip().endswith("(set by TRIPWIRE_COLLECTOR__PORT)")
     path = tmp_path / "tripwire.toml"
@@ -148,7 +148,7 @@ def test_config_check_reads_the_event_catalog(tmp_path: Path, catalog: str | Non
         path.write_text(catalog)
     (tmp_path / "tripwire.toml").write_text('[collector]\ncatalog = "catalog.json"\n')
     done = tripwire(["config", "check"], cwd=tmp_path)
-    assert done.returncode == 1, done.stdout
+    assert done.returncode == 2, done.stdout
     assert message.format(path="catalog.json") in done.stderr  # as configured, relative to ./tripwire.toml
     assert not (tmp_path / "data").exists()  # a check creates nothing (no PII salt file)
 

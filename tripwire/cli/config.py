@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd_sub = cmd.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = cmd_sub.add_parser("show", help="print every key with its effective value as TOML (secrets masked)")
     show.set_defaults(handler=show_command)
-    check = cmd_sub.add_parser("check", help="validate every section; exit 1 with the error otherwise")
+    check = cmd_sub.add_parser("check", help="validate every section and the event catalog; exit 2 with the error otherwise")
     check.set_defaults(handler=check_command)
 
 
@@ -117,9 +117,9 @@ def check_command(args: argparse.Namespace, config: Config) -> int:
         wanted_columns(sink.catalog, sink.promote)
     except ConfigError as exc:
         print(f"tripwire: {config.locate(str(exc))}", file=sys.stderr)
-        return 1
+        return 2
     except (CatalogError, SinkCatalogError) as exc:
         print(f"tripwire: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"config ok ({config.source_path or 'defaults and environment'})")
     return 0
