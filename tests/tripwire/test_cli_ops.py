@@ -189,3 +189,13 @@ async def test_a_service_that_dies_stops_the_process_with_status_1() -> None:
     status = await asyncio.wait_for(serve_until_failure(services, poll_s=0.05), 10)
     assert status == 1
     assert all(s.stopped for s in services)
+
+
+def test_events_tail_on_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = tripwire(["events", "tail", "--log", f"kafka://127.0.0.1:{port}"], cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"tripwire events tail: cannot reach Kafka at 127.0.0.1:{port}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 
 import orjson
 
 from tripwire.config import Config
-from tripwire.log import TOPICS, EventLog, open_log
+from tripwire.log import TOPICS, EventLog, LogError, open_log
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -61,8 +62,8 @@ async def tail_command(args: argparse.Namespace, config: Config) -> int:
               "(nothing was collected with this data_dir; check --config)", file=sys.stderr)
         return 1
     log = open_log(config, url=args.log)
-    await log.start()
     try:
+        await log.start()
         values, ends = await tail(log, args.topic, args.n)
         for value in values:
             _print(value)
@@ -77,6 +78,10 @@ async def tail_command(args: argparse.Namespace, config: Config) -> int:
                     idle = False
             if idle:
                 await asyncio.sleep(0.2)
+    except LogError as exc:  # the broker is away: say so in one line
+        print(f"tripwire events tail: {exc}", file=sys.stderr)
+        return 1
     finally:
-        await log.stop()
+        with contextlib.suppress(LogError):
+            await log.stop()
     return 0
