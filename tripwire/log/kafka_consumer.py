@@ -13,6 +13,12 @@ a partition's high watermark shrinks, when the process's log saw the markers
 change, or when a marker it did not know comes by in a fetch, and then reads
 that partition again from the new epoch's start (repeats are the rooms' to
 drop, by messageId or trigger id, as after any replay).
+
+A listener that fails on an assignment (an engine whose checkpoint store is
+down) does not get its partitions read from wherever the group was: aiokafka
+would log the error and fetch on. Those partitions are paused and ``poll``
+asks the listener again (after 1 s, then backing off to 30 s), one warning
+per try, and resumes them once it succeeded.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTP
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from .base import Consumer, LogClosed, LogUnavailable, RebalanceListener, Record, TopicPartition
 from .epoch import OFFSET_BITS, Mark, marker_of
@@ -32,6 +38,7 @@ from .kafka_reader import KafkaReader
 
 logger = logging.getLogger(__name__)
 _RESCAN_S = 0.5  # how often a consumer looks again for a partition's missing epoch marker
+_PREPARE_RETRY_S = (1.0, 30.0)  # first and longest wait before asking a failed listener again
 
 
 def _leave_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
@@ -99,6 +106,9 @@ class KafkaConsumer(Consumer):
         self._reading: dict[KafkaTP, Mark | None] = {}  # the epoch our fetch position is in
         self._highwater: dict[KafkaTP, int] = {}
         self._scanned: dict[KafkaTP, float] = {}  # last marker scan that found nothing
+        self._unprepared: set[TopicPartition] = set()  # assigned, but the listener failed on them (paused)
+        self._prepare_wait_s = _PREPARE_RETRY_S[0]
+        self._prepare_at = 0.0
 
     def _kafka(self, tp: TopicPartition) -> KafkaTP:
         return KafkaTP(self._prefix + tp.topic, tp.partition)
@@ -108,12 +118,49 @@ class KafkaConsumer(Consumer):
 
     async def _assigned(self, partitions: set[TopicPartition]) -> None:
         self._assignment = set(partitions)
+        self._unprepared.clear()
+        self._prepare_wait_s = _PREPARE_RETRY_S[0]
         await self._learn_marks([self._kafka(tp) for tp in partitions])
         if self._listener is not None and partitions:
+            await self._prepare(set(partitions))
+
+    async def _prepare(self, partitions: set[TopicPartition]) -> None:
+        """Hand ``partitions`` to the listener; if it fails, keep them paused until a retry succeeds."""
+        assert self._listener is not None
+        consumer = self._consumer
+        try:
             await self._listener.on_assigned(self, partitions)
+        except Exception as exc:  # noqa: BLE001 - any failure of the room's listener: retried by poll
+            if consumer is not None:
+                consumer.pause(*[self._kafka(tp) for tp in partitions if self._kafka(tp) in consumer.assignment()])
+            self._unprepared = set(partitions)
+            self._prepare_at = time.monotonic() + self._prepare_wait_s
+            logger.warning("consumer group %r: taking over %s failed (%s: %s); partitions paused, trying again in %.0f s",
+                           self._group, _names(partitions), type(exc).__name__, exc, self._prepare_wait_s)
+            self._prepare_wait_s = min(self._prepare_wait_s * 2, _PREPARE_RETRY_S[1])
+            return
+        if self._unprepared:
+            if consumer is not None:
+                consumer.resume(*[self._kafka(tp) for tp in self._unprepared])
+            logger.info("consumer group %r: took over %s after all", self._group, _names(self._unprepared))
+        self._unprepared.clear()
+        self._prepare_wait_s = _PREPARE_RETRY_S[0]
+
+    async def _prepare_again(self, timeout_ms: int) -> None:
+        pending = self._unprepared & self._assignment
+        if not pending:
+            self._unprepared.clear()
+            return
+        wait = self._prepare_at - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(min(wait, timeout_ms / 1000))
+            if time.monotonic() < self._prepare_at:
+                return
+        await self._prepare(pending)
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
         self._assignment -= partitions
+        self._unprepared -= partitions
         for tp in partitions:
             self._reading.pop(self._kafka(tp), None)
             self._highwater.pop(self._kafka(tp), None)
@@ -154,7 +201,10 @@ class KafkaConsumer(Consumer):
             await consumer.start()
         except KafkaError as exc:
             await consumer.stop()
-            raise LogUnavailable(f"consumer group {self._group!r} cannot reach Kafka at {self._bootstrap}: {exc}") from exc
+            reason = "no broker answered" if isinstance(exc, KafkaConnectionError) else str(exc)
+            raise LogUnavailable(
+                f"consumer group {self._group!r} cannot reach Kafka at {self._bootstrap} (log.kafka_bootstrap): {reason}"
+            ) from exc
         consumer.subscribe([self._prefix + t for t in self._topics], listener=_Bridge(self))
         self._consumer = consumer
 
@@ -177,6 +227,10 @@ class KafkaConsumer(Consumer):
 
     async def poll(self, timeout_ms: int = 1000, max_records: int = 1000) -> list[Record]:
         consumer = self._require()
+        if self._unprepared:
+            began = time.monotonic()
+            await self._prepare_again(timeout_ms)
+            timeout_ms = max(0, timeout_ms - int((time.monotonic() - began) * 1000))
         try:
             batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
@@ -333,3 +387,7 @@ class KafkaConsumer(Consumer):
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assignment)
+
+
+def _names(partitions: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(partitions))

@@ -171,3 +171,43 @@ async def test_lifecycle_is_safe_to_repeat_and_refuses_after_stop(tansu: TansuBr
     # the spill slot was released: another log can take the same directory
     async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill") as again:
         assert again.spill.dir == tmp_path / "spill" / "0"
+
+
+class FailsFirst:
+    """A listener whose first assignment fails (its checkpoint store is down), then resumes every
+    partition where its own state says (here: after what was appended before it started)."""
+
+    def __init__(self, resume: dict[int, int]) -> None:
+        self.resume = resume
+        self.calls = 0
+        self.ready: set[TopicPartition] = set()
+
+    async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError("checkpoint store unreachable")
+        for tp in partitions:
+            consumer.seek(tp, self.resume[tp.partition])
+        self.ready |= partitions
+
+    async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
+        self.ready -= partitions
+
+
+async def test_a_listener_that_fails_on_assignment_is_asked_again_before_its_partitions_are_read(
+    tansu: TansuBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiokafka logs a failing listener and goes on fetching from the committed offset (here the
+    # start): an engine whose checkpoint store was down matched old events with empty state.
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4) as log:
+        await log.append(EVENTS, [(b"user-%d" % i, b"old-%d" % i) for i in range(20)])
+        listener = FailsFirst(await log.end_offsets(EVENTS))
+        await log.append(EVENTS, [(b"user-%d" % i, b"new-%d" % i) for i in range(10)])
+        consumer = log.consumer("fails-first", [EVENTS], listener)
+        async with consumer:
+            got = await poll_until(consumer, 10, 40)
+            await asyncio.sleep(0.3)
+            got += await consumer.poll(timeout_ms=300)
+        assert sorted(r.value for r in got) == sorted(b"new-%d" % i for i in range(10))
+        assert listener.calls >= 2
+        assert "checkpoint store unreachable" in caplog.text
