@@ -210,3 +210,27 @@ def assigned(proc: Proc) -> set[int]:
     if not lines:
         return set()
     return {int(x) for x in lines[-1].split("partitions assigned: ", 1)[1].strip(" []").split(",") if x.strip()}
+
+
+def test_engine_and_sink_name_the_broker_setting_in_one_line_when_kafka_is_not_there(tmp_path: Path) -> None:
+    """A wrong log.kafka_bootstrap: one line naming the address and the setting, exit 1 (was a traceback)."""
+    config = example_config(tmp_path / "site")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    nobody = f"127.0.0.1:{free_port()}"
+    env = {"TRIPWIRE_LOG__BACKEND": "kafka", "TRIPWIRE_LOG__KAFKA_BOOTSTRAP": nobody}
+    procs = [Proc(role, ["--config", str(config), role], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / role)})
+             for role in ("engine", "sink")]
+    try:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            assert proc.proc is not None
+            assert proc.proc.wait(60) == 1, proc.output()
+            out = proc.output()
+            assert "Traceback" not in out, out
+            (line,) = [x for x in out.splitlines() if x.startswith(f"tripwire {proc.name}: ")]
+            assert f"cannot reach Kafka at {nobody} (log.kafka_bootstrap)" in line, line
+    finally:
+        for proc in procs:
+            proc.kill9()

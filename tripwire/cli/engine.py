@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from tripwire.config import Config
-from tripwire.log import open_log
+from tripwire.log import LogUnavailable, open_log
 from tripwire.service import run_services
 
 logger = logging.getLogger(__name__)
@@ -45,5 +46,8 @@ async def engine_command(args: argparse.Namespace, config: Config) -> int:
         service = build_service(config, log, kind=kind)
         await run_services([service])
         return 1 if service.failed else 0
+    except LogUnavailable as exc:  # e.g. no broker at log.kafka_bootstrap: one line, not a traceback
+        print(f"tripwire engine: {exc}", file=sys.stderr)
+        return 1
     finally:
         await log.stop()

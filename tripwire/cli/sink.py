@@ -11,7 +11,7 @@ import sys
 
 from tripwire.cli.collector import serve_until_failure
 from tripwire.config import Config
-from tripwire.log import open_log
+from tripwire.log import LogUnavailable, open_log
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,7 +42,7 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     service = SinkService(cfg, log)
     try:
         return await serve_until_failure([service])  # 1 when the sink's task died
-    except SinkError as exc:
+    except (SinkError, LogUnavailable) as exc:  # LogUnavailable: e.g. no broker at log.kafka_bootstrap
         print(f"tripwire sink: {exc}", file=sys.stderr)
         return 1
     finally:
