@@ -91,12 +91,15 @@ def load_sources(config: Config) -> dict[str, SourceConfig]:
             raise ConfigError(
                 f"Config '{where}.write_key' is also the write key of 'sources.{by_key[source.write_key].name}'."
             )
-        origins = [o.rstrip("/") for o in source.origins]
-        for i, origin in enumerate(origins):
-            if origin != "*" and "://" not in origin:
+        origins = []
+        for i, origin in enumerate(source.origins):
+            scheme, sep, host = origin.rstrip("/").partition("://")
+            if origin != "*" and (not sep or not scheme or not host or "/" in host):
                 raise ConfigError(
                     f"Config '{where}.origins[{i}]' has value {origin!r}. Expected '*' or scheme://host[:port]."
                 )
+            # As browsers send it: scheme and host in lower case, no trailing slash.
+            origins.append(origin if origin == "*" else f"{scheme.lower()}://{host.lower()}")
         by_key[source.write_key] = SourceConfig(source.write_key, origins, name)
     return by_key
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
-from .conftest import SERVER_KEY, WRITE_KEY, Collector, basic
+from .conftest import SERVER_KEY, WRITE_KEY, Collector, MakeCollector, basic
 
 SHOP = "https://shop.example"
 
@@ -78,3 +79,21 @@ async def test_beacon_text_plain_cross_origin_with_body_write_key(collector: Col
     assert r.status_code == 200
     (env,) = await collector.records()
     assert env["event"] == "Left" and env["source"] == "web"
+
+
+async def test_configured_origins_are_normalised_like_the_browsers_origin_header(make_collector: MakeCollector) -> None:
+    # Browsers send the scheme and host in lower case and no path; a config written as
+    # "https://Shop.Example" or "https://shop.example/" must still match.
+    c = await make_collector({"sources": {"web": {"write_key": "k", "origins": ["HTTPS://Shop.Example/"]}}})
+    r = await c.client.post("/v1/track", json={"event": "E", "userId": "u", "writeKey": "k"},
+                            headers={"Origin": "https://shop.example"})
+    assert r.status_code == 200, r.text
+    assert r.headers["access-control-allow-origin"] == "https://shop.example"
+
+
+def test_an_origin_with_a_path_is_a_config_error() -> None:
+    from collector.config import load_sources
+    from tripwire.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match=r"'sources.web.origins\[0\]' has value 'https://shop.example/checkout'"):
+        load_sources(from_dict({"sources": {"web": {"write_key": "k", "origins": ["https://shop.example/checkout"]}}}))
