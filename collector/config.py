@@ -98,8 +98,10 @@ def load_sources(config: Config) -> dict[str, SourceConfig]:
                 raise ConfigError(
                     f"Config '{where}.origins[{i}]' has value {origin!r}. Expected '*' or scheme://host[:port]."
                 )
-            # As browsers send it: scheme and host in lower case, no trailing slash.
-            origins.append(origin if origin == "*" else f"{scheme.lower()}://{host.lower()}")
+            # As browsers send it: scheme and host in lower case, no default port, no trailing slash.
+            scheme, host = scheme.lower(), host.lower()
+            host = host.removesuffix({"https": ":443", "http": ":80"}.get(scheme, "\0"))
+            origins.append(origin if origin == "*" else f"{scheme}://{host}")
         by_key[source.write_key] = SourceConfig(source.write_key, origins, name)
     return by_key
 

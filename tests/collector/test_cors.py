@@ -84,7 +84,12 @@ async def test_beacon_text_plain_cross_origin_with_body_write_key(collector: Col
 async def test_configured_origins_are_normalised_like_the_browsers_origin_header(make_collector: MakeCollector) -> None:
     # Browsers send the scheme and host in lower case and no path; a config written as
     # "https://Shop.Example" or "https://shop.example/" must still match.
-    c = await make_collector({"sources": {"web": {"write_key": "k", "origins": ["HTTPS://Shop.Example/"]}}})
+    c = await make_collector({"sources": {"web": {"write_key": "k", "origins": ["HTTPS://Shop.Example/"]},
+                                          "app": {"write_key": "k2", "origins": ["https://app.example:443",
+                                                                                 "http://localhost:8000"]}}})
+    r = await c.client.post("/v1/track", json={"event": "E", "userId": "u", "writeKey": "k2"},
+                            headers={"Origin": "https://app.example"})
+    assert r.status_code == 200, r.text  # the default port is never in an Origin header
     r = await c.client.post("/v1/track", json={"event": "E", "userId": "u", "writeKey": "k"},
                             headers={"Origin": "https://shop.example"})
     assert r.status_code == 200, r.text
