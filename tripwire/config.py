@@ -320,5 +320,6 @@ SECRET_WORDS = ("secret", "key", "salt", "password", "token")  # in a key's last
 def _bad(key: str, value: Any, expected: str) -> ConfigError:
     name = key.rsplit(".", 1)[-1].split("[", 1)[0].lower()
     if any(w in name for w in SECRET_WORDS):
-        return ConfigError(f"Config '{key}' has a value of type {type(value).__name__} (not shown: a secret). Not {expected}.")
+        kind = {_EnvInt: "int", _EnvFloat: "float"}.get(type(value), type(value).__name__)
+        return ConfigError(f"Config '{key}' has a value of type {kind} (not shown: a secret). Not {expected}.")
     return ConfigError(f"Config '{key}' has value {value!r}. Not {expected}.")
