@@ -150,6 +150,7 @@ class Intake:
                 raise CollectorError(400, "invalid_event", f"{where}{exc.field}: {exc.message}", field=where + exc.field) from None
             if env["timestamp"] > latest and event_time_ms(env) > received_ms + self.max_future_ms:
                 env["timestamp"] = received_at  # an event cannot happen after it arrived
+                metrics.EVENTS_FUTURE.inc()
             ctx = env.get("context")
             if ctx is None:
                 ctx = env["context"] = {}

@@ -23,6 +23,10 @@ EVENTS_INVALID = Counter(
 EVENTS_REJECTED = Counter(
     "tripwire_collector_events_rejected_total", "Requests refused with a 4xx/503, by reason", ["reason"]
 )
+EVENTS_FUTURE = Counter(
+    "tripwire_collector_future_timestamps_total",
+    "Events whose time was more than collector.max_future_s ahead of receivedAt (stored at receivedAt)",
+)
 APPEND_SECONDS = Histogram(
     "tripwire_log_append_seconds",
     "Time until the event log confirmed an append as durable, by topic",

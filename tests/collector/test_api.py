@@ -91,6 +91,12 @@ async def test_timestamp_without_sent_at_is_trusted(collector: Collector) -> Non
 async def test_an_event_time_in_the_future_becomes_the_receive_time(make_collector: MakeCollector) -> None:
     # A clock far ahead (or a local time sent without its offset) would put the event in a future
     # day of the lake and move the rules' watermark past every other visitor's events.
+    from prometheus_client import REGISTRY
+
+    def clamped() -> float:
+        return REGISTRY.get_sample_value("tripwire_collector_future_timestamps_total") or 0.0
+
+    before = clamped()
     c = await make_collector({"sources": SOURCES})
     near = format_time_ms(int(time.time() * 1000) + 5_000)  # within collector.max_future_s (10 s)
     body = {"batch": [
@@ -105,6 +111,7 @@ async def test_an_event_time_in_the_future_becomes_the_receive_time(make_collect
     assert envs["far"]["originalTimestamp"] == "2099-01-01T00:00:00Z"  # what the client sent is kept
     assert envs["after-sent"]["timestamp"] == envs["after-sent"]["receivedAt"]
     assert envs["near"]["timestamp"] == near
+    assert clamped() - before == 2  # operators see which share of clients has a clock ahead
     c0 = await make_collector({"sources": SOURCES, "collector": {"max_future_s": 0}})
     assert (await c0.client.post("/v1/track", json={"event": "A", "userId": "u", "timestamp": near},
                                  headers=basic(SERVER_KEY))).status_code == 200
