@@ -199,3 +199,14 @@ def test_events_tail_on_an_unreachable_broker_is_one_line(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"tripwire events tail: cannot reach Kafka at 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("command", [["run", "--port", "0"], ["collector", "--port", "0"], ["sink"]])
+def test_a_data_dir_that_cannot_be_used_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    done = tripwire(command, cwd=tmp_path, env={"TRIPWIRE_DATA_DIR": str(tmp_path / "file" / "data")})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"tripwire: Config 'data_dir' has value '{tmp_path / 'file' / 'data'}': cannot create it "
+        "(Not a directory) (set by TRIPWIRE_DATA_DIR)")

@@ -56,6 +56,7 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
         port=args.port if args.port is not None else config.server.port,
         workers=args.workers if args.workers is not None else config.server.workers,
     )
+    ensure_data_dir(config)
     if server.workers == 1:
         config = replace(config, server=server)
         return run_loop(_run_single(config, args.log))
@@ -79,6 +80,18 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
     logger.info("collector listening on http://%s:%d (%d workers)", server.host, sock.getsockname()[1], server.workers)
     Multiprocess(cfg, sockets=[sock]).run()
     return 0
+
+
+def ensure_data_dir(config: Config) -> None:
+    """Create ``data_dir`` (log, spill, state live there) or say in one line why it cannot be used:
+    a file in the way, or a volume this user may not write (a container's non-root user)."""
+    path = config.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Config 'data_dir' has value '{path}': cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"Config 'data_dir' has value '{path}': this user (uid {os.getuid()}) cannot write there")
 
 
 async def serve_until_failure(services: Sequence[Service], poll_s: float = 1.0) -> int:

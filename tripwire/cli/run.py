@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from tripwire.cli.collector import run_loop, serve_until_failure
+from tripwire.cli.collector import ensure_data_dir, run_loop, serve_until_failure
 from tripwire.config import Config
 from tripwire.log import open_log
 from tripwire.service import Service
@@ -56,6 +56,7 @@ async def run_command(args: argparse.Namespace, config: Config) -> int:
         port=args.port if args.port is not None else config.server.port,
     )
     config = replace(config, server=server)
+    ensure_data_dir(config)
     log = open_log(config)
     await log.start()
     try:

@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import sys
 
-from tripwire.cli.collector import serve_until_failure
+from tripwire.cli.collector import ensure_data_dir, serve_until_failure
 from tripwire.config import Config
 from tripwire.log import LogUnavailable, open_log
 
@@ -37,6 +37,7 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     cfg = sink_config(config)
     if args.lake:
         cfg = replace(cfg, lake_url=lake_url_arg(args.lake))
+    ensure_data_dir(config)
     log = open_log(config, url=args.log)
     await log.start()
     service = SinkService(cfg, log)
