@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
 
-from sinks.errors import LakeError
+from sinks.errors import LakeError, SinkError
 from sinks.lake import LocalLake
 from sinks.service import SinkService
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
@@ -175,3 +175,28 @@ async def test_a_lake_outage_costs_time_not_events(tmp_path: Path, log: SqliteLo
     assert not service.failed
     df = setup.duckdb("SELECT message_id FROM lake")
     assert sorted(df.message_id) == sorted(f"m-{i}" for i in range(200))
+
+
+async def test_one_sink_per_group_on_the_embedded_log(lake: LakeSetup, log: SqliteLog, tmp_path: Path) -> None:
+    # SQLite consumer groups do not coordinate processes: a second sink (`tripwire sink` next to
+    # `tripwire run`) owned every partition too and wrote the same events into other files.
+    await send(log, [event(i) for i in range(20)])
+    first = SinkService(lake.config(), log, lake.lake)
+    await first.start()
+    other_process_log = SqliteLog(tmp_path / "log.db", 4)  # another handle on the same file
+    await other_process_log.start()
+    try:
+        second = SinkService(lake.config(), other_process_log, lake.lake)
+        with pytest.raises(SinkError, match="another sink of group 'sink' is already running"):
+            await second.start()
+        other_group = SinkService(lake.config(group="backfill"), other_process_log, lake.lake)
+        await other_group.start()  # another group is another reader: allowed
+        await other_group.stop()
+    finally:
+        await first.stop()
+    try:
+        again = SinkService(lake.config(), other_process_log, lake.lake)
+        await again.start()  # stopping released the group
+        await again.stop()
+    finally:
+        await other_process_log.stop()
