@@ -9,7 +9,9 @@ DuckDB reads from the S3 lake.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ import orjson
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.e2e.procs import Proc, collector
+from tests.e2e.procs import REPO, Proc, collector
 from tests.e2e.stack import BACKEND_KEY, EXAMPLES, by_rule, deliveries, event, example_config, fast_env, lake_rows, wait_until
 from tests.fixtures.s3 import S3Bucket
 from tests.fixtures.tansu import TansuBroker, free_port
@@ -234,3 +236,23 @@ def test_engine_and_sink_name_the_broker_setting_in_one_line_when_kafka_is_not_t
     finally:
         for proc in procs:
             proc.kill9()
+
+
+def test_every_tripwire_command_line_in_deploy_readme_exists() -> None:
+    """deploy/README.md promised `tripwire dispatcher --metrics-port` and `tripwire sink --metrics-port`:
+    neither command has the option (it is the global one, before the command)."""
+    from tripwire.cli.main import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    known = {None: {o for a in parser._actions for o in a.option_strings}}
+    known.update({name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()})
+    spans = re.findall(r"`(tripwire [^`]*)`", (REPO / "deploy" / "README.md").read_text())
+    assert spans
+    for span in spans:
+        command = None
+        for word in span.split()[1:]:
+            if word.startswith("-"):
+                assert word in known[command], f"{span!r}: {'tripwire ' + (command or '')} has no {word}"
+            elif command is None and word in sub.choices:
+                command = word
