@@ -55,6 +55,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def listen_url(host: str, port: int) -> str:
+    """``http://host:port``, with an IPv6 address in brackets (``http://[::1]:8080``)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def uvicorn_config(app: object, **kwargs: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -95,7 +100,7 @@ class CollectorService:
             if asyncio.get_running_loop().time() > deadline:
                 raise CollectorError(500, "start_failed", f"the collector did not start within {STARTUP_TIMEOUT_S}s")
             await asyncio.sleep(0.01)
-        logger.info("collector listening on http://%s:%d", self.host, self.port)
+        logger.info("collector listening on %s", listen_url(self.host, self.port))
 
     async def stop(self) -> None:
         if self._task is None or self._server is None:

@@ -143,3 +143,10 @@ def test_collector_workers_log_like_the_parent(tmp_path: Path) -> None:
     assert any("listening on" in d["msg"] and "2 workers" in d["msg"] for d in docs)
     warnings = [d for d in docs if "accepting every write key" in d["msg"]]
     assert len(warnings) == 2 and all(d["level"] == "warning" and d["service"] == "collector" for d in warnings)
+
+
+def test_the_listening_line_is_a_url_also_for_ipv6() -> None:
+    from collector.service import listen_url
+
+    assert listen_url("::1", 8080) == "http://[::1]:8080"  # was http://::1:8080, which no client parses
+    assert listen_url("127.0.0.1", 8080) == "http://127.0.0.1:8080"

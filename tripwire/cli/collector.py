@@ -61,7 +61,7 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
         config = replace(config, server=server)
         return run_loop(_run_single(config, args.log))
     from collector.errors import CollectorError
-    from collector.service import bind, uvicorn_config
+    from collector.service import bind, listen_url, uvicorn_config
 
     os.environ.update(overrides)
     for option, key in (("log_format", "FORMAT"), ("log_level", "LEVEL")):  # the workers set up logging alike
@@ -77,7 +77,7 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
     except CollectorError as exc:
         print(f"tripwire: {exc}", file=sys.stderr)
         return 1
-    logger.info("collector listening on http://%s:%d (%d workers)", server.host, sock.getsockname()[1], server.workers)
+    logger.info("collector listening on %s (%d workers)", listen_url(server.host, sock.getsockname()[1]), server.workers)
     Multiprocess(cfg, sockets=[sock]).run()
     return 0
 
