@@ -143,7 +143,8 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         self._thread.start()
-        logger.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", self.host, self.port)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        logger.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", host, self.port)
         return self
 
     def stop(self) -> None:
