@@ -218,7 +218,33 @@ class KafkaConsumer(Consumer):
                 await self._revoked(set(self._assignment))
         finally:
             _leave_at_generation_zero(consumer)
-            await consumer.stop()
+            await self._close(consumer)
+
+    async def _close(self, consumer: AIOKafkaConsumer) -> None:
+        """Leave the group, waiting at most a session timeout: a hung broker made aiokafka wait out its
+        coordinator and LeaveGroup requests (1-2 minutes), and the group drops a silent member after
+        a session timeout anyway."""
+        closing = asyncio.ensure_future(consumer.stop())
+        done, _ = await asyncio.wait({closing}, timeout=self._session_timeout_ms / 1000)
+        if closing in done:
+            closing.result()
+            return
+        logger.warning("consumer group %r: Kafka at %s did not answer within %.0f s; left without telling the "
+                       "group (it hands the partitions on after its session timeout)", self._group, self._bootstrap,
+                       self._session_timeout_ms / 1000)
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+        # What the cancelled stop() did not get to: the coordinator's tasks, the fetcher, the connections.
+        coordinator = getattr(consumer, "_coordinator", None)
+        parts = [
+            getattr(coordinator, "_stop_heartbeat_task", None),
+            getattr(coordinator, "_stop_commit_offsets_refresh_task", None),
+            getattr(getattr(consumer, "_fetcher", None), "close", None),
+            getattr(getattr(consumer, "_client", None), "close", None),
+        ]
+        for part in parts:
+            if part is not None:
+                await asyncio.gather(asyncio.wait_for(part(), 2.0), return_exceptions=True)
 
     def _require(self) -> AIOKafkaConsumer:
         if self._consumer is None:

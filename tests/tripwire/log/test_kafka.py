@@ -211,3 +211,21 @@ async def test_a_listener_that_fails_on_assignment_is_asked_again_before_its_par
         assert sorted(r.value for r in got) == sorted(b"new-%d" % i for i in range(10))
         assert listener.calls >= 2
         assert "checkpoint store unreachable" in caplog.text
+
+
+async def test_a_consumer_leaves_in_bounded_time_when_the_broker_hangs(tansu: TansuBroker, tmp_path: Path) -> None:
+    # SIGTERM of an engine, sink or dispatcher while the broker hung took 1-2 minutes (aiokafka
+    # waits out its coordinator and LeaveGroup requests): past any container's stop grace period.
+    # The group forgets a silent member after the session timeout anyway.
+    async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", request_timeout_ms=2000) as log:
+        await log.append(EVENTS, [(b"user-%d" % i, b"%d" % i) for i in range(8)])
+        consumer = log.consumer("hung", [EVENTS], Recorder())
+        await consumer.start()
+        await poll_until(consumer, 8, 40)
+        tansu.pause()
+        try:
+            await asyncio.wait_for(consumer.stop(), 30)
+        finally:
+            tansu.resume()
+        with pytest.raises(LogClosed):
+            await consumer.poll(timeout_ms=10)
