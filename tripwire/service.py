@@ -25,8 +25,13 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-async def run_services(services: Sequence[Service], stop: asyncio.Event | None = None) -> None:
-    """Start ``services`` in order, wait for SIGTERM/SIGINT (or ``stop``), stop them in reverse."""
+async def run_services(services: Sequence[Service], stop: asyncio.Event | None = None, poll_s: float = 1.0) -> int:
+    """Start ``services`` in order, run until SIGTERM/SIGINT (or ``stop``), stop them in reverse.
+
+    Returns the process's exit status: 0 after a signal; 1 when a service ``failed`` (its
+    background task died): the others are stopped then too, so a supervisor restarts the
+    process instead of leaving it up with, say, a dead sink behind a 200 /healthz.
+    """
     from tripwire.metrics import READINESS
 
     stop = stop or asyncio.Event()
@@ -37,16 +42,31 @@ async def run_services(services: Sequence[Service], stop: asyncio.Event | None =
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
+    failed: list[str] = []  # seen while running (a service may look "failed" once stopped)
+
+    async def watch() -> None:
+        while not stop.is_set():
+            failed[:] = [s.name for s in services if getattr(s, "failed", False)]
+            if failed:
+                logger.error("stopping: %s failed (see the error above)", ", ".join(failed))
+                stop.set()
+                return
+            await asyncio.sleep(poll_s)
+
     started: list[Service] = []
+    watcher = None
     try:
         for service in services:
             await service.start()
             started.append(service)
             _watch_readiness(service)
             logger.info("%s started", service.name)
+        watcher = asyncio.create_task(watch(), name="tripwire-watch")
         await stop.wait()
         logger.info("stopping")
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for service in reversed(started):
             READINESS.remove(f"service:{service.name}")
             try:
@@ -54,6 +74,7 @@ async def run_services(services: Sequence[Service], stop: asyncio.Event | None =
                 logger.info("%s stopped", service.name)
             except Exception:
                 logger.exception("%s failed to stop cleanly", service.name)
+    return 1 if failed else 0
 
 
 def _watch_readiness(service: Service) -> None:

@@ -183,10 +183,10 @@ async def test_a_service_that_dies_stops_the_process_with_status_1() -> None:
     # `tripwire run` kept running with a dead sink: /healthz 200, nothing written, nobody restarting it.
     import asyncio
 
-    from tripwire.cli.collector import serve_until_failure
+    from tripwire.service import run_services
 
     services = [Dying("sink", dies=True), Dying("collector", dies=False)]
-    status = await asyncio.wait_for(serve_until_failure(services, poll_s=0.05), 10)
+    status = await asyncio.wait_for(run_services(services, poll_s=0.05), 10)
     assert status == 1
     assert all(s.stopped for s in services)
 

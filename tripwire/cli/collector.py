@@ -14,13 +14,13 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
 from tripwire.config import Config, ConfigError
 from tripwire.log import open_log
-from tripwire.service import Service, run_services
+from tripwire.service import run_services
 
 logger = logging.getLogger(__name__)
 
@@ -94,30 +94,6 @@ def ensure_data_dir(config: Config) -> None:
         raise ConfigError(f"Config 'data_dir' has value '{path}': this user (uid {os.getuid()}) cannot write there")
 
 
-async def serve_until_failure(services: Sequence[Service], poll_s: float = 1.0) -> int:
-    """Run ``services`` until SIGTERM/SIGINT (exit 0), or until one of them has ``failed`` (its
-    background task died): then stop them all and exit 1, so a supervisor restarts the process
-    instead of leaving it up with, say, a dead sink behind a 200 /healthz."""
-    stop = asyncio.Event()
-    failed: list[str] = []
-
-    async def watch() -> None:
-        while not stop.is_set():
-            failed[:] = [s.name for s in services if getattr(s, "failed", False)]
-            if failed:
-                logger.error("stopping: %s failed (see the error above)", ", ".join(failed))
-                stop.set()
-                return
-            await asyncio.sleep(poll_s)
-
-    watcher = asyncio.create_task(watch(), name="tripwire-watch")
-    try:
-        await run_services(services, stop)
-    finally:
-        watcher.cancel()
-    return 1 if failed else 0  # seen while running (a service may look "done" once stopped)
-
-
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on uvloop when installed (as uvicorn would): the standard loop serves the
     collector several times slower (measured 4x with the SQLite log's cross-thread wake-ups).
@@ -143,7 +119,7 @@ async def _run_single(config: Config, url: str | None) -> int:
     log = open_log(config, url=url)
     await log.start()
     try:
-        return await serve_until_failure([create_service(config, log)])
+        return await run_services([create_service(config, log)])  # 1 when it died
     finally:
         await log.stop()
 

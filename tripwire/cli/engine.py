@@ -44,8 +44,7 @@ async def engine_command(args: argparse.Namespace, config: Config) -> int:
     await log.start()
     try:
         service = build_service(config, log, kind=kind)
-        await run_services([service])
-        return 1 if service.failed else 0
+        return await run_services([service])  # 1 when the engine's task died
     except LogUnavailable as exc:  # e.g. no broker at log.kafka_bootstrap: one line, not a traceback
         print(f"tripwire engine: {exc}", file=sys.stderr)
         return 1

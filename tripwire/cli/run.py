@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from tripwire.cli.collector import ensure_data_dir, run_loop, serve_until_failure
+from tripwire.cli.collector import ensure_data_dir, run_loop
 from tripwire.config import Config
 from tripwire.log import open_log
-from tripwire.service import Service
+from tripwire.service import Service, run_services
 
 # "module:function" factories, each ``create_service(config, log) -> Service | None``
 # (None when that part is switched off in config). Started in this order,
@@ -60,6 +60,6 @@ async def run_command(args: argparse.Namespace, config: Config) -> int:
     log = open_log(config)
     await log.start()
     try:
-        return await serve_until_failure(build_services(config, log))  # 1 when a service died
+        return await run_services(build_services(config, log))  # 1 when a service died
     finally:
         await log.stop()

@@ -9,9 +9,10 @@ import argparse
 import asyncio
 import sys
 
-from tripwire.cli.collector import ensure_data_dir, serve_until_failure
+from tripwire.cli.collector import ensure_data_dir
 from tripwire.config import Config
 from tripwire.log import LogUnavailable, open_log
+from tripwire.service import run_services
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,7 +43,7 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     await log.start()
     service = SinkService(cfg, log)
     try:
-        return await serve_until_failure([service])  # 1 when the sink's task died
+        return await run_services([service])  # 1 when the sink's task died
     except (SinkError, LogUnavailable) as exc:  # LogUnavailable: e.g. no broker at log.kafka_bootstrap
         print(f"tripwire sink: {exc}", file=sys.stderr)
         return 1

@@ -222,7 +222,6 @@ async def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
         if service is None:
             print("tripwire: webhooks.enabled is false; nothing to run", file=sys.stderr)
             return 1
-        await run_services([service])
+        return await run_services([service])  # 1 when the dispatcher's task died
     finally:
         await log.stop()
-    return 0
