@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import time
 
 from tripwire.config import Config
@@ -28,7 +26,7 @@ from tripwire.log import EVENTS, Consumer, EventLog, Record, TopicPartition, rec
 
 from . import metrics
 from .config import SinkConfig, sink_config
-from .errors import LakeError, SinkError
+from .errors import LakeError
 from .lake import Lake, open_lake
 from .writer import LakeWriter
 
@@ -54,46 +52,15 @@ class SinkService:
         self._lock = asyncio.Lock()  # the writer is touched by one task at a time
         self._generation = 0  # bumped by every rebalance
         self._owned: set[int] = set()
-        self._group_lock: int | None = None  # embedded log: the fd holding this group's flock
         self._backoff_s = 1.0
         self._poll_ms = int(max(50, min(1000, cfg.max_file_age_s * 500)))
-
-    def _claim_group(self) -> None:
-        """On the embedded log, one sink per group: SQLite consumer groups do not coordinate
-        processes, so a second sink (``tripwire sink`` next to ``tripwire run``) would own every
-        partition too and write the same events again under other file names."""
-        from tripwire.log.sqlite import SqliteLog
-
-        if not isinstance(self.log, SqliteLog):
-            return  # Kafka splits the partitions between the group's members
-        path = f"{self.log.path}.sink-{self.cfg.group}.lock"
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SinkError(
-                f"another sink of group '{self.cfg.group}' is already running on the event log {self.log.path}; "
-                "stop it (on the embedded log only one sink per sink.group can run)"
-            ) from None
-        self._group_lock = fd
-
-    def _release_group(self) -> None:
-        if self._group_lock is not None:
-            os.close(self._group_lock)  # releases the flock
-            self._group_lock = None
 
     async def start(self) -> None:
         if self._task is not None:
             return
-        self._claim_group()
-        try:
-            self.writer = await asyncio.to_thread(LakeWriter, self.lake, self.cfg, EVENTS)
-            self.consumer = self.log.consumer(self.cfg.group, [EVENTS], self)
-            await self.consumer.start()
-        except BaseException:
-            self._release_group()
-            raise
+        self.writer = await asyncio.to_thread(LakeWriter, self.lake, self.cfg, EVENTS)
+        self.consumer = self.log.consumer(self.cfg.group, [EVENTS], self)
+        await self.consumer.start()  # the embedded log: GroupTaken when another sink of the group runs
         self._task = asyncio.create_task(self._run(), name="tripwire-sink")
         self._task.add_done_callback(self._done)
         logger.info("sink writing %s (partitioning %s)", _redact(self.cfg.lake_url), self.cfg.partitioning)
@@ -120,10 +87,7 @@ class SinkService:
                 offsets = await asyncio.to_thread(self.writer.close)
                 await self._commit(offsets)
         finally:
-            try:
-                await self.consumer.stop()
-            finally:
-                self._release_group()
+            await self.consumer.stop()
 
     # rebalance listener --------------------------------------------------------
 

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
 
-from sinks.errors import LakeError, SinkError
+from sinks.errors import LakeError
 from sinks.lake import LocalLake
 from sinks.service import SinkService
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
 from tests.sinks.lakes import LakeSetup
+from tripwire.log import GroupTaken
 from tripwire.log.sqlite import SqliteLog
 
 
@@ -187,7 +188,7 @@ async def test_one_sink_per_group_on_the_embedded_log(lake: LakeSetup, log: Sqli
     await other_process_log.start()
     try:
         second = SinkService(lake.config(), other_process_log, lake.lake)
-        with pytest.raises(SinkError, match="another sink of group 'sink' is already running"):
+        with pytest.raises(GroupTaken, match="consumer group 'sink' is already reading the event log"):
             await second.start()
         other_group = SinkService(lake.config(group="backfill"), other_process_log, lake.lake)
         await other_group.start()  # another group is another reader: allowed

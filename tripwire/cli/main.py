@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from tripwire import __version__, logs, metrics
 from tripwire.config import ConfigError, load_config
+from tripwire.log import LogError
 
 # Modules of tripwire.cli that contribute sub-commands, in --help order.
 COMMAND_MODULES = ["run", "collector", "events", "webhooks", "sink", "lake", "config", "rules", "engine", "receiver"]
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tripwire: {config.locate(str(exc)) if config is not None else exc}", file=sys.stderr)
         return 2
+    except LogError as exc:  # e.g. GroupTaken: one line naming the problem, not a traceback
+        print(f"tripwire {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -11,6 +11,7 @@ from .base import (
     TRIGGERS,
     Consumer,
     EventLog,
+    GroupTaken,
     LogClosed,
     LogError,
     LogUnavailable,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from tripwire.config import Config
 
 __all__ = [
-    "EVENTS", "INVALID", "TRIGGERS", "TOPICS", "Consumer", "EventLog", "LogClosed", "LogError",
+    "EVENTS", "INVALID", "TRIGGERS", "TOPICS", "Consumer", "EventLog", "GroupTaken", "LogClosed", "LogError",
     "LogUnavailable", "RebalanceListener", "Record", "TopicPartition", "open_log", "records_between",
 ]
 
@@ -45,6 +46,8 @@ def open_log(config: Config, *, url: str | None = None) -> EventLog:
     if config.log.backend == "kafka":
         from .kafka import KafkaLog
 
+        check_bootstrap(config.log.kafka_bootstrap)
+
         log = KafkaLog.from_config(config)
     else:
         from .sqlite import SqliteLog
@@ -57,3 +60,20 @@ def open_log(config: Config, *, url: str | None = None) -> EventLog:
         )
     READINESS.add(f"log:{config.log.backend}", log)  # /readyz of `tripwire --metrics-port` (tripwire.metrics)
     return log
+
+
+def check_bootstrap(value: str) -> None:
+    """Refuse a ``log.kafka_bootstrap`` that no broker can match: empty, or written as a URL. Given
+    ``kafka://host:port`` (the form ``--log`` takes), aiokafka looks for a host named ``kafka`` and
+    every role reported an unreachable broker (the collector spilling, answering 200)."""
+    from tripwire.config import ConfigError
+
+    servers = [s.strip() for s in value.split(",")]
+    if not all(servers):
+        raise ConfigError(f"'log.kafka_bootstrap' is {value!r}: give the brokers as host:port[,host:port...]")
+    for server in servers:
+        if "://" in server:
+            raise ConfigError(
+                f"'log.kafka_bootstrap' is {value!r}: write host:port without {server.split('://')[0]}:// "
+                "(kafka://host:port is the form of the --log option)"
+            )

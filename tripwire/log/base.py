@@ -62,6 +62,10 @@ class LogClosed(LogError):
     """The log or consumer was used after ``stop()``."""
 
 
+class GroupTaken(LogError):
+    """The consumer group already has its one member (the embedded log gives each group one)."""
+
+
 class TopicPartition(NamedTuple):
     topic: str
     partition: int

@@ -32,7 +32,9 @@ Read the log through :class:`SqliteLog` (``read``/``read_sync``), not its tables
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import struct
@@ -46,6 +48,7 @@ from .base import (
     Consumer,
     Entry,
     EventLog,
+    GroupTaken,
     LogClosed,
     LogUnavailable,
     RebalanceListener,
@@ -612,7 +615,15 @@ class SqliteLog(EventLog):
 
 
 class SqliteConsumer(Consumer):
-    """The embedded consumer: one member per group, assigned every partition."""
+    """The embedded consumer: one member per group, assigned every partition.
+
+    "One member" holds across processes too: a started consumer holds an exclusive
+    ``flock`` on ``<log file>.group-<group>.lock`` until it stops, so a second member
+    (``tripwire sink`` or ``engine`` next to ``tripwire run`` on the same data_dir)
+    fails to start with :class:`GroupTaken` instead of reading every partition again
+    (a second sink writing the same events into other files, a second engine firing
+    every trigger twice). The lock goes with the process, even after a kill -9.
+    """
 
     def __init__(
         self, log: SqliteLog, group: str, topics: Sequence[str], listener: RebalanceListener | None
@@ -624,27 +635,57 @@ class SqliteConsumer(Consumer):
         self._positions: dict[TopicPartition, int] = {}
         self._next = 0  # round-robin start, so no partition starves
         self._running = False
+        self._member: int | None = None  # fd holding the group's flock while started
 
     async def start(self) -> None:
         if self._running:
             return
-        assigned: dict[TopicPartition, int] = {}
-        for topic in self._topics:
-            for p in await self._log.partitions(topic):
-                tp = TopicPartition(topic, p)
-                assigned[tp] = await self._log.committed_offset(self._group, tp) or 0
-        self._positions = assigned
-        self._running = True
-        if self._listener is not None:
-            await self._listener.on_assigned(self, set(assigned))
+        self._join()
+        try:
+            assigned: dict[TopicPartition, int] = {}
+            for topic in self._topics:
+                for p in await self._log.partitions(topic):
+                    tp = TopicPartition(topic, p)
+                    assigned[tp] = await self._log.committed_offset(self._group, tp) or 0
+            self._positions = assigned
+            self._running = True
+            if self._listener is not None:
+                await self._listener.on_assigned(self, set(assigned))
+        except BaseException:
+            self._running = False
+            self._leave()
+            raise
 
     async def stop(self) -> None:
         if not self._running:
             return
         self._running = False
-        if self._listener is not None:
-            await self._listener.on_revoked(self, set(self._positions))
-        self._positions = {}
+        try:
+            if self._listener is not None:
+                await self._listener.on_revoked(self, set(self._positions))
+        finally:
+            self._positions = {}
+            self._leave()
+
+    def _join(self) -> None:
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self._group)
+        path = f"{self._log.path}.group-{name}.lock"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GroupTaken(
+                f"consumer group '{self._group}' is already reading the event log {self._log.path} "
+                "(another tripwire process on this data_dir?); the embedded log gives a group one member: "
+                "stop the other process, or give this one another group"
+            ) from None
+        self._member = fd
+
+    def _leave(self) -> None:
+        if self._member is not None:
+            os.close(self._member)  # releases the flock
+            self._member = None
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._positions)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tripwire.log import EVENTS, TRIGGERS, LogClosed, TopicPartition
+from tripwire.log import EVENTS, TRIGGERS, GroupTaken, LogClosed, TopicPartition
 from tripwire.log.partition import partition_for
 from tripwire.log.sqlite import SqliteLog
 
@@ -150,6 +150,22 @@ async def test_two_logs_on_one_file_never_share_an_offset(tmp_path: Path) -> Non
     for p in (0, 1):
         offsets = [r.offset for r in records if r.partition == p]
         assert offsets == list(range(len(offsets)))
+
+
+async def test_a_group_has_one_member_across_processes(tmp_path: Path) -> None:
+    # Another process on the same data_dir (`tripwire sink` next to `tripwire run`) opens its own
+    # log on the file; a second member of a group would read every partition again.
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 2) as a, SqliteLog(path, 2) as b:
+        first = a.consumer("sink", [EVENTS])
+        await first.start()
+        with pytest.raises(GroupTaken, match="consumer group 'sink' is already reading the event log"):
+            await b.consumer("sink", [EVENTS]).start()
+        async with b.consumer("rules", [EVENTS]):  # another group: another reader, allowed
+            pass
+        await first.stop()
+        async with b.consumer("sink", [EVENTS]) as second:  # stopping left the group
+            assert second.assignment() == {TopicPartition(EVENTS, 0), TopicPartition(EVENTS, 1)}
 
 
 async def test_stopped_log_refuses_and_stop_is_idempotent(tmp_path: Path) -> None:
