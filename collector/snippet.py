@@ -1,7 +1,8 @@
 """Serving the built tracker (``collector/static/t.js``) at ``collector.snippet_path``.
 
 The file is read when it changes (checked by stat on each request, so a fresh
-build is served without a restart) and answered with a strong ETag, a
+build is served without a restart) and answered with a strong ETag (one per
+representation: the gzipped bytes have their own), a
 ``Cache-Control`` max-age, ``304`` for a matching ``If-None-Match`` and a
 pre-gzipped body for clients that accept it. A missing file is a 404 JSON that
 names the path, so a forgotten build step is obvious.
@@ -30,7 +31,7 @@ class SnippetEndpoint:
         self._stamp: tuple[int, int] | None = None
         self._plain = b""
         self._gzipped = b""
-        self._etag = b""
+        self._etags = (b"", b"")  # (plain, gzip): a strong ETag names one representation
         self.metrics = metrics.RouteMetrics("snippet")
 
     def _load(self) -> bool:
@@ -43,7 +44,8 @@ class SnippetEndpoint:
             data = self.path.read_bytes()
             self._plain = data
             self._gzipped = gzip.compress(data, 9, mtime=0)
-            self._etag = b'"' + hashlib.sha256(data).hexdigest()[:32].encode() + b'"'
+            tag = hashlib.sha256(data).hexdigest()[:32].encode()
+            self._etags = (b'"' + tag + b'"', b'"' + tag + b'-gzip"')
             self._stamp = stamp
         return True
 
@@ -52,22 +54,23 @@ class SnippetEndpoint:
             self.metrics.count(404)
             error = CollectorError(404, "snippet_not_built", f"tracker file '{self.path}' does not exist; build js-snippet first", field="snippet_file")
             return await respond_error(send, error)
+        gzipped = b"gzip" in (header(scope, b"accept-encoding") or b"").lower()
+        etag = self._etags[gzipped]
         headers = [
-            (b"etag", self._etag),
+            (b"etag", etag),
             (b"cache-control", f"public, max-age={self.max_age}".encode()),
             (b"vary", b"Accept-Encoding"),
             (b"access-control-allow-origin", b"*"),
         ]
         match = header(scope, b"if-none-match")
-        if match is not None and (match.strip() == b"*" or self._etag in [m.strip().removeprefix(b"W/") for m in match.split(b",")]):
+        if match is not None and (match.strip() == b"*" or etag in [m.strip().removeprefix(b"W/") for m in match.split(b",")]):
             self.metrics.count(304)
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
         headers.append((b"content-type", b"text/javascript; charset=utf-8"))
         body = self._plain
-        accept = header(scope, b"accept-encoding") or b""
-        if b"gzip" in accept.lower():
+        if gzipped:
             body = self._gzipped
             headers.append((b"content-encoding", b"gzip"))
         self.metrics.count(200)

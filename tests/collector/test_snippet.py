@@ -22,7 +22,7 @@ async def test_snippet_is_served_with_caching_headers(make_collector: MakeCollec
     etag = r.headers["etag"]
     assert etag.startswith('"') and etag.endswith('"')
 
-    again = await c.client.get("/js/t.js", headers={"If-None-Match": etag})
+    again = await c.client.get("/js/t.js", headers={"If-None-Match": etag, "Accept-Encoding": "identity"})
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == etag
 
@@ -31,8 +31,15 @@ async def test_snippet_is_served_with_caching_headers(make_collector: MakeCollec
     assert zipped.content == JS  # httpx inflates
     assert int(zipped.headers["content-length"]) < len(JS)
     assert gzip.decompress(gzip.compress(JS)) == JS
+    # A strong ETag names one representation: the gzipped bytes have their own, each revalidates itself.
+    gz_etag = zipped.headers["etag"]
+    assert gz_etag != etag and gz_etag.startswith('"') and gz_etag.endswith('"')
+    again = await c.client.get("/js/t.js", headers={"If-None-Match": gz_etag, "Accept-Encoding": "gzip"})
+    assert again.status_code == 304 and again.headers["etag"] == gz_etag
+    other = await c.client.get("/js/t.js", headers={"If-None-Match": gz_etag, "Accept-Encoding": "identity"})
+    assert other.status_code == 200 and other.content == JS and other.headers["etag"] == etag
 
-    head = await c.client.head("/js/t.js")
+    head = await c.client.head("/js/t.js", headers={"Accept-Encoding": "identity"})
     assert head.status_code == 200 and head.headers["etag"] == etag
 
 
