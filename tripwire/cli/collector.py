@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from tripwire.config import Config, ConfigError
-from tripwire.log import open_log
+from tripwire.log import check_bootstrap, open_log
 from tripwire.service import run_services
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
     from collector.errors import CollectorError
     from collector.service import bind, listen_url, uvicorn_config
 
+    # What the workers would each refuse at start (uvicorn respawning them, a traceback each time): once, here.
+    if overrides.get("TRIPWIRE_LOG__BACKEND", config.log.backend) == "kafka":
+        check_bootstrap(overrides.get("TRIPWIRE_LOG__KAFKA_BOOTSTRAP", config.log.kafka_bootstrap))
     os.environ.update(overrides)
     for option, key in (("log_format", "FORMAT"), ("log_level", "LEVEL")):  # the workers set up logging alike
         if getattr(args, option, None):

@@ -229,3 +229,18 @@ async def test_a_consumer_leaves_in_bounded_time_when_the_broker_hangs(tansu: Ta
             tansu.resume()
         with pytest.raises(LogClosed):
             await consumer.poll(timeout_ms=10)
+
+
+@pytest.mark.parametrize("value", ["kafka://127.0.0.1:9092", "127.0.0.1:9092,kafka://b:9092", "", " "])
+def test_a_bootstrap_written_as_a_url_or_left_empty_is_a_config_error_naming_the_key(tmp_path: Path, value: str) -> None:
+    # TRIPWIRE_LOG__KAFKA_BOOTSTRAP=kafka://host:port (the --log form) reached a broker that was there
+    # and reported 'no broker answered'; the collector spilled for ever and answered 200.
+    from tripwire.config import ConfigError, load_config
+
+    config = load_config(None, environ={"TRIPWIRE_DATA_DIR": str(tmp_path), "TRIPWIRE_LOG__BACKEND": "kafka",
+                                        "TRIPWIRE_LOG__KAFKA_BOOTSTRAP": value})
+    with pytest.raises(ConfigError) as info:
+        open_log(config)
+    assert "'log.kafka_bootstrap'" in str(info.value)
+    assert config.locate(str(info.value)).endswith("(set by TRIPWIRE_LOG__KAFKA_BOOTSTRAP)")
+    assert not (tmp_path / "spill").exists()
