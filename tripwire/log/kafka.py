@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import Gauge
 
 from .base import (
@@ -200,7 +200,9 @@ class KafkaLog(EpochRecovery, EventLog):
         try:
             await self._connect()
         except (KafkaError, OSError, TimeoutError) as exc:
-            logger.warning("Kafka at %s is unreachable (%s); spilling until it is back", self.bootstrap, exc)
+            reason = "no broker answered" if isinstance(exc, KafkaConnectionError) else repr(exc)
+            logger.warning("Kafka at %s (log.kafka_bootstrap) is unreachable (%s); appends wait in the spill buffer "
+                           "under %s until it is back", self.bootstrap, reason, self.spill.dir)
         for name, loop in (("writer", self._write_loop), ("forwarder", self._forward_loop),
                            ("epoch watch", self._watch_loop)):
             task = asyncio.create_task(loop(), name=f"tripwire-kafka-{name}")

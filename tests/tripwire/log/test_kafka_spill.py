@@ -253,3 +253,18 @@ async def test_kill_9_while_spilling_loses_no_acknowledged_record(tmp_path: Path
         broker.close()
     expected = {b"user-%d" % k: [b"%d" % i for i in acked if i % 7 == k] for k in range(7)}
     assert_all_acked_in_order(records, expected)
+
+
+async def test_the_start_warning_names_the_setting_and_says_what_happens_to_appends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "Kafka at X is unreachable (...); spilling until it is back" was all a collector with a mistyped
+    # broker address said (while answering 200), and it read oddly from a sink, which appends nothing.
+    from tests.fixtures.tansu import free_port
+
+    bootstrap = f"127.0.0.1:{free_port()}"
+    async with KafkaLog(bootstrap, spill_dir=tmp_path / "spill", **FAST):
+        pass
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "tripwire.log.kafka" and r.levelname == "WARNING"]
+    assert f"Kafka at {bootstrap} (log.kafka_bootstrap) is unreachable" in line, line
+    assert "appends wait in the spill buffer" in line and "KafkaConnectionError" not in line, line
