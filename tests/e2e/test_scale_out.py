@@ -256,3 +256,13 @@ def test_every_tripwire_command_line_in_deploy_readme_exists() -> None:
                 assert word in known[command], f"{span!r}: {'tripwire ' + (command or '')} has no {word}"
             elif command is None and word in sub.choices:
                 command = word
+
+
+@pytest.mark.parametrize("role", ["engine", "dispatcher", "sink"])
+def test_each_role_help_says_how_to_get_its_metrics(role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only `tripwire sink --help` said where its /metrics are (the global --metrics-port, before the command)."""
+    from tripwire.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main([role, "--help"])
+    assert f"tripwire --metrics-port PORT {role}" in " ".join(capsys.readouterr().out.split())

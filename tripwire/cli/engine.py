@@ -18,11 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     engine = sub.add_parser(
         "engine",
         help="run the rules engine alone; with Kafka, instances sharing rules.group split the partitions",
+        description="Evaluate the rules (rules.dir) on the events topic and write triggers. With Kafka, engines "
+                    "sharing rules.group split the partitions; they must share rules.checkpoint_url (s3://...) so a "
+                    "partition's state moves with it. Metrics and probes: tripwire --metrics-port PORT engine.",
     )
     engine.add_argument("--log", metavar="URL", help="kafka://host:port (default: the configured log)")
     engine.add_argument("--rules", metavar="DIR", help="rules directory (rules.dir)")
     engine.add_argument("--group", help="consumer group (rules.group)")
-    engine.add_argument("--checkpoint-url", metavar="DIR|s3://...", help="Kafka mode: where partition checkpoints go (rules.checkpoint_url)")
+    engine.add_argument("--checkpoint-url", metavar="DIR|s3://...", help="Kafka mode: where partition checkpoints go, shared by the group (rules.checkpoint_url)")
     engine.set_defaults(handler=lambda args, config: asyncio.run(engine_command(args, config)))
 
 

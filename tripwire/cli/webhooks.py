@@ -52,7 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     enable.add_argument("name", metavar="NAME", help="the endpoint, as in [endpoints.NAME]")
     enable.set_defaults(handler=enable_command)
 
-    dispatcher = sub.add_parser("dispatcher", help="run the webhook dispatcher alone on the configured log")
+    dispatcher = sub.add_parser(
+        "dispatcher", help="run the webhook dispatcher alone on the configured log",
+        description="Deliver the triggers topic to the configured endpoints (signed, retried); pending deliveries "
+                    "live in <data_dir>, which `tripwire webhooks status|failed|replay` read. Metrics and probes: "
+                    "tripwire --metrics-port PORT dispatcher.")
     dispatcher.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
     dispatcher.set_defaults(handler=lambda args, config: asyncio.run(dispatcher_command(args, config)))
 
