@@ -32,6 +32,8 @@ from .writer import LakeWriter
 
 logger = logging.getLogger(__name__)
 
+_COMMIT_ON_STOP_S = 5.0
+
 _LAG_EVERY_S = 5.0
 _MAX_BACKOFF_S = 30.0
 
@@ -84,8 +86,9 @@ class SinkService:
         assert self.consumer is not None and self.writer is not None
         try:
             if not self.failed:
-                offsets = await asyncio.to_thread(self.writer.close)
-                await self._commit(offsets)
+                async with self._lock:  # a rebalance may be handing partitions over right now
+                    offsets = await asyncio.to_thread(self.writer.close)
+                await self._commit_offsets(offsets)
         finally:
             await self.consumer.stop()
 
@@ -125,8 +128,7 @@ class SinkService:
                         continue
                     if resume is not None:
                         offsets[tp.partition] = resume
-        with contextlib.suppress(Exception):  # informational: the lake state is authoritative
-            await self._commit(offsets, consumer)
+        await self._commit_offsets(offsets, consumer)
 
     # loop ----------------------------------------------------------------------
 
@@ -214,6 +216,16 @@ class SinkService:
         consumer = consumer or self.consumer
         if offsets and consumer is not None:
             await consumer.commit({TopicPartition(EVENTS, p): o for p, o in offsets.items()})
+
+    async def _commit_offsets(self, offsets: dict[int, int], consumer: Consumer | None = None) -> None:
+        """Commit group offsets when handing over or stopping: informational (the lake's state is where a
+        sink resumes), so bounded: with the broker away a Kafka commit retries for ever, and a sink
+        stopped then would not exit until it is killed."""
+        try:
+            await asyncio.wait_for(self._commit(offsets, consumer), _COMMIT_ON_STOP_S)
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("group offsets not committed (%s); the lake's state says where to resume",
+                           exc or "the broker did not answer")
 
     async def _lag(self) -> None:
         assert self.writer is not None

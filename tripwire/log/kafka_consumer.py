@@ -226,14 +226,19 @@ class KafkaConsumer(Consumer):
         a session timeout anyway."""
         closing = asyncio.ensure_future(consumer.stop())
         done, _ = await asyncio.wait({closing}, timeout=self._session_timeout_ms / 1000)
-        if closing in done:
-            closing.result()
+        if closing in done and not closing.cancelled() and closing.exception() is None:
             return
-        logger.warning("consumer group %r: Kafka at %s did not answer within %.0f s; left without telling the "
-                       "group (it hands the partitions on after its session timeout)", self._group, self._bootstrap,
-                       self._session_timeout_ms / 1000)
-        closing.cancel()
-        await asyncio.gather(closing, return_exceptions=True)
+        if closing in done:
+            # A broker that went away: aiokafka's stop() ends with its fetch task's CancelledError (or a
+            # connection error) half-way through closing. Leaving is best effort; finish the closing below.
+            logger.warning("consumer group %r: Kafka at %s went away; left without telling the group (%s)", self._group,
+                           self._bootstrap, "a request was cut off" if closing.cancelled() else closing.exception())
+        else:
+            logger.warning("consumer group %r: Kafka at %s did not answer within %.0f s; left without telling the "
+                           "group (it hands the partitions on after its session timeout)", self._group, self._bootstrap,
+                           self._session_timeout_ms / 1000)
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
         # What the cancelled stop() did not get to: the coordinator's tasks, the fetcher, the connections.
         coordinator = getattr(consumer, "_coordinator", None)
         parts = [
