@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from tripwire.log import TRIGGERS, Consumer, EventLog, Record, TopicPartition
+from tripwire.log import TRIGGERS, Consumer, EventLog, GroupTaken, LogError, Record, TopicPartition
 from tripwire.triggers import EndpointConfig, Trigger
 
 from . import metrics
@@ -163,18 +163,25 @@ class Dispatcher:
     # consuming ---------------------------------------------------------------
 
     async def _consume_loop(self) -> None:
+        backoff_s = 1.0
         while not self._stopping:
             consumer = self._log.consumer(self._settings.consumer_group, [TRIGGERS])
             try:
                 await consumer.start()
                 while not self._stopping:
                     records = await consumer.poll(timeout_ms=500, max_records=500)
+                    backoff_s = 1.0
                     if records:
                         await self._ingest(consumer, records)
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, GroupTaken):
+                raise  # GroupTaken: another dispatcher of the group runs on this log; this one stops
+            except LogError as exc:
+                # The broker away, say: one line per try, not a traceback a second. Uncommitted
+                # records are read again by the next consumer (and deduplicated).
+                logger.warning("webhook dispatcher: cannot read the triggers topic (%s); retrying in %.0f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(30.0, backoff_s * 2)
             except Exception:
-                # Uncommitted records are read again by the next consumer (and deduplicated).
                 logger.exception("webhook dispatcher: reading the triggers topic failed; retrying in 1 s")
                 await asyncio.sleep(1)
             finally:

@@ -356,3 +356,25 @@ def test_retry_delays_are_jittered_within_bounds(log, tmp_path):
     delays = {d._delay_ms(1) for _ in range(200)}
     assert all(8_000 <= x <= 12_000 for x in delays) and len(delays) > 50
     assert all(80_000 <= d._delay_ms(2) <= 120_000 for _ in range(50))
+
+
+async def test_a_second_dispatcher_of_the_group_on_the_embedded_log_stops(log, receivers, tmp_path):
+    # Two dispatchers of one group on one SQLite log would both read every trigger. The second one's
+    # consumer is refused (GroupTaken); it stops (failed: its runner exits 1) instead of retrying for ever.
+    from tripwire.log.sqlite import SqliteLog
+
+    rx = receivers()
+    eps = {"crm": endpoint(rx.url, new_secret())}
+    first = dispatcher(log, tmp_path / "a", eps)
+    await first.start()
+    other = SqliteLog(tmp_path / "log.db", partitions=2)  # another process's handle on the same file
+    await other.start()
+    second = dispatcher(other, tmp_path / "b", eps)
+    try:
+        await second.start()
+        await wait_until(lambda: second.failed, 20, "the second dispatcher to stop")
+        assert not first.failed
+    finally:
+        await second.stop()
+        await first.stop()
+        await other.stop()
