@@ -146,9 +146,12 @@ class CheckpointDurability:
                 self._replay_end[p] = (await self.log.end_offsets(EVENTS)).get(p, 0)
             except LogError:
                 self._replay_end[p] = 2**62  # keep the ids for as long as we own the partition
-        if offset is not None or self._already[p]:
+        if offset is not None:
             logger.info("partition %d restored from checkpoint at offset %s (%d pending states, %d trigger(s) already written)",
                         p, offset, self.engine.pending(p), len(self._already[p]))
+        elif self._already[p]:
+            logger.info("partition %d has no checkpoint; %d trigger(s) already written for it are not written again",
+                        p, len(self._already[p]))
         return offset
 
     async def _produced_since(self, p: int, mark: int) -> set[str]:

@@ -73,6 +73,16 @@ def test_unknown_sections_are_refused_with_a_suggestion(tmp_path: Path) -> None:
     assert done.stderr.strip().endswith("(set by TRIPWIRE_SINKS__LAKE_URL)")
 
 
+def test_config_check_refuses_a_broker_address_written_as_a_url(tmp_path: Path) -> None:
+    # kafka://host:port is the --log form; as log.kafka_bootstrap every role looked for a host named
+    # 'kafka'. config check says so, as starting any role would.
+    env = {"TRIPWIRE_LOG__BACKEND": "kafka", "TRIPWIRE_LOG__KAFKA_BOOTSTRAP": "kafka://127.0.0.1:9092"}
+    done = tripwire(["config", "check"], cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert "'log.kafka_bootstrap' is 'kafka://127.0.0.1:9092': write host:port without kafka://" in done.stderr
+    assert done.stderr.strip().endswith("(set by TRIPWIRE_LOG__KAFKA_BOOTSTRAP)")
+
+
 def test_config_errors_of_any_command_name_the_key_and_where_it_was_set(tmp_path: Path) -> None:
     done = tripwire(["config", "check"], cwd=tmp_path, env={"TRIPWIRE_COLLECTOR__PORT": "abc"})
     assert done.returncode == 2  # as for every config error, whichever check finds it

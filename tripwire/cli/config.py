@@ -106,8 +106,11 @@ def check_command(args: argparse.Namespace, config: Config) -> int:
         from sinks.config import sink_config
         from sinks.errors import CatalogError as SinkCatalogError
         from sinks.catalog import wanted_columns
+        from tripwire.log import check_bootstrap
         from tripwire.triggers import endpoints
 
+        if config.log.backend == "kafka":
+            check_bootstrap(config.log.kafka_bootstrap)  # as open_log will
         load_sources(config)
         endpoints(config)
         collector = found["collector"]
