@@ -9,6 +9,7 @@ import sys
 
 import orjson
 
+from tripwire.cli.args import whole_number
 from tripwire.config import Config
 from tripwire.log import TOPICS, EventLog, LogError, open_log
 
@@ -19,20 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tail = events_sub.add_parser("tail", help="print the last records of a topic as JSON lines")
     tail.add_argument("--topic", choices=TOPICS, default="events",
                       help="events (accepted), invalid (acknowledged but refused by the catalog) or triggers")
-    tail.add_argument("-n", type=_count, default=10, metavar="N", help="how many records (default 10)")
+    tail.add_argument("-n", type=whole_number(0, "a count"), default=10, metavar="N", help="how many records (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     tail.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
     tail.set_defaults(handler=lambda args, config: asyncio.run(tail_command(args, config)))
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a count (0 or more)")
-    return n
 
 
 def _print(value: bytes) -> None:

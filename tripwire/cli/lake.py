@@ -11,6 +11,7 @@ import sys
 from datetime import date as Date
 from pathlib import Path
 
+from tripwire.cli.args import whole_number
 from tripwire.config import Config
 
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                             description="Merge the small files of each date partition whose day ended more than "
                                         "sink.compact_min_age_s ago (or of --date), atomically per directory.")
     c.add_argument("--date", metavar="YYYY-MM-DD", help="compact this day (default: every closed day)")
-    c.add_argument("--target-mb", type=_megabytes, default=64, metavar="MB", help="files below this size are merged (default 64)")
+    c.add_argument("--target-mb", type=whole_number(1, "a size in MB"), default=64, metavar="MB", help="files below this size are merged (default 64)")
     c.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     c.set_defaults(handler=compact_command)
     m = lake_sub.add_parser("migrate", help="add the catalog's new typed columns to every file (stop the sinks first)")
@@ -38,16 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="only rows carrying ID, not the anonymous history linked to it (see sinks/README.md)")
     f.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     f.set_defaults(handler=forget_command)
-
-
-def _megabytes(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a size in MB (1 or more)")
-    return n
 
 
 def lake_url_arg(url: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 
+from tripwire.cli.args import whole_number
 from tripwire.config import Config
 
 
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="first day (UTC, of the event time) to replay: the first lake partition read, or the "
                          "first day of --events kept")
     bt.add_argument("--until", metavar="YYYY-MM-DD", type=_day, help="last day to replay (inclusive), likewise")
-    bt.add_argument("--samples", type=_count, default=3, metavar="N",
+    bt.add_argument("--samples", type=whole_number(0, "a count"), default=3, metavar="N",
                     help="sample matches to print per rule (default 3, 0 = none)")
     bt.add_argument("--json", action="store_true", help="print the report as JSON")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -67,16 +68,6 @@ def _day(text: str) -> str:
     if day is None or day.isoformat() != text:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day: write YYYY-MM-DD, e.g. 2026-11-29")
     return text
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return n
 
 
 def rule_files(paths: list[str]) -> tuple[list[Path], list[str]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from tripwire.cli.args import whole_number
 from tripwire.config import Config
 from tripwire.log import open_log
 from tripwire.service import run_services
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     failed = cmds.add_parser("failed", help="list dead letters (deliveries that exhausted their attempts)")
     failed.add_argument("--endpoint", metavar="NAME", help="only this endpoint's dead letters")
-    failed.add_argument("-n", type=_positive, default=50, metavar="N", help="at most N, newest first (default 50)")
+    failed.add_argument("-n", type=whole_number(1, "a count"), default=50, metavar="N", help="at most N, newest first (default 50)")
     failed.add_argument("--json", action="store_true", help="one JSON object per dead letter")
     failed.set_defaults(handler=failed_command)
 
@@ -59,16 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "tripwire --metrics-port PORT dispatcher.")
     dispatcher.add_argument("--log", metavar="URL", help="kafka://host:port to read instead of the configured log")
     dispatcher.set_defaults(handler=lambda args, config: asyncio.run(dispatcher_command(args, config)))
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return n
 
 
 def _store_file(config: Config) -> Path:
