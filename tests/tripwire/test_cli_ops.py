@@ -83,6 +83,16 @@ def test_config_check_refuses_a_broker_address_written_as_a_url(tmp_path: Path) 
     assert done.stderr.strip().endswith("(set by TRIPWIRE_LOG__KAFKA_BOOTSTRAP)")
 
 
+def test_config_check_reads_endpoint_secrets_as_the_dispatcher_will(tmp_path: Path) -> None:
+    # A secret that is not whsec_<base64> stopped the dispatcher at start while config check said ok.
+    path = tmp_path / "tripwire.toml"
+    path.write_text('[endpoints.crm]\nurl = "https://crm.example/hook"\nsecret = "whsec_not base64!"\n')
+    done = tripwire(["--config", str(path), "config", "check"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert "'endpoints.crm.secret' secret #1 is not a whsec_<base64> secret" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_config_errors_of_any_command_name_the_key_and_where_it_was_set(tmp_path: Path) -> None:
     done = tripwire(["config", "check"], cwd=tmp_path, env={"TRIPWIRE_COLLECTOR__PORT": "abc"})
     assert done.returncode == 2  # as for every config error, whichever check finds it

@@ -106,13 +106,18 @@ def check_command(args: argparse.Namespace, config: Config) -> int:
         from sinks.config import sink_config
         from sinks.errors import CatalogError as SinkCatalogError
         from sinks.catalog import wanted_columns
+        from rules.webhooks.endpoint import check_endpoints
+        from rules.webhooks.service import settings as webhooks_settings
         from tripwire.log import check_bootstrap
         from tripwire.triggers import endpoints
 
         if config.log.backend == "kafka":
             check_bootstrap(config.log.kafka_bootstrap)  # as open_log will
         load_sources(config)
-        endpoints(config)
+        if webhooks_settings(config).enabled:
+            check_endpoints(endpoints(config))  # URLs and signing secrets, as the dispatcher reads them
+        else:
+            endpoints(config)
         collector = found["collector"]
         if collector.catalog:  # as the collector and the sink will read it (no salt file is made)
             Catalog.load(config.resolve(collector.catalog), strict=collector.strict, salt=b"config check")
