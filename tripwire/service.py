@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from typing import Protocol
@@ -26,7 +27,8 @@ class Service(Protocol):
 
 
 async def run_services(services: Sequence[Service], stop: asyncio.Event | None = None, poll_s: float = 1.0) -> int:
-    """Start ``services`` in order, run until SIGTERM/SIGINT (or ``stop``), stop them in reverse.
+    """Start ``services`` in order, run until SIGTERM/SIGINT (or ``stop``), stop them in reverse; a second
+    signal while they stop exits at once (status 130).
 
     Returns the process's exit status: 0 after a signal; 1 when a service ``failed`` (its
     background task died): the others are stopped then too, so a supervisor restarts the
@@ -37,9 +39,17 @@ async def run_services(services: Sequence[Service], stop: asyncio.Event | None =
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     READINESS.bind_loop(loop)
+    def on_signal() -> None:
+        if stop.is_set():
+            # A second Ctrl-C (or SIGTERM) while stopping: leave now. Nothing acknowledged is lost
+            # (appends are durable before they are acknowledged; every role resumes from what it committed).
+            logger.warning("second signal while stopping: exiting now")
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
     failed: list[str] = []  # seen while running (a service may look "failed" once stopped)

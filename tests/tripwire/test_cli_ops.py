@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -230,3 +231,21 @@ def test_a_data_dir_that_cannot_be_used_is_one_line(tmp_path: Path, command: lis
     assert done.stderr.strip().splitlines()[-1] == (
         f"tripwire: Config 'data_dir' has value '{tmp_path / 'file' / 'data'}': cannot create it "
         "(Not a directory) (set by TRIPWIRE_DATA_DIR)")
+
+
+def test_a_second_signal_while_stopping_exits_at_once(tmp_path: Path) -> None:
+    # Stopping drains every service (a minute with the broker away); a second Ctrl-C must not wait.
+    import signal
+
+    from tests.fixtures.servers import run_command
+
+    with run_command(["run", "--port", "0"], cwd=tmp_path) as proc:
+        proc.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while not any(line.endswith("tripwire.service: stopping") for line in proc.lines):
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.01)
+        proc.proc.send_signal(signal.SIGINT)  # (sent at once, the kernel merges two pending SIGINTs)
+        assert proc.proc.wait(20) == 130
+        time.sleep(0.2)  # the output pump catches up
+        assert any("second signal while stopping: exiting now" in line for line in proc.lines)
