@@ -167,7 +167,7 @@ class SqliteStateStore:
                 seen = dict(db.execute("SELECT mid, t FROM seen WHERE grp = ? AND partition = ?", (g, partition)))
                 states = {(r, k): d for r, k, d in db.execute(
                     "SELECT rule, key, data FROM states WHERE grp = ? AND partition = ?", (g, partition))}
-            journal = 0
+            journal, last_cutoff = 0, None
             for (data,) in db.execute("SELECT data FROM journal WHERE grp = ? AND partition = ? ORDER BY seq", (g, partition)):
                 journal += len(data)
                 changed, new_seen, cutoff = loads_state(data)
@@ -177,8 +177,11 @@ class SqliteStateStore:
                     else:
                         states[(uid, key)] = state
                 seen.update(new_seen)
-                if cutoff is not None:
-                    seen = {m: t for m, t in seen.items() if t >= cutoff}
+                last_cutoff = cutoff if cutoff is not None else last_cutoff
+            if last_cutoff is not None:
+                # Once, with the latest cutoff: cutoffs only grow, and an id seen after one is never older
+                # than it (the engine remembers only events at or past its watermark).
+                seen = {m: t for m, t in seen.items() if t >= last_cutoff}
             self._sizes[partition] = [len(snap[0]) if snap is not None else 0, journal]
         if row is None:
             return LoadedPartition(None, -(2**62), -(2**62), seen, list(states.items()))
