@@ -39,6 +39,7 @@ async def run_services(services: Sequence[Service], stop: asyncio.Event | None =
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     READINESS.bind_loop(loop)
+
     def on_signal() -> None:
         if stop.is_set():
             # A second Ctrl-C (or SIGTERM) while stopping: leave now. Nothing acknowledged is lost
