@@ -18,13 +18,12 @@ from lark.exceptions import UnexpectedInput, VisitError
 
 from . import ast
 from .errors import Diagnostic
-from .grammar import UNITS_MS, lark_parser
+from .grammar import DURATION, UNITS_MS, lark_parser
 from .syntax_errors import check_nesting, syntax_diagnostic
 
 MAX_RULE_CHARS = 64_000
 
 _RULE_START = re.compile(r"^[ \t]*rule\b(?![ \t]*:)", re.M)  # `rule: x` is a payload key, not a rule
-_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 
 
 def decode_rules(data: bytes, filename: str) -> tuple[str | None, Diagnostic | None]:
@@ -98,7 +97,7 @@ def _string(token: Token) -> str:
 
 
 def _duration(token: Token) -> ast.Duration:
-    m = _DURATION.fullmatch(str(token))
+    m = DURATION.fullmatch(str(token))
     assert m is not None  # the grammar's DURATION terminal guarantees the shape
     return ast.Duration(token.line or 1, token.column or 1, int(m.group(1)) * UNITS_MS[m.group(2)], str(token))
 

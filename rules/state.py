@@ -54,7 +54,7 @@ import pickle
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,7 +321,3 @@ class CheckpointStore:
             (offset,) = struct.unpack(">q", data[n : n + 8])
             return offset, None, data[n + 8 :]
         raise StateError(f"checkpoint {self.url}/{self.group}/{topic}-{partition} is not a tripwire checkpoint")
-
-
-def iter_states(loaded: LoadedPartition) -> Iterator[tuple[tuple[str, str], bytes]]:
-    yield from loaded.states

@@ -15,7 +15,7 @@ from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostic
-from .grammar import UNITS_MS, lark_parser
+from .grammar import DURATION, UNITS_MS, lark_parser
 
 MAX_NESTING = 32  # parentheses / brackets / braces deep; deeper is certainly a mistake
 
@@ -42,7 +42,7 @@ def _duration_hint(rest: str) -> str | None:
     if word is None:
         return None
     w = word.group(0)
-    parts = re.findall(r"([0-9]+)(ms|s|m|h|d)", w)
+    parts = DURATION.findall(w)
     if len(parts) > 1 and "".join(n + u for n, u in parts) == w:
         total = sum(int(n) * UNITS_MS[u] for n, u in parts)
         unit = next(u for u in ("d", "h", "m", "s", "ms") if total % UNITS_MS[u] == 0)
