@@ -8,6 +8,7 @@ COPY tripwire ./tripwire
 COPY collector ./collector
 COPY rules ./rules
 COPY sinks ./sinks
+COPY webhooks ./webhooks
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

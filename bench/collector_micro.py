@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO))
 
 import importlib.util  # noqa: E402
 
-from collector import create_app  # noqa: E402
-from collector.enrich import IpPolicy  # noqa: E402
-from collector.intake import Intake  # noqa: E402
+from tripwire.collector import create_app  # noqa: E402
+from tripwire.collector.enrich import IpPolicy  # noqa: E402
+from tripwire.collector.intake import Intake  # noqa: E402
 from tripwire.config import from_dict  # noqa: E402
 from tripwire.log import EVENTS  # noqa: E402
 from tripwire.log.sqlite import SqliteLog  # noqa: E402

@@ -42,10 +42,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rules.compiler import build_plan, compile_text  # noqa: E402
-from rules.engine import Engine  # noqa: E402
-from rules.gctune import relax_for_long_lived_state  # noqa: E402
-from rules.service import build_service  # noqa: E402
+from tripwire.rules.compiler import build_plan, compile_text  # noqa: E402
+from tripwire.rules.engine import Engine  # noqa: E402
+from tripwire.rules.gctune import relax_for_long_lived_state  # noqa: E402
+from tripwire.rules.service import build_service  # noqa: E402
 from tripwire.config import from_dict  # noqa: E402
 from tripwire.envelope import format_time_ms  # noqa: E402
 from tripwire.log import EVENTS, TRIGGERS  # noqa: E402

@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson  # noqa: E402
 
-from sinks.config import SinkConfig  # noqa: E402
-from sinks.lake import LocalLake  # noqa: E402
-from sinks.schema import BatchBuilder, arrow_schema, encode_parquet  # noqa: E402
-from sinks.service import SinkService  # noqa: E402
-from sinks.state import load_state  # noqa: E402
-from sinks.writer import LakeWriter, directory_for  # noqa: E402
+from tripwire.sinks.config import SinkConfig  # noqa: E402
+from tripwire.sinks.lake import LocalLake  # noqa: E402
+from tripwire.sinks.schema import BatchBuilder, arrow_schema, encode_parquet  # noqa: E402
+from tripwire.sinks.service import SinkService  # noqa: E402
+from tripwire.sinks.state import load_state  # noqa: E402
+from tripwire.sinks.writer import LakeWriter, directory_for  # noqa: E402
 from tripwire.envelope import format_time_ms, log_key, normalize  # noqa: E402
 from tripwire.log import Record  # noqa: E402
 from tripwire.log.partition import partition_for  # noqa: E402
@@ -74,7 +74,7 @@ def make_events(n: int) -> list[bytes]:
 
 
 def raw_path(values: list[bytes], cfg: SinkConfig, out: Path) -> tuple[float, int]:
-    from sinks.catalog import wanted_columns
+    from tripwire.sinks.catalog import wanted_columns
 
     promoted = wanted_columns("", cfg.promote)
     schema = arrow_schema(promoted)

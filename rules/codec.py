@@ -87,7 +87,7 @@ def mid_text(mid: int | str) -> str:
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module == "rules.plan" and name == "MISSING":
+        if module in ("tripwire.rules.plan", "rules.plan") and name == "MISSING":  # the name states before 0.2 were written under
             return MISSING
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in engine state")
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
-from collector import create_app
+from tripwire.collector import create_app
 from tripwire.config import from_dict
 from tripwire.log import EVENTS, INVALID, EventLog
 from tripwire.log.sqlite import SqliteLog

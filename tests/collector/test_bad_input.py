@@ -184,8 +184,8 @@ async def test_unsupported_encoding_and_content_type(collector: Collector) -> No
 
 async def test_bad_content_length(collector: Collector) -> None:
     # httpx computes Content-Length itself; an ASGI scope with a bogus one is built by hand.
-    from collector.body import read_body
-    from collector.errors import CollectorError
+    from tripwire.collector.body import read_body
+    from tripwire.collector.errors import CollectorError
 
     async def receive():
         return {"type": "http.request", "body": b"{}", "more_body": False}

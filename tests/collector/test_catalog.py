@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.catalog import Catalog, resolve_salt
-from collector.errors import CatalogError
+from tripwire.collector.catalog import Catalog, resolve_salt
+from tripwire.collector.errors import CatalogError
 
 from .conftest import REPO_EXAMPLES, MakeCollector
 

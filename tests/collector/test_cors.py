@@ -97,7 +97,7 @@ async def test_configured_origins_are_normalised_like_the_browsers_origin_header
 
 
 def test_an_origin_with_a_path_is_a_config_error() -> None:
-    from collector.config import load_sources
+    from tripwire.collector.config import load_sources
     from tripwire.config import ConfigError, from_dict
 
     with pytest.raises(ConfigError, match=r"'sources.web.origins\[0\]' has value 'https://shop.example/checkout'"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.enrich import IpPolicy
+from tripwire.collector.enrich import IpPolicy
 
 from .conftest import MakeCollector
 
@@ -68,7 +68,7 @@ def test_ip_policy_unit() -> None:
 
 @pytest.mark.parametrize("bad", ["10.0.0.0/33", "example.com"])
 def test_trusted_proxies_config_errors_name_the_entry(bad: str) -> None:
-    from collector.config import CollectorConfig
+    from tripwire.collector.config import CollectorConfig
     from tripwire.config import ConfigError, from_dict
 
     with pytest.raises(ConfigError, match=r"collector.trusted_proxies\[1\]"):

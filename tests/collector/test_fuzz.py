@@ -21,7 +21,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector import create_app
+from tripwire.collector import create_app
 from tripwire.config import from_dict
 from tripwire.log.sqlite import SqliteLog
 

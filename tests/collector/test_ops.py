@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from collector.config import load_sources
+from tripwire.collector.config import load_sources
 from tripwire.config import ConfigError, from_dict
 
 from .conftest import SERVER_KEY, Collector, MakeCollector, basic
@@ -108,7 +108,7 @@ def test_sources_from_environment_overrides() -> None:
 
 
 async def test_the_sample_config_and_catalog_load(tmp_path) -> None:
-    from collector import create_app
+    from tripwire.collector import create_app
     from tests.collector.conftest import REPO_EXAMPLES
     from tripwire.config import load_config
     from tripwire.log.memory import MemoryLog

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import orjson
 
-from collector.pixel import GIF
+from tripwire.collector.pixel import GIF
 
 from .conftest import SERVER_KEY, Collector, MakeCollector
 

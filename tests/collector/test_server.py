@@ -11,9 +11,9 @@ import httpx
 import orjson
 import pytest
 
-from collector import create_app
-from collector.errors import CollectorError
-from collector.service import create_service
+from tripwire.collector import create_app
+from tripwire.collector.errors import CollectorError
+from tripwire.collector.service import create_service
 from tests.fixtures.servers import run_command, run_server
 from tripwire.config import from_dict
 from tripwire.log import EVENTS
@@ -146,7 +146,7 @@ def test_collector_workers_log_like_the_parent(tmp_path: Path) -> None:
 
 
 def test_the_listening_line_is_a_url_also_for_ipv6() -> None:
-    from collector.service import listen_url
+    from tripwire.collector.service import listen_url
 
     assert listen_url("::1", 8080) == "http://[::1]:8080"  # was http://::1:8080, which no client parses
     assert listen_url("127.0.0.1", 8080) == "http://127.0.0.1:8080"

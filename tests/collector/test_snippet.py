@@ -64,7 +64,7 @@ async def test_missing_snippet_is_a_404_naming_the_file(make_collector: MakeColl
 
 
 async def test_the_packaged_tracker_is_served_by_default(make_collector: MakeCollector) -> None:
-    from collector.snippet import PACKAGED
+    from tripwire.collector.snippet import PACKAGED
 
     c = await make_collector()
     r = await c.client.get("/t.js", headers={"Accept-Encoding": "identity"})

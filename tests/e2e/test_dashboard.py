@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-METRIC_MODULES = ["collector.metrics", "rules.metrics", "rules.webhooks.metrics", "rules.webhooks.ssrf", "sinks.metrics",
+METRIC_MODULES = ["tripwire.collector.metrics", "tripwire.rules.metrics", "tripwire.webhooks.metrics", "tripwire.webhooks.ssrf", "tripwire.sinks.metrics",
                   "tripwire.log.kafka", "tripwire.log.kafka_epochs"]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from collector.service import CollectorService
+from tripwire.collector.service import CollectorService
 from tripwire.config import from_dict
 from tripwire.log.sqlite import SqliteLog
 from tripwire.service import run_services

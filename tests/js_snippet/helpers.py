@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from collector import create_app
+from tripwire.collector import create_app
 from tripwire.config import Config, from_dict
 from tripwire.log import EVENTS
 from tripwire.log.sqlite import SqliteLog

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rules.compiler import build_plan, compile_text
-from rules.errors import Diagnostic
+from tripwire.rules.compiler import build_plan, compile_text
+from tripwire.rules.errors import Diagnostic
 
 
 def diags(text: str, endpoints: set[str] | None = None, severity: str = "error") -> list[Diagnostic]:
@@ -152,7 +152,7 @@ def test_quoted_field_names_read_any_key() -> None:
     fired = run(text, [ev("Añadir", 0, **cart), ev("Checkout", 5, **{"cart id": "other"})], until_s=100)
     assert [m.payload for m in fired] == [{"név": "😀", "name": "Shoe 42"}]
     assert run(text, [ev("Añadir", 0, **cart), ev("Checkout", 5, **{"cart id": "c1"})], until_s=100) == []
-    from rules.explain import explain
+    from tripwire.rules.explain import explain
     from .util import plan_of
 
     assert 'c.properties."Product Name" starts with "Shoe"' in explain(plan_of(text).rules[0])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rules.reload import RuleSet
+from tripwire.rules.reload import RuleSet
 from tripwire.cli.main import main
 
 RULE = 'rule "café"\n  when "Añadir" as a where a.properties.x == "é"\n  post crm\n'
@@ -58,7 +58,7 @@ def test_a_file_that_is_not_utf8_is_rejected_alike_by_check_and_the_engine(
 
 def test_reload_reports_duplicate_names_and_new_broken_files_as_what_they_are(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from rules import metrics
+    from tripwire.rules import metrics
 
     def gauge() -> float:
         return metrics.BROKEN_FILES._value.get()  # type: ignore[attr-defined, no-any-return]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules.compiler import compile_text
+from tripwire.rules.compiler import compile_text
 
 SEEDS = [
     'rule "abandoned cart"\n  when AddToCart as cart where cart.properties.price >= 20\n  then no Checkout within 30s\n'

@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.parser import parse_text
-from rules.predcode import fast_predicate
-from rules.predicates import Ctx, StepScope, compile_expr, projector
+from tripwire.rules.parser import parse_text
+from tripwire.rules.predcode import fast_predicate
+from tripwire.rules.predicates import Ctx, StepScope, compile_expr, projector
 
 RULES = [
     'rule "a" when X where properties.category == "shoes" and properties.price >= 20 post crm',

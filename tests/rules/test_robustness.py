@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules.engine import Engine
+from tripwire.rules.engine import Engine
 
 from .util import T0, ev, feed, plan_of
 

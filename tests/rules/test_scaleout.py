@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from rules.state import CheckpointStore
+from tripwire.rules.state import CheckpointStore
 from tests.fixtures.tansu import TansuBroker
 from tripwire.envelope import format_time_ms
 from tripwire.log import EVENTS, TRIGGERS

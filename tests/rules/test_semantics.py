@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rules.engine import Engine
+from tripwire.rules.engine import Engine
 
 from .util import T0, ev, feed, ids, plan_of, run
 

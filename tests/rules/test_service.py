@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from rules.service import build_service
+from tripwire.rules.service import build_service
 from tripwire.config import from_dict
 from tripwire.envelope import format_time_ms
 from tripwire.log import EVENTS, TRIGGERS
@@ -109,7 +109,7 @@ async def test_restart_resumes_pending_timer_without_duplicates(tmp_path: Path, 
 
 
 async def test_hot_reload_keeps_state_of_unchanged_rules_and_survives_a_broken_file(tmp_path: Path, sqlite_log: SqliteLog) -> None:
-    from rules import metrics
+    from tripwire.rules import metrics
 
     config = config_for(tmp_path)
     rules_dir = tmp_path / "rules"

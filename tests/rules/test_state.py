@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rules.engine import Engine
-from rules.errors import StateError
-from rules.state import CheckpointStore, PartitionDelta, SqliteStateStore
+from tripwire.rules.engine import Engine
+from tripwire.rules.errors import StateError
+from tripwire.rules.state import CheckpointStore, PartitionDelta, SqliteStateStore
 from tests.fixtures.s3 import S3Bucket
 
 from .util import T0, ev, feed, ids, plan_of
@@ -233,7 +233,7 @@ def test_sqlite_store_journals_each_commit_and_snapshots_when_the_journal_outgro
     # One journal row per partition and commit; when the journal is as big as the last snapshot,
     # the commit carries a full snapshot instead and the journal before it goes. After every commit a
     # fresh store loads exactly what the engine holds (states, remembered ids, offset, watermark).
-    import rules.state
+    import tripwire.rules.state
 
     monkeypatch.setattr(rules.state, "_SNAPSHOT_MIN_BYTES", 1500)
     db = tmp_path / "state.db"

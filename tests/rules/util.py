@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from rules.compiler import build_plan, compile_text
-from rules.engine import Engine, Match
-from rules.plan import Plan
+from tripwire.rules.compiler import build_plan, compile_text
+from tripwire.rules.engine import Engine, Match
+from tripwire.rules.plan import Plan
 from tripwire.envelope import format_time_ms
 
 T0 = 1_700_000_000_000  # event times in tests are T0 + seconds

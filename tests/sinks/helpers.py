@@ -11,8 +11,8 @@ import orjson
 import pandas as pd
 import pyarrow.parquet as pq
 
-from sinks.lake import Lake
-from sinks.state import load_state
+from tripwire.sinks.lake import Lake
+from tripwire.sinks.state import load_state
 from tripwire.envelope import log_key, normalize
 from tripwire.log import EventLog
 

@@ -9,8 +9,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from sinks.config import SinkConfig
-from sinks.lake import Lake, open_lake
+from tripwire.sinks.config import SinkConfig
+from tripwire.sinks.lake import Lake, open_lake
 from tests.fixtures.s3 import S3Bucket
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.state import load_state
+from tripwire.sinks.state import load_state
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
 from tests.sinks.lakes import LakeSetup, make_lake
 from tripwire.log.sqlite import SqliteLog

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sinks.service import SinkService
+from tripwire.sinks.service import SinkService
 from tests.fixtures.tansu import TansuBroker
 from tests.sinks.helpers import event, send, wait_caught_up
 from tests.sinks.lakes import make_lake

@@ -9,10 +9,10 @@ import duckdb
 import orjson
 import pytest
 
-from sinks.compact import compact, recover
-from sinks.forget import forget
-from sinks.lake import Lake, data_files
-from sinks.writer import LakeWriter
+from tripwire.sinks.compact import compact, recover
+from tripwire.sinks.forget import forget
+from tripwire.sinks.lake import Lake, data_files
+from tripwire.sinks.writer import LakeWriter
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send
 from tests.sinks.lakes import LakeSetup, make_lake
 from tripwire.cli.main import main
@@ -184,7 +184,7 @@ async def test_a_journaled_cut_whose_file_was_compacted_is_not_written_again(tmp
 
 
 async def test_migrate_gives_every_file_the_catalogs_new_typed_columns(lake: LakeSetup) -> None:
-    from sinks.migrate import migrate
+    from tripwire.sinks.migrate import migrate
 
     first = [event(i) for i in range(30)]
     await fill(lake, first)  # no typed property columns yet

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sinks.config import SinkConfig
-from sinks.lake import LocalLake
-from sinks.writer import LakeWriter
-from sinks.state import load_state
+from tripwire.sinks.config import SinkConfig
+from tripwire.sinks.lake import LocalLake
+from tripwire.sinks.writer import LakeWriter
+from tripwire.sinks.state import load_state
 from tests.sinks.helpers import BASE_MS, DAY_MS, caught_up, event, lake_table, send
 from tripwire.log.epoch import OFFSET_BITS
 from tripwire.log.memory import MemoryLog

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sinks.config import SinkConfig
-from sinks.lake import LocalLake
-from sinks.writer import LakeWriter
+from tripwire.sinks.config import SinkConfig
+from tripwire.sinks.lake import LocalLake
+from tripwire.sinks.writer import LakeWriter
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send
 from tripwire.log.memory import MemoryLog
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
 
-from sinks.errors import LakeError
-from sinks.lake import LocalLake
-from sinks.service import SinkService
+from tripwire.sinks.errors import LakeError
+from tripwire.sinks.lake import LocalLake
+from tripwire.sinks.service import SinkService
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
 from tests.sinks.lakes import LakeSetup
 from tripwire.log import GroupTaken

@@ -8,15 +8,15 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from sinks.catalog import Promoted, merge_registry, read_catalog, wanted_columns
-from sinks.config import SinkConfig, sink_config
-from sinks.dedup import Dedup
-from sinks.errors import CatalogError
-from sinks.lake import LocalLake
-from sinks.schema import BatchBuilder, arrow_schema
-from sinks.service import SinkService, create_service
-from sinks.registry import load_promoted
-from sinks.writer import directory_for
+from tripwire.sinks.catalog import Promoted, merge_registry, read_catalog, wanted_columns
+from tripwire.sinks.config import SinkConfig, sink_config
+from tripwire.sinks.dedup import Dedup
+from tripwire.sinks.errors import CatalogError
+from tripwire.sinks.lake import LocalLake
+from tripwire.sinks.schema import BatchBuilder, arrow_schema
+from tripwire.sinks.service import SinkService, create_service
+from tripwire.sinks.registry import load_promoted
+from tripwire.sinks.writer import directory_for
 from tests.sinks.helpers import event
 from tripwire.config import ConfigError, from_dict, load_config
 from tripwire.log.memory import MemoryLog
@@ -64,7 +64,7 @@ def test_only_surprising_json_columns_are_reported(tmp_path: Path, caplog: pytes
         "A": {"schema": {"properties": {"shipping": {"type": "object"}, "tags": {"type": "array"}, "n": {"type": "string"}}}},
         "B": {"schema": {"properties": {"n": {"type": "boolean"}}}},
     }}).decode())
-    with caplog.at_level("INFO", logger="sinks.catalog"):
+    with caplog.at_level("INFO", logger="tripwire.sinks.catalog"):
         assert read_catalog(path) == []
     assert [r.getMessage() for r in caplog.records] == [
         "catalog property properties.n has no single scalar type; it stays in the JSON column"]
@@ -79,7 +79,7 @@ def test_a_broken_catalog_is_named(tmp_path: Path) -> None:
 
 
 def test_the_first_writer_fixes_the_columns_and_later_catalog_changes_wait_for_migrate(tmp_path: Path) -> None:
-    from sinks.migrate import migrate
+    from tripwire.sinks.migrate import migrate
 
     lake = LocalLake(tmp_path)
     first = load_promoted(lake, SinkConfig(promote={"qty": "integer"}))
@@ -191,7 +191,7 @@ def test_create_service_for_tripwire_run(tmp_path: Path) -> None:
 
 
 def test_a_lake_keeps_the_partitioning_it_was_started_with(tmp_path: Path) -> None:
-    from sinks.errors import SinkError
+    from tripwire.sinks.errors import SinkError
 
     lake = LocalLake(tmp_path)
     load_promoted(lake, SinkConfig(partitioning="date"))

@@ -263,7 +263,7 @@ def test_a_string_key_from_the_environment_keeps_its_text_even_when_it_looks_lik
     config = load_config(None, environ={"TRIPWIRE_ROOM__GROUP": "2024"})
     assert config.section("room", Room).group == "2024"
     assert config.table("sources") == {}
-    from collector.config import load_sources
+    from tripwire.collector.config import load_sources
 
     web = load_sources(load_config(None, environ={"TRIPWIRE_SOURCES__WEB__WRITE_KEY": "1234567890"}))
     assert list(web) == ["1234567890"]

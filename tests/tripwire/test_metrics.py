@@ -81,8 +81,8 @@ async def test_run_services_registers_each_service() -> None:
 def test_metrics_page_has_no_created_series() -> None:
     # prometheus_client adds a '<name>_created' gauge next to every counter and histogram (one more
     # series per label set, each a timestamp nobody graphs); Tripwire's /metrics leaves them out.
-    import collector.metrics  # noqa: F401 (registers the collector's counters)
-    import sinks.metrics  # noqa: F401
+    import tripwire.collector.metrics  # noqa: F401 (registers the collector's counters)
+    import tripwire.sinks.metrics  # noqa: F401
     from prometheus_client import REGISTRY, generate_latest
 
     page = generate_latest(REGISTRY).decode()

@@ -60,8 +60,8 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
     if server.workers == 1:
         config = replace(config, server=server)
         return run_loop(_run_single(config, args.log))
-    from collector.errors import CollectorError
-    from collector.service import bind, listen_url, uvicorn_config
+    from tripwire.collector.errors import CollectorError
+    from tripwire.collector.service import bind, listen_url, uvicorn_config
 
     # What the workers would each refuse at start (uvicorn respawning them, a traceback each time): once, here.
     if overrides.get("TRIPWIRE_LOG__BACKEND", config.log.backend) == "kafka":
@@ -72,7 +72,7 @@ def collector_command(args: argparse.Namespace, config: Config) -> int:
             os.environ[f"TRIPWIRE_LOGGING__{key}"] = getattr(args, option)
     if config.source_path is not None:
         os.environ["TRIPWIRE_CONFIG"] = str(config.source_path.resolve())
-    cfg = uvicorn_config("collector.service:worker_app", factory=True, host=server.host, port=server.port, workers=server.workers)
+    cfg = uvicorn_config("tripwire.collector.service:worker_app", factory=True, host=server.host, port=server.port, workers=server.workers)
     from uvicorn.supervisors import Multiprocess
 
     try:
@@ -103,7 +103,7 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
     A collector that cannot start (its port taken) is one line on stderr and exit status 1,
     after the services already started have stopped."""
-    from collector.errors import CollectorError
+    from tripwire.collector.errors import CollectorError
 
     try:
         import uvloop
@@ -117,7 +117,7 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def _run_single(config: Config, url: str | None) -> int:
-    from collector.service import create_service
+    from tripwire.collector.service import create_service
 
     log = open_log(config, url=url)
     await log.start()

@@ -7,23 +7,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import sys
 from typing import Any
 
-from tripwire.config import SECRET_WORDS, Config, ConfigError  # SECRET_WORDS: masked here, not printed in errors
-from tripwire.logs import redact
+from tripwire.collector.config import CollectorConfig
+from tripwire.config import SECRET_WORDS, Config, ConfigError, LogConfig, ServerConfig  # SECRET_WORDS: masked here
+from tripwire.logs import LoggingConfig, redact
+from tripwire.metrics import MetricsConfig
+from tripwire.rules.config import RulesConfig
+from tripwire.sinks.config import SinkConfig
+from tripwire.webhooks.config import WebhooksConfig
 
-# Section name -> "module:Dataclass" (read with Config.section).
-SECTIONS = {
-    "server": "tripwire.config:ServerConfig",
-    "log": "tripwire.config:LogConfig",
-    "logging": "tripwire.logs:LoggingConfig",
-    "metrics": "tripwire.metrics:MetricsConfig",
-    "collector": "collector.config:CollectorConfig",
-    "rules": "rules.config:RulesConfig",
-    "webhooks": "rules.webhooks.config:WebhooksConfig",
-    "sink": "sinks.config:SinkConfig",
+# Section name -> its dataclass (read with Config.section).
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "log": LogConfig,
+    "logging": LoggingConfig,
+    "metrics": MetricsConfig,
+    "collector": CollectorConfig,
+    "rules": RulesConfig,
+    "webhooks": WebhooksConfig,
+    "sink": SinkConfig,
 }
 TABLES = ("sources", "endpoints")  # tables keyed by user names
 
@@ -39,9 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def sections(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, spec in SECTIONS.items():
-        module, _, cls = spec.partition(":")
-        out[name] = config.section(name, getattr(importlib.import_module(module), cls))
+    for name, cls in SECTIONS.items():
+        out[name] = config.section(name, cls)
     return out
 
 
@@ -100,14 +103,14 @@ def show_command(args: argparse.Namespace, config: Config) -> int:
 def check_command(args: argparse.Namespace, config: Config) -> int:
     try:
         found = sections(config)
-        from collector.catalog import Catalog
-        from collector.config import load_sources
-        from collector.errors import CatalogError
-        from sinks.config import sink_config
-        from sinks.errors import CatalogError as SinkCatalogError
-        from sinks.catalog import wanted_columns
-        from rules.webhooks.endpoint import check_endpoints
-        from rules.webhooks.service import settings as webhooks_settings
+        from tripwire.collector.catalog import Catalog
+        from tripwire.collector.config import load_sources
+        from tripwire.collector.errors import CatalogError
+        from tripwire.sinks.config import sink_config
+        from tripwire.sinks.errors import CatalogError as SinkCatalogError
+        from tripwire.sinks.catalog import wanted_columns
+        from tripwire.webhooks.endpoint import check_endpoints
+        from tripwire.webhooks.service import settings as webhooks_settings
         from tripwire.log import check_bootstrap
         from tripwire.triggers import endpoints
 

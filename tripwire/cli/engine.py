@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 async def engine_command(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
-    from rules.service import build_service
+    from tripwire.rules.service import build_service
 
     section = dict(config.raw.get("rules", {}))
     if args.rules:

@@ -51,8 +51,8 @@ def lake_url_arg(url: str) -> str:
 def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    from sinks.config import sink_config
-    from sinks.lake import open_lake
+    from tripwire.sinks.config import sink_config
+    from tripwire.sinks.lake import open_lake
 
     cfg = sink_config(config)
     if args.lake:
@@ -62,9 +62,9 @@ def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-
 
 def _missing(command: str, lake) -> bool:  # type: ignore[no-untyped-def]
     """True (and says so) when ``lake`` holds neither the sink's registry nor a data file."""
-    from sinks.errors import SinkError
-    from sinks.lake import data_files
-    from sinks.registry import SCHEMA_PATH
+    from tripwire.sinks.errors import SinkError
+    from tripwire.sinks.lake import data_files
+    from tripwire.sinks.registry import SCHEMA_PATH
 
     try:
         if lake.exists(SCHEMA_PATH) or data_files(lake):
@@ -78,8 +78,8 @@ def _missing(command: str, lake) -> bool:  # type: ignore[no-untyped-def]
 
 
 def compact_command(args: argparse.Namespace, config: Config) -> int:
-    from sinks.compact import compact
-    from sinks.errors import SinkError
+    from tripwire.sinks.compact import compact
+    from tripwire.sinks.errors import SinkError
 
     if args.date is not None:
         try:
@@ -108,8 +108,8 @@ def compact_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def forget_command(args: argparse.Namespace, config: Config) -> int:
-    from sinks.errors import SinkError
-    from sinks.forget import forget
+    from tripwire.sinks.errors import SinkError
+    from tripwire.sinks.forget import forget
 
     cfg, lake = _open(args, config)
     if _missing("forget", lake):
@@ -132,8 +132,8 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def migrate_command(args: argparse.Namespace, config: Config) -> int:
-    from sinks.errors import SinkError
-    from sinks.migrate import migrate
+    from tripwire.sinks.errors import SinkError
+    from tripwire.sinks.migrate import migrate
 
     cfg, lake = _open(args, config)
     if _missing("migrate", lake):

@@ -8,7 +8,6 @@ loaded :class:`~tripwire.config.Config` and returns the exit status.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -16,10 +15,12 @@ from collections.abc import Sequence
 
 from tripwire import __version__, logs, metrics
 from tripwire.config import ConfigError, load_config
+from tripwire.cli import collector, engine, events, lake, receiver, rules, run, sink, webhooks
+from tripwire.cli import config as config_command
 from tripwire.log import LogError
 
 # Modules of tripwire.cli that contribute sub-commands, in --help order.
-COMMAND_MODULES = ["run", "collector", "events", "webhooks", "sink", "lake", "config", "rules", "engine", "receiver"]
+COMMAND_MODULES = [run, collector, events, webhooks, sink, lake, config_command, rules, engine, receiver]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,15 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics, /healthz, /readyz on this port next to any command (metrics.port; 0 = any free port)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"tripwire.cli.{name}").register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
 def known_sections() -> set[str]:
-    from tripwire.cli.config import SECTIONS, TABLES
-
-    return set(SECTIONS) | set(TABLES)
+    return set(config_command.SECTIONS) | set(config_command.TABLES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -102,10 +102,10 @@ def _unread(paths: list[str]) -> list[str]:
 
 def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[object, int, int]:
     """Compile everything, print diagnostics to stderr; (plan, errors, warnings)."""
-    from rules.compiler import build_plan, compile_text
-    from rules.errors import Diagnostic
-    from rules.parser import decode_rules
-    from rules.service import endpoint_policy
+    from tripwire.rules.compiler import build_plan, compile_text
+    from tripwire.rules.errors import Diagnostic
+    from tripwire.rules.parser import decode_rules
+    from tripwire.rules.service import endpoint_policy
 
     files, missing = rule_files(paths)
     errors = warnings = 0
@@ -167,7 +167,7 @@ def check_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def explain_command(args: argparse.Namespace, config: Config) -> int:
-    from rules.explain import explain
+    from tripwire.rules.explain import explain
 
     plan, errors, _ = _compile(args.paths, config)
     for rule in plan.rules:  # type: ignore[attr-defined]
@@ -177,8 +177,8 @@ def explain_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def backtest_command(args: argparse.Namespace, config: Config) -> int:
-    from rules.backtest import Progress, backtest, format_report, read_jsonl
-    from rules.errors import RulesError
+    from tripwire.rules.backtest import Progress, backtest, format_report, read_jsonl
+    from tripwire.rules.errors import RulesError
 
     if args.since and args.until and args.since > args.until:
         print(f"tripwire: --since {args.since} is after --until {args.until}", file=sys.stderr)
@@ -200,9 +200,9 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
             result = backtest(plan, iter(events), samples=args.samples, skipped=skipped,  # type: ignore[arg-type]
                               progress=bar.update if bar else None)
         else:
-            from rules.lake import LakeReader
+            from tripwire.rules.lake import LakeReader
 
-            from rules.config import rules_config
+            from tripwire.rules.config import rules_config
 
             reader = LakeReader(args.lake, rules_config(config).storage_options or None)
             days = reader.days(args.since, args.until)

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+from collections.abc import Callable, Sequence
 
 from tripwire.cli.collector import ensure_data_dir, run_loop
 from tripwire.config import Config
-from tripwire.log import open_log
+from tripwire.log import EventLog, open_log
 from tripwire.service import Service, run_services
 
-# "module:function" factories, each ``create_service(config, log) -> Service | None``
-# (None when that part is switched off in config). Started in this order,
-# stopped in reverse: the consumers are running before the collector takes its
-# first request, and on SIGTERM the collector stops taking requests first (its
-# in-flight appends complete), so the engine, dispatcher and sink still see
-# every acknowledged event before they stop.
-SERVICE_FACTORIES = [
-    "sinks.service:create_service",
-    "rules.webhooks.service:create_service",
-    "rules.service:create_service",
-    "collector.service:create_service",
-]
+Factory = Callable[[Config, EventLog], "Service | None"]
+
+
+def service_factories() -> list[Factory]:
+    """Each room's ``create_service(config, log) -> Service | None`` (None when that part is switched off
+    in config). Started in this order, stopped in reverse: the consumers are running before the
+    collector takes its first request, and on SIGTERM the collector stops taking requests first (its
+    in-flight appends complete), so the engine, dispatcher and sink still see every acknowledged event
+    before they stop. Imported here, not at the top: ``tripwire rules check`` needs none of them."""
+    from tripwire.collector import service as collector
+    from tripwire.rules import service as rules
+    from tripwire.sinks import service as sinks
+    from tripwire.webhooks import service as webhooks
+
+    return [sinks.create_service, webhooks.create_service, rules.create_service, collector.create_service]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,11 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.set_defaults(handler=lambda args, config: run_loop(run_command(args, config)))
 
 
-def build_services(config: Config, log: object, factories: list[str] = SERVICE_FACTORIES) -> list[Service]:
+def build_services(config: Config, log: EventLog, factories: Sequence[Factory] | None = None) -> list[Service]:
     services = []
-    for spec in factories:
-        module, _, func = spec.partition(":")
-        service = getattr(importlib.import_module(module), func)(config, log)
+    for factory in service_factories() if factories is None else factories:
+        service = factory(config, log)
         if service is not None:
             services.append(service)
     return services

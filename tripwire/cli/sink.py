@@ -30,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 async def sink_command(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
-    from sinks.config import sink_config
-    from sinks.errors import SinkError
-    from sinks.service import SinkService
+    from tripwire.sinks.config import sink_config
+    from tripwire.sinks.errors import SinkError
+    from tripwire.sinks.service import SinkService
     from tripwire.cli.lake import lake_url_arg
 
     cfg = sink_config(config)

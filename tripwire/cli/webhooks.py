@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _store_file(config: Config) -> Path:
-    from rules.webhooks.service import settings
+    from tripwire.webhooks.service import settings
 
     return settings(config).store_file(config.data_dir)
 
@@ -72,7 +72,7 @@ def _store(config: Config) -> Any:
     """The delivery store, or None when there is none yet. These commands only read and steer what
     a dispatcher stored: creating an empty store (a data dir where none should be, after a wrong
     --config or working directory) would hide the mistake behind "no dead letters"."""
-    from rules.webhooks import Store
+    from tripwire.webhooks import Store
 
     path = _store_file(config)
     if not path.exists():
@@ -207,7 +207,7 @@ def enable_command(args: argparse.Namespace, config: Config) -> int:
 
 
 async def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
-    from rules.webhooks.service import create_service
+    from tripwire.webhooks.service import create_service
 
     # Metrics and probes: `tripwire --metrics-port PORT dispatcher` (tripwire.metrics).
     log = open_log(config, url=args.log)

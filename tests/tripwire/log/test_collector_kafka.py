@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from collector.service import CollectorService
+from tripwire.collector.service import CollectorService
 from tests.fixtures.tansu import TansuBroker
 from tripwire.config import from_dict
 from tripwire.log import EVENTS, open_log

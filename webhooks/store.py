@@ -21,7 +21,7 @@ State contract:
   scan.
 
 :class:`Store` is synchronous (the CLI uses it directly); the dispatcher wraps
-it in :class:`~rules.webhooks.group_commit.AsyncStore`, which group-commits
+it in :class:`~tripwire.webhooks.group_commit.AsyncStore`, which group-commits
 concurrent writes.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from rules.webhooks.store import DEAD, DELIVERED, PENDING, NewDelivery, Store
+from tripwire.webhooks.store import DEAD, DELIVERED, PENDING, NewDelivery, Store
 
 from .helpers import dispatcher, endpoint, make_trigger, new_secret, publish, state_of
 from .receiver import Reply, wait_until

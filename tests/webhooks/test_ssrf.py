@@ -17,8 +17,8 @@ import trustme
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
-from rules.webhooks import DestinationRefused, Dispatcher, Guard, refusal_reason
-from rules.webhooks.store import DELIVERED
+from tripwire.webhooks import DestinationRefused, Dispatcher, Guard, refusal_reason
+from tripwire.webhooks.store import DELIVERED
 
 from .helpers import endpoint, make_trigger, new_secret, publish, settings, state_of
 from .receiver import Received, Reply, wait_until
@@ -138,7 +138,7 @@ def _dispatcher(log, tmp_path, url, secret, resolver=None, **overrides) -> Dispa
 
 
 async def test_dispatcher_refuses_internal_targets_without_connecting(log, receivers, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="rules.webhooks")
+    caplog.set_level(logging.DEBUG, logger="tripwire.webhooks")
     rx = receivers()
     secret = new_secret()
     # the receiver is on loopback, but nothing allow-lists it: the dispatcher must not reach it

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from standardwebhooks import Webhook
 
-from rules.webhooks import Store
+from tripwire.webhooks import Store
 from tests.fixtures.tansu import TansuBroker
 from tripwire.log.kafka import KafkaLog
 
 from .helpers import make_trigger, new_secret, publish
 from .receiver import wait_until
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dispatcher(tmp_path: Path, broker: TansuBroker, url: str, secret: str) -> subprocess.Popen[bytes]:

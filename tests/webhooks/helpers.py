@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rules.webhooks import Dispatcher, WebhooksConfig
-from rules.webhooks.ssrf import Resolver
+from tripwire.webhooks import Dispatcher, WebhooksConfig
+from tripwire.webhooks.ssrf import Resolver
 from tripwire.log import TRIGGERS, EventLog
 from tripwire.triggers import EndpointConfig, Trigger, trigger_id
 

@@ -2,7 +2,7 @@
 
 httpcore asks its network backend to ``connect_tcp(host, port)`` with the URL's
 host; :class:`GuardedBackend` resolves that host once through the
-:class:`~rules.webhooks.ssrf.Guard`, and opens the socket to one of the checked
+:class:`~tripwire.webhooks.ssrf.Guard`, and opens the socket to one of the checked
 addresses. httpcore then starts TLS on that socket with the URL's hostname as
 SNI and for certificate verification, and the request keeps its ``Host``
 header: the receiver sees a normal request for its name, while the address

@@ -1,6 +1,6 @@
 """The dispatcher: triggers topic -> durable store -> signed POSTs, retried, isolated per endpoint.
 
-Two background tasks share one :class:`~rules.webhooks.group_commit.AsyncStore`:
+Two background tasks share one :class:`~tripwire.webhooks.group_commit.AsyncStore`:
 
 * the *consumer* reads ``Trigger`` records from the ``triggers`` topic, stores
   one delivery per trigger id (a no-op for an id already stored), and only
@@ -15,7 +15,7 @@ Two background tasks share one :class:`~rules.webhooks.group_commit.AsyncStore`:
 
 Attempt bookkeeping, dead letters and endpoint disabling (410 Gone, or
 failing without a success for ``disable_after_s``) follow the store's
-contract; see :mod:`rules.webhooks.store`.
+contract; see :mod:`tripwire.webhooks.store`.
 """
 
 from __future__ import annotations

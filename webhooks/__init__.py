@@ -2,9 +2,9 @@
 
 Reads :class:`tripwire.triggers.Trigger` records from the ``triggers`` topic and
 POSTs each to its ``[endpoints.<name>]``; settings in ``[webhooks]``
-(:class:`WebhooksConfig`). See :mod:`rules.webhooks.dispatcher` for the flow,
-:mod:`rules.webhooks.store` for the durability contract and
-:mod:`rules.webhooks.ssrf` for what may be reached.
+(:class:`WebhooksConfig`). See :mod:`tripwire.webhooks.dispatcher` for the flow,
+:mod:`tripwire.webhooks.store` for the durability contract and
+:mod:`tripwire.webhooks.ssrf` for what may be reached.
 """
 
 from __future__ import annotations

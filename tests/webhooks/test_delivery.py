@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
-from rules.webhooks.store import DEAD, DELIVERED, PENDING
+from tripwire.webhooks.store import DEAD, DELIVERED, PENDING
 from tripwire.log import TRIGGERS, TopicPartition
 
 from .helpers import dispatcher, endpoint, make_trigger, new_secret, publish, state_of
@@ -76,7 +76,7 @@ async def test_500_then_200_same_id_new_timestamp_valid_signatures(log, receiver
     assert int(second.headers["webhook-timestamp"]) > int(first.headers["webhook-timestamp"])
     for req in (first, second):
         Webhook(secret).verify(req.body, req.headers)
-    from rules.webhooks import Store
+    from tripwire.webhooks import Store
 
     store = Store(tmp_path / "webhooks.db")
     attempts = store.attempts(trigger.id)
@@ -158,7 +158,7 @@ async def test_redirect_is_a_failure_and_never_followed(log, receivers, tmp_path
 
 
 async def test_410_disables_endpoint_until_enabled(log, receivers, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="rules.webhooks.dispatcher")
+    caplog.set_level(logging.INFO, logger="tripwire.webhooks.dispatcher")
     gone = True
 
     def handler(req: Received, n: int) -> Reply:
@@ -212,7 +212,7 @@ async def test_failing_continuously_disables_and_reports(log, receivers, tmp_pat
 
 
 def d_reason(tmp_path) -> str:
-    from rules.webhooks import Store
+    from tripwire.webhooks import Store
 
     store = Store(tmp_path / "webhooks.db")
     try:

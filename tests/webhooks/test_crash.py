@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 from standardwebhooks import Webhook
 
-from rules.webhooks import Store
+from tripwire.webhooks import Store
 from tests.fixtures.tansu import free_port
 
 from .helpers import make_trigger, new_secret, publish
 from .receiver import Received, Reply, wait_until
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path: Path, url: str, secret: str) -> Path:

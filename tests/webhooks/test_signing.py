@@ -9,9 +9,9 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from rules.webhooks import WebhookConfigError, parse_secrets, sign
-from rules.webhooks.attempt import headers_for
-from rules.webhooks.store import DELIVERED
+from tripwire.webhooks import WebhookConfigError, parse_secrets, sign
+from tripwire.webhooks.attempt import headers_for
+from tripwire.webhooks.store import DELIVERED
 
 from .helpers import dispatcher, endpoint, make_trigger, new_secret, publish, state_of
 from .receiver import wait_until

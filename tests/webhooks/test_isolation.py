@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rules.webhooks.store import DELIVERED
+from tripwire.webhooks.store import DELIVERED
 
 from .helpers import dispatcher, endpoint, make_trigger, new_secret, publish, state_of
 from .receiver import Reply, wait_until
