@@ -235,7 +235,7 @@ def test_sqlite_store_journals_each_commit_and_snapshots_when_the_journal_outgro
     # fresh store loads exactly what the engine holds (states, remembered ids, offset, watermark).
     import tripwire.rules.state
 
-    monkeypatch.setattr(rules.state, "_SNAPSHOT_MIN_BYTES", 1500)
+    monkeypatch.setattr(tripwire.rules.state, "_SNAPSHOT_MIN_BYTES", 1500)
     db = tmp_path / "state.db"
     engine = Engine(plan_of(RULES), 0, track_dirty=True)
     store = SqliteStateStore(db, "g")
