@@ -63,13 +63,6 @@ class LogConfig:
     kafka_request_timeout_ms: int = 10_000
     spill_max_bytes: int = 512 * 1024 * 1024
     spill_retry_after_s: int = 5
-    # For a broker that can come back empty (tansu's memory storage, a dev broker): epoch
-    # markers and logical offsets (tripwire/log/epoch.py), and what Kafka acknowledged is
-    # kept for kafka_retain_s (above the consumers' lag and checkpoint interval) to be
-    # produced again. Not with time/size retention, which deletes a partition's marker.
-    kafka_epochs: bool = False
-    kafka_retain_s: float = 300.0
-    kafka_retain_max_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.backend not in ("sqlite", "kafka"):
@@ -239,11 +232,27 @@ def _env_value(text: str) -> Any:
     return value
 
 
+_NO_LOST_DATA = (
+    "Tripwire no longer recovers from a Kafka broker that comes back without the records it had "
+    "acknowledged (tansu's memory storage): run the broker on storage that survives a restart and delete "
+    "the key (deploy/README.md, 'When the Kafka broker goes away')"
+)
+# Keys that existed once: naming one gets why it went and what to do instead of "unknown key".
+REMOVED_KEYS = {
+    "log.kafka_epochs": _NO_LOST_DATA,
+    "log.kafka_retain_s": _NO_LOST_DATA,
+    "log.kafka_retain_max_bytes": _NO_LOST_DATA,
+}
+
+
 def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     """Instantiate dataclass ``cls`` from ``values``, checking names and types."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = set(values) - fields
+    for name in sorted(unknown):
+        if f"{where}.{name}" in REMOVED_KEYS:
+            raise ConfigError(f"Config '{where}.{name}' was removed. {REMOVED_KEYS[f'{where}.{name}']}.")
     if unknown:
         name = sorted(unknown)[0]
         close = difflib.get_close_matches(name, sorted(fields), n=1)

@@ -18,8 +18,8 @@ from .base import (
     RebalanceListener,
     Record,
     TopicPartition,
+    records_between,
 )
-from .epoch import records_between
 
 if TYPE_CHECKING:
     from tripwire.config import Config
