@@ -27,6 +27,10 @@ offsets out in SQL: one statement step, so the writer thread retakes the GIL
 once per commit.
 The partition count is fixed when the file is created and stored in it.
 Read the log through :class:`SqliteLog` (``read``/``read_sync``), not its tables.
+
+Retention runs while the log does, in small steps between group commits
+(:mod:`tripwire.log.sqlite_retention`); a consumer whose position retention
+took goes on from the first record still there, with a warning.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from .base import (
     TopicPartition,
 )
 from .partition import partition_for
+from .sqlite_retention import Retention
 
 logger = logging.getLogger(__name__)
 
@@ -316,13 +321,18 @@ class SqliteLog(EventLog):
         partitions: int = 4,
         *,
         max_batch_records: int = 10_000,
-        retention_hours: int = 168,
+        retention_s: float = 7 * 86400,
+        retention_hours: float | None = None,
     ) -> None:
+        """``retention_s``: records older than this are deleted (0: kept for ever); ``retention_hours``
+        is its older spelling and wins when given."""
         self.path = Path(path)
         self._requested_partitions = partitions
         self._partitions = partitions
         self._max_batch_records = max_batch_records
-        self._retention_ms = retention_hours * 3600 * 1000
+        if retention_hours is not None:
+            retention_s = retention_hours * 3600
+        self.retention = Retention(int(retention_s * 1000))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -357,8 +367,6 @@ class SqliteLog(EventLog):
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="tripwire-log-writer", daemon=True)
         self._writer.start()
         self._started = True
-        if self._retention_ms > 0:
-            await self._submit(self._expire, 0)
 
     async def stop(self) -> None:
         if not self._started or self._closed:
@@ -376,9 +384,19 @@ class SqliteLog(EventLog):
     # writing -----------------------------------------------------------------
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        retention = self.retention
         try:
             while True:
-                op = self._queue.get()
+                # One retention step between commits when one is due: a backlog of expired
+                # batches goes step by step, each after the appends queued meanwhile.
+                wait = retention.due_in_s()
+                if wait is not None and wait <= 0:
+                    retention.step(conn)
+                    wait = retention.due_in_s()
+                try:
+                    op = self._queue.get(timeout=None if wait is None else max(wait, 0.001))
+                except queue.Empty:
+                    continue
                 if op is _STOP:
                     return
                 batch = [op]
@@ -508,19 +526,6 @@ class SqliteLog(EventLog):
         self._queue.put(_Op(None, future, len(entries), topic, parts))
         await future
 
-    def _expire(self, txn: _Txn) -> None:
-        conn = txn.conn
-        cutoff = int(time.time() * 1000) - self._retention_ms
-        for topic, partition, nxt in conn.execute(
-            "SELECT topic, partition, max(last_offset) + 1 FROM record_batches WHERE ts < ? GROUP BY topic, partition",
-            (cutoff,),
-        ).fetchall():
-            conn.execute(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
-                (f"next:{topic}:{partition}", str(nxt)),
-            )
-        conn.execute("DELETE FROM record_batches WHERE ts < ?", (cutoff,))
-
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         rows = [(group, tp.topic, tp.partition, off) for tp, off in offsets.items()]
 
@@ -543,6 +548,15 @@ class SqliteLog(EventLog):
 
     async def partitions(self, topic: str) -> list[int]:
         return list(range(self._partitions))
+
+    def first_offset_sync(self, topic: str, partition: int) -> int | None:
+        """The offset of the oldest record still there (None: the partition holds none)."""
+        rows = self._query(
+            "SELECT last_offset - count + 1 FROM record_batches WHERE topic = ? AND partition = ? "
+            "ORDER BY last_offset LIMIT 1",
+            (topic, partition),
+        )
+        return int(rows[0][0]) if rows else None
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         rows = await asyncio.to_thread(
@@ -700,8 +714,15 @@ class SqliteConsumer(Consumer):
         out: list[Record] = []
         for i in range(len(tps)):
             tp = tps[(self._next + i) % len(tps)]
-            got = self._log.read_sync(tp.topic, tp.partition, self._positions[tp], max_records - len(out))
+            position = self._positions[tp]
+            got = self._log.read_sync(tp.topic, tp.partition, position, max_records - len(out))
             if got:
+                if got[0].offset > position:
+                    logger.warning(
+                        "consumer group %r: %s partition %d: records %d to %d expired (log.retention) before "
+                        "this group read them; going on from %d", self._group, tp.topic, tp.partition,
+                        position, got[0].offset - 1, got[0].offset,
+                    )
                 self._positions[tp] = got[-1].offset + 1
                 out.extend(got)
             if len(out) >= max_records:
@@ -730,4 +751,8 @@ class SqliteConsumer(Consumer):
         position = self._positions.get(tp)
         if position is None:
             return None
-        return max(0, (await self._log.end_offsets(tp.topic)).get(tp.partition, 0) - position)
+        end = (await self._log.end_offsets(tp.topic)).get(tp.partition, 0)
+        if end > position:  # what retention took before it was read will not be returned
+            first = await asyncio.to_thread(self._log.first_offset_sync, tp.topic, tp.partition)
+            position = max(position, end if first is None else first)
+        return max(0, end - position)
