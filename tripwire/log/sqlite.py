@@ -13,9 +13,11 @@ partition, in queue order (split at about 1 MB), keyed by
 ``(topic, partition, last_offset)``. Offsets stay per record (a batch of ``n``
 records ending at ``last_offset`` holds ``last_offset - n + 1 .. last_offset``);
 a read from any offset finds the batch holding it with the primary key
-(``last_offset >= ?``) and drops the records before it. The blob is
+(``last_offset >= ?``) and drops the records before it. The framing is
 ``n`` pairs of little-endian int32 (key length, -1 for no key; value length)
-followed by each record's key and value bytes (see :func:`encode_batch`).
+followed by each record's key and value bytes (see :func:`encode_batch`); the
+stored blob is that framing compressed with zstd and a dictionary per topic
+(:mod:`tripwire.log.sqlite_codec`), as Kafka compresses its record batches.
 A few rows per commit instead of one per event (or per request) is what makes
 intake cheap. Appends are framed on the event loop (:func:`encode_parts`); the
 writer only joins the frames.
@@ -60,6 +62,8 @@ from .base import (
     TopicPartition,
 )
 from .partition import partition_for
+from .sqlite_codec import SCHEMA as _CODEC_SCHEMA
+from .sqlite_codec import Codec
 from .sqlite_retention import Retention
 
 logger = logging.getLogger(__name__)
@@ -233,7 +237,10 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         conn.execute("INSERT INTO record_batches VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)), params)
 
 
-def _merge_rows(txn: _Txn, merged: dict[tuple[str, int], list[_Part]]) -> None:
+Compress = Callable[[str, bytes], bytes]  # (topic, framing) -> the blob to store
+
+
+def _merge_rows(txn: _Txn, merged: dict[tuple[str, int], list[_Part]], compress: Compress) -> None:
     ts = int(time.time() * 1000)
     for tp, pieces in merged.items():
         nxt = txn.next_offsets.get(tp)
@@ -251,7 +258,7 @@ def _merge_rows(txn: _Txn, merged: dict[tuple[str, int], list[_Part]]) -> None:
                 count += piece[1]
                 stop += 1
             nxt += count
-            txn.rows.append((tp[0], tp[1], nxt - 1, count, ts, _join(pieces[start:stop])))
+            txn.rows.append((tp[0], tp[1], nxt - 1, count, ts, compress(tp[0], _join(pieces[start:stop]))))
             start = stop
         txn.next_offsets[tp] = nxt
 
@@ -281,7 +288,7 @@ _SELF_OFFSET_ROW = (
 )
 
 
-def _insert_one_statement(conn: sqlite3.Connection, merged: dict[tuple[str, int], list[_Part]]) -> None:
+def _insert_one_statement(conn: sqlite3.Connection, merged: dict[tuple[str, int], list[_Part]], compress: Compress) -> None:
     """The common commit (appends only, one row per partition) as one autocommit INSERT.
 
     A write statement outside BEGIN is its own transaction, taking the write lock
@@ -298,7 +305,8 @@ def _insert_one_statement(conn: sqlite3.Connection, merged: dict[tuple[str, int]
         count = 0
         for piece in pieces:
             count += piece[1]
-        params += (topic, partition, f"next:{topic}:{partition}", topic, partition, count - 1, count, ts, _join(pieces))
+        params += (topic, partition, f"next:{topic}:{partition}", topic, partition, count - 1, count, ts,
+                   compress(topic, _join(pieces)))
     conn.execute("INSERT INTO record_batches VALUES " + ", ".join([_SELF_OFFSET_ROW] * len(merged)), params)
 
 
@@ -333,6 +341,7 @@ class SqliteLog(EventLog):
         if retention_hours is not None:
             retention_s = retention_hours * 3600
         self.retention = Retention(int(retention_s * 1000))
+        self._codec = Codec(lambda: connect(self.path))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -352,7 +361,8 @@ class SqliteLog(EventLog):
         self._loop = asyncio.get_running_loop()
         self._appended = asyncio.Event()
         conn = connect(self.path)
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA + _CODEC_SCHEMA)
+        self._codec.load(conn)
         row = conn.execute("SELECT value FROM meta WHERE name = 'partitions'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta VALUES ('partitions', ?)", (str(self._requested_partitions),))
@@ -375,6 +385,8 @@ class SqliteLog(EventLog):
         self._queue.put(_STOP)
         assert self._writer is not None
         await asyncio.to_thread(self._writer.join)
+        for trainer in self._codec.trainers:  # a dictionary half-trained is only lost work, but finish it
+            await asyncio.to_thread(trainer.join, 10)
         if self._reader is not None:
             self._reader.close()
 
@@ -446,9 +458,9 @@ class SqliteLog(EventLog):
         error: Exception | None = None
         try:
             if not others and len(merged) <= _INSERT_CHUNK and all(_one_row(p) for p in merged.values()):
-                _insert_one_statement(conn, merged)
+                _insert_one_statement(conn, merged, self._codec.compress)
             else:
-                self._commit_general(conn, others, merged)
+                self._commit_general(conn, others, merged, self._codec.compress)
             self.commits += 1
         except sqlite3.Error as exc:
             logger.exception("event log write failed")
@@ -456,14 +468,16 @@ class SqliteLog(EventLog):
         self._resolve(batch, error)
 
     @staticmethod
-    def _commit_general(conn: sqlite3.Connection, others: list[_Op], merged: dict[tuple[str, int], list[_Part]]) -> None:
+    def _commit_general(
+        conn: sqlite3.Connection, others: list[_Op], merged: dict[tuple[str, int], list[_Part]], compress: Compress
+    ) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             txn = _Txn(conn)
             for op in others:
                 op.apply(txn)  # type: ignore[misc]
             if merged:
-                _merge_rows(txn, merged)
+                _merge_rows(txn, merged, compress)
             _insert_rows(conn, txn.rows)
             conn.execute("COMMIT")
         except BaseException:
@@ -508,6 +522,7 @@ class SqliteLog(EventLog):
             raise LogClosed("event log not started")
         if self._closed:
             raise LogClosed("event log stopped")
+        self._codec.sample(topic, entries)
         n = self._partitions
         parts: list[_Part]
         if len(entries) == 1:  # a single event: the collector's commonest request
@@ -594,6 +609,7 @@ class SqliteLog(EventLog):
                 for last, count, ts, data in cursor:
                     first = last - count + 1
                     skip = offset - first if offset > first else 0
+                    data = self._codec.decompress(data, self._reader)
                     wanted = decode_batch(data, count, skip, skip + max_records - len(out))
                     out.extend(
                         Record(topic, partition, i, key, value, ts) for i, (key, value) in enumerate(wanted, first + skip)

@@ -13,7 +13,7 @@ import pytest
 from tripwire.config import ConfigError, from_dict
 from tripwire.log import EVENTS, TRIGGERS, GroupTaken, LogClosed, TopicPartition, open_log
 from tripwire.log.partition import partition_for
-from tripwire.log.sqlite import SqliteLog
+from tripwire.log.sqlite import SqliteLog, encode_batch
 from tripwire.log.sqlite_retention import expire_batches
 
 from .helpers import poll_until, read_all, wait_for
@@ -327,3 +327,75 @@ async def test_a_huge_append_is_split_into_several_batches_with_the_same_offsets
     with sqlite3.connect(path) as conn:
         (rows,) = conn.execute("SELECT count(*) FROM record_batches").fetchone()
     assert rows >= 3
+
+
+def _event(i: int) -> tuple[bytes, bytes]:
+    """A collector-shaped event (the repetitive JSON compression is for)."""
+    visitor = b"%08x-7b3d-4e8f-9a0b-%012x" % (i % 97, i % 89)
+    sku = (i * 7919) % 100_000
+    value = (
+        b'{"type":"track","event":"Product Viewed","messageId":"m-%08d","anonymousId":"%s","timestamp":'
+        b'"2026-01-01T12:%02d:%02d.%03dZ","properties":{"sku":"SKU-%d","price":%d.99,"quantity":1},"context":'
+        b'{"library":{"name":"tripwire.js","version":"0.1.0"},"page":{"path":"/p/%d","title":"Product %d",'
+        b'"url":"https://shop.example/p/%d"},"locale":"en-US","userAgent":"Mozilla/5.0 (X11; Linux x86_64) '
+        b'AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36","ip":"203.0.113.0"},'
+        b'"receivedAt":"2026-01-01T12:00:00.000Z","source":"web"}'
+    ) % (i, visitor, i // 60 % 60, i % 60, i % 1000, sku, i % 200, sku, sku, sku)
+    return visitor, value
+
+
+def _stored(path: Path, topic: str, where: str = "1") -> tuple[int, int]:
+    """(records, bytes of the stored blobs) of a topic's batches."""
+    with sqlite3.connect(path) as conn:
+        n, size = conn.execute(f"SELECT sum(count), sum(length(data)) FROM record_batches WHERE topic = ? AND {where}",
+                               (topic,)).fetchone()
+    return int(n or 0), int(size or 0)
+
+
+async def test_batches_are_stored_compressed_with_a_dictionary_per_topic(tmp_path: Path) -> None:
+    # log.db grew by ~836 bytes per event (issue 18): records went to disk as appended.
+    path = tmp_path / "log.db"
+    events = [_event(i) for i in range(1200)]
+    raw = sum(len(k) + len(v) for k, v in events) / len(events)
+    async with SqliteLog(path, 4, retention_s=0) as log:
+        for i in range(0, 1000, 50):  # group commits of a few records per partition
+            await asyncio.gather(*(log.append(EVENTS, [e]) for e in events[i : i + 50]))
+        n, size = _stored(path, EVENTS)
+        assert n == 1000 and size / n < raw / 3, f"{size / n:.0f} bytes per record stored, {raw:.0f} appended"
+
+        def trained() -> bool:
+            with sqlite3.connect(path) as conn:
+                return conn.execute("SELECT count(*) FROM zstd_dictionaries WHERE topic = ?", (EVENTS,)).fetchone()[0] == 1
+        await wait_for(trained, 30, "a compression dictionary for the events topic")
+        for e in events[1000:]:  # one record per commit: what a dictionary is for
+            await log.append(EVENTS, [e])
+        n, size = _stored(path, EVENTS, "count = 1 AND rowid > (SELECT max(rowid) - 200 FROM record_batches)")
+        assert n == 200 and size / n < raw / 4, f"{size / n:.0f} bytes per single record stored, {raw:.0f} appended"
+        assert sorted(r.value for r in await read_all(log, EVENTS)) == sorted(v for _, v in events)
+    async with SqliteLog(path, 4, retention_s=0) as log:  # reopened: the dictionary comes from the file
+        await log.append(EVENTS, [_event(5000)])
+        assert len(await read_all(log, EVENTS)) == 1201
+
+
+async def test_a_log_reads_batches_an_older_version_or_another_process_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 1, retention_s=0):
+        pass
+    with sqlite3.connect(path) as conn:  # a batch as written before compression: the framing itself
+        conn.execute("INSERT INTO record_batches VALUES ('events', 0, 1, 2, 0, ?)",
+                     (encode_batch([(b"k", b"older-0"), (None, b"older-1")]),))
+    events = [_event(i) for i in range(1100)]
+    async with SqliteLog(path, 1, retention_s=0) as reader, SqliteLog(path, 1, retention_s=0) as writer:
+        for i in range(0, 1100, 100):
+            await asyncio.gather(*(writer.append(EVENTS, [e]) for e in events[i : i + 100]))
+        await wait_for(lambda: _stored(path, EVENTS)[0] == 1102, 10, "every append")
+
+        def trained() -> bool:
+            with sqlite3.connect(path) as conn:
+                return conn.execute("SELECT count(*) FROM zstd_dictionaries").fetchone()[0] == 1
+        await wait_for(trained, 30, "a compression dictionary")
+        await writer.append(EVENTS, [(b"k", b"after the dictionary")])
+        got = [(r.offset, r.key, r.value) for r in await read_all(reader, EVENTS)]  # learns the writer's dictionary
+    assert got[:2] == [(0, b"k", b"older-0"), (1, None, b"older-1")]
+    assert [(k, v) for _, k, v in got[2:]] == events + [(b"k", b"after the dictionary")]
+    assert [o for o, _, _ in got] == list(range(1103))
