@@ -205,7 +205,7 @@ def main() -> int:
             print(f"file size under retention {args.retention_s:.0f} s at {args.rate} events/s:")
             asyncio.run(plateau(Path(tmp) / "plateau", args.retention_s, args.minutes, args.rate))
             return 0
-        print(f"embedded log, realistic events through the collector:")
+        print("embedded log, realistic events through the collector:")
         for shape, per_request, in_flight, events in (("single", 1, 1, min(args.events, 10_000)),
                                                       ("batch", 20, 8, args.events)):
             path, half = asyncio.run(fill(Path(tmp) / shape, events, per_request, in_flight))

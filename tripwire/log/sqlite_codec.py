@@ -55,7 +55,7 @@ class Codec:
         self._connect = connect
         self._plain = zstandard.ZstdCompressor(level=LEVEL)
         self._compressors: dict[str, zstandard.ZstdCompressor] = {}  # topic -> with its dictionary
-        self._samples: dict[str, list[bytes]] = {}
+        self._samples: dict[str, list[bytes | bytearray | memoryview]] = {}
         self._sample_bytes: dict[str, int] = {}
         self._training: set[str] = set()  # topics being trained or done: sampling is over
         self._decompressors: dict[int, zstandard.ZstdDecompressor] = {0: zstandard.ZstdDecompressor()}
@@ -88,7 +88,7 @@ class Codec:
             self.trainers.append(thread)
             thread.start()
 
-    def _train(self, topic: str, samples: list[bytes]) -> None:
+    def _train(self, topic: str, samples: list[bytes | bytearray | memoryview]) -> None:
         try:
             trained = zstandard.train_dictionary(DICT_BYTES, samples, level=LEVEL)
             conn = self._connect()
