@@ -13,7 +13,8 @@ import pytest
 from tripwire.config import ConfigError, from_dict
 from tripwire.log import EVENTS, TRIGGERS, GroupTaken, LogClosed, TopicPartition, open_log
 from tripwire.log.partition import partition_for
-from tripwire.log.sqlite import SqliteLog, encode_batch
+from tripwire.log.sqlite import SqliteLog
+from tripwire.log.sqlite_batch import encode_batch
 from tripwire.log.sqlite_retention import expire_batches
 
 from .helpers import poll_until, read_all, wait_for
