@@ -3,7 +3,8 @@
 A record batch expires once its append time (``ts``) is older than the
 retention (``log.retention``). The log's writer thread calls
 :meth:`Retention.step` between group commits; a step is one short write
-transaction that deletes at most :data:`STEP_BATCHES` of the oldest batches, so
+transaction that deletes at most :data:`STEP_BATCHES` of the oldest batches
+(and about :data:`STEP_BYTES` of them, since huge appends make 1 MB batches), so
 an append queued meanwhile waits for one step at most, never for a whole
 backlog. Oldest means lowest rowid: rowids grow in commit order, and so do a
 partition's offsets, so a step deletes a prefix of every partition and a read
@@ -27,6 +28,7 @@ import time
 logger = logging.getLogger(__name__)
 
 STEP_BATCHES = 256  # the most record batches one step deletes (a few ms of write lock)
+STEP_BYTES = 8 * 1024 * 1024  # ... and it stops once it has this many stored bytes
 _IDLE_CHECK_S = 60.0  # the longest wait between two looks at the oldest batch
 _RETRY_S = 1.0  # after a failed step (another process held the lock too long, a disk error)
 
@@ -36,20 +38,23 @@ def _now_ms() -> int:
 
 
 def expire_batches(conn: sqlite3.Connection, cutoff_ms: int, limit: int = STEP_BATCHES) -> tuple[int, int]:
-    """Delete the oldest batches appended before ``cutoff_ms``, at most ``limit``; (batches, records) deleted.
+    """Delete the oldest batches appended before ``cutoff_ms``, at most ``limit`` (and about
+    :data:`STEP_BYTES`); (batches, records) deleted.
 
     Run inside a write transaction. Stops at the first batch (by rowid) that has not expired.
     """
     rows = conn.execute(
-        "SELECT rowid, topic, partition, last_offset, count, ts FROM record_batches ORDER BY rowid LIMIT ?",
+        "SELECT rowid, topic, partition, last_offset, count, ts, length(data) FROM record_batches "
+        "ORDER BY rowid LIMIT ?",
         (limit,),
     ).fetchall()
     last_rowid: int | None = None
     floors: dict[tuple[str, int], int] = {}
-    batches = records = 0
-    for rowid, topic, partition, last_offset, count, ts in rows:
-        if ts >= cutoff_ms:
+    batches = records = size = 0
+    for rowid, topic, partition, last_offset, count, ts, stored in rows:
+        if ts >= cutoff_ms or (batches and size + stored > STEP_BYTES):
             break
+        size += stored
         last_rowid = rowid
         floors[(topic, partition)] = last_offset + 1
         batches += 1

@@ -15,7 +15,7 @@ from tripwire.log import EVENTS, TRIGGERS, GroupTaken, LogClosed, TopicPartition
 from tripwire.log.partition import partition_for
 from tripwire.log.sqlite import SqliteLog
 from tripwire.log.sqlite_batch import encode_batch
-from tripwire.log.sqlite_retention import expire_batches
+from tripwire.log.sqlite_retention import STEP_BYTES, expire_batches
 
 from .helpers import poll_until, read_all, wait_for
 
@@ -400,3 +400,19 @@ async def test_a_log_reads_batches_an_older_version_or_another_process_wrote(tmp
     assert got[:2] == [(0, b"k", b"older-0"), (1, None, b"older-1")]
     assert [(k, v) for _, k, v in got[2:]] == events + [(b"k", b"after the dictionary")]
     assert [o for o, _, _ in got] == list(range(1103))
+
+
+async def test_a_retention_step_stops_at_about_step_bytes(tmp_path: Path) -> None:
+    # A huge append is stored as 1 MB batches: 256 of them would hold the write lock for a long while.
+    path = tmp_path / "log.db"
+    async with SqliteLog(path, 1, retention_s=0) as log:
+        await log.append(EVENTS, [(b"k", os.urandom(200_000)) for _ in range(60)])  # ~12 MB, incompressible
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("UPDATE record_batches SET ts = 0")
+        total = _batches(path)
+        conn.execute("BEGIN IMMEDIATE")
+        batches, _ = expire_batches(conn, 1000)
+        conn.execute("COMMIT")
+        (left,) = conn.execute("SELECT sum(length(data)) FROM record_batches").fetchone()
+    assert 0 < batches < total and left > 0, (batches, total)
+    assert batches * (1 << 20) <= STEP_BYTES + (1 << 20)
