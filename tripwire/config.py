@@ -36,6 +36,20 @@ class ConfigError(ValueError):
     """A config key is missing, unknown or has a value of the wrong kind."""
 
 
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``7d``, ``90m``, ``30s`` or ``500ms`` (``0`` alone is 0); ValueError else."""
+    if text.strip() == "0":
+        return 0.0
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(m.group(1)) * _UNIT_S[m.group(2)]
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -54,7 +68,9 @@ class LogConfig:
     backend: str = "sqlite"  # "sqlite" or "kafka"
     partitions: int = 4  # per topic; Kafka: used when creating missing topics (existing ones keep theirs)
     group_commit_max_records: int = 10_000
-    retention_hours: int = 168  # embedded backend: older records are deleted
+    # Embedded backend: records older than this are deleted while the log runs ("0": kept for ever).
+    # The older key retention_hours (a whole number of hours) still works; see from_dict.
+    retention: str = "7d"
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "tripwire"
     kafka_idempotent: bool = False  # the test broker (tansu) lacks it
@@ -63,19 +79,23 @@ class LogConfig:
     kafka_request_timeout_ms: int = 10_000
     spill_max_bytes: int = 512 * 1024 * 1024
     spill_retry_after_s: int = 5
-    # For a broker that can come back empty (tansu's memory storage, a dev broker): epoch
-    # markers and logical offsets (tripwire/log/epoch.py), and what Kafka acknowledged is
-    # kept for kafka_retain_s (above the consumers' lag and checkpoint interval) to be
-    # produced again. Not with time/size retention, which deletes a partition's marker.
-    kafka_epochs: bool = False
-    kafka_retain_s: float = 300.0
-    kafka_retain_max_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.backend not in ("sqlite", "kafka"):
             raise ConfigError(f"Config 'log.backend' has value {self.backend!r}. Expected 'sqlite' or 'kafka'.")
         if self.partitions < 1:
             raise ConfigError(f"Config 'log.partitions' has value {self.partitions!r}. Must be >= 1.")
+        try:
+            parse_duration(self.retention)
+        except ValueError:
+            raise ConfigError(
+                f"Config 'log.retention' has value {self.retention!r}. Not a duration such as '7d', '90m' "
+                "or '30s' ('0' keeps records for ever)."
+            ) from None
+
+    @property
+    def retention_s(self) -> float:
+        return parse_duration(self.retention)
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,7 @@ def from_dict(data: Mapping[str, Any], source: Path | None = None, env_keys: Map
             f"Unknown config key '{unknown[0]}'. The only top-level key is data_dir; "
             f"settings go in sections such as [{unknown[0]}] (TRIPWIRE_{unknown[0].upper()}__<KEY>)."
         )
+    data = _older_log_keys(data)
     data_dir = Path(_coerce(top.get("data_dir", "data"), str, "data_dir")).expanduser()
     if source is not None and not data_dir.is_absolute():
         data_dir = source.parent / data_dir
@@ -172,6 +193,24 @@ def from_dict(data: Mapping[str, Any], source: Path | None = None, env_keys: Map
     return dataclasses.replace(
         cfg, server=cfg.section("server", ServerConfig), log=cfg.section("log", LogConfig)
     )
+
+
+def _older_log_keys(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data`` with ``log.retention_hours`` (a whole number of hours, the older key) as ``log.retention``."""
+    log = data.get("log")
+    if not isinstance(log, Mapping) or "retention_hours" not in log:
+        return data
+    log = dict(log)
+    hours = _coerce(log.pop("retention_hours"), int, "log.retention_hours")
+    if "retention" in log:
+        raise ConfigError(
+            "Config 'log.retention_hours' and 'log.retention' are both set: keep 'log.retention' "
+            "(a duration such as '7d'); 'log.retention_hours' is its older spelling."
+        )
+    if hours < 0:
+        raise ConfigError(f"Config 'log.retention_hours' has value {hours!r}. Must be >= 0 (0 keeps records for ever).")
+    log["retention"] = f"{hours}h" if hours else "0"
+    return {**data, "log": log}
 
 
 _QUOTED_KEY = re.compile(r"'\[?([A-Za-z_][\w.\-]*)")
@@ -239,11 +278,27 @@ def _env_value(text: str) -> Any:
     return value
 
 
+_NO_LOST_DATA = (
+    "Tripwire no longer recovers from a Kafka broker that comes back without the records it had "
+    "acknowledged (tansu's memory storage): run the broker on storage that survives a restart and delete "
+    "the key (deploy/README.md, 'When the Kafka broker goes away')"
+)
+# Keys that existed once: naming one gets why it went and what to do instead of "unknown key".
+REMOVED_KEYS = {
+    "log.kafka_epochs": _NO_LOST_DATA,
+    "log.kafka_retain_s": _NO_LOST_DATA,
+    "log.kafka_retain_max_bytes": _NO_LOST_DATA,
+}
+
+
 def build(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     """Instantiate dataclass ``cls`` from ``values``, checking names and types."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = set(values) - fields
+    for name in sorted(unknown):
+        if f"{where}.{name}" in REMOVED_KEYS:
+            raise ConfigError(f"Config '{where}.{name}' was removed. {REMOVED_KEYS[f'{where}.{name}']}.")
     if unknown:
         name = sorted(unknown)[0]
         close = difflib.get_close_matches(name, sorted(fields), n=1)

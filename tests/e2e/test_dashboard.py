@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC_MODULES = ["tripwire.collector.metrics", "tripwire.rules.metrics", "tripwire.webhooks.metrics", "tripwire.webhooks.ssrf", "tripwire.sinks.metrics",
-                  "tripwire.log.kafka", "tripwire.log.kafka_epochs"]
+                  "tripwire.log.kafka"]
 
 
 def exported_names() -> set[str]:

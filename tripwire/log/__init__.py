@@ -18,8 +18,8 @@ from .base import (
     RebalanceListener,
     Record,
     TopicPartition,
+    records_between,
 )
-from .epoch import records_between
 
 if TYPE_CHECKING:
     from tripwire.config import Config
@@ -56,7 +56,7 @@ def open_log(config: Config, *, url: str | None = None) -> EventLog:
             config.data_dir / "log.db",
             config.log.partitions,
             max_batch_records=config.log.group_commit_max_records,
-            retention_hours=config.log.retention_hours,
+            retention_s=config.log.retention_s,
         )
     READINESS.add(f"log:{config.log.backend}", log)  # /readyz of `tripwire --metrics-port` (tripwire.metrics)
     return log

@@ -11,10 +11,10 @@ Semantics (identical for SQLite, Kafka and the in-memory twin):
   or written to the collector's spill buffer). It raises :class:`LogUnavailable`
   when that cannot be promised; the caller must then not acknowledge.
 * Offsets are per (topic, partition), start at 0 and grow by one per record.
-  A committed offset is the offset of the *next* record to read. On Kafka they
-  can also jump forward, never back: a broker that lost its data starts a new
-  epoch whose offsets are ``epoch << 40`` on (:mod:`tripwire.log.epoch`), and
-  a stored offset of an earlier epoch reads from the new epoch's start.
+  A committed offset is the offset of the *next* record to read. Retention
+  deletes a partition's oldest records (never others), so the first offset
+  still there may be above 0; a consumer whose position retention took goes on
+  from the first record still there.
 * A :class:`Consumer` belongs to a consumer group. Partitions of its topics are
   assigned to it (all of them in embedded mode; a share of them with Kafka
   consumer groups) and the listener hears about every change before records
@@ -82,6 +82,11 @@ class Record:
 
 
 Entry = tuple["bytes | None", bytes]  # (key, value) as handed to append()
+
+
+def records_between(position: int, end: int) -> int:
+    """Records from offset ``position`` up to the end offset ``end`` (0 once ``position`` reached it)."""
+    return max(0, end - position)
 
 
 class RebalanceListener(Protocol):

@@ -27,16 +27,9 @@ a replay can duplicate records (``messageId`` identifies them), never lose or
 reorder them. ``ready()`` is False while anything is spilled or the broker is
 unreachable.
 
-A broker that comes back empty, with ``epochs`` (``log.kafka_epochs``; off, none
-of this runs and offsets are Kafka's own). What Kafka acknowledged is kept for
-``log.kafka_retain_s`` (:class:`~tripwire.log.retain.Retained`, memory plus a
-journal in the spill slot). Every partition starts with an epoch marker
-(:mod:`tripwire.log.epoch`); a watch task checks once a second that the markers
-are still where they were, and every acknowledgement is checked against them
-(a restarted tansu acknowledges records for topics it no longer has). When a
-topic is lost, the log writes new markers, produces the kept records again,
-then the spill, and only then new appends (``ready()`` is False meanwhile).
-Consumers hand out logical offsets that keep growing across epochs.
+A broker that loses acknowledged records (a single broker whose disk is gone,
+tansu with memory storage) is not recovered from: what it had acknowledged and
+nobody had consumed is lost, and offsets start again at 0 (see deploy/README.md).
 
 If the writer or the forwarder task dies, a done-callback fails every queued
 append with :class:`LogUnavailable` and ``append`` keeps failing, so nothing is
@@ -48,14 +41,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from prometheus_client import Gauge
 
 from .base import (
     TOPICS,
@@ -68,24 +59,15 @@ from .base import (
     RebalanceListener,
     Record,
 )
-from .epoch import EpochBook
 from .kafka_consumer import KafkaConsumer
-from .kafka_epochs import EpochRecovery
 from .kafka_producer import OrderedProducer
 from .kafka_reader import KafkaReader
-from .retain import Retained
 from .spill import Spill, SpilledRecord, SpillFull
 
 if TYPE_CHECKING:
     from tripwire.config import Config
 
 logger = logging.getLogger(__name__)
-
-_live: weakref.WeakSet[KafkaLog] = weakref.WeakSet()
-RETAINED_BYTES = Gauge(
-    "tripwire_log_retained_bytes", "Bytes of records Kafka acknowledged, kept in case the broker loses them"
-)
-RETAINED_BYTES.set_function(lambda: float(sum(log.retained.bytes for log in list(_live))))
 
 _FORWARD_CHUNK = 2000
 MAX_RECORD_BYTES = 1_000_000  # under Kafka's default message.max.bytes and aiokafka's max_request_size
@@ -98,7 +80,7 @@ class _Append:
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class KafkaLog(EpochRecovery, EventLog):
+class KafkaLog(EventLog):
     def __init__(
         self,
         bootstrap: str,
@@ -116,9 +98,6 @@ class KafkaLog(EpochRecovery, EventLog):
         reconnect_backoff_ms: int = 500,
         max_batch_records: int = 10_000,
         client_id: str = "tripwire",
-        epochs: bool = False,
-        retain_s: float = 300.0,
-        retain_max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
@@ -139,12 +118,6 @@ class KafkaLog(EpochRecovery, EventLog):
             request_timeout_ms=request_timeout_ms,
             client_id=client_id,
         )
-        self.epochs = epochs
-        self.book = EpochBook(Path(spill_dir) / "epochs.json" if epochs else None)
-        self.retained = Retained(retain_s if epochs else 0, retain_max_bytes)
-        self._last_ack: dict[tuple[str, int], int] = {}
-        self._replay: list[SpilledRecord] = []  # acknowledged, then lost by the broker: produce again first
-        self.epoch_resets = 0
         self._reader: KafkaReader | None = None
         self._queue: asyncio.Queue[_Append] | None = None
         self._spilled = asyncio.Event()
@@ -155,7 +128,6 @@ class KafkaLog(EpochRecovery, EventLog):
         self._closed = False
         self._failed: BaseException | None = None
         self.produce_batches = 0  # direct produce round trips (group-commit efficiency)
-        _live.add(self)
 
     @classmethod
     def from_config(cls, config: Config) -> KafkaLog:
@@ -172,9 +144,6 @@ class KafkaLog(EpochRecovery, EventLog):
             spill_max_bytes=log.spill_max_bytes,
             spill_retry_after_s=log.spill_retry_after_s,
             max_batch_records=log.group_commit_max_records,
-            epochs=log.kafka_epochs,
-            retain_s=log.kafka_retain_s,
-            retain_max_bytes=log.kafka_retain_max_bytes,
         )
 
     def topic(self, name: str) -> str:
@@ -187,15 +156,11 @@ class KafkaLog(EpochRecovery, EventLog):
         if self._started:
             return
         await asyncio.to_thread(self.spill.open)
-        assert self.spill.dir is not None
-        if self.retained.retain_s > 0:
-            await asyncio.to_thread(self.retained.open, self.spill.dir / "retained")
         self._queue = asyncio.Queue()
         self._spilled = asyncio.Event()
         if self.spill.depth:
             self._spilled.set()
-        self._reader = KafkaReader(self.bootstrap, self.topic, self._timeout_ms, self._client_id, self.book,
-                                   epochs=self.epochs)
+        self._reader = KafkaReader(self.bootstrap, self.topic, self._timeout_ms, self._client_id)
         self._started = True
         try:
             await self._connect()
@@ -203,8 +168,7 @@ class KafkaLog(EpochRecovery, EventLog):
             reason = "no broker answered" if isinstance(exc, KafkaConnectionError) else repr(exc)
             logger.warning("Kafka at %s (log.kafka_bootstrap) is unreachable (%s); appends wait in the spill buffer "
                            "under %s until it is back", self.bootstrap, reason, self.spill.dir)
-        for name, loop in (("writer", self._write_loop), ("forwarder", self._forward_loop),
-                           ("epoch watch", self._watch_loop)):
+        for name, loop in (("writer", self._write_loop), ("forwarder", self._forward_loop)):
             task = asyncio.create_task(loop(), name=f"tripwire-kafka-{name}")
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
@@ -217,8 +181,7 @@ class KafkaLog(EpochRecovery, EventLog):
         if not self._started or self._closed:
             return
         self._closed = True
-        writer, forwarder, watch = self._tasks
-        watch.cancel()
+        writer, forwarder = self._tasks
         assert self._queue is not None
         if not writer.done():
             await self._queue.join()
@@ -233,7 +196,6 @@ class KafkaLog(EpochRecovery, EventLog):
         if self._reader is not None:
             await self._reader.stop()
         await self._producer.stop()
-        self.retained.close()
         await asyncio.to_thread(self.spill.close)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -299,7 +261,7 @@ class KafkaLog(EpochRecovery, EventLog):
     async def _write(self, batch: list[_Append]) -> None:
         records = [(a.topic, key, value) for a in batch for key, value in a.entries]
         owner = [i for i, a in enumerate(batch) for _ in a.entries]
-        if self.spill.depth == 0 and self._reachable and not self._replay:
+        if self.spill.depth == 0 and self._reachable:
             self.produce_batches += 1
             failed = await self._produce(records)
             if not failed:
@@ -354,7 +316,7 @@ class KafkaLog(EpochRecovery, EventLog):
 
     async def _forward_loop(self) -> None:
         while True:
-            if (not self._reachable or self._replay) and not await self._recover():
+            if not self._reachable and not await self._recover():
                 await asyncio.sleep(self._backoff_s)
                 continue
             if self.spill.depth == 0:
@@ -390,10 +352,30 @@ class KafkaLog(EpochRecovery, EventLog):
                         seg.done = start  # chunks before this one are in Kafka
                         return False
                     await asyncio.sleep(self._backoff_s)
-                    await self._recover()  # a restarted broker may have lost the topics: replay them first
+                    await self._recover()
         await asyncio.to_thread(self.spill.remove, seg)
         logger.debug("forwarded %d spilled records to Kafka; %d left", seg.records, self.spill.depth)
         return True
+
+    async def _connect(self) -> None:
+        """Start the producer and create missing topics; raises while the broker is away."""
+        await self._producer.connect()
+        self._reachable = True
+
+    async def _recover(self) -> bool:
+        """Reconnect; False while the broker is away."""
+        try:
+            await self._connect()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._reachable = False
+            logger.debug("Kafka still unreachable: %s", exc)
+            return False
+        logger.info("Kafka at %s is reachable", self.bootstrap)
+        return True
+
+    async def _produce(self, records: Sequence[SpilledRecord]) -> list[int]:
+        """Produce ``records`` in order; the indexes of those to retry (see :meth:`OrderedProducer.produce`)."""
+        return await self._producer.produce(records)
 
     # reading -----------------------------------------------------------------
 
@@ -401,7 +383,7 @@ class KafkaLog(EpochRecovery, EventLog):
         """Not spilling, and a broker answered just now (so a dead broker shows before an append fails)."""
         if not (self._started and not self._closed and self._failed is None):
             return False
-        if not self._reachable or self.spill.depth or self._replay:
+        if not self._reachable or self.spill.depth:
             return False
         return await self._producer.ping(min(2.0, self._timeout_ms / 1000))
 
@@ -425,7 +407,8 @@ class KafkaLog(EpochRecovery, EventLog):
     def consumer(
         self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None
     ) -> Consumer:
+        self._require_reader()
         return KafkaConsumer(
-            self.bootstrap, group, topics, listener, reader=self._require_reader(),
+            self.bootstrap, group, topics, listener,
             topic_prefix=self.topic_prefix, request_timeout_ms=self._timeout_ms, client_id=self._client_id,
         )

@@ -7,13 +7,6 @@ assignment before ``poll`` returns records of a new partition (so it can
 ``seek`` to offsets it keeps itself). Without a seek a partition starts at the
 group's committed offset, or at the beginning.
 
-Offsets are logical (:mod:`tripwire.log.epoch`). On every assignment the
-consumer reads the partitions' epoch markers; it also notices a new epoch when
-a partition's high watermark shrinks, when the process's log saw the markers
-change, or when a marker it did not know comes by in a fetch, and then reads
-that partition again from the new epoch's start (repeats are the rooms' to
-drop, by messageId or trigger id, as after any replay).
-
 A listener that fails on an assignment (an engine whose checkpoint store is
 down) does not get its partitions read from wherever the group was: aiokafka
 would log the error and fetch on. Those partitions are paused and ``poll``
@@ -33,11 +26,8 @@ from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from .base import Consumer, LogClosed, LogUnavailable, RebalanceListener, Record, TopicPartition
-from .epoch import OFFSET_BITS, Mark, marker_of
-from .kafka_reader import KafkaReader
 
 logger = logging.getLogger(__name__)
-_RESCAN_S = 0.5  # how often a consumer looks again for a partition's missing epoch marker
 _PREPARE_RETRY_S = (1.0, 30.0)  # first and longest wait before asking a failed listener again
 
 
@@ -74,7 +64,7 @@ class _Bridge(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaConsumer(Consumer):
-    """One member of a Kafka consumer group over logical topics, in logical (epoch) offsets."""
+    """One member of a Kafka consumer group over logical topic names."""
 
     def __init__(
         self,
@@ -83,7 +73,6 @@ class KafkaConsumer(Consumer):
         topics: Sequence[str],
         listener: RebalanceListener | None = None,
         *,
-        reader: KafkaReader,
         topic_prefix: str = "tripwire",
         request_timeout_ms: int = 10_000,
         session_timeout_ms: int = 10_000,
@@ -101,11 +90,6 @@ class KafkaConsumer(Consumer):
         self._client_id = client_id
         self._consumer: AIOKafkaConsumer | None = None
         self._assignment: set[TopicPartition] = set()
-        self._reader = reader
-        self._book = reader.book
-        self._reading: dict[KafkaTP, Mark | None] = {}  # the epoch our fetch position is in
-        self._highwater: dict[KafkaTP, int] = {}
-        self._scanned: dict[KafkaTP, float] = {}  # last marker scan that found nothing
         self._unprepared: set[TopicPartition] = set()  # assigned, but the listener failed on them (paused)
         self._prepare_wait_s = _PREPARE_RETRY_S[0]
         self._prepare_at = 0.0
@@ -120,7 +104,6 @@ class KafkaConsumer(Consumer):
         self._assignment = set(partitions)
         self._unprepared.clear()
         self._prepare_wait_s = _PREPARE_RETRY_S[0]
-        await self._learn_marks([self._kafka(tp) for tp in partitions])
         if self._listener is not None and partitions:
             await self._prepare(set(partitions))
 
@@ -161,25 +144,8 @@ class KafkaConsumer(Consumer):
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
         self._assignment -= partitions
         self._unprepared -= partitions
-        for tp in partitions:
-            self._reading.pop(self._kafka(tp), None)
-            self._highwater.pop(self._kafka(tp), None)
         if self._listener is not None and partitions:
             await self._listener.on_revoked(self, partitions)
-
-    async def _learn_marks(self, ktps: Sequence[KafkaTP]) -> None:
-        """Read the current epoch marks of these partitions from the log (a broker may have lost them)."""
-        by_topic: dict[str, list[int]] = {}
-        for ktp in ktps:
-            by_topic.setdefault(ktp.topic, []).append(ktp.partition)
-        for name, parts in by_topic.items():
-            try:
-                found = await self._reader.find_marks(name, parts)
-            except LogUnavailable as exc:
-                logger.warning("consumer group %r: epoch markers of %s unavailable (%s)", self._group, name, exc)
-                found = {}
-            for p in parts:
-                self._reading[KafkaTP(name, p)] = found.get(p)
 
     async def start(self) -> None:
         """Join the group; partitions arrive (and the listener hears) while polling."""
@@ -266,142 +232,32 @@ class KafkaConsumer(Consumer):
             batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except KafkaError as exc:
             raise LogUnavailable(f"consumer group {self._group!r}: fetch failed: {exc}") from exc
-        stale = await self._epoch_changes(consumer)
         out: list[Record] = []
+        prefix = len(self._prefix)
         for ktp, messages in batches.items():
-            if ktp in stale:
-                continue  # read again from the new epoch's start
-            mark = self._reading.get(ktp)
-            if mark is None:
-                mark = await self._mark_for_unmarked(consumer, ktp)
-                if mark is None:
-                    continue
-            topic, partition = ktp.topic.removeprefix(self._prefix), ktp.partition
-            base, first = mark.base, mark.offset
-            for m in messages:
-                if m.offset <= first:
-                    continue  # the marker, or written before it (the producer writes it again)
-                if m.headers:
-                    seen = marker_of(m.headers, m.offset)
-                    if seen is not None:
-                        mark = await self._marker_in_stream(consumer, ktp, seen, out, topic, partition)
-                        if mark is None:
-                            break
-                        base, first = mark.base, mark.offset
-                        continue
-                out.append(Record(topic, partition, base + m.offset, m.key, m.value, m.timestamp))
+            topic, partition = ktp.topic[prefix:], ktp.partition
+            out.extend(Record(topic, partition, m.offset, m.key, m.value, m.timestamp) for m in messages)
         return out
-
-    async def _epoch_changes(self, consumer: AIOKafkaConsumer) -> set[KafkaTP]:
-        """Partitions that moved to another epoch since we last looked; sought to its start.
-
-        Every poll compares each assigned partition's epoch with the book (a handful
-        of dict lookups): a change seen while a partition was briefly unassigned
-        (a rebalance during the outage) must still be acted on once it is back.
-        """
-        stale: set[KafkaTP] = set()
-        assigned = consumer.assignment()  # ours may lag behind aiokafka's during a rebalance
-        shrunk: set[str] = set()
-        for ktp in [k for k in self._reading if k in assigned]:
-            highwater = consumer.highwater(ktp)
-            if highwater is None:
-                continue
-            if highwater < self._highwater.get(ktp, 0):  # the partition shrank: the broker lost it
-                logger.warning("consumer group %r: %s partition %d shrank (%d -> %d records): the broker lost its "
-                               "data; re-reading the epoch markers", self._group, ktp.topic, ktp.partition,
-                               self._highwater[ktp], highwater)
-                shrunk.add(ktp.topic)
-            self._highwater[ktp] = highwater
-        for topic in shrunk:
-            mine = [k for k in self._reading if k.topic == topic]
-            before = {k: self._reading[k] for k in mine}
-            self._book.forget(topic)
-            await self._learn_marks(mine)
-            for k in mine:
-                if k in assigned and self._reading.get(k) != before[k]:
-                    self._resume(consumer, k, stale)
-        for ktp, mark in list(self._reading.items()):
-            if ktp not in assigned or ktp in stale:
-                continue
-            known = self._book.get(ktp.topic, ktp.partition)
-            if known is not None and known != mark:
-                self._reading[ktp] = known
-                self._resume(consumer, ktp, stale)
-        return stale
-
-    def _resume(self, consumer: AIOKafkaConsumer, ktp: KafkaTP, stale: set[KafkaTP]) -> None:
-        mark = self._reading.get(ktp)
-        logger.warning("consumer group %r: %s partition %d is in epoch %s now; reading it from its start",
-                       self._group, ktp.topic, ktp.partition, mark.epoch if mark else "(none yet)")
-        if ktp in consumer.assignment():
-            consumer.seek(ktp, mark.offset + 1 if mark is not None else 0)
-        stale.add(ktp)
-
-    async def _mark_for_unmarked(self, consumer: AIOKafkaConsumer, ktp: KafkaTP) -> Mark | None:
-        """Records arrived for a partition without a known marker: look for it, or read again later."""
-        now = time.monotonic()
-        mark = self._book.get(ktp.topic, ktp.partition)
-        if mark is None and now - self._scanned.get(ktp, 0.0) >= _RESCAN_S:
-            found = await self._reader.find_marks(ktp.topic, [ktp.partition])
-            mark = found.get(ktp.partition)
-            self._scanned[ktp] = now
-        if mark is None:
-            if ktp in consumer.assignment():
-                consumer.seek(ktp, 0)  # nothing here belongs to an epoch yet
-            return None
-        self._reading[ktp] = mark
-        return mark
-
-    async def _marker_in_stream(
-        self, consumer: AIOKafkaConsumer, ktp: KafkaTP, seen: Mark, out: list[Record], topic: str, partition: int
-    ) -> Mark | None:
-        """A marker we did not know in the middle of a fetch: a second writer's, or a new epoch."""
-        current = self._reading.get(ktp)
-        await self._learn_marks([ktp])
-        first = self._reading.get(ktp)
-        if first is not None and first == current:
-            return current  # a later duplicate marker of the epoch we read: skip it
-        # A new epoch: what this fetch returned before its marker is not part of it.
-        out[:] = [r for r in out if (r.topic, r.partition) != (topic, partition)]
-        if first is not None and first.offset == seen.offset:
-            return first
-        stale: set[KafkaTP] = set()
-        self._resume(consumer, ktp, stale)
-        return None
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if tp not in self._assignment:
             raise ValueError(f"partition {tp} is not assigned")
-        ktp = self._kafka(tp)
-        mark = self._reading.get(ktp)
-        self._require().seek(ktp, mark.kafka(offset) if mark is not None else 0)
+        self._require().seek(self._kafka(tp), offset)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        kafka_offsets = {}
-        for tp, off in offsets.items():
-            ktp = self._kafka(tp)
-            mark = self._reading.get(ktp)
-            # Only into the epoch the log is in now: an offset of a lost epoch committed to
-            # a broker that came back empty would make the group skip the new records.
-            if mark is not None and mark == self._book.get(ktp.topic, ktp.partition) and off >> OFFSET_BITS == mark.epoch:
-                kafka_offsets[ktp] = (mark.kafka(off), str(mark.epoch))
-        if not kafka_offsets:
+        if not offsets:
             return
         try:
-            await self._require().commit(kafka_offsets)
+            await self._require().commit({self._kafka(tp): off for tp, off in offsets.items()})
         except KafkaError as exc:
             raise LogUnavailable(f"consumer group {self._group!r}: commit failed: {exc}") from exc
 
     async def committed(self, tp: TopicPartition) -> int | None:
-        ktp = self._kafka(tp)
         try:
-            offset = await self._require().committed(ktp)
+            offset = await self._require().committed(self._kafka(tp))
         except KafkaError as exc:
             raise LogUnavailable(f"consumer group {self._group!r}: committed offsets unavailable: {exc}") from exc
-        mark = self._reading.get(ktp)
-        if offset is None or mark is None or offset <= mark.offset:
-            return None
-        return mark.logical(offset)
+        return None if offset is None else int(offset)
 
     async def lag(self, tp: TopicPartition) -> int | None:
         """From the high watermark of the last fetch response: no request of its own."""

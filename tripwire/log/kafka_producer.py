@@ -8,8 +8,7 @@ topics, picks partitions with :func:`~tripwire.log.partition.partition_for`,
 and :meth:`OrderedProducer.produce` answers which records must be retried:
 every record Kafka did not acknowledge, plus every later record of the same
 partition, so retrying them (or spilling them) never lets a key's records
-overtake each other; for the others it gives the partition and offset, which
-the log checks against the partition's epoch marker (it also writes those).
+overtake each other.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
+from aiokafka.errors import KafkaError, for_code
 
-from .epoch import new_marker_header
 from .partition import partition_for
 from .spill import SpilledRecord
 
@@ -122,23 +120,11 @@ class OrderedProducer:
         except (KafkaError, TimeoutError) as exc:
             logger.warning("Kafka producer did not stop cleanly: %s", exc)
 
-    async def write_markers(self, topic: str, partitions: Sequence[int], epoch: int) -> None:
-        """Append an epoch marker (see :mod:`tripwire.log.epoch`) to each of these partitions."""
+    async def produce(self, records: Sequence[SpilledRecord]) -> list[int]:
+        """Produce ``records`` in order; the indexes of those not acknowledged (retry them, in order)."""
         producer = self._producer
         if producer is None:
-            raise KafkaConnectionError("producer not connected")
-        timeout_s = 2 * self._timeout_ms / 1000
-        futures = [
-            await producer.send(topic, b"", partition=p, headers=new_marker_header(epoch)) for p in partitions
-        ]
-        await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
-        logger.info("wrote epoch %d markers to %s partitions %s", epoch, topic, list(partitions))
-
-    async def produce(self, records: Sequence[SpilledRecord]) -> list[tuple[int, int] | None]:
-        """Produce ``records`` in order; per record its (partition, offset), or None: retry it."""
-        producer = self._producer
-        if producer is None:
-            return [None] * len(records)
+            return list(range(len(records)))
         futures: list[asyncio.Future[object]] = []
         try:
             for topic, key, value in records:
@@ -156,17 +142,14 @@ class OrderedProducer:
         except TimeoutError:
             results = [TimeoutError("no acknowledgement")] * len(futures)
         broken: set[tuple[str, int]] = set()
-        out: list[tuple[int, int] | None] = []
+        retry: list[int] = []
         for i, (topic, key, _) in enumerate(records):
             tp = (topic, partition_for(key, self._counts.get(topic, 1)))
             result = results[i] if i < len(results) else None
             if result is None or isinstance(result, BaseException) or tp in broken:
                 broken.add(tp)
-                out.append(None)
-            else:
-                out.append((result.partition, result.offset))  # type: ignore[attr-defined]
-        failed = sum(r is None for r in out)
-        if failed and len(futures) == len(records):
+                retry.append(i)
+        if retry and len(futures) == len(records):
             first = next((r for r in results if isinstance(r, BaseException)), None)
-            logger.warning("Kafka did not acknowledge %d of %d records: %r", failed, len(records), first)
-        return out
+            logger.warning("Kafka did not acknowledge %d of %d records: %r", len(retry), len(records), first)
+        return retry

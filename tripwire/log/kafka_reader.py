@@ -1,11 +1,9 @@
-"""The Kafka log's own group-less reads: ``EventLog.read``/``end_offsets`` and epoch markers.
+"""The Kafka log's own group-less reads: ``EventLog.read``/``end_offsets``.
 
 tansu (the test broker) answers ListOffsets(latest) with an offset that lags
 behind the real end (often the last batch's base offset + 1), so
 ``end_offsets`` fetches from just below it and takes the high watermark of the
-fetch response — the same answer a real Kafka broker gives. Offsets in and out
-are logical (:mod:`tripwire.log.epoch`); the epoch markers themselves are
-found here too, and kept in the shared :class:`~tripwire.log.epoch.EpochBook`.
+fetch response — the same answer a real Kafka broker gives.
 """
 
 from __future__ import annotations
@@ -13,33 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from .base import LogUnavailable, Record
-from .epoch import NO_EPOCHS, EpochBook, Mark, marker_of
 
 # The reader re-assigns partitions on every read; aiokafka logs each at INFO.
 logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
-_MARK_SCAN = 500  # records read per round while looking for a partition's epoch marker
 
 
 class KafkaReader:
-    """Group-less reads of single partitions for ``EventLog.read``/``end_offsets``, and epoch marks."""
+    """Group-less reads of single partitions for ``EventLog.read``/``end_offsets``."""
 
-    def __init__(
-        self, bootstrap: str, topic_name: Callable[[str], str], request_timeout_ms: int, client_id: str,
-        book: EpochBook | None = None, *, epochs: bool = True,
-    ):
+    def __init__(self, bootstrap: str, topic_name: Callable[[str], str], request_timeout_ms: int, client_id: str):
         self._bootstrap = bootstrap
         self._topic_name = topic_name
         self._timeout_ms = request_timeout_ms
         self._client_id = client_id
-        self.book = book if book is not None else EpochBook()
-        self.epochs = epochs  # False: no markers, every partition reads as NO_EPOCHS
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
 
@@ -112,77 +103,10 @@ class KafkaReader:
                     out[tp] = []  # the broker answered: nothing at or after this offset yet
         return out
 
-    # epochs ------------------------------------------------------------------
-
-    async def find_marks(self, name: str, parts: Sequence[int]) -> dict[int, Mark | None]:
-        """Each partition's first epoch marker (None: none yet), read from the log; updates the book."""
-        if not self.epochs:
-            return self._no_epochs(name, parts)
-        async with self._lock:
-            return await self._find_marks(name, parts)
-
-    def _no_epochs(self, name: str, parts: Sequence[int]) -> dict[int, Mark | None]:
-        for p in parts:
-            self.book.set(name, p, NO_EPOCHS)
-        return dict.fromkeys(parts, NO_EPOCHS)
-
-    async def _find_marks(self, name: str, parts: Sequence[int]) -> dict[int, Mark | None]:
-        if not self.epochs:
-            return self._no_epochs(name, parts)
-        consumer = await self._get()
-        found: dict[int, Mark | None] = {}
-        starts = {KafkaTP(name, p): 0 for p in parts}
-        try:
-            while starts:
-                got = await self._fetch(consumer, starts, self._timeout_ms, _MARK_SCAN)
-                if any(tp not in got for tp in starts):
-                    raise LogUnavailable(f"Kafka topic {name!r}: no answer while looking for epoch markers")
-                nxt = {}
-                for tp, messages in got.items():
-                    mark = next((m for m in (marker_of(r.headers, r.offset) for r in messages) if m), None)  # type: ignore[attr-defined]
-                    if mark is not None or not messages:
-                        found[tp.partition] = mark
-                        if mark is not None:
-                            self.book.set(name, tp.partition, mark)
-                    else:
-                        nxt[tp] = messages[-1].offset + 1  # type: ignore[attr-defined]
-                starts = nxt
-        except KafkaError as exc:
-            raise LogUnavailable(f"Kafka topic {name!r}: epoch markers unavailable: {exc}") from exc
-        return found
-
-    async def changed_marks(self, name: str) -> set[int]:
-        """Partitions whose known marker is no longer where it was (the broker lost the topic)."""
-        marks = self.book.marks(name)
-        if not marks or not self.epochs:
-            return set()
-        async with self._lock:
-            consumer = await self._get()
-            starts = {KafkaTP(name, p): m.offset for p, m in marks.items()}
-            try:
-                got = await self._fetch(consumer, starts, self._timeout_ms, 1)
-            except KafkaError as exc:
-                raise LogUnavailable(f"Kafka topic {name!r}: epoch markers unavailable: {exc}") from exc
-        if any(tp not in got for tp in starts):
-            raise LogUnavailable(f"Kafka topic {name!r}: no answer while checking the epoch markers")
-        changed = set()
-        for tp, messages in got.items():
-            first = messages[0] if messages else None
-            seen = marker_of(first.headers, first.offset) if first is not None else None  # type: ignore[attr-defined]
-            if seen != marks[tp.partition]:
-                changed.add(tp.partition)
-        return changed
-
-    async def _mark(self, name: str, partition: int) -> Mark | None:
-        mark = self.book.get(name, partition)
-        if mark is None:
-            mark = (await self._find_marks(name, [partition])).get(partition)
-        return mark
-
     # reads -------------------------------------------------------------------
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
-        """Logical end offsets (0 for a partition that has no epoch yet)."""
+        """Per partition, the offset the next record will get."""
         name = self._topic_name(topic)
         parts = await self.partitions(topic)
         async with self._lock:
@@ -203,9 +127,6 @@ class KafkaReader:
                         highwater or 0,
                         last[-1].offset + 1 if last else 0,  # type: ignore[attr-defined]
                     )
-                for p, end in ends.items():
-                    mark = await self._mark(name, p) if end > 0 else None
-                    ends[p] = mark.end(end) if mark is not None else 0
             except KafkaError as exc:
                 raise LogUnavailable(f"Kafka topic {name!r}: offsets unavailable: {exc}") from exc
         return ends
@@ -216,15 +137,11 @@ class KafkaReader:
         async with self._lock:
             consumer = await self._get()
             try:
-                mark = await self._mark(name, partition)
-                if mark is None:
-                    return []
-                got = await self._fetch(consumer, {tp: mark.kafka(offset)}, self._timeout_ms, max_records)
+                got = await self._fetch(consumer, {tp: offset}, self._timeout_ms, max_records)
             except KafkaError as exc:
                 raise LogUnavailable(f"Kafka topic {name!r} partition {partition}: read failed: {exc}") from exc
-        base, start = mark.base, mark.offset
         return [
-            Record(topic, partition, base + m.offset, m.key, m.value, m.timestamp)  # type: ignore[attr-defined]
+            Record(topic, partition, m.offset, m.key, m.value, m.timestamp)  # type: ignore[attr-defined]
             for m in got.get(tp, [])
-            if m.offset > start and base + m.offset >= offset and not m.headers  # type: ignore[attr-defined]
+            if m.offset >= offset  # type: ignore[attr-defined]
         ][:max_records]

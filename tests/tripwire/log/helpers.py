@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from tripwire.log import Consumer, EventLog, Record
-from tripwire.log.epoch import OFFSET_BITS
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -47,7 +46,7 @@ async def read_all(log: EventLog, topic: str) -> list[Record]:
     """Every record of ``topic``, partition by partition, in offset order."""
     out: list[Record] = []
     for partition, end in (await log.end_offsets(topic)).items():
-        offset = end >> OFFSET_BITS << OFFSET_BITS  # 0, or where a Kafka log's current epoch starts
+        offset = 0
         while offset < end:
             got = await log.read(topic, partition, offset, 1000)
             assert got, f"{topic}/{partition}: nothing at offset {offset} below end {end}"

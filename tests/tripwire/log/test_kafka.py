@@ -244,3 +244,18 @@ def test_a_bootstrap_written_as_a_url_or_left_empty_is_a_config_error_naming_the
     assert "'log.kafka_bootstrap'" in str(info.value)
     assert config.locate(str(info.value)).endswith("(set by TRIPWIRE_LOG__KAFKA_BOOTSTRAP)")
     assert not (tmp_path / "spill").exists()
+
+
+@pytest.mark.parametrize("key", ["kafka_epochs", "kafka_retain_s", "kafka_retain_max_bytes"])
+def test_the_removed_epoch_keys_are_a_config_error_naming_the_key(tmp_path: Path, key: str) -> None:
+    # The epoch markers and the retain journal recovered from a broker that came back empty (tansu's
+    # memory storage); they are gone, and a config that still asks for them must say so, not start quietly.
+    from tripwire.config import ConfigError, load_config
+
+    path = tmp_path / "tripwire.toml"
+    path.write_text(f'[log]\nbackend = "kafka"\n{key} = true\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert f"Config 'log.{key}' was removed" in message, message
+    assert "survives a restart" in message and message.endswith(f"(in {path})"), message
