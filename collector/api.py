@@ -105,7 +105,10 @@ class TrackingEndpoint:
         except CollectorError as exc:
             metrics.EVENTS_REJECTED.labels(exc.limit or exc.code).inc()
             self.metrics.count(exc.status)
-            return await respond_error(send, exc, cors if exc.code != "origin_not_allowed" else None)
+            readable = self.cors.refusal(exc, origin)
+            if readable is not None:
+                return await respond_error(send, *readable)
+            return await respond_error(send, exc, cors)
         except LogError as exc:
             await self._unavailable(send, exc, cors)
             return

@@ -28,9 +28,11 @@
 // (`l`), so no tab sends them twice. On a network error, 5xx or 429 they get their lease back and
 // sending backs off exponentially (persisted, so the next page knows the collector was failing).
 // Any other answer (2xx, or a 4xx that retrying cannot cure: unknown write key, refused origin)
-// ends the batch. Events are built so that the collector has no reason to refuse one of them (and
-// with it its whole batch): names and ids cut to 256 characters, properties always objects, no
-// event over 30 KB.
+// ends the batch; the collector lets a page on any origin read those two refusals, which the
+// browser would otherwise report as a network error. The first refusal on a page is one console
+// warning with the collector's answer (it names the reason). Events are built so that the
+// collector has no reason to refuse one of them (and with it its whole batch): names and ids cut
+// to 256 characters, properties always objects, no event over 30 KB.
 //
 // When the page is hidden or unloads, whatever is free goes out with sendBeacon (in bodies under
 // 64 KB) and leaves the queue, and so do this tab's in-flight batches (their keepalive requests
@@ -59,6 +61,7 @@ let S = {}; // the store
 const str = JSON.stringify;
 let n = 0; // events queued by this page: orders events queued within one millisecond
 let ref = d.referrer; // the referrer of the next page view
+let W = 0; // the warning of a refusal, once shown (a promise)
 
 /** A random id (about 100 bits; crypto.randomUUID would need a secure context). */
 const uuid = () => (Math.random() + '' + Math.random()).slice(2);
@@ -85,7 +88,12 @@ const flush = async (hide, m = 1, t = now(), b = [], n = 0, ok, x, q = []) => {
     n = str({ batch: b.map((r) => r.e), sentAt: new Date().toISOString(), writeKey: c.key }); // the collector copies sentAt into each event
     ok = hide
       ? nav.sendBeacon(url, n)
-      : await fetch(url, { method: 'POST', keepalive: 1, body: n }).then((r) => ((x = r.status) < 300 || log(x), x < 500 && x != 429), log);
+      : await fetch(url, { method: 'POST', keepalive: 1, body: n }).then(
+          // A refusal (a 4xx but 429) ends the batch, with one warning per page naming the reason
+          // (`, 1`: the promise W returned here would be awaited, and resolve to undefined).
+          (r) => (x = r.status) < 300 || (x < 500 && x != 429 ? (W ||= r.text().then((t) => console.warn('tw refused', x, t), log), 1) : log(x)),
+          log,
+        );
     // (Cleared rather than set to 0: nothing is written after an optOut that a batch outlived.)
     (B = ok ? 0 : B > 3e4 ? 6e4 : B * 2 || I) ? set('tw_b', B) : del('tw_b');
     R = t + B;

@@ -1,4 +1,4 @@
-"""CORS: preflights per the sources' origin lists; refused origins get 403 and no ACAO header."""
+"""CORS: preflights per the sources' origin lists; refused origins get 403, readable but saying no more than its code."""
 
 from __future__ import annotations
 
@@ -53,17 +53,30 @@ async def test_request_from_disallowed_origin_is_refused_and_not_stored(collecto
         "/v1/track", json={"event": "A", "anonymousId": "a"}, headers={**basic(WRITE_KEY), "Origin": "https://evil.example"}
     )
     assert r.status_code == 403
-    assert r.json()["error"] == "origin_not_allowed"
-    assert "access-control-allow-origin" not in r.headers
     assert await collector.records() == []
+    # The page may read the refusal (else the browser reports a network error and a tracker
+    # retries for ever), but learns only the code: not its origin echoed, not the source.
+    assert r.headers["access-control-allow-origin"] == "*" and "Origin" in r.headers["vary"]
+    assert r.json() == {"success": False, "error": "origin_not_allowed", "field": "Origin",
+                        "message": "the page's origin is not allowed for this write key"}
 
 
 async def test_origin_allowed_for_one_source_is_refused_for_another(collector: Collector) -> None:
     # The backend source has no origins: a browser may not use its key.
     r = await collector.client.post("/v1/track", json={"event": "A", "anonymousId": "a"}, headers={**basic(SERVER_KEY), "Origin": SHOP})
-    assert r.status_code == 403
-    assert "backend" in r.json()["message"]
-    assert "access-control-allow-origin" not in r.headers
+    assert r.status_code == 403 and r.json()["error"] == "origin_not_allowed"
+    assert "backend" not in r.text, "the source's name is not for the browser"
+    # An unknown write key: readable by a page on any origin, as it was by a server-side caller.
+    for headers, readable in (({"Origin": "https://evil.example"}, "*"), ({}, None)):
+        r = await collector.client.post("/v1/track", json={"event": "A", "anonymousId": "a", "writeKey": "nope"}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"] == "unknown_write_key"
+        assert r.headers.get("access-control-allow-origin") == readable
+        assert "nope" not in r.text
+
+
+async def test_other_refusals_stay_hidden_from_a_disallowed_origin(collector: Collector) -> None:
+    r = await collector.client.post("/v1/track", content=b"{", headers={**basic(WRITE_KEY), "Origin": "https://evil.example"})
+    assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
 
 
 async def test_server_side_request_without_origin_is_never_refused_for_cors(collector: Collector) -> None:

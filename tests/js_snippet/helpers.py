@@ -4,8 +4,10 @@
   embedding the loader snippet from the README with the script served by the collector.
 * ``Collector``: the real collector (``collector.create_app``, embedded SQLite log under the
   test's tmp dir) under uvicorn on a fixed loopback port, so it can be stopped and started again
-  at the same address the page knows.
+  at the same address the page knows; ``stop_log`` stops its event log while it keeps serving,
+  so it answers ``503 log_unavailable`` as it does when its log fails.
 * ``read_events``: every record of the events topic, read through ``SqliteLog``.
+* The page side: ``open_page``, and the tracker's localStorage (``stored``, ``queued``, ``backoff``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 
 import orjson
 import uvicorn
+from playwright.sync_api import BrowserContext, Page
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -154,12 +158,16 @@ class Collector:
         })
         self.server = Uvicorn(self._app)
         self.batch_sizes: list[int] = []  # body bytes of each POST /v1/batch received
+        self._log: SqliteLog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _app(self) -> Any:
-        log = SqliteLog(self.config.data_dir / "log.db", self.config.log.partitions)
+        log = self._log = SqliteLog(self.config.data_dir / "log.db", self.config.log.partitions)
         app = create_app(self.config, log, own_log=True)
 
         async def recording(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                self._loop = asyncio.get_running_loop()
             # Note each batch request's body size (what the browser really sent).
             if scope["type"] != "http" or scope["path"] != "/v1/batch" or scope["method"] != "POST":
                 return await app(scope, receive, send)
@@ -180,6 +188,11 @@ class Collector:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def stop_log(self) -> None:
+        """Stop the event log under the running server (start() again brings a fresh one)."""
+        assert self._log is not None and self._loop is not None, "the collector is not running"
+        asyncio.run_coroutine_threadsafe(self._log.stop(), self._loop).result(15)
 
     def events(self) -> list[dict[str, Any]]:
         """The events topic in creation order (the log orders only within a key's partition)."""
@@ -218,3 +231,36 @@ def wait_for(probe: Callable[[], T], timeout_s: float = 10, what: str = "conditi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last value {value!r}")
         time.sleep(0.05)
+
+
+# The page side ----------------------------------------------------------------------------------
+
+FAST = 'data-interval="150"'
+
+
+def open_page(context: BrowserContext, url: str) -> Page:
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_function("window.tw && window.tw.l")  # the script has loaded
+    return page
+
+
+def stored(page: Page) -> dict[str, Any]:
+    """The tracker's localStorage entries (decoded), by key."""
+    raw = page.evaluate("Object.fromEntries(Object.entries(localStorage).filter(([k]) => k.startsWith('tw')))")
+    return {k: json.loads(v) for k, v in raw.items()}
+
+
+def queued(page: Page) -> list[dict[str, Any]]:
+    """The events waiting in the retry queue, oldest first."""
+    records = [v for k, v in stored(page).items() if k.startswith("tw:")]
+    return [r["e"] for r in sorted(records, key=lambda r: r["t"])]
+
+
+def backoff(page: Page) -> int:
+    return stored(page).get("tw_b", 0)
+
+
+def settle(seconds: float = 0.8) -> None:
+    """Give the page time for several flush intervals (only where we assert that nothing happens)."""
+    time.sleep(seconds)

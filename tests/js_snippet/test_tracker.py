@@ -7,38 +7,12 @@ and pages on a separate origin that embed the README's loader with short flush i
 from __future__ import annotations
 
 import collections
-import json
 import time
 from typing import Any
 
-from playwright.sync_api import BrowserContext, Page
+from playwright.sync_api import BrowserContext
 
-from .helpers import WRITE_KEY, Collector, Site, wait_for
-
-FAST = 'data-interval="150"'
-
-
-def open_page(context: BrowserContext, url: str) -> Page:
-    page = context.new_page()
-    page.goto(url)
-    page.wait_for_function("window.tw && window.tw.l")  # the script has loaded
-    return page
-
-
-def stored(page: Page) -> dict[str, Any]:
-    """The tracker's localStorage entries (decoded), by key."""
-    raw = page.evaluate("Object.fromEntries(Object.entries(localStorage).filter(([k]) => k.startsWith('tw')))")
-    return {k: json.loads(v) for k, v in raw.items()}
-
-
-def queued(page: Page) -> list[dict[str, Any]]:
-    """The events waiting in the retry queue, oldest first."""
-    records = [v for k, v in stored(page).items() if k.startswith("tw:")]
-    return [r["e"] for r in sorted(records, key=lambda r: r["t"])]
-
-
-def backoff(page: Page) -> int:
-    return stored(page).get("tw_b", 0)
+from .helpers import FAST, WRITE_KEY, Collector, Site, backoff, open_page, queued, settle, stored, wait_for
 
 
 def wait_events(collector: Collector, n: int, timeout_s: float = 10) -> list[dict[str, Any]]:
@@ -52,11 +26,6 @@ def by_type(events: list[dict[str, Any]], kind: str, name: str | None = None) ->
 def assert_once_each(events: list[dict[str, Any]]) -> None:
     counts = collections.Counter(e["messageId"] for e in events)
     assert [m for m, n in counts.items() if n > 1] == [], "some messageIds arrived more than once"
-
-
-def settle(seconds: float = 0.8) -> None:
-    """Give the page time for several flush intervals (only where we assert that nothing happens)."""
-    time.sleep(seconds)
 
 
 def test_page_view_on_load_carries_full_context(context: BrowserContext, site: Site, collector: Collector) -> None:
