@@ -63,10 +63,27 @@ class _Gen:
     def local(self, ref: tuple[Any, ...]) -> str:
         """The local holding a field reference, read once at the top of the function."""
         name = self.reads.get(ref)
-        if name is None:
-            code = self._read(ref)  # may add locals for the path's prefixes first
-            name = self.reads[ref] = f"v{len(self.reads)}"
-            self.lines.append(f"    {name} = {code}")
+        if name is not None:
+            return name
+        if ref[0] == "slot":
+            _, j, k, count = ref
+            return self._assign(ref, f"st[{j}][-1][4][{k}]" if count else f"st[{j}][4][{k}]")
+        parts = ref[1]
+        if not all(type(p) is str for p in parts):
+            raise _Unsupported
+        # as env_getter: a missing key or a non-object on the way is MISSING; JSON null stays None.
+        # Each prefix is a local read from the one before (a loop: a path may have hundreds of parts).
+        name = self.reads.get(("env", parts[:1])) or self._assign(("env", parts[:1]), f"env.get({parts[0]!r}, MISSING)")
+        for n in range(2, len(parts) + 1):
+            parent, name = name, self.reads.get(("env", parts[:n]))
+            if name is None:
+                code = f"({parent}.get({parts[n - 1]!r}, MISSING) if type({parent}) is dict else MISSING)"
+                name = self._assign(("env", parts[:n]), code)
+        return name
+
+    def _assign(self, ref: tuple[Any, ...], code: str) -> str:
+        name = self.reads[ref] = f"v{len(self.reads)}"
+        self.lines.append(f"    {name} = {code}")
         return name
 
     def _ref(self, path: ast.Path) -> tuple[Any, ...]:
@@ -85,19 +102,6 @@ class _Gen:
         if s.current < 0:
             raise _Unsupported
         return ("env", path.parts)
-
-    def _read(self, ref: tuple[Any, ...]) -> str:
-        if ref[0] == "slot":
-            _, j, k, count = ref
-            return f"st[{j}][-1][4][{k}]" if count else f"st[{j}][4][{k}]"
-        parts = ref[1]
-        if not all(type(p) is str for p in parts):
-            raise _Unsupported
-        # as env_getter: a missing key or a non-object on the way is MISSING; JSON null stays None
-        if len(parts) == 1:
-            return f"env.get({parts[0]!r}, MISSING)"
-        parent = self.local(("env", parts[:-1]))
-        return f"({parent}.get({parts[-1]!r}, MISSING) if type({parent}) is dict else MISSING)"
 
     def truth(self, node: ast.Expr, want: bool) -> str:
         """Python boolean expression: ``node`` evaluates to ``want`` (True or False, never unknown)."""

@@ -36,19 +36,25 @@ _WORD_UNITS = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m
                "msec": "ms", "millis": "ms", "milliseconds": "ms"}
 
 
+def _short(text: str) -> str:
+    return text if len(text) <= 30 else text[:30] + "..."
+
+
 def _duration_hint(rest: str) -> str | None:
     """What is wrong with a duration as written (``rest``: the text from where it starts)."""
     word = re.match(r"-?[0-9.]+(?:[ \t]*[A-Za-z]+)?(?:[0-9]+[A-Za-z]+)*", rest)
     if word is None:
         return None
     w = word.group(0)
+    if any(len(n.lstrip("0")) > 18 for n in re.findall(r"[0-9]+", w)):  # and int() stops at 4,300 digits
+        return f"this duration is too large (found '{_short(w)}')"
     parts = DURATION.findall(w)
     if len(parts) > 1 and "".join(n + u for n, u in parts) == w:
         total = sum(int(n) * UNITS_MS[u] for n, u in parts)
         unit = next(u for u in ("d", "h", "m", "s", "ms") if total % UNITS_MS[u] == 0)
-        return f"one number and one unit per duration: write {total // UNITS_MS[unit]}{unit}, not {w}"
+        return f"one number and one unit per duration: write {total // UNITS_MS[unit]}{unit}, not {_short(w)}"
     if w.startswith("-"):
-        return f"a duration must be more than zero (found '{w}')"
+        return f"a duration must be more than zero (found '{_short(w)}')"
     m = re.fullmatch(r"([0-9]+\.[0-9]+)[ \t]*([A-Za-z]*)", w)
     if m:
         unit = _WORD_UNITS.get(m.group(2).lower(), m.group(2).lower())
@@ -56,17 +62,17 @@ def _duration_hint(rest: str) -> str | None:
         better = next((f"{int(ms) // UNITS_MS[u]}{u}" for u in ("d", "h", "m", "s", "ms")
                        if ms >= 1 and ms.is_integer() and int(ms) % UNITS_MS[u] == 0), None)
         fix = f"write {better}" if better else "ms, s, m, h or d, e.g. 30s"
-        return f"a duration is a whole number and a unit: {fix} (found '{w}')"
+        return f"a duration is a whole number and a unit: {fix} (found '{_short(w)}')"
     m = re.fullmatch(r"([0-9]+)([ \t]*)([A-Za-z]+)", w)
     if m:
         n, space, unit = m.groups()
         fix = unit if unit in UNITS_MS else _WORD_UNITS.get(unit.lower()) or (unit.lower() if unit.lower() in UNITS_MS else None)
         if unit.lower() in ("w", "wk", "week", "weeks"):
-            return f"there is no week unit: write {int(n) * 7}d (found '{w}')"
+            return f"there is no week unit: write {int(n) * 7}d (found '{_short(w)}')"
         if fix is not None and (space or fix != unit):
-            return f"write {n}{fix} (found '{w}'; units are ms, s, m, h and d, right after the number)"
+            return f"write {n}{fix} (found '{_short(w)}'; units are ms, s, m, h and d, right after the number)"
         if fix is None:
-            return f"unknown unit '{unit}': use ms, s, m, h or d, e.g. 30s (found '{w}')"
+            return f"unknown unit '{_short(unit)}': use ms, s, m, h or d, e.g. 30s (found '{_short(w)}')"
     return None
 
 

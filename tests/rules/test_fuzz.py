@@ -17,7 +17,9 @@ SEEDS = [
 TOKENS = ["rule", "when", "then", "no", "as", "where", "within", "by", "at", "most", "once", "twice", "times", "per",
           "post", "with", "and", "or", "not", "in", "contains", "starts", "ends", "exists", "does", "exist", "true",
           "false", "null", "(", ")", "[", "]", "{", "}", ",", ":", ".", "==", "!=", "<", "<=", ">", ">=", "=", "'",
-          '"', '"x"', "10s", "5", "-3.5e2", "A", "cart", "properties", "$page", "#c\n", "\n", " ", "\t", "\\", "é", "\x00"]
+          '"', '"x"', "10s", "5", "-3.5e2", "A", "cart", "properties", "$page", "#c\n", "\n", " ", "\t", "\\", "é", "\x00",
+          # what the engine or the trigger encoder cannot carry: refused with a message, never a traceback
+          '"\\ud800"', '"\\udc00x"', "9" * 5000, "9" * 5000 + "s", "9" * 5000 + "w", "1e400", "18446744073709551616"]
 
 
 def check(text: str) -> None:
