@@ -7,8 +7,8 @@ True``), so here the same expression is translated into a single boolean
 Python expression that is true exactly when the closure tree returns ``True``:
 
 * ``T(e)``: e is True; ``F(e)``: e is False (needed under ``not``);
-* a comparison or ``in`` with a missing field is neither; ``exists`` is never
-  unknown;
+* a comparison or ``in`` with a missing or null field (or a ``null`` literal)
+  is neither; ``exists`` is never unknown;
 * ``T(a and b) = T(a) and T(b)``, ``F(a and b) = F(a) or F(b)``,
   ``T(a or b) = T(a) or T(b)``, ``F(a or b) = F(a) and F(b)``,
   ``T(not a) = F(a)``, ``F(not a) = T(a)``.
@@ -126,10 +126,12 @@ class _Gen:
             values = self.const(tuple(x.value for x in node.values))
             found = f"_in({v}, {values})"
             holds = found if want != node.negated else f"not {found}"
-            return f"({v} is not MISSING and {holds})"
+            return f"({v} is not MISSING and {v} is not None and {holds})"
         if isinstance(node, (ast.Compare, ast.StringOp)):
+            if any(isinstance(x, ast.Literal) and x.value is None for x in (node.left, node.right)):
+                return "False"  # a comparison with null is unknown: neither true nor false
             (a, a_missing), (b, b_missing) = self.operand(node.left), self.operand(node.right)
-            present = [f"{x} is not MISSING" for x, m in ((a, a_missing), (b, b_missing)) if m]
+            present = [f"{x} is not MISSING and {x} is not None" for x, m in ((a, a_missing), (b, b_missing)) if m]
             test = self._test(node.op, a, b, node.right if not b_missing else None)
             holds = test if want else f"not {test}"
             return "(" + " and ".join([*present, holds]) + ")"

@@ -240,3 +240,17 @@ def test_a_long_field_path_compiles_and_matches() -> None:
     text = f'rule "r" when A where properties.{deep} == 7 post crm with {{ v: properties.{deep} }}'
     (m,) = run(text, [ev("A", 0, a=value), ev("A", 1, a={"a": 7})])
     assert m.payload == {"v": 7}
+
+
+@pytest.mark.parametrize("condition, column, words", [
+    ("properties.z == null", 16, "`properties.z == null` is never true: null counts as missing; write `properties.z does not exist`"),
+    ("null != properties.z", 16, "`null != properties.z` is never true: null counts as missing; write `properties.z exists`"),
+    ("properties.z < null", 16, "is never true: null counts as missing"),
+    ('properties."a b" starts with null', 16, '`properties."a b" starts with null` is never true'),
+    ('properties.z in ["a", null]', 38, "null in a list never matches (null counts as missing)"),
+])
+def test_a_comparison_with_null_is_a_warning(condition: str, column: int, words: str) -> None:
+    plans, ds = compile_text(f'rule "r"\n  when A where {condition}\n  post crm', "cart.rules", endpoints={"crm"})
+    (d,) = ds
+    assert plans and d.severity == "warning" and (d.line, d.column) == (2, column), d.format()
+    assert words in d.message
