@@ -201,7 +201,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         line, col = _pos(meta)
         return ast.Step(
             line, col, keyword, body["event"], body.get("count", 1), body.get("alias"), body.get("where"),
-            body.get("within"), absent, body.get("count_pos"), body.get("alias_pos"),
+            body.get("within"), absent, body.get("count_pos"), body.get("alias_pos"), body.get("event_pos"),
         )
 
     def when_step(self, meta: Any, children: list[Any]) -> ast.Step:
@@ -217,7 +217,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         body: dict[str, Any] = {}
         for kind, value, pos in children:
             body[kind] = value
-            if kind in ("count", "alias"):
+            if kind in ("count", "alias", "event"):
                 body[f"{kind}_pos"] = pos
         return body
 

@@ -10,6 +10,7 @@ Nothing here raises at run time.
 
 from __future__ import annotations
 
+import difflib
 import json
 import operator
 import sys
@@ -158,6 +159,10 @@ class StepScope:
         head, rest = path.parts[0], path.parts[1:]
         if head in self.aliases:
             j = self.aliases[head]
+            if rest and rest[0] not in ENVELOPE_FIELDS:  # cart.propertes.price: always missing
+                close = difflib.get_close_matches(rest[0], sorted(ENVELOPE_FIELDS), n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                self.ctx.error(path, f"'{rest[0]}' is not an event field{hint} ({path} is always missing)", "warning")
             if j == self.current:
                 return env_getter(rest) if rest else (lambda env, st: MISSING)
             if j > self.current and self.current >= 0:

@@ -15,7 +15,7 @@ from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostic
-from .grammar import DURATION, UNITS_MS, lark_parser
+from .grammar import DURATION, RESERVED, UNITS_MS, lark_parser
 
 MAX_NESTING = 32  # parentheses / brackets / braces deep; deeper is certainly a mistake
 
@@ -159,6 +159,26 @@ def _did_you_mean(token: Token, expected: set[str] | frozenset[str]) -> str | No
     return close[0] if close else None
 
 
+_STEP_HEAD = re.compile(r"\b(when|then[ \t]+no|then)\s+(?:([0-9]+)\s+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]+\Z")
+_WORDS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:[ \t]+[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _spaced_event(text: str, pos: int) -> tuple[int, str] | None:
+    """`when Product Added`: (where the name starts, a hint to quote it), if ``pos`` is its second word."""
+    head = _STEP_HEAD.search(text[:pos])
+    words = _WORDS.match(text, pos)
+    if head is None or words is None or head.group(3) in RESERVED:
+        return None
+    name = [head.group(3)]
+    for word in words.group(0).split():
+        if word in RESERVED:
+            break
+        name.append(word)
+    keyword = " ".join(head.group(1).split())
+    count = f"{head.group(2)} " if head.group(2) else ""
+    return head.start(3), f'an event name with spaces is quoted: {keyword} {count}"{" ".join(name)}"'
+
+
 def _line_col(text: str, pos: int) -> tuple[int, int]:
     return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
@@ -213,6 +233,11 @@ def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str, lines: lis
         hint = _did_you_mean(exc.token, exc.expected)
         if hint:
             message += f"; did you mean `{hint}`?"
+        elif exc.token.type == "NAME" and exc.token.start_pos is not None:
+            spaced = _spaced_event(text, exc.token.start_pos)
+            if spaced is not None:
+                message = f"unexpected {found}: {spaced[1]}"
+                line, column = _line_col(text, spaced[0])
         if exc.token.start_pos is not None:
             # `where` at the end of a line, the next clause read as the field to test: `where then no B`
             bare = re.search(r"\bwhere\s+(then|post|within|by|at)\s*\Z", text[: exc.token.start_pos])
