@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tripwire.rules.catalog import EventCatalog
 from tripwire.rules.compiler import compile_text
 
 SEEDS = [
@@ -22,9 +23,15 @@ TOKENS = ["rule", "when", "then", "no", "as", "where", "within", "by", "at", "mo
           '"\\ud800"', '"\\udc00x"', "9" * 5000, "9" * 5000 + "s", "9" * 5000 + "w", "1e400", "18446744073709551616"]
 
 
+# the catalog checks run on whatever compiles (names of the seeds and tokens above)
+CATALOG = EventCatalog({"A": {"properties": {"a": {"type": "number"}, "p": {"enum": ["x", 1]}}}, "B": None,
+                        "Checkout": {"properties": {"c": {"anyOf": [{"type": "string"}, {"const": None}]}}}},
+                       {"properties": {"plan": {"type": ["string", "null"]}}})
+
+
 def check(text: str) -> None:
     lines = text.split("\n")
-    _, diagnostics = compile_text(text, "fuzz.rules", endpoints={"crm"})
+    _, diagnostics = compile_text(text, "fuzz.rules", endpoints={"crm"}, catalog=CATALOG)
     for d in diagnostics:
         assert d.file == "fuzz.rules"
         assert isinstance(d.line, int) and isinstance(d.column, int)

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tripwire.envelope import format_time_ms
+from tripwire.rules.catalog import EventCatalog
 from tripwire.rules.compiler import build_plan, compile_text
 from tripwire.rules.engine import Engine
 from tripwire.rules.explain import explain
@@ -182,9 +183,18 @@ def events(draw: st.DrawFn) -> list[dict[str, Any]]:
     return out
 
 
+# A catalog for the events above, so that its checks see every generated rule too (they only warn).
+CATALOG = EventCatalog({
+    "A": {"type": "object", "properties": {"sku": {"type": "string"}, "price": {"type": "number"}, "n": {"enum": [1, "x"]},
+                                           "tags": {"type": "array"}, "é": {"type": ["string", "null"]}}},
+    "Order Completed": {"type": "object", "properties": {"a": {"type": "object", "properties": {"sku": {}}}}},
+    "Añadir": None,
+}, {"type": "object", "properties": {"plan": {"type": "string"}}})
+
+
 def run_through_the_engine(text: str, envs: list[dict[str, Any]], lateness_ms: int) -> int:
     """Compile ``text`` as check does; if it is accepted, run it and encode every trigger. Returns #triggers."""
-    plans, diagnostics = compile_text(text, "gen.rules", endpoints={"crm"})
+    plans, diagnostics = compile_text(text, "gen.rules", endpoints={"crm"}, catalog=CATALOG)
     if any(d.severity == "error" for d in diagnostics):
         event("refused by check")
         return 0
@@ -226,7 +236,7 @@ def test_the_generator_reaches_the_engine() -> None:
     @given(rules(), events())
     def sample(text: str, envs: list[dict[str, Any]]) -> None:
         nonlocal accepted, fired
-        plans, diagnostics = compile_text(text, "gen.rules", endpoints={"crm"})
+        plans, diagnostics = compile_text(text, "gen.rules", endpoints={"crm"}, catalog=CATALOG)
         if not any(d.severity == "error" for d in diagnostics):
             accepted += 1
             fired += run_through_the_engine(text, envs, 0) > 0
