@@ -254,3 +254,23 @@ def test_a_comparison_with_null_is_a_warning(condition: str, column: int, words:
     (d,) = ds
     assert plans and d.severity == "warning" and (d.line, d.column) == (2, column), d.format()
     assert words in d.message
+
+
+def test_the_engine_loader_reports_such_a_file_and_runs_the_others(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A 4,300+ digit number made the loader raise: the engine stopped, at every restart.
+    import os
+
+    from tripwire.rules.reload import RuleSet
+
+    good, bad = tmp_path / "a.rules", tmp_path / "b.rules"
+    good.write_text('rule "good" when A post crm\n')
+    bad.write_text(f'rule "bad" when A post crm with {{ n: {HUGE} }}\nrule "bad \\ud800" when A post crm\n')
+    rules = RuleSet(tmp_path, {"crm"}, "error")
+    rules.scan()
+    assert [r.name for r in rules.plan.rules] == ["good"]
+    assert [(d.line, d.column) for d in rules.broken()[str(bad)]] == [(1, 38), (2, 11)]
+    good.write_text(f'rule "good" when A where properties.n == {HUGE} post crm\n')  # hot reload: now broken
+    os.utime(good, ns=(1, 1))
+    rules.scan()
+    assert [r.name for r in rules.plan.rules] == ["good"]  # the last good version keeps running
+    assert str(good) in rules.broken()
