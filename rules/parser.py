@@ -151,10 +151,10 @@ def _number(token: Token) -> int | float:
     """A number literal, refused where the trigger encoder (orjson) could not write it."""
     text, line, column = str(token), token.line or 1, token.column or 1
     if any(ch in text for ch in ".eE"):
-        value = float(text)  # float() has no digit limit; too large is inf
-        if not math.isfinite(value):
+        decimal = float(text)  # float() has no digit limit; too large is inf
+        if not math.isfinite(decimal):
             raise _BuildError(line, column, f"the number {_shown(text)} is too large (the largest is about 1.8e308)")
-        return value
+        return decimal
     digits = text.lstrip("-").lstrip("0")
     value = int(text) if len(digits) <= 20 else None  # int() of 4,300+ digits raises; 21+ are out of range anyway
     if value is None or not INT_MIN <= value <= INT_MAX:
