@@ -123,6 +123,7 @@ class Step(Node):
     absent: bool  # "then no X"
     count_pos: Node | None = None  # where the count was written (for errors)
     alias_pos: Node | None = None
+    event_pos: Node | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ Checks (each a ``file:line:col`` diagnostic):
 * an absence is the last step; counts are within limits; one ``post``, at
   most one ``by`` and one ``at most``; rule names are unique;
 * the ``post`` endpoint is configured (error when a config file is in use,
-  warning otherwise: see LANGUAGE.md).
+  warning otherwise: see LANGUAGE.md);
+* with an event catalog, warnings about what it contradicts (:mod:`rules.catalog_checks`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from . import ast
+from .catalog import EventCatalog
+from .catalog_checks import check_catalog
 from .errors import Diagnostic
+from .grammar import RESERVED
 from .parser import parse_text
 from .plan import Plan, Predicate, RulePlan, StepPlan
 from .predcode import fast_predicate
@@ -30,12 +34,6 @@ from .predicates import ENVELOPE_FIELDS, Ctx, StepScope, compile_expr, compile_t
 
 __all__ = ["ENVELOPE_FIELDS", "build_plan", "compile_rule", "compile_text", "fingerprint"]
 
-# The language's keywords (LANGUAGE.md). The parser reads most of them as a name where only a name
-# fits, so `as post` parsed, but `as true` could never be referenced and `as rule` splits the file.
-RESERVED = frozenset(
-    "rule when then no as where within by at most once twice times per post with and or not in contains "
-    "starts ends exists does exist true false null".split()
-)
 MAX_COUNT = 1000
 MAX_WINDOW_MS = 90 * 86_400_000
 COMPILER_VERSION = "1"
@@ -105,7 +103,7 @@ def _strip_positions(node: Any) -> Any:
     if is_dataclass(node):
         return (type(node).__name__,) + tuple(
             _strip_positions(getattr(node, f.name)) for f in fields(node)
-            if f.name not in ("line", "column", "source", "count_pos", "alias_pos")
+            if f.name not in ("line", "column", "source", "count_pos", "alias_pos", "event_pos")
         )
     if isinstance(node, tuple):
         return tuple(_strip_positions(x) for x in node)
@@ -124,7 +122,8 @@ def _check_duration(ctx: Ctx, d: ast.Duration) -> None:
         ctx.error(d, "durations are limited to 90d (state is kept that long)")
 
 
-def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_severity: str) -> RulePlan | None:
+def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_severity: str,
+                 catalog: EventCatalog | None = None) -> RulePlan | None:
     before = len([d for d in ctx.diagnostics if d.severity == "error"])
     steps = rule.steps
     if not rule.name.strip():
@@ -201,6 +200,8 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
 
     if len([d for d in ctx.diagnostics if d.severity == "error"]) > before:
         return None
+    if catalog is not None:
+        check_catalog(rule, catalog, ctx)
     disc = _discriminator(steps[0])
     step_plans = tuple(
         StepPlan(i, s.event, s.count, s.within.ms if s.within else None, s.absent, s.alias, preds[i], tuple(needs[i]),
@@ -218,8 +219,9 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
 
 def compile_text(
     text: str, filename: str = "<rules>", *, endpoints: Iterable[str] | None = None, endpoint_severity: str = "error",
+    catalog: EventCatalog | None = None,
 ) -> tuple[list[RulePlan], list[Diagnostic]]:
-    """Parse and compile one file. ``endpoints=None`` skips the endpoint check."""
+    """Parse and compile one file. ``endpoints=None`` skips the endpoint check; ``catalog`` adds its warnings."""
     tree, diagnostics = parse_text(text, filename)
     ctx = Ctx(filename, text.split("\n"))
     ctx.diagnostics.extend(diagnostics)
@@ -231,7 +233,7 @@ def compile_text(
             ctx.error(rule, f"rule \"{rule.name}\" is already defined at line {names[rule.name].line}")
             continue
         names[rule.name] = rule
-        plan = compile_rule(rule, ctx, eps, endpoint_severity)
+        plan = compile_rule(rule, ctx, eps, endpoint_severity, catalog)
         if plan is not None:
             plans.append(plan)
     ctx.diagnostics.sort(key=lambda d: (d.line, d.column))

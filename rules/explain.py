@@ -45,7 +45,10 @@ def expr(node: ast.Expr) -> str:
     if isinstance(node, ast.Not):
         return f"it is not true that {expr(node.operand)}"
     if isinstance(node, ast.Compare):
-        return f"{_operand(node.left)} {_OPS[node.op]} {_operand(node.right)}"
+        text = f"{_operand(node.left)} {_OPS[node.op]} {_operand(node.right)}"
+        if any(isinstance(x, ast.Literal) and x.value is None for x in (node.left, node.right)):
+            text += " (never true: null counts as missing; test it with `exists` / `does not exist`)"
+        return text
     if isinstance(node, ast.InList):
         values = ", ".join(_value(v.value) for v in node.values)
         return f"{_operand(node.operand)} is {'not ' if node.negated else ''}one of [{values}]"
@@ -61,15 +64,37 @@ def _name(name: str) -> str:
     return name if _WORD(name) else f'"{name}"'
 
 
-def _negates(node: ast.Expr) -> bool:
-    """Whether a reader could think a missing field makes this true (three-valued logic says no)."""
-    if isinstance(node, (ast.And, ast.Or)):
-        return _negates(node.left) or _negates(node.right)
-    if isinstance(node, ast.Not):
-        return True
-    if isinstance(node, ast.Compare):
-        return node.op == "!="
-    return isinstance(node, ast.InList) and node.negated
+def _tests(node: ast.Expr) -> list[ast.Expr]:
+    """The comparisons, `in` and `exists` tests of a condition, and its `not`s."""
+    out, todo = [], [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (ast.And, ast.Or)):
+            todo += [n.left, n.right]
+        elif isinstance(n, ast.Not):
+            out.append(n)
+            todo.append(n.operand)
+        else:
+            out.append(n)
+    return out
+
+
+def _missing_note(steps: tuple[ast.Step, ...]) -> str | None:
+    """How missing and null fields behave, for a rule whose conditions compare fields."""
+    tests = [t for s in steps if s.where is not None for t in _tests(s.where)]
+    if not any(isinstance(t, (ast.Compare, ast.InList, ast.StringOp)) for t in tests):
+        return None
+    # whether a reader could think a missing field makes something true (three-valued logic says no)
+    negates = any(isinstance(t, ast.Not) or (isinstance(t, ast.Compare) and t.op == "!=")
+                  or (isinstance(t, ast.InList) and t.negated) for t in tests)
+    two_fields = any(isinstance(t, ast.Compare) and isinstance(t.left, ast.Path) and isinstance(t.right, ast.Path)
+                     for t in tests)
+    note = "A comparison with a missing or null field is never true"
+    if negates:
+        note += ", not even under `not`, `!=` or `not in`"
+    if two_fields:
+        note += "; two null fields are not equal"
+    return note + "."
 
 
 def _event(name: str) -> str:
@@ -132,8 +157,9 @@ def explain(plan: RulePlan) -> str:
                          "completing a match also starts the next one; a repeated messageId is ignored.")
     else:
         semantics.append("Each matched event is used by at most one trigger of this rule; a repeated messageId is ignored.")
-    if any(_negates(step.where) for step in steps if step.where is not None):
-        semantics.append("A comparison with a missing field is never true, not even under `not`, `!=` or `not in`.")
+    note = _missing_note(steps)
+    if note is not None:
+        semantics.append(note)
     for s in semantics:
         lines.append(f"  {s}")
     if plan.cap_times is not None and plan.cap_per_ms is not None:

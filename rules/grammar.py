@@ -1,4 +1,4 @@
-"""The rule language's grammar (``grammar.lark``, LALR), loaded once, and its durations."""
+"""The rule language's grammar (``grammar.lark``, LALR), loaded once, its durations and keywords."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from lark import Lark
 
 UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")  # the DURATION terminal of grammar.lark
+# The language's keywords (LANGUAGE.md). The parser reads most of them as a name where only a name
+# fits, so `as post` parsed, but `as true` could never be referenced and `as rule` splits the file.
+RESERVED = frozenset(
+    "rule when then no as where within by at most once twice times per post with and or not in contains "
+    "starts ends exists does exist true false null".split()
+)
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,11 +5,18 @@ time (a rule starts at a line beginning with ``rule``), so one typo costs one
 rule, and every rule after it is still checked. Syntax errors get a message
 written for people (:mod:`rules.syntax_errors`), always with the line and column
 of the offending text.
+
+What parses but the engine or the trigger encoder (orjson) could not carry is
+refused here too, at the offending text: integers outside 64 bits, numbers too
+large for a float, strings holding half of a UTF-16 surrogate pair (``"\\ud800"``),
+conditions with more and/or/not than :data:`MAX_CONDITION_OPS`. No input makes
+:func:`parse_text` raise.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -22,6 +29,9 @@ from .grammar import DURATION, UNITS_MS, lark_parser
 from .syntax_errors import check_nesting, syntax_diagnostic
 
 MAX_RULE_CHARS = 64_000
+MAX_CONDITION_OPS = 100  # and/or/not in one `where`; the syntax tree is as deep, and compiling it recurses
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson (the trigger encoder) writes
+_MAX_WHOLE_DIGITS = 18  # counts, `times` and durations: more is certainly a mistake (and int() stops at 4,300)
 
 _RULE_START = re.compile(r"^[ \t]*rule\b(?![ \t]*:)", re.M)  # `rule: x` is a payload key, not a rule
 
@@ -70,15 +80,16 @@ def parse_text(text: str, filename: str = "<rules>") -> tuple[ast.RuleFile, list
             continue
         try:
             tree = lark_parser().parse(padded)
+            _check_conditions(tree)
             rules.extend(_Builder(padded).transform(tree))
         except UnexpectedInput as exc:
             diagnostics.append(syntax_diagnostic(exc, padded, filename, lines))
-        except VisitError as exc:
-            orig = exc.orig_exc
-            if isinstance(orig, _BuildError):
-                diagnostics.append(Diagnostic(filename, orig.line, orig.column, orig.message, "error", lines[orig.line - 1] if orig.line <= len(lines) else ""))
-            else:
-                raise
+        except (VisitError, _BuildError) as exc:
+            orig = exc.orig_exc if isinstance(exc, VisitError) else exc
+            if not isinstance(orig, _BuildError):  # a bug of ours: still one rule's error, never a traceback
+                orig = _BuildError(first_line, 1, f"this rule could not be compiled ({type(orig).__name__}: {orig})"[:300])
+            source = lines[orig.line - 1] if orig.line <= len(lines) else ""
+            diagnostics.append(Diagnostic(filename, orig.line, orig.column, orig.message, "error", source))
     return ast.RuleFile(filename, tuple(rules)), diagnostics
 
 
@@ -88,18 +99,76 @@ class _BuildError(Exception):
         self.line, self.column, self.message = line, column, message
 
 
+_OPS = frozenset({"or_expr", "and_expr", "not_expr"})
+
+
+def _check_conditions(tree: Tree) -> None:
+    """Refuse a `where` with more and/or/not than MAX_CONDITION_OPS (iteratively: no recursion yet)."""
+    for where in tree.find_data("where"):
+        ops = sum(1 for t in where.iter_subtrees() if t.data in _OPS)
+        if ops > MAX_CONDITION_OPS:
+            meta = where.children[0].meta if isinstance(where.children[0], Tree) else where.meta
+            raise _BuildError(meta.line, meta.column, f"this condition has {ops} and/or/not; at most {MAX_CONDITION_OPS} "
+                              "are allowed (many values of one field: `in [...]`)")
+
+
+def _shown(text: str) -> str:
+    """A number as written, shortened when it is long (a 5,000-digit literal is not echoed whole)."""
+    return text if len(text) <= 30 else f"{text[:20]}... ({sum(c.isdigit() for c in text)} digits)"
+
+
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
 def _string(token: Token) -> str:
+    line, column = token.line or 1, token.column or 1
     try:
         value = json.loads(str(token))
     except ValueError:
-        raise _BuildError(token.line or 1, token.column or 1, "this string has an invalid escape sequence") from None
+        raise _BuildError(line, column, "this string has an invalid escape sequence") from None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # json.loads joins an escaped pair (\ud83d\ude00 is one character); a half left alone is
+        # no character: orjson (triggers) and UTF-8 (logs, state) cannot write it.
+        bad = ord(value[exc.start])
+        where = next((m for m in _ESCAPE.finditer(str(token)) if int(m.group(1), 16) == bad), None)
+        written = where.group(0) if where else f"\\u{bad:04x}"
+        raise _BuildError(line, column + (where.start() if where else 0), (
+            f'"{written}" is half of a UTF-16 surrogate pair, not a character: write the character itself, '
+            'or both halves ("\\ud83d\\ude00")')) from None
+    return value
+
+
+def _whole(text: str, line: int, column: int) -> int:
+    """A count, `times` or a duration's number: a whole number with at most 18 significant digits."""
+    if len(text.lstrip("0")) > _MAX_WHOLE_DIGITS:
+        raise _BuildError(line, column, f"the number {_shown(text)} is too large")
+    return int(text)
+
+
+def _number(token: Token) -> int | float:
+    """A number literal, refused where the trigger encoder (orjson) could not write it."""
+    text, line, column = str(token), token.line or 1, token.column or 1
+    if any(ch in text for ch in ".eE"):
+        decimal = float(text)  # float() has no digit limit; too large is inf
+        if not math.isfinite(decimal):
+            raise _BuildError(line, column, f"the number {_shown(text)} is too large (the largest is about 1.8e308)")
+        return decimal
+    digits = text.lstrip("-").lstrip("0")
+    value = int(text) if len(digits) <= 20 else None  # int() of 4,300+ digits raises; 21+ are out of range anyway
+    if value is None or not INT_MIN <= value <= INT_MAX:
+        raise _BuildError(line, column, (
+            f"the integer {_shown(text)} is outside the 64-bit range that webhooks carry ({INT_MIN} to {INT_MAX}); "
+            "write it with a decimal point or exponent (1.5e30) if an approximate value will do"))
     return value
 
 
 def _duration(token: Token) -> ast.Duration:
     m = DURATION.fullmatch(str(token))
     assert m is not None  # the grammar's DURATION terminal guarantees the shape
-    return ast.Duration(token.line or 1, token.column or 1, int(m.group(1)) * UNITS_MS[m.group(2)], str(token))
+    line, column = token.line or 1, token.column or 1
+    return ast.Duration(line, column, _whole(m.group(1), line, column) * UNITS_MS[m.group(2)], str(token))
 
 
 def _pos(meta: Any, fallback: Token | None = None) -> tuple[int, int]:
@@ -132,7 +201,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         line, col = _pos(meta)
         return ast.Step(
             line, col, keyword, body["event"], body.get("count", 1), body.get("alias"), body.get("where"),
-            body.get("within"), absent, body.get("count_pos"), body.get("alias_pos"),
+            body.get("within"), absent, body.get("count_pos"), body.get("alias_pos"), body.get("event_pos"),
         )
 
     def when_step(self, meta: Any, children: list[Any]) -> ast.Step:
@@ -148,13 +217,14 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         body: dict[str, Any] = {}
         for kind, value, pos in children:
             body[kind] = value
-            if kind in ("count", "alias"):
+            if kind in ("count", "alias", "event"):
                 body[f"{kind}_pos"] = pos
         return body
 
     def count(self, meta: Any, children: list[Token]) -> tuple[str, int, ast.Node]:
         tok = children[0]
-        return ("count", int(tok), ast.Node(tok.line or 1, tok.column or 1))
+        line, column = tok.line or 1, tok.column or 1
+        return ("count", _whole(str(tok), line, column), ast.Node(line, column))
 
     def event_name(self, meta: Any, children: list[Token]) -> tuple[str, str, ast.Node]:
         tok = children[0]
@@ -186,7 +256,8 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         return 2
 
     def times(self, meta: Any, children: list[Token]) -> int:
-        return int(children[0])
+        tok = children[0]
+        return _whole(str(tok), tok.line or 1, tok.column or 1)
 
     def post_clause(self, meta: Any, children: list[Any]) -> ast.Post:
         payload = children[1] if len(children) > 1 else None
@@ -236,9 +307,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         return ast.Literal(*_pos(meta, c[0]), _string(c[0]))
 
     def number(self, meta: Any, c: list[Token]) -> ast.Literal:
-        text = str(c[0])
-        value: int | float = float(text) if any(ch in text for ch in ".eE") else int(text)
-        return ast.Literal(*_pos(meta, c[0]), value)
+        return ast.Literal(*_pos(meta, c[0]), _number(c[0]))
 
     def true(self, meta: Any, c: list[Any]) -> ast.Literal:
         return ast.Literal(*_pos(meta), True)
@@ -260,6 +329,3 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def array(self, meta: Any, c: list[Any]) -> ast.TemplateArray:
         return ast.TemplateArray(*_pos(meta), tuple(x for x in c if x is not None))
 
-
-def _unused(tree: Tree) -> None:  # pragma: no cover - keeps Tree imported for type readers
-    del tree

@@ -7,8 +7,8 @@ True``), so here the same expression is translated into a single boolean
 Python expression that is true exactly when the closure tree returns ``True``:
 
 * ``T(e)``: e is True; ``F(e)``: e is False (needed under ``not``);
-* a comparison or ``in`` with a missing field is neither; ``exists`` is never
-  unknown;
+* a comparison or ``in`` with a missing or null field (or a ``null`` literal)
+  is neither; ``exists`` is never unknown;
 * ``T(a and b) = T(a) and T(b)``, ``F(a and b) = F(a) or F(b)``,
   ``T(a or b) = T(a) or T(b)``, ``F(a or b) = F(a) and F(b)``,
   ``T(not a) = F(a)``, ``F(not a) = T(a)``.
@@ -63,10 +63,27 @@ class _Gen:
     def local(self, ref: tuple[Any, ...]) -> str:
         """The local holding a field reference, read once at the top of the function."""
         name = self.reads.get(ref)
-        if name is None:
-            code = self._read(ref)  # may add locals for the path's prefixes first
-            name = self.reads[ref] = f"v{len(self.reads)}"
-            self.lines.append(f"    {name} = {code}")
+        if name is not None:
+            return name
+        if ref[0] == "slot":
+            _, j, k, count = ref
+            return self._assign(ref, f"st[{j}][-1][4][{k}]" if count else f"st[{j}][4][{k}]")
+        parts = ref[1]
+        if not all(type(p) is str for p in parts):
+            raise _Unsupported
+        # as env_getter: a missing key or a non-object on the way is MISSING; JSON null stays None.
+        # Each prefix is a local read from the one before (a loop: a path may have hundreds of parts).
+        name = self.reads.get(("env", parts[:1])) or self._assign(("env", parts[:1]), f"env.get({parts[0]!r}, MISSING)")
+        for n in range(2, len(parts) + 1):
+            parent, name = name, self.reads.get(("env", parts[:n]))
+            if name is None:
+                code = f"({parent}.get({parts[n - 1]!r}, MISSING) if type({parent}) is dict else MISSING)"
+                name = self._assign(("env", parts[:n]), code)
+        return name
+
+    def _assign(self, ref: tuple[Any, ...], code: str) -> str:
+        name = self.reads[ref] = f"v{len(self.reads)}"
+        self.lines.append(f"    {name} = {code}")
         return name
 
     def _ref(self, path: ast.Path) -> tuple[Any, ...]:
@@ -85,19 +102,6 @@ class _Gen:
         if s.current < 0:
             raise _Unsupported
         return ("env", path.parts)
-
-    def _read(self, ref: tuple[Any, ...]) -> str:
-        if ref[0] == "slot":
-            _, j, k, count = ref
-            return f"st[{j}][-1][4][{k}]" if count else f"st[{j}][4][{k}]"
-        parts = ref[1]
-        if not all(type(p) is str for p in parts):
-            raise _Unsupported
-        # as env_getter: a missing key or a non-object on the way is MISSING; JSON null stays None
-        if len(parts) == 1:
-            return f"env.get({parts[0]!r}, MISSING)"
-        parent = self.local(("env", parts[:-1]))
-        return f"({parent}.get({parts[-1]!r}, MISSING) if type({parent}) is dict else MISSING)"
 
     def truth(self, node: ast.Expr, want: bool) -> str:
         """Python boolean expression: ``node`` evaluates to ``want`` (True or False, never unknown)."""
@@ -122,10 +126,12 @@ class _Gen:
             values = self.const(tuple(x.value for x in node.values))
             found = f"_in({v}, {values})"
             holds = found if want != node.negated else f"not {found}"
-            return f"({v} is not MISSING and {holds})"
+            return f"({v} is not MISSING and {v} is not None and {holds})"
         if isinstance(node, (ast.Compare, ast.StringOp)):
+            if any(isinstance(x, ast.Literal) and x.value is None for x in (node.left, node.right)):
+                return "False"  # a comparison with null is unknown: neither true nor false
             (a, a_missing), (b, b_missing) = self.operand(node.left), self.operand(node.right)
-            present = [f"{x} is not MISSING" for x, m in ((a, a_missing), (b, b_missing)) if m]
+            present = [f"{x} is not MISSING and {x} is not None" for x, m in ((a, a_missing), (b, b_missing)) if m]
             test = self._test(node.op, a, b, node.right if not b_missing else None)
             holds = test if want else f"not {test}"
             return "(" + " and ".join([*present, holds]) + ")"

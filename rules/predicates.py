@@ -1,12 +1,17 @@
 """Predicates and payload templates -> closures over (event, earlier steps of the run).
 
 Three-valued logic: a comparison with a missing field is unknown (None), which
-``not`` keeps unknown and which never satisfies a ``where``. Values of
-different types never compare equal or ordered. Nothing here raises at run time.
+``not`` keeps unknown and which never satisfies a ``where``. A JSON null counts
+as missing in every comparison (``==``, ``!=``, ordering, ``in``, the string
+operators; a ``null`` literal included), as it does for ``exists``: two null
+fields are not equal. Values of different types never compare equal or ordered.
+Nothing here raises at run time.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import operator
 import sys
 from collections.abc import Sequence
@@ -50,7 +55,7 @@ def _eq(a: Any, b: Any) -> bool:
 
 
 def compare_values(op: str, a: Any, b: Any) -> bool:
-    """A comparison or string operator on two present values (not MISSING)."""
+    """A comparison or string operator on two present values (neither MISSING nor None)."""
     if op == "==":
         return _eq(a, b)
     if op == "!=":
@@ -154,6 +159,10 @@ class StepScope:
         head, rest = path.parts[0], path.parts[1:]
         if head in self.aliases:
             j = self.aliases[head]
+            if rest and rest[0] not in ENVELOPE_FIELDS:  # cart.propertes.price: always missing
+                close = difflib.get_close_matches(rest[0], sorted(ENVELOPE_FIELDS), n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                self.ctx.error(path, f"'{rest[0]}' is not an event field{hint} ({path} is always missing)", "warning")
             if j == self.current:
                 return env_getter(rest) if rest else (lambda env, st: MISSING)
             if j > self.current and self.current >= 0:
@@ -239,10 +248,13 @@ def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
         if get is None:
             scope.ctx.error(node, "`in` applies to a field, not a constant")
             return lambda env, st: False
+        for v in node.values:
+            if v.value is None:
+                scope.ctx.error(v, "null in a list never matches (null counts as missing)", "warning")
 
         def in_(env: Any, st: Any) -> bool | None:
             v = get(env, st)
-            if v is MISSING:
+            if v is MISSING or v is None:
                 return None
             found = any(_eq(v, x) for x in values)
             return not found if negated else found
@@ -253,6 +265,9 @@ def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
         if lget is None and rget is None:
             scope.ctx.error(node, "this compares two constants; one side should be a field")
         op = node.op
+        if (lget is None and lconst is None) or (rget is None and rconst is None):
+            _null_warning(node, scope.ctx)
+            return lambda env, st: None  # a `null` literal: unknown, whatever the field holds
         fast = _const_compare(op, lget, rconst) if lget is not None and rget is None else None
         if fast is not None:
             return fast
@@ -263,11 +278,22 @@ def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
         def cmp(env: Any, st: Any) -> bool | None:
             a = lconst if lget is None else lget(env, st)
             b = rconst if rget is None else rget(env, st)
-            if a is MISSING or b is MISSING:
+            if a is MISSING or b is MISSING or a is None or b is None:
                 return None
             return test(a, b)
         return cmp
     raise TypeError(f"unknown expression node {node!r}")  # pragma: no cover
+
+
+def _written(x: ast.Operand) -> str:
+    return str(x) if isinstance(x, ast.Path) else json.dumps(x.value, ensure_ascii=False)
+
+
+def _null_warning(node: ast.Compare | ast.StringOp, ctx: Ctx) -> None:
+    field = next((x for x in (node.left, node.right) if isinstance(x, ast.Path)), None)
+    written = f"{_written(node.left)} {node.op} {_written(node.right)}"
+    fix = f"; write `{field} {'exists' if node.op == '!=' else 'does not exist'}`" if field and node.op in ("==", "!=") else ""
+    ctx.error(node, f"`{written}` is never true: null counts as missing{fix}", "warning")
 
 
 _ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -280,7 +306,7 @@ def _const_compare(op: str, get: Getter, c: Any) -> Predicate | None:
 
         def eq_str(env: Any, st: Any) -> bool | None:
             a = get(env, st)
-            if a is MISSING:
+            if a is MISSING or a is None:
                 return None
             return (type(a) is not str or a != c) if neg else (type(a) is str and a == c)
         return eq_str
@@ -289,7 +315,7 @@ def _const_compare(op: str, get: Getter, c: Any) -> Predicate | None:
 
         def affix(env: Any, st: Any) -> bool | None:
             a = get(env, st)
-            if a is MISSING:
+            if a is MISSING or a is None:
                 return None
             return type(a) is str and method(a, c)
         return affix
@@ -298,7 +324,7 @@ def _const_compare(op: str, get: Getter, c: Any) -> Predicate | None:
 
         def order_num(env: Any, st: Any) -> bool | None:
             a = get(env, st)
-            if a is MISSING:
+            if a is MISSING or a is None:
                 return None
             t = type(a)
             return bool(f(a, c)) if (t is int or t is float) else False

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import metrics
+from .catalog import EventCatalog
 from .compiler import build_plan, compile_text
 from .errors import Diagnostic
 from .parser import decode_rules
@@ -36,10 +37,12 @@ class _File:
 
 
 class RuleSet:
-    def __init__(self, directory: Path, endpoints: Iterable[str] | None = None, endpoint_severity: str = "warning") -> None:
+    def __init__(self, directory: Path, endpoints: Iterable[str] | None = None, endpoint_severity: str = "warning",
+                 catalog: EventCatalog | None = None) -> None:
         self.directory = Path(directory)
         self.endpoints = None if endpoints is None else set(endpoints)
         self.endpoint_severity = endpoint_severity
+        self.catalog = catalog  # its warnings are logged like any other (rules/catalog_checks.py)
         self._files: dict[Path, _File] = {}
         self.plan: Plan = Plan.build(())
         self.generation = 0
@@ -79,7 +82,7 @@ class RuleSet:
                 plans, diagnostics = [], [bad]
             else:
                 plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints,
-                                                  endpoint_severity=self.endpoint_severity)
+                                                  endpoint_severity=self.endpoint_severity, catalog=self.catalog)
             errors = [d for d in diagnostics if d.severity == "error"]
             for d in diagnostics:
                 if d.severity == "warning":

@@ -15,7 +15,7 @@ from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .errors import Diagnostic
-from .grammar import DURATION, UNITS_MS, lark_parser
+from .grammar import DURATION, RESERVED, UNITS_MS, lark_parser
 
 MAX_NESTING = 32  # parentheses / brackets / braces deep; deeper is certainly a mistake
 
@@ -36,19 +36,25 @@ _WORD_UNITS = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m
                "msec": "ms", "millis": "ms", "milliseconds": "ms"}
 
 
+def _short(text: str) -> str:
+    return text if len(text) <= 30 else text[:30] + "..."
+
+
 def _duration_hint(rest: str) -> str | None:
     """What is wrong with a duration as written (``rest``: the text from where it starts)."""
     word = re.match(r"-?[0-9.]+(?:[ \t]*[A-Za-z]+)?(?:[0-9]+[A-Za-z]+)*", rest)
     if word is None:
         return None
     w = word.group(0)
+    if any(len(n.lstrip("0")) > 18 for n in re.findall(r"[0-9]+", w)):  # and int() stops at 4,300 digits
+        return f"this duration is too large (found '{_short(w)}')"
     parts = DURATION.findall(w)
     if len(parts) > 1 and "".join(n + u for n, u in parts) == w:
         total = sum(int(n) * UNITS_MS[u] for n, u in parts)
         unit = next(u for u in ("d", "h", "m", "s", "ms") if total % UNITS_MS[u] == 0)
-        return f"one number and one unit per duration: write {total // UNITS_MS[unit]}{unit}, not {w}"
+        return f"one number and one unit per duration: write {total // UNITS_MS[unit]}{unit}, not {_short(w)}"
     if w.startswith("-"):
-        return f"a duration must be more than zero (found '{w}')"
+        return f"a duration must be more than zero (found '{_short(w)}')"
     m = re.fullmatch(r"([0-9]+\.[0-9]+)[ \t]*([A-Za-z]*)", w)
     if m:
         unit = _WORD_UNITS.get(m.group(2).lower(), m.group(2).lower())
@@ -56,17 +62,17 @@ def _duration_hint(rest: str) -> str | None:
         better = next((f"{int(ms) // UNITS_MS[u]}{u}" for u in ("d", "h", "m", "s", "ms")
                        if ms >= 1 and ms.is_integer() and int(ms) % UNITS_MS[u] == 0), None)
         fix = f"write {better}" if better else "ms, s, m, h or d, e.g. 30s"
-        return f"a duration is a whole number and a unit: {fix} (found '{w}')"
+        return f"a duration is a whole number and a unit: {fix} (found '{_short(w)}')"
     m = re.fullmatch(r"([0-9]+)([ \t]*)([A-Za-z]+)", w)
     if m:
         n, space, unit = m.groups()
         fix = unit if unit in UNITS_MS else _WORD_UNITS.get(unit.lower()) or (unit.lower() if unit.lower() in UNITS_MS else None)
         if unit.lower() in ("w", "wk", "week", "weeks"):
-            return f"there is no week unit: write {int(n) * 7}d (found '{w}')"
+            return f"there is no week unit: write {int(n) * 7}d (found '{_short(w)}')"
         if fix is not None and (space or fix != unit):
-            return f"write {n}{fix} (found '{w}'; units are ms, s, m, h and d, right after the number)"
+            return f"write {n}{fix} (found '{_short(w)}'; units are ms, s, m, h and d, right after the number)"
         if fix is None:
-            return f"unknown unit '{unit}': use ms, s, m, h or d, e.g. 30s (found '{w}')"
+            return f"unknown unit '{_short(unit)}': use ms, s, m, h or d, e.g. 30s (found '{_short(w)}')"
     return None
 
 
@@ -153,6 +159,26 @@ def _did_you_mean(token: Token, expected: set[str] | frozenset[str]) -> str | No
     return close[0] if close else None
 
 
+_STEP_HEAD = re.compile(r"\b(when|then[ \t]+no|then)\s+(?:([0-9]+)\s+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]+\Z")
+_WORDS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:[ \t]+[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _spaced_event(text: str, pos: int) -> tuple[int, str] | None:
+    """`when Product Added`: (where the name starts, a hint to quote it), if ``pos`` is its second word."""
+    head = _STEP_HEAD.search(text[:pos])
+    words = _WORDS.match(text, pos)
+    if head is None or words is None or head.group(3) in RESERVED:
+        return None
+    name = [head.group(3)]
+    for word in words.group(0).split():
+        if word in RESERVED:
+            break
+        name.append(word)
+    keyword = " ".join(head.group(1).split())
+    count = f"{head.group(2)} " if head.group(2) else ""
+    return head.start(3), f'an event name with spaces is quoted: {keyword} {count}"{" ".join(name)}"'
+
+
 def _line_col(text: str, pos: int) -> tuple[int, int]:
     return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
@@ -207,6 +233,11 @@ def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str, lines: lis
         hint = _did_you_mean(exc.token, exc.expected)
         if hint:
             message += f"; did you mean `{hint}`?"
+        elif exc.token.type == "NAME" and exc.token.start_pos is not None:
+            spaced = _spaced_event(text, exc.token.start_pos)
+            if spaced is not None:
+                message = f"unexpected {found}: {spaced[1]}"
+                line, column = _line_col(text, spaced[0])
         if exc.token.start_pos is not None:
             # `where` at the end of a line, the next clause read as the field to test: `where then no B`
             bare = re.search(r"\bwhere\s+(then|post|within|by|at)\s*\Z", text[: exc.token.start_pos])

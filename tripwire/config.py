@@ -9,7 +9,12 @@ string otherwise; a key that wants a string keeps the text as written
 
 Each room declares its own section as a dataclass and reads it with
 :func:`Config.section`; the spine only owns the top-level keys and the
-``server`` and ``log`` sections. Errors name the key and the bad value.
+``server`` and ``log`` sections. Errors name the key and the bad value, except
+where the value may be a secret: a key named like one (:data:`SECRET_WORDS`), a
+webhook endpoint's URL (its path or query may be the token, as in Slack's
+``/hooks/T000/B000/XXXX``: :func:`mask_url` keeps scheme and host), any header value,
+and any string, table or list that came from a ``TRIPWIRE_*`` variable
+(:meth:`Config.locate` replaces it by ``<not shown>``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +113,8 @@ class Config:
     source_path: Path | None = None  # the file read, if any
     env_keys: Mapping[str, str] = field(default_factory=dict)  # dotted key -> the TRIPWIRE_* variable that set it
     file_keys: frozenset[str] | None = None  # dotted keys (lower case) the file sets; None = not known
+    # TRIPWIRE_* variable -> its text, only so that no error quotes it (see locate)
+    env_values: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def section(self, name: str, cls: type[T]) -> T:
         """Build a room's settings dataclass from section ``name`` (defaults if absent)."""
@@ -124,8 +132,9 @@ class Config:
 
     def locate(self, message: str) -> str:
         """``message`` (a :class:`ConfigError`'s) plus where the key it quotes was set:
-        ``(set by TRIPWIRE_SERVER__PORT)`` or ``(in tripwire.toml)``."""
-        return _locate(message, self.env_keys, self.source_path, self.file_keys)
+        ``(set by TRIPWIRE_SERVER__PORT)`` or ``(in tripwire.toml)``; the variable's value, if the
+        message quotes it, is replaced by ``<not shown>``."""
+        return _locate(message, self.env_keys, self.source_path, self.file_keys, self.env_values)
 
     def check_sections(self, known: Collection[str]) -> None:
         """Refuse a table that is no known section (a typo such as ``[colector]`` would be ignored)."""
@@ -161,10 +170,11 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"Config file '{source}' is not valid TOML: {exc}") from exc
     file_keys = frozenset(_dotted(data))
     env_keys = apply_env(data, environ)
+    env_values = {name: environ[name] for name in env_keys.values()}
     try:
-        return dataclasses.replace(from_dict(data, source, env_keys), file_keys=file_keys)
+        return dataclasses.replace(from_dict(data, source, env_keys), file_keys=file_keys, env_values=env_values)
     except ConfigError as exc:
-        raise ConfigError(_locate(str(exc), env_keys, source, file_keys)) from None
+        raise ConfigError(_locate(str(exc), env_keys, source, file_keys, env_values)) from None
 
 
 def _dotted(data: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -217,7 +227,7 @@ _QUOTED_KEY = re.compile(r"'\[?([A-Za-z_][\w.\-]*)")
 
 
 def _locate(message: str, env_keys: Mapping[str, str], source: Path | None,
-            file_keys: frozenset[str] | None = None) -> str:
+            file_keys: frozenset[str] | None = None, env_values: Mapping[str, str] | None = None) -> str:
     if message.endswith(")") and (" (set by TRIPWIRE_" in message or " (in " in message):
         return message  # already located
     keys = [m.group(1).lower() for m in _QUOTED_KEY.finditer(message)]
@@ -226,14 +236,28 @@ def _locate(message: str, env_keys: Mapping[str, str], source: Path | None,
         for n in range(len(parts), 0, -1):  # the key itself, else the table an override replaced
             name = env_keys.get(".".join(parts[:n]))
             if name is not None:
-                return f"{message} (set by {name})"
+                return f"{_unquote(message, [name], env_values)} (set by {name})"
     for key in keys[:1]:  # a table the overrides created ([sinks] from TRIPWIRE_SINKS__LAKE_URL)
         names = [v for k, v in sorted(env_keys.items()) if k.startswith(key + ".")]
         if names:
-            return f"{message} (set by {', '.join(names)})"
+            return f"{_unquote(message, names, env_values)} (set by {', '.join(names)})"
     if source is None or (file_keys is not None and not any(k in file_keys for k in keys)):
         return message  # a default, or a command-line option (--port): no file to point at
     return f"{message} (in {source})"
+
+
+def _unquote(message: str, names: list[str], env_values: Mapping[str, str] | None) -> str:
+    """``message`` without the values of the variables ``names`` where it quotes them (any room's
+    check may quote the value it refuses; the environment is where deployments keep secrets).
+    Numbers and booleans are left alone: they are not quoted, and cannot be told from the text."""
+    for name in names:
+        text = (env_values or {}).get(name, "")
+        value = _env_value(text)
+        if not text.strip() or isinstance(value, (bool, int, float)):
+            continue
+        for form in {repr(text), repr(text.strip()), repr(value), f"'{text}'", f'"{text}"'}:
+            message = message.replace(form, "<not shown>")
+    return message
 
 
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
@@ -333,7 +357,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise _bad(key, value, "a table")
-        return dict(value)
+        item = (typing.get_args(tp) or (str, Any))[1]
+        return {k: _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:
@@ -372,9 +397,37 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 SECRET_WORDS = ("secret", "key", "salt", "password", "token")  # in a key's last part: its value is not printed
 
 
-def _bad(key: str, value: Any, expected: str) -> ConfigError:
-    name = key.rsplit(".", 1)[-1].split("[", 1)[0].lower()
+def mask_url(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, and ``/***`` if it has more (a path, a query, credentials):
+    a webhook URL's path or query is often its token. ``***`` if it is not a URL with a host."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "***"
+    if not parts.scheme or not host:
+        return "***"
+    base = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{f':{port}' if port is not None else ''}"
+    more = parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc
+    return base + ("/***" if more else parts.path)
+
+
+def _hidden(key: str) -> str | None:
+    """Why the value of ``key`` is never printed in an error, or None."""
+    parts = key.lower().split(".")
+    name = parts[-1].split("[", 1)[0]
     if any(w in name for w in SECRET_WORDS):
+        return "a secret"
+    if "headers" in (name, *parts[:-1]):
+        return "a header value"
+    if parts[0] == "endpoints" and name == "url":
+        return "an endpoint URL"
+    return None
+
+
+def _bad(key: str, value: Any, expected: str) -> ConfigError:
+    why = _hidden(key)
+    if why is not None:
         kind = {_EnvInt: "int", _EnvFloat: "float"}.get(type(value), type(value).__name__)
-        return ConfigError(f"Config '{key}' has a value of type {kind} (not shown: a secret). Not {expected}.")
+        return ConfigError(f"Config '{key}' has a value of type {kind} (not shown: {why}). Not {expected}.")
     return ConfigError(f"Config '{key}' has value {value!r}. Not {expected}.")

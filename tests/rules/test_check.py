@@ -161,3 +161,116 @@ def test_quoted_field_names_read_any_key() -> None:
 def test_short_names_get_no_keyword_suggestion() -> None:
     d = only('rule "r"\n  when A where x B\n  post crm')
     assert "did you mean" not in d.message  # `B` is not a misspelt `by`
+
+
+# what the engine or the trigger encoder cannot run: refused by check, never a traceback ---------
+
+HUGE = "9" * 5000  # past Python's 4,300-digit limit for int(): a lark VisitError traceback before
+
+
+@pytest.mark.parametrize("text, line, column, words", [
+    ('rule "r"\n  when A\n  post crm with { n: 123456789012345678901234567890 }', 3, 22,
+     "integer 123456789012345678901234567890 is outside the 64-bit range"),
+    ('rule "r"\n  when A\n  post crm with { n: 18446744073709551616 }', 3, 22, "outside the 64-bit range"),
+    ('rule "r"\n  when A\n  post crm with { n: [1, -9223372036854775809] }', 3, 26, "outside the 64-bit range"),
+    ('rule "r"\n  when A where properties.n == 99999999999999999999\n  post crm', 2, 32, "outside the 64-bit range"),
+    ('rule "r"\n  when A where properties.n in [1, 99999999999999999999]\n  post crm', 2, 36, "outside the 64-bit range"),
+    (f'rule "r"\n  when A\n  post crm with {{ n: {HUGE} }}', 3, 22, "(5000 digits) is outside the 64-bit range"),
+    (f'rule "r"\n  when A where properties.n == -{"0" * 5000}1{HUGE}\n  post crm', 2, 32, "outside the 64-bit range"),
+    ('rule "r"\n  when A\n  post crm with { n: 1e400 }', 3, 22, "the number 1e400 is too large"),
+    (f'rule "r"\n  when A where properties.n < {HUGE}.5\n  post crm', 2, 31, "is too large"),
+    (f'rule "r"\n  when {HUGE} A within 1m\n  post crm', 2, 8, "(5000 digits) is too large"),
+    (f'rule "r"\n  when A at most {HUGE} times per 1h\n  post crm', 2, 18, "is too large"),
+    (f'rule "r"\n  when A\n  then B within {HUGE}s\n  post crm', 3, 17, "is too large"),
+    ('rule "bad \\ud800 name"\n  when A\n  post crm', 1, 11, '"\\ud800" is half of a UTF-16 surrogate pair'),
+    ('rule "r"\n  when "A\\udfff"\n  post crm', 2, 10, '"\\udfff" is half of a UTF-16 surrogate pair'),
+    ('rule "r"\n  when A where properties.x == "\\uDC00"\n  post crm', 2, 33, '"\\uDC00" is half'),
+    ('rule "r"\n  when A where properties."\\ud800" exists\n  post crm', 2, 28, "surrogate pair"),
+    ('rule "r"\n  when A\n  post crm with { "k\\ud800": 1 }', 3, 21, "surrogate pair"),
+    ('rule "r"\n  when A\n  post crm with { k: ["\\ud83d"] }', 3, 24, "surrogate pair"),
+    ('rule "r"\n  when A where ' + " and ".join(f"properties.a{i} == 1" for i in range(2500)) + "\n  post crm", 2, 16,
+     "this condition has 2499 and/or/not; at most 100"),
+    ('rule "r"\n  when A where ' + "not " * 5000 + "properties.a == 1\n  post crm", 2, 16, "has 5000 and/or/not"),
+])
+def test_check_refuses_what_the_engine_or_the_trigger_encoder_cannot_run(text: str, line: int, column: int, words: str) -> None:
+    d = only(text)
+    assert (d.line, d.column) == (line, column), d.format()
+    assert words in d.message, d.message
+    assert len(d.message) < 300  # a 5000-digit number is not echoed whole
+
+
+def test_numbers_at_the_edges_of_the_encoders_range_are_accepted() -> None:
+    from tripwire.triggers import Trigger
+
+    from .util import ev, run
+
+    text = ('rule "r" when A where properties.n >= -9223372036854775808 and properties.a."\\ud83d\\ude00" exists'
+            ' post crm with { hi: 18446744073709551615, lo: -9223372036854775808, tiny: 1e-400, "k\\u00e9": "\\ud83d\\ude00" }')
+    (m,) = run(text, [ev("A", 0, n=5, a={"😀": 1})])
+    assert m.payload == {"hi": 2**64 - 1, "lo": -(2**63), "tiny": 0.0, "ké": "😀"}
+    Trigger("t", "r", "crm", "k", "2024-01-01T00:00:00.000Z", [], m.payload).to_json()
+
+
+@pytest.mark.parametrize("written", [f"{HUGE}w", f"{HUGE}h30m", f"1h{HUGE}m", f"{HUGE} seconds", f"{HUGE}.5h"])
+def test_a_malformed_huge_duration_gets_a_message_not_a_traceback(written: str) -> None:
+    d = only(f'rule "r"\n  when A\n  then B within {written}\n  post crm')
+    assert (d.line, d.column) == (3, 17) and "duration" in d.message and len(d.message) < 300, d.message
+
+
+def test_rules_check_never_prints_a_traceback(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tripwire.cli.main import main
+
+    bad = tmp_path / "bad.rules"
+    bad.write_text(f'rule "big"\n  when A\n  post crm with {{ n: {HUGE} }}\n'
+                   'rule "bad \\ud800 name"\n  when A\n  post crm\n'
+                   'rule "ok"\n  when A\n  post crm\n')
+    assert main(["rules", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:3:22: the integer 99999" in err and f"{bad}:4:11: " in err
+    assert "Traceback" not in err and "2 error(s)" in err
+
+
+def test_a_long_field_path_compiles_and_matches() -> None:
+    from .util import ev, run
+
+    deep = ".".join(["a"] * 600)  # the generated predicate read its prefixes recursively: RecursionError
+    value: object = 7
+    for _ in range(599):
+        value = {"a": value}
+    text = f'rule "r" when A where properties.{deep} == 7 post crm with {{ v: properties.{deep} }}'
+    (m,) = run(text, [ev("A", 0, a=value), ev("A", 1, a={"a": 7})])
+    assert m.payload == {"v": 7}
+
+
+@pytest.mark.parametrize("condition, column, words", [
+    ("properties.z == null", 16, "`properties.z == null` is never true: null counts as missing; write `properties.z does not exist`"),
+    ("null != properties.z", 16, "`null != properties.z` is never true: null counts as missing; write `properties.z exists`"),
+    ("properties.z < null", 16, "is never true: null counts as missing"),
+    ('properties."a b" starts with null', 16, '`properties."a b" starts with null` is never true'),
+    ('properties.z in ["a", null]', 38, "null in a list never matches (null counts as missing)"),
+])
+def test_a_comparison_with_null_is_a_warning(condition: str, column: int, words: str) -> None:
+    plans, ds = compile_text(f'rule "r"\n  when A where {condition}\n  post crm', "cart.rules", endpoints={"crm"})
+    (d,) = ds
+    assert plans and d.severity == "warning" and (d.line, d.column) == (2, column), d.format()
+    assert words in d.message
+
+
+def test_the_engine_loader_reports_such_a_file_and_runs_the_others(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A 4,300+ digit number made the loader raise: the engine stopped, at every restart.
+    import os
+
+    from tripwire.rules.reload import RuleSet
+
+    good, bad = tmp_path / "a.rules", tmp_path / "b.rules"
+    good.write_text('rule "good" when A post crm\n')
+    bad.write_text(f'rule "bad" when A post crm with {{ n: {HUGE} }}\nrule "bad \\ud800" when A post crm\n')
+    rules = RuleSet(tmp_path, {"crm"}, "error")
+    rules.scan()
+    assert [r.name for r in rules.plan.rules] == ["good"]
+    assert [(d.line, d.column) for d in rules.broken()[str(bad)]] == [(1, 38), (2, 11)]
+    good.write_text(f'rule "good" when A where properties.n == {HUGE} post crm\n')  # hot reload: now broken
+    os.utime(good, ns=(1, 1))
+    rules.scan()
+    assert [r.name for r in rules.plan.rules] == ["good"]  # the last good version keeps running
+    assert str(good) in rules.broken()

@@ -288,7 +288,7 @@ def test_explain_warns_that_negations_do_not_match_missing_fields(tmp_path: Path
     code, out, _ = run(["rules", "explain", str(rules)], capsys)
     assert code == 0
     assert 'properties.plan is not "pro" and properties.c is missing (or null)' in out
-    assert "A comparison with a missing field is never true, not even under `not`, `!=` or `not in`." in out
+    assert "A comparison with a missing or null field is never true, not even under `not`, `!=` or `not in`." in out
 
 
 def test_backtest_on_the_lake_gives_numbers_as_the_events_had_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

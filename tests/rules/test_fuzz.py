@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tripwire.rules.catalog import EventCatalog
 from tripwire.rules.compiler import compile_text
 
 SEEDS = [
@@ -17,12 +18,20 @@ SEEDS = [
 TOKENS = ["rule", "when", "then", "no", "as", "where", "within", "by", "at", "most", "once", "twice", "times", "per",
           "post", "with", "and", "or", "not", "in", "contains", "starts", "ends", "exists", "does", "exist", "true",
           "false", "null", "(", ")", "[", "]", "{", "}", ",", ":", ".", "==", "!=", "<", "<=", ">", ">=", "=", "'",
-          '"', '"x"', "10s", "5", "-3.5e2", "A", "cart", "properties", "$page", "#c\n", "\n", " ", "\t", "\\", "é", "\x00"]
+          '"', '"x"', "10s", "5", "-3.5e2", "A", "cart", "properties", "$page", "#c\n", "\n", " ", "\t", "\\", "é", "\x00",
+          # what the engine or the trigger encoder cannot carry: refused with a message, never a traceback
+          '"\\ud800"', '"\\udc00x"', "9" * 5000, "9" * 5000 + "s", "9" * 5000 + "w", "1e400", "18446744073709551616"]
+
+
+# the catalog checks run on whatever compiles (names of the seeds and tokens above)
+CATALOG = EventCatalog({"A": {"properties": {"a": {"type": "number"}, "p": {"enum": ["x", 1]}}}, "B": None,
+                        "Checkout": {"properties": {"c": {"anyOf": [{"type": "string"}, {"const": None}]}}}},
+                       {"properties": {"plan": {"type": ["string", "null"]}}})
 
 
 def check(text: str) -> None:
     lines = text.split("\n")
-    _, diagnostics = compile_text(text, "fuzz.rules", endpoints={"crm"})
+    _, diagnostics = compile_text(text, "fuzz.rules", endpoints={"crm"}, catalog=CATALOG)
     for d in diagnostics:
         assert d.file == "fuzz.rules"
         assert isinstance(d.line, int) and isinstance(d.column, int)

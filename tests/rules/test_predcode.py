@@ -30,6 +30,9 @@ RULES = [
     'rule "p" when X where not (properties.other not in ["y", 2]) and not (properties.n in [1, 2]) post crm',
     'rule "q" when X where not (properties.name starts with "a" or properties.name ends with "b") post crm',
     'rule "r" when X where not (properties.tags contains "x" and userId exists) post crm',
+    'rule "s" when X where not (properties.a == properties.b) or properties.z != null or not (properties.z == null) post crm',
+    'rule "t" when X where not (properties.n < properties.total) and not (properties.name contains properties.q) post crm',
+    'rule "u" when X as a then Y where not (properties.sku != a.properties.sku) and properties.n != 3 within 1m post crm',
 ]
 
 values = st.recursive(

@@ -146,6 +146,19 @@ def test_cooldown_suppresses_complete_matches_within_the_period() -> None:
     assert engine.stats.suppressed == 1
 
 
+def test_a_cooldown_period_excludes_its_end() -> None:
+    # `at most once per 5m`: any 5 minutes hold one trigger, counted as [t, t + 5m); so a match
+    # exactly 5 minutes after a trigger fires, one a millisecond earlier is suppressed.
+    text = 'rule "r" when A at most once per 5m post crm'
+    got = run(text, [ev("A", 0, mid="a1"), ev("A", 299.999, mid="a2"), ev("A", 300, mid="a3"), ev("A", 600, mid="a4")])
+    assert ids(got) == [["a1"], ["a3"], ["a4"]]
+    absence = ABANDONED.replace("post crm", "at most once per 5m\n  post crm")
+    events = [ev("AddToCart", 0, mid="c1"), ev("AddToCart", 40, mid="c2"), ev("AddToCart", 300, mid="c3")]
+    engine = Engine(plan_of(absence), 0)
+    got = feed(engine, events, until_s=1000)  # absences fire at 30s, 70s (suppressed) and 330s: 300s after
+    assert ids(got) == [["c1"], ["c3"]] and engine.stats.suppressed == 1
+
+
 def test_cooldown_n_times() -> None:
     text = 'rule "r" when A at most 2 times per 1h post crm'
     got = run(text, [ev("A", i) for i in range(5)])
@@ -201,6 +214,49 @@ def test_predicates() -> None:
     for cond, props, expected in cases:
         text = f'rule "p" when A where {cond} post crm'
         assert (len(run(text, [ev("A", 0, **props)])) == 1) is expected, cond
+
+
+def test_null_counts_as_missing_in_every_comparison() -> None:
+    # Two events with `sku: null` were "equal", and `!=`, `not in` and `not` held for a null field,
+    # while `exists` treats null as absent and LANGUAGE.md says missing fields never match.
+    cases = [
+        ('properties.n == null', {"n": None}, False),
+        ('properties.n != null', {"n": 1}, False),  # a comparison with null is never true
+        ('properties.n != "a"', {"n": None}, False),
+        ('properties.n != 1', {"n": None}, False),
+        ('not properties.n == "a"', {"n": None}, False),
+        ('not properties.n < 5', {"n": None}, False),
+        ('not (properties.n contains "a")', {"n": None}, False),
+        ('not (properties.n starts with "a")', {"n": None}, False),
+        ('properties.n not in ["a", 1]', {"n": None}, False),
+        ('properties.n in ["a", null]', {"n": None}, False),
+        ('not (properties.n in ["a"])', {"n": None}, False),
+        ('properties.n not in ["a", null]', {"n": "b"}, True),  # a null in the list is never equal
+        ('properties.tags contains "a"', {"tags": [None, "a"]}, True),  # null elements of a list are values
+        ('properties.n == null or properties.a == 1', {"n": None, "a": 1}, True),
+        ('properties.n does not exist', {"n": None}, True),
+        ('properties.a == properties.n', {"a": None, "n": None}, False),
+        ('not (properties.a != properties.n)', {"a": None, "n": None}, False),
+    ]
+    for cond, props, expected in cases:
+        text = f'rule "p" when A where {cond} post crm'
+        assert (len(run(text, [ev("A", 0, **props)])) == 1) is expected, cond
+    text = """rule "same sku" when AddToCart as cart
+      then Checkout where properties.sku == cart.properties.sku within 1m post crm"""
+    assert run(text, [ev("AddToCart", 0, sku=None), ev("Checkout", 1, sku=None)]) == []
+    assert run(text, [ev("AddToCart", 0), ev("Checkout", 1)]) == []
+    assert len(run(text, [ev("AddToCart", 0, sku="s1"), ev("Checkout", 1, sku="s1")])) == 1
+
+
+def test_explain_says_null_counts_as_missing() -> None:
+    from tripwire.rules.explain import explain
+
+    text = """rule "same sku" when AddToCart as cart
+      then Checkout where properties.sku == cart.properties.sku within 1m post crm"""
+    said = explain(plan_of(text).rules[0])
+    assert "A comparison with a missing or null field is never true" in said
+    assert "two null fields are not equal" in said
+    assert "null" not in explain(plan_of('rule "r" when A post crm').rules[0])
 
 
 def test_nested_context_and_top_level_fields() -> None:

@@ -80,7 +80,7 @@ def test_config_check_refuses_a_broker_address_written_as_a_url(tmp_path: Path) 
     env = {"TRIPWIRE_LOG__BACKEND": "kafka", "TRIPWIRE_LOG__KAFKA_BOOTSTRAP": "kafka://127.0.0.1:9092"}
     done = tripwire(["config", "check"], cwd=tmp_path, env=env)
     assert done.returncode == 2
-    assert "'log.kafka_bootstrap' is 'kafka://127.0.0.1:9092': write host:port without kafka://" in done.stderr
+    assert "'log.kafka_bootstrap' is <not shown>: write host:port without kafka://" in done.stderr  # an env value
     assert done.stderr.strip().endswith("(set by TRIPWIRE_LOG__KAFKA_BOOTSTRAP)")
 
 
@@ -153,9 +153,35 @@ def test_config_show_masks_secrets_inside_tables_and_urls() -> None:
         "endpoints": {"crm": {"url": "https://crm.example/h?token=tok-123", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                               "headers": {"Authorization": "Bearer abc123xyz", "X-Api-Key": "k-999", "X-Team": "growth"}}},
     }))
-    for secret in ("AKIAEXAMPLE", "s3cr3t-value", "pa55word", "tok-123", "MfKQ9r8", "abc123xyz", "k-999"):
+    for secret in ("AKIAEXAMPLE", "s3cr3t-value", "pa55word", "tok-123", "MfKQ9r8", "abc123xyz", "k-999", "growth"):
         assert secret not in text
-    assert 'endpoint_url = "http://minio:9000"' in text and 'X-Team = "growth"' in text  # the rest stays readable
+    assert 'endpoint_url = "http://minio:9000"' in text  # the rest stays readable
+    assert 'url = "https://crm.example/***"' in text and 'X-Team = "***"' in text  # header names stay
+
+
+def test_config_show_masks_endpoint_paths_and_every_header_value() -> None:
+    from tripwire.cli.config import render
+
+    text = render(from_dict({"endpoints": {"slack": {
+        "url": "https://hooks.slack.com/services/T000/B000/abcSLACKTOKENabc",
+        "headers": {"X-Custom-Auth": "tok-custom-1", "X-Trace": "tok-trace-2"}}}}))
+    for secret in ("abcSLACKTOKENabc", "T000", "tok-custom-1", "tok-trace-2"):
+        assert secret not in text
+    assert 'url = "https://hooks.slack.com/***"' in text
+    assert 'headers = {X-Custom-Auth = "***", X-Trace = "***"}' in text
+
+
+def test_a_malformed_headers_variable_is_named_and_never_printed(tmp_path: Path) -> None:
+    env = {"TRIPWIRE_ENDPOINTS__CRM__URL": "https://crm.example/hooks/T000/B000/tok-url-77",
+           "TRIPWIRE_ENDPOINTS__CRM__SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+           "TRIPWIRE_ENDPOINTS__CRM__HEADERS": '{X-Custom-Auth = "tok-raw-123"'}
+    for command in (["config", "check"], ["config", "show"]):
+        done = tripwire(command, cwd=tmp_path, env=env)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert "'endpoints.crm.headers'" in done.stderr and "TRIPWIRE_ENDPOINTS__CRM__HEADERS" in done.stderr
+        assert "Traceback" not in done.stderr
+        for secret in ("tok-raw-123", "tok-url-77", "MfKQ9r8"):
+            assert secret not in done.stderr + done.stdout, command
 
 
 @pytest.mark.parametrize(("catalog", "message"), [
@@ -229,7 +255,7 @@ def test_a_data_dir_that_cannot_be_used_is_one_line(tmp_path: Path, command: lis
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"tripwire: Config 'data_dir' has value '{tmp_path / 'file' / 'data'}': cannot create it "
+        "tripwire: Config 'data_dir' has value <not shown>: cannot create it "  # the variable's value: not echoed
         "(Not a directory) (set by TRIPWIRE_DATA_DIR)")
 
 

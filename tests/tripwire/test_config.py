@@ -197,7 +197,7 @@ def test_errors_say_where_the_bad_value_was_set(tmp_path: Path) -> None:
     assert str(info.value).endswith(f"(in {path})")
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={"TRIPWIRE_SERVER__PORT": "abc"})
-    assert "'server.port' has value 'abc'" in str(info.value)
+    assert "'server.port' has value <not shown>" in str(info.value)  # no error echoes an environment value
     assert str(info.value).endswith("(set by TRIPWIRE_SERVER__PORT)")
     config = load_config(write(tmp_path, "[collector]\nstrict = true\n"),
                          environ={"TRIPWIRE_COLLECTOR__PORT": "abc", "TRIPWIRE_SOURCES__WEB__WRITE_KEY": "7"})
@@ -267,3 +267,57 @@ def test_a_string_key_from_the_environment_keeps_its_text_even_when_it_looks_lik
 
     web = load_sources(load_config(None, environ={"TRIPWIRE_SOURCES__WEB__WRITE_KEY": "1234567890"}))
     assert list(web) == ["1234567890"]
+
+
+# secrets: endpoint URLs and header values ------------------------------------------------------
+
+
+def test_mask_url_keeps_scheme_and_host_only() -> None:
+    from tripwire.config import mask_url
+
+    assert mask_url("https://hooks.slack.com/services/T000/B000/XXXXSLACK") == "https://hooks.slack.com/***"
+    assert mask_url("https://crm.example/h?token=tok-123") == "https://crm.example/***"
+    assert mask_url("http://user:pa55@crm.example:8443/x") == "http://crm.example:8443/***"
+    assert mask_url("https://crm.example") == "https://crm.example" and mask_url("https://crm.example/") == "https://crm.example/"
+    assert mask_url("crm.example/T000/XXXX") == "***" and mask_url("http://[::1/x") == "***"
+
+
+@pytest.mark.parametrize(("environ", "var"), [
+    ({"TRIPWIRE_ENDPOINTS__CRM__URL": "https://crm.example/T000/B000/tok-env-123",
+      "TRIPWIRE_ENDPOINTS__CRM__HEADERS": '{X-Custom-Auth = "tok-raw-123"'}, "TRIPWIRE_ENDPOINTS__CRM__HEADERS"),
+    ({"TRIPWIRE_ENDPOINTS__CRM__URL": "https://crm.example/T000/B000/tok-env-123",
+      "TRIPWIRE_ENDPOINTS__CRM__HEADERS": '{X-Custom-Auth = 123}'}, "TRIPWIRE_ENDPOINTS__CRM__HEADERS"),
+    ({"TRIPWIRE_ENDPOINTS__CRM__URL": "https://crm.example/T000/B000/tok-env-123",
+      "TRIPWIRE_ENDPOINTS__CRM__CONCURRENCY": "tok-raw-123"}, "TRIPWIRE_ENDPOINTS__CRM__CONCURRENCY"),
+    ({"TRIPWIRE_ENDPOINTS__CRM": "tok-raw-123"}, "TRIPWIRE_ENDPOINTS__CRM"),
+])
+def test_no_config_error_echoes_an_environment_value_or_a_header(environ: dict[str, str], var: str) -> None:
+    from tripwire.triggers import endpoints
+
+    config = load_config(None, environ=environ)
+    with pytest.raises(ConfigError) as info:
+        endpoints(config)
+    message = config.locate(str(info.value))
+    assert "'endpoints.crm" in message and message.endswith(f"(set by {var})"), message
+    for secret in ("tok-raw-123", "tok-env-123", "123}"):
+        assert secret not in message
+
+
+def test_a_header_value_of_the_wrong_type_is_named_but_not_printed(tmp_path: Path) -> None:
+    from tripwire.triggers import endpoints
+
+    path = write(tmp_path, '[endpoints.crm]\nurl = "https://crm.example/hook"\nheaders = { X-Custom-Auth = 31337 }\n')
+    config = load_config(path, environ={})
+    with pytest.raises(ConfigError) as info:
+        endpoints(config)
+    message = config.locate(str(info.value))
+    assert message.startswith("Config 'endpoints.crm.headers.X-Custom-Auth' has a value of type int (not shown")
+    assert "31337" not in message and message.endswith(f"(in {path})")
+
+
+def test_string_values_from_the_environment_are_not_echoed_by_any_check() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"TRIPWIRE_LOG__BACKEND": "kafka-tok-raw-123"})
+    message = str(info.value)
+    assert message == ("Config 'log.backend' has value <not shown>. Expected 'sqlite' or 'kafka'. "
+                       "(set by TRIPWIRE_LOG__BACKEND)")

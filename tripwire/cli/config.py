@@ -1,6 +1,7 @@
 """``tripwire config show|check``: the effective configuration, every key with its value.
 
-Secrets (write keys, webhook secrets, S3 credentials, the PII salt) are masked.
+Secrets (write keys, webhook secrets, S3 credentials, the PII salt) are masked, and so are
+every header value and the path and query of endpoint URLs (scheme and host are kept).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from typing import Any
 
 from tripwire.collector.config import CollectorConfig
-from tripwire.config import SECRET_WORDS, Config, ConfigError, LogConfig, ServerConfig  # SECRET_WORDS: masked here
+from tripwire.config import SECRET_WORDS, Config, ConfigError, LogConfig, ServerConfig, mask_url  # SECRET_WORDS: masked here
 from tripwire.logs import LoggingConfig, redact
 from tripwire.metrics import MetricsConfig
 from tripwire.rules.config import RulesConfig
@@ -49,9 +50,11 @@ def sections(config: Config) -> dict[str, Any]:
 
 
 def _mask(key: str, value: Any) -> Any:
-    """``value`` with secrets masked: by its key's name (also inside tables such as webhook headers
-    and storage options), and credentials or tokens inside strings (URLs)."""
+    """``value`` with secrets masked: by its key's name (also inside tables such as storage
+    options), and credentials or tokens inside strings (URLs)."""
     name = key.lower()
+    if name == "headers":  # any header may carry a credential, whatever its name (X-Custom-Auth)
+        return {k: "***" for k in value} if isinstance(value, dict) else "***"
     secret = any(w in name for w in (*SECRET_WORDS, "authorization")) and not name.endswith("_path")
     if isinstance(value, str):
         return "***" if secret and value else redact(value, ips=False)
@@ -86,11 +89,16 @@ def render(config: Config) -> str:
         for f in dataclasses.fields(section):
             lines.append(f"{f.name} = {_toml(_mask(f.name, getattr(section, f.name)))}")
         lines.append("")
+    from tripwire.triggers import endpoints
+
+    endpoints(config)  # checked first: a malformed value is a config error (naming the key), never printed
     for table in TABLES:
         for name, values in config.table(table).items():
             lines.append(f"[{table}.{_key(name)}]")
             for k, v in dict(values).items():
-                lines.append(f"{k} = {_toml(_mask(k, v))}")
+                # an endpoint's URL path or query is often its token (Slack's /hooks/T000/B000/XXXX)
+                shown = mask_url(v) if table == "endpoints" and k == "url" and isinstance(v, str) else _mask(k, v)
+                lines.append(f"{k} = {_toml(shown)}")
             lines.append("")
     return "\n".join(lines)
 

@@ -19,13 +19,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
 
     paths_help = "rule files, or directories whose *.rules files are read (as the engine does)"
+    # also after the sub-command (`rules check --config tripwire.toml rules/`); SUPPRESS keeps the
+    # global option's value when this one is not given
+    config_help = "tripwire.toml to read: endpoints, and the event catalog ([collector] catalog) to check against"
     check = rules_sub.add_parser(
         "check", help="report every error as file:line:col (exit 1 on errors)",
         description="Parse and compile rule files the way the engine does. Each problem is printed as "
                     "file:line:col: message, with the line and a caret. A post to an endpoint missing from the "
                     "config is an error when a config file is in use (--config, $TRIPWIRE_CONFIG or "
-                    "./tripwire.toml), a warning otherwise. Exit 0: no errors; 1: errors.")
+                    "./tripwire.toml), a warning otherwise. With an event catalog in the config, events it "
+                    "does not list, properties it does not list and comparisons its types rule out are "
+                    "warnings. Exit 0: no errors; 1: errors.")
     check.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
+    check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.set_defaults(handler=check_command)
 
@@ -35,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "payload, and how it matches (see rules/LANGUAGE.md). Errors are printed as by check "
                     "(exit 1).")
     explain.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
+    explain.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
     explain.set_defaults(handler=explain_command)
 
     bt = rules_sub.add_parser(
@@ -102,8 +109,9 @@ def _unread(paths: list[str]) -> list[str]:
 
 def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[object, int, int]:
     """Compile everything, print diagnostics to stderr; (plan, errors, warnings)."""
+    from tripwire.rules.catalog import rules_catalog
     from tripwire.rules.compiler import build_plan, compile_text
-    from tripwire.rules.errors import Diagnostic
+    from tripwire.rules.errors import Diagnostic, RulesError
     from tripwire.rules.parser import decode_rules
     from tripwire.rules.service import endpoint_policy
 
@@ -119,6 +127,12 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
         else:
             warnings += 1
     names, severity = endpoint_policy(config)
+    catalog = None
+    try:
+        catalog = rules_catalog(config)
+    except RulesError as exc:
+        print(f"tripwire: warning: {exc}; catalog checks skipped", file=sys.stderr)
+        errors, warnings = (errors + 1, warnings) if strict else (errors, warnings + 1)
     compiled = []
     for f in files:
         try:
@@ -132,7 +146,7 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
             print(bad.format(), file=sys.stderr)
             errors += 1
             continue
-        plans, diagnostics = compile_text(text, str(f), endpoints=names, endpoint_severity=severity)
+        plans, diagnostics = compile_text(text, str(f), endpoints=names, endpoint_severity=severity, catalog=catalog)
         compiled.append(plans)
         if not plans and not diagnostics:
             diagnostics = [Diagnostic(str(f), 1, 1, "the file defines no rules (it is empty or only comments)", "warning")]
