@@ -7,7 +7,7 @@ import re
 
 from lark import Lark
 
-UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+from tripwire.config import DURATION_UNITS_MS as UNITS_MS
 DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")  # the DURATION terminal of grammar.lark
 
 

@@ -36,6 +36,20 @@ class ConfigError(ValueError):
     """A config key is missing, unknown or has a value of the wrong kind."""
 
 
+# Durations are written as in the rule language: a whole number and a unit.
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)\Z")
+
+
+def duration_ms(key: str, value: object) -> int:
+    """``value`` ("500ms", "30s", "10m", "24h", "7d") in milliseconds; a ConfigError naming ``key`` otherwise."""
+    m = _DURATION.match(value.strip()) if isinstance(value, str) else None
+    if m is None:
+        raise ConfigError(f"Config '{key}' has value {value!r}. Not a duration: write a whole number and a unit, "
+                          "ms, s, m, h or d (\"30s\", \"24h\").")
+    return int(m.group(1)) * DURATION_UNITS_MS[m.group(2)]
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
