@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import zlib
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +66,26 @@ def parse_event_time(env: dict[str, Any]) -> int | None:
 
 
 # messageIds ----------------------------------------------------------------------------------
+# The duplicate memory holds, per messageId, ``t << TIME_SHIFT | fingerprint << 64 | offset``. The
+# fingerprint (30 bits, never 0; 0 marks ids stored before fingerprints existed and matches any)
+# is of the event's source and log key: a messageId repeats an event only for the same source and
+# key, so a visitor who reuses or guesses another's id cannot suppress it.
+TIME_SHIFT = 94
+FP_MASK = (1 << 30) - 1
+_SOURCE_CRC: dict[str, int] = {}
+
+
+def key_fp(source: Any, key: str) -> int:
+    """Fingerprint of (source, log key): ``zlib.crc32`` folded to 30 bits, never 0."""
+    base = _SOURCE_CRC.get(source) if type(source) is str else None
+    if base is None:
+        text = source if type(source) is str else repr(source)
+        base = zlib.crc32(text.encode("utf-8", "surrogatepass"))
+        if type(source) is str and len(_SOURCE_CRC) < 4096:
+            _SOURCE_CRC[source] = base
+    return (zlib.crc32(key.encode("utf-8", "surrogatepass"), base) & FP_MASK) | 1
+
+
 # A canonical UUID messageId (36 characters, lowercase hex and dashes: what analytics clients
 # send) is remembered as its 128-bit integer (44 bytes instead of an 85-byte string) in the
 # duplicate memory and in compact pending states; any other messageId stays the string it is.
@@ -77,11 +98,13 @@ def compact_mid(mid: str) -> int | str:
     return int(mid.replace("-", ""), 16) if _CANONICAL_UUID(mid) else mid
 
 
-def mid_text(mid: int | str) -> str:
-    """The messageId :func:`compact_mid` was given."""
+def mid_text(mid: int | str | tuple[int | str, int]) -> str:
+    """The messageId :func:`compact_mid` was given (also from the ``(compact id, fingerprint)`` form)."""
     if type(mid) is int:
         h = f"{mid:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    if type(mid) is tuple:
+        return mid_text(mid[0])
     return mid  # type: ignore[return-value]
 
 
@@ -116,5 +139,16 @@ def decode_rule_state(data: bytes, state_cls: Any, run_cls: Any) -> Any:
     return rs
 
 
-def snapshot_bytes(max_t: int, watermark: int, seen: dict[str, int], states: dict[tuple[str, str], bytes]) -> bytes:
-    return pickle.dumps({"max_t": max_t, "watermark": watermark, "seen": seen, "states": states}, protocol=5)
+def snapshot_bytes(max_t: int, watermark: int, seen: list[tuple[str, int, int]], states: dict[tuple[str, str], bytes],
+                   old: dict[str, Any] | None = None) -> bytes:
+    """A partition: ``seen`` as (messageId, event time, fingerprint), the long memory ``old``
+    (:meth:`rules.dedup.OldIds.dump`). Snapshots written before fingerprints hold ``seen`` as a
+    dict messageId -> time; :func:`seen_entries` reads both."""
+    return pickle.dumps({"max_t": max_t, "watermark": watermark, "seen": seen, "states": states, "old": old}, protocol=5)
+
+
+def seen_entries(seen: Any) -> list[tuple[str, int, int]]:
+    """(messageId, time, fingerprint) from a snapshot's or journal's ``seen`` (old form: fingerprint 0)."""
+    if isinstance(seen, dict):
+        return [(m, t, 0) for m, t in seen.items()]
+    return [e if len(e) == 3 else (e[0], e[1], 0) for e in seen]

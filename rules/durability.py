@@ -63,7 +63,7 @@ class EmbeddedDurability:
         loaded = await asyncio.to_thread(self.store.load, p)
         self.engine.load_partition(
             p, loaded.max_t, loaded.watermark, loaded.seen,
-            ((sk, self.engine.decode_state(data)) for sk, data in loaded.states),
+            ((sk, self.engine.decode_state(data)) for sk, data in loaded.states), loaded.old,
         )
         return loaded.offset
 

@@ -34,41 +34,74 @@ stored; they are rebuilt from the states on restore.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from heapq import heappop as _heappop
-from typing import Any
+from typing import Any, NamedTuple
 
-from .codec import (compact_mid, decode_rule_state, encode_rule_state, loads_state, mid_text, parse_event_time,
-                    snapshot_bytes)
+from .codec import (FP_MASK, TIME_SHIFT, compact_mid, decode_rule_state, encode_rule_state, key_fp, loads_state,
+                    mid_text, parse_event_time, seen_entries, snapshot_bytes)
+from .dedup import OldIds, id_hash
 from .matching import Matcher
 from .partition import (NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, pack,
                         slim_of, wheel_entries)
 from .plan import Plan, RulePlan
 from .predicates import env_getter
 
-__all__ = ["NEG_INF", "Engine", "EngineStats", "Match", "RuleState", "Run", "parse_event_time"]
+__all__ = ["NEG_INF", "Engine", "EngineStats", "Match", "Quarantine", "RuleState", "Run", "parse_event_time"]
+
+logger = logging.getLogger(__name__)
+
+_RECENT_MIN_MS = 300_000
+_OLD_LOOKUP_MS = 120_000  # an event this close to (or below) the recent span's floor may repeat one moved out of it
+
+
+class Quarantine(NamedTuple):
+    """A rule that raised while running, and stopped."""
+
+    name: str
+    file: str
+    line: int
+    message_id: str | None
+    error: str
 
 
 class Engine(Matcher, PartitionTimers):
     def __init__(self, plan: Plan, allowed_lateness_ms: int = 5000, *, track_dirty: bool = False,
-                 dedup_window_ms: int = 300_000) -> None:
-        # messageIds are remembered while their event time is within max(longest rule horizon,
-        # dedup_window_ms) of the watermark; an older copy is late anyway.
-        self.dedup_window_ms = dedup_window_ms
-        self.track_dirty = track_dirty  # remember changed (rule, key) states for incremental saving
+                 grace_ms: int = 0, max_lateness_ms: int | None = None, dedup_window_ms: int = 86_400_000,
+                 dedup_max_ids: int = 4_000_000) -> None:
         self.lateness = allowed_lateness_ms
+        self.grace_ms = grace_ms
+        # messageIds are remembered for dedup_window_ms (at most dedup_max_ids per partition); an event
+        # older than that is never matched, so max lateness is capped by it.
+        self.dedup_window_ms = dedup_window_ms
+        self.dedup_max_ids = dedup_max_ids
+        self.max_lateness_ms = dedup_window_ms if max_lateness_ms is None else min(max_lateness_ms, dedup_window_ms)
+        self.track_dirty = track_dirty  # remember changed (rule, key) states for incremental saving
         self.partitions: dict[int, PartitionState] = {}
         self.stats = EngineStats()
         self.suppressed_by_rule: Counter[str] = Counter()
+        self.errors_by_rule: Counter[str] = Counter()
+        self.late_cancels_by_rule: Counter[str] = Counter()
+        self.too_late_by_source: Counter[str] = Counter()
+        self.too_late_age: dict[str, int] = {}  # source -> oldest age (ms behind the watermark) refused
+        self.quarantined: dict[str, Quarantine] = {}  # rule uid -> why it stopped
         self.set_plan(plan)
 
     # plan changes (hot reload) -------------------------------------------------
 
     def set_plan(self, plan: Plan) -> None:
-        """Switch rules. State of rules whose uid is unchanged is kept; the rest is dropped."""
+        """Switch rules. State of rules whose uid is unchanged is kept; the rest is dropped. Quarantined rules
+        stay out while their uid (their meaning) is unchanged."""
+        self.quarantined = {uid: q for uid, q in self.quarantined.items() if plan.rule(uid) is not None}
         self.plan = plan
+        if self.quarantined:
+            plan = Plan.build(tuple(r for r in plan.rules if r.uid not in self.quarantined))
         self._rules = {r.uid: r for r in plan.rules}
+        # Ids are kept exactly while a pending state may read them: the longest window, plus the grace
+        # and the lateness before its timer fires, plus a minute of slack.
+        self.recent_ms = max(plan.horizon_ms + self.grace_ms + self.lateness + 60_000, _RECENT_MIN_MS)
         self._index(plan)
         for ps in self.partitions.values():
             for uid in [u for u in ps.rules if u not in self._rules]:
@@ -113,7 +146,7 @@ class Engine(Matcher, PartitionTimers):
         return ps
 
     def _new_partition(self, p: int) -> PartitionState:
-        ps = PartitionState(p)
+        ps = PartitionState(p, self.grace_ms)
         self._prepare(ps)
         return ps
 
@@ -146,9 +179,13 @@ class Engine(Matcher, PartitionTimers):
                 return out
         ps = self.partitions.get(partition) or self.partition(partition)
         if t < ps.watermark:
+            # Behind the watermark: still matched (every time bound is checked on event times), unless
+            # older than max lateness or than what the duplicate memory covers (a retry could fire twice).
+            if t < ps.watermark + self.lateness - self.max_lateness_ms or (ps.old.floor is not None and t < ps.old.floor):
+                self._too_late(ps, env, t)
+                return out
             stats.late += 1
-            return out
-        if t > ps.max_t:
+        elif t > ps.max_t:
             ps.max_t = t
             wm = t - self.lateness
             if wm > ps.watermark:
@@ -172,18 +209,31 @@ class Engine(Matcher, PartitionTimers):
         if type(mid) is not str and not isinstance(mid, str):
             stats.errors += 1
             return out
-        seen = ps.seen
-        cmid = compact_mid(mid)
-        if cmid in seen:
-            stats.duplicates += 1
-            return out
-        seen[cmid] = tp = t << 64 | offset  # partition.pack; a compact state holds cmid and finds tp here
-        if self.track_dirty:
-            ps.new_seen.append((mid, t))
         anonymous_id = env.get("anonymousId")
         log_key = anonymous_id or env.get("userId")
+        # A messageId repeats an event only for the same source and key (fp); another visitor's
+        # reuse of the id is remembered beside it, under (id, fp).
+        fp = key_fp(env.get("source"), log_key if type(log_key) is str else "")
+        seen = ps.seen
+        cmid: Any = compact_mid(mid)
+        e = seen.get(cmid)
+        if e is not None:
+            efp = (e >> 64) & FP_MASK
+            if efp == fp or efp == 0:
+                stats.duplicates += 1
+                return out
+            cmid = (cmid, fp)
+            if cmid in seen:
+                stats.duplicates += 1
+                return out
+        elif t < ps.seen_floor + _OLD_LOOKUP_MS and (t, id_hash(cmid, fp)) in ps.old:
+            stats.duplicates += 1  # a retry of an event older than the recent span
+            return out
+        seen[cmid] = tp = t << TIME_SHIFT | fp << 64 | offset  # partition.pack; a compact state finds tp here
+        if self.track_dirty:
+            ps.new_seen.append((mid, t, fp))
         followers, always, by_value = disp
-        # A rule must never take the engine down: any error in one rule's step is counted and skipped.
+        # A rule must never take the engine down: an error in one rule's step quarantines that rule.
         if followers is not None:
             # Later steps only matter where a run of that rule is pending for this key. The same key
             # serves every rule when the event has an anonymousId; else rules `by anonymousId` skip it.
@@ -200,7 +250,14 @@ class Engine(Matcher, PartitionTimers):
                                 self._follow_compact(ps, rule, per, key, rs, env, mid, t, offset, out)
                             else:
                                 self._follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
-                        except Exception:  # noqa: BLE001
+                        except Exception as exc:  # noqa: BLE001
+                            self._rule_failed(rule, mid, exc)
+                if ps.fired:
+                    fired = ps.fired.get(key)
+                    if fired:
+                        try:
+                            self._late_cancels(ps, name, key, fired, env, t)
+                        except Exception:  # noqa: BLE001 - counting only; the rule's own errors surface when it runs
                             stats.errors += 1
         if always is not None:
             for entry in always:
@@ -210,8 +267,8 @@ class Engine(Matcher, PartitionTimers):
                         pred = entry[3]
                         if pred is None or pred(env, ()) is True:
                             self._start(ps, entry[0], key, env, mid, t, tp, cmid, out)
-                    except Exception:  # noqa: BLE001
-                        stats.errors += 1
+                    except Exception as exc:  # noqa: BLE001
+                        self._rule_failed(entry[0], mid, exc)
         if by_value is not None:
             for get, table in by_value:
                 value = get(env, None)
@@ -223,9 +280,35 @@ class Engine(Matcher, PartitionTimers):
                                 pred = entry[3]
                                 if pred is None or pred(env, ()) is True:
                                     self._start(ps, entry[0], key, env, mid, t, tp, cmid, out)
-                            except Exception:  # noqa: BLE001
-                                stats.errors += 1
+                            except Exception as exc:  # noqa: BLE001
+                                self._rule_failed(entry[0], mid, exc)
         return out
+
+    def _too_late(self, ps: PartitionState, env: dict[str, Any], t: int) -> None:
+        self.stats.too_late += 1
+        source = env.get("source")
+        source = source if type(source) is str else "(none)"
+        self.too_late_by_source[source] += 1
+        age = ps.watermark + self.lateness - t
+        if age > self.too_late_age.get(source, 0):
+            self.too_late_age[source] = age
+
+    # quarantine ----------------------------------------------------------------------
+
+    def _rule_failed(self, rule: RulePlan, mid: str | None, exc: BaseException) -> None:
+        """One rule raised: it stops running (its state is dropped) until its file changes."""
+        self.stats.errors += 1
+        self.errors_by_rule[rule.name] += 1
+        if rule.uid in self.quarantined:
+            return
+        self.quarantined[rule.uid] = Quarantine(rule.name, rule.file, rule.line, mid, f"{type(exc).__name__}: {exc}")
+        logger.error('rule "%s" (%s:%d) is quarantined: %s: %s (event messageId %s); the other rules go on',
+                     rule.name, rule.file, rule.line, type(exc).__name__, exc, mid)
+        self.set_plan(self.plan)
+
+    def quarantine(self, rule: RulePlan, mid: str | None, exc: BaseException) -> None:
+        """The service could not fire one of ``rule``'s matches (its trigger would not encode)."""
+        self._rule_failed(rule, mid, exc)
 
     # time (the timers themselves: rules.partition) ---------------------------------
 
@@ -250,7 +333,7 @@ class Engine(Matcher, PartitionTimers):
         """Event time at which the earliest pending timer fires (watermark needed, plus lateness)."""
         best = None
         for ps in self.partitions.values():
-            timers, wheel, prules = ps.timers, ps.wheel, ps.rules
+            timers, wheel, prules, grace = ps.timers, ps.wheel, ps.rules, ps.grace
             while timers:
                 wake = timers[0]
                 flat = wheel[wake]
@@ -258,13 +341,18 @@ class Engine(Matcher, PartitionTimers):
                 for uid, key in wheel_entries(flat):
                     per = prules.get(uid)
                     rs = per.get(key) if per is not None else None
-                    if rs is not None:
-                        w = self._wake_of(ps, uid, rs)
-                        if w == wake or (type(rs) is list and w < wake):
-                            live = True  # (a count list: an event counted out of order is due already)
+                    if rs is None:
+                        continue
+                    if type(rs) is RuleState:
+                        if rs.wake == wake:
+                            live = True
                             break
-                        if type(rs) is not RuleState and w > wake:
-                            moved.append((w, uid, key))  # a compact state replaced by a later run
+                        continue  # superseded registration
+                    w = self._due_of(ps, uid, rs) + grace
+                    if w <= wake:  # fires when this registration pops (a count's early events included)
+                        live = True
+                        break
+                    moved.append((w, uid, key))  # a compact state replaced by a later run
                 if live:
                     break
                 _heappop(timers)
@@ -291,8 +379,9 @@ class Engine(Matcher, PartitionTimers):
             rs = full
         return encode_rule_state(rs)
 
-    def take_changes(self, p: int) -> tuple[list[tuple[str, str, bytes | None]], list[tuple[str, int]], int | None]:
-        """(changed states encoded or None when gone, new messageIds, messageId cutoff) since the last call."""
+    def take_changes(self, p: int) -> tuple[list[tuple[str, str, bytes | None]], list[tuple[str, int, int]], int | None]:
+        """(changed states encoded or None when gone, new (messageId, time, fingerprint), the recent span's new
+        floor) since the last call."""
         ps = self.partition(p)
         states = []
         for uid, key in ps.dirty:
@@ -315,8 +404,10 @@ class Engine(Matcher, PartitionTimers):
 
     def snapshot_partition(self, p: int) -> bytes:
         ps = self.partition(p)
-        return snapshot_bytes(ps.max_t, ps.watermark, {mid_text(m): tp >> 64 for m, tp in ps.seen.items()},
-                              {(uid, key): self._encode(p, uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()})
+        seen = [(mid_text(m), tp >> TIME_SHIFT, (tp >> 64) & FP_MASK) for m, tp in ps.seen.items()]
+        return snapshot_bytes(ps.max_t, ps.watermark, seen,
+                              {(uid, key): self._encode(p, uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()},
+                              ps.old.dump())
 
     def restore_partition(self, p: int, data: bytes | None) -> None:
         if data is None:
@@ -324,14 +415,25 @@ class Engine(Matcher, PartitionTimers):
             return
         snap = loads_state(data)
         self.load_partition(p, snap["max_t"], snap["watermark"], snap["seen"],
-                            ((sk, self.decode_state(b)) for sk, b in snap["states"].items()))
+                            ((sk, self.decode_state(b)) for sk, b in snap["states"].items()), snap.get("old"))
 
-    def load_partition(self, p: int, max_t: int, watermark: int, seen: dict[str, int],
-                       states: Iterable[tuple[tuple[str, str], RuleState]]) -> None:
+    def load_partition(self, p: int, max_t: int, watermark: int, seen: Any,
+                       states: Iterable[tuple[tuple[str, str], RuleState]], old: dict[str, Any] | None = None) -> None:
+        """``seen``: (messageId, time, fingerprint) entries, or a snapshot's older dict messageId -> time."""
         ps = self.partitions[p] = self._new_partition(p)
         ps.max_t, ps.watermark = max_t, watermark
-        # as process() remembers them: compact_mid(messageId) -> pack(t, offset) (the offset is not needed)
-        ps.seen = {compact_mid(m) if type(m) is str else m: pack(t, 0) for m, t in seen.items()}
+        ps.old = OldIds.load(old)
+        # as process() remembers them: compact_mid(messageId) -> pack(t, 0, fp) (the offset is not needed)
+        mem = ps.seen
+        for m, t, fp in seen_entries(seen):
+            c: Any = compact_mid(m) if type(m) is str else m
+            e = mem.get(c)
+            if e is not None and (e >> 64) & FP_MASK != fp:
+                c = (c, fp)
+            mem[c] = pack(t, 0, fp)
+        if watermark > NEG_INF:
+            self._sweep_seen(ps, watermark)  # ids past the recent span go to the long memory
+            ps.seen_cutoff = None
         for (uid, key), rs in states:
             rule = self._rules.get(uid)
             if rule is None:
@@ -343,4 +445,3 @@ class Engine(Matcher, PartitionTimers):
             per[key] = rs
             rs.wake = 0
             self._reschedule(ps, rule, per, key, rs)
-

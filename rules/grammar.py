@@ -7,7 +7,7 @@ import re
 
 from lark import Lark
 
-UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+from tripwire.config import DURATION_UNITS_MS as UNITS_MS
 DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")  # the DURATION terminal of grammar.lark
 # The language's keywords (LANGUAGE.md). The parser reads most of them as a name where only a name
 # fits, so `as post` parsed, but `as true` could never be referenced and `as rule` splits the file.

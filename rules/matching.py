@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .partition import OFFSET_MASK, EngineStats, Match, PartitionState, RuleState, Run, slim_of
+from .partition import OFFSET_MASK, TIME_SHIFT, EngineStats, Match, PartitionState, RuleState, Run, remember_fired, slim_of
 from .plan import RulePlan, Slim
 
 if TYPE_CHECKING:
@@ -27,20 +27,59 @@ class Matcher:
 
     _compact: dict[str, int]  # uid of a compact rule -> its step 2's within
     _counts: dict[str, int]  # uid of a one-step count rule (state: its list of counted events) -> within
+    _rules: dict[str, RulePlan]
     track_dirty: bool
+    lateness: int
     stats: EngineStats
     suppressed_by_rule: Counter[str]
+    late_cancels_by_rule: Counter[str]
 
     if TYPE_CHECKING:  # provided by rules.partition.PartitionTimers
         def _reschedule(self, ps: PartitionState, rule: RulePlan, per: dict[str, RuleState], key: str,
                         rs: RuleState) -> None: ...
 
+        def _expire(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, wm: int,
+                    out: list[Match]) -> bool: ...
+
+    def _expire_compact(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, c: tuple[Any, ...],
+                        out: list[Match]) -> None:
+        """A compact run whose deadline the key's own event time passed: it ends now, as its timer would have
+        (an absence fires; its timer, waiting for the grace, finds nothing)."""
+        del per[key]
+        if self.track_dirty:
+            ps.dirty.add((rule.uid, key))
+        if rule.steps[1].absent:
+            first = slim_of(c, ps)
+            deadline = first[1] + (rule.steps[1].within_ms or 0)
+            remember_fired(ps, rule.uid, key, (first,), first[1], deadline)
+            self._complete(ps, rule, key, None, (first,), deadline, out)
+
+    def _late_cancels(self, ps: PartitionState, name: str, key: str, fired: dict[str, tuple[Any, int, int]],
+                      env: dict[str, Any], t: int) -> None:
+        """``env`` (event ``name``) would have cancelled absences that fired for ``key``: counted, nothing else."""
+        for uid, (steps, anchor, deadline) in list(fired.items()):
+            rule = self._rules.get(uid)
+            if rule is None:
+                del fired[uid]
+                continue
+            step = rule.steps[len(steps)]
+            if step.event == name and step.absent and anchor <= t <= deadline and (
+                    step.pred is None or step.pred(env, steps) is True):
+                del fired[uid]
+                self.stats.late_cancels += 1
+                self.late_cancels_by_rule[rule.name] += 1
+
     def _follow_compact(self, ps: PartitionState, rule: RulePlan, per: dict[str, Any], key: str, c: tuple[Any, ...],
                         env: dict[str, Any], mid: str, t: int, offset: int, out: list[Match]) -> None:
         """``env`` for step 2 of a compact rule where ``key`` waits with ``c`` (the first event, compact)."""
         step = rule.steps[1]
-        anchor = ps.seen[c[0]] >> 64
-        if not (anchor <= t <= anchor + (step.within_ms or 0)):
+        anchor = ps.seen[c[0]] >> TIME_SHIFT
+        if t > anchor + (step.within_ms or 0):
+            self._expire_compact(ps, rule, per, key, c, out)
+            return
+        if t < anchor:
+            if anchor - t > self.lateness:
+                self.stats.out_of_order += 1
             return
         first = slim_of(c, ps)
         pred = step.pred
@@ -61,10 +100,15 @@ class Matcher:
         if runs is None:
             return
         steps = rule.steps
-        touched = False
+        # Timers before the event, as in a backtest: what t passed ends first (absences fire).
+        touched = self._expire(ps, rule, key, rs, t, out)
         for i in idxs:
             run = runs[i]
-            if run is None or not (run.anchor <= t <= run.deadline):
+            if run is None:
+                continue
+            if not (run.anchor <= t <= run.deadline):
+                if t < run.anchor and run.anchor - t > self.lateness:
+                    self.stats.out_of_order += 1
                 continue
             step = steps[i]
             pred = step.pred
@@ -92,10 +136,10 @@ class Matcher:
             self._reschedule(ps, rule, per, key, rs)
 
     def _start(self, ps: PartitionState, rule: RulePlan, key: str, env: dict[str, Any], mid: str, t: int,
-               tp: int, cmid: int | str, out: list[Match]) -> None:
+               tp: int, cmid: Any, out: list[Match]) -> None:
         """``env`` satisfied the first step of ``rule`` (its predicate held).
 
-        ``tp``: pack(t, offset) and ``cmid``: compact_mid(mid), the objects the duplicate memory holds.
+        ``tp``: pack(t, offset, fp) and ``cmid``: the key under which the duplicate memory holds ``mid``.
         """
         steps = rule.steps
         step = steps[0]
@@ -104,13 +148,24 @@ class Matcher:
         per = ps.rules[uid]
         rs = per.get(key)
         if type(rs) is tuple or (rs is None and uid in self._compact):
-            if self.track_dirty:
-                ps.dirty.add((uid, key))
-            if rs is None or ps.seen[rs[0]] >> 64 <= t:  # a newer run replaces the one waiting (registered first)
+            within = self._compact[uid]
+            if rs is not None:
+                anchor = ps.seen[rs[0]] >> TIME_SHIFT
+                if anchor + within < t:
+                    self._expire_compact(ps, rule, per, key, rs, out)  # t passed its deadline first
+                    rs = None
+                elif anchor > t:
+                    return  # the run waiting started later in event time: it stays
+            due = t + within + 1
+            # A start the watermark has nearly passed (a late event) takes the general form: the recent
+            # span of ``seen``, where a compact state finds its time, may not outlive its timer.
+            if rs is not None or due + ps.grace > ps.watermark:
+                if self.track_dirty:
+                    ps.dirty.add((uid, key))
                 per[key] = (cmid, *proj(env)) if proj is not None else (cmid,)
                 if rs is None:
-                    ps.register(t + self._compact[uid] + 1, uid, key)
-            return
+                    ps.register(due + ps.grace, uid, key)
+                return
         s = (mid, t, ps.partition, tp & OFFSET_MASK, proj(env) if proj is not None else ())
         if type(rs) is list or (rs is None and uid in self._counts):
             self._start_count(ps, rule, per, key, rs, s, out)
@@ -121,13 +176,15 @@ class Matcher:
                 self._complete(ps, rule, key, None, (s,), t, out)  # nothing to remember
                 return
             rs = per[key] = RuleState(n)
+        else:
+            self._expire(ps, rule, key, rs, t, out)  # timers before the event, as in a backtest
         if self.track_dirty:
             ps.dirty.add((uid, key))
         if step.count > 1:
             group = self._count_first(rs, step.count, step.within_ms or 0, s)
             if group is None:
                 # only the window's first event can make the state wake earlier
-                w = rs.acc[0][1] + (step.within_ms or 0) + 1  # type: ignore[index]
+                w = ps.wheel_time(rs.acc[0][1] + (step.within_ms or 0) + 1)  # type: ignore[index]
                 if rs.wake == 0 or w < rs.wake:
                     rs.wake = w
                     ps.register(w, uid, key)
@@ -139,7 +196,7 @@ class Matcher:
             if existing is None or existing.anchor <= t:
                 w = t + (steps[1].within_ms or 0)
                 runs[1] = Run((s,), t, w)  # type: ignore[index]
-                w += 1
+                w = ps.wheel_time(w + 1)
                 if rs.wake == 0 or w < rs.wake:
                     rs.wake = w
                     ps.register(w, uid, key)
@@ -157,7 +214,7 @@ class Matcher:
         within = step.within_ms or 0
         if acc is None:
             per[key] = [s]  # its timer: when this first event leaves the window
-            ps.register(s[1] + within + 1, rule.uid, key)
+            ps.register(ps.wheel_time(s[1] + within + 1), rule.uid, key)
             return
         group = self._count_insert(acc, step.count, within, s)
         if group is None:

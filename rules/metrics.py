@@ -5,7 +5,17 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 EVENTS = Counter("tripwire_rules_events", "Events read by the rules engine")
-LATE = Counter("tripwire_rules_late_events", "Events older than the watermark (not matched; they still reach the lake)")
+LATE = Counter("tripwire_rules_late_events", "Events older than the watermark (still matched, up to max lateness)")
+TOO_LATE = Counter("tripwire_rules_too_late_events",
+                   "Events older than [rules] max_lateness (not matched; they still reach the lake)", ["source"])
+LATE_CANCELS = Counter("tripwire_rules_late_cancels",
+                       "Events that would have cancelled an absence that had already fired (arrived after the grace)",
+                       ["rule"])
+OUT_OF_ORDER = Counter("tripwire_rules_out_of_order_events",
+                       "Events older than a pending run of their own key by more than the allowed lateness "
+                       "(matched against the state they found)")
+RULE_ERRORS = Counter("tripwire_rules_rule_errors", "Exceptions raised by a rule (it is quarantined)", ["rule"])
+QUARANTINED = Gauge("tripwire_rules_quarantined", "Rules stopped by an error until their file changes")
 DUPLICATES = Counter("tripwire_rules_duplicate_events", "Events whose messageId was already matched")
 TRIGGERS = Counter("tripwire_rules_triggers", "Triggers written to the triggers topic", ["rule"])
 SUPPRESSED = Counter("tripwire_rules_suppressed", "Complete matches suppressed by `at most ... per`", ["rule"])

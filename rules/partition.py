@@ -15,39 +15,56 @@ tuple ``(messageId, *projection)`` of its A, the messageId as the duplicate memo
 it (:func:`rules.codec.compact_mid`: a UUID's 128-bit int) (its deadline follows
 from the time; it is saved in the general form). Its time and offset are not in the
 tuple: they are in the partition's duplicate memory ``seen``, which maps the messageId to
-``time << 64 | offset`` (:func:`pack`; offsets are Kafka/SQLite offsets, 0 <= offset <
-2**64) and keeps it at least as long as the state can live (its horizon is the longest
-rule window, or longer), so a pending state costs no int of its own. Timers are a heap of distinct wake
-times plus, per wake time, a list of the keys registered then, grouped by rule. A state
-registers its earliest wake only; when that comes due the state is looked at
-and registers its real wake (so updates that push a deadline later cost
-nothing). A wake's list is grouped by rule: ``[(uid,), key, key, (uid2,), key, ...]``;
-consecutive registrations of one rule at one wake (many events in the same
-millisecond) cost one key reference each.
+``time << 94 | fingerprint << 64 | offset`` (:func:`pack`; offsets are Kafka/SQLite offsets,
+0 <= offset < 2**64; the fingerprint tells the event's source and key apart, see
+:func:`rules.codec.key_fp`) and keeps it as long as the state can live (the *recent* span:
+the longest rule window plus the grace and the lateness), so a pending state costs no int
+of its own. Older ids move to :class:`rules.dedup.OldIds`.
+
+Time. A state's timer is due when event time passes its deadline (``deadline + 1``, the
+*due* time). Two things decide it: the key's own next event (an event at ``t`` first
+expires what ``t`` has passed, firing absences, exactly as a backtest would: see
+``Matcher._catch_up``), and the watermark, which fires a timer only once it has passed the
+due time plus the *grace*, so stragglers of the key (SDK batches, an offline queue) still
+arrive before anything is decided for it. A timer whose due time plus the grace the
+watermark has already passed when it is registered (a late or replayed event started it)
+is put at the watermark plus the grace instead: nothing is decided sooner than the grace
+after the engine read the event (:meth:`PartitionState.wheel_time`).
+
+Timers are a heap of distinct wheel times plus, per wheel time, a list of the keys
+registered then, grouped by rule. A state registers its earliest wake only; when that
+comes due the state is looked at and registers its real wake (so updates that push a
+deadline later cost nothing). A wake's list is grouped by rule:
+``[(uid,), key, key, (uid2,), key, ...]``; consecutive registrations of one rule at one
+wake (many events in the same millisecond) cost one key reference each.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .codec import mid_text
+from .codec import FP_MASK, TIME_SHIFT, mid_text
+from .dedup import OldIds, id_hash
 from .plan import Plan, RulePlan, Slim
 
-__all__ = ["NEG_INF", "OFFSET_MASK", "EngineStats", "Match", "PartitionState", "PartitionTimers", "RuleState", "Run",
-           "compact_time", "pack", "slim_of"]
+__all__ = ["FP_MASK", "NEG_INF", "OFFSET_MASK", "TIME_SHIFT", "EngineStats", "Match", "PartitionState", "PartitionTimers",
+           "RuleState", "Run", "compact_time", "pack", "slim_of"]
 
 NEG_INF = -(2**62)
 _SEEN_SWEEP_MIN_MS = 1000
+_FIRED_KEPT = 10_000  # absences fired per partition remembered to count late cancels
 _heappush, _heappop = heapq.heappush, heapq.heappop
 OFFSET_MASK = (1 << 64) - 1
 
 
-def pack(t: int, offset: int) -> int:
-    """Event time and log offset as one int, ordered by time: the values of ``seen`` (compact states read
-    their first event's time and offset there). The per-event loop inlines it."""
-    return t << 64 | offset
+def pack(t: int, offset: int, fp: int = 0) -> int:
+    """Event time, source/key fingerprint and log offset as one int, ordered by time: the values of
+    ``seen`` (compact states read their first event's time and offset there). The per-event loop
+    inlines it."""
+    return t << TIME_SHIFT | fp << 64 | offset
 
 class Match(NamedTuple):
     rule: RulePlan
@@ -65,11 +82,14 @@ class Match(NamedTuple):
 @dataclass
 class EngineStats:
     events: int = 0
-    late: int = 0
+    late: int = 0  # behind the watermark, still matched
+    too_late: int = 0  # older than max lateness (or than the duplicate memory): not matched
     duplicates: int = 0
     matches: int = 0
     suppressed: int = 0
     errors: int = 0
+    out_of_order: int = 0  # older than a pending run of its key by more than the lateness
+    late_cancels: int = 0  # would have cancelled an absence that had fired
 
 
 class Run:
@@ -98,11 +118,13 @@ class RuleState:
 
 
 class PartitionState:
-    __slots__ = ("partition", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
-                 "next_sweep", "dirty", "new_seen", "seen_cutoff", "last_wake", "last_uid", "marks")
+    __slots__ = ("partition", "grace", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
+                 "next_sweep", "dirty", "new_seen", "seen_cutoff", "last_wake", "last_uid", "marks", "old", "seen_floor",
+                 "fired")
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, partition: int, grace: int = 0) -> None:
         self.partition = partition
+        self.grace = grace
         self.max_t = NEG_INF
         self.watermark = NEG_INF
         self.rules: dict[str, dict[str, RuleState]] = {}  # rule uid -> key -> state (one dict per rule, kept)
@@ -110,11 +132,17 @@ class PartitionState:
         self.timers: list[int] = []  # heap of the distinct wake times in ``wheel``
         self.wheel: dict[int, list[Any]] = {}  # wake time -> [(uid,), key, key, (uid2,), key, ...] registered then
         self.registered = 0  # registrations in ``wheel`` (live or superseded)
-        self.seen: dict[int | str, int] = {}  # messageId (codec.compact_mid) -> pack(event time, offset)
+        # messageId (codec.compact_mid; (that, fingerprint) when another source/key sent the same id first)
+        # -> pack(event time, offset, fingerprint)
+        self.seen: dict[Any, int] = {}
         self.next_sweep = NEG_INF
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
-        self.new_seen: list[tuple[str, int]] = []
+        self.new_seen: list[tuple[str, int, int]] = []  # (messageId, event time, fingerprint)
         self.seen_cutoff: int | None = None
+        self.old = OldIds()  # ids older than seen_floor
+        self.seen_floor = NEG_INF  # seen holds every id of an event at or after this time
+        # key -> rule uid -> (steps, anchor, deadline) of the absences that fired (to count late cancels)
+        self.fired: OrderedDict[str, dict[str, tuple[Any, int, int]]] = OrderedDict()
         self.last_wake, self.last_uid = 0, ""  # the latest registration: its group is the tail of that wake's list
         self.marks: dict[str, tuple[str]] = {}  # uid -> (uid,): the group marker in wheel lists
 
@@ -122,6 +150,12 @@ class PartitionState:
     def states(self) -> dict[tuple[str, str], Any]:
         """Every (rule uid, key) state (a copy; for inspection and snapshots)."""
         return {(uid, key): rs for uid, per in self.rules.items() for key, rs in per.items()}
+
+    def wheel_time(self, due: int) -> int:
+        """When the watermark may fire a timer due (in event time) at ``due``: after the grace, and never
+        sooner than the grace after now (a late or replayed event's state waits for its stragglers too)."""
+        w = due + self.grace
+        return w if w > self.watermark else self.watermark + 1 + self.grace
 
     def register(self, wake: int, uid: str, key: str) -> None:
         self.registered += 1
@@ -167,12 +201,25 @@ def _uid_key(m: Match) -> tuple[str, str]:
 def slim_of(c: tuple[Any, ...], ps: PartitionState) -> Slim:
     """The Slim a compact state ``(compact messageId, *projection)`` of partition ``ps`` stands for."""
     tp = ps.seen[c[0]]
-    return (mid_text(c[0]), tp >> 64, ps.partition, tp & OFFSET_MASK, c[1:])
+    return (mid_text(c[0]), tp >> TIME_SHIFT, ps.partition, tp & OFFSET_MASK, c[1:])
 
 
 def compact_time(c: tuple[Any, ...], ps: PartitionState) -> int:
     """Event time of the first event a compact state holds."""
-    return ps.seen[c[0]] >> 64  # type: ignore[no-any-return]
+    return ps.seen[c[0]] >> TIME_SHIFT  # type: ignore[no-any-return]
+
+
+def remember_fired(ps: PartitionState, uid: str, key: str, steps: Any, anchor: int, deadline: int) -> None:
+    """An absence fired: kept a while (bounded) so a cancel that arrives after it is counted."""
+    fired = ps.fired
+    per = fired.get(key)
+    if per is None:
+        per = fired[key] = {}
+        if len(fired) > _FIRED_KEPT:
+            fired.popitem(last=False)  # O(1), where deleting a plain dict's first key rescans the deleted slots
+    else:
+        fired.move_to_end(key)
+    per[uid] = (steps, anchor, deadline)
 
 
 class PartitionTimers:
@@ -184,6 +231,9 @@ class PartitionTimers:
     _counts: dict[str, int]  # uid of a one-step count rule (state: its list of counted events) -> within
     track_dirty: bool
     dedup_window_ms: int
+    dedup_max_ids: int
+    recent_ms: int
+    stats: EngineStats
 
     if TYPE_CHECKING:  # provided by the engine and by rules.matching.Matcher
         def pending(self, partition: int | None = None) -> int: ...
@@ -216,6 +266,7 @@ class PartitionTimers:
                 del per[key]
             rs.wake = 0
             return
+        wake = ps.wheel_time(wake)
         # Registered lazily: a state keeps its earliest registration; when that one comes due the
         # state is looked at again and registers its real wake.
         if rs.wake == 0 or wake < rs.wake:
@@ -247,8 +298,11 @@ class PartitionTimers:
         ps.reset_wheel(wheel, live)
 
     def _advance(self, ps: PartitionState, wm: int, out: list[Match]) -> None:
+        """Move the watermark to ``wm``: fire the timers it passed. A state is looked at as of event time
+        ``wm - grace``: what its key could still receive is not older than that."""
         ps.watermark = wm
-        timers, wheel, prules, seen = ps.timers, ps.wheel, ps.rules, ps.seen
+        now = wm - ps.grace
+        timers, wheel, prules, seen, grace = ps.timers, ps.wheel, ps.rules, ps.seen, ps.grace
         rules_get, track, compact, counts = self._rules.get, self.track_dirty, self._compact, self._counts
         while timers and timers[0] <= wm:
             wake = _heappop(timers)
@@ -269,25 +323,31 @@ class PartitionTimers:
                 if rs is None:
                     continue
                 if type(rs) is tuple:
-                    w = (seen[rs[0]] >> 64) + compact[uid] + 1  # type: ignore[index]
-                    if w != wake:
-                        if w > wake:
-                            ps.register(w, uid, key)  # replaced by a later run: wake it then
+                    tp = seen.get(rs[0])
+                    if tp is None:  # cannot happen while ``recent_ms`` outlives every compact state; never crash
+                        del per[key]
+                        self.stats.errors += 1
+                        continue
+                    due = (tp >> TIME_SHIFT) + compact[uid] + 1  # type: ignore[index]
+                    if due + grace > wake:
+                        ps.register(due + grace, uid, key)  # replaced by a later run: wake it then
                         continue
                     del per[key]
                     if track:
                         ps.dirty.add((uid, key))
                     rule = rules_get(uid)
                     if rule is not None and rule.steps[1].absent:
-                        self._complete(ps, rule, key, None, (slim_of(rs, ps),), w - 1, out)
+                        first = slim_of(rs, ps)
+                        remember_fired(ps, uid, key, (first,), first[1], due - 1)
+                        self._complete(ps, rule, key, None, (first,), due - 1, out)
                     continue
                 if type(rs) is list:  # a one-step count's events (time order)
                     within = counts[uid]
-                    w = rs[0][1] + within + 1
-                    if w > wake:
-                        ps.register(w, uid, key)  # its first events were counted since: wake then
+                    due = rs[0][1] + within + 1
+                    if due + grace > wake:
+                        ps.register(due + grace, uid, key)  # its first events were counted since: wake then
                         continue
-                    cutoff = wm - within  # only memory: an event this old can never be counted again
+                    cutoff = now - within  # only memory: an event this old can never be counted again
                     i = 0
                     while i < len(rs) and rs[i][1] < cutoff:
                         i += 1
@@ -297,7 +357,7 @@ class PartitionTimers:
                         del per[key]
                         continue
                     del rs[:i]
-                    ps.register(rs[0][1] + within + 1, uid, key)
+                    ps.register(ps.wheel_time(rs[0][1] + within + 1), uid, key)
                     continue
                 if rs.wake != wake:
                     continue  # superseded registration
@@ -310,12 +370,12 @@ class PartitionTimers:
                 rs.wake = 0
                 if rs.fires is None and rs.runs is None:
                     acc = rs.acc
-                    if acc and acc[-1][1] < wm - rule.steps[0].within_ms:  # type: ignore[operator]
+                    if acc and acc[-1][1] < now - rule.steps[0].within_ms:  # type: ignore[operator]
                         del per[key]  # a count whose whole window passed: the common end of a state
                         if track:
                             ps.dirty.add((uid, key))
                         continue
-                if self._expire(ps, rule, key, rs, wm, out) and track:
+                if self._expire(ps, rule, key, rs, now, out) and track:
                     ps.dirty.add((uid, key))
                 self._reschedule(ps, rule, per, key, rs)
             if len(out) - first_out > 1:
@@ -323,14 +383,29 @@ class PartitionTimers:
                 # and entries do not affect one another, so sorting what they fired is the same.
                 out[first_out:] = sorted(out[first_out:], key=_uid_key)
         if wm >= ps.next_sweep:
-            horizon = max(self.plan.horizon_ms, self.dedup_window_ms)
-            cutoff = wm - horizon
-            if ps.seen:
-                packed_cutoff = cutoff << 64  # seen holds pack(t, offset): ordered by t
-                ps.seen = {m: tp for m, tp in ps.seen.items() if tp >= packed_cutoff}
-            if self.track_dirty:
-                ps.seen_cutoff = cutoff
-            ps.next_sweep = wm + max(_SEEN_SWEEP_MIN_MS, horizon // 8)
+            self._sweep_seen(ps, wm)
+
+    def _sweep_seen(self, ps: PartitionState, wm: int) -> None:
+        """Move ids older than the recent span from ``seen`` to the long memory; expire that memory."""
+        recent = self.recent_ms
+        cutoff = wm - recent
+        if ps.seen and cutoff > ps.seen_floor:
+            packed_cutoff = cutoff << TIME_SHIFT  # seen holds pack(t, offset, fp): ordered by t
+            keep: dict[Any, int] = {}
+            old = []
+            for m, tp in ps.seen.items():
+                if tp >= packed_cutoff:
+                    keep[m] = tp
+                else:
+                    old.append((tp >> TIME_SHIFT, id_hash(m, (tp >> 64) & FP_MASK)))
+            ps.seen = keep
+            if old and self.dedup_window_ms > recent:
+                ps.old.add(old)
+        ps.seen_floor = max(ps.seen_floor, cutoff)
+        ps.old.expire(wm - self.dedup_window_ms, self.dedup_max_ids)
+        if self.track_dirty:
+            ps.seen_cutoff = cutoff
+        ps.next_sweep = wm + max(_SEEN_SWEEP_MIN_MS, recent // 8)
 
     def _expire(self, ps: PartitionState, rule: RulePlan, key: str, rs: RuleState, wm: int, out: list[Match]) -> bool:
         """Drop what the watermark ``wm`` has passed (firing absences); True when anything changed."""
@@ -341,6 +416,7 @@ class PartitionTimers:
                     rs.runs[i] = None
                     changed = True
                     if rule.steps[i].absent:
+                        remember_fired(ps, rule.uid, key, run.steps, run.anchor, run.deadline)
                         self._complete(ps, rule, key, rs, run.steps, run.deadline, out)
         if rs.acc:
             cutoff = wm - (rule.steps[0].within_ms or 0)
@@ -355,8 +431,15 @@ class PartitionTimers:
         return changed
 
     def _wake_of(self, ps: PartitionState, uid: str, rs: Any) -> int:
+        """The wheel time a state should be registered at now."""
+        if type(rs) is tuple:
+            return ps.wheel_time(compact_time(rs, ps) + self._compact.get(uid, 0) + 1)
+        if type(rs) is list:
+            return ps.wheel_time(rs[0][1] + self._counts.get(uid, 0) + 1)
+        return rs.wake  # type: ignore[no-any-return]
+
+    def _due_of(self, ps: PartitionState, uid: str, rs: Any) -> int:
+        """Event time at which a compact or count-list state's timer is due (``deadline + 1``)."""
         if type(rs) is tuple:
             return compact_time(rs, ps) + self._compact.get(uid, 0) + 1
-        if type(rs) is list:
-            return rs[0][1] + self._counts.get(uid, 0) + 1  # type: ignore[no-any-return]
-        return rs.wake  # type: ignore[no-any-return]
+        return rs[0][1] + self._counts.get(uid, 0) + 1  # type: ignore[no-any-return]

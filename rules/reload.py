@@ -81,8 +81,12 @@ class RuleSet:
             if text is None:
                 plans, diagnostics = [], [bad]
             else:
-                plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints,
-                                                  endpoint_severity=self.endpoint_severity, catalog=self.catalog)
+                try:
+                    plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints,
+                                                      endpoint_severity=self.endpoint_severity, catalog=self.catalog)
+                except Exception as exc:  # noqa: BLE001 - a file the compiler cannot handle must not stop the engine
+                    logger.exception("rule file %s could not be compiled", path)
+                    plans, diagnostics = [], [Diagnostic(str(path), 1, 1, f"cannot be compiled: {type(exc).__name__}")]
             errors = [d for d in diagnostics if d.severity == "error"]
             for d in diagnostics:
                 if d.severity == "warning":

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,10 +36,13 @@ from .engine import NEG_INF, Engine, EngineStats, Match
 from .gctune import relax_for_long_lived_state
 from .reload import RuleSet
 from .state import CheckpointStore, SqliteStateStore
+from .status import FILE_NAME as STATUS_FILE
+from .status import instance_name
 
 logger = logging.getLogger(__name__)
 
 _CAUGHT_UP_FOR_S = 0.25  # a partition found caught up is not asked again for this long
+_STATUS_INTERVAL_S = 2.0  # how often the status document (``tripwire rules status``) is rewritten
 
 
 def endpoint_policy(config: Config) -> tuple[set[str], str]:
@@ -59,12 +63,14 @@ class RulesService:
     name = "rules"
 
     def __init__(self, log: EventLog, ruleset: RuleSet, rc: RulesConfig, durability_kind: str, *,
-                 state_path: Any = None, checkpoint: CheckpointStore | None = None) -> None:
+                 state_path: Any = None, checkpoint: CheckpointStore | None = None,
+                 status_at: tuple[Any, str] | None = None) -> None:
         self.log = log
         self.ruleset = ruleset
         self.rc = rc
         self.engine = Engine(ruleset.plan, rc.allowed_lateness_ms, track_dirty=durability_kind == "embedded",
-                             dedup_window_ms=rc.dedup_window_ms)
+                             grace_ms=rc.grace_ms, max_lateness_ms=rc.max_lateness_ms,
+                             dedup_window_ms=rc.dedup_window_ms, dedup_max_ids=rc.dedup_max_ids)
         self.kind = durability_kind
         if durability_kind == "embedded":
             self.durability: EmbeddedDurability | CheckpointDurability = EmbeddedDurability(
@@ -84,8 +90,13 @@ class RulesService:
         self._stopping = False
         self._last_reload = time.monotonic()
         self._seen_stats = EngineStats()
+        self._exported: dict[tuple[str, str], int] = {}  # per-rule / per-source counts already in the metrics
         self._unsaved = False
         self._last_save = 0.0
+        self.status_at = status_at  # (fsspec filesystem, path) of the status document (rules.status)
+        self._last_status = 0.0
+        self._triggers_by_rule: Counter[str] = Counter()
+        self._too_late_logged: dict[str, float] = {}  # source -> when its refusals were last logged
 
     # lifecycle -----------------------------------------------------------------
 
@@ -120,6 +131,7 @@ class RulesService:
             with contextlib.suppress(LogError):
                 await self._consumer.stop()  # revokes: saves every partition
         await self.durability.close()
+        await self._write_status(force=True)
 
     # rebalance listener ----------------------------------------------------------
 
@@ -255,6 +267,7 @@ class RulesService:
             self._last_save = now
         self.triggers_written += len(triggers)
         self._export_metrics(matches)
+        await self._write_status()
 
     async def _caught_up(self) -> list[int]:
         """Assigned partitions read to the end of the log: only their watermark follows the wall clock.
@@ -281,22 +294,63 @@ class RulesService:
         return out
 
     def _export_metrics(self, matches: list[Match]) -> None:
-        s, last = self.engine.stats, self._seen_stats
+        engine = self.engine
+        s, last = engine.stats, self._seen_stats
         metrics.EVENTS.inc(s.events - last.events)
         metrics.LATE.inc(s.late - last.late)
         metrics.DUPLICATES.inc(s.duplicates - last.duplicates)
         metrics.ERRORS.inc(s.errors - last.errors)
+        metrics.OUT_OF_ORDER.inc(s.out_of_order - last.out_of_order)
+        if s.too_late != last.too_late:
+            self._report_too_late(last.too_late)
+        if s.late_cancels != last.late_cancels or s.errors != last.errors:
+            for name, n in engine.late_cancels_by_rule.items():
+                metrics.LATE_CANCELS.labels(rule=name).inc(n - self._exported.get(("cancel", name), 0))
+                self._exported[("cancel", name)] = n
+            for name, n in engine.errors_by_rule.items():
+                metrics.RULE_ERRORS.labels(rule=name).inc(n - self._exported.get(("error", name), 0))
+                self._exported[("error", name)] = n
+            metrics.QUARANTINED.set(len(engine.quarantined))
         self._seen_stats = EngineStats(**vars(s))
         for m in matches:
-            metrics.TRIGGERS.labels(rule=m.rule.name).inc()
-        for name, n in self.engine.suppressed_by_rule.items():
+            if m.rule.uid not in engine.quarantined:  # else its trigger was not written
+                metrics.TRIGGERS.labels(rule=m.rule.name).inc()
+                self._triggers_by_rule[m.rule.name] += 1
+        for name, n in engine.suppressed_by_rule.items():
             metrics.SUPPRESSED.labels(rule=name).inc(n)
-        self.engine.suppressed_by_rule.clear()
+        engine.suppressed_by_rule.clear()
         metrics.PENDING.set(self.engine.pending())
         marks = [self.engine.partition(p).watermark for p in self._assigned]
         marks = [w for w in marks if w > NEG_INF]
         if marks:
             metrics.WATERMARK_LAG.set(max(0.0, time.time() - min(marks) / 1000))
+
+    def _report_too_late(self, before: int) -> None:
+        """Events older than max lateness: counted per source, logged once per source and hour (with the age)."""
+        engine = self.engine
+        now = time.monotonic()
+        for src, n in engine.too_late_by_source.items():
+            metrics.TOO_LATE.labels(source=src).inc(n - self._exported.get(("late", src), 0))
+            if n != self._exported.get(("late", src), 0) and now - self._too_late_logged.get(src, -1e9) >= 3600:
+                self._too_late_logged[src] = now
+                logger.warning("source %s: %d event(s) older than [rules] max_lateness (%s; the oldest %.1f h behind) "
+                               "were not matched (they are in the lake; replay history with `tripwire rules backtest`)",
+                               src, n, self.rc.max_lateness, engine.too_late_age.get(src, 0) / 3_600_000)
+            self._exported[("late", src)] = n
+
+    async def _write_status(self, force: bool = False) -> None:
+        if self.status_at is None or (not force and time.monotonic() - self._last_status < _STATUS_INTERVAL_S):
+            return
+        self._last_status = time.monotonic()
+        from .status import build_status, write_status
+
+        doc = build_status(self.engine, self.ruleset, triggers=self._triggers_by_rule, partitions=self._assigned,
+                           allowed_lateness_ms=self.rc.allowed_lateness_ms)
+        fs, path = self.status_at
+        try:
+            await asyncio.to_thread(write_status, fs, path, doc)
+        except Exception as exc:  # noqa: BLE001 - the status is informational; matching goes on
+            logger.warning("rules status %s cannot be written: %s", path, exc)
 
     async def _to_triggers(self, matches: list[Match], envs: dict[tuple[int, int], dict[str, Any]]) -> list[TriggerRow]:
         if not matches:
@@ -307,11 +361,16 @@ class RulesService:
         for m in matches:
             events = [envs.get((p, off)) or found.get((p, off)) or {"messageId": mid, "timestamp": format_time_ms(t)}
                       for mid, t, p, off, _ in m.events]  # the fallback: no longer in the log (retention)
-            trig = Trigger(
-                id=trigger_id(m.rule.name, m.key, m.message_ids), rule=m.rule.name, endpoint=m.rule.endpoint,
-                key=m.key, fired_at=format_time_ms(m.fired_at_ms), events=events, payload=m.payload,
-            )
-            rows.append((trig.id, m.key.encode(), trig.to_json()))
+            if m.rule.uid in self.engine.quarantined:
+                continue  # its rule failed earlier in this batch
+            try:
+                trig = Trigger(
+                    id=trigger_id(m.rule.name, m.key, m.message_ids), rule=m.rule.name, endpoint=m.rule.endpoint,
+                    key=m.key, fired_at=format_time_ms(m.fired_at_ms), events=events, payload=m.payload,
+                )
+                rows.append((trig.id, m.key.encode("utf-8", "surrogatepass"), trig.to_json()))
+            except Exception as exc:  # noqa: BLE001 - one rule's trigger that cannot be written stops that rule only
+                self.engine.quarantine(m.rule, m.message_ids[-1] if m.events else None, exc)
         return rows
 
     async def _read_events(self, wanted: dict[tuple[int, int], str]) -> dict[tuple[int, int], dict[str, Any]]:
@@ -358,9 +417,12 @@ def build_service(config: Config, log: EventLog, *, kind: str | None = None) -> 
     ruleset = RuleSet(rules_dir(config, rc), names, severity)
     kind = kind or ("kafka" if config.log.backend == "kafka" else "embedded")
     if kind == "embedded":
-        return RulesService(log, ruleset, rc, "embedded", state_path=config.data_dir / "rules-state.db")
+        import fsspec
+
+        return RulesService(log, ruleset, rc, "embedded", state_path=config.data_dir / "rules-state.db",
+                            status_at=(fsspec.filesystem("file"), str(config.data_dir / STATUS_FILE)))
     store = CheckpointStore(checkpoint_url(config, rc), rc.group, rc.storage_options)
-    return RulesService(log, ruleset, rc, "kafka", checkpoint=store)
+    return RulesService(log, ruleset, rc, "kafka", checkpoint=store, status_at=store.status_path(instance_name()))
 
 
 def create_service(config: Config, log: EventLog) -> RulesService | None:

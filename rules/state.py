@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .codec import loads_state
+from .codec import loads_state, seen_entries
 from .errors import StateError
 
 logger = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ class PartitionDelta:
     max_t: int
     watermark: int
     states: list[tuple[str, str, bytes | None]] = field(default_factory=list)  # (rule uid, key, data|None=delete)
-    seen: list[tuple[str, int]] = field(default_factory=list)
-    seen_cutoff: int | None = None  # forget messageIds older than this event time
+    seen: list[tuple[str, int, int]] = field(default_factory=list)  # (messageId, event time, fingerprint)
+    seen_cutoff: int | None = None  # the recent span's floor moved here (older ids: the engine's long memory)
     snapshot: bytes | None = None  # the whole partition (Engine.snapshot_partition): replaces its journal
 
 
@@ -116,8 +116,9 @@ class LoadedPartition:
     offset: int | None
     max_t: int
     watermark: int
-    seen: dict[str, int]
+    seen: list[tuple[str, int, int]]  # (messageId, event time, fingerprint): the engine sorts recent from old
     states: list[tuple[tuple[str, str], bytes]]
+    old: dict[str, Any] | None = None  # the snapshot's long memory (rules.dedup.OldIds.dump)
 
 
 class SqliteStateStore:
@@ -159,33 +160,35 @@ class SqliteStateStore:
                 "SELECT offset, max_t, watermark FROM partitions WHERE grp = ? AND partition = ?", (g, partition)
             ).fetchone()
             snap = db.execute("SELECT data FROM snapshots WHERE grp = ? AND partition = ?", (g, partition)).fetchone()
+            old = None
             if snap is not None:
                 base = loads_state(snap[0])
-                seen: dict[str, int] = base["seen"]
+                entries = seen_entries(base["seen"])
                 states: dict[tuple[str, str], bytes] = base["states"]
+                old = base.get("old")
             else:
-                seen = dict(db.execute("SELECT mid, t FROM seen WHERE grp = ? AND partition = ?", (g, partition)))
+                entries = [(m, t, 0) for m, t in db.execute("SELECT mid, t FROM seen WHERE grp = ? AND partition = ?",
+                                                            (g, partition))]
                 states = {(r, k): d for r, k, d in db.execute(
                     "SELECT rule, key, data FROM states WHERE grp = ? AND partition = ?", (g, partition))}
-            journal, last_cutoff = 0, None
+            seen = {(m, fp): t for m, t, fp in entries}
+            journal = 0
             for (data,) in db.execute("SELECT data FROM journal WHERE grp = ? AND partition = ? ORDER BY seq", (g, partition)):
                 journal += len(data)
-                changed, new_seen, cutoff = loads_state(data)
+                changed, new_seen, _cutoff = loads_state(data)
                 for uid, key, state in changed:
                     if state is None:
                         states.pop((uid, key), None)
                     else:
                         states[(uid, key)] = state
-                seen.update(new_seen)
-                last_cutoff = cutoff if cutoff is not None else last_cutoff
-            if last_cutoff is not None:
-                # Once, with the latest cutoff: cutoffs only grow, and an id seen after one is never older
-                # than it (the engine remembers only events at or past its watermark).
-                seen = {m: t for m, t in seen.items() if t >= last_cutoff}
+                # Every id is kept: the engine moves those older than its recent span to its long memory.
+                for m, t, fp in seen_entries(new_seen):
+                    seen[(m, fp)] = t
             self._sizes[partition] = [len(snap[0]) if snap is not None else 0, journal]
+        ids = [(m, t, fp) for (m, fp), t in seen.items()]
         if row is None:
-            return LoadedPartition(None, -(2**62), -(2**62), seen, list(states.items()))
-        return LoadedPartition(row[0], row[1], row[2], seen, list(states.items()))
+            return LoadedPartition(None, -(2**62), -(2**62), ids, list(states.items()), old)
+        return LoadedPartition(row[0], row[1], row[2], ids, list(states.items()), old)
 
     def wants_snapshot(self, partition: int) -> bool:
         """The partition's journal outgrew its last snapshot: the next commit should carry a snapshot."""
@@ -274,6 +277,16 @@ class CheckpointStore:
 
     def _path(self, topic: str, partition: int) -> str:
         return f"{self._root}/{self.group}/{topic}-{partition}.ckpt"
+
+    def status_path(self, instance: str) -> tuple[Any, str]:
+        """(filesystem, path) of one engine instance's status document (``tripwire rules status``)."""
+        return self._fs, f"{self._root}/{self.group}/status/{instance}.json"
+
+    def status_paths(self) -> list[str]:
+        try:
+            return sorted(self._fs.glob(f"{self._root}/{self.group}/status/*.json"))
+        except FileNotFoundError:
+            return []
 
     def save(self, topic: str, partition: int, offset: int, snapshot: bytes, mark: int = -1) -> None:
         """Store ``snapshot`` taken after reading up to ``offset``; ``mark``: triggers-topic end offset then."""

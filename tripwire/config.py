@@ -42,18 +42,18 @@ class ConfigError(ValueError):
     """A config key is missing, unknown or has a value of the wrong kind."""
 
 
-_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Durations are written as in the rule language: a whole number and a unit.
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)\Z")
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``7d``, ``90m``, ``30s`` or ``500ms`` (``0`` alone is 0); ValueError else."""
-    if text.strip() == "0":
-        return 0.0
-    m = _DURATION.fullmatch(text.strip())
+def duration_ms(key: str, value: object) -> int:
+    """``value`` ("500ms", "30s", "10m", "24h", "7d") in milliseconds; a ConfigError naming ``key`` otherwise."""
+    m = _DURATION.match(value.strip()) if isinstance(value, str) else None
     if m is None:
-        raise ValueError(f"not a duration: {text!r}")
-    return int(m.group(1)) * _UNIT_S[m.group(2)]
+        raise ConfigError(f"Config '{key}' has value {value!r}. Not a duration: write a whole number and a unit, "
+                          "ms, s, m, h or d (\"30s\", \"24h\").")
+    return int(m.group(1)) * DURATION_UNITS_MS[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,18 @@ class LogConfig:
             raise ConfigError(f"Config 'log.backend' has value {self.backend!r}. Expected 'sqlite' or 'kafka'.")
         if self.partitions < 1:
             raise ConfigError(f"Config 'log.partitions' has value {self.partitions!r}. Must be >= 1.")
-        try:
-            parse_duration(self.retention)
-        except ValueError:
-            raise ConfigError(
-                f"Config 'log.retention' has value {self.retention!r}. Not a duration such as '7d', '90m' "
-                "or '30s' ('0' keeps records for ever)."
-            ) from None
+        if self.retention.strip() != "0":
+            try:
+                duration_ms("log.retention", self.retention)
+            except ConfigError:
+                raise ConfigError(
+                    f"Config 'log.retention' has value {self.retention!r}. Not a duration such as '7d', '90m' "
+                    "or '30s' ('0' keeps records for ever)."
+                ) from None
 
     @property
     def retention_s(self) -> float:
-        return parse_duration(self.retention)
+        return 0.0 if self.retention.strip() == "0" else duration_ms("log.retention", self.retention) / 1000
 
 
 @dataclass(frozen=True)

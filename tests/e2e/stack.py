@@ -42,6 +42,7 @@ def fast_env(receiver_port: int, **extra: str) -> dict[str, str]:
         "TRIPWIRE_ENDPOINTS__CRM__URL": f"http://127.0.0.1:{receiver_port}/hooks/tripwire",
         "TRIPWIRE_RULES__ALLOWED_LATENESS_MS": "1500",  # > the demo page's 500 ms flush interval + transit
         "TRIPWIRE_RULES__RELOAD_INTERVAL_MS": "200",
+        "TRIPWIRE_RULES__GRACE": "1s",  # the test's events arrive at once: no SDK batching to wait for
         "TRIPWIRE_SINK__MAX_FILE_AGE_S": "1",
         "TRIPWIRE_WEBHOOKS__RETRY_SCHEDULE_S": "[0, 0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]",
         "TRIPWIRE_WEBHOOKS__RETRY_JITTER": "0",

@@ -272,6 +272,7 @@ pii_salt = "faults"
 [rules]
 dir = "rules"
 allowed_lateness_ms = {LATENESS_MS}
+grace = "1s"
 checkpoint_url = "{site / 'checkpoints'}"
 checkpoint_interval_ms = 500
 [endpoints.crm]

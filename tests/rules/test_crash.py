@@ -41,7 +41,7 @@ def write_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "tripwire.toml"
     cfg.write_text(
         'data_dir = "data"\n[log]\npartitions = 4\n'
-        '[rules]\ndir = "rules"\nallowed_lateness_ms = 300\n'
+        '[rules]\ndir = "rules"\nallowed_lateness_ms = 300\ngrace = "1s"\n'
         '[endpoints.crm]\nurl = "http://127.0.0.1:9/hook"\n'
     )
     return cfg

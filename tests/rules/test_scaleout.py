@@ -55,7 +55,7 @@ async def test_two_engines_split_partitions_and_the_survivor_fires_the_dead_ones
     cfg = tmp_path / "tripwire.toml"
     cfg.write_text(
         f'[log]\nbackend = "kafka"\nkafka_bootstrap = "{tansu.bootstrap}"\npartitions = 4\n'
-        f'[rules]\ndir = "rules"\nallowed_lateness_ms = 500\ncheckpoint_url = "{ckpt}"\ncheckpoint_interval_ms = 200\n'
+        f'[rules]\ndir = "rules"\nallowed_lateness_ms = 500\ngrace = "1s"\ncheckpoint_url = "{ckpt}"\ncheckpoint_interval_ms = 200\n'
         '[endpoints.crm]\nurl = "http://127.0.0.1:9/hook"\n'
     )
     log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4)
@@ -121,7 +121,7 @@ async def test_kafka_engine_killed_after_producing_does_not_produce_again(tmp_pa
     cfg = tmp_path / "tripwire.toml"
     cfg.write_text(
         f'[log]\nbackend = "kafka"\nkafka_bootstrap = "{tansu.bootstrap}"\npartitions = 2\n'
-        f'[rules]\ndir = "rules"\nallowed_lateness_ms = 500\ncheckpoint_url = "{ckpt}"\ncheckpoint_interval_ms = 600000\n'
+        f'[rules]\ndir = "rules"\nallowed_lateness_ms = 500\ngrace = "1s"\ncheckpoint_url = "{ckpt}"\ncheckpoint_interval_ms = 600000\n'
         '[endpoints.crm]\nurl = "http://127.0.0.1:9/hook"\n'
     )
     log = KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=2)

@@ -275,12 +275,21 @@ def test_by_anonymous_id_skips_events_without_one() -> None:
     assert run(text, [env]) == []
 
 
-def test_late_events_are_counted_and_not_matched() -> None:
+def test_late_events_are_counted_and_still_matched() -> None:
     engine = Engine(plan_of('rule "s" when A then B within 1h post crm'), 5000)
-    got = feed(engine, [ev("A", 100), ev("X", 200), ev("B", 150)])  # B is 50 s late; lateness is 5 s
-    assert got == [] and engine.stats.late == 1
+    got = feed(engine, [ev("A", 100, mid="a"), ev("X", 200), ev("B", 150, mid="b")])  # B is 50 s behind the watermark
+    assert ids(got) == [["a", "b"]] and engine.stats.late == 1
     got = feed(engine, [ev("A", 300), ev("B", 296)])  # 4 s out of order: within lateness, but before A
     assert got == [] and engine.stats.late == 1
+
+
+def test_events_older_than_max_lateness_are_refused_and_counted_per_source() -> None:
+    engine = Engine(plan_of('rule "r" when A post crm'), 5000, max_lateness_ms=3_600_000)
+    old = ev("A", 0)
+    old["source"] = "backend"
+    got = feed(engine, [ev("X", 7200), old, ev("A", 3600)])  # 2 h and 1 h behind the newest event
+    assert len(got) == 1 and engine.stats.too_late == 1
+    assert engine.too_late_by_source == {"backend": 1} and engine.too_late_age["backend"] == 7_200_000
 
 
 def test_out_of_order_within_lateness_still_matches() -> None:
@@ -299,11 +308,13 @@ def test_duplicate_message_id_never_makes_a_second_trigger() -> None:
 
 
 def test_state_expires_with_the_window() -> None:
-    engine = Engine(plan_of('rule "s" when A then B within 10s post crm'), 0, dedup_window_ms=60_000)
+    engine = Engine(plan_of('rule "s" when A then B within 10s post crm'), 0)
     feed(engine, [ev("A", i / 100, key=f"k{i}") for i in range(100)])
     assert engine.pending() == 100
     engine.advance_watermark(0, T0 + 200_000)
-    assert engine.pending() == 0 and engine.partitions[0].seen == {}
+    assert engine.pending() == 0
+    engine.advance_watermark(0, T0 + 1_000_000)  # past the recent span (at least 5 min): ids move to the long memory
+    assert engine.partitions[0].seen == {} and len(engine.partitions[0].old) == 100
 
 
 def test_count_state_out_of_order_capped_and_expired() -> None:

@@ -30,7 +30,7 @@ def config_for(tmp_path: Path, **rules: Any) -> Any:
     rules_dir.mkdir(exist_ok=True)
     return from_dict({
         "data_dir": str(tmp_path / "data"),
-        "rules": {"dir": str(rules_dir), "allowed_lateness_ms": 300, "reload_interval_ms": 100, **rules},
+        "rules": {"dir": str(rules_dir), "allowed_lateness_ms": 300, "grace": "1s", "reload_interval_ms": 100, **rules},
         "endpoints": {"crm": {"url": "http://127.0.0.1:9/hook"}},
     })
 

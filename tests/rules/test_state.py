@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tripwire.rules.codec import key_fp
 from tripwire.rules.engine import Engine
 from tripwire.rules.errors import StateError
 from tripwire.rules.state import CheckpointStore, PartitionDelta, SqliteStateStore
@@ -72,7 +73,7 @@ def test_sqlite_store_commits_states_offsets_seen_and_outbox_together(tmp_path: 
     store = SqliteStateStore(tmp_path / "state.db", "g")
     store.open()
     loaded = store.load(0)
-    assert loaded.offset == 1 and loaded.seen == {"cart1": T0}
+    assert loaded.offset == 1 and _ids(loaded.seen) == {"cart1": T0}
     assert store.load(1).offset is None
     restored = Engine(plan_of(RULES), 0, track_dirty=True)
     restored.load_partition(0, loaded.max_t, loaded.watermark, loaded.seen,
@@ -162,7 +163,8 @@ def test_uuid_message_ids_are_held_compactly_and_given_back_unchanged(tmp_path: 
     assert [(e[1], e[3]) for e in got[0].events] == [(T0, 0), (T0 + 2000, 2)]  # event time and log offset
     assert engine.stats.duplicates == 1
     states, seen, cutoff = engine.take_changes(0)
-    assert seen == [(mid, T0), (upper, T0 + 2000)]  # stored as given
+    assert [(m, t) for m, t, _ in seen] == [(mid, T0), (upper, T0 + 2000)]  # stored as given
+    assert {fp for _, _, fp in seen} == {key_fp(None, "u1")}  # with their source and key's fingerprint
     # a waiting compact state with a UUID id, saved through the store and a snapshot
     feed(engine, [ev("A", 3, key="k2", mid="00000000-0000-4000-8000-000000000001", sku="S2")])
     states, seen, cutoff = engine.take_changes(0)
@@ -172,7 +174,7 @@ def test_uuid_message_ids_are_held_compactly_and_given_back_unchanged(tmp_path: 
     loaded = store.load(0)
     store.close()
     from_store = Engine(plan_of(text), 0)
-    from_store.load_partition(0, loaded.max_t, loaded.watermark, {**loaded.seen, mid: T0},
+    from_store.load_partition(0, loaded.max_t, loaded.watermark, [*loaded.seen, (mid, T0, key_fp(None, "u1"))],
                               ((sk, from_store.decode_state(d)) for sk, d in loaded.states))
     from_snapshot = Engine(plan_of(text), 0)
     from_snapshot.restore_partition(0, engine.snapshot_partition(0))
@@ -259,7 +261,11 @@ def test_sqlite_store_journals_each_commit_and_snapshots_when_the_journal_outgro
         fresh.close()
         held = pickle.loads(engine.snapshot_partition(0))
         assert loaded.offset == offset and (loaded.max_t, loaded.watermark) == engine.meta_of(0)
-        assert dict(loaded.states) == held["states"] and loaded.seen == held["seen"]
+        assert dict(loaded.states) == held["states"]
+        again = Engine(plan_of(RULES), 0)  # the store may hold ids the engine moved to its long memory: load them
+        again.load_partition(0, loaded.max_t, loaded.watermark, loaded.seen,
+                             ((sk, again.decode_state(d)) for sk, d in loaded.states), loaded.old)
+        assert _normal(again.snapshot_partition(0)) == _normal(engine.snapshot_partition(0))
     store.close()
     assert snapshots >= 2 and journal_loads >= 20
     assert _rows(db, "journal") < 40 and _rows(db, "snapshots") == 1
@@ -282,13 +288,24 @@ def test_sqlite_store_reads_the_row_per_state_layout_until_a_snapshot_replaces_i
     store.open()
     loaded = store.load(0)
     assert (loaded.offset, loaded.max_t, loaded.watermark) == (7, 100, 90)
-    assert dict(loaded.states) == {("r1", "k1"): b"s1", ("r1", "k2"): b"s2"} and loaded.seen == {"m1": 50, "m2": 80}
+    assert dict(loaded.states) == {("r1", "k1"): b"s1", ("r1", "k2"): b"s2"} and _ids(loaded.seen) == {"m1": 50, "m2": 80}
     store.commit([PartitionDelta(0, 8, 110, 95, [("r1", "k1", None), ("r1", "k3", b"s3")], [("m3", 105)], 60)], [])
     loaded = store.load(0)
-    assert dict(loaded.states) == {("r1", "k2"): b"s2", ("r1", "k3"): b"s3"} and loaded.seen == {"m2": 80, "m3": 105}
+    # ids older than a cutoff stay: the engine moves them to its long memory on load
+    assert dict(loaded.states) == {("r1", "k2"): b"s2", ("r1", "k3"): b"s3"}
+    assert _ids(loaded.seen) == {"m1": 50, "m2": 80, "m3": 105}
     snapshot = pickle.dumps({"max_t": 120, "watermark": 99, "seen": {"m3": 105}, "states": {("r1", "k3"): b"s3"}})
     store.commit([PartitionDelta(0, 9, 120, 99, [], [], None, snapshot)], [])
     assert [_rows(db, t) for t in ("states", "seen", "journal")] == [0, 0, 0]
     loaded = store.load(0)
     store.close()
-    assert loaded.offset == 9 and dict(loaded.states) == {("r1", "k3"): b"s3"} and loaded.seen == {"m3": 105}
+    assert loaded.offset == 9 and dict(loaded.states) == {("r1", "k3"): b"s3"} and _ids(loaded.seen) == {"m3": 105}
+
+
+def _ids(seen: list[tuple[str, int, int]]) -> dict[str, int]:
+    return {m: t for m, t, _ in seen}
+
+
+def _normal(snapshot: bytes) -> dict[str, object]:
+    snap = pickle.loads(snapshot)
+    return {**snap, "seen": sorted(snap["seen"])}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from datetime import date
 from pathlib import Path
@@ -64,6 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bt.add_argument("--json", action="store_true", help="print the report as JSON")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bt.set_defaults(handler=backtest_command)
+
+    st = rules_sub.add_parser(
+        "status", help="what the running engine does: each rule's state, late and refused events per source",
+        description="Read the running engine's status (written every few seconds next to its state: "
+                    "<data_dir>/rules-status.json, or one per instance under rules.checkpoint_url on Kafka) and print "
+                    "each rule: running or quarantined (with the error), pending partial matches, triggers, errors, "
+                    "late cancels; rule files that do not compile; and per source the collector's delivery delay "
+                    "(p50/p99, from its /metrics) next to the grace, and events refused as older than max lateness.")
+    st.add_argument("--collector", metavar="URL",
+                    help="the collector whose /metrics holds the delay histogram (default: http://server.host:server.port)")
+    st.add_argument("--json", action="store_true", help="print the merged status as JSON")
+    st.set_defaults(handler=status_command)
 
 
 def _day(text: str) -> str:
@@ -240,3 +253,35 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
     else:
         print(format_report(result))
     return 0
+
+
+def status_command(args: argparse.Namespace, config: Config) -> int:
+    import fsspec
+    import httpx
+
+    from tripwire.rules.config import checkpoint_url, rules_config
+    from tripwire.rules.state import CheckpointStore
+    from tripwire.rules.status import FILE_NAME, delays_from_metrics, format_status, merge, read_status
+
+    rc = rules_config(config)
+    if config.log.backend == "kafka":
+        store = CheckpointStore(checkpoint_url(config, rc), rc.group, rc.storage_options)
+        fs, paths = store.status_path("x")[0], store.status_paths()
+    else:
+        fs, paths = fsspec.filesystem("file"), [str(config.data_dir / FILE_NAME)]
+    view = merge(read_status(fs, paths))
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = (args.collector or f"http://{host if ':' not in host else f'[{host}]'}:{config.server.port}").rstrip("/") + "/metrics"
+    delays, note = None, ""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its one INFO line per request is noise here
+    try:
+        reply = httpx.get(url, timeout=3.0)
+        reply.raise_for_status()
+        delays = delays_from_metrics(reply.text)
+    except (httpx.HTTPError, ValueError) as exc:
+        note = f"event delay: the collector's metrics at {url} are not readable ({type(exc).__name__}); pass --collector URL"
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps({**view, "delays": delays}, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(format_status(view, delays, note))
+    return 0 if view["instances"] else 1
