@@ -30,9 +30,11 @@ from tripwire.log import EVENTS, Consumer, EventLog, LogError, TopicPartition
 from tripwire.triggers import Trigger, trigger_id
 
 from . import metrics
+from .catalog import rules_catalog
 from .config import RulesConfig, checkpoint_url, rules_config, rules_dir
 from .durability import CheckpointDurability, EmbeddedDurability, TriggerRow
 from .engine import NEG_INF, Engine, EngineStats, Match
+from .errors import RulesError
 from .gctune import relax_for_long_lived_state
 from .reload import RuleSet
 from .state import CheckpointStore, SqliteStateStore
@@ -414,7 +416,12 @@ def _spans(refs: Iterable[tuple[int, int]], max_gap: int = 16) -> list[tuple[int
 def build_service(config: Config, log: EventLog, *, kind: str | None = None) -> RulesService:
     rc = rules_config(config)
     names, severity = endpoint_policy(config)
-    ruleset = RuleSet(rules_dir(config, rc), names, severity)
+    try:
+        catalog = rules_catalog(config)
+    except RulesError as exc:  # the collector refuses to start on it; the engine runs, unchecked against it
+        logger.warning("%s; rules are not checked against the event catalog", exc)
+        catalog = None
+    ruleset = RuleSet(rules_dir(config, rc), names, severity, catalog=catalog)
     kind = kind or ("kafka" if config.log.backend == "kafka" else "embedded")
     if kind == "embedded":
         import fsspec
