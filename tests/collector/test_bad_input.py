@@ -175,6 +175,42 @@ async def test_corrupt_gzip(collector: Collector, body: bytes, message: str) -> 
     assert message in doc["message"]
 
 
+async def test_every_gzip_member_of_a_body_is_read(collector: Collector) -> None:
+    # RFC 1952 2.2: a gzip file is a series of members (`cat a.gz b.gz`); the events of each count.
+    batch = {"batch": [{"type": "track", "event": "A", "userId": "u", "messageId": f"m{i}"} for i in range(3)]}
+    text = orjson.dumps(batch)
+    cut = text.index(b'{"type"', len(b'{"batch":[{') + 1)  # split inside the JSON, between two events
+    body = gzip.compress(text[:cut]) + gzip.compress(text[cut:])
+    r = await collector.client.post("/v1/batch", content=body, headers={**JSON, "Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    assert sorted(e["messageId"] for e in await collector.records()) == ["m0", "m1", "m2"]
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        (b"trailing garbage", "16 byte(s) after the end of the gzip data are not another gzip member"),
+        (b"\n", "1 byte(s) after the end of the gzip data"),
+        (gzip.compress(b'{"more": 1}')[:-5], "gzip member 2 of the body is truncated"),
+        (b"\x1f\x8b not a member", "gzip member 2 of the body is not valid gzip"),
+    ],
+)
+async def test_gzip_followed_by_anything_but_whole_members_is_refused(collector: Collector, tail: bytes, message: str) -> None:
+    body = gzip.compress(orjson.dumps({"event": "A", "userId": "u"})) + tail
+    r = await collector.client.post("/v1/track", content=body, headers={**JSON, "Content-Encoding": "gzip"})
+    doc = assert_error(r, 400, "invalid_gzip", "Content-Encoding")
+    assert message in doc["message"], doc
+    assert await collector.records() == []
+
+
+async def test_the_inflation_cap_counts_every_member(make_collector: MakeCollector) -> None:
+    c = await make_collector({"collector": {"max_decompressed_bytes": 1000}})
+    text = orjson.dumps({"batch": [{"type": "track", "event": "E", "userId": "u", "properties": {"p": "z" * 1500}}]})
+    body = gzip.compress(text[:800]) + gzip.compress(text[800:])  # each member under the cap, the whole over it
+    r = await c.client.post("/v1/batch", content=body, headers={"Content-Encoding": "gzip"})
+    assert_error(r, 413, "payload_too_large", limit="max_decompressed_bytes")
+
+
 async def test_unsupported_encoding_and_content_type(collector: Collector) -> None:
     r = await collector.client.post("/v1/track", content=b"{}", headers={**JSON, "Content-Encoding": "br"})
     assert_error(r, 415, "unsupported_encoding", "Content-Encoding")
