@@ -20,6 +20,8 @@ from typing import Any
 
 from tripwire.config import Config, ConfigError, build
 
+from .nesting import DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH
+
 OPEN_SOURCE_NAME = "dev"
 
 
@@ -44,6 +46,8 @@ class CollectorConfig:
     # An event time more than this ahead of receivedAt (a clock far ahead, a local time sent without
     # its offset, an event "after" its sentAt) is replaced by receivedAt; originalTimestamp keeps it.
     max_future_s: int = 10
+    # How deep properties, traits, context (any value of an event) may nest; deeper is a 400.
+    max_nesting_depth: int = DEFAULT_MAX_DEPTH
 
     def __post_init__(self) -> None:
         for name in ("max_event_bytes", "max_batch_bytes", "max_decompressed_bytes"):
@@ -62,6 +66,10 @@ class CollectorConfig:
                 ) from None
         if self.max_future_s < 0:
             raise ConfigError(f"Config 'collector.max_future_s' has value {self.max_future_s!r}. Must be >= 0.")
+        if not 1 <= self.max_nesting_depth <= MAX_MAX_DEPTH:
+            raise ConfigError(
+                f"Config 'collector.max_nesting_depth' has value {self.max_nesting_depth!r}. Must be 1..{MAX_MAX_DEPTH}."
+            )
         for name in ("snippet_path", "pixel_path"):
             if not getattr(self, name).startswith("/"):
                 raise ConfigError(f"Config 'collector.{name}' has value {getattr(self, name)!r}. Must start with '/'.")

@@ -25,6 +25,7 @@ from .catalog import Catalog
 from .config import OPEN_SOURCE_NAME, SourceConfig
 from .enrich import IpPolicy
 from .errors import CollectorError, too_large
+from .nesting import DEFAULT_MAX_DEPTH, may_be_too_deep, too_deep_field
 
 Entry = tuple[bytes, bytes]
 _OPEN_SOURCE = SourceConfig("", ["*"], OPEN_SOURCE_NAME)
@@ -40,6 +41,7 @@ class Intake:
         ip_policy: IpPolicy,
         max_event_bytes: int,
         max_future_s: int = 10,
+        max_nesting_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.log = log
         self.sources = dict(sources)
@@ -48,6 +50,7 @@ class Intake:
         self.ip_policy = ip_policy
         self.max_event_bytes = max_event_bytes
         self.max_future_ms = max_future_s * 1000
+        self.max_nesting_depth = max_nesting_depth
         self._future: tuple[int, str] = (-1, "")  # (receive second, latest event time allowed), once a second
         self._basic_cache: dict[bytes, str | None] = {}
 
@@ -122,6 +125,7 @@ class Intake:
         reasons: list[str] = []
         catalog = self.catalog
         max_event_bytes = self.max_event_bytes if batch is not None else None
+        max_depth = self.max_nesting_depth
         dumps = orjson.dumps
         add_valid = valid.append
         for i, raw in enumerate(raws):
@@ -162,8 +166,16 @@ class Intake:
                 ctx["userAgent"] = user_agent
             if "library" not in ctx:
                 ctx["library"] = library
-            violation = catalog.check(env) if catalog is not None else None
-            value = dumps(env)
+            try:
+                value = dumps(env)
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes: the walk below names the field
+                value = b""
+            if not value or may_be_too_deep(value, max_depth):
+                self._check_nesting(env, bool(value), f"batch[{i}]." if batch is not None else "")
+            violation = None
+            if catalog is not None:
+                violation = catalog.check(env)
+                value = dumps(env)  # PII may have been hashed
             if max_event_bytes is not None and len(value) > max_event_bytes:
                 raise too_large("max_event_bytes", max_event_bytes, f"batch[{i}]")
             key = log_key(env).encode()
@@ -182,6 +194,18 @@ class Intake:
                 }
                 invalid.append((key, dumps(record)))
         return valid, invalid, reasons
+
+    def _check_nesting(self, env: dict[str, Any], serialised: bool, prefix: str) -> None:
+        limit = self.max_nesting_depth
+        deep = too_deep_field(env, limit)
+        if deep is not None:
+            raise CollectorError(
+                400, "invalid_event", f"{prefix}{deep} nests deeper than max_nesting_depth={limit} levels",
+                field=prefix + deep, limit="max_nesting_depth",
+            )
+        if not serialised:  # parsed JSON always serialises, so this is a bug; still a clear answer, not a 500
+            raise CollectorError(400, "invalid_event", f"{prefix or 'the event '}cannot be stored as JSON",
+                                 field=prefix.rstrip(".") or "body")
 
     async def write(self, valid: list[Entry], invalid: list[Entry], reasons: list[str]) -> None:
         """Append both topics; returns once everything is durable (raises LogError otherwise)."""
