@@ -4,6 +4,10 @@
 :class:`CollectorError` naming the event and field: a request is all or
 nothing, so an SDK never has half a batch acknowledged); ``write`` appends them
 and returns only once the log says they are durable.
+
+An event the collector acknowledges but will not pass on (it breaks its catalog
+schema, or it is older than ``max_age_days`` from a source that is not
+``historical``) goes to the invalid topic with the reason.
 """
 
 from __future__ import annotations
@@ -17,17 +21,19 @@ from typing import Any
 
 import orjson
 
-from tripwire.envelope import EnvelopeError, event_time_ms, format_time_ms, log_key, normalize
+from tripwire.envelope import EnvelopeError, format_time_ms, log_key, normalize_timed
 from tripwire.log import EVENTS, INVALID, EventLog
 
 from . import metrics
-from .catalog import Catalog
+from .catalog import Catalog, Violation
 from .config import OPEN_SOURCE_NAME, SourceConfig
+from .delay import DelayCounts
 from .enrich import IpPolicy
 from .errors import CollectorError, too_large
 from .nesting import DEFAULT_MAX_DEPTH, may_be_too_deep, too_deep_field
 
 Entry = tuple[bytes, bytes]
+_DAY_MS = 86_400_000
 _OPEN_SOURCE = SourceConfig("", ["*"], OPEN_SOURCE_NAME)
 
 
@@ -42,6 +48,7 @@ class Intake:
         max_event_bytes: int,
         max_future_s: int = 10,
         max_nesting_depth: int = DEFAULT_MAX_DEPTH,
+        max_age_days: int = 30,
     ) -> None:
         self.log = log
         self.sources = dict(sources)
@@ -51,7 +58,7 @@ class Intake:
         self.max_event_bytes = max_event_bytes
         self.max_future_ms = max_future_s * 1000
         self.max_nesting_depth = max_nesting_depth
-        self._future: tuple[int, str] = (-1, "")  # (receive second, latest event time allowed), once a second
+        self.max_age_ms = max_age_days * _DAY_MS  # 0: no bound
         self._basic_cache: dict[bytes, str | None] = {}
 
     # write key -----------------------------------------------------------------
@@ -96,19 +103,19 @@ class Intake:
         user_agent: str | None,
         library: dict[str, str],
         batch: Mapping[str, Any] | None = None,
-    ) -> tuple[list[Entry], list[Entry], list[str]]:
-        """Log entries for the events topic, for the invalid topic, and the invalid reasons.
+        historical: bool = False,
+    ) -> Prepared:
+        """The request's log entries, ready for :meth:`write`.
 
         Events are normalised in place (``raws`` belong to the request). What every
         event of the request shares (receive time, peer, batch fields) is worked out
-        once, before the loop.
+        once, before the loop. ``historical`` (the source's ``historical = true``)
+        lifts the bound on event age.
         """
         received_ms = int(time.time() * 1000)
         received_at = format_time_ms(received_ms)
-        second = received_ms // 1000
-        if self._future[0] != second:  # times are one ISO format: strings compare like the times
-            self._future = (second, format_time_ms(second * 1000 + 999 + self.max_future_ms))
-        latest = self._future[1]
+        latest_ms = received_ms + self.max_future_ms
+        oldest_ms = received_ms - self.max_age_ms if self.max_age_ms and not historical else None
         anonymize = self.ip_policy.anonymize
         anonymized_peer = anonymize(client_ip) if client_ip else None
         batch_sent_at = batch_context = batch_integrations = None
@@ -120,14 +127,12 @@ class Intake:
                 raise CollectorError(400, "invalid_event", "context must be a JSON object", field="context")
             if batch_integrations is not None and not isinstance(batch_integrations, dict):
                 raise CollectorError(400, "invalid_event", "integrations must be a JSON object", field="integrations")
-        valid: list[Entry] = []
-        invalid: list[Entry] = []
-        reasons: list[str] = []
+        out = Prepared(source)
+        valid, times, delays = out.valid, out.times, out.delays
         catalog = self.catalog
         max_event_bytes = self.max_event_bytes if batch is not None else None
         max_depth = self.max_nesting_depth
         dumps = orjson.dumps
-        add_valid = valid.append
         for i, raw in enumerate(raws):
             if type(raw) is not dict and not isinstance(raw, dict):
                 where = f"batch[{i}]" if batch is not None else "body"
@@ -147,14 +152,16 @@ class Intake:
                 if batch_integrations and "integrations" not in raw:
                     raw["integrations"] = batch_integrations
             try:
-                env = normalize(raw, received_at_ms=received_ms, source=source, default_type=default_type,
-                                received_at=received_at, in_place=True)
+                env, event_ms = normalize_timed(raw, received_at_ms=received_ms, source=source,
+                                                default_type=default_type, received_at=received_at, in_place=True)
             except EnvelopeError as exc:
                 where = f"batch[{i}]." if batch is not None else ""
                 raise CollectorError(400, "invalid_event", f"{where}{exc.field}: {exc.message}", field=where + exc.field) from None
-            if env["timestamp"] > latest and event_time_ms(env) > received_ms + self.max_future_ms:
+            if event_ms > latest_ms:
                 env["timestamp"] = received_at  # an event cannot happen after it arrived
+                event_ms = received_ms
                 metrics.EVENTS_FUTURE.inc()
+            delays.add(received_ms - event_ms)
             ctx = env.get("context")
             if ctx is None:
                 ctx = env["context"] = {}
@@ -174,26 +181,23 @@ class Intake:
                 self._check_nesting(env, bool(value), f"batch[{i}]." if batch is not None else "")
             violation = None
             if catalog is not None:
-                violation = catalog.check(env)
-                value = dumps(env)  # PII may have been hashed
+                violation = catalog.check(env)  # hashes PII in place, valid or not
+                value = dumps(env)
+            if oldest_ms is not None and event_ms < oldest_ms:
+                violation = Violation(
+                    "timestamp_too_old", "timestamp",
+                    f"event time {env['timestamp']} is more than collector.max_age_days={self.max_age_ms // _DAY_MS} "
+                    "days before receivedAt; send history from a source with historical = true",
+                )
             if max_event_bytes is not None and len(value) > max_event_bytes:
                 raise too_large("max_event_bytes", max_event_bytes, f"batch[{i}]")
             key = log_key(env).encode()
             if violation is None:
-                add_valid((key, value))
+                valid.append((key, value))
+                times.append(event_ms)
             else:
-                reasons.append(violation.reason)
-                record = {
-                    "reason": violation.reason,
-                    "field": violation.field,
-                    "message": violation.message,
-                    "messageId": env["messageId"],
-                    "source": source,
-                    "receivedAt": env["receivedAt"],
-                    "event": orjson.Fragment(value),
-                }
-                invalid.append((key, dumps(record)))
-        return valid, invalid, reasons
+                out.refuse(key, value, env, violation)
+        return out
 
     def _check_nesting(self, env: dict[str, Any], serialised: bool, prefix: str) -> None:
         limit = self.max_nesting_depth
@@ -207,8 +211,14 @@ class Intake:
             raise CollectorError(400, "invalid_event", f"{prefix or 'the event '}cannot be stored as JSON",
                                  field=prefix.rstrip(".") or "body")
 
-    async def write(self, valid: list[Entry], invalid: list[Entry], reasons: list[str]) -> None:
-        """Append both topics; returns once everything is durable (raises LogError otherwise)."""
+    async def write(self, prepared: Prepared) -> None:
+        """Append both topics; returns once everything is durable (raises LogError otherwise).
+
+        The events topic gets the request's events in event-time order (stable), so one
+        key's events are read in the order they happened, whatever order a device's
+        queue or an SDK's batch sent them in.
+        """
+        valid, invalid, reasons = prepared.in_time_order(), prepared.invalid, prepared.reasons
         start = time.perf_counter()
         if invalid and valid:
             await asyncio.gather(self.log.append(EVENTS, valid), self.log.append(INVALID, invalid))
@@ -224,4 +234,39 @@ class Intake:
             metrics.APPEND_INVALID.observe(elapsed)
             for reason in reasons:
                 metrics.EVENTS_INVALID.labels(reason).inc()
+        metrics.EVENT_DELAY.add(prepared.source, prepared.delays)
 
+
+class Prepared:
+    """One request's entries: valid ones (with their event times), invalid ones, and delays."""
+
+    __slots__ = ("source", "valid", "times", "invalid", "reasons", "delays")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.valid: list[Entry] = []
+        self.times: list[int] = []  # event time (ms) of each valid entry
+        self.invalid: list[Entry] = []
+        self.reasons: list[str] = []
+        self.delays = DelayCounts()
+
+    def refuse(self, key: bytes, value: bytes, env: dict[str, Any], violation: Violation) -> None:
+        self.reasons.append(violation.reason)
+        record = {
+            "reason": violation.reason,
+            "field": violation.field,
+            "message": violation.message,
+            "messageId": env["messageId"],
+            "source": self.source,
+            "receivedAt": env["receivedAt"],
+            "event": orjson.Fragment(value),
+        }
+        self.invalid.append((key, orjson.dumps(record)))
+
+    def in_time_order(self) -> list[Entry]:
+        """The valid entries, stably sorted by event time (as they are when already in order)."""
+        times = self.times
+        if times == sorted(times):
+            return self.valid
+        valid = self.valid
+        return [valid[i] for i in sorted(range(len(times)), key=times.__getitem__)]

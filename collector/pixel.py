@@ -104,15 +104,16 @@ class PixelEndpoint:
             client = scope.get("client")
             peer = self.intake.ip_policy.client_ip(client[0] if client else None, header(scope, b"x-forwarded-for"))
             ua = header(scope, b"user-agent")
-            valid, invalid, reasons = self.intake.prepare(
+            prepared = self.intake.prepare(
                 [event],
                 source=source.name,
+                historical=source.historical,
                 default_type=kind,
                 client_ip=peer,
                 user_agent=ua.decode("utf-8", "replace") if ua is not None else None,
                 library=_LIBRARY,
             )
-            await self.intake.write(valid, invalid, reasons)
+            await self.intake.write(prepared)
         except CollectorError as exc:
             metrics.EVENTS_REJECTED.labels(exc.limit or exc.code).inc()
             self.metrics.count(exc.status)

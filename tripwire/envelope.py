@@ -162,7 +162,24 @@ def normalize(
     received_at: str | None = None,
     in_place: bool = False,
 ) -> dict[str, Any]:
-    """Check ``raw`` against the envelope and return the normalised copy.
+    """Check ``raw`` against the envelope and return the normalised copy (see :func:`normalize_timed`)."""
+    return normalize_timed(raw, received_at_ms=received_at_ms, source=source, default_type=default_type,
+                           received_at=received_at, in_place=in_place)[0]
+
+
+def normalize_timed(
+    raw: Any,
+    *,
+    received_at_ms: int,
+    source: str,
+    default_type: str | None = None,
+    received_at: str | None = None,
+    in_place: bool = False,
+) -> tuple[dict[str, Any], int]:
+    """Check ``raw`` against the envelope; the normalised copy and its corrected event time (ms).
+
+    The time is what ``timestamp`` now says, returned so that a caller on the hot path
+    need not parse the string back.
 
     ``default_type`` is the type implied by the route (``/v1/track``); inside a
     batch each event names its own ``type``. A caller normalising many events
@@ -241,4 +258,4 @@ def normalize(
         raise EnvelopeError("sentAt" if sent_ms is not None else "timestamp", "date-time out of range") from None
     env["receivedAt"] = received_at if received_at is not None else format_time_ms(received_at_ms)
     env["source"] = source
-    return env
+    return env, event_ms
