@@ -139,3 +139,21 @@ async def test_a_requests_events_are_appended_in_event_time_order_per_key(make_c
         by_key.setdefault(key, []).append(env["messageId"])
     assert by_key[b"device"] == ["Late1", "AddToCart1", "Tie1", "Tie2", "Checkout1"]  # equal times keep their order
     assert by_key[b"other"] == ["View2", "View1"]
+
+
+async def test_a_clock_off_by_millennia_is_judged_not_refusing_the_batch(make_collector: MakeCollector) -> None:
+    # Each time is valid; their difference puts the corrected time outside years 1..9999. That refused
+    # the whole batch (400), so an SDK dropped its other events; now the time rules judge it.
+    c = await make_collector({})
+    batch = {"batch": [
+        {"type": "track", "event": "E", "userId": "u", "messageId": "ok"},
+        {"type": "track", "event": "E", "userId": "u", "messageId": "behind", "timestamp": "0001-01-01T00:00:00Z",
+         "sentAt": "9999-12-31T23:59:59Z"},
+        {"type": "track", "event": "E", "userId": "u", "messageId": "ahead", "timestamp": "9999-12-31T23:59:59Z",
+         "sentAt": "0001-01-01T00:00:00Z"},
+    ]}
+    assert (await c.client.post("/v1/batch", json=batch)).status_code == 200
+    stored = {e["messageId"]: e for e in await c.records()}
+    assert set(stored) == {"ok", "ahead"}
+    assert stored["ahead"]["timestamp"] == stored["ahead"]["receivedAt"]  # a future time becomes receivedAt
+    assert [(r["messageId"], r["reason"]) for r in await c.invalid()] == [("behind", "timestamp_too_old")]
