@@ -22,8 +22,6 @@ from typing import Any
 
 from tripwire.config import Config, ConfigError, build
 
-from .nesting import DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH
-
 OPEN_SOURCE_NAME = "dev"
 
 
@@ -48,8 +46,6 @@ class CollectorConfig:
     # An event time more than this ahead of receivedAt (a clock far ahead, a local time sent without
     # its offset, an event "after" its sentAt) is replaced by receivedAt; originalTimestamp keeps it.
     max_future_s: int = 10
-    # How deep properties, traits, context (any value of an event) may nest; deeper is a 400.
-    max_nesting_depth: int = DEFAULT_MAX_DEPTH
     # An event whose corrected time is older than this many days before receivedAt goes to the invalid
     # topic (timestamp_too_old), unless its source is historical; 0 = no bound.
     max_age_days: int = 30
@@ -73,10 +69,6 @@ class CollectorConfig:
             raise ConfigError(f"Config 'collector.max_future_s' has value {self.max_future_s!r}. Must be >= 0.")
         if self.max_age_days < 0:
             raise ConfigError(f"Config 'collector.max_age_days' has value {self.max_age_days!r}. Must be >= 0 (0: no bound).")
-        if not 1 <= self.max_nesting_depth <= MAX_MAX_DEPTH:
-            raise ConfigError(
-                f"Config 'collector.max_nesting_depth' has value {self.max_nesting_depth!r}. Must be 1..{MAX_MAX_DEPTH}."
-            )
         for name in ("snippet_path", "pixel_path"):
             if not getattr(self, name).startswith("/"):
                 raise ConfigError(f"Config 'collector.{name}' has value {getattr(self, name)!r}. Must start with '/'.")

@@ -27,10 +27,9 @@ from tripwire.log import EVENTS, INVALID, EventLog
 from . import metrics
 from .catalog import Catalog, Violation
 from .config import OPEN_SOURCE_NAME, SourceConfig
-from .delay import DelayCounts
 from .enrich import IpPolicy
 from .errors import CollectorError, too_large
-from .nesting import DEFAULT_MAX_DEPTH, may_be_too_deep, too_deep_field
+from .nesting import MAX_DEPTH, Serialiser, too_deep_field
 
 Entry = tuple[bytes, bytes]
 _DAY_MS = 86_400_000
@@ -47,7 +46,6 @@ class Intake:
         ip_policy: IpPolicy,
         max_event_bytes: int,
         max_future_s: int = 10,
-        max_nesting_depth: int = DEFAULT_MAX_DEPTH,
         max_age_days: int = 30,
     ) -> None:
         self.log = log
@@ -57,8 +55,8 @@ class Intake:
         self.ip_policy = ip_policy
         self.max_event_bytes = max_event_bytes
         self.max_future_ms = max_future_s * 1000
-        self.max_nesting_depth = max_nesting_depth
         self.max_age_ms = max_age_days * _DAY_MS  # 0: no bound
+        self._serialiser = Serialiser()
         self._basic_cache: dict[bytes, str | None] = {}
 
     # write key -----------------------------------------------------------------
@@ -128,11 +126,13 @@ class Intake:
             if batch_integrations is not None and not isinstance(batch_integrations, dict):
                 raise CollectorError(400, "invalid_event", "integrations must be a JSON object", field="integrations")
         out = Prepared(source)
-        valid, times, delays = out.valid, out.times, out.delays
+        valid, times, add_delay = out.valid, out.times, out.delays_ms.append
         catalog = self.catalog
         max_event_bytes = self.max_event_bytes if batch is not None else None
-        max_depth = self.max_nesting_depth
         dumps = orjson.dumps
+        # The Serialiser inline (see nesting.py): orjson itself refuses values nested past MAX_DEPTH.
+        outer, inner, wrap = self._serialiser.outer, self._serialiser.inner, self._serialiser.wrap
+        end = -wrap
         for i, raw in enumerate(raws):
             if type(raw) is not dict and not isinstance(raw, dict):
                 where = f"batch[{i}]" if batch is not None else "body"
@@ -161,7 +161,7 @@ class Intake:
                 env["timestamp"] = received_at  # an event cannot happen after it arrived
                 event_ms = received_ms
                 metrics.EVENTS_FUTURE.inc()
-            delays.add(received_ms - event_ms)
+            add_delay(received_ms - event_ms)
             ctx = env.get("context")
             if ctx is None:
                 ctx = env["context"] = {}
@@ -173,12 +173,14 @@ class Intake:
                 ctx["userAgent"] = user_agent
             if "library" not in ctx:
                 ctx["library"] = library
+            inner[0] = env
             try:
-                value = dumps(env)
-            except orjson.JSONEncodeError:  # nested deeper than orjson writes: the walk below names the field
-                value = b""
-            if not value or may_be_too_deep(value, max_depth):
-                self._check_nesting(env, bool(value), f"batch[{i}]." if batch is not None else "")
+                value = dumps(outer)[wrap:end]
+            except orjson.JSONEncodeError:
+                value = None
+            inner[0] = None  # keep no request's event alive
+            if value is None:
+                raise self._nesting_error(env, f"batch[{i}]." if batch is not None else "")
             violation = None
             if catalog is not None:
                 violation = catalog.check(env)  # hashes PII in place, valid or not
@@ -199,17 +201,17 @@ class Intake:
                 out.refuse(key, value, env, violation)
         return out
 
-    def _check_nesting(self, env: dict[str, Any], serialised: bool, prefix: str) -> None:
-        limit = self.max_nesting_depth
-        deep = too_deep_field(env, limit)
+    @staticmethod
+    def _nesting_error(env: dict[str, Any], prefix: str) -> CollectorError:
+        deep = too_deep_field(env)
         if deep is not None:
-            raise CollectorError(
-                400, "invalid_event", f"{prefix}{deep} nests deeper than max_nesting_depth={limit} levels",
+            return CollectorError(
+                400, "invalid_event", f"{prefix}{deep} nests deeper than max_nesting_depth={MAX_DEPTH} levels",
                 field=prefix + deep, limit="max_nesting_depth",
             )
-        if not serialised:  # parsed JSON always serialises, so this is a bug; still a clear answer, not a 500
-            raise CollectorError(400, "invalid_event", f"{prefix or 'the event '}cannot be stored as JSON",
-                                 field=prefix.rstrip(".") or "body")
+        # Parsed JSON within the limit always serialises: a bug, still answered clearly and not with a 500.
+        return CollectorError(400, "invalid_event", f"{prefix or 'the event '}cannot be stored as JSON",
+                              field=prefix.rstrip(".") or "body")
 
     async def write(self, prepared: Prepared) -> None:
         """Append both topics; returns once everything is durable (raises LogError otherwise).
@@ -234,13 +236,13 @@ class Intake:
             metrics.APPEND_INVALID.observe(elapsed)
             for reason in reasons:
                 metrics.EVENTS_INVALID.labels(reason).inc()
-        metrics.EVENT_DELAY.add(prepared.source, prepared.delays)
+        metrics.EVENT_DELAY.add(prepared.source, prepared.delays_ms)
 
 
 class Prepared:
     """One request's entries: valid ones (with their event times), invalid ones, and delays."""
 
-    __slots__ = ("source", "valid", "times", "invalid", "reasons", "delays")
+    __slots__ = ("source", "valid", "times", "invalid", "reasons", "delays_ms")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -248,7 +250,7 @@ class Prepared:
         self.times: list[int] = []  # event time (ms) of each valid entry
         self.invalid: list[Entry] = []
         self.reasons: list[str] = []
-        self.delays = DelayCounts()
+        self.delays_ms: list[int] = []  # receivedAt - event time of every event, valid or not
 
     def refuse(self, key: bytes, value: bytes, env: dict[str, Any], violation: Violation) -> None:
         self.reasons.append(violation.reason)

@@ -15,6 +15,8 @@ from typing import Any
 from tripwire import __version__
 from tripwire.envelope import MAX_EVENT_NAME_CHARS, MAX_ID_CHARS, TYPES
 
+from .nesting import MAX_DEPTH
+
 _KINDS = sorted(TYPES)
 _ERROR = {
     "type": "object",
@@ -38,7 +40,7 @@ _EVENT_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_EVENT_NAME_CHA
                "description": "the event name: not empty, not only white space"}
 _TIME = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
 _OBJECT = {"anyOf": [{"type": "object"}, {"type": "null"}],
-           "description": "a JSON object; values nest at most collector.max_nesting_depth levels (400 beyond)"}
+           "description": f"a JSON object; values nest at most {MAX_DEPTH} levels (deeper: 400, limit max_nesting_depth)"}
 _COMMON: dict[str, Any] = {
     "anonymousId": _ID,
     "userId": _ID,

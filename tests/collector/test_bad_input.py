@@ -121,46 +121,44 @@ def nested_text(levels: int, *, mixed: bool = False) -> str:
 
 
 @pytest.mark.parametrize("field", ["properties", "traits", "context", "integrations", "custom"])
-@pytest.mark.parametrize("levels", [65, 253, 300, 1000])  # 254-1023 levels were a 500: orjson reads them, cannot write them
+@pytest.mark.parametrize("levels", [241, 253, 254, 300, 1000])  # 254-1023 levels were a 500: orjson reads them, cannot write them
 async def test_values_nested_past_the_limit_are_a_400_naming_field_and_limit(collector: Collector, field: str, levels: int) -> None:
     value = nested_text(levels, mixed=field == "custom")  # any other field of the event too, arrays included
     body = '{"event": "A", "userId": "u", "%s": %s}' % (field, value if field != "custom" else f"[{value}]")
     r = await collector.client.post("/v1/track", content=body, headers=JSON)
     doc = assert_error(r, 400, "invalid_event", field, limit="max_nesting_depth")
-    assert doc["message"] == f"{field} nests deeper than max_nesting_depth=64 levels", doc
+    assert doc["message"] == f"{field} nests deeper than max_nesting_depth=240 levels", doc
     assert await collector.records() == []
 
 
-async def test_the_nesting_limit_is_inclusive_and_configurable(make_collector: MakeCollector) -> None:
-    c = await make_collector({"sources": {"s": {"write_key": SERVER_KEY}}})
-    ok = {"event": "A", "userId": "u", "properties": nested(64), "context": {"x": nested(63, container="list")}}
-    assert (await c.client.post("/v1/track", json=ok, headers=AUTH)).status_code == 200
-    stored = (await c.records())[0]
-    assert stored["properties"] == ok["properties"]
-    # Strings full of brackets look deep to the quick count, and are not.
-    flat = {"event": "A", "userId": "u", "properties": {"s": "[{" * 500}}
-    assert (await c.client.post("/v1/track", json=flat, headers=AUTH)).status_code == 200
-
-    shallow = await make_collector({"sources": {"s": {"write_key": SERVER_KEY}}, "collector": {"max_nesting_depth": 3}})
-    batch = {"batch": [{"type": "track", "event": "A", "userId": "u", "properties": nested(3)},
-                       {"type": "identify", "userId": "u", "traits": nested(4)}]}
-    r = await shallow.client.post("/v1/batch", json=batch, headers=AUTH)
-    doc = assert_error(r, 400, "invalid_event", "batch[1].traits", limit="max_nesting_depth")
-    assert "max_nesting_depth=3" in doc["message"]
+async def test_the_nesting_limit_is_inclusive(collector: Collector) -> None:
+    ok = {"event": "A", "userId": "u", "properties": nested(240), "context": {"x": nested(239, container="list")}}
+    assert (await collector.client.post("/v1/track", json=ok, headers=AUTH)).status_code == 200
+    (stored,) = await collector.records()
+    assert stored["properties"] == ok["properties"] and stored["context"]["x"] == ok["context"]["x"]
+    batch = {"batch": [{"type": "track", "event": "A", "userId": "u", "properties": nested(240)},
+                       {"type": "identify", "userId": "u", "traits": {"a": nested(240, container="mixed")}}]}
+    r = await collector.client.post("/v1/batch", json=batch, headers=AUTH)
+    assert_error(r, 400, "invalid_event", "batch[1].traits", limit="max_nesting_depth")
     # A batch-level context is every event's context.
-    batch = {"batch": [{"type": "track", "event": "A", "userId": "u"}], "context": {"a": {"b": {"c": {}}}}}
-    r = await shallow.client.post("/v1/batch", json=batch, headers=AUTH)
+    batch = {"batch": [{"type": "track", "event": "A", "userId": "u"}], "context": {"a": nested(240)}}
+    r = await collector.client.post("/v1/batch", json=batch, headers=AUTH)
     assert_error(r, 400, "invalid_event", "batch[0].context", limit="max_nesting_depth")
-    assert await shallow.records() == []
+    assert len(await collector.records()) == 1
 
 
-def test_the_nesting_limit_is_checked_in_config() -> None:
-    from tripwire.collector.config import CollectorConfig
-    from tripwire.config import ConfigError
+def test_the_limit_leaves_room_for_what_embeds_events() -> None:
+    # Trigger records and webhook bodies put a stored event 2-3 levels deeper; orjson writes 254.
+    from tripwire.collector.nesting import MAX_DEPTH, WRITABLE_DEPTH, Serialiser
 
-    for bad in (0, 201):
-        with pytest.raises(ConfigError, match=r"'collector.max_nesting_depth' has value .*Must be 1..200"):
-            CollectorConfig(max_nesting_depth=bad)
+    assert WRITABLE_DEPTH == 254, "orjson's depth limit moved: re-check MAX_DEPTH and the Serialiser's cost"
+    assert MAX_DEPTH + 1 + 3 < WRITABLE_DEPTH
+    env = {"type": "track", "properties": nested(MAX_DEPTH)}
+    value = Serialiser()(env)
+    assert value == orjson.dumps(env)
+    webhook = {"data": {"events": [orjson.loads(value)]}}
+    assert orjson.loads(orjson.dumps(webhook))["data"]["events"][0] == env
+    assert Serialiser()({"properties": nested(MAX_DEPTH + 1)}) is None
 
 
 async def test_single_event_over_32kb_names_the_limit(collector: Collector) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from tripwire.collector import create_app
@@ -73,7 +73,7 @@ batches = st.fixed_dictionaries(
 @st.composite
 def deep_values(draw: Any) -> str:
     """JSON text of objects and arrays nested 1-1100 levels (no encoder writes that deep)."""
-    levels = draw(st.integers(1, 1100) | st.sampled_from([63, 64, 65, 66, 253, 254, 255, 1022, 1023, 1024]))
+    levels = draw(st.integers(1, 1100) | st.sampled_from([239, 240, 241, 242, 253, 254, 255, 1022, 1023, 1024]))
     kinds = draw(st.sampled_from(["{", "[", "mixed"]))
     opens = ['{"k":' if (kinds == "{" or (kinds == "mixed" and i % 2)) else "[" for i in range(levels - 1)]
     closes = ["}" if o.startswith("{") else "]" for o in reversed(opens)]
@@ -81,14 +81,14 @@ def deep_values(draw: Any) -> str:
 
 
 @st.composite
-def deep_events(draw: Any) -> str:
+def deep_events(draw: Any, batches: bool = True) -> str:
     """An otherwise valid event (or batch of one) with one deeply nested field."""
     field = draw(st.sampled_from(["properties", "traits", "context", "integrations", "extra"]))
     value = draw(deep_values())
     if field != "extra" and not value.startswith("{"):
         value = '{"v": %s}' % value
     event = '{"type": "%s", "event": "A", "userId": "u", "%s": %s}' % (draw(st.sampled_from(["track", "identify"])), field, value)
-    return event if draw(st.booleans()) else '{"batch": [%s]}' % event
+    return event if not batches or draw(st.booleans()) else '{"batch": [%s]}' % event
 
 
 @st.composite
@@ -171,7 +171,8 @@ def requests(draw: Any) -> dict[str, Any]:
     return {"method": method, "url": path, "headers": headers, "content": body if method not in ("GET", "HEAD") else None, "params": params}
 
 
-def run_against_the_app(tmp_path: Path, strategy: st.SearchStrategy[dict[str, Any]], examples: int) -> dict[tuple[str, int], int]:
+def run_against_the_app(tmp_path: Path, strategy: st.SearchStrategy[dict[str, Any]], examples: int,
+                        fixed_seed: int | None = None) -> dict[tuple[str, int], int]:
     """Send ``examples`` generated requests; every answer < 500, every refusal JSON. Returns (shape, status) counts."""
     catalog = tmp_path / "catalog.json"
     catalog.write_text('{"events": {"A": {"schema": {"type": "object", "properties": {"n": {"type": "integer"}}}, "pii": ["email"]}},'
@@ -199,6 +200,8 @@ def run_against_the_app(tmp_path: Path, strategy: st.SearchStrategy[dict[str, An
                 doc = r.json()
                 assert doc.get("error") or doc.get("status"), doc
 
+        if fixed_seed is not None:
+            check = seed(fixed_seed)(check)
         try:
             check()
         finally:
@@ -232,7 +235,7 @@ def shaped_requests(draw: Any) -> dict[str, Any]:
         return {"shape": shape, "method": "POST", "url": path, "headers": headers, "content": body}
     params: dict[str, str] = {"writeKey": WRITE_KEY}
     if shape == "pixel-data":
-        text = draw(deep_events() | (events | json_values).map(json.dumps))
+        text = draw(deep_events(batches=False) | (events | json_values).map(json.dumps))
         params["data"] = base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode()
     else:
         params.update({"event": "A", "userId": "u"})
@@ -243,7 +246,8 @@ def shaped_requests(draw: Any) -> dict[str, Any]:
 
 
 def test_odd_shapes_that_pass_the_door_get_a_4xx_never_a_5xx(tmp_path: Path) -> None:
-    seen = run_against_the_app(tmp_path, shaped_requests(), 300)
+    # Seeded: the same requests every run, so the coverage check below cannot flake.
+    seen = run_against_the_app(tmp_path, shaped_requests(), 300, fixed_seed=20261207)
     for shape in ("api", "gzip", "pixel-data", "pixel-params"):  # each shape reached both answers
         assert seen.get((shape, 200), 0) > 0, (shape, seen)
         assert sum(n for (sh, s), n in seen.items() if sh == shape and s == 400) > 0, (shape, seen)

@@ -71,7 +71,7 @@ async def test_pixel_bad_input(collector: Collector) -> None:
         (f"/v1/pixel?writeKey={SERVER_KEY}&event=A&userId=1&properties=foo&properties.x=1", 400, "invalid_query", "properties"),
         (f"/v1/pixel?writeKey={SERVER_KEY}&event=A&userId=1&context.x=1&context=foo", 400, "invalid_query", "context"),
         (f"/v1/pixel/identify?writeKey={SERVER_KEY}&userId=1&traits=&traits.plan=pro", 400, "invalid_query", "traits"),
-        (f"/v1/pixel?writeKey={SERVER_KEY}&data=" + _b64({"event": "A", "userId": "1", "properties": _nested(65)}),
+        (f"/v1/pixel?writeKey={SERVER_KEY}&data=" + _b64({"event": "A", "userId": "1", "properties": _nested(241)}),
          400, "invalid_event", "properties"),
     ]
     for url, status, error, field in cases:
