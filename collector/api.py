@@ -87,9 +87,10 @@ class TrackingEndpoint:
             ua = headers.get(b"user-agent")
             client = scope.get("client")
             peer = intake.ip_policy.client_ip(client[0] if client else None, headers.get(b"x-forwarded-for"))
-            valid, invalid, reasons = intake.prepare(
+            prepared = intake.prepare(
                 events,
                 source=source.name,
+                historical=source.historical,
                 default_type=default_type,
                 client_ip=peer,
                 user_agent=ua.decode("utf-8", "replace") if ua is not None else None,
@@ -101,7 +102,7 @@ class TrackingEndpoint:
             # instead of surviving into the GC's older generations, whose full collections
             # grow with every request in flight (about a fifth of the CPU per event under load).
             del doc, events, batch, body
-            await intake.write(valid, invalid, reasons)
+            await intake.write(prepared)
         except CollectorError as exc:
             metrics.EVENTS_REJECTED.labels(exc.limit or exc.code).inc()
             self.metrics.count(exc.status)

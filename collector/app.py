@@ -74,7 +74,7 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
         logger.info("event catalog %s: %d events, strict=%s", path, len(catalog.event_names), settings.strict)
     ip_policy = IpPolicy(settings.trusted_proxies, settings.ip_truncate, settings.ipv4_prefix, settings.ipv6_prefix)
     intake = Intake(log, sources, catalog=catalog, ip_policy=ip_policy, max_event_bytes=settings.max_event_bytes,
-                    max_future_s=settings.max_future_s)
+                    max_future_s=settings.max_future_s, max_age_days=settings.max_age_days)
     metrics.watch_log(log)
 
     api_cors = CorsPolicy(sources.values(), intake.open_mode, settings.cors_max_age_s, "POST")

@@ -17,6 +17,7 @@ from .errors import CollectorError, too_large
 
 JSON_TYPES = frozenset({"", "application/json", "text/plain"})
 _INFLATE_CHUNK = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
 # Content-Type values as clients send them, accepted without parsing.
 _ACCEPTED = frozenset({
     b"application/json", b"application/json; charset=utf-8", b"application/json;charset=UTF-8",
@@ -72,7 +73,12 @@ async def read_body(receive: Receive, length: bytes | None, limit: int, limit_na
 
 
 def decode(body: bytes, encoding: bytes | None, limit: int, limit_name: str, max_inflated: int) -> bytes:
-    """Undo ``Content-Encoding`` (identity or gzip), inflating at most the smaller cap + 1 byte."""
+    """Undo ``Content-Encoding`` (identity or gzip), inflating at most the smaller cap + 1 byte.
+
+    A gzip body may hold several members (RFC 1952 2.2: ``cat a.gz b.gz``); every one is
+    inflated, under one cap for all. Bytes after the last member that do not start another
+    one, a member cut short, or a corrupt one refuse the request: nothing is dropped silently.
+    """
     if encoding is None:
         return body
     name = encoding.strip().lower()
@@ -86,28 +92,46 @@ def decode(body: bytes, encoding: bytes | None, limit: int, limit_name: str, max
             field="Content-Encoding",
         )
     cap, cap_name = (limit, limit_name) if limit <= max_inflated else (max_inflated, "max_decompressed_bytes")
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     out: list[bytes] = []
     size = 0
     data = body
+    member = 0
     try:
-        while data:
-            piece = inflater.decompress(data, _INFLATE_CHUNK)
-            size += len(piece)
+        while True:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            while data:
+                piece = inflater.decompress(data, _INFLATE_CHUNK)
+                size += len(piece)
+                if size > cap:
+                    raise too_large(cap_name, cap, "gzip body inflated")
+                out.append(piece)
+                data = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+            tail = inflater.flush(_INFLATE_CHUNK)
+            size += len(tail)
             if size > cap:
                 raise too_large(cap_name, cap, "gzip body inflated")
-            out.append(piece)
-            data = inflater.unconsumed_tail
-        tail = inflater.flush(_INFLATE_CHUNK)
-        size += len(tail)
-        if size > cap:
-            raise too_large(cap_name, cap, "gzip body inflated")
-        out.append(tail)
+            out.append(tail)
+            if not inflater.eof:
+                raise CollectorError(400, "invalid_gzip", _where(member, "is truncated"), field="Content-Encoding")
+            data = inflater.unused_data
+            if not data:
+                break
+            member += 1
+            if not data.startswith(_GZIP_MAGIC):
+                raise CollectorError(
+                    400, "invalid_gzip",
+                    f"{len(data)} byte(s) after the end of the gzip data are not another gzip member",
+                    field="Content-Encoding",
+                )
     except zlib.error as exc:
-        raise CollectorError(400, "invalid_gzip", f"body is not valid gzip: {exc}", field="Content-Encoding") from None
-    if not inflater.eof:
-        raise CollectorError(400, "invalid_gzip", "gzip body is truncated", field="Content-Encoding")
+        raise CollectorError(400, "invalid_gzip", _where(member, f"is not valid gzip: {exc}"), field="Content-Encoding") from None
     return b"".join(out)
+
+
+def _where(member: int, problem: str) -> str:
+    return f"gzip body {problem}" if member == 0 else f"gzip member {member + 1} of the body {problem}"
 
 
 def parse_json(body: bytes) -> Any:

@@ -1,24 +1,11 @@
-"""The event catalog: which events exist, the JSON Schema of their properties, PII.
+"""What the collector does with the event catalog: JSON Schema checks and PII hashing.
 
-The catalog is a JSON file (see ``examples/catalog.json``)::
-
-    {
-      "events": {
-        "Product Added": {
-          "description": "a product went into the cart",
-          "schema": {"type": "object", "required": ["sku"], "properties": {...}},
-          "pii": ["email", "shipping.phone"]
-        }
-      },
-      "traits": {"schema": {...}, "pii": ["email", "phone"]}
-    }
-
-``schema`` is a JSON Schema for a track event's ``properties`` (or an identify
-call's ``traits``); schemas are compiled once, at start. ``pii`` lists dotted
-paths whose values are replaced by a salted SHA-256 (hex) of the value (strings
-are trimmed and lower-cased first, so ``Ann@X.com`` and ``ann@x.com`` hash
-alike). PII is hashed whether or not the event is valid, so the invalid topic
-holds no clear-text PII either.
+The file's format is the spine's (:mod:`tripwire.catalog`, ``examples/catalog.json``);
+this module compiles each entry's ``schema`` once, at start (fastjsonschema), and
+replaces the values at each ``pii`` path by a salted SHA-256 (hex) of the value
+(strings are trimmed and lower-cased first, so ``Ann@X.com`` and ``ann@x.com``
+hash alike). PII is hashed whether or not the event is valid, so the invalid
+topic holds no clear-text PII either.
 
 ``check`` returns ``None`` for a valid event, or a :class:`Violation` naming the
 reason (``unknown_event`` in strict mode, ``schema``), the field and a message;
@@ -38,6 +25,10 @@ from typing import Any
 
 import fastjsonschema
 import orjson
+
+from tripwire.catalog import CatalogEntry
+from tripwire.catalog import CatalogError as FileError
+from tripwire.catalog import load_catalog
 
 from .errors import CatalogError
 
@@ -71,18 +62,11 @@ class Catalog:
     @classmethod
     def load(cls, path: Path, *, strict: bool, salt: bytes) -> Catalog:
         try:
-            doc = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise CatalogError(f"event catalog '{path}' does not exist") from None
-        except orjson.JSONDecodeError as exc:
-            raise CatalogError(f"event catalog '{path}' is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("events", {}), dict):
-            raise CatalogError(f"event catalog '{path}': expected an object with an 'events' object")
-        unknown = set(doc) - {"events", "traits", "description", "$schema", "version"}
-        if unknown:
-            raise CatalogError(f"event catalog '{path}': unknown key(s) {', '.join(sorted(unknown))}")
-        events = {name: _spec(path, f"events.{name}", spec) for name, spec in doc.get("events", {}).items()}
-        traits = _spec(path, "traits", doc["traits"]) if "traits" in doc else None
+            catalog = load_catalog(path)
+        except FileError as exc:
+            raise CatalogError(str(exc)) from None
+        events = {name: _spec(path, entry) for name, entry in catalog.events.items()}
+        traits = _spec(path, catalog.traits) if catalog.traits is not None else None
         return cls(events, traits, strict=strict, salt=salt)
 
     def hash_value(self, value: Any) -> str:
@@ -137,22 +121,16 @@ class Catalog:
         return out
 
 
-def _spec(path: Path, where: str, spec: Any) -> _Spec:
-    if not isinstance(spec, dict):
-        raise CatalogError(f"event catalog '{path}': '{where}' must be an object")
-    unknown = set(spec) - {"schema", "pii", "description"}
-    if unknown:
-        raise CatalogError(f"event catalog '{path}': '{where}' has unknown key(s) {', '.join(sorted(unknown))}")
+def _spec(path: Path, entry: CatalogEntry) -> _Spec:
     validate = None
-    if "schema" in spec:
+    if entry.schema is not None:
         try:
-            validate = fastjsonschema.compile(spec["schema"])
-        except fastjsonschema.JsonSchemaDefinitionException as exc:
-            raise CatalogError(f"event catalog '{path}': '{where}.schema' is not a valid JSON Schema: {exc}") from None
-    pii = spec.get("pii", [])
-    if not isinstance(pii, list) or not all(isinstance(p, str) and p for p in pii):
-        raise CatalogError(f"event catalog '{path}': '{where}.pii' must be a list of property paths")
-    return _Spec(validate, tuple(tuple(p.split(".")) for p in pii))
+            validate = fastjsonschema.compile(entry.schema)
+        except Exception as exc:  # fastjsonschema raises its own error, but also re.error, TypeError, ...
+            raise CatalogError(
+                f"event catalog '{path}': '{entry.where}.schema' is not a valid JSON Schema: {exc}"
+            ) from None
+    return _Spec(validate, tuple(tuple(p.split(".")) for p in entry.pii))
 
 
 def resolve_salt(configured: str, data_dir: Path) -> bytes:

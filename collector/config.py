@@ -4,6 +4,8 @@ A *source* is one website or backend sending events: it owns a write key and
 the browser origins allowed to send with it (CORS). ``origins = ["*"]`` allows
 every origin; an empty list allows none, which suits a server-side source
 (requests without an ``Origin`` header are never refused on that ground).
+``historical = true`` marks a source that imports history: its events are not
+held to ``collector.max_age_days``.
 
 With no sources configured the collector runs in *open mode*: every write key
 (or none) is accepted as source ``dev`` from any origin, and a warning is
@@ -44,6 +46,9 @@ class CollectorConfig:
     # An event time more than this ahead of receivedAt (a clock far ahead, a local time sent without
     # its offset, an event "after" its sentAt) is replaced by receivedAt; originalTimestamp keeps it.
     max_future_s: int = 10
+    # An event whose corrected time is older than this many days before receivedAt goes to the invalid
+    # topic (timestamp_too_old), unless its source is historical; 0 = no bound.
+    max_age_days: int = 30
 
     def __post_init__(self) -> None:
         for name in ("max_event_bytes", "max_batch_bytes", "max_decompressed_bytes"):
@@ -62,6 +67,8 @@ class CollectorConfig:
                 ) from None
         if self.max_future_s < 0:
             raise ConfigError(f"Config 'collector.max_future_s' has value {self.max_future_s!r}. Must be >= 0.")
+        if self.max_age_days < 0:
+            raise ConfigError(f"Config 'collector.max_age_days' has value {self.max_age_days!r}. Must be >= 0 (0: no bound).")
         for name in ("snippet_path", "pixel_path"):
             if not getattr(self, name).startswith("/"):
                 raise ConfigError(f"Config 'collector.{name}' has value {getattr(self, name)!r}. Must start with '/'.")
@@ -72,6 +79,7 @@ class SourceConfig:
     write_key: str = ""
     origins: list[str] = field(default_factory=list)
     name: str = ""
+    historical: bool = False  # imports of history: its events are never too old (collector.max_age_days)
 
     def allows_origin(self, origin: str) -> bool:
         return "*" in self.origins or origin.rstrip("/") in self.origins
@@ -102,7 +110,7 @@ def load_sources(config: Config) -> dict[str, SourceConfig]:
             scheme, host = scheme.lower(), host.lower()
             host = host.removesuffix({"https": ":443", "http": ":80"}.get(scheme, "\0"))
             origins.append(origin if origin == "*" else f"{scheme}://{host}")
-        by_key[source.write_key] = SourceConfig(source.write_key, origins, name)
+        by_key[source.write_key] = SourceConfig(source.write_key, origins, name, source.historical)
     return by_key
 
 

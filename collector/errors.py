@@ -3,7 +3,8 @@
 Exceptions::
 
     CollectorError            status, error code, message, optional field / limit
-     ├── CatalogError         the event catalog file is unusable (raised at start)
+     ├── CatalogError         the event catalog file is unusable (raised at start); also a
+     │                        tripwire.catalog.CatalogError, as every catalog problem is
      └── (instances only)     bad requests: see the helpers below
 
 The JSON body is ``{"success": false, "error": code, "message": ..., "field": ...,
@@ -15,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from tripwire import catalog
 
 
 class CollectorError(Exception):
@@ -47,7 +50,7 @@ class CollectorError(Exception):
         return orjson.dumps(doc)
 
 
-class CatalogError(CollectorError):
+class CatalogError(CollectorError, catalog.CatalogError):
     """The event catalog cannot be loaded; names the file and the entry."""
 
     def __init__(self, message: str) -> None:

@@ -4,6 +4,10 @@
 :class:`CollectorError` naming the event and field: a request is all or
 nothing, so an SDK never has half a batch acknowledged); ``write`` appends them
 and returns only once the log says they are durable.
+
+An event the collector acknowledges but will not pass on (it breaks its catalog
+schema, or it is older than ``max_age_days`` from a source that is not
+``historical``) goes to the invalid topic with the reason.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from typing import Any
 
 import orjson
 
-from tripwire.envelope import EnvelopeError, event_time_ms, format_time_ms, log_key, normalize
+from tripwire.envelope import EnvelopeError, format_time_ms, log_key, normalize_timed
 from tripwire.log import EVENTS, INVALID, EventLog
 
 from . import metrics
-from .catalog import Catalog
+from .catalog import Catalog, Violation
 from .config import OPEN_SOURCE_NAME, SourceConfig
 from .enrich import IpPolicy
 from .errors import CollectorError, too_large
+from .nesting import MAX_DEPTH, Serialiser, too_deep_field
 
 Entry = tuple[bytes, bytes]
+_DAY_MS = 86_400_000
 _OPEN_SOURCE = SourceConfig("", ["*"], OPEN_SOURCE_NAME)
 
 
@@ -40,6 +46,7 @@ class Intake:
         ip_policy: IpPolicy,
         max_event_bytes: int,
         max_future_s: int = 10,
+        max_age_days: int = 30,
     ) -> None:
         self.log = log
         self.sources = dict(sources)
@@ -48,7 +55,8 @@ class Intake:
         self.ip_policy = ip_policy
         self.max_event_bytes = max_event_bytes
         self.max_future_ms = max_future_s * 1000
-        self._future: tuple[int, str] = (-1, "")  # (receive second, latest event time allowed), once a second
+        self.max_age_ms = max_age_days * _DAY_MS  # 0: no bound
+        self._serialiser = Serialiser()
         self._basic_cache: dict[bytes, str | None] = {}
 
     # write key -----------------------------------------------------------------
@@ -93,19 +101,19 @@ class Intake:
         user_agent: str | None,
         library: dict[str, str],
         batch: Mapping[str, Any] | None = None,
-    ) -> tuple[list[Entry], list[Entry], list[str]]:
-        """Log entries for the events topic, for the invalid topic, and the invalid reasons.
+        historical: bool = False,
+    ) -> Prepared:
+        """The request's log entries, ready for :meth:`write`.
 
         Events are normalised in place (``raws`` belong to the request). What every
         event of the request shares (receive time, peer, batch fields) is worked out
-        once, before the loop.
+        once, before the loop. ``historical`` (the source's ``historical = true``)
+        lifts the bound on event age.
         """
         received_ms = int(time.time() * 1000)
         received_at = format_time_ms(received_ms)
-        second = received_ms // 1000
-        if self._future[0] != second:  # times are one ISO format: strings compare like the times
-            self._future = (second, format_time_ms(second * 1000 + 999 + self.max_future_ms))
-        latest = self._future[1]
+        latest_ms = received_ms + self.max_future_ms
+        oldest_ms = received_ms - self.max_age_ms if self.max_age_ms and not historical else None
         anonymize = self.ip_policy.anonymize
         anonymized_peer = anonymize(client_ip) if client_ip else None
         batch_sent_at = batch_context = batch_integrations = None
@@ -117,13 +125,14 @@ class Intake:
                 raise CollectorError(400, "invalid_event", "context must be a JSON object", field="context")
             if batch_integrations is not None and not isinstance(batch_integrations, dict):
                 raise CollectorError(400, "invalid_event", "integrations must be a JSON object", field="integrations")
-        valid: list[Entry] = []
-        invalid: list[Entry] = []
-        reasons: list[str] = []
+        out = Prepared(source)
+        valid, times, add_delay = out.valid, out.times, out.delays_ms.append
         catalog = self.catalog
         max_event_bytes = self.max_event_bytes if batch is not None else None
         dumps = orjson.dumps
-        add_valid = valid.append
+        # The Serialiser inline (see nesting.py): orjson itself refuses values nested past MAX_DEPTH.
+        outer, inner, wrap = self._serialiser.outer, self._serialiser.inner, self._serialiser.wrap
+        end = -wrap
         for i, raw in enumerate(raws):
             if type(raw) is not dict and not isinstance(raw, dict):
                 where = f"batch[{i}]" if batch is not None else "body"
@@ -143,14 +152,16 @@ class Intake:
                 if batch_integrations and "integrations" not in raw:
                     raw["integrations"] = batch_integrations
             try:
-                env = normalize(raw, received_at_ms=received_ms, source=source, default_type=default_type,
-                                received_at=received_at, in_place=True)
+                env, event_ms = normalize_timed(raw, received_at_ms=received_ms, source=source,
+                                                default_type=default_type, received_at=received_at, in_place=True)
             except EnvelopeError as exc:
                 where = f"batch[{i}]." if batch is not None else ""
                 raise CollectorError(400, "invalid_event", f"{where}{exc.field}: {exc.message}", field=where + exc.field) from None
-            if env["timestamp"] > latest and event_time_ms(env) > received_ms + self.max_future_ms:
+            if event_ms > latest_ms:
                 env["timestamp"] = received_at  # an event cannot happen after it arrived
+                event_ms = received_ms
                 metrics.EVENTS_FUTURE.inc()
+            add_delay(received_ms - event_ms)
             ctx = env.get("context")
             if ctx is None:
                 ctx = env["context"] = {}
@@ -162,29 +173,54 @@ class Intake:
                 ctx["userAgent"] = user_agent
             if "library" not in ctx:
                 ctx["library"] = library
-            violation = catalog.check(env) if catalog is not None else None
-            value = dumps(env)
+            inner[0] = env
+            try:
+                value = dumps(outer)[wrap:end]
+            except orjson.JSONEncodeError:
+                value = None
+            inner[0] = None  # keep no request's event alive
+            if value is None:
+                raise self._nesting_error(env, f"batch[{i}]." if batch is not None else "")
+            violation = None
+            if catalog is not None:
+                violation = catalog.check(env)  # hashes PII in place, valid or not
+                value = dumps(env)
+            if oldest_ms is not None and event_ms < oldest_ms:
+                violation = Violation(
+                    "timestamp_too_old", "timestamp",
+                    f"event time {env['timestamp']} is more than collector.max_age_days={self.max_age_ms // _DAY_MS} "
+                    "days before receivedAt; send history from a source with historical = true",
+                )
             if max_event_bytes is not None and len(value) > max_event_bytes:
                 raise too_large("max_event_bytes", max_event_bytes, f"batch[{i}]")
             key = log_key(env).encode()
             if violation is None:
-                add_valid((key, value))
+                valid.append((key, value))
+                times.append(event_ms)
             else:
-                reasons.append(violation.reason)
-                record = {
-                    "reason": violation.reason,
-                    "field": violation.field,
-                    "message": violation.message,
-                    "messageId": env["messageId"],
-                    "source": source,
-                    "receivedAt": env["receivedAt"],
-                    "event": orjson.Fragment(value),
-                }
-                invalid.append((key, dumps(record)))
-        return valid, invalid, reasons
+                out.refuse(key, value, env, violation)
+        return out
 
-    async def write(self, valid: list[Entry], invalid: list[Entry], reasons: list[str]) -> None:
-        """Append both topics; returns once everything is durable (raises LogError otherwise)."""
+    @staticmethod
+    def _nesting_error(env: dict[str, Any], prefix: str) -> CollectorError:
+        deep = too_deep_field(env)
+        if deep is not None:
+            return CollectorError(
+                400, "invalid_event", f"{prefix}{deep} nests deeper than max_nesting_depth={MAX_DEPTH} levels",
+                field=prefix + deep, limit="max_nesting_depth",
+            )
+        # Parsed JSON within the limit always serialises: a bug, still answered clearly and not with a 500.
+        return CollectorError(400, "invalid_event", f"{prefix or 'the event '}cannot be stored as JSON",
+                              field=prefix.rstrip(".") or "body")
+
+    async def write(self, prepared: Prepared) -> None:
+        """Append both topics; returns once everything is durable (raises LogError otherwise).
+
+        The events topic gets the request's events in event-time order (stable), so one
+        key's events are read in the order they happened, whatever order a device's
+        queue or an SDK's batch sent them in.
+        """
+        valid, invalid, reasons = prepared.in_time_order(), prepared.invalid, prepared.reasons
         start = time.perf_counter()
         if invalid and valid:
             await asyncio.gather(self.log.append(EVENTS, valid), self.log.append(INVALID, invalid))
@@ -200,4 +236,39 @@ class Intake:
             metrics.APPEND_INVALID.observe(elapsed)
             for reason in reasons:
                 metrics.EVENTS_INVALID.labels(reason).inc()
+        metrics.EVENT_DELAY.add(prepared.source, prepared.delays_ms)
 
+
+class Prepared:
+    """One request's entries: valid ones (with their event times), invalid ones, and delays."""
+
+    __slots__ = ("source", "valid", "times", "invalid", "reasons", "delays_ms")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.valid: list[Entry] = []
+        self.times: list[int] = []  # event time (ms) of each valid entry
+        self.invalid: list[Entry] = []
+        self.reasons: list[str] = []
+        self.delays_ms: list[int] = []  # receivedAt - event time of every event, valid or not
+
+    def refuse(self, key: bytes, value: bytes, env: dict[str, Any], violation: Violation) -> None:
+        self.reasons.append(violation.reason)
+        record = {
+            "reason": violation.reason,
+            "field": violation.field,
+            "message": violation.message,
+            "messageId": env["messageId"],
+            "source": self.source,
+            "receivedAt": env["receivedAt"],
+            "event": orjson.Fragment(value),
+        }
+        self.invalid.append((key, orjson.dumps(record)))
+
+    def in_time_order(self) -> list[Entry]:
+        """The valid entries, stably sorted by event time (as they are when already in order)."""
+        times = self.times
+        if times == sorted(times):
+            return self.valid
+        valid = self.valid
+        return [valid[i] for i in sorted(range(len(times)), key=times.__getitem__)]

@@ -13,6 +13,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from tripwire.log import EventLog
 
+from .delay import EVENT_DELAY as EVENT_DELAY  # tripwire_collector_event_delay_seconds{source}
+
 REQUESTS = Counter(
     "tripwire_collector_requests_total", "HTTP requests by route and status", ["route", "status"]
 )

@@ -75,6 +75,12 @@ def event_from_query(query: bytes, max_bytes: int) -> dict[str, Any]:
     for name, value in params.items():
         head, dot, rest = name.partition(".")
         if dot and head in _NESTED and rest:
+            if head in params:
+                raise CollectorError(
+                    400, "invalid_query",
+                    f"{head}={params[head][:40]!r} and {name}=... cannot be combined: {head} is filled from {head}.<key>=value",
+                    field=head,
+                )
             event.setdefault(head, {})[rest] = value
         else:
             event[name] = value
@@ -91,22 +97,23 @@ class PixelEndpoint:
         try:
             event = event_from_query(scope.get("query_string", b""), self.max_event_bytes)
             kind = scope.get("path_params", {}).get("type") or event.get("type") or "track"
-            if kind not in TYPES:
+            if not isinstance(kind, str) or kind not in TYPES:  # a `data` event's type may be any JSON
                 raise CollectorError(404, "unknown_type", f"type must be one of {', '.join(sorted(TYPES))}", field="type")
             event["type"] = kind
             source = self.intake.source_for(event.pop("writeKey", None))
             client = scope.get("client")
             peer = self.intake.ip_policy.client_ip(client[0] if client else None, header(scope, b"x-forwarded-for"))
             ua = header(scope, b"user-agent")
-            valid, invalid, reasons = self.intake.prepare(
+            prepared = self.intake.prepare(
                 [event],
                 source=source.name,
+                historical=source.historical,
                 default_type=kind,
                 client_ip=peer,
                 user_agent=ua.decode("utf-8", "replace") if ua is not None else None,
                 library=_LIBRARY,
             )
-            await self.intake.write(valid, invalid, reasons)
+            await self.intake.write(prepared)
         except CollectorError as exc:
             metrics.EVENTS_REJECTED.labels(exc.limit or exc.code).inc()
             self.metrics.count(exc.status)

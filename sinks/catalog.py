@@ -1,9 +1,9 @@
 """Typed columns for catalog properties: read the event catalog, fix each column's type once.
 
 The catalog is the collector's JSON file (``{"events": {name: {"schema": <JSON
-Schema of properties>}}, "traits": {"schema": ...}}``); this module reads the
-format itself. Top-level properties with one scalar JSON type become columns
-``properties_<name>`` (``traits_<name>`` for identify traits), typed:
+Schema of properties>}}, "traits": {"schema": ...}}``), read and checked by
+:mod:`tripwire.catalog`. Top-level properties with one scalar JSON type become
+columns ``properties_<name>`` (``traits_<name>`` for identify traits), typed:
 
 ==============================  ==========================
 JSON Schema                     Parquet / Arrow
@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
+from tripwire.catalog import CatalogError as FileError
+from tripwire.catalog import load_catalog
 
 from .errors import CatalogError
 
@@ -108,18 +109,13 @@ def _merge(a: str, b: str) -> str | None:
 def read_catalog(path: str | Path) -> list[Promoted]:
     """The promotable properties declared in the catalog file at ``path``."""
     try:
-        doc = orjson.loads(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise CatalogError(f"event catalog '{path}' does not exist") from None
-    except orjson.JSONDecodeError as exc:
-        raise CatalogError(f"event catalog '{path}' is not valid JSON: {exc}") from None
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("events", {}), Mapping):
-        raise CatalogError(f"event catalog '{path}': expected an object with an 'events' object")
+        catalog = load_catalog(path)
+    except FileError as exc:
+        raise CatalogError(str(exc)) from None
     found: dict[tuple[str, str], str | None] = {}
     nested: set[tuple[str, str]] = set()  # declared as objects or arrays: JSON by design, nothing to report
 
-    def collect(field: str, spec: Any) -> None:
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    def collect(field: str, schema: Any) -> None:
         props = schema.get("properties") if isinstance(schema, Mapping) else None
         if not isinstance(props, Mapping):
             return
@@ -134,10 +130,10 @@ def read_catalog(path: str | Path) -> list[Promoted]:
             else:
                 found[slot] = kind
 
-    for spec in doc.get("events", {}).values():
-        collect("properties", spec)
-    if "traits" in doc:
-        collect("traits", doc["traits"])
+    for entry in catalog.events.values():
+        collect("properties", entry.schema)
+    if catalog.traits is not None:
+        collect("traits", catalog.traits.schema)
     out = []
     for (field, key), kind in sorted(found.items()):
         if kind is None:

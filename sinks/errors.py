@@ -5,10 +5,13 @@
     SinkError
      ├── LakeError        the lake filesystem (local dir or S3) refused a read or write
      ├── CatalogError     the event catalog or the ``promote`` mapping cannot be used
+     │                    (also a tripwire.catalog.CatalogError, as every catalog problem is)
      └── StateError       a state file in the lake is unreadable or from another layout
 """
 
 from __future__ import annotations
+
+from tripwire import catalog
 
 
 class SinkError(Exception):
@@ -19,7 +22,7 @@ class LakeError(SinkError):
     """A lake operation failed; the message names the path."""
 
 
-class CatalogError(SinkError):
+class CatalogError(SinkError, catalog.CatalogError):
     """The event catalog (or ``sink.promote``) is not usable for typed columns."""
 
 

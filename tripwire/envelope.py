@@ -10,7 +10,8 @@ the shape and adds what the server owns:
 * ``originalTimestamp``: the client's ``timestamp`` as sent;
 * ``timestamp``: the event time corrected for client clock skew, as Segment
   does: ``receivedAt - (sentAt - originalTimestamp)`` when ``sentAt`` is
-  present, else the client's timestamp, else ``receivedAt``;
+  present (clamped into years 1..9999), else the client's timestamp, else
+  ``receivedAt``;
 * ``source``: the name of the write key's source.
 
 All times are ISO 8601 strings in UTC with milliseconds (``...T12:00:00.000Z``).
@@ -41,6 +42,8 @@ class EnvelopeError(ValueError):
         self.message = message
 
 
+_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the times an ISO string can hold
 _PARSED: dict[str, int] = {}  # recent strings: a batch's events share sentAt, often timestamps
 
 
@@ -132,6 +135,8 @@ def _id(raw: Mapping[str, Any], field: str) -> str | None:
     value = raw.get(field)
     if value is None or value == "":
         return None
+    if type(value) is float and value.is_integer() and -(2**63) <= value <= 2**64 - 1:
+        value = int(value)  # JSON has one number type: 1613.0 is the integer 1613 (JSON Schema agrees)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise EnvelopeError(field, "must be a string")
     value = str(value)
@@ -162,7 +167,24 @@ def normalize(
     received_at: str | None = None,
     in_place: bool = False,
 ) -> dict[str, Any]:
-    """Check ``raw`` against the envelope and return the normalised copy.
+    """Check ``raw`` against the envelope and return the normalised copy (see :func:`normalize_timed`)."""
+    return normalize_timed(raw, received_at_ms=received_at_ms, source=source, default_type=default_type,
+                           received_at=received_at, in_place=in_place)[0]
+
+
+def normalize_timed(
+    raw: Any,
+    *,
+    received_at_ms: int,
+    source: str,
+    default_type: str | None = None,
+    received_at: str | None = None,
+    in_place: bool = False,
+) -> tuple[dict[str, Any], int]:
+    """Check ``raw`` against the envelope; the normalised copy and its corrected event time (ms).
+
+    The time is what ``timestamp`` now says, returned so that a caller on the hot path
+    need not parse the string back.
 
     ``default_type`` is the type implied by the route (``/v1/track``); inside a
     batch each event names its own ``type``. A caller normalising many events
@@ -233,12 +255,13 @@ def normalize(
         event_ms = ts_ms
     else:
         event_ms = received_at_ms - (sent_ms - ts_ms)
+        if not _MIN_MS <= event_ms <= _MAX_MS:
+            # A clock off by millennia: the corrected time is clamped into years 1..9999, where the
+            # collector's own rules judge it (a future time becomes receivedAt, an old one is too old).
+            event_ms = _MIN_MS if event_ms < _MIN_MS else _MAX_MS
     if ts_ms is not None:
         env["originalTimestamp"] = client_ts
-    try:
-        env["timestamp"] = format_time_ms(event_ms)
-    except (ValueError, OverflowError, OSError):
-        raise EnvelopeError("sentAt" if sent_ms is not None else "timestamp", "date-time out of range") from None
+    env["timestamp"] = format_time_ms(event_ms)
     env["receivedAt"] = received_at if received_at is not None else format_time_ms(received_at_ms)
     env["source"] = source
-    return env
+    return env, event_ms

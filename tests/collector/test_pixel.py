@@ -44,6 +44,17 @@ async def test_pixel_data_in_standard_base64(collector: Collector) -> None:
     assert r.status_code == 200
 
 
+def _b64(doc: object) -> str:
+    return quote(base64.b64encode(orjson.dumps(doc)).decode())
+
+
+def _nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 async def test_pixel_bad_input(collector: Collector) -> None:
     cases = [
         (f"/v1/pixel?writeKey={SERVER_KEY}&userId=1", 400, "invalid_event", "event"),
@@ -53,6 +64,15 @@ async def test_pixel_bad_input(collector: Collector) -> None:
         ("/v1/pixel?event=A&userId=1", 401, "missing_write_key", "writeKey"),
         ("/v1/pixel?event=A&userId=1&writeKey=nope", 401, "unknown_write_key", "writeKey"),
         (f"/v1/pixel?writeKey={SERVER_KEY}&event=A&userId=1&type=bogus", 404, "unknown_type", "type"),
+        # A `data` event's type may be any JSON value; only the six type names are types.
+        (f"/v1/pixel?writeKey={SERVER_KEY}&data=" + _b64({"type": ["track"], "event": "A", "userId": "1"}), 404, "unknown_type", "type"),
+        (f"/v1/pixel?writeKey={SERVER_KEY}&data=" + _b64({"type": {"a": 1}, "event": "A", "userId": "1"}), 404, "unknown_type", "type"),
+        # An object both given whole and filled key by key, in either order.
+        (f"/v1/pixel?writeKey={SERVER_KEY}&event=A&userId=1&properties=foo&properties.x=1", 400, "invalid_query", "properties"),
+        (f"/v1/pixel?writeKey={SERVER_KEY}&event=A&userId=1&context.x=1&context=foo", 400, "invalid_query", "context"),
+        (f"/v1/pixel/identify?writeKey={SERVER_KEY}&userId=1&traits=&traits.plan=pro", 400, "invalid_query", "traits"),
+        (f"/v1/pixel?writeKey={SERVER_KEY}&data=" + _b64({"event": "A", "userId": "1", "properties": _nested(241)}),
+         400, "invalid_event", "properties"),
     ]
     for url, status, error, field in cases:
         r = await collector.client.get(url)
