@@ -1,13 +1,11 @@
 """The event catalog as the rule checks need it: event names, and the schemas of their fields.
 
-A minimal reader of the collector's catalog file (``[collector] catalog``, see
-``examples/catalog.json``): ``{"events": {name: {"schema": <JSON Schema of
-properties>}}, "traits": {"schema": ...}}``. It keeps the schemas as plain dicts
+The file is read by the spine (:func:`tripwire.catalog.load_catalog`: one format, one
+``CatalogError`` for every room). This module keeps each entry's schema as a plain dict
 and answers two questions: which schema describes a field (:meth:`EventCatalog.field`)
-and which JSON types a schema allows (:func:`json_types`). The collector validates
-the schemas themselves; here a schema this reader does not understand only means
-fewer warnings. (Rooms do not import rooms; once the spine reads the catalog, this
-module should use it.)
+and which JSON types a schema allows (:func:`json_types`). The collector validates the
+schemas themselves; here a schema this reader does not understand only means fewer
+warnings.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from tripwire.catalog import CatalogEntry, CatalogError, load_catalog
 from tripwire.config import Config
 
 from .errors import RulesError
@@ -42,19 +39,11 @@ class EventCatalog:
 
     @classmethod
     def load(cls, path: str | Path) -> EventCatalog:
-        path = Path(path)
         try:
-            doc = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise RulesError(f"event catalog '{path}' does not exist") from None
-        except OSError as exc:
-            raise RulesError(f"event catalog '{path}' cannot be read: {exc.strerror or exc}") from None
-        except orjson.JSONDecodeError as exc:
-            raise RulesError(f"event catalog '{path}' is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("events", {}), dict):
-            raise RulesError(f"event catalog '{path}': expected an object with an 'events' object")
-        events = {name: _schema(spec) for name, spec in doc.get("events", {}).items()}
-        return cls(events, _schema(doc.get("traits")))
+            catalog = load_catalog(path)
+        except CatalogError as exc:
+            raise RulesError(str(exc)) from None
+        return cls({name: _schema(e) for name, e in catalog.events.items()}, _schema(catalog.traits))
 
     def field(self, event: str, parts: tuple[str, ...]) -> FieldLookup | None:
         """The schema of ``properties.x.y`` of a track event (or ``traits.x`` of ``$identify``).
@@ -81,8 +70,8 @@ class EventCatalog:
         return FieldLookup(schema)
 
 
-def _schema(spec: Any) -> Mapping[str, Any] | None:
-    schema = spec.get("schema") if isinstance(spec, dict) else None
+def _schema(entry: CatalogEntry | None) -> Mapping[str, Any] | None:
+    schema = entry.schema if entry is not None else None
     return schema if isinstance(schema, dict) else None
 
 
