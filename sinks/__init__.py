@@ -42,8 +42,8 @@ group per ``row_group_rows`` (128 Ki) rows, cut at ``max_file_rows``,
 Exactly-once (details in :mod:`sinks.state` and :mod:`sinks.writer`): every cut
 is journaled in the lake *before* its file is written, files appear atomically
 (tmp + ``os.replace``; one S3 PUT or an aborted multipart upload), the resume
-offset moves only past durable files, and repeated ``messageId``s within 24 h
-are dropped with state that survives restarts. Wall-clock rotation therefore
+offset moves only past durable files, and repeated ``messageId``s of one source
+and visitor within 24 h are dropped with state that survives restarts. Wall-clock rotation therefore
 replays identically after a crash, and partitions move between sinks of one
 consumer group through the state in the lake.
 

@@ -31,6 +31,7 @@ from tripwire.log import Record
 from . import metrics
 from .catalog import Promoted
 from .config import SinkConfig
+from .dedup import FORMAT as DEDUP_FORMAT
 from .dedup import Dedup
 from .lake import Lake
 from .registry import load_promoted
@@ -137,7 +138,9 @@ class PartitionWriter:
                 if skip and any(c.first <= o < c.end for c in skip):
                     continue  # already in a file a previous run wrote
             mid = env.get("messageId")
-            if isinstance(mid, str) and self.dedup.seen(mid, o, r.timestamp_ms):
+            source = env.get("source")
+            if isinstance(mid, str) and self.dedup.seen(source if isinstance(source, str) else "", r.key or b"", mid,
+                                                        o, r.timestamp_ms):
                 dups += 1
                 continue
             bucket = self.open.get(directory)
@@ -252,10 +255,10 @@ class LakeWriter:
         state.pending = []
         dedup = Dedup(self.cfg.dedup_window_s * 1000, self.cfg.dedup_max_ids)
         segments = []
-        for seq, _ in state.dedup:
+        for seq, _, fmt in state.dedup:
             data = lake.read(dedup_path(topic, partition, seq))
             if data is not None:
-                segments.append(data)
+                segments.append((fmt, data))
         dedup.load(segments)
         pw = PartitionWriter(state, self.cfg, self.schema, self.promoted, dedup, forced)
         pw.stale = bool(done)
@@ -329,16 +332,18 @@ class LakeWriter:
         expired: list[int] = []
         segment = pw.dedup.take_segment()
         if segment is not None or pw.dedup.rewrite:
-            state.seq += 1
+            segments = [(DEDUP_FORMAT, segment or b"")]
             if pw.dedup.rewrite or len(state.dedup) >= _MAX_DEDUP_SEGMENTS:
-                segment = pw.dedup.snapshot()
-                expired = [s for s, _ in state.dedup]
+                segments = pw.dedup.snapshot()
+                expired = [s for s, _, _ in state.dedup]
                 state.dedup = []
-            lake.write(dedup_path(self.topic, state.partition, state.seq), segment)
-            state.dedup.append((state.seq, pw.dedup.newest_ms))
+            for fmt, data in segments:
+                state.seq += 1
+                lake.write(dedup_path(self.topic, state.partition, state.seq), data)
+                state.dedup.append((state.seq, pw.dedup.newest_ms, fmt))
         limit = pw.dedup.newest_ms - cfg.dedup_window_s * 1000 - 7_200_000
-        expired += [s for s, t in state.dedup if t < limit]
-        state.dedup = [(s, t) for s, t in state.dedup if t >= limit]
+        expired += [s for s, t, _ in state.dedup if t < limit]
+        state.dedup = [d for d in state.dedup if d[1] >= limit]
         save_state(lake, state)  # 1. journal the cuts
         pw.state = state
         pw.stale = False

@@ -201,3 +201,20 @@ async def test_one_sink_per_group_on_the_embedded_log(lake: LakeSetup, log: Sqli
         await again.stop()
     finally:
         await other_process_log.stop()
+
+
+async def test_a_message_id_is_a_duplicate_only_for_the_same_source_and_visitor(tmp_path: Path, log: SqliteLog) -> None:
+    # Dedup by messageId alone let anyone with the public write key suppress other visitors' events
+    # by sending their ids first: six visitors sending "same-mid-1" left one row per log partition.
+    from tests.sinks.lakes import make_lake
+
+    lake = make_lake("local", tmp_path, None)
+    visitors = [event(i, user=f"visitor-{i}", message_id="same-mid-1") for i in range(6)]
+    retry = dict(visitors[2])  # the same visitor sending the same event again: a duplicate
+    other_source = event(9, user="visitor-2", message_id="same-mid-1")
+    other_source["source"] = "server"
+    await send(log, visitors + [retry, other_source])
+    await run_sink(lake, log)
+    df = lake.duckdb("SELECT anonymous_id, source FROM lake ORDER BY ALL")
+    assert list(df.itertuples(index=False, name=None)) == sorted(
+        [(f"visitor-{i}", "web") for i in range(6)] + [("visitor-2", "server")])

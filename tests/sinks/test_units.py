@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
@@ -10,7 +11,8 @@ import pytest
 
 from tripwire.sinks.catalog import Promoted, merge_registry, read_catalog, wanted_columns
 from tripwire.sinks.config import SinkConfig, sink_config
-from tripwire.sinks.dedup import Dedup
+from tripwire.sinks.dedup import FORMAT as DEDUP_FORMAT
+from tripwire.sinks.dedup import LEGACY_FORMAT, Dedup
 from tripwire.sinks.errors import CatalogError
 from tripwire.sinks.lake import LocalLake
 from tripwire.sinks.schema import BatchBuilder, arrow_schema
@@ -129,31 +131,106 @@ def test_directory_for_uses_utc_event_time() -> None:
     assert directory_for("garbage", "date") is None
 
 
+def seen(d: Dedup, mid: str, offset: int, ts_ms: int, key: bytes = b"v1", source: str = "web") -> bool:
+    return d.seen(source, key, mid, offset, ts_ms)
+
+
 def test_dedup_replays_the_same_answers_and_survives_a_restart() -> None:
     d = Dedup(window_ms=86_400_000, max_ids=1000)
-    assert [d.seen(m, o, 1000) for o, m in enumerate(["a", "b", "a", "c", "b"])] == [False, False, True, False, True]
+    assert [seen(d, m, o, 1000) for o, m in enumerate(["a", "b", "a", "c", "b"])] == [False, False, True, False, True]
     saved = d.take_segment()
     assert saved is not None and d.take_segment() is None
     again = Dedup(86_400_000, 1000)
-    again.load([saved])
+    again.load([(DEDUP_FORMAT, saved)])
     # Replaying offsets 2.. (as after a crash): the same answers, and offset 0's id is not its own duplicate.
-    assert [again.seen(m, o, 1000) for o, m in [(2, "a"), (3, "c"), (4, "b")]] == [True, False, True]
-    assert again.seen("a", 0, 1000) is False and again.seen("a", 7, 1000) is True
+    assert [seen(again, m, o, 1000) for o, m in [(2, "a"), (3, "c"), (4, "b")]] == [True, False, True]
+    assert seen(again, "a", 0, 1000) is False and seen(again, "a", 7, 1000) is True
+
+
+def test_dedup_scopes_ids_by_source_and_log_key() -> None:
+    d = Dedup(window_ms=86_400_000, max_ids=1000)
+    assert seen(d, "same", 0, 1000, key=b"visitor-1") is False
+    assert seen(d, "same", 1, 1000, key=b"visitor-2") is False  # another visitor's event
+    assert seen(d, "same", 2, 1000, key=b"visitor-1", source="server") is False  # another source's
+    assert seen(d, "same", 3, 1000, key=b"visitor-1") is True  # a retry
+    # No two scopes run together: ("ab", "c") is not ("a", "bc").
+    assert seen(d, "x", 4, 1000, key=b"c", source="ab") is False
+    assert seen(d, "x", 5, 1000, key=b"bc", source="a") is False
 
 
 def test_dedup_forgets_after_the_window_and_stays_bounded() -> None:
     d = Dedup(window_ms=1000, max_ids=100)
-    d.seen("old", 0, 0)
+    seen(d, "old", 0, 0)
     for i in range(1, 300):
-        d.seen(f"m{i}", i, i * 20_000)  # 20 s apart
+        seen(d, f"m{i}", i, i * 20_000)  # 20 s apart
         d.expire()
     assert len(d) <= 100 and d.evicted_early > 0
-    assert d.seen("old", 400, 6_000_000 + 3_700_000) is False  # long gone: a new event
-    d.seen("new", 401, 6_000_000 + 3_700_000)
+    assert seen(d, "old", 400, 6_000_000 + 3_700_000) is False  # long gone: a new event
+    seen(d, "new", 401, 6_000_000 + 3_700_000)
     d.expire()
     snap = Dedup(1000, 100)
-    snap.load([d.snapshot()])
-    assert len(snap) == len(d) <= 3 and snap.seen("new", 500, 9_700_001)
+    snap.load(d.snapshot())
+    assert len(snap) == len(d) <= 3 and seen(snap, "new", 500, 9_700_001)
+
+
+def _legacy_segment(entries: list[tuple[str, int, int]]) -> bytes:
+    """A message-id segment as sinks before scoped ids wrote it: hash of the id alone."""
+    from array import array
+
+    from tripwire.sinks.dedup import legacy_hash
+
+    out = array("q")
+    for mid, offset, ts in entries:
+        out.extend((legacy_hash(mid), offset, ts))
+    return out.tobytes()
+
+
+def test_legacy_ids_still_drop_retries_then_expire_and_stay_bounded() -> None:
+    d = Dedup(window_ms=60_000, max_ids=5)
+    d.load([(LEGACY_FORMAT, _legacy_segment([("old-1", 0, 1000), ("old-2", 1, 1000), ("old-3", 2, 1000)]))])
+    assert len(d) == 3
+    assert seen(d, "old-1", 10, 2000) is True  # a retry of an event the previous version wrote
+    assert seen(d, "old-2", 1, 1000) is False  # replaying the original itself
+    assert seen(d, "fresh", 11, 2000) is False
+    snap = Dedup(60_000, 5)
+    snap.load(d.snapshot())  # legacy ids survive a snapshot, in their own segment
+    assert seen(snap, "old-3", 12, 2000) is True and seen(snap, "fresh", 13, 2000) is True
+    for i in range(5):  # over max_ids: the legacy ids, the oldest, go first
+        seen(d, f"n{i}", 20 + i, 3000)
+    d.expire()
+    assert len(d) == 5 and seen(d, "old-3", 30, 3000) is False
+    later = Dedup(60_000, 100)
+    later.load([(LEGACY_FORMAT, _legacy_segment([("old-1", 0, 1000), ("old-2", 1, 2000)]))])
+    seen(later, "now", 2, 2000 + 60_000 + 3_600_000 + 5000)
+    later.expire()  # past the window (and its slack): forgotten
+    assert seen(later, "old-1", 3, 2000 + 60_000 + 3_600_000 + 5000) is False
+
+
+async def test_a_lake_whose_state_predates_scoped_ids_loads_and_keeps_dropping_retries(tmp_path: Path) -> None:
+    from tripwire.log.memory import MemoryLog
+    from tripwire.sinks.state import dedup_path, load_state, state_path
+    from tripwire.sinks.writer import LakeWriter
+    from tests.sinks.helpers import lake_table, send
+
+    lake = LocalLake(tmp_path)
+    log = MemoryLog(1)
+    await log.start()
+    now_ms = int(time.time() * 1000)
+    first = event(1)
+    await send(log, [first, event(2)])
+    # What the previous version left after writing offsets 0-1: a version-1 state, one legacy segment.
+    lake.write(state_path("events", 0), orjson.dumps({
+        "version": 1, "topic": "events", "partition": 0, "resume": 2, "closed": [], "pending": [],
+        "dedup": [[1, now_ms]], "seq": 1}))
+    lake.write(dedup_path("events", 0, 1), _legacy_segment([("m-1", 0, now_ms), ("m-2", 1, now_ms)]))
+    await send(log, [first, event(3)])  # a client retry of m-1, and a new event
+    writer = LakeWriter(lake, SinkConfig(lake_url=str(tmp_path)))
+    assert writer.assign(0) == 2
+    writer.process(await log.read("events", 0, 2, 100))
+    writer.close()
+    assert list(lake_table(lake).message_id) == ["m-3"]
+    state = load_state(lake, "events", 0)
+    assert state is not None and state.resume == 4 and {fmt for _, _, fmt in state.dedup} == {LEGACY_FORMAT, DEDUP_FORMAT}
 
 
 def test_config_defaults_env_overrides_and_errors(tmp_path: Path) -> None:
