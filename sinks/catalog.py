@@ -32,7 +32,6 @@ column instead.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +39,11 @@ from typing import Any
 
 import orjson
 
+from tripwire.lake_layout import column_name
+
 from .errors import CatalogError
 
 logger = logging.getLogger(__name__)
-
-_UNSAFE = re.compile(r"[^a-z0-9_]+")
-
 
 @dataclass(frozen=True, slots=True)
 class Promoted:
@@ -61,10 +59,6 @@ class Promoted:
     def from_json(cls, value: Any) -> Promoted:
         column, field, key, kind = value
         return cls(str(column), str(field), str(key), str(kind))
-
-
-def column_name(field: str, key: str) -> str:
-    return f"{field}_" + (_UNSAFE.sub("_", key.lower()).strip("_") or "x")
 
 
 def _value_type(value: Any) -> str | None:

@@ -30,9 +30,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tripwire.lake_layout import date_of
+
 from .config import SinkConfig
 from .errors import SinkError
-from .lake import SINK_DIR, Lake, data_files
+from tripwire.lake_layout import SINK_DIR
+
+from .lake import Lake, data_files
 from .schema import arrow_schema, decode_parquet, encode_parquet
 from .state import add_removed
 from .registry import load_promoted
@@ -63,11 +67,11 @@ def closed_directories(directories: list[str], min_age_s: int, now_s: float | No
 
 
 def _day(directory: str) -> datetime | None:
-    head = directory.split("/", 1)[0]
-    if not head.startswith("date="):
+    day = date_of(directory)
+    if day is None:
         return None
     try:
-        return datetime.strptime(head[5:], "%Y-%m-%d").replace(tzinfo=UTC)
+        return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         return None
 

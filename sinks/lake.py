@@ -37,11 +37,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tripwire.lake_layout import SINK_DIR
+
 from .errors import LakeError
 
 logger = logging.getLogger(__name__)
 
-SINK_DIR = "_tripwire_sink"  # state, dedup ids, journals; '_' so Hive/Athena/Spark skip it
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 

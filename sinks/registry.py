@@ -17,14 +17,16 @@ import logging
 
 import orjson
 
+from tripwire.lake_layout import REGISTRY_PATH
+
 from .catalog import Promoted, merge_registry, wanted_columns
 from .config import SinkConfig
 from .errors import SinkError
-from .lake import SINK_DIR, Lake
+from .lake import Lake
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_PATH = f"{SINK_DIR}/schema.json"
+SCHEMA_PATH = REGISTRY_PATH
 
 
 def _registry(lake: Lake) -> dict[str, object] | None:

@@ -1,6 +1,7 @@
 """Normalised Segment envelopes to Arrow record batches, and Arrow tables to Parquet bytes.
 
-Columns, in file order (snake_case, as Segment's warehouse loaders name them):
+Columns, in file order (snake_case, as Segment's warehouse loaders name them;
+the names are the spine's, :mod:`tripwire.lake_layout`):
 
 * ids and kind: ``message_id``, ``type``, ``event`` (track), ``name`` (page/screen),
   ``anonymous_id``, ``user_id``, ``previous_id`` (alias), ``group_id`` (group);
@@ -23,43 +24,35 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tripwire.lake_layout import CONTEXT_COLUMNS, JSON_COLUMNS, SOURCE_COLUMNS, TIME_COLUMNS, TOP_COLUMNS, base_columns
+from tripwire.times import parse_iso_ms
+
 from .catalog import Promoted
 
 TS = pa.timestamp("ms", tz="UTC")
 ARROW_TYPES = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "date-time": TS}
 
-_TOP = [("message_id", "messageId"), ("type", "type"), ("event", "event"), ("name", "name"),
-        ("anonymous_id", "anonymousId"), ("user_id", "userId"), ("previous_id", "previousId"),
-        ("group_id", "groupId")]
-_TIMES = [("original_timestamp", "originalTimestamp"), ("sent_at", "sentAt"), ("received_at", "receivedAt")]
-_CONTEXT = [("context_page_url", "page", "url"), ("context_page_path", "page", "path"),
-            ("context_page_referrer", "page", "referrer"), ("context_page_title", "page", "title"),
-            ("context_page_search", "page", "search"), ("context_user_agent", "userAgent", None),
-            ("context_ip", "ip", None), ("context_locale", "locale", None),
-            ("context_campaign_name", "campaign", "name"), ("context_campaign_source", "campaign", "source"),
-            ("context_campaign_medium", "campaign", "medium"), ("context_campaign_term", "campaign", "term"),
-            ("context_campaign_content", "campaign", "content"), ("context_library_name", "library", "name"),
-            ("context_library_version", "library", "version")]
-_KNOWN_TOP = frozenset([k for _, k in _TOP] + [k for _, k in _TIMES] + ["timestamp", "source", "context", "properties", "traits"])
-_CONTEXT_GROUPS = {"page": {"url", "path", "referrer", "title", "search"},
-                   "campaign": {"name", "source", "medium", "term", "content"}, "library": {"name", "version"}}
+_TOP = list(TOP_COLUMNS)
+_TIMES = [(c, k) for c, k in TIME_COLUMNS if c != "timestamp"]  # the event time comes parsed, as ts_ms
+_CONTEXT = list(CONTEXT_COLUMNS)
+_KNOWN_TOP = frozenset([k for _, k in _TOP] + [k for _, k in TIME_COLUMNS] + [k for _, k in SOURCE_COLUMNS]
+                       + ["context", "properties", "traits"])
+_CONTEXT_GROUPS: dict[str, set[str]] = {}
+for _, _group, _sub in CONTEXT_COLUMNS:
+    if _sub is not None:
+        _CONTEXT_GROUPS.setdefault(_group, set()).add(_sub)
+_CONTEXT_TOP = frozenset(g for _, g, sub in CONTEXT_COLUMNS if sub is None)
+assert JSON_COLUMNS == ("properties", "traits", "context", "extra")  # the order BatchBuilder fills them in
 
 
 def base_fields() -> list[pa.Field]:
-    fields = [pa.field(c, pa.string()) for c, _ in _TOP]
-    fields.append(pa.field("timestamp", TS))
-    fields += [pa.field(c, TS) for c, _ in _TIMES]
-    fields.append(pa.field("source", pa.string()))
-    fields += [pa.field(c, pa.string()) for c, _, _ in _CONTEXT]
-    fields += [pa.field(c, pa.string()) for c in ("properties", "traits", "context", "extra")]
-    return fields
+    return [pa.field(c, ARROW_TYPES[kind]) for c, kind in base_columns()]
 
 
 def arrow_schema(promoted: Sequence[Promoted]) -> pa.Schema:
@@ -74,19 +67,6 @@ def _text(value: Any) -> str | None:
 
 def _json(value: Any) -> str | None:
     return orjson.dumps(value).decode() if value else None
-
-
-def parse_ms(value: Any) -> int | None:
-    """Milliseconds since the epoch of an ISO 8601 string (naive = UTC), None if unusable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 NOT_FITTING = object()  # fit_value: the value stays in the JSON column
@@ -108,7 +88,7 @@ def fit_value(kind: str, value: Any) -> Any:
         return value if isinstance(value, int) and -(2**63) <= value < 2**63 else NOT_FITTING
     if kind == "boolean":
         return value if isinstance(value, bool) else NOT_FITTING
-    ms = parse_ms(value)
+    ms = parse_iso_ms(value)
     return NOT_FITTING if ms is None else ms
 
 
@@ -153,7 +133,7 @@ class BatchBuilder:
                     left = {kk: vv for kk, vv in v.items() if kk not in _CONTEXT_GROUPS[k]}
                     if left:
                         rest[k] = left
-                elif k not in ("userAgent", "ip", "locale"):
+                elif k not in _CONTEXT_TOP:
                     rest[k] = v
         else:
             for col in self._ctx:
@@ -207,7 +187,7 @@ def _times(values: list[Any]) -> pa.Array:
         return pa.array(strings, pa.string()).cast(TS)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # Some client sent a naive or odd time: parse one by one (unusable ones become null).
-        return pa.array([parse_ms(v) for v in strings], pa.int64()).cast(TS)
+        return pa.array([parse_iso_ms(v) for v in strings], pa.int64()).cast(TS)
 
 
 def encode_parquet(

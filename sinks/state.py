@@ -44,9 +44,12 @@ from typing import Any
 
 import orjson
 
+from tripwire import lake_layout
+from tripwire.lake_layout import SINK_DIR
+
 from .dedup import LEGACY_FORMAT
 from .errors import StateError
-from .lake import SINK_DIR, Lake
+from .lake import Lake
 
 VERSION = 2
 _READABLE = (1, 2)
@@ -66,11 +69,11 @@ class Cut:
 
 
 def file_name(topic: str, partition: int, first: int) -> str:
-    return f"part-{topic}-p{partition:03d}-o{first:020d}.parquet"
+    return lake_layout.file_name(topic, partition, first)
 
 
 def file_prefix(topic: str, partition: int) -> str:
-    return f"part-{topic}-p{partition:03d}-"
+    return lake_layout.file_prefix(topic, partition)
 
 
 @dataclass

@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 import orjson
 import pyarrow as pa
 
-from tripwire.envelope import format_time_ms
+from tripwire.lake_layout import directory_of, directory_of_ms
 from tripwire.log import Record
+from tripwire.times import format_time_ms, parse_iso_ms
 
 from . import metrics
 from .catalog import Promoted
@@ -36,7 +37,7 @@ from .dedup import Dedup
 from .lake import Lake
 from .registry import load_promoted
 from .rotation import Bucket, aged, over_limits
-from .schema import BatchBuilder, arrow_schema, encode_parquet, parse_ms
+from .schema import BatchBuilder, arrow_schema, encode_parquet
 from .state import (
     Cut,
     PartitionState,
@@ -55,19 +56,12 @@ _WRITERS = 4  # files of one flush written in parallel
 
 def directory_for(ts: object, partitioning: str) -> tuple[str, int] | None:
     """The lake directory and event time (ms) of a normalised ``timestamp``."""
-    if isinstance(ts, str) and len(ts) == 24 and ts[10] == "T" and ts[-1] == "Z":
-        ms = parse_ms(ts)
-        text = ts
-    else:
-        ms = parse_ms(ts)
-        if ms is None:
-            return None
-        text = format_time_ms(ms)
+    ms = parse_iso_ms(ts)
     if ms is None:
         return None
-    if partitioning == "date":
-        return f"date={text[:10]}", ms
-    return f"date={text[:10]}/hour={int(text[11:13])}", ms  # unpadded: DuckDB types it BIGINT
+    if isinstance(ts, str) and len(ts) == 24 and ts[10] == "T" and ts[-1] == "Z":
+        return directory_of(ts, partitioning), ms
+    return directory_of_ms(ms, partitioning), ms
 
 
 class PartitionWriter:
