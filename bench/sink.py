@@ -29,7 +29,8 @@ from tripwire.sinks.lake import LocalLake  # noqa: E402
 from tripwire.sinks.schema import BatchBuilder, arrow_schema, encode_parquet  # noqa: E402
 from tripwire.sinks.service import SinkService  # noqa: E402
 from tripwire.sinks.state import load_state  # noqa: E402
-from tripwire.sinks.writer import LakeWriter, directory_for  # noqa: E402
+from tripwire.sinks.partition import directory_for  # noqa: E402
+from tripwire.sinks.writer import LakeWriter  # noqa: E402
 from tripwire.envelope import format_time_ms, log_key, normalize  # noqa: E402
 from tripwire.log import Record  # noqa: E402
 from tripwire.log.partition import partition_for  # noqa: E402

@@ -43,7 +43,7 @@ class SinkConfig:
     max_file_span_s: int = 86_400  # event-time span within one file
     max_file_age_s: float = 300.0  # wall clock: freshness on a quiet site
     max_late_file_age_s: float = 3600.0  # same, for files of past dates (late events): fewer tiny files
-    max_open_files: int = 64  # across every partition this sink owns
+    max_open_files: int = 64  # buckets being filled across the sink; rows beyond wait in an overflow per partition
     max_buffer_bytes: int = 512 * 1024 * 1024  # Arrow bytes held in open files, in total
     row_group_rows: int = 131_072
     compression: str = "zstd"

@@ -18,7 +18,7 @@ from tripwire.sinks.lake import LocalLake
 from tripwire.sinks.schema import BatchBuilder, arrow_schema
 from tripwire.sinks.service import SinkService, create_service
 from tripwire.sinks.registry import load_promoted
-from tripwire.sinks.writer import directory_for
+from tripwire.sinks.partition import directory_for
 from tests.sinks.helpers import event
 from tripwire.config import ConfigError, from_dict, load_config
 from tripwire.log.memory import MemoryLog
