@@ -3,7 +3,10 @@
 The layout is the spine's (:mod:`tripwire.lake_layout`): ``<root>/date=YYYY-MM-DD[/hour=H]/*.parquet``
 with Segment-envelope columns in snake_case, the rest of ``properties``/``traits``/
 ``context``/``extra`` as JSON strings, and typed property columns listed in the
-column registry. This module only reads that layout; it does not import the sink.
+column registry; files may differ in their typed columns (each file is read on
+its own; a column a file lacks is a property its events did not carry). The
+column file (no rows) and the invalid table (``_invalid/``) are not events.
+This module only reads that layout; it does not import the sink.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from typing import Any
 
 import orjson
 
-from tripwire.lake_layout import CONTEXT_COLUMNS, REGISTRY_PATH, SOURCE_COLUMNS, TIME_COLUMNS, TOP_COLUMNS, ColumnRegistry
+from tripwire.lake_layout import (
+    COLUMNS_FILE,
+    CONTEXT_COLUMNS,
+    REGISTRY_PATH,
+    SOURCE_COLUMNS,
+    TIME_COLUMNS,
+    TOP_COLUMNS,
+    ColumnRegistry,
+)
 from tripwire.times import format_datetime
 
 from .errors import RulesError
@@ -57,7 +68,7 @@ def row_to_envelope(row: Mapping[str, Any], promoted: Mapping[str, tuple[str, st
             if type(value) is float and value.is_integer() and abs(value) < 2**53:
                 value = int(value)  # a "number" column is float64; the event said 150, not 150.0 (payloads)
             (props if field == "properties" else traits)[key] = _iso(value)
-    if props or env.get("type") in ("track", "page", "screen"):
+    if props or row.get("properties") is not None or env.get("type") in ("track", "page", "screen"):
         env["properties"] = props
     if traits:
         env["traits"] = traits
@@ -117,7 +128,8 @@ class LakeReader:
             day = name[5:]
             if (since and day < since) or (until and day > until):
                 continue
-            files = sorted(f for f in self.fs.find(entry) if f.endswith(".parquet") and "/." not in f)
+            files = sorted(f for f in self.fs.find(entry)
+                           if f.endswith(".parquet") and "/." not in f and not f.endswith("/" + COLUMNS_FILE))
             if files:
                 out.append((day, files))
         return out

@@ -43,13 +43,10 @@ LEGACY_FORMAT = 1
 
 def id_hash(source: str, key: bytes, message_id: str) -> int:
     """The remembered form of a message id, scoped to its source and log key."""
-    h = hashlib.blake2b(digest_size=8)
+    s = source.encode("utf-8", "surrogatepass")
     # Lengths first, so no two different triples give the same bytes.
-    h.update(b"%d:%d:" % (len(source), len(key)))
-    h.update(source.encode("utf-8", "surrogatepass"))
-    h.update(key)
-    h.update(message_id.encode("utf-8", "surrogatepass"))
-    return int.from_bytes(h.digest(), "little", signed=True)
+    data = b"%d:%d:%s%s%s" % (len(s), len(key), s, key, message_id.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 def legacy_hash(message_id: str) -> int:

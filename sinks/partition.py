@@ -35,19 +35,15 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
-import pyarrow as pa
 
-from tripwire.lake_layout import directory_of, directory_of_ms
 from tripwire.log import Record
-from tripwire.times import format_time_ms, parse_iso_ms
 
 from . import metrics
-from .catalog import Promoted
 from .config import SinkConfig
 from .dedup import Dedup
 from .rotation import Bucket
-from .schema import BatchBuilder
 from .state import Cut, PartitionState
+from .tables import Rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +58,12 @@ class Room(Protocol):
         """Cut the largest open bucket (of any partition) that is not being replayed."""
 
 
-def directory_for(ts: object, partitioning: str) -> tuple[str, int] | None:
-    """The lake directory and event time (ms) of a normalised ``timestamp``."""
-    ms = parse_iso_ms(ts)
-    if ms is None:
-        return None
-    if isinstance(ts, str) and len(ts) == 24 and ts[10] == "T" and ts[-1] == "Z":
-        return directory_of(ts, partitioning), ms
-    return directory_of_ms(ms, partitioning), ms
-
-
 class PartitionWriter:
-    def __init__(self, state: PartitionState, cfg: SinkConfig, schema: pa.Schema, promoted: list[Promoted],
-                 dedup: Dedup, forced: list[Cut], room: Room) -> None:
+    def __init__(self, state: PartitionState, cfg: SinkConfig, kind: Rows, dedup: Dedup, forced: list[Cut],
+                 room: Room) -> None:
         self.state = state
         self.cfg = cfg
-        self._schema = schema
-        self._promoted = promoted
+        self.kind = kind
         self.dedup = dedup
         self.forced = {(c.directory, c.first): c.end for c in forced}
         self._room = room
@@ -108,7 +93,7 @@ class PartitionWriter:
 
     def add(self, records: Sequence[Record]) -> None:
         cfg = self.cfg
-        today = datetime.now(UTC).strftime("date=%Y-%m-%d")
+        today = self.kind.table.prefix + datetime.now(UTC).strftime("date=%Y-%m-%d")
         dups = 0
         if records and records[0].offset > self.position:
             # Offsets of a non-transactional topic are dense: a jump means records went by unread.
@@ -134,10 +119,7 @@ class PartitionWriter:
                 metrics.INVALID.inc()
                 logger.warning("skipping %s/%d@%d: not an envelope (%s)", r.topic, r.partition, o, exc)
                 continue
-            where = directory_for(env.get("timestamp"), cfg.partitioning) or directory_for(
-                env.get("receivedAt"), cfg.partitioning) or directory_for(format_time_ms(r.timestamp_ms), cfg.partitioning)
-            assert where is not None
-            directory, ts_ms = where
+            directory, ts_ms = self.kind.route(env, r)
             if o < self._skip_until:
                 skip = self._skip.get(directory)
                 if skip and any(c.first <= o < c.end for c in skip):
@@ -183,7 +165,7 @@ class PartitionWriter:
                 self._room.make_room()
             else:
                 overflow = True
-        bucket = Bucket(directory, first, BatchBuilder(self._schema, self._promoted), today=today, overflow=overflow)
+        bucket = Bucket(directory, first, self.kind, today=today, overflow=overflow)
         bucket.force_end = force_end
         (self.overflow if overflow else self.open)[directory] = bucket
         return bucket

@@ -31,7 +31,7 @@ from typing import TypeVar
 import pyarrow as pa
 
 from .config import SinkConfig
-from .schema import BatchBuilder
+from .tables import Builder, Rows
 
 T = TypeVar("T")
 
@@ -40,8 +40,9 @@ T = TypeVar("T")
 class Bucket:
     directory: str
     first: int
-    builder: BatchBuilder
+    kind: Rows  # the table it is a file of
     today: bool
+    builder: Builder = field(init=False)
     batches: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
@@ -50,6 +51,9 @@ class Bucket:
     opened: float = field(default_factory=time.monotonic)
     force_end: int | None = None  # a journaled cut being replayed
     overflow: bool = False  # part of its partition's overflow (rows beyond max_open_files), cut with it
+
+    def __post_init__(self) -> None:
+        self.builder = self.kind.builder(self.directory)
 
     def add(self, env: dict[str, object], ts_ms: int) -> None:
         if self.rows == 0:
@@ -70,11 +74,12 @@ class Bucket:
             batch = self.builder.build()
             self.batches.append(batch)
             self.nbytes += batch.nbytes
-            self.builder = BatchBuilder(self.builder.schema, self.builder._promoted)
+            self.builder = self.kind.builder(self.directory)
 
     def table(self) -> pa.Table:
+        """The file's rows, with the columns and types the lake has now."""
         self.finish_batch()
-        return pa.Table.from_batches(self.batches, schema=self.builder.schema)
+        return self.kind.finish(self.batches)
 
 
 def aged(buckets: Iterable[Bucket], cfg: SinkConfig, now: float | None = None) -> list[Bucket]:

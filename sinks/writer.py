@@ -5,6 +5,7 @@
 sink-wide limits (open buckets, buffered bytes) and runs the flush protocol
 (see :mod:`sinks.state` for the state contract):
 
+0. publish the typed columns decided since the last flush (:mod:`sinks.registry`),
 1. save the partition state with the new cuts as ``pending`` (and the message
    ids seen since the last flush as a new segment),
 2. write each cut's file atomically (tmp + ``os.replace``, or one S3 PUT),
@@ -19,17 +20,20 @@ import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from tripwire.log import Record
+from tripwire.log import EVENTS, INVALID, Record
 
 from . import metrics
+from .columns import Columns
 from .config import SinkConfig
 from .dedup import FORMAT as DEDUP_FORMAT
 from .dedup import Dedup
+from .invalid import InvalidRows
 from .lake import Lake
 from .partition import PartitionWriter
-from .registry import load_promoted
+from .registry import open_columns, publish
 from .rotation import Bucket, aged, over_budget
-from .schema import arrow_schema, encode_parquet
+from .schema import encode_parquet
+from .tables import EventRows, Rows
 from .state import (
     Cut,
     PartitionState,
@@ -47,15 +51,26 @@ _WRITERS = 4  # files of one flush written in parallel
 
 
 class LakeWriter:
-    """Every partition this sink owns, and the flush protocol."""
+    """Every partition of one topic this sink owns (one table of the lake), and the flush protocol.
 
-    def __init__(self, lake: Lake, cfg: SinkConfig, topic: str = "events") -> None:
+    ``topic`` ``events`` fills the events table, ``invalid`` the invalid table.
+    Writers of one sink share its limits (``max_open_files``,
+    ``max_buffer_bytes``) through ``group`` (by default a writer is alone).
+    """
+
+    def __init__(self, lake: Lake, cfg: SinkConfig, topic: str = EVENTS) -> None:
         self.lake = lake
         self.cfg = cfg
         self.topic = topic
-        self.promoted = load_promoted(lake, cfg)
-        self.schema = arrow_schema(self.promoted)
+        self.columns: Columns | None = None
+        self.kind: Rows
+        if topic == INVALID:
+            self.kind = InvalidRows()
+        else:
+            self.columns = open_columns(lake, cfg)
+            self.kind = EventRows(self.columns, cfg.partitioning)
         self.parts: dict[int, PartitionWriter] = {}
+        self.group: list[LakeWriter] = [self]
         self._pool: ThreadPoolExecutor | None = None
 
     # assignment ----------------------------------------------------------------
@@ -84,7 +99,7 @@ class LakeWriter:
             if data is not None:
                 segments.append((fmt, data))
         dedup.load(segments)
-        pw = PartitionWriter(state, self.cfg, self.schema, self.promoted, dedup, forced, self)
+        pw = PartitionWriter(state, self.cfg, self.kind, dedup, forced, self)
         pw.stale = bool(done)
         self.parts[partition] = pw
         if forced:
@@ -114,14 +129,18 @@ class LakeWriter:
                 pw.add(recs)
         self._bound_memory()
 
+    def _all_parts(self) -> list[PartitionWriter]:
+        return [pw for w in self.group for pw in w.parts.values()]
+
     def _bound_memory(self) -> None:
         """Cut the largest buckets (an overflow counts as one) until the rest fits ``max_buffer_bytes``."""
         units: list[tuple[int, tuple[PartitionWriter, Bucket | None]]] = []
-        for pw in self.parts.values():
+        for pw in self._all_parts():
             units += [(b.nbytes, (pw, b)) for b in pw.open.values() if b.force_end is None]
             if pw.overflow:
                 units.append((pw.overflow_bytes(), (pw, None)))
-        for pw, bucket in over_budget(units, self.buffered_bytes(), self.cfg.max_buffer_bytes):
+        total = sum(w.buffered_bytes() for w in self.group)
+        for pw, bucket in over_budget(units, total, self.cfg.max_buffer_bytes):
             if bucket is None:
                 pw.seal_overflow(pw.position)
             else:
@@ -129,10 +148,10 @@ class LakeWriter:
 
     # Room: the open-bucket limit the partitions share
     def room(self) -> bool:
-        return sum(len(pw.open) for pw in self.parts.values()) < self.cfg.max_open_files
+        return sum(len(pw.open) for pw in self._all_parts()) < self.cfg.max_open_files
 
     def make_room(self) -> None:
-        open_ = [(pw, b) for pw in self.parts.values() for b in pw.open.values() if b.force_end is None]
+        open_ = [(pw, b) for pw in self._all_parts() for b in pw.open.values() if b.force_end is None]
         if open_:  # rows as well: the rows of the batch being routed are not counted in bytes yet
             pw, bucket = max(open_, key=lambda t: (t[1].nbytes, t[1].rows))
             pw.seal(bucket, pw.position)
@@ -159,6 +178,8 @@ class LakeWriter:
 
     def flush(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         """Write sealed files of ``partitions`` (default all); returns their resume offsets."""
+        if self.columns is not None and self.columns.changed:
+            publish(self.lake, self.columns, self.cfg)  # 0. the lake's columns, before any file has them
         out = {}
         for partition in list(self.parts if partitions is None else partitions):
             pw = self.parts[partition]

@@ -21,8 +21,11 @@ _MILLIS = tuple(f"{i:03d}Z" for i in range(1000))  # "000Z" .. "999Z"
 _LAST_FORMATTED: tuple[int, str] = (0, "1970-01-01T00:00:00.000Z")  # a request's events share receivedAt
 
 
-def parse_iso_ms(value: Any) -> int | None:
-    """Milliseconds since the epoch of an ISO 8601 string (naive means UTC); None when it is not one."""
+def parse_iso_ms(value: Any, *, cache: bool = True) -> int | None:
+    """Milliseconds since the epoch of an ISO 8601 string (naive means UTC); None when it is not one.
+
+    ``cache=False`` for strings that rarely repeat (every event's own timestamp).
+    """
     if type(value) is str:
         cached = PARSED.get(value)
         if cached is not None:
@@ -33,10 +36,13 @@ def parse_iso_ms(value: Any) -> int | None:
         dt = datetime.fromisoformat(value)
     except ValueError:
         return None
-    ms = datetime_ms(dt)
-    if len(PARSED) >= _PARSED_MAX:
-        PARSED.clear()
-    PARSED[value] = ms
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    ms = int(dt.timestamp() * 1000)
+    if cache:
+        if len(PARSED) >= _PARSED_MAX:
+            PARSED.clear()
+        PARSED[value] = ms
     return ms
 
 

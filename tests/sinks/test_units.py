@@ -9,16 +9,18 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from tripwire.sinks.catalog import Promoted, merge_registry, read_catalog, wanted_columns
+from tripwire.lake_layout import ColumnRegistry
+from tripwire.sinks.catalog import Promoted, read_catalog
 from tripwire.sinks.config import SinkConfig, sink_config
 from tripwire.sinks.dedup import FORMAT as DEDUP_FORMAT
 from tripwire.sinks.dedup import LEGACY_FORMAT, Dedup
 from tripwire.sinks.errors import CatalogError
 from tripwire.sinks.lake import LocalLake
-from tripwire.sinks.schema import BatchBuilder, arrow_schema
+from tripwire.sinks.columns import Columns
+from tripwire.sinks.registry import declared_columns, open_columns
+from tripwire.sinks.schema import BatchBuilder
 from tripwire.sinks.service import SinkService, create_service
-from tripwire.sinks.registry import load_promoted
-from tripwire.sinks.partition import directory_for
+from tripwire.sinks.tables import directory_for
 from tests.sinks.helpers import event
 from tripwire.config import ConfigError, from_dict, load_config
 from tripwire.log.memory import MemoryLog
@@ -80,32 +82,42 @@ def test_a_broken_catalog_is_named(tmp_path: Path) -> None:
         read_catalog(tmp_path / "bad.json")
 
 
-def test_the_first_writer_fixes_the_columns_and_later_catalog_changes_wait_for_migrate(tmp_path: Path) -> None:
-    from tripwire.sinks.migrate import migrate
-
+def test_the_catalog_declares_columns_and_an_existing_column_keeps_its_type(tmp_path: Path) -> None:
     lake = LocalLake(tmp_path)
-    first = load_promoted(lake, SinkConfig(promote={"qty": "integer"}))
-    assert [(p.column, p.kind) for p in first] == [("properties_qty", "integer")]
-    # The catalog later says number and adds a column: a sink keeps the lake's columns...
-    assert load_promoted(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})) == first
-    # ...until a migration adds the new one; the existing type never changes.
-    assert migrate(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})).columns == ["properties_coupon"]
-    again = load_promoted(lake, SinkConfig())  # dropped from the catalog: still a column
-    assert [(p.column, p.kind) for p in again] == [("properties_qty", "integer"), ("properties_coupon", "string")]
-    assert merge_registry(again, wanted_columns("", {"traits.plan": "string"}))[-1].column == "traits_plan"
+    first = open_columns(lake, SinkConfig(promote={"qty": "integer"})).registry
+    assert [(c.column, c.kind, c.origin) for c in first.columns] == [("properties_qty", "integer", "promote")]
+    # The catalog later adds a column and says number for qty: the new column is there at once, and
+    # qty widens (int64 files read as double); a type the files cannot be read as is refused.
+    later = open_columns(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})).registry
+    assert [(c.column, c.kind) for c in later.columns] == [("properties_qty", "number"), ("properties_coupon", "string")]
+    again = open_columns(lake, SinkConfig(promote={"coupon": "integer"})).registry  # dropped, retyped
+    assert [(c.column, c.kind) for c in again.columns] == [("properties_qty", "number"), ("properties_coupon", "string")]
+    assert again.revision == later.revision  # nothing changed: nothing written
 
 
-def test_envelope_columns_and_promotion() -> None:
-    promoted = wanted_columns("", {"price": "number", "qty": "integer", "when": "date-time", "traits.plan": "string"})
-    builder = BatchBuilder(arrow_schema(promoted), promoted)
+def columns_for(promote: dict[str, str] | None = None, **kwargs: object) -> Columns:
+    registry = ColumnRegistry("date", 0, declared_columns(SinkConfig(promote=promote or {})))
+    return Columns(registry, **kwargs)  # type: ignore[arg-type]
+
+
+def build(columns: Columns, *envs: dict[str, object], day: str = "2026-01-01") -> list[dict[str, object]]:
+    builder = BatchBuilder(columns, day)
+    for i, e in enumerate(envs):
+        builder.add(e, 1000 + i)
+    return pa.Table.from_batches([builder.build()]).to_pylist()
+
+
+def test_envelope_columns_and_declared_columns() -> None:
+    columns = columns_for({"price": "number", "qty": "integer", "when": "date-time", "traits.plan": "string"},
+                          infer=False)
     e = event(1, props={"price": 3, "qty": 2.0, "when": "2026-01-02T03:04:05Z", "other": [1]})
     e["integrations"] = {"All": False}
-    builder.add(e, 1000)
     ident = {"type": "identify", "userId": "u1", "messageId": "x", "traits": {"plan": "pro", "age": 3},
              "timestamp": "2026-01-01T00:00:00.000Z", "receivedAt": "2026-01-01T00:00:00.000Z",
              "originalTimestamp": "2026-01-01T01:00:00+01:00"}
-    builder.add(ident, 2000)
-    rows = pa.Table.from_batches([builder.build()]).to_pylist()
+    page = {"type": "page", "anonymousId": "a", "messageId": "p", "name": "Home", "category": "Docs", "channel": "web",
+            "properties": {}}
+    rows = build(columns, e, ident, page)
     assert rows[0]["properties_price"] == 3.0 and rows[0]["properties_qty"] == 2
     assert rows[0]["properties_when"].isoformat() == "2026-01-02T03:04:05+00:00"
     assert orjson.loads(rows[0]["properties"]) == {"other": [1]}
@@ -114,10 +126,43 @@ def test_envelope_columns_and_promotion() -> None:
     assert rows[1]["traits_plan"] == "pro" and orjson.loads(rows[1]["traits"]) == {"age": 3}
     assert rows[1]["user_id"] == "u1" and rows[1]["anonymous_id"] is None and rows[1]["properties"] is None
     assert rows[1]["original_timestamp"].isoformat() == "2026-01-01T00:00:00+00:00"
+    # Segment's page category and RudderStack's channel have columns; an empty properties object stays one.
+    assert (rows[2]["category"], rows[2]["channel"], rows[2]["extra"], rows[2]["properties"]) == ("Docs", "web", None, "{}")
+
+
+def test_types_are_inferred_from_the_first_value_and_integer_widens_to_number() -> None:
+    columns = columns_for()
+    rows = build(columns, event(1, props={"n": 1, "f": 1.5, "b": True, "s": "x", "t": "2026-01-02T03:04:05Z",
+                                          "o": {"a": 1}, "l": [1], "z": None}),
+                 event(2, props={"n": 2.5, "f": 2, "b": 1, "s": 5, "t": "soon", "big": 2**64 - 1}))
+    kinds = {s.column: s.kind for s in columns.ordered()}
+    assert kinds == {"properties_n": "number", "properties_f": "number", "properties_b": "boolean",
+                     "properties_s": "string", "properties_t": "date-time"}  # no column for o, l, z, big
+    assert [r["properties_n"] for r in rows] == [1.0, 2.5] and [r["properties_f"] for r in rows] == [1.5, 2.0]
+    assert rows[0]["properties_t"].isoformat() == "2026-01-02T03:04:05+00:00"
+    assert orjson.loads(rows[0]["properties"]) == {"o": {"a": 1}, "l": [1], "z": None}
+    # What does not fit stays in the JSON, nothing is lost, and each kind of misfit is recorded once.
+    assert orjson.loads(rows[1]["properties"]) == {"b": 1, "s": 5, "t": "soon", "big": 2**64 - 1}
+    assert rows[1]["properties_b"] is None and rows[1]["properties_s"] is None
+    proposal = columns.proposal()
+    assert proposal.widened == {"properties_n": "2026-01-01"}
+    assert {(c.column, c.kind, c.why, c.event) for c in proposal.conflicts} == {
+        ("properties_b", "integer", "type", "Product Added"), ("properties_s", "integer", "type", "Product Added"),
+        ("properties_t", "string", "type", "Product Added")}
+    assert {c.column: c.kind for c in proposal.new}["properties_n"] == "number"
+
+
+def test_declared_columns_do_not_widen_and_names_and_limits_are_conflicts() -> None:
+    columns = columns_for({"qty": "integer"}, max_columns=3)
+    rows = build(columns, event(1, props={"qty": 1.5, "price": 1, "Price": 2, "a": "x", "b": "y"}))
+    assert "properties_qty" not in rows[0] and rows[0]["properties_price"] == 1  # a file has the columns it fills
+    assert orjson.loads(rows[0]["properties"]) == {"qty": 1.5, "Price": 2, "b": "y"}
+    assert {(c.column, c.why) for c in columns.proposal().conflicts} == {
+        ("properties_qty", "type"), ("properties_price", "name"), ("properties_b", "limit")}
 
 
 def test_times_a_client_sent_oddly_are_parsed_or_left_empty() -> None:
-    builder = BatchBuilder(arrow_schema([]), [])
+    builder = BatchBuilder(columns_for(), None)
     for i, original in enumerate(["2026-01-01T00:00:00", "yesterday", None]):
         builder.add({"type": "track", "event": "E", "messageId": str(i), "originalTimestamp": original}, 0)
     rows = builder.build().to_pylist()
@@ -271,6 +316,6 @@ def test_a_lake_keeps_the_partitioning_it_was_started_with(tmp_path: Path) -> No
     from tripwire.sinks.errors import SinkError
 
     lake = LocalLake(tmp_path)
-    load_promoted(lake, SinkConfig(partitioning="date"))
+    open_columns(lake, SinkConfig(partitioning="date"))
     with pytest.raises(SinkError, match="partitioned by 'date'"):
-        load_promoted(lake, SinkConfig(partitioning="date/hour"))
+        open_columns(lake, SinkConfig(partitioning="date/hour"))
