@@ -44,6 +44,8 @@ from . import metrics
 
 MAX_EVENTS_PER_COLUMN = 50  # event names recorded with a column
 MAX_CONFLICTS = 1000  # conflicts recorded in the registry
+MAX_KEY_CHARS = 128  # a longer property name has no column
+_MAX_REMEMBERED = 10_000  # keys per field remembered as "stays JSON" (random keys must not grow memory)
 _INT64 = (-(2**63), 2**63)
 _ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
@@ -159,21 +161,21 @@ class Columns:
     def discover(self, field: str, key: str, value: Any, event: str, day: str | None) -> Slot | None:
         """The slot for a key seen for the first time (None: the value stays in JSON)."""
         if not self.infer:
-            self.slots[field][key] = None
+            self._stays_json(field, key)
             return None
         kind = value_kind(value)
         if kind is None:
             if isinstance(value, (dict, list)):
-                self.slots[field][key] = None  # an object or an array stays JSON, as its first value was
+                self._stays_json(field, key)  # an object or an array stays JSON, as its first value was
             return None  # null (or an integer past 64 bits): decided by the next value
         name = column_name(field, key)
         taken = self.by_column.get(name)
-        if taken is not None:  # e.g. "Price" after "price"
-            self.slots[field][key] = None
-            self.conflict(field, key, name, event, describe(value), "name", day)
+        if taken is not None or len(key) > MAX_KEY_CHARS:  # e.g. "Price" after "price"
+            self._stays_json(field, key)
+            self.conflict(field, key, name[:200], event, describe(value), "name", day)
             return None
         if len(self.by_column) >= self.max_columns:
-            self.slots[field][key] = None
+            self._stays_json(field, key)
             self.conflict(field, key, name, event, describe(value), "limit", day)
             return None
         slot = Slot(name, field, key, kind, "inferred", len(self.by_column), {event}, day)
@@ -182,6 +184,11 @@ class Columns:
         self._sources[name] = (field, key)
         self._new.append(slot)
         return slot
+
+    def _stays_json(self, field: str, key: str) -> None:
+        slots = self.slots[field]
+        if len(slots) < _MAX_REMEMBERED:
+            slots[key] = None
 
     def misfit(self, slot: Slot, value: Any, event: str, day: str | None) -> Any:
         """``value`` did not fit ``slot``: widen an inferred integer column to number, else record a conflict."""
@@ -208,7 +215,7 @@ class Columns:
         if token in self._recorded or len(self._recorded) >= MAX_CONFLICTS:
             return
         self._recorded.add(token)
-        self._conflicts[token] = Conflict(column, field, key, event, kind, why, day)
+        self._conflicts[token] = Conflict(column, field, key[:MAX_KEY_CHARS], event, kind, why, day)
 
     # publishing ------------------------------------------------------------------
 

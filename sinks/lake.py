@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tripwire.lake_layout import SINK_DIR, TABLES, table_of
+from tripwire.lake_layout import SINK_DIR, table_of
 
 from .errors import LakeError
 
@@ -308,10 +308,9 @@ def data_files(lake: Lake, under: str = "") -> dict[str, dict[str, int]]:
     The sink's own folder and the column file are not data files.
     """
     out: dict[str, dict[str, int]] = {}
-    for suffix in {t.suffix for t in TABLES.values()}:
-        for path, size in lake.sizes(under, suffix).items():
-            if table_of(path) is None:
-                continue
-            directory, name = path.rsplit("/", 1)
-            out.setdefault(directory, {})[name] = size
+    for path, size in lake.sizes(under).items():  # one listing for both tables
+        if table_of(path) is None:
+            continue
+        directory, name = path.rsplit("/", 1)
+        out.setdefault(directory, {})[name] = size
     return out

@@ -76,4 +76,5 @@ class EventRows:
 
     def finish(self, batches: Sequence[pa.RecordBatch]) -> pa.Table:
         registry, source_of = self.columns.registry, self.columns.source_of
-        return conform(concat([conform(pa.Table.from_batches([b]), registry, source_of) for b in batches]), registry)
+        tables = [conform(pa.Table.from_batches([b]), registry, source_of) for b in batches]
+        return tables[0] if len(tables) == 1 else conform(concat(tables), registry)  # concat appends new columns

@@ -181,7 +181,7 @@ class TypedColumn:
     key: str  # price
     kind: str  # one of KINDS
     origin: str = "catalog"  # catalog | promote | inferred
-    first_seen: str | None = None  # date of the first event that had it (YYYY-MM-DD)
+    first_seen: str | None = None  # the earliest event date (partition) with a value, YYYY-MM-DD
     widened: str | None = None  # date it went from integer to number
     events: list[str] = field(default_factory=list)  # event names seen with it (bounded)
 

@@ -161,6 +161,15 @@ def test_declared_columns_do_not_widen_and_names_and_limits_are_conflicts() -> N
         ("properties_qty", "type"), ("properties_price", "name"), ("properties_b", "limit")}
 
 
+def test_random_property_names_cannot_grow_columns_or_memory_without_bound() -> None:
+    columns = columns_for(max_columns=50)
+    for i in range(300):
+        build(columns, event(i, props={f"k{i}-{j}": j for j in range(100)} | {f"o{i}": {"a": 1}, "x" * 500: 1}))
+    assert len(columns.by_column) == 50
+    assert len(columns.slots["properties"]) <= 10_000 and len(columns.proposal().conflicts) <= 1000
+    assert all(len(c.key) <= 128 for c in columns.proposal().conflicts)
+
+
 def test_times_a_client_sent_oddly_are_parsed_or_left_empty() -> None:
     builder = BatchBuilder(columns_for(), None)
     for i, original in enumerate(["2026-01-01T00:00:00", "yesterday", None]):

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lake_sub = lake.add_subparsers(dest="lake_command", metavar="SUBCOMMAND", required=True)
     s = lake_sub.add_parser("schema", help="typed columns, their types, first-seen dates and conflicts",
                             description="Print the lake's typed property columns (learned from the data or "
-                                        "declared by the catalog): type, the date of the first event that had "
-                                        "it, the events seen with it, and the values kept in the JSON columns "
+                                        "declared by the catalog): type, the earliest event date with a value, "
+                                        "the events seen with it, and the values kept in the JSON columns "
                                         "because they did not fit (conflicts).")
     s.add_argument("--json", action="store_true", help="the column registry as JSON")
     s.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
