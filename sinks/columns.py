@@ -136,9 +136,11 @@ class Columns:
     """The typed columns of this sink's files: the lake's registry, then this sink's decisions.
 
     ``slots[field]`` maps a key to its :class:`Slot`, or to None when the key
-    stays in JSON (decided: another key has the column, or the limit is
-    reached). Keys not in the map are new. Single-threaded: the sink's writer
-    thread routes and builds; files are conformed after :meth:`adopt`.
+    stays in JSON (its first value was an object or an array, another key has
+    the column, the name is too long, the limit is reached, or inference is
+    off). Keys not in the map are new. Single-threaded: the sink's writer
+    thread routes and builds; builders are empty whenever :meth:`adopt` runs
+    (at a flush), and files are conformed to the registry after it.
     """
 
     def __init__(self, registry: ColumnRegistry, *, infer: bool = True, max_columns: int = 500) -> None:

@@ -53,7 +53,7 @@ class SinkConfig:
     catalog: str = ""  # event catalog JSON; empty = collector.catalog
     promote: dict[str, str] = field(default_factory=dict)  # property -> JSON type
     infer_columns: bool = True  # typed columns for properties the catalog does not declare, from their values
-    max_typed_columns: int = 500  # inferred ones; beyond, new properties stay in the JSON columns
+    max_typed_columns: int = 500  # in the lake; beyond, newly seen properties stay in the JSON columns
     invalid_table: bool = True  # the invalid topic into <lake>/_invalid/
     compact_min_age_s: int = 7200  # a date partition is closed this long after its day ended
     compact_max_file_rows: int = 5_000_000
