@@ -26,10 +26,11 @@ import orjson  # noqa: E402
 
 from tripwire.sinks.config import SinkConfig  # noqa: E402
 from tripwire.sinks.lake import LocalLake  # noqa: E402
-from tripwire.sinks.schema import BatchBuilder, arrow_schema, encode_parquet  # noqa: E402
+from tripwire.sinks.schema import BatchBuilder, encode_parquet  # noqa: E402
 from tripwire.sinks.service import SinkService  # noqa: E402
 from tripwire.sinks.state import load_state  # noqa: E402
-from tripwire.sinks.writer import LakeWriter, directory_for  # noqa: E402
+from tripwire.sinks.tables import directory_for  # noqa: E402
+from tripwire.sinks.writer import LakeWriter  # noqa: E402
 from tripwire.envelope import format_time_ms, log_key, normalize  # noqa: E402
 from tripwire.log import Record  # noqa: E402
 from tripwire.log.partition import partition_for  # noqa: E402
@@ -74,12 +75,15 @@ def make_events(n: int) -> list[bytes]:
 
 
 def raw_path(values: list[bytes], cfg: SinkConfig, out: Path) -> tuple[float, int]:
-    from tripwire.sinks.catalog import wanted_columns
+    from tripwire.lake_layout import ColumnRegistry
+    from tripwire.sinks.columns import Columns
+    from tripwire.sinks.registry import declared_columns
 
-    promoted = wanted_columns("", cfg.promote)
-    schema = arrow_schema(promoted)
+    # The same envelope-to-columns code as the sink, typed columns inferred alike.
+    columns = Columns(ColumnRegistry("date", 0, declared_columns(cfg)), infer=cfg.infer_columns,
+                      max_columns=cfg.max_typed_columns)
     t = time.perf_counter()
-    builder = BatchBuilder(schema, promoted)
+    builder = BatchBuilder(columns, None)
     for v in values:
         env = orjson.loads(v)
         builder.add(env, directory_for(env["timestamp"], "date")[1])  # type: ignore[index]

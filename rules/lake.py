@@ -1,34 +1,38 @@
 """Reading the Parquet lake back as Segment envelopes, day by day in event-time order (backtests).
 
-Layout written by the sink: ``<root>/date=YYYY-MM-DD[/hour=HH]/*.parquet`` with
-Segment-envelope columns in snake_case (see the sink's schema module), the
-non-promoted ``properties``/``traits``/``context``/``extra`` as JSON strings, and
-promoted catalog properties as typed columns listed in
-``_tripwire_sink/schema.json``. This module only reads that layout; it does not
-import the sink.
+The layout is the spine's (:mod:`tripwire.lake_layout`): ``<root>/date=YYYY-MM-DD[/hour=H]/*.parquet``
+with Segment-envelope columns in snake_case, the rest of ``properties``/``traits``/
+``context``/``extra`` as JSON strings, and typed property columns listed in the
+column registry; files may differ in their typed columns (each file is read on
+its own; a column a file lacks is a property its events did not carry). The
+column file (no rows) and the invalid table (``_invalid/``) are not events.
+This module only reads that layout; it does not import the sink.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 
+from tripwire.lake_layout import (
+    COLUMNS_FILE,
+    CONTEXT_COLUMNS,
+    REGISTRY_PATH,
+    SOURCE_COLUMNS,
+    TIME_COLUMNS,
+    TOP_COLUMNS,
+    ColumnRegistry,
+)
+from tripwire.times import format_datetime
+
 from .errors import RulesError
 
-_TOP = {"message_id": "messageId", "type": "type", "event": "event", "name": "name", "anonymous_id": "anonymousId",
-        "user_id": "userId", "previous_id": "previousId", "group_id": "groupId", "source": "source"}
-_TIMES = {"timestamp": "timestamp", "original_timestamp": "originalTimestamp", "sent_at": "sentAt", "received_at": "receivedAt"}
-_CONTEXT = {"context_page_url": ("page", "url"), "context_page_path": ("page", "path"),
-            "context_page_referrer": ("page", "referrer"), "context_page_title": ("page", "title"),
-            "context_page_search": ("page", "search"), "context_user_agent": ("userAgent", None),
-            "context_ip": ("ip", None), "context_locale": ("locale", None),
-            "context_campaign_name": ("campaign", "name"), "context_campaign_source": ("campaign", "source"),
-            "context_campaign_medium": ("campaign", "medium"), "context_campaign_term": ("campaign", "term"),
-            "context_campaign_content": ("campaign", "content"), "context_library_name": ("library", "name"),
-            "context_library_version": ("library", "version")}
+_TOP = dict(TOP_COLUMNS + SOURCE_COLUMNS)
+_TIMES = dict(TIME_COLUMNS)
+_CONTEXT = {c: (group, key) for c, group, key in CONTEXT_COLUMNS}
 
 
 class LakeReadError(RulesError):
@@ -36,12 +40,7 @@ class LakeReadError(RulesError):
 
 
 def _iso(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        ms = int(value.timestamp() * 1000)
-        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return value
+    return format_datetime(value) if isinstance(value, datetime) else value
 
 
 def _json(text: Any) -> Any:
@@ -69,7 +68,7 @@ def row_to_envelope(row: Mapping[str, Any], promoted: Mapping[str, tuple[str, st
             if type(value) is float and value.is_integer() and abs(value) < 2**53:
                 value = int(value)  # a "number" column is float64; the event said 150, not 150.0 (payloads)
             (props if field == "properties" else traits)[key] = _iso(value)
-    if props or env.get("type") in ("track", "page", "screen"):
+    if props or row.get("properties") is not None or env.get("type") in ("track", "page", "screen"):
         env["properties"] = props
     if traits:
         env["traits"] = traits
@@ -104,12 +103,16 @@ class LakeReader:
         self.promoted = self._promoted()
 
     def _promoted(self) -> dict[str, tuple[str, str]]:
+        path = f"{self.root}/{REGISTRY_PATH}"
         try:
-            data = self.fs.cat_file(f"{self.root}/_tripwire_sink/schema.json")
+            data = self.fs.cat_file(path)
         except (FileNotFoundError, OSError):
             return {}
-        columns = (_json(data.decode()) or {}).get("columns", [])
-        return {c[0]: (c[1], c[2]) for c in columns if isinstance(c, list) and len(c) == 4}
+        try:
+            registry = ColumnRegistry.from_bytes(data, path)
+        except ValueError as exc:
+            raise LakeReadError(str(exc)) from None
+        return {c.column: (c.field, c.key) for c in registry.columns}
 
     def days(self, since: str | None = None, until: str | None = None) -> list[tuple[str, list[str]]]:
         """``[(date, [parquet files])]`` in date order, ``since <= date <= until``."""
@@ -125,7 +128,8 @@ class LakeReader:
             day = name[5:]
             if (since and day < since) or (until and day > until):
                 continue
-            files = sorted(f for f in self.fs.find(entry) if f.endswith(".parquet") and "/." not in f)
+            files = sorted(f for f in self.fs.find(entry)
+                           if f.endswith(".parquet") and "/." not in f and not f.endswith("/" + COLUMNS_FILE))
             if files:
                 out.append((day, files))
         return out

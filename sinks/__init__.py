@@ -1,25 +1,31 @@
 """The Parquet sink: the events topic to a Hive-partitioned lake on local disk or S3.
 
-Layout of a lake (``sink.lake_url``, default ``<data_dir>/lake``)::
+Layout of a lake (``sink.lake_url``, default ``<data_dir>/lake``; the spine's
+:mod:`tripwire.lake_layout`)::
 
     <lake>/date=2026-11-29/part-events-p000-o00000000000000001200.parquet
     <lake>/date=2026-11-29/part-events-p003-o00000000000000000877.parquet
     <lake>/date=2026-11-26/part-events-p003-o00000000000000000912.parquet    late events
     <lake>/date=2026-11-20/compact-date2026-11-20-<digest>-000.parquet        tripwire lake compact
+    <lake>/date=0001-01-01/0-lake-columns.parquet    no rows: every column (sinks.registry)
+    <lake>/_invalid/date=2026-11-29/part-invalid-p000-o...parq   the invalid topic (sinks.invalid)
     <lake>/_tripwire_sink/state/events-003.json      resume offset, journaled cuts (sinks.state)
     <lake>/_tripwire_sink/dedup/events-003/*.bin     message ids of the last 24 h (sinks.dedup)
-    <lake>/_tripwire_sink/schema.json                typed property columns, fixed once written
+    <lake>/_tripwire_sink/schema.json                the column registry (sinks.registry)
     <lake>/_tripwire_sink/{removed,jobs,locks}/      maintenance bookkeeping
 
 Reading it::
 
-    duckdb.sql("SELECT * FROM read_parquet('<lake>/**/*.parquet', hive_partitioning=true)")
+    duckdb.sql("SELECT * FROM read_parquet('<lake>/**/*.parquet', hive_partitioning=true, union_by_name=true)")
     pandas.read_parquet("<lake>")                 # or s3://..., storage_options=...
 
-DuckDB types ``date`` as DATE (``hour`` as BIGINT with ``partitioning =
-"date/hour"``); Athena/Glue/Spark see ``date`` as a partition key. The sink's
-own folder starts with ``_`` and holds no ``.parquet`` file, so every reader
-skips it.
+Typed property columns are learned from the data (:mod:`sinks.columns`) and
+added in new files only, so files differ in their columns: DuckDB needs
+``union_by_name=true``; pyarrow (pandas) takes the columns of the first file,
+which is the column file. DuckDB types ``date`` as DATE (``hour`` as BIGINT
+with ``partitioning = "date/hour"``); Athena/Glue/Spark see ``date`` as a
+partition key. The sink's own folders start with ``_`` and hold no
+``.parquet`` file, so every reader of the events table skips them.
 
 Partitioning: by **UTC date of the corrected event time**, ``date=YYYY-MM-DD``,
 by default. Analysts filter by day far more than by hour, and a day is the unit
@@ -42,17 +48,16 @@ group per ``row_group_rows`` (128 Ki) rows, cut at ``max_file_rows``,
 Exactly-once (details in :mod:`sinks.state` and :mod:`sinks.writer`): every cut
 is journaled in the lake *before* its file is written, files appear atomically
 (tmp + ``os.replace``; one S3 PUT or an aborted multipart upload), the resume
-offset moves only past durable files, and repeated ``messageId``s within 24 h
-are dropped with state that survives restarts. Wall-clock rotation therefore
-replays identically after a crash, and partitions move between sinks of one
-consumer group through the state in the lake.
+offset moves only past durable files, and repeated ``messageId``s of one source
+and visitor within 24 h are dropped with state that survives restarts.
+Wall-clock rotation therefore replays identically after a crash, and partitions
+move between sinks of one consumer group through the state in the lake.
 
 Known limits: S3 has no multi-object switch, so a reader listing a directory in
 the instant between a compaction's PUT and its DeleteObjects can see merged rows
-twice (local disk swaps the directory atomically). Every file carries the same
-columns, since DuckDB and pyarrow take a glob's schema from its first file:
-properties the catalog gains later stay in the ``properties`` JSON until
-``tripwire lake migrate`` (sinks stopped) adds their typed columns to every file.
+twice (local disk swaps the directory atomically). Files written before a
+column existed keep those values in the JSON column until ``tripwire lake
+migrate`` fills the column in them.
 """
 
 from __future__ import annotations

@@ -21,18 +21,15 @@ A schema with no ``type`` but an ``enum`` or ``const`` is typed by its values
 Objects, arrays and properties whose events disagree on the type stay in the
 ``properties`` JSON column. ``sink.promote`` adds columns by hand.
 
-The lake's first writer fixes its columns in ``_tripwire_sink/schema.json``;
-properties the catalog gains later become columns through ``tripwire lake
-migrate``, which rewrites every file, because DuckDB and pyarrow read a glob
-with the first file's schema. An existing column never changes (so never
-narrows) its type. A value that does not fit its column stays in the JSON
-column instead.
+These columns are *declared*: the sink gives them the catalog's type instead of
+inferring one from the data (:mod:`sinks.columns`); an existing column keeps
+its type, except that ``integer`` widens to ``number`` (:mod:`sinks.registry`).
+A value that does not fit its column stays in the JSON column instead.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +38,11 @@ from typing import Any
 from tripwire.catalog import CatalogError as FileError
 from tripwire.catalog import load_catalog
 
+from tripwire.lake_layout import column_name
+
 from .errors import CatalogError
 
 logger = logging.getLogger(__name__)
-
-_UNSAFE = re.compile(r"[^a-z0-9_]+")
-
 
 @dataclass(frozen=True, slots=True)
 class Promoted:
@@ -62,10 +58,6 @@ class Promoted:
     def from_json(cls, value: Any) -> Promoted:
         column, field, key, kind = value
         return cls(str(column), str(field), str(key), str(kind))
-
-
-def column_name(field: str, key: str) -> str:
-    return f"{field}_" + (_UNSAFE.sub("_", key.lower()).strip("_") or "x")
 
 
 def _value_type(value: Any) -> str | None:
@@ -154,26 +146,3 @@ def wanted_columns(catalog_path: str, promote: Mapping[str, str]) -> list[Promot
         else:
             cols[("properties", key)] = Promoted(column_name("properties", key), "properties", key, kind)
     return list(cols.values())
-
-
-def merge_registry(registered: list[Promoted], wanted: list[Promoted]) -> list[Promoted]:
-    """``registered`` columns unchanged (types are fixed), then new ``wanted`` ones in order."""
-    out = list(registered)
-    by_slot = {(p.field, p.key) for p in registered}
-    names = {p.column for p in registered}
-    for p in wanted:
-        if (p.field, p.key) in by_slot:
-            old = next(r for r in registered if (r.field, r.key) == (p.field, p.key))
-            if old.kind != p.kind:
-                logger.warning(
-                    "column %s keeps type %s (catalog now says %s); values that do not fit stay in JSON",
-                    old.column, old.kind, p.kind,
-                )
-            continue
-        if p.column in names:
-            logger.warning("property %s.%s maps to existing column %s; it stays in JSON", p.field, p.key, p.column)
-            continue
-        out.append(p)
-        names.add(p.column)
-        by_slot.add((p.field, p.key))
-    return out

@@ -5,10 +5,12 @@ A directory ``date=D`` (with ``hour=H`` below it under hourly partitioning) is
 events may still add files to it later and a later run merges those too.
 ``--date D`` compacts that day whatever its age.
 
-In each directory the files smaller than ``target_bytes`` (two at least) are
-read, given the lake's current columns (new catalog columns are filled with
-nulls), sorted by event time and written as ``compact-<dir>-<digest>-<n>.parquet``
-files of at most ``compact_max_file_rows`` rows. The switch from inputs to
+In each directory (of the events table and of the invalid table) the files
+smaller than ``target_bytes`` (two at least) are read, merged across their
+column sets (files written before a column existed read as null there; an
+``integer`` column the registry has since widened to ``number`` is cast),
+sorted by event time and written as ``compact-<dir>-<digest>-<n>.parquet``
+(``.parq`` for the invalid table) files of at most ``compact_max_file_rows`` rows. The switch from inputs to
 outputs goes through :meth:`Lake.swap`: one directory exchange on local disk,
 so a reader sees the old files or the new ones and never both; on S3 the
 outputs are PUT and then the inputs deleted in one call. A journal
@@ -27,15 +29,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
+
+from tripwire.lake_layout import EVENTS_TABLE, ColumnRegistry, date_of, table_of
 
 from .config import SinkConfig
 from .errors import SinkError
-from .lake import SINK_DIR, Lake, data_files
-from .schema import arrow_schema, decode_parquet, encode_parquet
+from tripwire.lake_layout import SINK_DIR
+
+from .lake import Lake, data_files
+from .registry import read_registry
+from .schema import concat, conform, decode_parquet, encode_parquet
 from .state import add_removed
-from .registry import load_promoted
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +67,11 @@ def closed_directories(directories: list[str], min_age_s: int, now_s: float | No
 
 
 def _day(directory: str) -> datetime | None:
-    head = directory.split("/", 1)[0]
-    if not head.startswith("date="):
+    day = date_of(directory)
+    if day is None:
         return None
     try:
-        return datetime.strptime(head[5:], "%Y-%m-%d").replace(tzinfo=UTC)
+        return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -99,29 +103,33 @@ def compact(lake: Lake, cfg: SinkConfig, *, date: str | None = None, target_byte
     recover(lake)
     files = data_files(lake)
     if date is not None:
-        dirs = [d for d in files if d == f"date={date}" or d.startswith(f"date={date}/")]
+        dirs = [d for d in files if date_of(d) == date]
     else:
         dirs = closed_directories(sorted(files), cfg.compact_min_age_s, now_s)
-    schema = arrow_schema(load_promoted(lake, cfg))
+    registry = read_registry(lake) or ColumnRegistry()
     done = []
     for directory in sorted(dirs):
         small = sorted(n for n, size in files[directory].items() if size < target_bytes)
         if len(small) < 2:
             continue
-        done.append(_compact_directory(lake, cfg, directory, small, files[directory], schema))
+        done.append(_compact_directory(lake, cfg, directory, small, files[directory], registry))
     return done
 
 
 def _compact_directory(lake: Lake, cfg: SinkConfig, directory: str, inputs: list[str], sizes: dict[str, int],
-                       schema: pa.Schema) -> Compaction:
+                       registry: ColumnRegistry) -> Compaction:
     job = Compaction(directory, inputs, bytes_before=sum(sizes[n] for n in inputs))
+    table_kind = table_of(f"{directory}/{inputs[0]}") or EVENTS_TABLE
     tables = []
     for name in inputs:
         data = lake.read(f"{directory}/{name}")
         if data is None:
             raise SinkError(f"{lake.full(directory + '/' + name)} vanished during compaction; run it again")
-        tables.append(conform(decode_parquet(data), schema))
-    table = pa.concat_tables(tables)
+        t = decode_parquet(data).replace_schema_metadata(None)
+        tables.append(conform(t, registry) if table_kind is EVENTS_TABLE else t)
+    table = concat(tables)
+    if table_kind is EVENTS_TABLE:
+        table = conform(table, registry)
     job.rows = table.num_rows
     table = table.sort_by([("timestamp", "ascending"), ("message_id", "ascending")])
     digest = hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:16]
@@ -130,7 +138,7 @@ def _compact_directory(lake: Lake, cfg: SinkConfig, directory: str, inputs: list
     puts = {}
     for i, start in enumerate(range(0, max(table.num_rows, 1), step)):
         chunk = table.slice(start, step)
-        name = f"compact-{stem}-{digest}-{i:03d}.parquet"
+        name = f"compact-{stem}-{digest}-{i:03d}{table_kind.suffix}"
         puts[name] = encode_parquet(chunk, compression=cfg.compression, compression_level=cfg.compression_level,
                                     row_group_rows=cfg.row_group_rows, metadata={"tripwire.compacted_from": str(len(inputs))})
     check = sum(decode_parquet(b).num_rows for b in puts.values())
@@ -146,20 +154,3 @@ def _compact_directory(lake: Lake, cfg: SinkConfig, directory: str, inputs: list
     lake.delete([journal])
     logger.info("compacted %d files of %s into %d (%d rows)", len(inputs), directory, len(puts), job.rows)
     return job
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with ``schema``'s columns first (missing ones null), extra columns kept after."""
-    columns, fields = [], []
-    for f in schema:
-        if f.name in table.column_names:
-            col = table.column(f.name)
-            columns.append(col if col.type == f.type else pc.cast(col, f.type, safe=False))
-        else:
-            columns.append(pa.nulls(table.num_rows, f.type))
-        fields.append(f)
-    for name in table.column_names:
-        if name not in schema.names:
-            columns.append(table.column(name))
-            fields.append(table.schema.field(name))
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))

@@ -8,7 +8,7 @@ Example::
     max_file_age_s = 300                   # a quiet site's data is readable within 5 minutes
     s3_endpoint_url = "http://127.0.0.1:9000"   # else $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL
 
-    [sink.promote]                         # typed columns besides the catalog's
+    [sink.promote]                         # typed columns the catalog does not declare, typed by hand
     price = "number"
 
 S3 credentials come from ``s3_key`` / ``s3_secret`` / ``s3_region`` when set,
@@ -26,9 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tripwire.config import Config, ConfigError
-
-PARTITIONINGS = ("date", "date/hour")
-JSON_TYPES = ("string", "integer", "number", "boolean", "date-time")
+from tripwire.lake_layout import KINDS as JSON_TYPES
+from tripwire.lake_layout import PARTITIONINGS
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class SinkConfig:
     max_file_span_s: int = 86_400  # event-time span within one file
     max_file_age_s: float = 300.0  # wall clock: freshness on a quiet site
     max_late_file_age_s: float = 3600.0  # same, for files of past dates (late events): fewer tiny files
-    max_open_files: int = 64  # across every partition this sink owns
+    max_open_files: int = 64  # buckets being filled across the sink; rows beyond wait in an overflow per partition
     max_buffer_bytes: int = 512 * 1024 * 1024  # Arrow bytes held in open files, in total
     row_group_rows: int = 131_072
     compression: str = "zstd"
@@ -53,6 +52,9 @@ class SinkConfig:
     poll_max_records: int = 5000
     catalog: str = ""  # event catalog JSON; empty = collector.catalog
     promote: dict[str, str] = field(default_factory=dict)  # property -> JSON type
+    infer_columns: bool = True  # typed columns for properties the catalog does not declare, from their values
+    max_typed_columns: int = 500  # in the lake; beyond, newly seen properties stay in the JSON columns
+    invalid_table: bool = True  # the invalid topic into <lake>/_invalid/
     compact_min_age_s: int = 7200  # a date partition is closed this long after its day ended
     compact_max_file_rows: int = 5_000_000
     s3_endpoint_url: str = ""
@@ -66,7 +68,8 @@ class SinkConfig:
                 f"Config 'sink.partitioning' has value {self.partitioning!r}. Expected one of {', '.join(PARTITIONINGS)}."
             )
         for name in ("max_file_rows", "max_file_bytes", "max_file_span_s", "max_open_files", "max_buffer_bytes",
-                     "row_group_rows", "dedup_max_ids", "poll_max_records", "compact_max_file_rows"):
+                     "row_group_rows", "dedup_max_ids", "poll_max_records", "compact_max_file_rows",
+                     "max_typed_columns"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"Config 'sink.{name}' has value {getattr(self, name)!r}. Must be >= 1.")
         for name in ("max_file_age_s", "max_late_file_age_s"):

@@ -1,10 +1,13 @@
 """Drop repeated ``messageId``s (client retries) within a window, per log partition.
 
-A retry carries the same ``anonymousId``/``userId`` as the original, so it has
-the same log key and lands in the same partition: per-partition state is enough
-and scales out with the partitions.
+A message id is a duplicate only for the same **source and log key**: a retry
+carries the same ``anonymousId``/``userId`` and comes through the same write
+key, while another visitor (or another source) reusing an id is another event.
+Keyed by the id alone, anyone holding the public write key could suppress other
+visitors' events by sending their ids first. A retry has the same log key, so it
+lands in the same partition: per-partition state is enough and scales out.
 
-State: ``hash64(messageId) -> first offset`` for the ids seen in the last
+State: ``hash64(source, log key, messageId) -> first offset`` for the ids seen in the last
 ``window`` of log append time (plus one hour of slack so a replay after a crash
 decides as the first pass did), at most ``max_ids`` of them (beyond that the
 oldest are forgotten first and counted in ``evicted_early``). A record is a
@@ -15,7 +18,15 @@ gives the same answers as the first pass.
 Persistence: ``take_segment()`` returns the ids added since the last call as a
 compact blob (``int64`` triples: hash, offset, append time) that the sink writes
 to the lake next to its state; ``load()`` rebuilds the state from the blobs the
-state file lists.
+state file lists, each with its format:
+
+* ``FORMAT`` (2): hashes of (source, log key, messageId);
+* ``LEGACY_FORMAT`` (1): hashes of the messageId alone, written before ids were
+  scoped. They still load, so a client retry of an event the previous version
+  wrote is still dropped: within the window, an id held only in that form is
+  matched by the id alone, as it was then. They expire with the window like any
+  other id, count against ``max_ids`` (evicted first, being the oldest) and a
+  snapshot keeps them as a legacy segment of their own.
 """
 
 from __future__ import annotations
@@ -26,9 +37,20 @@ from array import array
 from collections.abc import Callable, Iterable
 
 _SLACK_MS = 3_600_000
+FORMAT = 2
+LEGACY_FORMAT = 1
 
 
-def id_hash(message_id: str) -> int:
+def id_hash(source: str, key: bytes, message_id: str) -> int:
+    """The remembered form of a message id, scoped to its source and log key."""
+    s = source.encode("utf-8", "surrogatepass")
+    # Lengths first, so no two different triples give the same bytes.
+    data = b"%d:%d:%s%s%s" % (len(s), len(key), s, key, message_id.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def legacy_hash(message_id: str) -> int:
+    """How ids were remembered in segments of ``LEGACY_FORMAT``."""
     return int.from_bytes(hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
 
 
@@ -37,6 +59,7 @@ class Dedup:
         self.window_ms = window_ms
         self.max_ids = max_ids
         self._ids: dict[int, int] = {}  # insertion order ~ offset order
+        self._legacy: dict[int, int] = {}  # ids loaded from LEGACY_FORMAT segments, same order
         self._mark_offsets: list[int] = []  # (offset, append time) samples, for expiry and snapshots
         self._mark_ts: list[int] = []
         self._new = array("q")
@@ -45,11 +68,12 @@ class Dedup:
         self.rewrite = False  # ids were forgotten: persist a snapshot, not a segment on top of old ones
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._ids) + len(self._legacy)
 
-    def seen(self, message_id: str, offset: int, ts_ms: int) -> bool:
-        """True when ``message_id`` is a duplicate at ``offset``; otherwise remember it."""
-        h = id_hash(message_id)
+    def seen(self, source: str, key: bytes, message_id: str, offset: int, ts_ms: int) -> bool:
+        """True when ``message_id`` of ``source`` and log ``key`` is a duplicate at ``offset``;
+        otherwise remember it."""
+        h = id_hash(source, key, message_id)
         first = self._ids.get(h)
         if first is not None:
             if first < offset:
@@ -57,6 +81,10 @@ class Dedup:
             if first > offset:
                 self._ids[h] = offset
             return False
+        if self._legacy:
+            old = self._legacy.get(legacy_hash(message_id))
+            if old is not None and old < offset:
+                return True  # first seen by the previous version, which did not keep its scope
         self._ids[h] = offset
         self._new.extend((h, offset, ts_ms))
         if not self._mark_ts or ts_ms - self._mark_ts[-1] >= 1000:
@@ -73,11 +101,14 @@ class Dedup:
         epoch): an earlier run saw those records ahead of its resume point, and
         they will now come again at new offsets, not at the ones remembered.
         """
-        gone = [h for h, o in self._ids.items() if start <= o < end and not written(o)]
-        for h in gone:
-            del self._ids[h]
-        self.rewrite = self.rewrite or bool(gone)
-        return len(gone)
+        count = 0
+        for ids in (self._ids, self._legacy):
+            gone = [h for h, o in ids.items() if start <= o < end and not written(o)]
+            for h in gone:
+                del ids[h]
+            count += len(gone)
+        self.rewrite = self.rewrite or bool(count)
+        return count
 
     def expire(self) -> None:
         """Forget ids older than the window (relative to the newest append time seen)."""
@@ -87,44 +118,60 @@ class Dedup:
         if cut:
             del self._mark_offsets[:cut]
             del self._mark_ts[:cut]
-        ids = self._ids
         if cutoff is not None:
-            for h in list(_front(ids, lambda o: o < cutoff)):
-                del ids[h]
-        over = len(ids) - self.max_ids
+            for ids in (self._legacy, self._ids):
+                for h in list(_front(ids, lambda o: o < cutoff)):
+                    del ids[h]
+        over = len(self) - self.max_ids
         if over > 0:
-            for h in list(_take(ids, over)):
-                del ids[h]
             self.evicted_early += over
+            for ids in (self._legacy, self._ids):  # the legacy ids are the oldest
+                n = min(over, len(ids))
+                for h in list(_take(ids, n)):
+                    del ids[h]
+                over -= n
 
     def take_segment(self) -> bytes | None:
+        """The ids added since the last call, as a segment of ``FORMAT`` (None when there are none)."""
         if not self._new:
             return None
         data = self._new.tobytes()
         self._new = array("q")
         return data
 
-    def snapshot(self) -> bytes:
-        """Every id held now, as one segment (replaces the listed ones)."""
-        out = array("q")
-        offs, ts = self._mark_offsets, self._mark_ts
-        for h, o in self._ids.items():
-            i = bisect.bisect_right(offs, o) - 1
-            out.extend((h, o, ts[i] if i >= 0 else (ts[0] if ts else self.newest_ms)))
+    def snapshot(self) -> list[tuple[int, bytes]]:
+        """Every id held now as ``(format, segment)`` pairs (they replace the listed segments)."""
+        out = []
+        for fmt, ids in ((FORMAT, self._ids), (LEGACY_FORMAT, self._legacy)):
+            if fmt == LEGACY_FORMAT and not ids:
+                continue
+            out.append((fmt, self._entries(ids).tobytes()))
         self._new = array("q")
         self.rewrite = False
-        return out.tobytes()
+        return out
 
-    def load(self, segments: Iterable[bytes]) -> None:
-        entries: list[tuple[int, int, int]] = []
-        for data in segments:
+    def _entries(self, ids: dict[int, int]) -> array[int]:
+        out = array("q")
+        offs, ts = self._mark_offsets, self._mark_ts
+        for h, o in ids.items():
+            i = bisect.bisect_right(offs, o) - 1
+            out.extend((h, o, ts[i] if i >= 0 else (ts[0] if ts else self.newest_ms)))
+        return out
+
+    def load(self, segments: Iterable[tuple[int, bytes]]) -> None:
+        """Rebuild the state from ``(format, segment)`` pairs."""
+        entries: list[tuple[int, int, int, int]] = []
+        for fmt, data in segments:
+            if fmt not in (FORMAT, LEGACY_FORMAT):
+                raise ValueError(f"message-id segment format {fmt} is unknown")
             a = array("q")
             a.frombytes(data)
-            entries.extend(zip(a[0::3], a[1::3], a[2::3]))
-        entries.sort(key=lambda e: e[1])
-        for h, o, t in entries:
-            if h not in self._ids or self._ids[h] > o:
-                self._ids[h] = o
+            entries.extend((o, h, t, fmt) for h, o, t in zip(a[0::3], a[1::3], a[2::3]))
+        entries.sort()
+        for o, h, t, fmt in entries:
+            ids = self._ids if fmt == FORMAT else self._legacy
+            if h not in ids or ids[h] > o:
+                ids[h] = o
             if not self._mark_ts or t - self._mark_ts[-1] >= 1000:
                 self._mark_offsets.append(o)
                 self._mark_ts.append(t)

@@ -20,6 +20,11 @@ and always use ``/``. The guarantees the sink builds on:
   it places a file and maintenance holds exclusive while it swaps a directory,
   so a late event written during a compaction is never lost. A no-op on S3,
   where a swap only deletes the objects it read.
+* ``update(path, change)`` is a read-modify-write that no other ``update`` of
+  the same path interleaves with, for files several sinks change (the column
+  registry): locally under an exclusive ``flock``; on S3 a conditional PUT
+  (``If-Match`` the ETag read, ``If-None-Match: *`` to create) retried when
+  another writer came first.
 """
 
 from __future__ import annotations
@@ -33,17 +38,19 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tripwire.lake_layout import SINK_DIR, table_of
 
 from .errors import LakeError
 
 logger = logging.getLogger(__name__)
 
-SINK_DIR = "_tripwire_sink"  # state, dedup ids, journals; '_' so Hive/Athena/Spark skip it
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+
 
 
 class Lake(abc.ABC):
@@ -86,6 +93,12 @@ class Lake(abc.ABC):
     @contextlib.contextmanager
     def lock(self, directory: str, exclusive: bool) -> Iterator[None]:
         yield
+
+    @abc.abstractmethod
+    def update(self, path: str, change: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        """Replace ``path`` with ``change(current bytes or None)`` atomically with respect to other
+        updates of it (``change`` may run more than once); None from ``change`` leaves the file as it
+        is. Returns the file's bytes afterwards."""
 
     def cleanup(self, prefix: str) -> int:
         """Remove leftovers of interrupted local writes whose names start with ``prefix``."""
@@ -214,6 +227,15 @@ class LocalLake(Lake):
             return False
         raise OSError(err, os.strerror(err), str(b))
 
+    def update(self, path: str, change: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        with self.lock(f"%file%{path}", exclusive=True):
+            current = self.read(path)
+            new = change(current)
+            if new is None:
+                return current
+            self.write(path, new)
+            return new
+
     @contextlib.contextmanager
     def lock(self, directory: str, exclusive: bool) -> Iterator[None]:
         name = directory.replace("/", "%") or "%root"
@@ -244,92 +266,12 @@ class LocalLake(Lake):
         return removed
 
 
-class FsspecLake(Lake):
-    """S3 (s3fs) or any fsspec filesystem with whole-object writes (``memory://`` for unit tests)."""
-
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        import fsspec
-
-        self.url = url.rstrip("/")
-        protocol, _, rest = self.url.partition("://")
-        opts = dict(storage_options or {})
-        if protocol == "s3":
-            opts.setdefault("use_listings_cache", False)
-            opts.setdefault("skip_instance_cache", True)
-        self.fs = fsspec.filesystem(protocol, **opts)
-        self._root = rest
-
-    def _p(self, path: str) -> str:
-        return f"{self._root}/{path}" if path else self._root
-
-    def write(self, path: str, data: bytes) -> None:
-        try:
-            self.fs.pipe_file(self._p(path), data)  # one PUT, or multipart aborted on error
-        except Exception as exc:
-            raise LakeError(f"cannot write {self.full(path)}: {exc}") from exc
-
-    def read(self, path: str) -> bytes | None:
-        try:
-            return bytes(self.fs.cat_file(self._p(path)))
-        except FileNotFoundError:
-            return None
-        except Exception as exc:
-            raise LakeError(f"cannot read {self.full(path)}: {exc}") from exc
-
-    def exists(self, path: str) -> bool:
-        try:
-            self.fs.invalidate_cache(self._p(path))
-            return bool(self.fs.exists(self._p(path)))
-        except Exception as exc:
-            raise LakeError(f"cannot stat {self.full(path)}: {exc}") from exc
-
-    def list(self, under: str = "", suffix: str = "") -> list[str]:
-        return sorted(self.sizes(under, suffix))
-
-    def sizes(self, under: str = "", suffix: str = "") -> dict[str, int]:
-        base = self._p(under)
-        try:
-            self.fs.invalidate_cache()
-            found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
-            return {}
-        except Exception as exc:
-            raise LakeError(f"cannot list {self.full(under)}: {exc}") from exc
-        out = {}
-        root = self._root.strip("/")
-        for p, info in found.items():
-            rel = p.strip("/")[len(root) :].lstrip("/") if root else p.strip("/")
-            name = rel.rsplit("/", 1)[-1]
-            if rel.endswith(suffix) and not name.startswith(".") and info.get("type") != "directory":
-                out[rel] = int(info.get("size") or 0)
-        return out
-
-    def delete(self, paths: Sequence[str]) -> None:
-        if not paths:
-            return
-        try:
-            self.fs.rm([self._p(p) for p in paths])
-        except FileNotFoundError:
-            for p in paths:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm(self._p(p))
-        except Exception as exc:
-            raise LakeError(f"cannot delete {len(paths)} file(s) under {self.url}: {exc}") from exc
-
-    @property
-    def atomic_swap(self) -> bool:
-        return False
-
-    def swap(self, directory: str, puts: Mapping[str, bytes], deletes: Sequence[str]) -> None:
-        for name, data in puts.items():
-            self.write(f"{directory}/{name}", data)
-        self.delete([f"{directory}/{n}" for n in deletes if n not in puts])
-
-
 def open_lake(url: str, storage_options: Mapping[str, Any] | None = None) -> Lake:
     """A :class:`Lake` for a directory, ``s3://bucket/prefix`` or another fsspec URL."""
     if "://" not in url or url.startswith("file://"):
         return LocalLake(url.removeprefix("file://"))
+    from .fsspec_lake import FsspecLake
+
     return FsspecLake(url, storage_options)
 
 
@@ -361,10 +303,13 @@ def _write_durable(target: Path, data: bytes, sync_dir: bool = True) -> None:
 
 
 def data_files(lake: Lake, under: str = "") -> dict[str, dict[str, int]]:
-    """Parquet data files by directory (``date=.../``), with sizes; the sink's own folder excluded."""
+    """Data files of both tables by directory (``date=...``, ``_invalid/date=...``), with sizes.
+
+    The sink's own folder and the column file are not data files.
+    """
     out: dict[str, dict[str, int]] = {}
-    for path, size in lake.sizes(under, ".parquet").items():
-        if path.startswith(SINK_DIR + "/") or "/" not in path:
+    for path, size in lake.sizes(under).items():  # one listing for both tables
+        if table_of(path) is None:
             continue
         directory, name = path.rsplit("/", 1)
         out.setdefault(directory, {})[name] = size

@@ -10,9 +10,12 @@ comes first:
 * its wall-clock age: ``max_file_age_s`` for today's directory (freshness on a
   quiet site), ``max_late_file_age_s`` for past dates, so a trickle of late
   events does not make a tiny file every few minutes,
-* memory pressure across the sink: more than ``max_open_files`` buckets or
-  ``max_buffer_bytes`` buffered, the largest buckets are cut first (big files,
-  and the small late buckets keep collecting).
+* memory pressure across the sink: more than ``max_buffer_bytes`` buffered,
+  the largest buckets are cut first (big files, and the small late buckets keep
+  collecting).
+
+How many buckets may be open at once (``max_open_files``) is decided as rows
+are routed, see :mod:`sinks.partition`.
 
 Every cut is journaled before its file is written (see :mod:`sinks.state`), so
 these wall-clock decisions replay identically after a crash.
@@ -23,19 +26,23 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pyarrow as pa
 
 from .config import SinkConfig
-from .schema import BatchBuilder
+from .tables import Builder, Rows
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
 class Bucket:
     directory: str
     first: int
-    builder: BatchBuilder
+    kind: Rows  # the table it is a file of
     today: bool
+    builder: Builder = field(init=False)
     batches: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
     nbytes: int = 0
@@ -43,6 +50,10 @@ class Bucket:
     max_ms: int = 0
     opened: float = field(default_factory=time.monotonic)
     force_end: int | None = None  # a journaled cut being replayed
+    overflow: bool = False  # part of its partition's overflow (rows beyond max_open_files), cut with it
+
+    def __post_init__(self) -> None:
+        self.builder = self.kind.builder(self.directory)
 
     def add(self, env: dict[str, object], ts_ms: int) -> None:
         if self.rows == 0:
@@ -63,11 +74,12 @@ class Bucket:
             batch = self.builder.build()
             self.batches.append(batch)
             self.nbytes += batch.nbytes
-            self.builder = BatchBuilder(self.builder.schema, self.builder._promoted)
+            self.builder = self.kind.builder(self.directory)
 
     def table(self) -> pa.Table:
+        """The file's rows, with the columns and types the lake has now."""
         self.finish_batch()
-        return pa.Table.from_batches(self.batches, schema=self.builder.schema)
+        return self.kind.finish(self.batches)
 
 
 def aged(buckets: Iterable[Bucket], cfg: SinkConfig, now: float | None = None) -> list[Bucket]:
@@ -83,15 +95,12 @@ def aged(buckets: Iterable[Bucket], cfg: SinkConfig, now: float | None = None) -
     return out
 
 
-def over_limits(buckets: list[Bucket], cfg: SinkConfig) -> list[Bucket]:
-    """Buckets to cut so the open count and buffered bytes fit the limits (largest first)."""
-    total = sum(b.nbytes for b in buckets)
-    count = len(buckets)
+def over_budget(units: list[tuple[int, T]], total: int, budget: int) -> list[T]:
+    """The largest of ``units`` (``(bytes, unit)``) to cut so that ``total`` bytes fit ``budget``."""
     out = []
-    for b in sorted((b for b in buckets if b.force_end is None), key=lambda b: b.nbytes, reverse=True):
-        if count <= cfg.max_open_files and total <= cfg.max_buffer_bytes:
+    for nbytes, unit in sorted(units, key=lambda u: u[0], reverse=True):
+        if total <= budget:
             break
-        out.append(b)
-        count -= 1
-        total -= b.nbytes
+        out.append(unit)
+        total -= nbytes
     return out

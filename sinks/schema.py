@@ -1,19 +1,23 @@
 """Normalised Segment envelopes to Arrow record batches, and Arrow tables to Parquet bytes.
 
-Columns, in file order (snake_case, as Segment's warehouse loaders name them):
+Columns of the events table, in file order (snake_case, as Segment's warehouse
+loaders name them; the names are the spine's, :mod:`tripwire.lake_layout`):
 
-* ids and kind: ``message_id``, ``type``, ``event`` (track), ``name`` (page/screen),
-  ``anonymous_id``, ``user_id``, ``previous_id`` (alias), ``group_id`` (group);
+* ids and kind: ``message_id``, ``type``, ``event`` (track), ``name`` and
+  ``category`` (page/screen), ``anonymous_id``, ``user_id``, ``previous_id``
+  (alias), ``group_id`` (group);
 * times, ``timestamp[ms, UTC]``: ``timestamp`` (the corrected event time, which
   also picks the partition), ``original_timestamp`` (as the client sent it),
   ``sent_at``, ``received_at``;
-* ``source`` (the write key's source);
+* ``source`` (the write key's source), ``channel`` (as RudderStack's SDKs send it);
 * context: ``context_page_url|path|referrer|title|search``, ``context_user_agent``,
   ``context_ip`` (as the collector stored it, i.e. truncated), ``context_locale``,
   ``context_campaign_name|source|medium|term|content``, ``context_library_name|version``;
-* JSON strings: ``properties`` (what was not promoted), ``traits``, ``context``
-  (the rest of the context), ``extra`` (other top-level fields, e.g. integrations);
-* promoted catalog properties (see :mod:`sinks.catalog`).
+* JSON text: ``properties`` and ``traits`` (what has no typed column; ``{}``
+  when the event had the object, NULL when it had none), ``context`` (the rest
+  of the context), ``extra`` (other top-level fields, e.g. integrations);
+* typed columns ``properties_<key>`` / ``traits_<key>`` (see :mod:`sinks.columns`):
+  a file has those that hold a value in it, in the registry's order.
 
 Partition columns (``date``, ``hour``) are not stored in the files: readers get
 them, typed, from the Hive directory names.
@@ -22,48 +26,52 @@ them, typed, from the Hive directory names.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .catalog import Promoted
+from tripwire.lake_layout import (
+    CONTEXT_COLUMNS,
+    JSON_COLUMNS,
+    SOURCE_COLUMNS,
+    TIME_COLUMNS,
+    TOP_COLUMNS,
+    ColumnRegistry,
+    base_columns,
+)
+from tripwire.times import format_datetime, parse_iso_ms
+
+from .columns import NOT_FITTING, Columns, Slot, fit
 
 TS = pa.timestamp("ms", tz="UTC")
 ARROW_TYPES = {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "date-time": TS}
 
-_TOP = [("message_id", "messageId"), ("type", "type"), ("event", "event"), ("name", "name"),
-        ("anonymous_id", "anonymousId"), ("user_id", "userId"), ("previous_id", "previousId"),
-        ("group_id", "groupId")]
-_TIMES = [("original_timestamp", "originalTimestamp"), ("sent_at", "sentAt"), ("received_at", "receivedAt")]
-_CONTEXT = [("context_page_url", "page", "url"), ("context_page_path", "page", "path"),
-            ("context_page_referrer", "page", "referrer"), ("context_page_title", "page", "title"),
-            ("context_page_search", "page", "search"), ("context_user_agent", "userAgent", None),
-            ("context_ip", "ip", None), ("context_locale", "locale", None),
-            ("context_campaign_name", "campaign", "name"), ("context_campaign_source", "campaign", "source"),
-            ("context_campaign_medium", "campaign", "medium"), ("context_campaign_term", "campaign", "term"),
-            ("context_campaign_content", "campaign", "content"), ("context_library_name", "library", "name"),
-            ("context_library_version", "library", "version")]
-_KNOWN_TOP = frozenset([k for _, k in _TOP] + [k for _, k in _TIMES] + ["timestamp", "source", "context", "properties", "traits"])
-_CONTEXT_GROUPS = {"page": {"url", "path", "referrer", "title", "search"},
-                   "campaign": {"name", "source", "medium", "term", "content"}, "library": {"name", "version"}}
+_TOP = [k for _, k in TOP_COLUMNS]
+_TIMES = [k for c, k in TIME_COLUMNS if c != "timestamp"]  # the event time comes parsed, as ts_ms
+_SOURCES = [k for _, k in SOURCE_COLUMNS]
+_KNOWN_TOP = frozenset(_TOP + [k for _, k in TIME_COLUMNS] + _SOURCES + ["context", "properties", "traits"])
+_CONTEXT_GROUPS: dict[str, set[str]] = {}
+for _, _group, _sub in CONTEXT_COLUMNS:
+    if _sub is not None:
+        _CONTEXT_GROUPS.setdefault(_group, set()).add(_sub)
+_CONTEXT_TOP = frozenset(g for _, g, sub in CONTEXT_COLUMNS if sub is None)
+_BASE = base_columns()
+BASE_NAMES = frozenset(c for c, _ in _BASE)
+_MISSING: Any = object()
+assert JSON_COLUMNS == ("properties", "traits", "context", "extra")  # the order BatchBuilder fills them in
 
 
 def base_fields() -> list[pa.Field]:
-    fields = [pa.field(c, pa.string()) for c, _ in _TOP]
-    fields.append(pa.field("timestamp", TS))
-    fields += [pa.field(c, TS) for c, _ in _TIMES]
-    fields.append(pa.field("source", pa.string()))
-    fields += [pa.field(c, pa.string()) for c, _, _ in _CONTEXT]
-    fields += [pa.field(c, pa.string()) for c in ("properties", "traits", "context", "extra")]
-    return fields
+    return [pa.field(c, ARROW_TYPES[kind]) for c, kind in _BASE]
 
 
-def arrow_schema(promoted: Sequence[Promoted]) -> pa.Schema:
-    return pa.schema(base_fields() + [pa.field(p.column, ARROW_TYPES[p.kind]) for p in promoted])
+def events_schema(registry: ColumnRegistry) -> pa.Schema:
+    """Every column of the events table: the base columns, then the registry's typed ones."""
+    return pa.schema(base_fields() + [pa.field(c.column, ARROW_TYPES[c.kind]) for c in registry.columns])
 
 
 def _text(value: Any) -> str | None:
@@ -76,73 +84,38 @@ def _json(value: Any) -> str | None:
     return orjson.dumps(value).decode() if value else None
 
 
-def parse_ms(value: Any) -> int | None:
-    """Milliseconds since the epoch of an ISO 8601 string (naive = UTC), None if unusable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
-
-
-NOT_FITTING = object()  # fit_value: the value stays in the JSON column
-
-
-def fit_value(kind: str, value: Any) -> Any:
-    """The value converted for a column of ``kind``, or ``NOT_FITTING`` when it does not fit."""
-    if value is None:
-        return None
-    if kind == "string":
-        return value if isinstance(value, str) else NOT_FITTING
-    if kind == "number":
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else NOT_FITTING
-    if kind == "integer":
-        if isinstance(value, bool):
-            return NOT_FITTING
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        return value if isinstance(value, int) and -(2**63) <= value < 2**63 else NOT_FITTING
-    if kind == "boolean":
-        return value if isinstance(value, bool) else NOT_FITTING
-    ms = parse_ms(value)
-    return NOT_FITTING if ms is None else ms
-
-
-
 class BatchBuilder:
-    """Accumulates envelopes column by column; ``build()`` returns one record batch."""
+    """Accumulates envelopes of one partition folder column by column; ``build()`` returns one batch.
 
-    def __init__(self, schema: pa.Schema, promoted: Sequence[Promoted]) -> None:
-        self.schema = schema
-        self._promoted = list(promoted)
-        self._by_field: dict[str, list[tuple[int, Promoted]]] = {"properties": [], "traits": []}
-        for i, p in enumerate(self._promoted):
-            self._by_field[p.field].append((i, p))
+    Typed columns are decided by ``columns`` as keys are met; ``day`` (the
+    folder's date) is what a new column or a conflict records as first seen.
+    """
+
+    def __init__(self, columns: Columns, day: str | None) -> None:
+        self.columns = columns
+        self.day = day
         self._top: list[list[Any]] = [[] for _ in _TOP]
         self._ts: list[int] = []
         self._times: list[list[Any]] = [[] for _ in _TIMES]
-        self._source: list[Any] = []
-        self._ctx: list[list[Any]] = [[] for _ in _CONTEXT]
+        self._sources: list[list[Any]] = [[] for _ in _SOURCES]
+        self._ctx: list[list[Any]] = [[] for _ in CONTEXT_COLUMNS]
         self._json: list[list[Any]] = [[], [], [], []]
-        self._prom: list[list[Any]] = [[] for _ in self._promoted]
+        self._typed: dict[str, tuple[Slot, list[int], list[Any]]] = {}
         self.rows = 0
 
     def add(self, env: Mapping[str, Any], ts_ms: int) -> None:
         get = env.get
-        for col, (_, key) in zip(self._top, _TOP):
+        for col, key in zip(self._top, _TOP):
             col.append(_text(get(key)))
         self._ts.append(ts_ms)
-        for col, (_, key) in zip(self._times, _TIMES):
+        for col, key in zip(self._times, _TIMES):
             col.append(get(key))
-        self._source.append(_text(get("source")))
+        for col, key in zip(self._sources, _SOURCES):
+            col.append(_text(get(key)))
         ctx = get("context")
         rest: Any = None
         if isinstance(ctx, dict) and ctx:
-            for col, (_, group, sub) in zip(self._ctx, _CONTEXT):
+            for col, (_, group, sub) in zip(self._ctx, CONTEXT_COLUMNS):
                 v = ctx.get(group)
                 if sub is not None:
                     v = v.get(sub) if isinstance(v, dict) else None
@@ -153,52 +126,74 @@ class BatchBuilder:
                     left = {kk: vv for kk, vv in v.items() if kk not in _CONTEXT_GROUPS[k]}
                     if left:
                         rest[k] = left
-                elif k not in ("userAgent", "ip", "locale"):
+                elif k not in _CONTEXT_TOP:
                     rest[k] = v
         else:
             for col in self._ctx:
                 col.append(None)
-        props = self._promote("properties", get("properties"))
-        traits = self._promote("traits", get("traits"))
-        extra = {k: v for k, v in env.items() if k not in _KNOWN_TOP}
+        label = get("event") if get("type") == "track" else get("type")
+        label = label if isinstance(label, str) else "?"
         j = self._json
-        j[0].append(_json(props))
-        j[1].append(_json(traits))
+        j[0].append(self._typed_values("properties", get("properties"), label))
+        j[1].append(self._typed_values("traits", get("traits"), label))
         j[2].append(_json(rest))
-        j[3].append(_json(extra))
+        j[3].append(_json({k: v for k, v in env.items() if k not in _KNOWN_TOP}))
         self.rows += 1
 
-    def _promote(self, field: str, obj: Any) -> Any:
-        cols = self._by_field[field]
-        if not isinstance(obj, dict):  # normalised envelopes only carry objects here
-            for i, _ in cols:
-                self._prom[i].append(None)
-            return None
-        if not cols:
-            return obj
-        left = dict(obj)
-        for i, p in cols:
-            value = fit_value(p.kind, left.get(p.key))
+    def _typed_values(self, field: str, obj: Any, label: str) -> str | None:
+        """Move the values of ``obj`` with a typed column there; the JSON text of the rest."""
+        if type(obj) is not dict:
+            return None if obj is None else _text(obj)
+        if not obj:
+            return "{}"
+        columns, slots, typed, row = self.columns, self.columns.slots[field], self._typed, self.rows
+        left = {}
+        for k, v in obj.items():
+            slot = slots.get(k, _MISSING)
+            if slot is _MISSING:
+                slot = columns.discover(field, k, v, label, self.day)
+            if slot is None:
+                left[k] = v
+                continue
+            if v is None:
+                continue  # a null of a typed property: the column's null
+            value = fit(slot.kind, v)
             if value is NOT_FITTING:
-                value = None  # keeps the raw value in the JSON column
-            elif p.key in left:
-                del left[p.key]
-            self._prom[i].append(value)
-        return left
+                value = columns.misfit(slot, v, label, self.day)
+                if value is NOT_FITTING:
+                    left[k] = v
+                    continue
+            acc = typed.get(slot.column)
+            if acc is None:
+                acc = typed[slot.column] = (slot, [], [])
+            acc[1].append(row)
+            acc[2].append(value)
+            if label not in slot.events:
+                columns.seen_with(slot, label)
+        return orjson.dumps(left).decode()
 
     def build(self) -> pa.RecordBatch:
+        n = self.rows
         arrays: list[pa.Array] = [pa.array(c, pa.string()) for c in self._top]
         arrays.append(pa.array(self._ts, pa.int64()).cast(TS))
         arrays += [_times(c) for c in self._times]
-        arrays.append(pa.array(self._source, pa.string()))
+        arrays += [pa.array(c, pa.string()) for c in self._sources]
         arrays += [pa.array(c, pa.string()) for c in self._ctx]
         arrays += [pa.array(c, pa.string()) for c in self._json]
-        for p, c in zip(self._promoted, self._prom):
-            if p.kind == "date-time":
-                arrays.append(pa.array(c, pa.int64()).cast(TS))
+        fields = base_fields()
+        day = self.day
+        for slot, rows, values in sorted(self._typed.values(), key=lambda t: t[0].order):
+            if day is not None and (slot.first_seen is None or day < slot.first_seen):
+                self.columns.seen_on(slot, day)
+            dense: list[Any] = [None] * n
+            for r, v in zip(rows, values):
+                dense[r] = v
+            if slot.kind == "date-time":
+                arrays.append(pa.array(dense, pa.int64()).cast(TS))
             else:
-                arrays.append(pa.array(c, ARROW_TYPES[p.kind]))
-        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+                arrays.append(pa.array(dense, ARROW_TYPES[slot.kind]))
+            fields.append(pa.field(slot.column, ARROW_TYPES[slot.kind]))
+        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def _times(values: list[Any]) -> pa.Array:
@@ -207,7 +202,74 @@ def _times(values: list[Any]) -> pa.Array:
         return pa.array(strings, pa.string()).cast(TS)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # Some client sent a naive or odd time: parse one by one (unusable ones become null).
-        return pa.array([parse_ms(v) for v in strings], pa.int64()).cast(TS)
+        return pa.array([parse_iso_ms(v) for v in strings], pa.int64()).cast(TS)
+
+
+# -- files as the registry says ------------------------------------------------------------
+
+
+def conform(table: pa.Table, registry: ColumnRegistry,
+            source_of: Callable[[str], tuple[str, str] | None] = lambda _: None) -> pa.Table:
+    """``table`` with the registry's types: widened columns cast, values of a column the registry
+    does not have (or has with another type) moved back into their JSON column, base columns
+    first (missing ones null), typed columns in the registry's order, unknown columns last.
+
+    ``source_of(column)`` names the property of a column the registry does not know.
+    """
+    typed = {c.column: (i, c) for i, c in enumerate(registry.columns)}
+    for name in list(table.column_names):
+        if name in BASE_NAMES:
+            continue
+        hit = typed.get(name)
+        if hit is not None:
+            c = hit[1]
+            have = table.column(name).type
+            if have == ARROW_TYPES[c.kind]:
+                continue
+            if c.kind == "number" and pa.types.is_integer(have):
+                table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.float64()))
+                continue
+            table = _demote(table, name, c.field, c.key)
+        else:
+            source = source_of(name)
+            if source is not None:
+                table = _demote(table, name, *source)
+    n = table.num_rows
+    columns, fields = [], []
+    for f in base_fields():
+        columns.append(table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type))
+        fields.append(f)
+    rest = sorted((name for name in table.column_names if name not in BASE_NAMES),
+                  key=lambda name: (typed[name][0] if name in typed else len(typed), name))
+    for name in rest:
+        columns.append(table.column(name))
+        fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _demote(table: pa.Table, name: str, field: str, key: str) -> pa.Table:
+    """Move the values of typed column ``name`` back into the JSON column ``field`` under ``key``."""
+    values = table.column(name).to_pylist()
+    has_json = field in table.column_names
+    texts = table.column(field).to_pylist() if has_json else [None] * table.num_rows
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        obj = orjson.loads(texts[i]) if texts[i] else {}
+        obj[key] = format_datetime(v) if isinstance(v, datetime) else v
+        texts[i] = orjson.dumps(obj).decode()
+    table = table.drop_columns([name])
+    array = pa.array(texts, pa.string())
+    if has_json:
+        return table.set_column(table.column_names.index(field), field, array)
+    return table.append_column(field, array)
+
+
+def concat(tables: Sequence[pa.Table]) -> pa.Table:
+    """One table of ``tables`` whose columns may differ (missing ones become null)."""
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def encode_parquet(

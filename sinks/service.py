@@ -1,8 +1,10 @@
-"""The sink as a service: consume the events topic, write the lake, commit after durability.
+"""The sink as a service: consume the events (and invalid) topics, write the lake, commit after durability.
 
-Lifecycle: ``start()`` loads the schema registry, joins consumer group
-``sink.group`` on the events topic and returns once consuming; ``stop()`` cuts
-every open file, writes it, commits and leaves the group (safe to call twice).
+Lifecycle: ``start()`` loads the lake's column registry, joins consumer group
+``sink.group`` on the ``events`` topic (the events table) and the ``invalid``
+topic (the invalid table, unless ``sink.invalid_table`` is off) and returns
+once consuming; ``stop()`` cuts every open file, writes it, commits and leaves
+the group (safe to call twice).
 If the background task dies (e.g. the lake is unreachable for good), ``failed``
 is set and the error logged; nothing acknowledged is lost, since the log keeps
 the records until a restart writes them.
@@ -20,9 +22,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 
 from tripwire.config import Config
-from tripwire.log import EVENTS, Consumer, EventLog, Record, TopicPartition, records_between
+from tripwire.log import EVENTS, INVALID, Consumer, EventLog, Record, TopicPartition, records_between
 
 from . import metrics
 from .config import SinkConfig, sink_config
@@ -45,7 +48,8 @@ class SinkService:
         self.cfg = cfg
         self.log = log
         self.lake = lake or open_lake(cfg.lake_url, cfg.storage_options() if cfg.is_s3 else None)
-        self.writer: LakeWriter | None = None
+        self.topics = [EVENTS, INVALID] if cfg.invalid_table else [EVENTS]
+        self.writers: dict[str, LakeWriter] = {}  # by topic
         self.consumer: Consumer | None = None
         self.failed = False
         self._task: asyncio.Task[None] | None = None
@@ -53,15 +57,23 @@ class SinkService:
         self._stopped = False
         self._lock = asyncio.Lock()  # the writer is touched by one task at a time
         self._generation = 0  # bumped by every rebalance
-        self._owned: set[int] = set()
+        self._owned: set[TopicPartition] = set()
         self._backoff_s = 1.0
         self._poll_ms = int(max(50, min(1000, cfg.max_file_age_s * 500)))
+
+    @property
+    def writer(self) -> LakeWriter | None:
+        """The events table's writer."""
+        return self.writers.get(EVENTS)
 
     async def start(self) -> None:
         if self._task is not None:
             return
-        self.writer = await asyncio.to_thread(LakeWriter, self.lake, self.cfg, EVENTS)
-        self.consumer = self.log.consumer(self.cfg.group, [EVENTS], self)
+        writers = [await asyncio.to_thread(LakeWriter, self.lake, self.cfg, topic) for topic in self.topics]
+        for w in writers:
+            w.group = writers  # one sink, one set of limits
+        self.writers = {w.topic: w for w in writers}
+        self.consumer = self.log.consumer(self.cfg.group, self.topics, self)
         await self.consumer.start()  # the embedded log: GroupTaken when another sink of the group runs
         self._task = asyncio.create_task(self._run(), name="tripwire-sink")
         self._task.add_done_callback(self._done)
@@ -83,27 +95,42 @@ class SinkService:
         self._stopping = True
         with contextlib.suppress(Exception):
             await self._task
-        assert self.consumer is not None and self.writer is not None
+        assert self.consumer is not None
         try:
             if not self.failed:
                 async with self._lock:  # a rebalance may be handing partitions over right now
-                    offsets = await asyncio.to_thread(self.writer.close)
+                    offsets = await asyncio.to_thread(self._each, lambda w: w.close())
                 await self._commit_offsets(offsets)
         finally:
             await self.consumer.stop()
 
     # rebalance listener --------------------------------------------------------
 
+    def _each(self, step: Callable[[LakeWriter], dict[int, int]]) -> dict[TopicPartition, int]:
+        """``step`` for every table's writer; the resume offsets it returns, by topic and partition."""
+        out = {}
+        for topic, w in self.writers.items():
+            out.update({TopicPartition(topic, p): o for p, o in step(w).items()})
+        return out
+
+    def _seek_all(self) -> None:
+        """Read every owned partition again from where its writer is."""
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            w = self.writers.get(tp.topic)
+            if w is not None and tp.partition in w.parts:
+                self.consumer.seek(tp, w.parts[tp.partition].position)
+
     async def on_assigned(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
-        assert self.writer is not None
         async with self._lock:
             self._generation += 1
             owned = []
             for tp in sorted(partitions):
-                if tp.topic != EVENTS:
+                w = self.writers.get(tp.topic)
+                if w is None:
                     continue
-                offset = await asyncio.to_thread(self.writer.assign, tp.partition)
-                self._owned.add(tp.partition)
+                offset = await asyncio.to_thread(w.assign, tp.partition)
+                self._owned.add(tp)
                 consumer.seek(tp, offset)
                 owned.append(f"{tp.topic}-{tp.partition} from offset {offset}")
             if owned:  # one line per rebalance, not one per partition
@@ -111,23 +138,23 @@ class SinkService:
             self._generation += 1  # a poll that began while this ran may predate the seeks
 
     async def on_revoked(self, consumer: Consumer, partitions: set[TopicPartition]) -> None:
-        assert self.writer is not None
         offsets = {}
         async with self._lock:
             self._generation += 1
-            self._owned -= {tp.partition for tp in partitions if tp.topic == EVENTS}
+            self._owned -= partitions
             if self.failed:
                 return  # nothing can be written; the next owner replays from the lake
             for tp in sorted(partitions):
-                if tp.topic == EVENTS and tp.partition in self.writer.parts:
+                w = self.writers.get(tp.topic)
+                if w is not None and tp.partition in w.parts:
                     try:
-                        resume = await asyncio.to_thread(self.writer.revoke, tp.partition)
+                        resume = await asyncio.to_thread(w.revoke, tp.partition)
                     except LakeError as exc:  # the next owner replays from the lake's state
                         logger.warning("could not write %s-%d before handing it over: %s", tp.topic, tp.partition, exc)
-                        self.writer.parts.pop(tp.partition, None)
+                        w.parts.pop(tp.partition, None)
                         continue
                     if resume is not None:
-                        offsets[tp.partition] = resume
+                        offsets[tp] = resume
         await self._commit_offsets(offsets, consumer)
 
     # loop ----------------------------------------------------------------------
@@ -139,8 +166,8 @@ class SinkService:
         return records, generation
 
     async def _run(self) -> None:
-        assert self.consumer is not None and self.writer is not None
-        cfg, writer = self.cfg, self.writer
+        assert self.consumer is not None
+        cfg, writers = self.cfg, list(self.writers.values())
         tick_s = min(1.0, cfg.max_file_age_s / 2)
         last_tick = last_lag = time.monotonic()
         ahead: asyncio.Task[tuple[list[Record], int]] | None = None
@@ -156,27 +183,25 @@ class SinkService:
                             # change to its last seek, and bumps the generation at both ends.
                             if generation != self._generation:
                                 # Fetched across a rebalance: drop it and read again from where the writer is.
-                                for tp in self.consumer.assignment():
-                                    if tp.partition in writer.parts:
-                                        self.consumer.seek(tp, writer.parts[tp.partition].position)
+                                self._seek_all()
                                 continue
                             # Read the next batch while this one is processed (the read releases the GIL).
                             ahead = asyncio.create_task(self._poll())
-                            await asyncio.to_thread(writer.process, records)
+                            await asyncio.to_thread(self._process, records)
                     tick = now - last_tick >= tick_s
-                    if tick or any(pw.sealed for pw in writer.parts.values()):
+                    if tick or any(pw.sealed for w in writers for pw in w.parts.values()):
                         async with self._lock:
                             if tick:
                                 last_tick = now
-                                await asyncio.to_thread(writer.seal_aged, now)
-                            offsets = await asyncio.to_thread(writer.flush)
+                                await asyncio.to_thread(self._each, lambda w: w.seal_aged(now) or {})
+                            offsets = await asyncio.to_thread(self._each, lambda w: w.flush())
                         await self._commit(offsets)
                     self._backoff_s = 1.0
                 except LakeError as exc:
                     await self._recover(exc)
                     continue
-                metrics.OPEN_FILES.set(writer.open_files())
-                metrics.BUFFERED.set(writer.buffered_bytes())
+                metrics.OPEN_FILES.set(sum(w.open_files() for w in writers))
+                metrics.BUFFERED.set(sum(w.buffered_bytes() for w in writers))
                 if now - last_lag >= _LAG_EVERY_S:
                     last_lag = now
                     await self._lag()
@@ -186,38 +211,46 @@ class SinkService:
                 with contextlib.suppress(BaseException):
                     await ahead
 
+    def _process(self, records: Iterable[Record]) -> None:
+        by_topic: dict[str, list[Record]] = {}
+        for r in records:
+            by_topic.setdefault(r.topic, []).append(r)
+        for topic, recs in by_topic.items():
+            w = self.writers.get(topic)
+            if w is not None:
+                w.process(recs)
+
     async def _recover(self, error: LakeError) -> None:
         """After a failed lake operation: wait, then restart from the lake's state, like a new process.
 
         Whatever was buffered or half written is dropped; the journal in the lake
         replays it exactly, so a lake outage costs time, never an event.
         """
-        assert self.writer is not None and self.consumer is not None
+        assert self.consumer is not None
         while not self._stopping:
             self._generation += 1  # a batch read meanwhile is stale
             logger.warning("lake unavailable, retrying in %.0fs: %s", self._backoff_s, error)
             await asyncio.sleep(self._backoff_s)
             self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
             async with self._lock:
-                self.writer.parts.clear()
+                for w in self.writers.values():
+                    w.parts.clear()
                 try:
-                    for partition in sorted(self._owned):
-                        await asyncio.to_thread(self.writer.assign, partition)
+                    for tp in sorted(self._owned):
+                        await asyncio.to_thread(self.writers[tp.topic].assign, tp.partition)
                 except LakeError as exc:
                     error = exc
                     continue
-                for tp in self.consumer.assignment():
-                    if tp.partition in self.writer.parts:
-                        self.consumer.seek(tp, self.writer.parts[tp.partition].position)
+                self._seek_all()
                 self._generation += 1
                 return
 
-    async def _commit(self, offsets: dict[int, int], consumer: Consumer | None = None) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int], consumer: Consumer | None = None) -> None:
         consumer = consumer or self.consumer
         if offsets and consumer is not None:
-            await consumer.commit({TopicPartition(EVENTS, p): o for p, o in offsets.items()})
+            await consumer.commit(offsets)
 
-    async def _commit_offsets(self, offsets: dict[int, int], consumer: Consumer | None = None) -> None:
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int], consumer: Consumer | None = None) -> None:
         """Commit group offsets when handing over or stopping: informational (the lake's state is where a
         sink resumes), so bounded: with the broker away a Kafka commit retries for ever, and a sink
         stopped then would not exit until it is killed."""
@@ -228,7 +261,8 @@ class SinkService:
                            exc or "the broker did not answer")
 
     async def _lag(self) -> None:
-        assert self.writer is not None
+        if self.writer is None:
+            return
         try:
             ends = await self.log.end_offsets(EVENTS)
         except Exception:  # lag is best effort; the loop must not die for it

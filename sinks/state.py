@@ -2,11 +2,11 @@
 
 ``_tripwire_sink/state/<topic>-<partition>.json``::
 
-    {"version": 1, "topic": "events", "partition": 3,
+    {"version": 2, "topic": "events", "partition": 3,
      "resume": 1200,                       # every record below is in a durable file (or dropped)
      "closed": [["date=2026-11-29", 1100, 1250], ...],
      "pending": [["date=2026-11-28", 1180, 1300], ...],
-     "dedup": [[7, 1764412345000], ...],   # id segments: sequence number, newest append time
+     "dedup": [[7, 1764412345000, 2], ...],   # id segments: sequence number, newest append time, format
      "seq": 8}
 
 A *cut* ``[dir, first, end]`` is one data file: every record of partition
@@ -29,7 +29,9 @@ leaves an exact state. Resume offset for a restarted sink: ``min(resume,
 first of every pending cut still to write)``.
 
 ``_tripwire_sink/dedup/<topic>-<partition>/<seq>.bin`` hold the message-id
-segments listed under ``dedup`` (see :mod:`sinks.dedup`).
+segments listed under ``dedup`` (see :mod:`sinks.dedup`). Version 1 state files
+listed ``[seq, newest]`` pairs: those segments are of the legacy format (ids
+not scoped by source and key) and still load.
 ``_tripwire_sink/removed/<dir>.json`` lists data files that compaction or
 erasure removed on purpose, so a pending cut whose file is gone for that reason
 is not written again.
@@ -42,10 +44,15 @@ from typing import Any
 
 import orjson
 
-from .errors import StateError
-from .lake import SINK_DIR, Lake
+from tripwire import lake_layout
+from tripwire.lake_layout import SINK_DIR
 
-VERSION = 1
+from .dedup import LEGACY_FORMAT
+from .errors import StateError
+from .lake import Lake
+
+VERSION = 2
+_READABLE = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +69,11 @@ class Cut:
 
 
 def file_name(topic: str, partition: int, first: int) -> str:
-    return f"part-{topic}-p{partition:03d}-o{first:020d}.parquet"
+    return lake_layout.file_name(topic, partition, first)
 
 
 def file_prefix(topic: str, partition: int) -> str:
-    return f"part-{topic}-p{partition:03d}-"
+    return lake_layout.file_prefix(topic, partition)
 
 
 @dataclass
@@ -76,7 +83,7 @@ class PartitionState:
     resume: int = 0
     closed: list[Cut] = field(default_factory=list)
     pending: list[Cut] = field(default_factory=list)
-    dedup: list[tuple[int, int]] = field(default_factory=list)  # (seq, newest append ms)
+    dedup: list[tuple[int, int, int]] = field(default_factory=list)  # (seq, newest append ms, format)
     seq: int = 0
 
     @property
@@ -97,18 +104,25 @@ class PartitionState:
     def from_bytes(cls, data: bytes, where: str) -> PartitionState:
         try:
             doc = orjson.loads(data)
-            if doc.get("version") != VERSION:
+            if doc.get("version") not in _READABLE:
                 raise StateError(f"sink state {where} has version {doc.get('version')!r}, expected {VERSION}")
             return cls(
                 topic=str(doc["topic"]), partition=int(doc["partition"]), resume=int(doc["resume"]),
                 closed=[Cut(str(d), int(f), int(e)) for d, f, e in doc["closed"]],
                 pending=[Cut(str(d), int(f), int(e)) for d, f, e in doc["pending"]],
-                dedup=[(int(s), int(t)) for s, t in doc["dedup"]], seq=int(doc["seq"]),
+                dedup=[_segment(d) for d in doc["dedup"]], seq=int(doc["seq"]),
             )
         except StateError:
             raise
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise StateError(f"sink state {where} is unreadable: {exc}") from exc
+
+
+def _segment(entry: Any) -> tuple[int, int, int]:
+    if len(entry) == 2:  # version 1: every segment was of the legacy format
+        return int(entry[0]), int(entry[1]), LEGACY_FORMAT
+    seq, newest, fmt = entry
+    return int(seq), int(newest), int(fmt)
 
 
 def state_path(topic: str, partition: int) -> str:

@@ -14,7 +14,8 @@ the shape and adds what the server owns:
   ``receivedAt``;
 * ``source``: the name of the write key's source.
 
-All times are ISO 8601 strings in UTC with milliseconds (``...T12:00:00.000Z``).
+All times are ISO 8601 strings in UTC with milliseconds (``...T12:00:00.000Z``,
+see :mod:`tripwire.times`).
 The log key is ``anonymousId``, or else ``userId``: stable per browser, so all of
 one visitor's events share a partition.
 """
@@ -24,8 +25,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
+
+from tripwire.times import PARSED as _PARSED
+from tripwire.times import format_time_ms as format_time_ms  # re-exported: the envelope's time format
+from tripwire.times import parse_iso_ms
 
 TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
 MAX_ID_CHARS = 256
@@ -44,54 +48,16 @@ class EnvelopeError(ValueError):
 
 _MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
 _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the times an ISO string can hold
-_PARSED: dict[str, int] = {}  # recent strings: a batch's events share sentAt, often timestamps
 
 
 def parse_time_ms(value: Any, field: str) -> int:
     """Milliseconds since the epoch from an ISO 8601 string (naive means UTC)."""
-    if type(value) is str:
-        cached = _PARSED.get(value)
-        if cached is not None:
-            return cached
-    if not isinstance(value, str):
-        raise EnvelopeError(field, "must be an ISO 8601 date-time string")
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise EnvelopeError(field, f"{value[:40]!r} is not an ISO 8601 date-time") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    ms = int(dt.timestamp() * 1000)
-    if len(_PARSED) >= 1024:
-        _PARSED.clear()
-    _PARSED[value] = ms
+    ms = parse_iso_ms(value)
+    if ms is None:
+        if not isinstance(value, str):
+            raise EnvelopeError(field, "must be an ISO 8601 date-time string")
+        raise EnvelopeError(field, f"{value[:40]!r} is not an ISO 8601 date-time")
     return ms
-
-
-_SECONDS: dict[int, str] = {}  # formatted whole seconds: strftime is the slow part of the hot path
-
-
-_MILLIS = tuple(f"{i:03d}Z" for i in range(1000))  # "000Z" .. "999Z"
-_LAST_FORMATTED: tuple[int, str] = (0, "1970-01-01T00:00:00.000Z")  # a request's events share receivedAt
-
-
-def format_time_ms(ms: int) -> str:
-    global _LAST_FORMATTED
-    last = _LAST_FORMATTED
-    if ms == last[0]:
-        return last[1]
-    seconds = ms // 1000
-    prefix = _SECONDS.get(seconds)
-    if prefix is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        dt = datetime.fromtimestamp(seconds, UTC)  # %Y would not zero-pad years before 1000
-        prefix = _SECONDS[seconds] = (
-            f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
-        )
-    text = prefix + _MILLIS[ms - seconds * 1000]
-    _LAST_FORMATTED = (ms, text)
-    return text
 
 
 class _RandomPool:

@@ -63,11 +63,11 @@ def lake_table(lake: Lake) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def behind(lake: Lake, ends: dict[int, int]) -> dict[int, int]:
+def behind(lake: Lake, ends: dict[int, int], topic: str = "events") -> dict[int, int]:
     """Records each partition still has to make durable (0 when its files are written)."""
     out = {}
     for partition, end in ends.items():
-        st = load_state(lake, "events", partition)
+        st = load_state(lake, topic, partition)
         resume = 0 if st is None else min([st.resume] + [c.first for c in st.pending])
         out[partition] = max(0, end - resume)
     return out
@@ -78,7 +78,8 @@ def caught_up(lake: Lake, ends: dict[int, int]) -> bool:
 
 
 async def wait_caught_up(lake: Lake, ends: dict[int, int], timeout_s: float = 20.0,
-                         alive: Callable[[], str | None] | None = None, stall_s: float | None = None) -> None:
+                         alive: Callable[[], str | None] | None = None, stall_s: float | None = None,
+                         topic: str = "events") -> None:
     """Wait until the lake's state is past ``ends``.
 
     ``timeout_s`` bounds the wait while the sink makes no progress: with
@@ -92,7 +93,7 @@ async def wait_caught_up(lake: Lake, ends: dict[int, int], timeout_s: float = 20
     best = None
     history: list[str] = []
     while True:
-        left = await asyncio.to_thread(behind, lake, ends)
+        left = await asyncio.to_thread(behind, lake, ends, topic)
         if not any(left.values()):
             return
         now = time.monotonic()

@@ -29,21 +29,27 @@ class LakeSetup:
     def config(self, **changes: Any) -> SinkConfig:
         return replace(self.cfg, **changes)
 
-    def duckdb(self, sql: str = "SELECT * FROM lake") -> pd.DataFrame:
-        """``read_parquet('<lake>/**/*.parquet', hive_partitioning=true)``, no other option."""
+    def duckdb(self, sql: str = "SELECT * FROM lake", invalid: bool = False) -> pd.DataFrame:
+        """``sql`` over the README's views: ``lake`` is ``read_parquet('<lake>/**/*.parquet',
+        hive_partitioning=true, union_by_name=true)``, ``invalid`` the invalid table."""
         con = duckdb.connect()
         if self.bucket is not None:
             import s3fs
 
             con.register_filesystem(s3fs.S3FileSystem(skip_instance_cache=True, **self.storage))  # type: ignore[arg-type]
-        con.execute(f"CREATE VIEW lake AS SELECT * FROM read_parquet('{self.url}/**/*.parquet', hive_partitioning=true)")
+        con.execute(f"CREATE VIEW lake AS SELECT * FROM read_parquet('{self.url}/**/*.parquet', "
+                    "hive_partitioning=true, union_by_name=true)")
+        if invalid:
+            con.execute(f"CREATE VIEW invalid AS SELECT * FROM read_parquet('{self.url}/_invalid/**/*.parq', "
+                        "hive_partitioning=true)")
         try:
             return con.execute(sql).df()
         finally:
             con.close()
 
-    def pandas(self) -> pd.DataFrame:
-        return pd.read_parquet(self.url, storage_options=self.storage)
+    def pandas(self, table: str = "") -> pd.DataFrame:
+        """``pandas.read_parquet(lake)`` with no option (``table="_invalid"``: the invalid table)."""
+        return pd.read_parquet(f"{self.url}/{table}" if table else self.url, storage_options=self.storage)
 
     def env(self) -> dict[str, str]:
         """Variables for a ``tripwire`` subprocess writing this lake."""

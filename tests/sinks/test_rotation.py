@@ -33,16 +33,38 @@ async def test_a_file_spans_at_most_max_file_span_s_of_event_time(tmp_path: Path
     assert spans.max() <= 60 and len(spans) == 8 and len(df) == 30
 
 
-async def test_open_files_are_bounded_and_the_largest_is_cut_first(tmp_path: Path) -> None:
+async def test_open_files_are_bounded_as_rows_are_routed(tmp_path: Path) -> None:
     today = [event(i) for i in range(40)]
     late = [event(100 + d, at_ms=BASE_MS - d * DAY_MS) for d in range(1, 6)]  # five past days, one event each
     writer, _ = await write(tmp_path, today[:20] + late + today[20:], max_open_files=3)
-    assert writer.open_files() <= 3
-    files = lake_table(LocalLake(tmp_path)).groupby("_file").size()
-    assert files.max() >= 20  # the big bucket (today) went out, not a string of one-row files
+    pw = writer.parts[0]
+    assert len(pw.open) == 3 and len(pw.overflow) == 3 and writer.open_files() == 4  # the limit, and the overflow
+    assert lake_table(LocalLake(tmp_path)).empty  # no file was cut to make room for a late day
     writer.close()
     df = lake_table(LocalLake(tmp_path))
-    assert len(df) == 45 and df.message_id.is_unique
+    assert len(df) == 45 and df.message_id.is_unique and df._file.nunique() == 6
+
+
+async def test_todays_rows_make_room_by_cutting_the_largest_bucket(tmp_path: Path) -> None:
+    late = [event(100 + d, at_ms=BASE_MS - d * DAY_MS) for d in range(1, 4) for _ in range(1 + d)]
+    late = [dict(e, messageId=f"late-{i}") for i, e in enumerate(late)]
+    writer, _ = await write(tmp_path, late + [event(i) for i in range(5)], max_open_files=3)
+    files = lake_table(LocalLake(tmp_path)).groupby("_file").size()
+    assert list(files) == [4]  # the day with four rows went out; today has a bucket, nothing in the overflow
+    assert not writer.parts[0].overflow
+    writer.close()
+    assert len(lake_table(LocalLake(tmp_path))) == 14
+
+
+async def test_memory_pressure_cuts_the_largest_first_counting_an_overflow_as_one(tmp_path: Path) -> None:
+    late = [event(1000 + d, at_ms=BASE_MS - d * DAY_MS) for d in range(1, 30)]
+    big = [event(i) for i in range(200)]
+    writer, _ = await write(tmp_path, late + big, max_open_files=2, max_buffer_bytes=40_000)
+    assert writer.buffered_bytes() <= 40_000
+    files = lake_table(LocalLake(tmp_path)).groupby("_file").size()
+    assert files.max() >= 100  # today's big bucket went first, as often as needed; late days keep collecting
+    writer.close()
+    assert len(lake_table(LocalLake(tmp_path))) == 229
 
 
 async def test_buckets_are_cut_by_age_late_ones_later(tmp_path: Path) -> None:
@@ -57,3 +79,36 @@ async def test_buckets_are_cut_by_age_late_ones_later(tmp_path: Path) -> None:
     assert not pw.open
     writer.close()
     assert len(lake_table(LocalLake(tmp_path))) == 6
+
+
+async def test_a_burst_of_distinct_past_dates_opens_a_bounded_number_of_files_and_loses_none(tmp_path: Path) -> None:
+    # One 90 KB batch of 1,000 events with distinct past dates made 771 files within 15 s: the open-file
+    # limit was applied after the batch by cutting the largest buckets, i.e. a one-row file per date,
+    # again for every batch. Rows beyond the limit now wait in one overflow per log partition, cut
+    # like a late file (max_late_file_age_s), as one file per date holding every row it got meanwhile.
+    cfg = SinkConfig(lake_url=str(tmp_path), max_open_files=8, max_late_file_age_s=3600, poll_max_records=5000)
+    log = MemoryLog(1)
+    await log.start()
+    today = [event(i) for i in range(30)]
+    bursts = [[event(10_000 * (b + 1) + d, at_ms=BASE_MS - (d + 1) * DAY_MS) for d in range(400)] for b in range(3)]
+    writer = LakeWriter(LocalLake(tmp_path), cfg)
+    offset = writer.assign(0)
+    for burst in bursts:  # three client batches a few seconds apart, each with the same 400 past days
+        await send(log, today[:10] + burst)
+        today = today[10:]
+        records = await log.read("events", 0, offset, cfg.poll_max_records)
+        offset = records[-1].offset + 1
+        writer.process(records)
+        assert writer.open_files() <= cfg.max_open_files + 1  # the limit, and one overflow
+        writer.flush()
+        assert lake_table(LocalLake(tmp_path)).empty  # nothing cut early: no late file is due yet
+    pw = writer.parts[0]
+    opened = min(b.opened for b in [*pw.open.values(), *pw.overflow.values()])
+    writer.seal_aged(now=opened + 3600)
+    writer.flush()
+    writer.close()
+    df = lake_table(LocalLake(tmp_path))
+    assert len(df) == 1230 and df.message_id.is_unique  # every event, once
+    per_file = df.groupby("_file").size()
+    assert len(per_file) == 401  # one file per day: 400 past days and today
+    assert per_file.min() == 3 and per_file.max() == 30

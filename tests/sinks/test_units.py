@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pytest
 
-from tripwire.sinks.catalog import Promoted, merge_registry, read_catalog, wanted_columns
+from tripwire.lake_layout import ColumnRegistry
+from tripwire.sinks.catalog import Promoted, read_catalog
 from tripwire.sinks.config import SinkConfig, sink_config
-from tripwire.sinks.dedup import Dedup
+from tripwire.sinks.dedup import FORMAT as DEDUP_FORMAT
+from tripwire.sinks.dedup import LEGACY_FORMAT, Dedup
 from tripwire.sinks.errors import CatalogError
 from tripwire.sinks.lake import LocalLake
-from tripwire.sinks.schema import BatchBuilder, arrow_schema
+from tripwire.sinks.columns import Columns
+from tripwire.sinks.registry import declared_columns, open_columns
+from tripwire.sinks.schema import BatchBuilder
 from tripwire.sinks.service import SinkService, create_service
-from tripwire.sinks.registry import load_promoted
-from tripwire.sinks.writer import directory_for
+from tripwire.sinks.tables import directory_for
 from tests.sinks.helpers import event
 from tripwire.config import ConfigError, from_dict, load_config
 from tripwire.log.memory import MemoryLog
@@ -78,32 +82,42 @@ def test_a_broken_catalog_is_named(tmp_path: Path) -> None:
         read_catalog(tmp_path / "bad.json")
 
 
-def test_the_first_writer_fixes_the_columns_and_later_catalog_changes_wait_for_migrate(tmp_path: Path) -> None:
-    from tripwire.sinks.migrate import migrate
-
+def test_the_catalog_declares_columns_and_an_existing_column_keeps_its_type(tmp_path: Path) -> None:
     lake = LocalLake(tmp_path)
-    first = load_promoted(lake, SinkConfig(promote={"qty": "integer"}))
-    assert [(p.column, p.kind) for p in first] == [("properties_qty", "integer")]
-    # The catalog later says number and adds a column: a sink keeps the lake's columns...
-    assert load_promoted(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})) == first
-    # ...until a migration adds the new one; the existing type never changes.
-    assert migrate(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})).columns == ["properties_coupon"]
-    again = load_promoted(lake, SinkConfig())  # dropped from the catalog: still a column
-    assert [(p.column, p.kind) for p in again] == [("properties_qty", "integer"), ("properties_coupon", "string")]
-    assert merge_registry(again, wanted_columns("", {"traits.plan": "string"}))[-1].column == "traits_plan"
+    first = open_columns(lake, SinkConfig(promote={"qty": "integer"})).registry
+    assert [(c.column, c.kind, c.origin) for c in first.columns] == [("properties_qty", "integer", "promote")]
+    # The catalog later adds a column and says number for qty: the new column is there at once, and
+    # qty widens (int64 files read as double); a type the files cannot be read as is refused.
+    later = open_columns(lake, SinkConfig(promote={"qty": "number", "coupon": "string"})).registry
+    assert [(c.column, c.kind) for c in later.columns] == [("properties_qty", "number"), ("properties_coupon", "string")]
+    again = open_columns(lake, SinkConfig(promote={"coupon": "integer"})).registry  # dropped, retyped
+    assert [(c.column, c.kind) for c in again.columns] == [("properties_qty", "number"), ("properties_coupon", "string")]
+    assert again.revision == later.revision  # nothing changed: nothing written
 
 
-def test_envelope_columns_and_promotion() -> None:
-    promoted = wanted_columns("", {"price": "number", "qty": "integer", "when": "date-time", "traits.plan": "string"})
-    builder = BatchBuilder(arrow_schema(promoted), promoted)
+def columns_for(promote: dict[str, str] | None = None, **kwargs: object) -> Columns:
+    registry = ColumnRegistry("date", 0, declared_columns(SinkConfig(promote=promote or {})))
+    return Columns(registry, **kwargs)  # type: ignore[arg-type]
+
+
+def build(columns: Columns, *envs: dict[str, object], day: str = "2026-01-01") -> list[dict[str, object]]:
+    builder = BatchBuilder(columns, day)
+    for i, e in enumerate(envs):
+        builder.add(e, 1000 + i)
+    return pa.Table.from_batches([builder.build()]).to_pylist()
+
+
+def test_envelope_columns_and_declared_columns() -> None:
+    columns = columns_for({"price": "number", "qty": "integer", "when": "date-time", "traits.plan": "string"},
+                          infer=False)
     e = event(1, props={"price": 3, "qty": 2.0, "when": "2026-01-02T03:04:05Z", "other": [1]})
     e["integrations"] = {"All": False}
-    builder.add(e, 1000)
     ident = {"type": "identify", "userId": "u1", "messageId": "x", "traits": {"plan": "pro", "age": 3},
              "timestamp": "2026-01-01T00:00:00.000Z", "receivedAt": "2026-01-01T00:00:00.000Z",
              "originalTimestamp": "2026-01-01T01:00:00+01:00"}
-    builder.add(ident, 2000)
-    rows = pa.Table.from_batches([builder.build()]).to_pylist()
+    page = {"type": "page", "anonymousId": "a", "messageId": "p", "name": "Home", "category": "Docs", "channel": "web",
+            "properties": {}}
+    rows = build(columns, e, ident, page)
     assert rows[0]["properties_price"] == 3.0 and rows[0]["properties_qty"] == 2
     assert rows[0]["properties_when"].isoformat() == "2026-01-02T03:04:05+00:00"
     assert orjson.loads(rows[0]["properties"]) == {"other": [1]}
@@ -112,10 +126,52 @@ def test_envelope_columns_and_promotion() -> None:
     assert rows[1]["traits_plan"] == "pro" and orjson.loads(rows[1]["traits"]) == {"age": 3}
     assert rows[1]["user_id"] == "u1" and rows[1]["anonymous_id"] is None and rows[1]["properties"] is None
     assert rows[1]["original_timestamp"].isoformat() == "2026-01-01T00:00:00+00:00"
+    # Segment's page category and RudderStack's channel have columns; an empty properties object stays one.
+    assert (rows[2]["category"], rows[2]["channel"], rows[2]["extra"], rows[2]["properties"]) == ("Docs", "web", None, "{}")
+
+
+def test_types_are_inferred_from_the_first_value_and_integer_widens_to_number() -> None:
+    columns = columns_for()
+    rows = build(columns, event(1, props={"n": 1, "f": 1.5, "b": True, "s": "x", "t": "2026-01-02T03:04:05Z",
+                                          "o": {"a": 1}, "l": [1], "z": None}),
+                 event(2, props={"n": 2.5, "f": 2, "b": 1, "s": 5, "t": "soon", "big": 2**64 - 1}))
+    kinds = {s.column: s.kind for s in columns.ordered()}
+    assert kinds == {"properties_n": "number", "properties_f": "number", "properties_b": "boolean",
+                     "properties_s": "string", "properties_t": "date-time"}  # no column for o, l, z, big
+    assert [r["properties_n"] for r in rows] == [1.0, 2.5] and [r["properties_f"] for r in rows] == [1.5, 2.0]
+    assert rows[0]["properties_t"].isoformat() == "2026-01-02T03:04:05+00:00"
+    assert orjson.loads(rows[0]["properties"]) == {"o": {"a": 1}, "l": [1], "z": None}
+    # What does not fit stays in the JSON, nothing is lost, and each kind of misfit is recorded once.
+    assert orjson.loads(rows[1]["properties"]) == {"b": 1, "s": 5, "t": "soon", "big": 2**64 - 1}
+    assert rows[1]["properties_b"] is None and rows[1]["properties_s"] is None
+    proposal = columns.proposal()
+    assert proposal.widened == {"properties_n": "2026-01-01"}
+    assert {(c.column, c.kind, c.why, c.event) for c in proposal.conflicts} == {
+        ("properties_b", "integer", "type", "Product Added"), ("properties_s", "integer", "type", "Product Added"),
+        ("properties_t", "string", "type", "Product Added")}
+    assert {c.column: c.kind for c in proposal.new}["properties_n"] == "number"
+
+
+def test_declared_columns_do_not_widen_and_names_and_limits_are_conflicts() -> None:
+    columns = columns_for({"qty": "integer"}, max_columns=3)
+    rows = build(columns, event(1, props={"qty": 1.5, "price": 1, "Price": 2, "a": "x", "b": "y"}))
+    assert "properties_qty" not in rows[0] and rows[0]["properties_price"] == 1  # a file has the columns it fills
+    assert orjson.loads(rows[0]["properties"]) == {"qty": 1.5, "Price": 2, "b": "y"}
+    assert {(c.column, c.why) for c in columns.proposal().conflicts} == {
+        ("properties_qty", "type"), ("properties_price", "name"), ("properties_b", "limit")}
+
+
+def test_random_property_names_cannot_grow_columns_or_memory_without_bound() -> None:
+    columns = columns_for(max_columns=50)
+    for i in range(300):
+        build(columns, event(i, props={f"k{i}-{j}": j for j in range(100)} | {f"o{i}": {"a": 1}, "x" * 500: 1}))
+    assert len(columns.by_column) == 50
+    assert len(columns.slots["properties"]) <= 10_000 and len(columns.proposal().conflicts) <= 1000
+    assert all(len(c.key) <= 128 for c in columns.proposal().conflicts)
 
 
 def test_times_a_client_sent_oddly_are_parsed_or_left_empty() -> None:
-    builder = BatchBuilder(arrow_schema([]), [])
+    builder = BatchBuilder(columns_for(), None)
     for i, original in enumerate(["2026-01-01T00:00:00", "yesterday", None]):
         builder.add({"type": "track", "event": "E", "messageId": str(i), "originalTimestamp": original}, 0)
     rows = builder.build().to_pylist()
@@ -129,31 +185,106 @@ def test_directory_for_uses_utc_event_time() -> None:
     assert directory_for("garbage", "date") is None
 
 
+def seen(d: Dedup, mid: str, offset: int, ts_ms: int, key: bytes = b"v1", source: str = "web") -> bool:
+    return d.seen(source, key, mid, offset, ts_ms)
+
+
 def test_dedup_replays_the_same_answers_and_survives_a_restart() -> None:
     d = Dedup(window_ms=86_400_000, max_ids=1000)
-    assert [d.seen(m, o, 1000) for o, m in enumerate(["a", "b", "a", "c", "b"])] == [False, False, True, False, True]
+    assert [seen(d, m, o, 1000) for o, m in enumerate(["a", "b", "a", "c", "b"])] == [False, False, True, False, True]
     saved = d.take_segment()
     assert saved is not None and d.take_segment() is None
     again = Dedup(86_400_000, 1000)
-    again.load([saved])
+    again.load([(DEDUP_FORMAT, saved)])
     # Replaying offsets 2.. (as after a crash): the same answers, and offset 0's id is not its own duplicate.
-    assert [again.seen(m, o, 1000) for o, m in [(2, "a"), (3, "c"), (4, "b")]] == [True, False, True]
-    assert again.seen("a", 0, 1000) is False and again.seen("a", 7, 1000) is True
+    assert [seen(again, m, o, 1000) for o, m in [(2, "a"), (3, "c"), (4, "b")]] == [True, False, True]
+    assert seen(again, "a", 0, 1000) is False and seen(again, "a", 7, 1000) is True
+
+
+def test_dedup_scopes_ids_by_source_and_log_key() -> None:
+    d = Dedup(window_ms=86_400_000, max_ids=1000)
+    assert seen(d, "same", 0, 1000, key=b"visitor-1") is False
+    assert seen(d, "same", 1, 1000, key=b"visitor-2") is False  # another visitor's event
+    assert seen(d, "same", 2, 1000, key=b"visitor-1", source="server") is False  # another source's
+    assert seen(d, "same", 3, 1000, key=b"visitor-1") is True  # a retry
+    # No two scopes run together: ("ab", "c") is not ("a", "bc").
+    assert seen(d, "x", 4, 1000, key=b"c", source="ab") is False
+    assert seen(d, "x", 5, 1000, key=b"bc", source="a") is False
 
 
 def test_dedup_forgets_after_the_window_and_stays_bounded() -> None:
     d = Dedup(window_ms=1000, max_ids=100)
-    d.seen("old", 0, 0)
+    seen(d, "old", 0, 0)
     for i in range(1, 300):
-        d.seen(f"m{i}", i, i * 20_000)  # 20 s apart
+        seen(d, f"m{i}", i, i * 20_000)  # 20 s apart
         d.expire()
     assert len(d) <= 100 and d.evicted_early > 0
-    assert d.seen("old", 400, 6_000_000 + 3_700_000) is False  # long gone: a new event
-    d.seen("new", 401, 6_000_000 + 3_700_000)
+    assert seen(d, "old", 400, 6_000_000 + 3_700_000) is False  # long gone: a new event
+    seen(d, "new", 401, 6_000_000 + 3_700_000)
     d.expire()
     snap = Dedup(1000, 100)
-    snap.load([d.snapshot()])
-    assert len(snap) == len(d) <= 3 and snap.seen("new", 500, 9_700_001)
+    snap.load(d.snapshot())
+    assert len(snap) == len(d) <= 3 and seen(snap, "new", 500, 9_700_001)
+
+
+def _legacy_segment(entries: list[tuple[str, int, int]]) -> bytes:
+    """A message-id segment as sinks before scoped ids wrote it: hash of the id alone."""
+    from array import array
+
+    from tripwire.sinks.dedup import legacy_hash
+
+    out = array("q")
+    for mid, offset, ts in entries:
+        out.extend((legacy_hash(mid), offset, ts))
+    return out.tobytes()
+
+
+def test_legacy_ids_still_drop_retries_then_expire_and_stay_bounded() -> None:
+    d = Dedup(window_ms=60_000, max_ids=5)
+    d.load([(LEGACY_FORMAT, _legacy_segment([("old-1", 0, 1000), ("old-2", 1, 1000), ("old-3", 2, 1000)]))])
+    assert len(d) == 3
+    assert seen(d, "old-1", 10, 2000) is True  # a retry of an event the previous version wrote
+    assert seen(d, "old-2", 1, 1000) is False  # replaying the original itself
+    assert seen(d, "fresh", 11, 2000) is False
+    snap = Dedup(60_000, 5)
+    snap.load(d.snapshot())  # legacy ids survive a snapshot, in their own segment
+    assert seen(snap, "old-3", 12, 2000) is True and seen(snap, "fresh", 13, 2000) is True
+    for i in range(5):  # over max_ids: the legacy ids, the oldest, go first
+        seen(d, f"n{i}", 20 + i, 3000)
+    d.expire()
+    assert len(d) == 5 and seen(d, "old-3", 30, 3000) is False
+    later = Dedup(60_000, 100)
+    later.load([(LEGACY_FORMAT, _legacy_segment([("old-1", 0, 1000), ("old-2", 1, 2000)]))])
+    seen(later, "now", 2, 2000 + 60_000 + 3_600_000 + 5000)
+    later.expire()  # past the window (and its slack): forgotten
+    assert seen(later, "old-1", 3, 2000 + 60_000 + 3_600_000 + 5000) is False
+
+
+async def test_a_lake_whose_state_predates_scoped_ids_loads_and_keeps_dropping_retries(tmp_path: Path) -> None:
+    from tripwire.log.memory import MemoryLog
+    from tripwire.sinks.state import dedup_path, load_state, state_path
+    from tripwire.sinks.writer import LakeWriter
+    from tests.sinks.helpers import lake_table, send
+
+    lake = LocalLake(tmp_path)
+    log = MemoryLog(1)
+    await log.start()
+    now_ms = int(time.time() * 1000)
+    first = event(1)
+    await send(log, [first, event(2)])
+    # What the previous version left after writing offsets 0-1: a version-1 state, one legacy segment.
+    lake.write(state_path("events", 0), orjson.dumps({
+        "version": 1, "topic": "events", "partition": 0, "resume": 2, "closed": [], "pending": [],
+        "dedup": [[1, now_ms]], "seq": 1}))
+    lake.write(dedup_path("events", 0, 1), _legacy_segment([("m-1", 0, now_ms), ("m-2", 1, now_ms)]))
+    await send(log, [first, event(3)])  # a client retry of m-1, and a new event
+    writer = LakeWriter(lake, SinkConfig(lake_url=str(tmp_path)))
+    assert writer.assign(0) == 2
+    writer.process(await log.read("events", 0, 2, 100))
+    writer.close()
+    assert list(lake_table(lake).message_id) == ["m-3"]
+    state = load_state(lake, "events", 0)
+    assert state is not None and state.resume == 4 and {fmt for _, _, fmt in state.dedup} == {LEGACY_FORMAT, DEDUP_FORMAT}
 
 
 def test_config_defaults_env_overrides_and_errors(tmp_path: Path) -> None:
@@ -194,6 +325,6 @@ def test_a_lake_keeps_the_partitioning_it_was_started_with(tmp_path: Path) -> No
     from tripwire.sinks.errors import SinkError
 
     lake = LocalLake(tmp_path)
-    load_promoted(lake, SinkConfig(partitioning="date"))
+    open_columns(lake, SinkConfig(partitioning="date"))
     with pytest.raises(SinkError, match="partitioned by 'date'"):
-        load_promoted(lake, SinkConfig(partitioning="date/hour"))
+        open_columns(lake, SinkConfig(partitioning="date/hour"))

@@ -1,4 +1,4 @@
-"""``tripwire lake compact|migrate|forget``: maintenance of the Parquet lake.
+"""``tripwire lake schema|compact|migrate|forget``: the Parquet lake's columns, and its maintenance.
 
 Each refuses (exit 1) a lake URL where no Tripwire lake is: a typo in ``--lake`` or a
 forgotten ``--config`` must not read as "0 row(s) removed", nor create a lake there.
@@ -16,8 +16,16 @@ from tripwire.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    lake = sub.add_parser("lake", help="maintain the Parquet lake (compaction, erasure, new catalog columns)")
+    lake = sub.add_parser("lake", help="the Parquet lake: its columns, compaction, erasure, typed columns for old files")
     lake_sub = lake.add_subparsers(dest="lake_command", metavar="SUBCOMMAND", required=True)
+    s = lake_sub.add_parser("schema", help="typed columns, their types, first-seen dates and conflicts",
+                            description="Print the lake's typed property columns (learned from the data or "
+                                        "declared by the catalog): type, the earliest event date with a value, "
+                                        "the events seen with it, and the values kept in the JSON columns "
+                                        "because they did not fit (conflicts).")
+    s.add_argument("--json", action="store_true", help="the column registry as JSON")
+    s.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
+    s.set_defaults(handler=schema_command)
     c = lake_sub.add_parser("compact", help="merge the small files of closed date partitions",
                             description="Merge the small files of each date partition whose day ended more than "
                                         "sink.compact_min_age_s ago (or of --date), atomically per directory.")
@@ -25,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--target-mb", type=whole_number(1, "a size in MB"), default=64, metavar="MB", help="files below this size are merged (default 64)")
     c.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     c.set_defaults(handler=compact_command)
-    m = lake_sub.add_parser("migrate", help="add the catalog's new typed columns to every file (stop the sinks first)")
+    m = lake_sub.add_parser("migrate", help="declare the catalog's columns and fill typed columns in files written "
+                                            "before them, from their JSON columns")
     m.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     m.set_defaults(handler=migrate_command)
     f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId)",
@@ -75,6 +84,55 @@ def _missing(command: str, lake) -> bool:  # type: ignore[no-untyped-def]
     print(f"tripwire lake {command}: no Tripwire lake at {lake.url} (no {SCHEMA_PATH}, no data files); "
           "check --lake, sink.lake_url and --config", file=sys.stderr)
     return True
+
+
+_SQL_TYPES = {"string": "VARCHAR", "integer": "BIGINT", "number": "DOUBLE", "boolean": "BOOLEAN",
+              "date-time": "TIMESTAMPTZ"}
+_WHY = {"type": "not the column's type", "name": "another property has this column's name",
+        "limit": "over sink.max_typed_columns", "range": "out of range"}
+
+
+def schema_command(args: argparse.Namespace, config: Config) -> int:
+    from tripwire.sinks.errors import SinkError
+    from tripwire.sinks.registry import read_registry
+
+    cfg, lake = _open(args, config)
+    if _missing("schema", lake):
+        return 1
+    try:
+        registry = read_registry(lake)
+    except SinkError as exc:
+        print(f"tripwire lake schema: {exc}", file=sys.stderr)
+        return 1
+    if registry is None:
+        print(f"tripwire lake schema: {lake.url} has data files but no column registry yet; start a sink on it",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(registry.to_bytes() + b"\n")
+        return 0
+    print(f"lake {lake.url}: partitioned by {registry.partitioning or cfg.partitioning}, "
+          f"{len(registry.columns)} typed column(s), revision {registry.revision}")
+    if registry.columns:
+        rows = [("column", "type", "from", "first seen", "events")]
+        for c in registry.columns:
+            kind = _SQL_TYPES.get(c.kind, c.kind)
+            if c.widened:
+                kind += f" (BIGINT until {c.widened})"
+            rows.append((c.column, kind, c.origin, c.first_seen or "-", ", ".join(c.events) or "-"))
+        _table(rows)
+    if registry.conflicts:
+        print(f"\n{len(registry.conflicts)} conflict(s): values kept in the JSON column (first of each kind)")
+        rows = [("column", "event", "value", "first seen", "why")]
+        rows += [(c.column, c.event, c.kind, c.first_seen or "-", _WHY.get(c.why, c.why)) for c in registry.conflicts]
+        _table(rows)
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
 
 
 def compact_command(args: argparse.Namespace, config: Config) -> int:
@@ -143,9 +201,7 @@ def migrate_command(args: argparse.Namespace, config: Config) -> int:
     except SinkError as exc:
         print(f"tripwire lake migrate: {exc}", file=sys.stderr)
         return 1
-    if not report.columns:
-        print("the lake already has every catalog column")
-    else:
-        print(f"added {', '.join(report.columns)}: {report.files} file(s) rewritten, "
-              f"{report.values} value(s) moved out of the JSON columns")
+    new = f"new columns: {', '.join(report.columns)}; " if report.columns else ""
+    print(f"{new}{report.values} value(s) moved out of the JSON columns into typed columns, "
+          f"{report.files} file(s) rewritten")
     return 0
