@@ -184,7 +184,7 @@ def _pixel_paths(pixel_path: str, max_event_bytes: int) -> dict[str, Any]:
         "data": {"type": "string", "minLength": 1,
                  "description": "Segment's form: the whole event as base64 (standard or URL-safe) JSON, "
                                 "checked as a request body is; the other parameters only fill what it lacks"},
-        "event": _EVENT_NAME,
+        "event": {"type": "string", "description": "the event name of a track call (other calls keep it as is)"},
         "userId": {"type": "string", "maxLength": MAX_ID_CHARS},
         "anonymousId": {"type": "string", "maxLength": MAX_ID_CHARS},
         "messageId": {"type": "string", "maxLength": MAX_ID_CHARS},
@@ -207,7 +207,8 @@ def _pixel_paths(pixel_path: str, max_event_bytes: int) -> dict[str, Any]:
         ]}]
         for k, fields in needs.items():
             then = {"anyOf": [{"required": ["data"]},
-                              {"required": fields, "properties": {f: {"minLength": 1} for f in fields}}]}
+                              {"required": fields, "properties": {f: _EVENT_NAME if f == "event" else {"minLength": 1}
+                                                                  for f in fields}}]}
             if kind is not None:
                 if k == kind:
                     rules.append(then)

@@ -101,8 +101,10 @@ def _id(raw: Mapping[str, Any], field: str) -> str | None:
     value = raw.get(field)
     if value is None or value == "":
         return None
-    if type(value) is float and value.is_integer() and -(2**63) <= value <= 2**64 - 1:
-        value = int(value)  # JSON has one number type: 1613.0 is the integer 1613 (JSON Schema agrees)
+    if type(value) is float and value.is_integer() and abs(value) <= 2**53:
+        # JSON has one number type: 1613.0 is the integer 1613 (JSON Schema agrees). Beyond 2**53 a float
+        # is not an exact integer (orjson reads integers past 64 bits as floats): not an id.
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise EnvelopeError(field, "must be a string")
     value = str(value)
@@ -201,6 +203,9 @@ def normalize_timed(
     elif kind == "group":
         if _id(env, "groupId") is None:
             raise EnvelopeError("groupId", "group calls need groupId")
+    for name in ("previousId", "groupId"):  # an id is an id on every call: the same bounds
+        if name in env and (kind != "alias" or name != "previousId") and (kind != "group" or name != "groupId"):
+            _id(env, name)
 
     message_id = env.get("messageId")
     if type(message_id) is not str or not 0 < len(message_id) <= MAX_ID_CHARS:
