@@ -11,7 +11,7 @@ Each trigger can be written out as the live engine would write it
 trigger id and the payload), so a backtest can be compared with what the
 triggers topic or the webhooks received. A repeated messageId is counted for
 every event, as the engine's duplicate memory recognises it (per source and
-key, for the dedup window), also where no rule listens to the event.
+key), also where no rule listens to the event.
 """
 
 from __future__ import annotations
@@ -135,8 +135,12 @@ def trigger_record(m: Match) -> dict[str, Any]:
 
 class Repeats:
     """Counts repeated messageIds as the engine's duplicate memory would recognise them: the same id from
-    the same source and log key, within ``window_ms`` of event time. Events come in time order; ids are
-    remembered as 8-byte hashes (:func:`rules.dedup.id_hash`) for the window only."""
+    the same source and log key, within ``window_ms`` of event time.
+
+    Events come in time order, and a retry carries its original's event time, so the copies of one
+    event sit next to each other here: remembering the engine's exact span (``Engine.recent_ms``, the
+    longest rule window plus the grace, at least 5 minutes) finds them, in memory bounded by that span
+    of history rather than by the day a live engine must cover for retries that arrive hours later."""
 
     def __init__(self, window_ms: int) -> None:
         self.window_ms = window_ms
@@ -167,7 +171,7 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, 
     trigger's :func:`trigger_record` as it fires."""
     relax_for_long_lived_state()  # large acyclic state: see rules/gctune.py
     engine = Engine(plan, 0)
-    repeats = Repeats(engine.dedup_window_ms)
+    repeats = Repeats(engine.recent_ms)
     reports = {r.name: RuleReport(r.name) for r in plan.rules}
     count = no_mid = no_key = 0
     first = last = None
