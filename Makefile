@@ -1,6 +1,7 @@
 # `make test` is the one command that runs the whole suite on a fresh Debian/Ubuntu machine:
 # it installs what the tests need (Debian chromium, the Python test extra with the tansu broker
-# wheel and moto, the snippet's npm packages) and runs pytest. Tests start their own Kafka
+# wheel and moto, the snippet's npm packages, the official Segment Node SDK the end-to-end tests
+# send with) and runs pytest. Tests start their own Kafka
 # broker (tansu), S3 (moto server), browser and webhook receivers on loopback.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test: deps
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-deps: $(VENV)/.installed js-snippet/node_modules/.installed
+deps: $(VENV)/.installed js-snippet/node_modules/.installed tests/sdk/node_modules/.installed
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +24,11 @@ $(VENV)/.installed: pyproject.toml
 js-snippet/node_modules/.installed: js-snippet/package-lock.json
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nodejs npm; }
 	cd js-snippet && npm ci --no-audit --no-fund
+	touch $@
+
+tests/sdk/node_modules/.installed: tests/sdk/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nodejs npm; }
+	cd tests/sdk && npm ci --no-audit --no-fund
 	touch $@
 
 run: $(VENV)/.installed

@@ -5,13 +5,20 @@ read day by day, each day sorted). The engine runs with no allowed lateness,
 one partition, and the watermark advancing with the events only, so absences
 fire when later history shows their deadline passed; matches still waiting
 when history ends are reported as pending, not fired.
+
+Each trigger can be written out as the live engine would write it
+(:func:`trigger_record`: rule, key, fired_at, the matched messageIds, the
+trigger id and the payload), so a backtest can be compared with what the
+triggers topic or the webhooks received. A repeated messageId is counted for
+every event, as the engine's duplicate memory recognises it (per source and
+key), also where no rule listens to the event.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -19,8 +26,11 @@ from typing import Any, TextIO
 import orjson
 
 from tripwire.envelope import format_time_ms
+from tripwire.triggers import trigger_id
 
-from .engine import Engine, parse_event_time
+from .codec import compact_mid, key_fp
+from .dedup import id_hash
+from .engine import Engine, Match, parse_event_time
 from .gctune import relax_for_long_lived_state
 from .partition import RuleState
 from .plan import Plan
@@ -116,10 +126,52 @@ def read_jsonl(lines: Iterable[bytes]) -> tuple[list[tuple[int, dict[str, Any]]]
     return events, skipped
 
 
+def trigger_record(m: Match) -> dict[str, Any]:
+    """A trigger as the live engine writes it, with the matched events as their messageIds."""
+    ids = m.message_ids
+    return {"id": trigger_id(m.rule.name, m.key, ids), "rule": m.rule.name, "key": m.key,
+            "fired_at": format_time_ms(m.fired_at_ms), "events": ids, "payload": m.payload}
+
+
+class Repeats:
+    """Counts repeated messageIds as the engine's duplicate memory would recognise them: the same id from
+    the same source and log key, within ``window_ms`` of event time.
+
+    Events come in time order, and a retry carries its original's event time, so the copies of one
+    event sit next to each other here: remembering the engine's exact span (``Engine.recent_ms``, the
+    longest rule window plus the grace, at least 5 minutes) finds them, in memory bounded by that span
+    of history rather than by the day a live engine must cover for retries that arrive hours later."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window_ms = window_ms
+        self.count = 0
+        self._ids: set[int] = set()
+        self._order: deque[tuple[int, int]] = deque()
+
+    def add(self, env: dict[str, Any], t: int) -> None:
+        mid = env.get("messageId")
+        if type(mid) is not str:
+            return
+        order, ids = self._order, self._ids
+        while order and order[0][0] < t - self.window_ms:
+            ids.discard(order.popleft()[1])
+        key = env.get("anonymousId") or env.get("userId")
+        h = id_hash(compact_mid(mid), key_fp(env.get("source"), key if type(key) is str else ""))
+        if h in ids:
+            self.count += 1
+        else:
+            ids.add(h)
+            order.append((t, h))
+
+
 def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, dict[str, Any]]], *,
-             samples: int = 3, progress: Callable[[int], None] | None = None, skipped: int = 0) -> BacktestResult:
+             samples: int = 3, progress: Callable[[int], None] | None = None, skipped: int = 0,
+             on_trigger: Callable[[dict[str, Any]], None] | None = None) -> BacktestResult:
+    """Replay ``events`` (envelopes, or (time, envelope) pairs) in the order given; ``on_trigger`` gets each
+    trigger's :func:`trigger_record` as it fires."""
     relax_for_long_lived_state()  # large acyclic state: see rules/gctune.py
     engine = Engine(plan, 0)
+    repeats = Repeats(engine.recent_ms)
     reports = {r.name: RuleReport(r.name) for r in plan.rules}
     count = no_mid = no_key = 0
     first = last = None
@@ -139,7 +191,10 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, 
             no_mid += 1  # the engine skips it (it dedupes by messageId); say so instead of matching nothing
         elif not (env.get("anonymousId") or env.get("userId")):
             no_key += 1
+        repeats.add(env, t)
         for m in engine.process(0, count, env, t):
+            if on_trigger is not None:
+                on_trigger(trigger_record(m))
             report = reports[m.rule.name]
             report.per_day[format_time_ms(m.fired_at_ms)[:10]] += 1
             if len(report.samples) < samples:
@@ -147,7 +202,7 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, 
                                        "events": m.message_ids, "payload": m.payload})
         if progress is not None and count % 1000 == 0:
             progress(count)
-    return BacktestResult(reports, count, skipped, engine.stats.late, engine.stats.duplicates, waiting(engine),
+    return BacktestResult(reports, count, skipped, engine.stats.late, repeats.count, waiting(engine),
                           first, last, no_mid, no_key)
 
 

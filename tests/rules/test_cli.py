@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tripwire.cli.main import main
-from tripwire.envelope import format_time_ms
+from tripwire.envelope import format_time_ms, parse_time_ms
+from tripwire.triggers import trigger_id
 
 from .util import T0
 
@@ -301,3 +302,48 @@ def test_backtest_on_the_lake_gives_numbers_as_the_events_had_them(tmp_path: Pat
     assert code == 0, err
     # a live trigger posts {"price":30}; the backtest of the same event said {"price":30.0}
     assert 'payload={"price":30.5}' in out and 'payload={"price":30}' in out and "30.0" not in out
+
+
+def test_backtest_out_writes_every_trigger_with_the_id_the_live_engine_gives(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write(tmp_path, "r.rules", GOOD)
+    events = history()
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    dest = tmp_path / "triggers.jsonl"
+    code, out, err = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--out", str(dest), "--no-progress"],
+                         capsys)
+    assert code == 0, err
+    assert 'rule "abandoned cart": 7 trigger(s)' in out
+    got = [orjson.loads(x) for x in dest.read_bytes().splitlines()]
+    carts = {e["messageId"]: e for e in events if e["event"] == "AddToCart" and e["anonymousId"].startswith("k")}
+    assert sorted(t["events"][0] for t in got) == sorted(carts)  # the buyers and the pending cart are not there
+    for t in got:
+        cart = carts[t["events"][0]]
+        assert t == {"id": trigger_id("abandoned cart", cart["anonymousId"], [cart["messageId"]]),
+                     "rule": "abandoned cart", "key": cart["anonymousId"],
+                     "fired_at": format_time_ms(parse_time_ms(cart["timestamp"], "timestamp") + 30_000),
+                     "events": [cart["messageId"]], "payload": {"sku": cart["properties"]["sku"]}}
+
+    code, _, err = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--out", str(tmp_path / "no" / "x.jsonl")],
+                       capsys)
+    assert code == 2 and f"cannot write --out {tmp_path / 'no' / 'x.jsonl'}: No such file or directory" in err
+
+
+def test_backtest_counts_every_repeated_message_id_per_source_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14: "duplicate messageIds ignored" counted only repeats of events some rule uses; a retried
+    PageView (no rule reads it) went uncounted. Now: every repeat of a messageId from the same source and
+    key, as the engine's duplicate memory recognises them; the same id from another visitor is no repeat."""
+    rules = write(tmp_path, "r.rules", GOOD)
+    view = envelope("PageView", "v1", "p1", T0)
+    cart = envelope("AddToCart", "v1", "a1", T0 + 1000, price=30)
+    events = [view, view, view, cart, cart,
+              envelope("PageView", "v2", "p1", T0 + 2000),  # another visitor's id clash: not a repeat
+              {**view, "source": "other"}]  # another source: not a repeat either
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    code, out, err = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--json", "--no-progress"], capsys)
+    assert code == 0, err
+    assert orjson.loads(out)["duplicates"] == 3
+    code, out, _ = run(["rules", "backtest", str(rules), "--events", str(jsonl), "--no-progress"], capsys)
+    assert "7 events from" in out and "3 duplicate messageIds ignored" in out

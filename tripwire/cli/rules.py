@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -48,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bt = rules_sub.add_parser(
         "backtest", help="replay history through the engine: triggers per rule per day",
         description="Replay recorded events through the same engine, in event-time order with no lateness, "
-                    "and print per rule the triggers per day (UTC, of the trigger time) and sample matches. "
-                    "Nothing is posted. Matches still waiting when history ends are reported, not fired. "
+                    "and print per rule the triggers per day (UTC, of the trigger time) and sample matches "
+                    "(--out: every trigger, with the id the live engine gives it). Nothing is posted. "
+                    "Matches still waiting when history ends are reported, not fired. "
                     "Exit 1: the rules have errors; 2: bad options, or the events cannot be read.")
     bt.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
     source = bt.add_mutually_exclusive_group(required=True)
@@ -63,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bt.add_argument("--samples", type=whole_number(0, "a count"), default=3, metavar="N",
                     help="sample matches to print per rule (default 3, 0 = none)")
     bt.add_argument("--json", action="store_true", help="print the report as JSON")
+    bt.add_argument("--out", metavar="FILE.jsonl",
+                    help="also write every trigger to FILE, one JSON object per line, as the live engine writes it: "
+                         "id (the webhook-id), rule, key, fired_at, events (the matched messageIds) and payload")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bt.set_defaults(handler=backtest_command)
 
@@ -214,6 +220,14 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
     if errors:
         return 1
     show = not args.no_progress
+    out = None
+    if args.out is not None:
+        try:
+            out = open(args.out, "wb")  # noqa: SIM115 - closed below, also when reading fails
+        except OSError as exc:
+            print(f"tripwire: cannot write --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    on_trigger = None if out is None else _line_writer(out)
     try:
         if args.events is not None:
             if args.events == "-":
@@ -225,7 +239,7 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
                 events = [e for e in events if _in_days(e[0], args.since, args.until)]
             bar = Progress(len(events)) if show else None
             result = backtest(plan, iter(events), samples=args.samples, skipped=skipped,  # type: ignore[arg-type]
-                              progress=bar.update if bar else None)
+                              progress=bar.update if bar else None, on_trigger=on_trigger)
         else:
             from tripwire.rules.lake import LakeReader
 
@@ -239,20 +253,39 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
                       file=sys.stderr)
             bar = Progress(reader.count(days)) if show else None
             result = backtest(plan, reader.envelopes(days), samples=args.samples,  # type: ignore[arg-type]
-                              progress=bar.update if bar else None)
+                              progress=bar.update if bar else None, on_trigger=on_trigger)
         if bar is not None:
             bar.close(result.events)
+    except _OutFailed as exc:
+        print(f"tripwire: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"tripwire: cannot read events: {exc}", file=sys.stderr)
         return 2
     except RulesError as exc:
         print(f"tripwire: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if out is not None:
+            out.close()
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print(format_report(result))
     return 0
+
+
+class _OutFailed(Exception):
+    """Writing ``--out`` failed (told apart from reading the events)."""
+
+
+def _line_writer(out: BinaryIO) -> Callable[[dict[str, Any]], None]:
+    def write(record: dict[str, Any]) -> None:
+        try:
+            out.write(orjson.dumps(record) + b"\n")
+        except OSError as exc:
+            raise _OutFailed(f"cannot write --out {out.name}: {exc.strerror or exc}") from exc
+    return write
 
 
 def status_command(args: argparse.Namespace, config: Config) -> int:
