@@ -14,7 +14,7 @@ import zlib
 from datetime import datetime
 from typing import Any
 
-from tripwire.envelope import EnvelopeError, event_time_ms
+from tripwire.times import parse_iso_ms
 
 from .errors import StateError
 from .plan import MISSING
@@ -42,7 +42,15 @@ def _second_ms(prefix: str) -> int | None:
 
 def parse_event_time(env: dict[str, Any]) -> int | None:
     """The envelope's corrected event time in ms, or None when it has none usable."""
-    ts = env.get("timestamp")
+    return time_ms(env.get("timestamp"))
+
+
+def parse_time_field(env: dict[str, Any], name: str) -> int | None:
+    """A time field of the envelope (``receivedAt``, ...) in ms, or None when it has none usable."""
+    return time_ms(env.get(name))
+
+
+def time_ms(ts: Any) -> int | None:
     if type(ts) is str and len(ts) == 24 and ts[10] == "T" and ts[23] == "Z" and ts[19] == ".":
         # The collector's canonical form: YYYY-MM-DDTHH:MM:SS.mmmZ (fast path: the second is cached).
         prefix = ts[:19]
@@ -60,8 +68,8 @@ def parse_event_time(env: dict[str, Any]) -> int | None:
             return None
         return base + ms if ms >= 0 else None
     try:
-        return event_time_ms(env)
-    except (KeyError, EnvelopeError, TypeError, ValueError, OverflowError):
+        return parse_iso_ms(ts)
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

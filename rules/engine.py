@@ -41,7 +41,7 @@ from heapq import heappop as _heappop
 from typing import Any, NamedTuple
 
 from .codec import (FP_MASK, TIME_SHIFT, compact_mid, decode_rule_state, encode_rule_state, key_fp, loads_state,
-                    mid_text, parse_event_time, seen_entries, snapshot_bytes)
+                    mid_text, parse_event_time, parse_time_field, seen_entries, snapshot_bytes)
 from .dedup import OldIds, id_hash
 from .matching import Matcher
 from .partition import (NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, pack,
@@ -87,6 +87,7 @@ class Engine(Matcher, PartitionTimers):
         self.too_late_by_source: Counter[str] = Counter()
         self.too_late_age: dict[str, int] = {}  # source -> oldest age (ms behind the watermark) refused
         self.quarantined: dict[str, Quarantine] = {}  # rule uid -> why it stopped
+        self._clock_floor = NEG_INF  # set_clock(): the wall clock minus max lateness (none: backtests, tests)
         self.set_plan(plan)
 
     # plan changes (hot reload) -------------------------------------------------
@@ -179,20 +180,22 @@ class Engine(Matcher, PartitionTimers):
                 return out
         ps = self.partitions.get(partition) or self.partition(partition)
         if t < ps.watermark:
-            # Behind the watermark: still matched (every time bound is checked on event times), unless
-            # older than max lateness or than what the duplicate memory covers (a retry could fire twice).
-            if t < ps.watermark + self.lateness - self.max_lateness_ms or (ps.old.floor is not None and t < ps.old.floor):
-                self._too_late(ps, env, t)
+            # Behind the watermark: still matched (every time bound is checked on event times), unless it
+            # was delivered later than max lateness, or is older than the duplicate memory covers.
+            if self._too_late(ps, env, t):
                 return out
             stats.late += 1
-        elif t > ps.max_t:
-            ps.max_t = t
-            wm = t - self.lateness
-            if wm > ps.watermark:
-                if (ps.timers and ps.timers[0] <= wm) or wm >= ps.next_sweep:
-                    self._advance(ps, wm, out)
-                else:
-                    ps.watermark = wm
+        else:
+            if t < self._clock_floor and self._too_late(ps, env, t):
+                return out  # history imported into an engine that follows its own backlog's time
+            if t > ps.max_t:
+                ps.max_t = t
+                wm = t - self.lateness
+                if wm > ps.watermark:
+                    if (ps.timers and ps.timers[0] <= wm) or wm >= ps.next_sweep:
+                        self._advance(ps, wm, out)
+                    else:
+                        ps.watermark = wm
         kind = env.get("type")
         if kind == "track":
             name = env.get("event")
@@ -284,14 +287,27 @@ class Engine(Matcher, PartitionTimers):
                                 self._rule_failed(entry[0], mid, exc)
         return out
 
-    def _too_late(self, ps: PartitionState, env: dict[str, Any], t: int) -> None:
+    def set_clock(self, now_ms: int) -> None:
+        """The wall clock, once per batch (the service): events older than max lateness before it are
+        checked for how late they were delivered even when the watermark, following a backlog, is behind."""
+        self._clock_floor = now_ms - self.max_lateness_ms
+
+    def _too_late(self, ps: PartitionState, env: dict[str, Any], t: int) -> bool:
+        """Delivered more than max lateness after its time (receivedAt - event time; without receivedAt: behind
+        the watermark's notion of now by that much), or older than what the duplicate memory still covers.
+        True: counted per source, not matched."""
+        received = parse_time_field(env, "receivedAt")
+        arrived = received if received is not None else ps.watermark + self.lateness
+        floor = ps.old.floor
+        if arrived - t <= self.max_lateness_ms and (floor is None or t >= floor):
+            return False
         self.stats.too_late += 1
         source = env.get("source")
         source = source if type(source) is str else "(none)"
         self.too_late_by_source[source] += 1
-        age = ps.watermark + self.lateness - t
-        if age > self.too_late_age.get(source, 0):
-            self.too_late_age[source] = age
+        if arrived - t > self.too_late_age.get(source, 0):
+            self.too_late_age[source] = arrived - t
+        return True
 
     # quarantine ----------------------------------------------------------------------
 

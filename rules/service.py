@@ -235,6 +235,7 @@ class RulesService:
 
     async def _handle(self, records: Sequence[Any]) -> None:
         engine = self.engine
+        engine.set_clock(int(time.time() * 1000))
         matches: list[Match] = []
         envs: dict[tuple[int, int], dict[str, Any]] = {}
         for r in records:

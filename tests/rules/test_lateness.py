@@ -18,6 +18,8 @@ import pytest
 
 from tripwire.rules.engine import Engine, Match
 
+from tripwire.envelope import format_time_ms
+
 from .util import T0, ev, feed, ids, plan_of
 
 RULES = """
@@ -179,3 +181,16 @@ def test_a_retry_older_than_the_rules_horizon_is_still_a_duplicate() -> None:
     restored = Engine(plan_of('rule "each" when A post crm'), 0)
     restored.restore_partition(0, engine.snapshot_partition(0))
     assert feed(restored, [dict(first)]) == [] and restored.stats.duplicates == 1
+
+
+def test_history_delivered_late_is_too_late_even_for_an_engine_that_follows_its_backlog() -> None:
+    # A fresh engine reads a log whose first events are two days old. Events *delivered* two days late
+    # (receivedAt now) are refused; a backlog the engine reads late (receivedAt at their time) is matched.
+    now = T0 + 3 * 86_400_000
+    engine = Engine(plan_of('rule "each" when A post crm'), LATENESS_MS, grace_ms=GRACE_MS, max_lateness_ms=86_400_000)
+    engine.set_clock(now)
+    imported, backlog = ev("A", 0, mid="imported"), ev("A", 1, key="k2", mid="backlog")
+    imported.update(source="import", receivedAt=format_time_ms(now))
+    backlog.update(source="web", receivedAt=format_time_ms(T0 + 1_500))
+    assert ids(feed(engine, [imported, backlog])) == [["backlog"]]
+    assert engine.too_late_by_source == {"import": 1} and engine.too_late_age["import"] == 3 * 86_400_000
