@@ -593,6 +593,10 @@ class SqliteLog(EventLog):
     async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
         return await asyncio.to_thread(self.read_sync, topic, partition, offset, max_records)
 
+    async def read_spans(self, topic: str, spans: Sequence[tuple[int, int, int]]) -> list[list[Record]]:
+        """Every span in one trip to a worker thread."""
+        return await asyncio.to_thread(lambda: [self.read_sync(topic, p, offset, n) for p, offset, n in spans])
+
     async def committed_offset(self, group: str, tp: TopicPartition) -> int | None:
         rows = await asyncio.to_thread(
             self._query,
@@ -727,7 +731,13 @@ class SqliteConsumer(Consumer):
         return await self._log.committed_offset(self._group, tp)
 
     async def lag(self, tp: TopicPartition) -> int | None:
-        position = self._positions.get(tp)
-        if position is None:
-            return None
-        return max(0, (await self._log.end_offsets(tp.topic)).get(tp.partition, 0) - position)
+        return (await self.lags([tp]))[tp]
+
+    async def lags(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """One look at the end offsets per topic, however many partitions are asked about."""
+        ends = {topic: await self._log.end_offsets(topic) for topic in {tp.topic for tp in tps}}
+        out: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            position = self._positions.get(tp)
+            out[tp] = None if position is None else max(0, ends[tp.topic].get(tp.partition, 0) - position)
+        return out
