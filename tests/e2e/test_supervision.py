@@ -57,7 +57,7 @@ data_dir = "data"
 write_key = "{WRITE_KEY}"
 [rules]
 dir = "rules"
-allowed_lateness_ms = 0
+allowed_lateness_ms = 60000  # the watermark follows the wall clock: an event a moment old is not late
 [endpoints.crm]
 url = "https://crm.example/hooks"
 [webhooks]

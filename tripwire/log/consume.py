@@ -245,9 +245,12 @@ class Runner:
                     if generation != self._generation:
                         self._rewind(records)
                         continue
-                    owned = self._owned
-                    if any((r.topic, r.partition) not in owned for r in records):
-                        records = [r for r in records if (r.topic, r.partition) in owned]
+                    last: dict[tuple[str, int], int] = {}  # per partition, the batch's last offset
+                    for r in records:
+                        last[r.topic, r.partition] = r.offset
+                    if any(tp not in self._owned for tp in last):
+                        records = [r for r in records if (r.topic, r.partition) in self._owned]
+                        last = {tp: offset for tp, offset in last.items() if tp in self._owned}
                     if records and self.handler.read_ahead:
                         ahead = asyncio.create_task(self._poll())
                     self._busy = True
@@ -258,8 +261,8 @@ class Runner:
                         return
                     finally:
                         self._busy = False
-                    for r in records:
-                        self._positions[TopicPartition(r.topic, r.partition)] = r.offset + 1
+                    for (topic, partition), offset in last.items():
+                        self._positions[TopicPartition(topic, partition)] = offset + 1
         finally:
             if ahead is not None:
                 # Let a read in a worker thread finish before anyone seeks this consumer again.

@@ -75,7 +75,7 @@ def engine_kind(log: EventLog, tmp_path: Path) -> Kind:
     config = from_dict({
         "data_dir": str(tmp_path / "engine"),
         "log": {"backend": backend},
-        "rules": {"dir": str(rules), "allowed_lateness_ms": 0, "checkpoint_interval_ms": 200,
+        "rules": {"dir": str(rules), "allowed_lateness_ms": 60_000, "checkpoint_interval_ms": 200,
                   "checkpoint_url": str(tmp_path / "checkpoints")},
         "endpoints": {"crm": {"url": "http://127.0.0.1:9/hook"}},
     })
