@@ -4,6 +4,12 @@ Both expose the same four steps to :class:`rules.service.RulesService`:
 ``restore(p) -> offset`` when a partition is assigned, ``save(positions,
 triggers)`` after every processed batch, ``revoke(p)`` before a partition goes
 away, and ``close()``. See :mod:`rules.state` for what is stored and when.
+:func:`rules.service.build_service` picks one from the config.
+
+An error of ``save`` means the batch is not durable: the service fails and a new
+one replays from the last save. The one exception: embedded triggers that are
+committed to the outbox but cannot reach the triggers topic yet wait there, and
+go out with a later save (``behind()``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ async def trigger_ids(log: EventLog, partition: int, start: int, end: int) -> se
 
 
 class EmbeddedDurability:
+    kind = "embedded"
+
     def __init__(self, engine: Engine, log: EventLog, store: SqliteStateStore) -> None:
         self.engine = engine
         self.log = log
@@ -77,7 +85,11 @@ class EmbeddedDurability:
         await asyncio.to_thread(self.store.commit, deltas, triggers)
         if triggers or self._outbox_waiting:
             self._outbox_waiting = True
-            await self._forward()
+            try:
+                await self._forward()
+            except LogError as exc:  # committed in the outbox: durable; the next save forwards them
+                logger.warning("triggers wait in the outbox; the triggers topic refused them: %s", exc)
+                return
             self._outbox_waiting = False
 
     async def revoke(self, p: int, offset: int | None) -> None:
@@ -117,6 +129,8 @@ class EmbeddedDurability:
 
 
 class CheckpointDurability:
+    kind = "kafka"
+
     def __init__(self, engine: Engine, log: EventLog, store: CheckpointStore, interval_ms: int) -> None:
         self.engine = engine
         self.log = log

@@ -16,7 +16,12 @@ server next to them, in a daemon thread::
   the failing names. :func:`tripwire.log.open_log` registers the event log
   (SQLite writer alive; Kafka reachable and nothing spilled), and
   :func:`tripwire.service.run_services` registers each service that has an
-  ``async ready() -> bool`` and fails readiness when a service has ``failed``.
+  ``async ready() -> bool`` and fails readiness when a service has ``failed``
+  (a supervised service: while it is down, waiting to be restarted).
+
+Supervised services (:class:`tripwire.service.Supervisor`) also export
+``tripwire_service_up{service}`` (1 running, 0 down) and
+``tripwire_service_restarts_total{service}``.
 
 Checks are coroutines of the service's event loop: :func:`bind_loop` (called
 by ``run_services``) names that loop, and the HTTP thread runs each check there
@@ -35,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, disable_created_metrics, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, disable_created_metrics, generate_latest
 
 from tripwire.config import Config, ConfigError
 
@@ -46,6 +51,10 @@ logger = logging.getLogger(__name__)
 disable_created_metrics()
 
 CHECK_TIMEOUT_S = 5.0
+
+SERVICE_UP = Gauge("tripwire_service_up", "1 while the service runs; 0 while it is down, waiting to be restarted",
+                   ["service"])
+SERVICE_RESTARTS = Counter("tripwire_service_restarts", "Restarts of the service after a failure", ["service"])
 Check = Callable[[], Awaitable[bool]]
 
 

@@ -1,11 +1,12 @@
 """The dispatcher: triggers topic -> durable store -> signed POSTs, retried, isolated per endpoint.
 
-Two background tasks share one :class:`~tripwire.webhooks.group_commit.AsyncStore`:
+Two loops share one :class:`~tripwire.webhooks.group_commit.AsyncStore`:
 
-* the *consumer* reads ``Trigger`` records from the ``triggers`` topic, stores
-  one delivery per trigger id (a no-op for an id already stored), and only
-  then commits the topic offsets — a kill at any point loses nothing and a
-  re-read record is never delivered twice;
+* the *consumer* (the dispatcher is the handler of a
+  :class:`~tripwire.log.consume.Runner`) reads ``Trigger`` records from the
+  ``triggers`` topic, stores one delivery per trigger id (a no-op for an id
+  already stored), and only then commits the topic offsets — a kill at any
+  point loses nothing and a re-read record is never delivered twice;
 * the *scheduler* claims due deliveries per endpoint up to that endpoint's
   ``concurrency`` and runs each attempt as its own task with its own HTTP
   client and connection pool, so a hanging endpoint only ever occupies its own
@@ -31,7 +32,8 @@ from pathlib import Path
 
 import httpx
 
-from tripwire.log import TRIGGERS, Consumer, EventLog, GroupTaken, LogError, Record, TopicPartition
+from tripwire.log import TRIGGERS, EventLog, TopicPartition
+from tripwire.log.consume import Batch, Runner
 from tripwire.triggers import EndpointConfig, Trigger
 
 from . import metrics
@@ -51,9 +53,16 @@ _PRUNE_INTERVAL_MS = 3_600_000
 
 
 class Dispatcher:
-    """Service ``webhooks``: ``start()`` returns once consuming; ``stop()`` is safe twice."""
+    """Service ``dispatcher``: ``start()`` returns once consuming; ``stop()`` is safe twice.
 
-    name = "webhooks"
+    If a batch of triggers cannot be stored, or the scheduler dies, ``failed`` is
+    set (``error`` says why); a new instance resumes from the group's committed
+    offsets and the store.
+    """
+
+    name = "dispatcher"
+    max_records = 500
+    read_ahead = False
 
     def __init__(
         self,
@@ -83,7 +92,8 @@ class Dispatcher:
         self._next_gauges_ms = self._last_gauges_ms = self._next_prune_ms = 0
         self._disabling: set[str] = set()  # endpoints whose disable is being written
         self._states_version = 0  # bumped after each such write
-        self.failed = False
+        self._scheduler_error: BaseException | None = None
+        self.runner = Runner(log, settings.consumer_group, [TRIGGERS], self)
         for ep in self._endpoints.values():
             literal = ip_literal(httpx.URL(ep.url).host)
             if literal is not None and refusal_reason(literal) and not self._guard.address_allowed(literal):
@@ -91,6 +101,14 @@ class Dispatcher:
                     "webhook endpoint %s points at a %s address; its deliveries will be refused unless allow-listed",
                     ep.name, refusal_reason(literal),
                 )
+
+    @property
+    def failed(self) -> bool:
+        return self.runner.failed or self._scheduler_error is not None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.runner.error or self._scheduler_error
 
     @property
     def store(self) -> Store:
@@ -117,16 +135,17 @@ class Dispatcher:
                 timeout=timeout,
                 trust_env=False,
             )
-        for name, coro in (("webhooks-consumer", self._consume_loop()), ("webhooks-scheduler", self._schedule_loop())):
-            task = asyncio.create_task(coro, name=name)
-            task.add_done_callback(self._background_done)
-            self._tasks.background.append(task)
+        await self.runner.start()  # the embedded log: GroupTaken when another dispatcher of the group runs
+        task = asyncio.create_task(self._schedule_loop(), name="webhooks-scheduler")
+        task.add_done_callback(self._background_done)
+        self._tasks.background.append(task)
 
     async def stop(self) -> None:
         if not self._started or self._stopping:
             return
         self._stopping = True
         self._wake.set()
+        await self.runner.stop()
         for task in self._tasks.background:
             task.cancel()
         await asyncio.gather(*self._tasks.background, return_exceptions=True)
@@ -142,14 +161,14 @@ class Dispatcher:
         for ep in self._endpoints.values():
             if ep.client is not None:
                 await ep.client.aclose()
-        assert self._store is not None
-        await self._store.drain()
-        self._store.sync.close()
+        if self._store is not None:
+            await self._store.drain()
+            self._store.sync.close()
 
     async def ready(self) -> bool:
-        """Serving: started, not stopping, both background tasks alive."""
+        """Serving: started, not stopping, consuming, the scheduler alive."""
         return (
-            self._started and not self._stopping and not self.failed
+            self._started and not self._stopping and not self.failed and await self.runner.ready()
             and all(not t.done() for t in self._tasks.background)
         )
 
@@ -157,43 +176,30 @@ class Dispatcher:
         if task.cancelled() or self._stopping:
             return
         exc = task.exception()
-        self.failed = True
+        self._scheduler_error = exc or RuntimeError(f"{task.get_name()} ended")
         logger.error("webhook dispatcher task %s died", task.get_name(), exc_info=exc)
 
     # consuming ---------------------------------------------------------------
 
-    async def _consume_loop(self) -> None:
-        backoff_s = 1.0
-        while not self._stopping:
-            consumer = self._log.consumer(self._settings.consumer_group, [TRIGGERS])
-            try:
-                await consumer.start()
-                while not self._stopping:
-                    records = await consumer.poll(timeout_ms=500, max_records=500)
-                    backoff_s = 1.0
-                    if records:
-                        await self._ingest(consumer, records)
-            except (asyncio.CancelledError, GroupTaken):
-                raise  # GroupTaken: another dispatcher of the group runs on this log; this one stops
-            except LogError as exc:
-                # The broker away, say: one line per try, not a traceback a second. Uncommitted
-                # records are read again by the next consumer (and deduplicated).
-                logger.warning("webhook dispatcher: cannot read the triggers topic (%s); retrying in %.0f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(30.0, backoff_s * 2)
-            except Exception:
-                logger.exception("webhook dispatcher: reading the triggers topic failed; retrying in 1 s")
-                await asyncio.sleep(1)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+    # the runner's handler: triggers topic -> store -------------------------
 
-    async def _ingest(self, consumer: Consumer, records: list[Record]) -> None:
+    def poll_timeout_ms(self) -> int:
+        return 500
+
+    async def on_assigned(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int | None]:
+        return {}  # from the group's committed offsets
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        return {}  # every batch handled was committed already
+
+    async def handle(self, batch: Batch) -> None:
+        if not batch.records:
+            return
         assert self._store is not None
         at = now_ms()
         items: list[NewDelivery] = []
         offsets: dict[TopicPartition, int] = {}
-        for record in records:
+        for record in batch.records:
             offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
             try:
                 trigger = Trigger.from_json(record.value)
@@ -212,8 +218,9 @@ class Dispatcher:
                 items.append(NewDelivery(trigger.id, trigger.endpoint, body, at + self._delay_ms(0)))
         if items:
             await self._store.write(Store.op_add(items, at))
-        # Only now, with every delivery durable, may the log forget these records.
-        await consumer.commit(offsets)
+        # Only now, with every delivery durable, may the log forget these records. Not committed (the
+        # broker away, the group rebalanced): they are read again and deduplicated by trigger id.
+        await batch.commit(offsets)
         self._gauges_stale = True
         self._wake.set()
 

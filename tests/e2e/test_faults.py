@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.diagnose import missing_events, missing_triggers
 from tests.e2e.procs import Proc, collector
 from tests.e2e.stack import SECRET, deliveries, lake_rows, wait_until
 from tests.fixtures.tansu import TansuBroker, free_port
@@ -171,6 +172,37 @@ def test_reference_implementation_on_hand_made_sessions() -> None:
         trigger_id("checkout to order", "d", ["d1", "d2"]): ("checkout to order", "d"),
     }
     assert generate_stream(500, seed=1) == generate_stream(500, seed=1)  # reproducible
+
+
+def test_a_timeout_says_where_each_missing_event_is(tansu: TansuBroker, tmp_path: Path) -> None:
+    # "timed out after 180s waiting for every acknowledged event in the lake" read the same on a slow machine
+    # and after a loss. The report says, per missing messageId, whether the log has it and how far the sink is.
+    import asyncio
+
+    from tests.sinks.helpers import event as sink_event
+    from tests.sinks.helpers import send
+    from tripwire.log.kafka import KafkaLog
+    from tripwire.sinks.lake import open_lake
+    from tripwire.sinks.state import PartitionState, save_state
+
+    async def append() -> None:
+        async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4, epochs=True) as log:
+            await send(log, [sink_event(i, user="u1") for i in range(3)])
+
+    asyncio.run(append())
+    lake = open_lake(str(tmp_path / "lake"))
+    report = missing_events(["m-1", "m-never"], tansu.bootstrap, str(tmp_path / "lake"), [])
+    assert report.startswith("2 acknowledged event(s) not in the lake")
+    (in_log,) = [x for x in report.splitlines() if x.strip().startswith("m-1:")]
+    assert "in the log at events/" in in_log and "the sink has written nothing of partition" in in_log
+    assert "m-never: NOT in the log" in report
+    partition = int(in_log.split("events/", 1)[1].split("@", 1)[0])
+    offset = int(in_log.split("@", 1)[1].split(";", 1)[0])
+    save_state(lake, PartitionState("events", partition, resume=offset))  # the sink is just before it
+    assert f"resumes partition {partition} at {offset}: not written yet" in missing_events(
+        ["m-1"], tansu.bootstrap, str(tmp_path / "lake"), [])
+    save_state(lake, PartitionState("events", partition, resume=offset + 1))  # ... or past it, and it is not there
+    assert "the sink's journal is past it" in missing_events(["m-1"], tansu.bootstrap, str(tmp_path / "lake"), [])
 
 
 # -- the load: real time, per-visitor order, affinity, retries ---------------------------------
@@ -395,7 +427,12 @@ def test_invariants_hold_under_kills_and_outages(tmp_path: Path) -> None:
         def lake_complete() -> list | None:
             rows = lake_rows(str(site / "lake"), "SELECT message_id FROM t")
             return rows if len({r[0] for r in rows}) >= len(load.acked) else None
-        rows = wait_until(lake_complete, 180, "every acknowledged event in the lake", interval_s=2)
+        try:
+            rows = wait_until(lake_complete, 180, "every acknowledged event in the lake", interval_s=2)
+        except AssertionError as exc:  # slow, or lost? say where each missing one is
+            missing = load.acked - {r[0] for r in lake_rows(str(site / "lake"), "SELECT message_id FROM t")}
+            raise AssertionError(f"{exc}\n  {missing_events(sorted(missing), broker.bootstrap, str(site / 'lake'), procs)}"
+                                 f"\nfaults:\n  {faults.report()}") from None
 
         def delivered() -> list | None:
             got = deliveries(out)
@@ -406,7 +443,9 @@ def test_invariants_hold_under_kills_and_outages(tmp_path: Path) -> None:
             got = deliveries(out)
             missing = set(expected) - {d["webhook_id"] for d in got}
             rules = Counter(expected[m][0] for m in missing)
-            raise AssertionError(f"{len(missing)} expected triggers never delivered ({dict(rules)}); faults:\n  {faults.report()}") from None
+            where = missing_triggers(sorted(missing), broker.bootstrap, site / "d" / "webhooks.db", procs)
+            raise AssertionError(f"{len(missing)} expected triggers never delivered ({dict(rules)})\n  {where}"
+                                 f"\nfaults:\n  {faults.report()}") from None
         time.sleep(3)  # anything unexpected still in flight shows up too
         rows = lake_rows(str(site / "lake"), "SELECT message_id FROM t")
         got = deliveries(out)

@@ -214,28 +214,36 @@ def assigned(proc: Proc) -> set[int]:
     return {int(x) for x in lines[-1].split("partitions assigned: ", 1)[1].strip(" []").split(",") if x.strip()}
 
 
-def test_engine_and_sink_name_the_broker_setting_in_one_line_when_kafka_is_not_there(tmp_path: Path) -> None:
-    """A wrong log.kafka_bootstrap: one line naming the address and the setting, exit 1 (was a traceback)."""
+def test_engine_and_sink_wait_for_a_broker_that_is_not_there_yet_naming_the_setting(tmp_path: Path) -> None:
+    """No broker at log.kafka_bootstrap: one line per try naming the address and the setting (it was a
+    traceback, then an exit), and the role keeps trying, so it starts once the broker does."""
     config = example_config(tmp_path / "site")
     logs = tmp_path / "logs"
     logs.mkdir()
-    nobody = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    nobody = f"127.0.0.1:{port}"
     env = {"TRIPWIRE_LOG__BACKEND": "kafka", "TRIPWIRE_LOG__KAFKA_BOOTSTRAP": nobody}
     procs = [Proc(role, ["--config", str(config), role], logs, {**env, "TRIPWIRE_DATA_DIR": str(tmp_path / role)})
              for role in ("engine", "sink")]
+    broker = TansuBroker(tmp_path / "tansu", port=port)
     try:
         for proc in procs:
             proc.start()
         for proc in procs:
-            assert proc.proc is not None
-            assert proc.proc.wait(60) == 1, proc.output()
+            proc.wait_output(f"cannot reach Kafka at {nobody} (log.kafka_bootstrap)", 60)
             out = proc.output()
             assert "Traceback" not in out, out
-            (line,) = [x for x in out.splitlines() if x.startswith(f"tripwire {proc.name}: ")]
-            assert f"cannot reach Kafka at {nobody} (log.kafka_bootstrap)" in line, line
+            (line, *_) = [x for x in out.splitlines() if "cannot reach Kafka" in x]
+            assert f"{proc.name} could not start (LogUnavailable: " in line and "restarting it in 1 s" in line, line
+        broker.start()
+        procs[0].wait_output("partitions assigned", 90)
+        procs[1].wait_output("sink owns", 90)
+        for proc in procs:
+            assert proc.stop() == 0, proc.output()[-3000:]
     finally:
         for proc in procs:
             proc.kill9()
+        broker.close()
 
 
 def test_every_tripwire_command_line_in_deploy_readme_exists() -> None:

@@ -182,3 +182,44 @@ async def test_matched_events_from_earlier_batches_are_read_back_whole(tmp_path:
             assert bought["messageId"] == f"b{i}" and "properties" in bought
     finally:
         await service.stop()
+
+
+async def test_an_engine_that_fails_mid_batch_saves_nothing_and_its_successor_fires_every_trigger(
+    tmp_path: Path, sqlite_log: SqliteLog
+) -> None:
+    # The engine stopped on an error half-way through a batch, and on its way out saved its read positions
+    # past that batch: the triggers its first events had matched were never written, not after a restart
+    # either. A failed engine saves nothing; the next one replays the batch from the last save.
+    config = config_for(tmp_path)
+    (tmp_path / "rules" / "signup.rules").write_text('rule "signup" when Signup post crm\n')
+    service = build_service(config, sqlite_log)
+    process = service.engine.process
+
+    def process_or_fail(partition: int, offset: int, env: dict[str, Any]) -> Any:
+        if env.get("messageId") == "m-fails":
+            raise RuntimeError("the engine cannot go on")
+        return process(partition, offset, env)
+
+    service.engine.process = process_or_fail  # type: ignore[method-assign]
+    await service.start()
+    try:
+        # one key, so one partition and one batch: two matches, then the failure
+        await sqlite_log.append(EVENTS, [event("Signup", "u1", "m1"), event("Signup", "u1", "m2"),
+                                         event("Signup", "u1", "m-fails")])
+
+        async def failed() -> bool:
+            return service.failed
+        await wait_for(failed)
+    finally:
+        await service.stop()
+    assert await triggers(sqlite_log) == []
+    successor = build_service(config, sqlite_log)
+    await successor.start()
+    try:
+        async def all_three() -> bool:
+            return len(await triggers(sqlite_log)) >= 3
+        await wait_for(all_three)
+        got = await triggers(sqlite_log)
+        assert sorted(t.id for t in got) == sorted(trigger_id("signup", "u1", [m]) for m in ("m1", "m2", "m-fails"))
+    finally:
+        await successor.stop()

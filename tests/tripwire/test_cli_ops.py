@@ -209,7 +209,7 @@ def test_an_error_about_a_command_line_value_does_not_blame_the_file(tmp_path: P
 
 
 class Dying:
-    """A service whose background task dies after a moment (as a sink hitting a bug would)."""
+    """A service whose background task dies after a moment (an unsupervised one: the collector's server)."""
 
     def __init__(self, name: str, dies: bool) -> None:
         self.name, self.dies = name, dies
@@ -227,12 +227,13 @@ class Dying:
 
 
 async def test_a_service_that_dies_stops_the_process_with_status_1() -> None:
-    # `tripwire run` kept running with a dead sink: /healthz 200, nothing written, nobody restarting it.
+    # A process kept running with a dead service: /healthz 200, nothing done, nobody restarting it. (The
+    # engine, sink and dispatcher run under a Supervisor, which restarts them in the process instead.)
     import asyncio
 
     from tripwire.service import run_services
 
-    services = [Dying("sink", dies=True), Dying("collector", dies=False)]
+    services = [Dying("sink", dies=False), Dying("collector", dies=True)]
     status = await asyncio.wait_for(run_services(services, poll_s=0.05), 10)
     assert status == 1
     assert all(s.stopped for s in services)

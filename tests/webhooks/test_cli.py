@@ -122,7 +122,7 @@ async def test_create_service_from_config(log, tmp_path):
         "endpoints": {"crm": {"url": "https://crm.example.com/h", "secret": new_secret()}},
     })
     service = create_service(config, log)
-    assert service is not None and service.name == "webhooks"
+    assert service is not None and service.name == "dispatcher"
     await service.start()
     await service.stop()
     await service.stop()  # safe twice

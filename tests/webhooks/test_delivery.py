@@ -360,8 +360,11 @@ def test_retry_delays_are_jittered_within_bounds(log, tmp_path):
 
 async def test_a_second_dispatcher_of_the_group_on_the_embedded_log_stops(log, receivers, tmp_path):
     # Two dispatchers of one group on one SQLite log would both read every trigger. The second one's
-    # consumer is refused (GroupTaken); it stops (failed: its runner exits 1) instead of retrying for ever.
+    # consumer is refused (GroupTaken) at start; under a supervisor too: a restart cannot mend it, so the
+    # process exits naming it instead of retrying for ever.
+    from tripwire.log import GroupTaken
     from tripwire.log.sqlite import SqliteLog
+    from tripwire.service import Supervisor
 
     rx = receivers()
     eps = {"crm": endpoint(rx.url, new_secret())}
@@ -371,9 +374,12 @@ async def test_a_second_dispatcher_of_the_group_on_the_embedded_log_stops(log, r
     await other.start()
     second = dispatcher(other, tmp_path / "b", eps)
     try:
-        await second.start()
-        await wait_until(lambda: second.failed, 20, "the second dispatcher to stop")
-        assert not first.failed
+        with pytest.raises(GroupTaken, match="consumer group 'webhooks' is already reading"):
+            await second.start()
+        supervised = Supervisor(lambda: dispatcher(other, tmp_path / "c", eps))
+        with pytest.raises(GroupTaken):
+            await supervised.start()
+        assert await first.ready() and not first.failed
     finally:
         await second.stop()
         await first.stop()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 
 from tripwire.config import Config
-from tripwire.log import LogUnavailable, open_log
-from tripwire.service import run_services
+from tripwire.log import open_log
+from tripwire.service import Supervisor, run_services
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +42,12 @@ async def engine_command(args: argparse.Namespace, config: Config) -> int:
         section["checkpoint_url"] = args.checkpoint_url
     config = replace(config, raw={**config.raw, "rules": section})
     log = open_log(config, url=args.log)
-    kind = "kafka" if (args.log or "").startswith("kafka://") or config.log.backend == "kafka" else "embedded"
+    if args.log is not None and args.log.startswith("kafka://"):  # the engine's state follows the log it reads
+        config = replace(config, log=replace(config.log, backend="kafka", kafka_bootstrap=args.log[len("kafka://"):]))
     await log.start()
     try:
-        service = build_service(config, log, kind=kind)
-        return await run_services([service])  # 1 when the engine's task died
-    except LogUnavailable as exc:  # e.g. no broker at log.kafka_bootstrap: one line, not a traceback
-        print(f"tripwire engine: {exc}", file=sys.stderr)
-        return 1
+        # Restarted in the process after any failure (the broker away, the checkpoint store down); only a
+        # configuration error at the first start exits.
+        return await run_services([Supervisor(lambda: build_service(config, log), build_service(config, log))])
     finally:
         await log.stop()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from tripwire.cli.collector import ensure_data_dir, run_loop
 from tripwire.config import Config
 from tripwire.log import EventLog, open_log
-from tripwire.service import Service, run_services
+from tripwire.service import Service, Supervisor, run_services
 
 Factory = Callable[[Config, EventLog], "Service | None"]
 
@@ -49,6 +49,29 @@ def build_services(config: Config, log: EventLog, factories: Sequence[Factory] |
     return services
 
 
+def supervised_services(config: Config, log: EventLog) -> list[Service]:
+    """``build_services``, each service downstream of the log under a :class:`~tripwire.service.Supervisor`:
+    whatever happens to the engine, the dispatcher or the sink, the collector keeps acknowledging into
+    the log, the buffer they resume from. Only the collector's own death stops the process."""
+    from tripwire.collector import service as collector
+
+    services: list[Service] = []
+    for factory in service_factories():
+        first = factory(config, log)
+        if first is None:
+            continue
+        if factory is collector.create_service:
+            services.append(first)
+        else:
+            services.append(Supervisor(lambda factory=factory: _enabled(factory(config, log)), first))  # type: ignore[misc]
+    return services
+
+
+def _enabled(service: Service | None) -> Service:
+    assert service is not None, "what the config enabled once stays enabled (the config does not change)"
+    return service
+
+
 async def run_command(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
@@ -62,6 +85,6 @@ async def run_command(args: argparse.Namespace, config: Config) -> int:
     log = open_log(config)
     await log.start()
     try:
-        return await run_services(build_services(config, log))  # 1 when a service died
+        return await run_services(supervised_services(config, log))  # 1 when the collector died
     finally:
         await log.stop()

@@ -11,8 +11,8 @@ import sys
 
 from tripwire.cli.collector import ensure_data_dir
 from tripwire.config import Config
-from tripwire.log import LogUnavailable, open_log
-from tripwire.service import run_services
+from tripwire.log import open_log
+from tripwire.service import Supervisor, run_services
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,10 +41,11 @@ async def sink_command(args: argparse.Namespace, config: Config) -> int:
     ensure_data_dir(config)
     log = open_log(config, url=args.log)
     await log.start()
-    service = SinkService(cfg, log)
     try:
-        return await run_services([service])  # 1 when the sink's task died
-    except (SinkError, LogUnavailable) as exc:  # LogUnavailable: e.g. no broker at log.kafka_bootstrap
+        # Restarted in the process after any failure (the broker away, the lake refusing writes); only a
+        # configuration error at the first start exits.
+        return await run_services([Supervisor(lambda: SinkService(cfg, log), SinkService(cfg, log))])
+    except SinkError as exc:  # the catalog cannot be used
         print(f"tripwire sink: {exc}", file=sys.stderr)
         return 1
     finally:

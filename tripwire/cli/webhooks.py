@@ -21,7 +21,7 @@ import orjson
 from tripwire.cli.args import whole_number
 from tripwire.config import Config
 from tripwire.log import open_log
-from tripwire.service import run_services
+from tripwire.service import Supervisor, run_services
 from tripwire.triggers import endpoints
 
 
@@ -217,6 +217,7 @@ async def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
         if service is None:
             print("tripwire: webhooks.enabled is false; nothing to run", file=sys.stderr)
             return 1
-        return await run_services([service])  # 1 when the dispatcher's task died
+        # Restarted in the process after any failure; only a configuration error at the first start exits.
+        return await run_services([Supervisor(lambda: create_service(config, log), service)])  # type: ignore[arg-type,return-value]
     finally:
         await log.stop()

@@ -124,6 +124,10 @@ class Consumer(abc.ABC):
     async def lag(self, tp: TopicPartition) -> int | None:
         """Records of ``tp`` after what ``poll`` has returned (0: caught up); None when unknown yet."""
 
+    async def lags(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """:meth:`lag` of each of ``tps`` (backends answer it in one trip where they can)."""
+        return {tp: await self.lag(tp) for tp in tps}
+
     @abc.abstractmethod
     def assignment(self) -> set[TopicPartition]: ...
 
@@ -165,6 +169,15 @@ class EventLog(abc.ABC):
         self, topic: str, partition: int, offset: int, max_records: int = 1000
     ) -> list[Record]:
         """Up to ``max_records`` records of one partition from ``offset`` (no waiting)."""
+
+    async def read_spans(self, topic: str, spans: Sequence[tuple[int, int, int]]) -> list[list[Record]]:
+        """:meth:`read` for each ``(partition, offset, max_records)`` span, answers in the same order.
+
+        For a reader that wants many scattered records at once (the engine reading
+        back the envelopes a trigger carries); backends answer it in one trip where
+        they can.
+        """
+        return [await self.read(topic, partition, offset, n) for partition, offset, n in spans]
 
     @abc.abstractmethod
     def consumer(

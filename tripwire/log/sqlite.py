@@ -270,6 +270,10 @@ class SqliteLog(EventLog):
     async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
         return await asyncio.to_thread(self.read_sync, topic, partition, offset, max_records)
 
+    async def read_spans(self, topic: str, spans: Sequence[tuple[int, int, int]]) -> list[list[Record]]:
+        """Every span in one trip to a worker thread."""
+        return await asyncio.to_thread(lambda: [self.read_sync(topic, p, offset, n) for p, offset, n in spans])
+
     async def committed_offset(self, group: str, tp: TopicPartition) -> int | None:
         rows = await asyncio.to_thread(
             self._query,

@@ -138,11 +138,21 @@ class SqliteConsumer(Consumer):
         return await self._log.committed_offset(self._group, tp)
 
     async def lag(self, tp: TopicPartition) -> int | None:
-        position = self._positions.get(tp)
-        if position is None:
-            return None
-        end = (await self._log.end_offsets(tp.topic)).get(tp.partition, 0)
-        if end > position:  # what retention took before it was read will not be returned
-            first = await asyncio.to_thread(self._log.first_offset_sync, tp.topic, tp.partition)
-            position = max(position, end if first is None else first)
-        return max(0, end - position)
+        return (await self.lags([tp]))[tp]
+
+    async def lags(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """One look at the end offsets per topic, however many partitions are asked about. What retention
+        took before it was read will not be returned, so it is not counted."""
+        ends = {topic: await self._log.end_offsets(topic) for topic in {tp.topic for tp in tps}}
+        out: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            position = self._positions.get(tp)
+            if position is None:
+                out[tp] = None
+                continue
+            end = ends[tp.topic].get(tp.partition, 0)
+            if end > position:
+                first = await asyncio.to_thread(self._log.first_offset_sync, tp.topic, tp.partition)
+                position = max(position, end if first is None else first)
+            out[tp] = max(0, end - position)
+        return out

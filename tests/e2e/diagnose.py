@@ -1,0 +1,132 @@
+"""Where did it go? What a timed-out wait of the fault-injection suite reports about what is missing.
+
+A timeout on a slow machine and a loss look alike from the outside ("not in the
+lake after 180 s"). These helpers say, for each missing messageId or trigger id,
+where it is: in the log (partition and offset) and how far the consumer that
+should have taken it got, or not in the log at all; and which processes are down
+or were restarted. Everything is read, nothing written: the log through a
+group-less reader (no epoch marker is ever written by it), the lake's sink
+state, the dispatcher's store. The log is expected to have epochs
+(``log.kafka_epochs = true``, as the fault-injection stack has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import orjson
+
+from tests.e2e.procs import Proc
+from tripwire.log import EVENTS, TRIGGERS
+from tripwire.log.epoch import OFFSET_BITS
+from tripwire.log.kafka_reader import KafkaReader
+
+SHOWN = 10  # missing items listed one by one; the rest are counted
+
+
+async def _index(bootstrap: str, topic: str, field: str) -> dict[str, tuple[int, int]]:
+    """``field`` of every record of ``topic``'s current epoch -> (partition, logical offset)."""
+    reader = KafkaReader(bootstrap, lambda name: f"tripwire.{name}", 5000, "tripwire-diagnosis")
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        for partition, end in (await reader.end_offsets(topic)).items():
+            offset = end >> OFFSET_BITS << OFFSET_BITS
+            while offset < end:
+                records = await reader.read(topic, partition, offset, 1000)
+                if not records:
+                    break
+                for r in records:
+                    try:
+                        value = orjson.loads(r.value).get(field)
+                    except (orjson.JSONDecodeError, AttributeError):
+                        continue
+                    if isinstance(value, str):
+                        out.setdefault(value, (partition, r.offset))
+                offset = records[-1].offset + 1
+    finally:
+        await reader.stop()
+    return out
+
+
+def index(bootstrap: str, topic: str, field: str) -> dict[str, tuple[int, int]] | str:
+    try:
+        return asyncio.run(_index(bootstrap, topic, field))
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure it explains
+        return f"the {topic} topic could not be read ({type(exc).__name__}: {exc})"
+
+
+def services(procs: Iterable[Proc]) -> str:
+    """Each process: running or its exit status, and the supervisor's restarts of its services."""
+    lines = []
+    for proc in procs:
+        out = proc.output()
+        state = "running" if proc.running else f"exited {proc.proc.returncode if proc.proc else '?'}"
+        failures = [x for x in out.splitlines() if "restarting it in" in x]
+        detail = f", {len(failures)} service failure(s), the last: {failures[-1].strip()[-200:]}" if failures else ""
+        lines.append(f"{proc.name}: {state} (started {proc.starts}x){detail}")
+    return "\n  ".join(lines)
+
+
+def missing_events(missing: Sequence[str], bootstrap: str, lake_url: str, procs: Iterable[Proc]) -> str:
+    """Where each acknowledged event that is not in the lake is: in the log, and how far the sink got."""
+    from tripwire.sinks.lake import open_lake
+    from tripwire.sinks.state import load_state
+
+    found = index(bootstrap, EVENTS, "messageId")
+    lake = open_lake(lake_url)
+    resume: dict[int, int] = {}
+    for p in range(8):
+        state = load_state(lake, EVENTS, p)
+        if state is not None:
+            resume[p] = min([state.resume] + [c.first for c in state.pending])
+    lines = [f"{len(missing)} acknowledged event(s) not in the lake"]
+    for mid in sorted(missing)[:SHOWN]:
+        if isinstance(found, str):
+            where = found
+        elif mid in found:
+            p, offset = found[mid]
+            if p not in resume:
+                sink = f"the sink has written nothing of partition {p} yet (slow, not lost)"
+            elif offset >= resume[p]:
+                sink = f"the sink's journal resumes partition {p} at {resume[p]}: not written yet (slow, not lost)"
+            else:
+                sink = f"the sink's journal is past it (resumes at {resume[p]}): dropped as a repeat, or LOST"
+            where = f"in the log at {EVENTS}/{p}@{offset}; {sink}"
+        else:
+            where = "NOT in the log's current epoch (lost before the log, or with a lost epoch)"
+        lines.append(f"{mid}: {where}")
+    if len(missing) > SHOWN:
+        lines.append(f"... and {len(missing) - SHOWN} more")
+    lines.append("processes: " + services(procs))
+    return "\n  ".join(lines)
+
+
+def missing_triggers(missing: Sequence[str], bootstrap: str, store_path: Path, procs: Iterable[Proc]) -> str:
+    """Where each expected trigger that never reached the receiver is: the triggers topic, the store."""
+    from tripwire.webhooks import Store
+
+    found = index(bootstrap, TRIGGERS, "id")
+    store = Store(store_path) if store_path.exists() else None
+    lines = [f"{len(missing)} expected trigger(s) never delivered"]
+    try:
+        for tid in sorted(missing)[:SHOWN]:
+            row = store.get(tid) if store is not None else None
+            if row is not None:
+                where = f"in the dispatcher's store: {row.state}, {row.attempts} attempt(s), last status {row.last_status}"
+            elif isinstance(found, str):
+                where = found
+            elif tid in found:
+                p, offset = found[tid]
+                where = f"on the triggers topic at {TRIGGERS}/{p}@{offset}, not in the dispatcher's store yet"
+            else:
+                where = "NOT on the triggers topic: never produced by an engine (or produced into a lost epoch)"
+            lines.append(f"{tid}: {where}")
+    finally:
+        if store is not None:
+            store.close()
+    if len(missing) > SHOWN:
+        lines.append(f"... and {len(missing) - SHOWN} more")
+    lines.append("processes: " + services(procs))
+    return "\n  ".join(lines)
