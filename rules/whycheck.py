@@ -31,6 +31,10 @@ class Check:
     result: bool | None  # None: unknown (a field it reads is missing or null)
     values: tuple[tuple[str, Any], ...]  # (path as written, value; MISSING when absent)
 
+    def shown(self) -> tuple[tuple[str, str], ...]:
+        """(path, its value as JSON, or ``missing``) per field read."""
+        return tuple((p, _shown(v)) for p, v in self.values)
+
     def words(self) -> str:
         """``cart.properties.price >= 20 is false: cart.properties.price is 12``."""
         state = {True: "true", False: "false", None: "unknown"}[self.result]
