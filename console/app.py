@@ -55,7 +55,7 @@ class Console:
         self.links = links
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
         self.templates = Jinja2Templates(env=env)
-        env.filters.update(when=when, ago=ago, pct=pct, ms=ms_text, masked=mask_url)
+        env.filters.update(when=when, clock=clock, ago=ago, pct=pct, ms=ms_text, masked=mask_url)
         env.globals.update(now_ms=lambda: int(time.time() * 1000))
 
     async def start(self) -> None:
@@ -102,9 +102,14 @@ def when(value: int | str | None) -> str:
     """Milliseconds since the epoch (or an ISO time) as ``2026-11-29 14:03:05Z``."""
     if value is None or value == "":
         return "–"
-    if isinstance(value, str):
-        return value.replace("T", " ").replace(".000Z", "Z")
+    if isinstance(value, str):  # ISO 8601 from an event: to the second
+        return value[:19].replace("T", " ") + "Z" if len(value) >= 19 and value[10:11] == "T" else value
     return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def clock(value: str | None) -> str:
+    """The time of day of an ISO 8601 time, to the millisecond (the live table; its title has the date)."""
+    return value[11:23] if value and len(value) >= 23 and value[10:11] == "T" else (value or "–")
 
 
 def ago(value: int | None) -> str:

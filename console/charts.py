@@ -39,6 +39,7 @@ def bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], *, width:
         peak = peak + (peak % 2)  # whole numbers on the axis: 0, peak/2, peak
     slot = plot_w / max(n, 1)
     gap = 1 if slot > 4 else 0
+    bar_w = min(max(slot - gap, 0.5), 48.0)  # a few wide slots still look like bars
     names = list(series)
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height + (18 if legend and names else 0)}" '
              f'width="100%" role="img" aria-label="{escape(_summary(labels, totals, what))}" '
@@ -56,7 +57,7 @@ def bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], *, width:
                 continue
             h = plot_h * value / peak
             base -= h
-            parts.append(f'<rect x="{x + gap / 2:.1f}" y="{base:.1f}" width="{max(slot - gap, 0.5):.1f}" height="{h:.1f}" '
+            parts.append(f'<rect x="{x + (slot - bar_w) / 2:.1f}" y="{base:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
                          f'fill="{colour(k)}"><title>{escape(labels[i])}: {escape(name)} {_fmt(value)} {what}</title></rect>')
     step = max(1, n // ticks) if n else 1
     for i in range(0, n, step):

@@ -144,6 +144,10 @@ def shown(env: dict[str, Any]) -> dict[str, Any]:
             ctx["page"] = {k: (_no_query(v) if k in ("url", "referrer", "search") and isinstance(v, str) else v)
                            for k, v in page.items()}
         out["context"] = ctx
+    props = env.get("properties")
+    if env.get("type") == "page" and isinstance(props, dict):  # the snippet copies the page's URL here too
+        out["properties"] = {k: (_no_query(v) if k in ("url", "referrer", "search") and isinstance(v, str) else v)
+                             for k, v in props.items()}
     return out
 
 

@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tripwire.console import ConsoleConfigError, ConsoleService
 from tripwire.log.sqlite import SqliteLog
 from tripwire.webhooks import Store
 
-from .helpers import HOOK, SECRET, Running, config_for, envelope, running
+from .helpers import HOOK, RULES, SECRET, Running, config_for, envelope, running
 
 NOW = int(time.time() * 1000)
 PAGES = ["/live", "/rules", "/person?id=anon-1", "/person?id=anon-1&rule=abandoned%20cart", "/deliveries", "/backtest"]
@@ -181,3 +182,29 @@ async def _until(probe, what: str, timeout_s: float = 10) -> None:  # type: igno
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_rules_whynot_in_the_terminal_gives_the_same_answer(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures.servers import REPO
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "shop.rules").write_text(RULES)
+    (tmp_path / "tripwire.toml").write_text(
+        f'data_dir = "data"\n[rules]\ndir = "rules"\n[endpoints.crm]\nurl = "{HOOK}"\nsecret = "{SECRET}"\n')
+    (tmp_path / "data").mkdir()
+    log = SqliteLog(tmp_path / "data" / "log.db", 4)
+    await log.start()
+    env = envelope("AddToCart", "anon-t", NOW - 60_000, "m-t", price=12)
+    await log.append("events", [(b"anon-t", orjson.dumps(env))])
+    await log.stop()
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "tripwire", "--config", str(tmp_path / "tripwire.toml"), "rules", "whynot",
+                         "abandoned cart", "--person", "anon-t"],
+        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert "key anon-t: never started" in done.stdout
+    assert "cart.properties.price >= 20 is false (cart.properties.price is 12)" in done.stdout

@@ -66,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bt.set_defaults(handler=backtest_command)
 
+    from tripwire.cli.whynot import add_parser as add_whynot
+
+    add_whynot(rules_sub)
+
     st = rules_sub.add_parser(
         "status", help="what the running engine does: each rule's state, late and refused events per source",
         description="Read the running engine's status (written every few seconds next to its state: "
