@@ -102,7 +102,8 @@ class ConsoleService:
             await asyncio.sleep(0.01)
         self.serving = True
         auth = "token required" if self.settings.token else "loopback only, no token"
-        logger.info("console listening on %s (%s)", listen_url(self.host, self.port), auth)
+        # "at", not "listening on": scripts and tests take the first "listening on" line for the collector
+        logger.info("console at %s (%s)", listen_url(self.host, self.port), auth)
 
     async def stop(self) -> None:
         await self.console.stop()  # ends the live streams, so the server need not wait for them
