@@ -50,7 +50,7 @@ def bars(labels: Sequence[str], series: Mapping[str, Sequence[float]], *, width:
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{_fmt(peak * frac)}</text>')
     for i in range(n):
         x = left + i * slot
-        base = top + plot_h
+        base = float(top + plot_h)
         for k, name in enumerate(names):
             value = series[name][i]
             if value <= 0:

@@ -87,7 +87,8 @@ def event_row(env: dict[str, Any]) -> dict[str, Any]:
 
 
 def invalid_row(rec: dict[str, Any]) -> dict[str, Any]:
-    env = rec.get("event") if isinstance(rec.get("event"), dict) else {}
+    raw = rec.get("event")
+    env: dict[str, Any] = raw if isinstance(raw, dict) else {}
     row = event_row({**env, "source": rec.get("source"), "receivedAt": rec.get("receivedAt")})
     row.update(kind="invalid", reason=str(rec.get("reason") or ""), message=str(rec.get("message") or ""),
                field=str(rec.get("field") or ""))
