@@ -114,6 +114,24 @@ def merge(docs: list[dict[str, Any]], now: float | None = None) -> dict[str, Any
     return out
 
 
+def engine_status(config: Any) -> dict[str, Any]:
+    """The running engine's status as :func:`merge` gives it, read where the configured deployment writes it:
+    ``<data_dir>/rules-status.json`` on the embedded log, one document per instance under the checkpoint
+    URL on Kafka."""
+    import fsspec
+
+    from .config import checkpoint_url, rules_config
+    from .state import CheckpointStore
+
+    rc = rules_config(config)
+    if config.log.backend == "kafka":
+        store = CheckpointStore(checkpoint_url(config, rc), rc.group, rc.storage_options)
+        fs, paths = store.status_path("x")[0], store.status_paths()
+    else:
+        fs, paths = fsspec.filesystem("file"), [str(config.data_dir / FILE_NAME)]
+    return merge(read_status(fs, paths))
+
+
 # The collector's delay histogram -----------------------------------------------------------------
 
 DELAY_METRIC = "tripwire_collector_event_delay_seconds"

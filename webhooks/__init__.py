@@ -16,9 +16,9 @@ from .errors import DeliveryNotFound, DestinationRefused, WebhookConfigError, We
 from .service import create_service
 from .signing import parse_secrets, sign
 from .ssrf import Guard, refusal_reason
-from .store import Store
+from .store import AttemptStats, Store
 
 __all__ = [
-    "DeliveryNotFound", "DestinationRefused", "Dispatcher", "Guard", "Store", "WebhookConfigError",
+    "AttemptStats", "DeliveryNotFound", "DestinationRefused", "Dispatcher", "Guard", "Store", "WebhookConfigError",
     "WebhookError", "WebhooksConfig", "build_body", "create_service", "parse_secrets", "refusal_reason", "sign",
 ]

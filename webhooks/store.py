@@ -114,6 +114,20 @@ class DeliveryRow:
     last_error: str | None
 
 
+@dataclass(frozen=True)
+class AttemptStats:
+    """One endpoint's attempts over a period: how many, how many succeeded, and how long they took."""
+
+    attempts: int
+    successes: int
+    p50_ms: int | None  # of every attempt's duration (None: no attempts)
+    p95_ms: int | None
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.attempts if self.attempts else None
+
+
 _ROW_COLUMNS = "id, endpoint, state, attempts, next_attempt_ms, created_ms, updated_ms, last_status, last_error"
 
 
@@ -374,3 +388,22 @@ class Store:
         return self.read(
             "SELECT n, at_ms, status, outcome, error, duration_ms FROM attempts WHERE id = ? ORDER BY n", (delivery_id,)
         )
+
+    def attempt_stats(self, since_ms: int) -> dict[str, AttemptStats]:
+        """Per endpoint, the attempts made at or after ``since_ms`` (success rate, latency percentiles)."""
+        rows = self.read(
+            "SELECT d.endpoint, a.outcome, a.duration_ms FROM attempts a JOIN deliveries d ON d.id = a.id "
+            "WHERE a.at_ms >= ? ORDER BY d.endpoint, a.duration_ms",
+            (since_ms,),
+        )
+        grouped: dict[str, list[tuple[str, int]]] = {}
+        for endpoint, outcome, duration_ms in rows:
+            grouped.setdefault(endpoint, []).append((outcome, duration_ms))
+        out = {}
+        for endpoint, items in grouped.items():
+            durations = [d for _, d in items]  # sorted by the query
+            out[endpoint] = AttemptStats(
+                len(items), sum(1 for o, _ in items if o == "success"),
+                durations[(len(durations) - 1) // 2], durations[min(len(durations) - 1, (len(durations) * 95) // 100)],
+            )
+        return out

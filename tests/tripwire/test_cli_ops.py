@@ -65,7 +65,7 @@ def test_unknown_sections_are_refused_with_a_suggestion(tmp_path: Path) -> None:
     done = tripwire(["--config", str(path), "config", "check"], cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"tripwire: Unknown config section '[colector]' (did you mean [collector]?). Known sections: collector, "
+        f"tripwire: Unknown config section '[colector]' (did you mean [collector]?). Known sections: collector, console, "
         f"endpoints, log, logging, metrics, rules, server, sink, sources, webhooks. (in {path})"]
     (tmp_path / "empty").mkdir()
     done = tripwire(["config", "check"], cwd=tmp_path / "empty", env={"TRIPWIRE_SINKS__LAKE_URL": "s3://b/p"})

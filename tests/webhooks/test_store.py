@@ -143,3 +143,25 @@ async def test_stop_releases_attempts_still_in_flight(log, receivers, tmp_path):
     finally:
         await d2.stop()
     assert rx.ids() == [trigger.id, trigger.id]
+
+
+def test_attempt_stats_count_successes_and_durations_per_endpoint_since_a_time(tmp_path):
+    store = Store(tmp_path / "w.db")
+    store.write(Store.op_add([NewDelivery(f"trg_{i}", "crm" if i < 4 else "ads", b"{}", T0) for i in range(5)], T0))
+    for i, c in enumerate(store.write(Store.op_claim("crm", 4, T0, LEASE))):
+        ok = i < 3
+        store.write(Store.op_outcome(
+            c, at_ms=T0 + i, status=200 if ok else 500, outcome="success" if ok else "http_error",
+            error=None if ok else "HTTP 500", duration_ms=10 * (i + 1), state=DELIVERED if ok else PENDING,
+            next_attempt_ms=T0,
+        ))
+    (old,) = store.write(Store.op_claim("ads", 1, T0, LEASE))
+    store.write(Store.op_outcome(old, at_ms=T0 - 5, status=200, outcome="success", error=None, duration_ms=7,
+                                 state=DELIVERED, next_attempt_ms=T0))
+    stats = store.attempt_stats(T0)
+    assert set(stats) == {"crm"}  # the ads attempt is older than the period
+    crm = stats["crm"]
+    assert (crm.attempts, crm.successes, crm.p50_ms, crm.p95_ms) == (4, 3, 20, 40)
+    assert crm.success_rate == 0.75
+    assert store.attempt_stats(T0 - 10)["ads"].attempts == 1
+    store.close()

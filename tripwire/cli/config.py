@@ -13,6 +13,7 @@ from typing import Any
 
 from tripwire.catalog import CatalogError
 from tripwire.collector.config import CollectorConfig
+from tripwire.console.config import ConsoleConfig
 from tripwire.config import SECRET_WORDS, Config, ConfigError, LogConfig, ServerConfig, mask_url  # SECRET_WORDS: masked here
 from tripwire.logs import LoggingConfig, redact
 from tripwire.metrics import MetricsConfig
@@ -30,6 +31,7 @@ SECTIONS: dict[str, type[Any]] = {
     "rules": RulesConfig,
     "webhooks": WebhooksConfig,
     "sink": SinkConfig,
+    "console": ConsoleConfig,
 }
 TABLES = ("sources", "endpoints")  # tables keyed by user names
 

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 from tripwire import __version__, logs, metrics
 from tripwire.config import ConfigError, load_config
-from tripwire.cli import collector, engine, events, lake, receiver, rules, run, sink, webhooks
+from tripwire.cli import collector, console, engine, events, lake, receiver, rules, run, sink, webhooks
 from tripwire.cli import config as config_command
 from tripwire.log import LogError
 
 # Modules of tripwire.cli that contribute sub-commands, in --help order.
-COMMAND_MODULES = [run, collector, events, webhooks, sink, lake, config_command, rules, engine, receiver]
+COMMAND_MODULES = [run, collector, events, webhooks, sink, lake, config_command, rules, engine, receiver, console]
 
 
 def build_parser() -> argparse.ArgumentParser:

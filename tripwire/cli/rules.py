@@ -72,6 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bt.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     bt.set_defaults(handler=backtest_command)
 
+    from tripwire.cli.whynot import add_parser as add_whynot
+
+    add_whynot(rules_sub)
+
     st = rules_sub.add_parser(
         "status", help="what the running engine does: each rule's state, late and refused events per source",
         description="Read the running engine's status (written every few seconds next to its state: "
@@ -289,20 +293,11 @@ def _line_writer(out: BinaryIO) -> Callable[[dict[str, Any]], None]:
 
 
 def status_command(args: argparse.Namespace, config: Config) -> int:
-    import fsspec
     import httpx
 
-    from tripwire.rules.config import checkpoint_url, rules_config
-    from tripwire.rules.state import CheckpointStore
-    from tripwire.rules.status import FILE_NAME, delays_from_metrics, format_status, merge, read_status
+    from tripwire.rules.status import delays_from_metrics, engine_status, format_status
 
-    rc = rules_config(config)
-    if config.log.backend == "kafka":
-        store = CheckpointStore(checkpoint_url(config, rc), rc.group, rc.storage_options)
-        fs, paths = store.status_path("x")[0], store.status_paths()
-    else:
-        fs, paths = fsspec.filesystem("file"), [str(config.data_dir / FILE_NAME)]
-    view = merge(read_status(fs, paths))
+    view = engine_status(config)
     host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url = (args.collector or f"http://{host if ':' not in host else f'[{host}]'}:{config.server.port}").rstrip("/") + "/metrics"
     delays, note = None, ""

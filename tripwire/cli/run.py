@@ -20,19 +20,22 @@ def service_factories() -> list[Factory]:
     in-flight appends complete), so the engine, dispatcher and sink still see every acknowledged event
     before they stop. Imported here, not at the top: ``tripwire rules check`` needs none of them."""
     from tripwire.collector import service as collector
+    from tripwire.console import create_service as console
     from tripwire.rules import service as rules
     from tripwire.sinks import service as sinks
     from tripwire.webhooks import service as webhooks
 
-    return [sinks.create_service, webhooks.create_service, rules.create_service, collector.create_service]
+    # The console first: an address it refuses (no token) stops start-up before anything runs.
+    return [console, sinks.create_service, webhooks.create_service, rules.create_service, collector.create_service]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser(
         "run", help="run collector, rules engine, webhooks and sink in one process (embedded log)",
         description="Run the whole stack in one process: the collector on server.host:server.port (also "
-                    "/metrics, /healthz, /readyz), the rules engine, the webhook dispatcher and the Parquet sink, "
-                    "on the log in <data_dir>. Stops cleanly on SIGTERM/SIGINT.",
+                    "/metrics, /healthz, /readyz), the rules engine, the webhook dispatcher, the Parquet sink and "
+                    "the web console (console.host:console.port, loopback by default), on the log in <data_dir>. "
+                    "Stops cleanly on SIGTERM/SIGINT.",
     )
     run.add_argument("--host", help="listen address (server.host)")
     run.add_argument("--port", type=int, help="listen port (server.port)")
