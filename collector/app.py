@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tripwire.config import Config
 from tripwire.log import EventLog
-from tripwire.metrics import READINESS
+from tripwire.metrics import READINESS, exposition
 
 from . import metrics
 from .api import SINGLE_TYPES, TrackingEndpoint
@@ -118,7 +118,7 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
         return JSONResponse({"status": "ready"})
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition(), media_type=CONTENT_TYPE_LATEST)  # with `tripwire run`'s child processes
 
     async def openapi_endpoint(request: Request) -> Response:
         return Response(openapi, media_type="application/json")

@@ -28,7 +28,7 @@ from .state import CheckpointStore, PartitionDelta, SqliteStateStore
 
 logger = logging.getLogger(__name__)
 
-TriggerRow = tuple[str, bytes | None, bytes]  # (trigger id, key, Trigger JSON)
+TriggerRow = tuple[str, bytes | None, bytes, int]  # (trigger id, key, Trigger JSON, events partition)
 _MARK_INTERVAL_S = 10.0
 
 
@@ -50,18 +50,26 @@ async def trigger_ids(log: EventLog, partition: int, start: int, end: int) -> se
 
 
 class EmbeddedDurability:
+    """State, offsets and triggers of the partitions this engine owns, in one SQLite transaction.
+
+    Engines of one group may share the file (processes on one data_dir, each owning some
+    partitions): each forwards only the outbox rows of its own partitions (their *owner*), and
+    records per owner how far the triggers topic had got when that owner's outbox was emptied,
+    so a recovery knows where its unforwarded triggers can be.
+    """
+
     kind = "embedded"
 
     def __init__(self, engine: Engine, log: EventLog, store: SqliteStateStore) -> None:
         self.engine = engine
         self.log = log
         self.store = store
+        self._owned: set[int] = set()
+        self._outbox_waiting = False
+        self._marked = 0.0
 
     async def open(self) -> None:
         await asyncio.to_thread(self.store.open)
-        self._outbox_waiting = False
-        self._marked = 0.0
-        await self._recover_outbox()
 
     def behind(self) -> bool:
         """Triggers are committed but not yet on the triggers topic (a forward failed)."""
@@ -73,6 +81,8 @@ class EmbeddedDurability:
             p, loaded.max_t, loaded.watermark, loaded.seen,
             ((sk, self.engine.decode_state(data)) for sk, data in loaded.states), loaded.old,
         )
+        self._owned.add(p)
+        await self._recover_outbox(p)
         return loaded.offset
 
     async def save(self, positions: Mapping[int, int], triggers: Sequence[TriggerRow]) -> None:
@@ -86,7 +96,7 @@ class EmbeddedDurability:
         if triggers or self._outbox_waiting:
             self._outbox_waiting = True
             try:
-                await self._forward()
+                await self._forward(self._owned)
             except LogError as exc:  # committed in the outbox: durable; the next save forwards them
                 logger.warning("triggers wait in the outbox; the triggers topic refused them: %s", exc)
                 return
@@ -95,34 +105,36 @@ class EmbeddedDurability:
     async def revoke(self, p: int, offset: int | None) -> None:
         if offset is not None:
             await self.save({p: offset}, [])
+        self._owned.discard(p)
 
-    async def _forward(self) -> None:
-        rows = await asyncio.to_thread(self.store.outbox)
+    async def _forward(self, owners: set[int]) -> None:
+        rows = await asyncio.to_thread(self.store.outbox, owners)
         if not rows:
             return
         await self.log.append(TRIGGERS, [(key, value) for _, _, key, value in rows])
-        marks: Mapping[int, int] = {}
+        marks: dict[int, Mapping[int, int]] = {}
         if time.monotonic() - self._marked >= _MARK_INTERVAL_S:
             # A mark may lag (recovery then scans a little more); refreshing it on every
             # forward would cost a query over the whole topic each time.
-            marks = await self.log.end_offsets(TRIGGERS)
+            ends = await self.log.end_offsets(TRIGGERS)
+            marks = dict.fromkeys(owners, ends)
             self._marked = time.monotonic()
         await asyncio.to_thread(self.store.forwarded, [r[0] for r in rows], marks)
 
-    async def _recover_outbox(self) -> None:
-        """Drop outbox rows that reached the topic before a crash; forward the rest."""
-        rows = await asyncio.to_thread(self.store.outbox)
+    async def _recover_outbox(self, p: int) -> None:
+        """Drop partition ``p``'s outbox rows that reached the topic before a crash; forward the rest."""
+        rows = await asyncio.to_thread(self.store.outbox, {p})
         if not rows:
             return
-        marks = await asyncio.to_thread(self.store.marks)
+        marks = await asyncio.to_thread(self.store.marks, p)
         present: set[str] = set()
-        for p, end in (await self.log.end_offsets(TRIGGERS)).items():
-            present |= await trigger_ids(self.log, p, marks.get(p, 0), end)
+        for q, end in (await self.log.end_offsets(TRIGGERS)).items():
+            present |= await trigger_ids(self.log, q, marks.get(q, 0), end)
         done = [seq for seq, tid, _, _ in rows if tid in present]
         if done:
             logger.info("%d trigger(s) had reached the triggers topic before a restart; not sent again", len(done))
             await asyncio.to_thread(self.store.forwarded, done, {})
-        await self._forward()
+        await self._forward({p})
 
     async def close(self) -> None:
         await asyncio.to_thread(self.store.close)
@@ -182,7 +194,7 @@ class CheckpointDurability:
 
     async def save(self, positions: Mapping[int, int], triggers: Sequence[TriggerRow]) -> None:
         already = set().union(*self._already.values()) if self._already else set()
-        fresh = [(key, value) for tid, key, value in triggers if tid not in already]
+        fresh = [(key, value) for tid, key, value, _ in triggers if tid not in already]
         if fresh:
             # Produced before the checkpoint covering them: a crash replays them, never loses them.
             await self.log.append(TRIGGERS, fresh)

@@ -311,7 +311,7 @@ class RulesService:
                     id=trigger_id(m.rule.name, m.key, m.message_ids), rule=m.rule.name, endpoint=m.rule.endpoint,
                     key=m.key, fired_at=format_time_ms(m.fired_at_ms), events=events, payload=m.payload,
                 )
-                rows.append((trig.id, m.key.encode("utf-8", "surrogatepass"), trig.to_json()))
+                rows.append((trig.id, m.key.encode("utf-8", "surrogatepass"), trig.to_json(), m.partition))
             except Exception as exc:  # noqa: BLE001 - one rule's trigger that cannot be written stops that rule only
                 self.engine.quarantine(m.rule, m.message_ids[-1] if m.events else None, exc)
         return rows

@@ -54,7 +54,7 @@ import pickle
 import sqlite3
 import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE INDEX IF NOT EXISTS journal_by_partition ON journal (grp, partition, seq);
 CREATE TABLE IF NOT EXISTS trigger_marks (
     grp TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY (grp, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_marks (
+    grp TEXT NOT NULL, owner INTEGER NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, owner, partition)
 ) WITHOUT ROWID;
 """
 
@@ -137,6 +141,9 @@ class SqliteStateStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA journal_size_limit={64 << 20}")  # a big snapshot's WAL does not stay that big
             conn.executescript(_SCHEMA)
+            if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:
+                # Engines of one group share this file, each forwarding its own partitions' triggers.
+                conn.execute("ALTER TABLE outbox ADD COLUMN owner INTEGER NOT NULL DEFAULT -1")
         except sqlite3.Error as exc:
             raise StateError(f"rules state database {self.path} cannot be opened: {exc}") from exc
         self._conn = conn
@@ -195,7 +202,7 @@ class SqliteStateStore:
         base, journal = self._sizes.get(partition, (0, 0))
         return journal >= max(_JOURNAL_FACTOR * base, _SNAPSHOT_MIN_BYTES)
 
-    def commit(self, deltas: Sequence[PartitionDelta], triggers: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    def commit(self, deltas: Sequence[PartitionDelta], triggers: Sequence[tuple[str, bytes | None, bytes, int]]) -> None:
         """One transaction: offsets, watermarks, each partition's journal row (or snapshot), outbox triggers."""
         g = self.group
         rows = [(d, None if d.snapshot is not None or not (d.states or d.seen or d.seen_cutoff is not None)
@@ -219,8 +226,8 @@ class SqliteStateStore:
                         elif data is not None:
                             db.execute("INSERT INTO journal (grp, partition, data) VALUES (?, ?, ?)", (g, p, data))
                     if triggers:
-                        db.executemany("INSERT INTO outbox (grp, id, key, value) VALUES (?, ?, ?, ?)",
-                                       [(g, i, k, v) for i, k, v in triggers])
+                        db.executemany("INSERT INTO outbox (grp, id, key, value, owner) VALUES (?, ?, ?, ?, ?)",
+                                       [(g, i, k, v, owner) for i, k, v, owner in triggers])
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -234,30 +241,49 @@ class SqliteStateStore:
                 elif data is not None:
                     sizes[1] += len(data)
 
-    def outbox(self, limit: int = 10_000) -> list[tuple[int, str, bytes | None, bytes]]:
+    def outbox(self, owners: Collection[int], limit: int = 10_000) -> list[tuple[int, str, bytes | None, bytes]]:
+        """Triggers of the events partitions ``owners`` committed but not yet forwarded (rows written before
+        owners existed, -1, go with partition 0)."""
+        wanted = sorted(set(owners) | ({-1} if 0 in owners else set()))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
         with self._lock:
             return list(self._db().execute(
-                "SELECT seq, id, key, value FROM outbox WHERE grp = ? ORDER BY seq LIMIT ?", (self.group, limit)))
+                f"SELECT seq, id, key, value FROM outbox WHERE grp = ? AND owner IN ({marks}) ORDER BY seq LIMIT ?",  # noqa: S608
+                (self.group, *wanted, limit)))
 
-    def forwarded(self, seqs: Sequence[int], marks: Mapping[int, int]) -> None:
-        """Outbox rows ``seqs`` reached the triggers topic, whose end offsets are now ``marks``."""
+    def forwarded(self, seqs: Sequence[int], marks: Mapping[int, Mapping[int, int]]) -> None:
+        """Outbox rows ``seqs`` reached the triggers topic; ``marks``: per owner whose outbox is now empty,
+        the topic's end offsets (where a recovery of that owner's rows starts looking)."""
         with self._lock:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
                 db.executemany(
-                    "INSERT INTO trigger_marks VALUES (?, ?, ?) ON CONFLICT(grp, partition) DO UPDATE SET offset = excluded.offset",
-                    [(self.group, p, o) for p, o in marks.items()],
+                    "INSERT INTO outbox_marks VALUES (?, ?, ?, ?) ON CONFLICT(grp, owner, partition) "
+                    "DO UPDATE SET offset = excluded.offset",
+                    [(self.group, owner, p, o) for owner, ends in marks.items() for p, o in ends.items()],
                 )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
-    def marks(self) -> dict[int, int]:
+    def marks(self, owner: int) -> dict[int, int]:
+        """Per triggers partition, an offset before which none of ``owner``'s unforwarded triggers can be.
+        Marks written before owners existed (``trigger_marks``) hold for every owner until it has its own;
+        owner 0 also answers for the rows of that time (owner -1), which lie after those marks."""
         with self._lock:
-            return dict(self._db().execute("SELECT partition, offset FROM trigger_marks WHERE grp = ?", (self.group,)))
+            db = self._db()
+            legacy = dict(db.execute("SELECT partition, offset FROM trigger_marks WHERE grp = ?", (self.group,)))
+            own = dict(db.execute("SELECT partition, offset FROM outbox_marks WHERE grp = ? AND owner = ?",
+                                  (self.group, owner)))
+        out = {**legacy, **own}
+        if owner == 0:
+            out.update({q: min(o, own.get(q, o)) for q, o in legacy.items()})
+        return out
 
 
 _MAGIC = b"TWCK2"  # + offset (int64) + triggers-topic mark (int64) + snapshot

@@ -181,3 +181,6 @@ def setup(fmt: str = "text", level: str = "info", *, service: str = "", redact_i
     # startup." and six more lines per run); the collector logs its own "listening on" and "stopped".
     quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
     logging.getLogger("uvicorn.error").setLevel(quiet)
+    # httpx logs every request at INFO: the dispatcher's deliveries and `tripwire run`'s looks at its
+    # child processes are counted in metrics and said when they fail, not narrated one line each.
+    logging.getLogger("httpx").setLevel(quiet)

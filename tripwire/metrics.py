@@ -183,6 +183,40 @@ class MetricsServer:
         req.wfile.write(body)
 
 
+async def exposition() -> bytes:
+    """This process's metrics, and those of its child processes (``tripwire run``'s engines and sinks:
+    :mod:`tripwire.children`), each of their samples labelled ``process="<name>"``."""
+    from tripwire.children import scrape
+
+    own = generate_latest(REGISTRY)
+    children = await scrape()
+    if not children:
+        return own
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import CollectorRegistry
+    from prometheus_client.samples import Sample
+
+    families: dict[str, Any] = {}
+    for name, text in [("", own.decode()), *children]:
+        for fam in text_string_to_metric_families(text):
+            if name and (fam.name.startswith("process_") or fam.name.startswith("python_")):
+                continue  # the parent's own process figures stand for the process
+            merged = families.get(fam.name)
+            if merged is None:
+                merged = families[fam.name] = fam
+                merged.samples = []
+            merged.samples += [Sample(s.name, {**s.labels, "process": name} if name else s.labels, s.value,
+                                      s.timestamp, s.exemplar) for s in fam.samples]
+
+    class _Merged:
+        def collect(self) -> Any:
+            return iter(families.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
 def serve(host: str, port: int) -> MetricsServer:
     """Start the metrics server; errors name the address."""
     try:

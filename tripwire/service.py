@@ -96,6 +96,12 @@ class Supervisor:
             self._set_up(True)
         self._task = asyncio.create_task(self._supervise(), name=f"tripwire-supervise-{self.name}")
 
+    def signal_stop(self) -> None:
+        """Ask a child process to stop without waiting for it (see :func:`run_services`); no restart follows."""
+        hook = getattr(self.service, "signal_stop", None)
+        if hook is not None:
+            hook()
+
     async def stop(self) -> None:
         if self._stopping is None or self._stopping.is_set():
             return
@@ -223,20 +229,34 @@ async def run_services(services: Sequence[Service], stop: asyncio.Event | None =
 
     started: list[Service] = []
     watcher = None
+
+    async def starting() -> bool:
+        return False
+
+    READINESS.add_check("starting", starting)  # not ready before every service has started
     try:
         for service in services:
             await service.start()
             started.append(service)
             _watch_readiness(service)
             logger.info("%s started", service.name)
+        READINESS.remove("starting")
         watcher = asyncio.create_task(watch(), name="tripwire-watch")
         await stop.wait()
         logger.info("stopping")
     finally:
+        READINESS.remove("starting")
         if watcher is not None:
             watcher.cancel()
-        for service in reversed(started):
+        signalled = False
+        for i, service in enumerate(reversed(started)):
             READINESS.remove(f"service:{service.name}")
+            if not signalled and hasattr(service, "signal_stop"):
+                # Child processes (`tripwire run`'s engines and sinks) drain side by side: ask them all now.
+                signalled = True
+                for other in list(reversed(started))[i:]:
+                    if hasattr(other, "signal_stop"):
+                        other.signal_stop()
             try:
                 await service.stop()
                 logger.info("%s stopped", service.name)

@@ -93,7 +93,8 @@ class Dispatcher:
         self._disabling: set[str] = set()  # endpoints whose disable is being written
         self._states_version = 0  # bumped after each such write
         self._scheduler_error: BaseException | None = None
-        self.runner = Runner(log, settings.consumer_group, [TRIGGERS], self)
+        # One dispatcher per store: its deliveries are not partitioned (Kafka: one store per host).
+        self.runner = Runner(log, settings.consumer_group, [TRIGGERS], self, exclusive=True)
         for ep in self._endpoints.values():
             literal = ip_literal(httpx.URL(ep.url).host)
             if literal is not None and refusal_reason(literal) and not self._guard.address_allowed(literal):

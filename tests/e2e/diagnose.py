@@ -5,9 +5,7 @@ lake after 180 s"). These helpers say, for each missing messageId or trigger id,
 where it is: in the log (partition and offset) and how far the consumer that
 should have taken it got, or not in the log at all; and which processes are down
 or were restarted. Everything is read, nothing written: the log through a
-group-less reader (no epoch marker is ever written by it), the lake's sink
-state, the dispatcher's store. The log is expected to have epochs
-(``log.kafka_epochs = true``, as the fault-injection stack has).
+group-less reader, the lake's sink state, the dispatcher's store.
 """
 
 from __future__ import annotations
@@ -20,19 +18,18 @@ import orjson
 
 from tests.e2e.procs import Proc
 from tripwire.log import EVENTS, TRIGGERS
-from tripwire.log.epoch import OFFSET_BITS
 from tripwire.log.kafka_reader import KafkaReader
 
 SHOWN = 10  # missing items listed one by one; the rest are counted
 
 
 async def _index(bootstrap: str, topic: str, field: str) -> dict[str, tuple[int, int]]:
-    """``field`` of every record of ``topic``'s current epoch -> (partition, logical offset)."""
+    """``field`` of every record of ``topic`` -> (partition, offset)."""
     reader = KafkaReader(bootstrap, lambda name: f"tripwire.{name}", 5000, "tripwire-diagnosis")
     out: dict[str, tuple[int, int]] = {}
     try:
         for partition, end in (await reader.end_offsets(topic)).items():
-            offset = end >> OFFSET_BITS << OFFSET_BITS
+            offset = 0
             while offset < end:
                 records = await reader.read(topic, partition, offset, 1000)
                 if not records:
@@ -95,7 +92,7 @@ def missing_events(missing: Sequence[str], bootstrap: str, lake_url: str, procs:
                 sink = f"the sink's journal is past it (resumes at {resume[p]}): dropped as a repeat, or LOST"
             where = f"in the log at {EVENTS}/{p}@{offset}; {sink}"
         else:
-            where = "NOT in the log's current epoch (lost before the log, or with a lost epoch)"
+            where = "NOT in the log (lost before it was acknowledged, or by the broker)"
         lines.append(f"{mid}: {where}")
     if len(missing) > SHOWN:
         lines.append(f"... and {len(missing) - SHOWN} more")
@@ -121,7 +118,7 @@ def missing_triggers(missing: Sequence[str], bootstrap: str, store_path: Path, p
                 p, offset = found[tid]
                 where = f"on the triggers topic at {TRIGGERS}/{p}@{offset}, not in the dispatcher's store yet"
             else:
-                where = "NOT on the triggers topic: never produced by an engine (or produced into a lost epoch)"
+                where = "NOT on the triggers topic: never produced by an engine"
             lines.append(f"{tid}: {where}")
     finally:
         if store is not None:

@@ -186,7 +186,7 @@ def test_a_timeout_says_where_each_missing_event_is(tansu: TansuBroker, tmp_path
     from tripwire.sinks.state import PartitionState, save_state
 
     async def append() -> None:
-        async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4, epochs=True) as log:
+        async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4) as log:
             await send(log, [sink_event(i, user="u1") for i in range(3)])
 
     asyncio.run(append())

@@ -43,7 +43,7 @@ async def _trigger_ids(db: Path) -> list[str]:
 
 
 def _metric(text: str, name: str) -> float | None:
-    m = re.search(rf'^{name}\{{service="engine"\}} (\S+)$', text, re.M)
+    m = re.search(rf'^{name}\{{(?:process="engine",)?service="engine"\}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else None
 
 

@@ -67,7 +67,7 @@ def test_sqlite_store_commits_states_offsets_seen_and_outbox_together(tmp_path: 
     store = SqliteStateStore(tmp_path / "state.db", "g")
     store.open()
     states, seen, cutoff = engine.take_changes(0)
-    store.commit([PartitionDelta(0, 1, *engine.meta_of(0), states, seen, cutoff)], [("trg_1", b"k1", b"{}")])
+    store.commit([PartitionDelta(0, 1, *engine.meta_of(0), states, seen, cutoff)], [("trg_1", b"k1", b"{}", 0)])
     store.close()
 
     store = SqliteStateStore(tmp_path / "state.db", "g")
@@ -79,10 +79,11 @@ def test_sqlite_store_commits_states_offsets_seen_and_outbox_together(tmp_path: 
     restored.load_partition(0, loaded.max_t, loaded.watermark, loaded.seen,
                             ((sk, restored.decode_state(d)) for sk, d in loaded.states))
     assert ids(restored.advance_watermark(0, T0 + 31_000)) == [["cart1"]]
-    (row,) = store.outbox()
+    assert store.outbox({1}) == []  # partition 1's engine does not forward partition 0's triggers
+    (row,) = store.outbox({0})
     assert row[1:] == ("trg_1", b"k1", b"{}")
-    store.forwarded([row[0]], {0: 5, 1: 0})
-    assert store.outbox() == [] and store.marks() == {0: 5, 1: 0}
+    store.forwarded([row[0]], {0: {0: 5, 1: 0}})
+    assert store.outbox({0}) == [] and store.marks(0) == {0: 5, 1: 0} and store.marks(1) == {}
     # a state that became empty is deleted
     states, seen, cutoff = restored.take_changes(0)
     store.commit([PartitionDelta(0, 1, *restored.meta_of(0), states, seen, cutoff)], [])

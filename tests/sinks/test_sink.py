@@ -16,7 +16,6 @@ from tripwire.sinks.lake import LocalLake, data_files
 from tripwire.sinks.service import SinkService
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
 from tests.sinks.lakes import LakeSetup
-from tripwire.log import GroupTaken
 from tripwire.log.sqlite import SqliteLog
 
 
@@ -191,29 +190,37 @@ async def test_a_lake_outage_costs_time_not_events(tmp_path: Path, log: SqliteLo
     assert sorted(df.message_id) == sorted(f"m-{i}" for i in range(200))
 
 
-async def test_one_sink_per_group_on_the_embedded_log(lake: LakeSetup, log: SqliteLog, tmp_path: Path) -> None:
-    # SQLite consumer groups do not coordinate processes: a second sink (`tripwire sink` next to
-    # `tripwire run`) owned every partition too and wrote the same events into other files.
-    await send(log, [event(i) for i in range(20)])
+async def test_sinks_of_one_group_share_the_partitions_on_the_embedded_log(
+        lake: LakeSetup, log: SqliteLog, tmp_path: Path) -> None:
+    # Two sinks on one data_dir (`tripwire run --sinks 2`, or `tripwire sink` next to `tripwire run`):
+    # the group's partitions are split between them and every event is in the lake once.
+    sent = [event(i, user=f"u{i % 17}") for i in range(400)]
+    await send(log, sent[:200])
     first = SinkService(lake.config(), log, lake.lake)
     await first.start()
     other_process_log = SqliteLog(tmp_path / "log.db", 4)  # another handle on the same file
     await other_process_log.start()
+    second = SinkService(lake.config(), other_process_log, lake.lake)
     try:
-        second = SinkService(lake.config(), other_process_log, lake.lake)
-        with pytest.raises(GroupTaken, match="consumer group 'sink' is already reading the event log"):
-            await second.start()
-        other_group = SinkService(lake.config(group="backfill"), other_process_log, lake.lake)
-        await other_group.start()  # another group is another reader: allowed
-        await other_group.stop()
+        await second.start()
+
+        async def split() -> bool:
+            a, b = first.consumer.assignment(), second.consumer.assignment()  # type: ignore[union-attr]
+            return bool(a) and bool(b) and not a & b
+
+        for _ in range(200):
+            if await split():
+                break
+            await asyncio.sleep(0.05)
+        assert await split(), "the second sink never got a share of the partitions"
+        await send(log, sent[200:])
+        await wait_caught_up(lake.lake, await log.end_offsets("events"), timeout_s=60)
     finally:
+        await second.stop()
         await first.stop()
-    try:
-        again = SinkService(lake.config(), other_process_log, lake.lake)
-        await again.start()  # stopping released the group
-        await again.stop()
-    finally:
         await other_process_log.stop()
+    df = lake.duckdb("SELECT message_id FROM lake")
+    assert sorted(df.message_id) == sorted(e["messageId"] for e in sent)
 
 
 async def test_a_message_id_is_a_duplicate_only_for_the_same_source_and_visitor(tmp_path: Path, log: SqliteLog) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from tripwire import __version__, logs, metrics
+from tripwire.children import die_with_parent
 from tripwire.config import ConfigError, load_config
 from tripwire.cli import collector, console, engine, events, lake, receiver, rules, run, sink, webhooks
 from tripwire.cli import config as config_command
@@ -49,6 +50,7 @@ def known_sections() -> set[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_parent()  # a process of `tripwire run` goes when it goes
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -1,10 +1,12 @@
-"""``tripwire run``: the whole stack in one process on embedded defaults."""
+"""``tripwire run``: the whole stack on one machine, on embedded defaults."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
 
+from tripwire.children import global_args
+from tripwire.cli.args import whole_number
 from tripwire.cli.collector import ensure_data_dir, run_loop
 from tripwire.config import Config
 from tripwire.log import EventLog, open_log
@@ -31,14 +33,20 @@ def service_factories() -> list[Factory]:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser(
-        "run", help="run collector, rules engine, webhooks and sink in one process (embedded log)",
-        description="Run the whole stack in one process: the collector on server.host:server.port (also "
-                    "/metrics, /healthz, /readyz), the rules engine, the webhook dispatcher, the Parquet sink and "
-                    "the web console (console.host:console.port, loopback by default), on the log in <data_dir>. "
-                    "Stops cleanly on SIGTERM/SIGINT.",
+        "run", help="run collector, rules engine, webhooks and sink on one machine (embedded log)",
+        description="Run the whole stack on one machine: the collector on server.host:server.port (also "
+                    "/metrics, /healthz, /readyz for the whole stack), the webhook dispatcher and the web console "
+                    "(console.host:console.port, loopback by default) in this process; the rules engine and the "
+                    "Parquet sink in processes of their own (--engines, --sinks), which share the partitions of "
+                    "the log in <data_dir>. Each part downstream of the log is restarted when it dies; the "
+                    "collector keeps acknowledging meanwhile. Stops cleanly on SIGTERM/SIGINT.",
     )
     run.add_argument("--host", help="listen address (server.host)")
     run.add_argument("--port", type=int, help="listen port (server.port)")
+    run.add_argument("--engines", type=whole_number(0, "a count of processes"), default=1, metavar="N",
+                     help="rules engine processes (default 1; more use more cores; 0: in this process)")
+    run.add_argument("--sinks", type=whole_number(0, "a count of processes"), default=1, metavar="N",
+                     help="Parquet sink processes (default 1; 0: in this process)")
     # uvloop when installed: the collector serves several times more requests on it.
     run.set_defaults(handler=lambda args, config: run_loop(run_command(args, config)))
 
@@ -52,14 +60,29 @@ def build_services(config: Config, log: EventLog, factories: Sequence[Factory] |
     return services
 
 
-def supervised_services(config: Config, log: EventLog) -> list[Service]:
+def supervised_services(config: Config, log: EventLog, engines: int = 0, sinks: int = 0,
+                        child_args: Sequence[str] = ()) -> list[Service]:
     """``build_services``, each service downstream of the log under a :class:`~tripwire.service.Supervisor`:
     whatever happens to the engine, the dispatcher or the sink, the collector keeps acknowledging into
-    the log, the buffer they resume from. Only the collector's own death stops the process."""
+    the log, the buffer they resume from. Only the collector's own death stops the process.
+
+    ``engines`` / ``sinks`` > 0: that many engine / sink processes of their own (:mod:`tripwire.children`)
+    instead of one in this process; they share the partitions of their consumer group."""
+    from tripwire.children import ChildProcess
     from tripwire.collector import service as collector
+    from tripwire.rules.config import rules_config
+    from tripwire.sinks.config import sink_config
 
     services: list[Service] = []
     for factory in service_factories():
+        role = _ROLES.get(factory.__module__)
+        count = {"engine": engines, "sink": sinks}.get(role or "", 0)
+        enabled = {"engine": rules_config(config).enabled, "sink": sink_config(config).enabled}.get(role or "", True)
+        if count and enabled:
+            for i in range(count):
+                name = role if count == 1 else f"{role}-{i + 1}"
+                services.append(Supervisor(lambda role=role, name=name: ChildProcess(role, name, child_args)))  # type: ignore[misc]
+            continue
         first = factory(config, log)
         if first is None:
             continue
@@ -68,6 +91,10 @@ def supervised_services(config: Config, log: EventLog) -> list[Service]:
         else:
             services.append(Supervisor(lambda factory=factory: _enabled(factory(config, log)), first))  # type: ignore[misc]
     return services
+
+
+# The service modules whose role can run in processes of their own.
+_ROLES = {"tripwire.rules.service": "engine", "tripwire.sinks.service": "sink"}
 
 
 def _enabled(service: Service | None) -> Service:
@@ -87,7 +114,9 @@ async def run_command(args: argparse.Namespace, config: Config) -> int:
     ensure_data_dir(config)
     log = open_log(config)
     await log.start()
+    child_args = global_args(config.source_path, args.log_level, args.log_format)
     try:
-        return await run_services(supervised_services(config, log))  # 1 when the collector died
+        services = supervised_services(config, log, args.engines, args.sinks, child_args)
+        return await run_services(services)  # 1 when the collector died
     finally:
         await log.stop()

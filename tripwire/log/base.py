@@ -185,7 +185,13 @@ class EventLog(abc.ABC):
         group: str,
         topics: Sequence[str],
         listener: RebalanceListener | None = None,
-    ) -> Consumer: ...
+        exclusive: bool = False,
+    ) -> Consumer:
+        """A member of ``group``. Members of a group share its partitions (Kafka: brokers balance them; the
+        embedded log: processes on one data_dir, see :mod:`tripwire.log.sqlite_consumer`). ``exclusive``:
+        this member is the group's only one on this log (its state is not partitioned: the webhook
+        dispatcher's store); another fails with :class:`GroupTaken` (Kafka: ignored, one store per host)."""
+        ...
 
     def spill_depth(self) -> int:
         """Records waiting in a local spill buffer (0 for backends without one)."""

@@ -96,8 +96,9 @@ class Runner:
     """Runs ``handler`` on the partitions of ``topics`` that group ``group`` gives this member."""
 
     def __init__(self, log: EventLog, group: str, topics: Sequence[str], handler: Handler, *,
-                 stop_grace_s: float = 30.0, backoff_s: tuple[float, float] = _BACKOFF_S) -> None:
+                 stop_grace_s: float = 30.0, backoff_s: tuple[float, float] = _BACKOFF_S, exclusive: bool = False) -> None:
         self.log = log
+        self.exclusive = exclusive  # the group's only member on this log (EventLog.consumer)
         self.group = group
         self.topics = list(topics)
         self.handler = handler
@@ -121,10 +122,10 @@ class Runner:
     # lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the group (the embedded log: :class:`~tripwire.log.GroupTaken` if another member runs)."""
+        """Join the group (:class:`~tripwire.log.GroupTaken` if exclusive and another member runs)."""
         if self.consumer is not None:
             return
-        consumer = self.log.consumer(self.group, self.topics, listener=self)
+        consumer = self.log.consumer(self.group, self.topics, listener=self, exclusive=self.exclusive)
         await consumer.start()
         self.consumer = consumer
         self._task = asyncio.create_task(self._run(), name=f"tripwire-{self.handler.name}")

@@ -405,7 +405,7 @@ class KafkaLog(EventLog):
         return await self._require_reader().read(topic, partition, offset, max_records)
 
     def consumer(
-        self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None
+        self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None, exclusive: bool = False
     ) -> Consumer:
         self._require_reader()
         return KafkaConsumer(

@@ -51,7 +51,8 @@ class MemoryLog(EventLog):
     async def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
         return self._data.get(TopicPartition(topic, partition), [])[offset : offset + max_records]
 
-    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None) -> Consumer:
+    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None,
+                 exclusive: bool = False) -> Consumer:
         return MemoryConsumer(self, group, topics, listener)
 
 

@@ -34,6 +34,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-# Cross-process appends are not signalled; consumers re-check this often.
-_POLL_FALLBACK_S = 0.05
+# Appends of other processes (the collector of `tripwire run` is one, its engines and sinks others)
+# are seen through SQLite's data_version, looked at this often while a consumer waits.
+_CROSS_PROCESS_CHECK_S = 0.004
 
 # Record batches are KBs to tens of KBs (1 MB at most): big pages keep them off long
 # overflow-page chains. Takes effect when the file is created.
@@ -283,13 +285,35 @@ class SqliteLog(EventLog):
         return rows[0][0] if rows else None
 
     async def wait_appended(self, timeout_s: float) -> None:
-        """Wait for an append in this process, or a short while (other processes)."""
+        """Wait for an append: one of this process (signalled), or a commit of another process to the file
+        (its data_version changes), or ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        seen = self._data_version()
+        appended = self._appended
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(appended.wait(), min(remaining, _CROSS_PROCESS_CHECK_S))
+                return
+            except TimeoutError:
+                pass
+            if self._data_version() != seen:
+                return
+
+    def _data_version(self) -> int | None:
+        """SQLite's count of the file's changes by other connections (None while a read holds the reader)."""
+        if self._reader is None or self._closed or not self._read_lock.acquire(blocking=False):
+            return None
         try:
-            await asyncio.wait_for(self._appended.wait(), min(timeout_s, _POLL_FALLBACK_S))
-        except TimeoutError:
-            pass
+            return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            self._read_lock.release()
 
     def consumer(
-        self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None
+        self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None, exclusive: bool = False
     ) -> Consumer:
-        return SqliteConsumer(self, group, topics, listener)
+        return SqliteConsumer(self, group, topics, listener, exclusive)

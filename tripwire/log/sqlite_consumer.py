@@ -1,4 +1,23 @@
-"""The embedded log's consumer: one member per group, every partition, offsets in the log's file."""
+"""The embedded log's consumer: groups whose members (processes) share the partitions, as on Kafka.
+
+Membership is held by ``flock``s next to the log's file, so it goes with the process, also
+after a kill -9:
+
+* a member holds ``<log>.group-<group>.member-<i>.lock`` (the lowest free ``i``) while it runs;
+  the members of a group are the slots held (a probe that can lock a slot knows it is free);
+* the group's partitions, in (topic, partition) order, are dealt to the members in slot
+  order: the ``k``-th partition goes to the member of rank ``k mod n``; the assignment is
+  recomputed every ``_CHECK_S`` while polling, and when it changes the partitions that go
+  are revoked (the listener makes what it holds durable) and the ones that come are
+  assigned once their previous owner has let them go;
+* a member owns a partition only while it holds ``<log>.group-<group>.<topic>-<p>.lock``, so
+  two members never read one partition, even while the assignment changes: a partition
+  whose lock is still held by its previous owner is taken a moment later.
+
+An *exclusive* consumer (the webhook dispatcher, whose store is one file) is the group's only
+member: it holds ``<log>.group-<group>.lock``; another fails with :class:`GroupTaken`.
+Offsets are committed in the log's file, per group and partition.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import Consumer, GroupTaken, LogClosed, RebalanceListener, Record, TopicPartition
@@ -17,46 +37,55 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_CHECK_S = 1.0  # how often a member looks at the group's membership
+_PENDING_CHECK_S = 0.1  # ... while a partition it was given is still held by its previous owner
+_MAX_MEMBERS = 64
+
+
+def _lock(path: str) -> int | None:
+    """An exclusive flock on ``path`` (created), or None when another holder has it."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
 
 class SqliteConsumer(Consumer):
-    """The embedded consumer: one member per group, assigned every partition.
+    """A member of a consumer group on the embedded log (the module doc says how members share)."""
 
-    "One member" holds across processes too: a started consumer holds an exclusive
-    ``flock`` on ``<log file>.group-<group>.lock`` until it stops, so a second member
-    (``tripwire sink`` or ``engine`` next to ``tripwire run`` on the same data_dir)
-    fails to start with :class:`GroupTaken` instead of reading every partition again
-    (a second sink writing the same events into other files, a second engine firing
-    every trigger twice). The lock goes with the process, even after a kill -9.
-    """
-
-    def __init__(
-        self, log: SqliteLog, group: str, topics: Sequence[str], listener: RebalanceListener | None
-    ) -> None:
+    def __init__(self, log: SqliteLog, group: str, topics: Sequence[str], listener: RebalanceListener | None,
+                 exclusive: bool = False) -> None:
         self._log = log
         self._group = group
         self._topics = list(topics)
         self._listener = listener
+        self._exclusive = exclusive
         self._positions: dict[TopicPartition, int] = {}
         self._next = 0  # round-robin start, so no partition starves
         self._running = False
-        self._member: int | None = None  # fd holding the group's flock while started
+        self._member: int | None = None  # fd holding this member's slot (or the exclusive group lock)
+        self._slot = -1
+        self._held: dict[TopicPartition, int] = {}  # partition -> fd holding its lock
+        self._wanted: set[TopicPartition] = set()  # assigned by the last look, not yet held
+        self._checked = 0.0
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in group)
+        self._prefix = f"{log.path}.group-{name}"
+
+    # membership --------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._running:
             return
         self._join()
+        self._running = True
         try:
-            assigned: dict[TopicPartition, int] = {}
-            for topic in self._topics:
-                for p in await self._log.partitions(topic):
-                    tp = TopicPartition(topic, p)
-                    assigned[tp] = await self._log.committed_offset(self._group, tp) or 0
-            self._positions = assigned
-            self._running = True
-            if self._listener is not None:
-                await self._listener.on_assigned(self, set(assigned))
+            await self._rebalance()
         except BaseException:
             self._running = False
+            self._release(set(self._held))
             self._leave()
             raise
 
@@ -65,31 +94,97 @@ class SqliteConsumer(Consumer):
             return
         self._running = False
         try:
-            if self._listener is not None:
+            if self._listener is not None and self._positions:
                 await self._listener.on_revoked(self, set(self._positions))
         finally:
             self._positions = {}
+            self._release(set(self._held))
+            self._wanted = set()
             self._leave()
 
     def _join(self) -> None:
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self._group)
-        path = f"{self._log.path}.group-{name}.lock"
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise GroupTaken(
-                f"consumer group '{self._group}' is already reading the event log {self._log.path} "
-                "(another tripwire process on this data_dir?); the embedded log gives a group one member: "
-                "stop the other process, or give this one another group"
-            ) from None
-        self._member = fd
+        if self._exclusive:
+            fd = _lock(f"{self._prefix}.lock")
+            if fd is None:
+                raise GroupTaken(
+                    f"consumer group '{self._group}' is already reading the event log {self._log.path} "
+                    "(another tripwire process on this data_dir?); this group has one member: "
+                    "stop the other process, or give this one another group")
+            self._member, self._slot = fd, 0
+            return
+        for i in range(_MAX_MEMBERS):
+            fd = _lock(f"{self._prefix}.member-{i}.lock")
+            if fd is not None:
+                self._member, self._slot = fd, i
+                return
+        raise GroupTaken(f"consumer group '{self._group}' already has {_MAX_MEMBERS} members on {self._log.path}")
 
     def _leave(self) -> None:
         if self._member is not None:
             os.close(self._member)  # releases the flock
             self._member = None
+
+    def _members(self) -> list[int]:
+        """Slots held by running members (this one included), in order."""
+        if self._exclusive:
+            return [0]
+        live = []
+        for path in Path(self._log.path).parent.glob(Path(f"{self._prefix}.member-*.lock").name):
+            try:
+                i = int(path.name.rsplit("-", 1)[1].split(".")[0])
+            except ValueError:
+                continue
+            if i == self._slot:
+                live.append(i)
+                continue
+            fd = _lock(str(path))
+            if fd is None:
+                live.append(i)  # locked: a member runs
+            else:
+                os.close(fd)
+        return sorted(live)
+
+    async def _rebalance(self) -> None:
+        """Look at the group; revoke what is no longer this member's, take what is (once it is free)."""
+        self._checked = time.monotonic()
+        members = await asyncio.to_thread(self._members)
+        every = []
+        for topic in self._topics:
+            every += [TopicPartition(topic, p) for p in await self._log.partitions(topic)]
+        every.sort()
+        rank, n = members.index(self._slot), len(members)
+        mine = {tp for k, tp in enumerate(every) if k % n == rank}
+        going = set(self._positions) - mine
+        if going:
+            if self._listener is not None:
+                await self._listener.on_revoked(self, going)
+            for tp in going:
+                self._positions.pop(tp, None)
+            self._release(going)
+        self._wanted = mine - set(self._positions)
+        if not self._wanted:
+            return
+        got: dict[TopicPartition, int] = {}
+        for tp in sorted(self._wanted):
+            fd = self._held.get(tp)
+            if fd is None:
+                fd = _lock(f"{self._prefix}.{tp.topic}-{tp.partition}.lock")
+                if fd is None:
+                    continue  # its previous owner is still handing it over: next look
+                self._held[tp] = fd
+            got[tp] = await self._log.committed_offset(self._group, tp) or 0
+        if not got:
+            return
+        self._wanted -= set(got)
+        self._positions.update(got)
+        if self._listener is not None:
+            await self._listener.on_assigned(self, set(got))
+
+    def _release(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            fd = self._held.pop(tp, None)
+            if fd is not None:
+                os.close(fd)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._positions)
@@ -98,6 +193,8 @@ class SqliteConsumer(Consumer):
         if tp not in self._positions:
             raise ValueError(f"partition {tp} is not assigned")
         self._positions[tp] = offset
+
+    # reading -------------------------------------------------------------------------
 
     def _read_some(self, max_records: int) -> list[Record]:
         tps = list(self._positions)
@@ -125,11 +222,14 @@ class SqliteConsumer(Consumer):
             raise LogClosed("consumer not started")
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
-            records = await asyncio.to_thread(self._read_some, max_records)
+            since = time.monotonic() - self._checked
+            if not self._exclusive and (since >= _CHECK_S or (self._wanted and since >= _PENDING_CHECK_S)):
+                await self._rebalance()
+            records = await asyncio.to_thread(self._read_some, max_records) if self._positions else []
             remaining = deadline - time.monotonic()
             if records or remaining <= 0 or not self._running:
                 return records
-            await self._log.wait_appended(remaining)
+            await self._log.wait_appended(min(remaining, _PENDING_CHECK_S if self._wanted else _CHECK_S))
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         await self._log.commit_offsets(self._group, offsets)

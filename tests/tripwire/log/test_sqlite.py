@@ -258,19 +258,45 @@ async def test_two_logs_on_one_file_never_share_an_offset(tmp_path: Path) -> Non
         assert offsets == list(range(len(offsets)))
 
 
-async def test_a_group_has_one_member_across_processes(tmp_path: Path) -> None:
-    # Another process on the same data_dir (`tripwire sink` next to `tripwire run`) opens its own
-    # log on the file; a second member of a group would read every partition again.
+async def test_members_of_a_group_share_its_partitions_across_processes(tmp_path: Path) -> None:
+    # Two processes on one data_dir (two engines of `tripwire run --engines 2`, say) open their own log on
+    # the file: members of one group split the partitions between them, as on Kafka, and never read one
+    # partition both; when one leaves, the other takes everything over.
+    path = tmp_path / "log.db"
+    every = {TopicPartition(EVENTS, p) for p in range(4)}
+    async with SqliteLog(path, 4) as a, SqliteLog(path, 4) as b:
+        first = a.consumer("engine", [EVENTS])
+        await first.start()
+        assert first.assignment() == every
+        second = b.consumer("engine", [EVENTS])
+        await second.start()  # the first still holds every partition: the second waits for its share
+        assert second.assignment() == set()
+        for _ in range(60):  # each looks at the group once a second while it polls
+            await asyncio.gather(first.poll(50), second.poll(50))
+            if len(first.assignment()) == len(second.assignment()) == 2:
+                break
+        assert first.assignment() | second.assignment() == every and not first.assignment() & second.assignment()
+        async with b.consumer("rules", [EVENTS]) as other:  # another group: another reader of everything
+            assert other.assignment() == every
+        await first.stop()
+        for _ in range(60):
+            await second.poll(50)
+            if second.assignment() == every:
+                break
+        assert second.assignment() == every
+        await second.stop()
+
+
+async def test_an_exclusive_member_is_its_groups_only_one(tmp_path: Path) -> None:
+    # The webhook dispatcher's deliveries live in one store: a second dispatcher on the data_dir is refused.
     path = tmp_path / "log.db"
     async with SqliteLog(path, 2) as a, SqliteLog(path, 2) as b:
-        first = a.consumer("sink", [EVENTS])
+        first = a.consumer("webhooks", [EVENTS], exclusive=True)
         await first.start()
-        with pytest.raises(GroupTaken, match="consumer group 'sink' is already reading the event log"):
-            await b.consumer("sink", [EVENTS]).start()
-        async with b.consumer("rules", [EVENTS]):  # another group: another reader, allowed
-            pass
+        with pytest.raises(GroupTaken, match="consumer group 'webhooks' is already reading the event log"):
+            await b.consumer("webhooks", [EVENTS], exclusive=True).start()
         await first.stop()
-        async with b.consumer("sink", [EVENTS]) as second:  # stopping left the group
+        async with b.consumer("webhooks", [EVENTS], exclusive=True) as second:  # stopping left the group
             assert second.assignment() == {TopicPartition(EVENTS, 0), TopicPartition(EVENTS, 1)}
 
 
