@@ -45,10 +45,14 @@ class EngineProcess:
         return code
 
     def last_assignment(self) -> list[int] | None:
-        lines = [line for line in self.output().splitlines() if "partitions assigned: " in line]
-        if not lines:
-            return None
-        return [int(x) for x in lines[-1].split("partitions assigned: ", 1)[1].strip(" []").split(",") if x.strip()]
+        """The partitions it owns by its log (assigned, less those revoked since), or None before any."""
+        owned: set[int] | None = None
+        for line in self.output().splitlines():
+            for what in ("partitions assigned: ", "partitions revoked: "):
+                if what in line:
+                    parts = {int(x) for x in line.split(what, 1)[1].strip(" []").split(",") if x.strip()}
+                    owned = (owned or set()) | parts if what.endswith("assigned: ") else (owned or set()) - parts
+        return None if owned is None else sorted(owned)
 
     def wait_output(self, text: str, timeout_s: float, count: int = 1) -> None:
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,62 @@
+"""Two ``tripwire engine`` processes on one data_dir share the partitions; kill -9 loses and repeats nothing.
+
+On the embedded log the members of the engine's consumer group split the partitions between
+them (``tripwire run --engines 2`` starts two such processes). One is killed with SIGKILL
+again and again while carts wait for their checkout: its partitions go to the other and come
+back when it restarts; every expected trigger is on the triggers topic exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from tripwire.log import EVENTS
+from tripwire.log.sqlite import SqliteLog
+
+from .procs import EngineProcess
+from .test_crash import env, read_triggers, wait, write_config
+
+
+async def test_two_engine_processes_share_the_partitions_and_fire_each_trigger_once(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    log = SqliteLog(tmp_path / "data" / "log.db", partitions=4)
+    await log.start()
+    procs: list[EngineProcess] = []
+    expected: set[tuple[str, str]] = set()
+    try:
+        a = EngineProcess(cfg, tmp_path / "engine-a.log")
+        b = EngineProcess(cfg, tmp_path / "engine-b.log")
+        procs += [a, b]
+
+        async def split() -> bool:
+            got = a.last_assignment(), b.last_assignment()
+            return all(got) and not set(got[0] or ()) & set(got[1] or ())
+        await wait(split, 30)  # each owns a share of the partitions, none both
+
+        rng = random.Random(7)
+        for round_ in range(4):
+            keys = [f"r{round_}-{i}" for i in range(24)]
+            await log.append(EVENTS, [env("AddToCart", k, f"{k}-cart", sku=k) for k in keys])
+            await log.append(EVENTS, [env("Checkout", k, f"{k}-co") for k in keys[:12]])
+            expected |= {("abandoned cart", k) for k in keys[12:]} | {("bought", k) for k in keys[:12]}
+            await asyncio.sleep(rng.uniform(0.3, 2.0))
+            a.kill9()  # its partitions go to b (after b looks at the group), their states from the last commit
+            a = EngineProcess(cfg, tmp_path / f"engine-a{round_}.log")
+            procs.append(a)
+
+        async def settled() -> bool:
+            return {(t.rule, t.key) for t in await read_triggers(log)} >= expected
+        await wait(settled, 60)
+        await asyncio.sleep(1.0)  # a repeat would show up now
+        triggers = await read_triggers(log)
+        ids = [t.id for t in triggers]
+        assert len(ids) == len(set(ids)), "a trigger id was written twice"
+        assert {(t.rule, t.key) for t in triggers} == expected
+        assert a.terminate() == 0 and b.terminate() == 0
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.kill9()
+        await log.stop()
