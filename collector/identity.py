@@ -9,7 +9,9 @@ userIds up in the log once, then goes through those events in event-time order:
   alias (previousId -> userId) records a link, unless it changes nothing the store
   knows (:func:`worth_writing`), and keeps its own key;
 * an event with only a userId is keyed by the person's best link (the greatest
-  trust, then the newest), or by its userId when none is known.
+  trust, then the newest), or by its userId when none is known;
+* an event from a browser whose pair (userId, anonymousId) was vouched for
+  before (the backend's identify, a valid userHash) is trusted like it.
 
 Each of them gets the envelope field ``keyedBy`` (:mod:`tripwire.identity`),
 spliced into the serialised event, and the links go to the log in the same
@@ -114,11 +116,17 @@ async def key_by_links(log: EventLog, valid: list[tuple[bytes, bytes]], times: S
     links: list[Link] = []
     unverified = 0
     for n in sorted(noted, key=lambda n: times[n.index]):  # a link learned earlier in the request applies
-        user = n.user_id
-        if n.may_link:
+        user, trust, may_link = n.user_id, n.trust, n.may_link
+        if trust != TRUSTED and n.anonymous_id:
+            stored = next((x for x in known.get(user, ()) if x.anonymous_id == n.anonymous_id), None)
+            if stored is not None and stored.trust == TRUSTED:
+                # This browser was vouched for as this user (the backend's identify, a valid userHash): the
+                # events it sends afterwards, with the userId the snippet keeps, are that person's.
+                trust, may_link = TRUSTED, True
+        if may_link:
             for anon in dict.fromkeys((n.anonymous_id, n.previous_id)):
                 if anon and anon != user:
-                    new = Link(user, anon, n.trust, received_ms, source)
+                    new = Link(user, anon, trust, received_ms, source)
                     mine = known.get(user, [])
                     if worth_writing(new, mine):
                         links.append(new)
@@ -126,16 +134,16 @@ async def key_by_links(log: EventLog, valid: list[tuple[bytes, bytes]], times: S
         else:
             unverified += 1
         if n.anonymous_id:
-            key, field = n.anonymous_id, keyed_by(n.anonymous_id, VIA_ANONYMOUS_ID, n.trust)
-        elif n.previous_id and n.may_link and n.previous_id != user:
-            key, field = n.previous_id, keyed_by(n.previous_id, VIA_LINK, n.trust)  # an alias: the id it links
+            key, field = n.anonymous_id, keyed_by(n.anonymous_id, VIA_ANONYMOUS_ID, trust)
+        elif n.previous_id and may_link and n.previous_id != user:
+            key, field = n.previous_id, keyed_by(n.previous_id, VIA_LINK, trust)  # an alias: the id it links
         else:
             top = best(known.get(user, ()))
             if top is not None:
                 key, field = top.anonymous_id, keyed_by(top.anonymous_id, VIA_LINK, top.trust)
                 KEYED_BY_LINK.labels(top.trust).inc()
             else:
-                key, field = user, keyed_by(user, VIA_USER_ID, n.trust)
+                key, field = user, keyed_by(user, VIA_USER_ID, trust)
         valid[n.index] = (key.encode(), splice(valid[n.index][1], field))
     for link in links:
         LINKS_WRITTEN.labels(link.trust).inc()

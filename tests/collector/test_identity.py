@@ -90,6 +90,18 @@ async def test_a_forged_claim_cannot_override_a_trusted_link(collector: Collecto
     assert got["forger-event"][1]["keyedBy"] == {"key": "forger-browser", "via": "anonymousId", "trust": "claimed"}
 
 
+async def test_a_browser_the_backend_identified_sends_trusted_events(collector: Collector) -> None:
+    """The backend read the snippet's anonymousId (its tw_a cookie) at login and identified the pair."""
+    await post(collector, "/v1/identify", {"userId": "u-10", "anonymousId": "anon-10"}, SERVER)
+    await post(collector, "/v1/track", {"event": "Product Added", "userId": "u-10", "anonymousId": "anon-10",
+                                        "messageId": "cart"}, BROWSER)
+    await post(collector, "/v1/track", {"event": "Product Added", "userId": "u-10", "anonymousId": "elsewhere",
+                                        "messageId": "other"}, BROWSER)
+    got = await by_id(collector)
+    assert got["cart"][1]["keyedBy"] == {"key": "anon-10", "via": "anonymousId", "trust": "trusted"}
+    assert got["other"][1]["keyedBy"]["trust"] == "claimed"  # another browser claiming the same user
+
+
 async def test_a_client_cannot_choose_its_key_or_trust(collector: Collector) -> None:
     forged = {"key": "victim-browser", "via": "link", "trust": "trusted"}
     await post(collector, "/v1/track", {"event": "E", "anonymousId": "a", "keyedBy": forged, "messageId": "x"}, BROWSER)
@@ -139,6 +151,8 @@ async def test_with_identity_secret_an_identify_without_a_valid_user_hash_record
 
 
 async def test_with_identity_secret_a_valid_user_hash_makes_a_trusted_link(verified: Collector) -> None:
+    from tripwire.collector.identity import UNVERIFIED
+
     good = user_hash(SECRET.encode(), "u-8")
     assert good == __import__("hmac").new(SECRET.encode(), b"u-8", "sha256").hexdigest()  # what a backend computes
     await post(verified, "/v1/identify", {"userId": "u-8", "anonymousId": "anon-8", "messageId": "login",
@@ -149,6 +163,12 @@ async def test_with_identity_secret_a_valid_user_hash_makes_a_trusted_link(verif
     assert "userHash" not in got["login"][1]["context"]
     assert got["order"][0] == b"anon-8"
     assert got["order"][1]["keyedBy"] == {"key": "anon-8", "via": "link", "trust": "trusted"}
+    # later events of the verified browser carry the userId but no hash (the snippet keeps the userId only)
+    before = UNVERIFIED.labels("web")._value.get()
+    await post(verified, "/v1/track", {"event": "Page", "userId": "u-8", "anonymousId": "anon-8", "messageId": "later"},
+               BROWSER)
+    assert (await by_id(verified))["later"][1]["keyedBy"]["trust"] == "trusted"
+    assert UNVERIFIED.labels("web")._value.get() == before
 
 
 async def test_links_are_durable_for_the_next_collector_on_the_same_log(make_collector: MakeCollector, tmp_path) -> None:  # type: ignore[no-untyped-def]
