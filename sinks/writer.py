@@ -26,6 +26,7 @@ import orjson
 import pyarrow as pa
 
 from tripwire.envelope import format_time_ms
+from tripwire.identity import is_control
 from tripwire.log import Record
 
 from . import metrics
@@ -128,6 +129,8 @@ class PartitionWriter:
                 metrics.INVALID.inc()
                 logger.warning("skipping %s/%d@%d: not an envelope (%s)", r.topic, r.partition, o, exc)
                 continue
+            if is_control(env):
+                continue  # an erasure order for the engine (tripwire.identity), not an event
             where = directory_for(env.get("timestamp"), cfg.partitioning) or directory_for(
                 env.get("receivedAt"), cfg.partitioning) or directory_for(format_time_ms(r.timestamp_ms), cfg.partitioning)
             assert where is not None
