@@ -91,15 +91,23 @@ def shop(page_url: str, visitors: dict[str, str]) -> dict[str, str]:
     return seen
 
 
-def order(user: str, total: float = 35) -> dict[str, Any]:
+def order(user: str, total: float = 120) -> dict[str, Any]:
     return {"call": "track", "user_id": user, "event": "Order Completed",
             "properties": {"order_id": f"o-{user}", "total": total}}
 
 
 def check_outcome(out: Path, anon: dict[str, str]) -> dict[str, Any]:
-    """The leaver's abandoned cart arrives once, naming the person; the payer's never (its deadline came first)."""
-    got = wait_until(lambda: (lambda d: d if ("abandoned cart", anon["leaver"]) in d else None)(by_rule(deliveries(out))),
-                     90, "the leaver's abandoned-cart webhook")
+    """The leaver's abandoned cart arrives once, naming the person; the payer's never (its deadline came first).
+
+    The payer's order (120, userId only) fires "big order" under the payer's browser key, as the README says.
+    """
+    wanted = {("abandoned cart", anon["leaver"]), ("big order", anon["payer"])}
+    got = wait_until(lambda: (lambda d: d if wanted <= set(d) else None)(by_rule(deliveries(out))),
+                     90, "the leaver's abandoned-cart and the payer's big-order webhooks")
+    (big,) = got[("big order", anon["payer"])]
+    paid = big["body"]["data"]
+    assert (paid["userId"], paid["anonymousId"], paid["identity"]) == ("user-pay", anon["payer"], "claimed")
+    assert paid["events"][0]["userId"] == "user-pay" and "anonymousId" not in paid["events"][0]  # as sent
     (hook,) = got[("abandoned cart", anon["leaver"])]
     data = hook["body"]["data"]
     assert (data["key"], data["userId"], data["anonymousId"]) == (anon["leaver"], "user-leave", anon["leaver"])
@@ -107,7 +115,7 @@ def check_outcome(out: Path, anon: dict[str, str]) -> dict[str, Any]:
     assert data["payload"]["sku"] == "shoe-42"
     assert all("context" not in e for e in data["events"])  # the default: minimal events, no IP/UA/URL
     assert ("abandoned cart", anon["payer"]) not in got, "the payer's order did not cancel the cart"
-    assert set(got) == {("abandoned cart", anon["leaver"])}, set(got)
+    assert set(got) == wanted, set(got)
     return data
 
 
