@@ -63,7 +63,7 @@ _KEYED_BY_FIELD = b',"' + KEYED_BY.encode() + b'":'
 class Noted(NamedTuple):
     """A valid event of the request that carries a userId."""
 
-    index: int  # in Prepared.valid
+    pos: int  # index in Prepared.valid
     user_id: str
     anonymous_id: str | None
     previous_id: str | None  # an alias's
@@ -115,7 +115,7 @@ async def key_by_links(log: EventLog, valid: list[tuple[bytes, bytes]], times: S
     known = await log.links({n.user_id for n in noted})
     links: list[Link] = []
     unverified = 0
-    for n in sorted(noted, key=lambda n: times[n.index]):  # a link learned earlier in the request applies
+    for n in sorted(noted, key=lambda n: times[n.pos]):  # a link learned earlier in the request applies
         user, trust, may_link = n.user_id, n.trust, n.may_link
         if trust != TRUSTED and n.anonymous_id:
             stored = next((x for x in known.get(user, ()) if x.anonymous_id == n.anonymous_id), None)
@@ -144,7 +144,7 @@ async def key_by_links(log: EventLog, valid: list[tuple[bytes, bytes]], times: S
                 KEYED_BY_LINK.labels(top.trust).inc()
             else:
                 key, field = user, keyed_by(user, VIA_USER_ID, trust)
-        valid[n.index] = (key.encode(), splice(valid[n.index][1], field))
+        valid[n.pos] = (key.encode(), splice(valid[n.pos][1], field))
     for link in links:
         LINKS_WRITTEN.labels(link.trust).inc()
     if unverified:

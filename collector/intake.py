@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from tripwire.envelope import EnvelopeError, format_time_ms, log_key, normalize_timed
+from tripwire.identity import Link
 from tripwire.log import EVENTS, INVALID, EventLog
 
 from . import metrics
@@ -234,7 +235,7 @@ class Intake:
         key's events are read in the order they happened, whatever order a device's
         queue or an SDK's batch sent them in.
         """
-        links = ()
+        links: Sequence[Link] = ()
         if prepared.noted:
             links = await key_by_links(self.log, prepared.valid, prepared.times, prepared.noted,
                                        source=prepared.source, received_ms=prepared.received_ms)

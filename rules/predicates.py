@@ -144,7 +144,7 @@ def projector(needs: tuple[tuple[str, ...], ...]) -> Any:
 
 
 # Bare paths of a payload that name the trigger's person, not the last matched event's fields.
-_TRIGGER_IDENTITY = {("userId",): 0, ("anonymousId",): 1}
+_TRIGGER_IDENTITY: dict[tuple[str, ...], int] = {("userId",): 0, ("anonymousId",): 1}
 
 
 class StepScope:
