@@ -50,8 +50,9 @@ class Trigger:
     identity: str | None = None  # "trusted" | "claimed" | None
 
     def to_json(self) -> bytes:
-        doc = {name: value for name, value in self.__dict__.items() if name not in _JSON_NAMES}
-        doc.update({json: self.__dict__[name] for name, json in _JSON_NAMES.items()})
+        doc = dict(self.__dict__)
+        doc["userId"] = doc.pop("user_id")
+        doc["anonymousId"] = doc.pop("anonymous_id")
         return orjson.dumps(doc)
 
     @classmethod
