@@ -124,7 +124,19 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
     def erase_lake(also_linked: set[str]):  # type: ignore[no-untyped-def]
         return forget(lake, cfg, args.user, dry_run=args.dry_run, exact=args.exact, also_linked=also_linked)
 
-    return asyncio.run(_forget_everywhere(args, config, erase_lake))
+    if config.log.backend == "kafka" or (config.data_dir / "log.db").exists():
+        return asyncio.run(_forget_everywhere(args, config, erase_lake))
+    from tripwire.sinks.errors import SinkError
+
+    print(f"no event log at {(config.data_dir / 'log.db').resolve()}: no identity links to follow, "
+          "no engine state to erase (check --config)")
+    try:
+        report = erase_lake(set())
+    except (SinkError, ValueError) as exc:
+        print(f"tripwire lake forget: {exc}", file=sys.stderr)
+        return 1
+    _print_erasure(args, report, [])
+    return 0
 
 
 async def _forget_everywhere(args: argparse.Namespace, config: Config, erase_lake) -> int:  # type: ignore[no-untyped-def]
@@ -134,28 +146,24 @@ async def _forget_everywhere(args: argparse.Namespace, config: Config, erase_lak
     from tripwire.log import LogError, open_log
     from tripwire.sinks.errors import SinkError
 
-    log = None
-    if config.log.backend == "kafka" or (config.data_dir / "log.db").exists():
-        log = open_log(config)
-    else:
-        print(f"no event log at {(config.data_dir / 'log.db').resolve()}: no identity links to follow, "
-              "no engine state to erase (check --config)")
+    log = open_log(config)
     in_log: list[str] = []
     log_error: Exception | None = None
     try:
-        if log is not None:
-            try:
-                await log.start()
-                in_log = await linked_ids(log, args.user)
-            except LogError as exc:
-                log_error = exc
+        try:
+            await log.start()
+            if not await log.ready():
+                raise LogError("not reachable")
+            in_log = await linked_ids(log, args.user)
+        except LogError as exc:
+            log_error = exc
         try:
             report = await asyncio.to_thread(erase_lake, set(in_log))
         except (SinkError, ValueError) as exc:
             print(f"tripwire lake forget: {exc}", file=sys.stderr)
             return 1
         _print_erasure(args, report, in_log)
-        if log is None or args.dry_run or log_error is not None:
+        if args.dry_run or log_error is not None:
             if log_error is not None:
                 print(f"tripwire lake forget: the event log: {log_error}; the lake is done, run it again to erase "
                       "the identity links and the rules engine's state", file=sys.stderr)
@@ -172,9 +180,8 @@ async def _forget_everywhere(args: argparse.Namespace, config: Config, erase_lak
               f"{1 + len(keys)} key(s) ({', '.join([args.user, *keys])})")
         return 0
     finally:
-        if log is not None:
-            with contextlib.suppress(LogError):
-                await log.stop()
+        with contextlib.suppress(LogError):
+            await log.stop()
 
 
 def _print_erasure(args: argparse.Namespace, report, in_log: list[str]) -> None:  # type: ignore[no-untyped-def]
