@@ -91,6 +91,8 @@ class TrackingEndpoint:
                 events,
                 source=source.name,
                 historical=source.historical,
+                trusted=source.trusted,
+                identity_secret=source.identity_key,
                 default_type=default_type,
                 client_ip=peer,
                 user_agent=ua.decode("utf-8", "replace") if ua is not None else None,

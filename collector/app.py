@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tripwire.config import Config
-from tripwire.log import EventLog
+from tripwire.log import EventLog, LogError
 from tripwire.metrics import READINESS, exposition
 
 from . import metrics
@@ -146,6 +146,12 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if own_log:
             await log.start()
+        try:
+            # Kafka: read the identity links other collectors learned before the first request needs them.
+            await log.links(())
+        except LogError as exc:
+            logger.warning("identity links not read yet (%s): events with only a userId are keyed by it until "
+                           "they are", exc)
         try:
             yield
         finally:

@@ -7,6 +7,11 @@ every origin; an empty list allows none, which suits a server-side source
 ``historical = true`` marks a source that imports history: its events are not
 held to ``collector.max_age_days``.
 
+Identity (:mod:`collector.identity`): a source without origins is server-side,
+so it is *trusted* for the userIds it sends (its write key is a secret); a
+browser source's identify is a *claim*, unless ``identity_secret`` is set and
+the event carries a valid ``context.userHash``.
+
 With no sources configured the collector runs in *open mode*: every write key
 (or none) is accepted as source ``dev`` from any origin, and a warning is
 logged at start. That lets ``tripwire run`` work for a newcomer with no file;
@@ -80,9 +85,21 @@ class SourceConfig:
     origins: list[str] = field(default_factory=list)
     name: str = ""
     historical: bool = False  # imports of history: its events are never too old (collector.max_age_days)
+    # A browser source's key for context.userHash = hex HMAC-SHA256(identity_secret, userId): with it, an
+    # identify with a valid hash is a trusted link, one without records no link.
+    identity_secret: str = ""
 
     def allows_origin(self, origin: str) -> bool:
         return "*" in self.origins or origin.rstrip("/") in self.origins
+
+    @property
+    def trusted(self) -> bool:
+        """Server-side (no browser origins): its write key is a secret, so it vouches for its userIds."""
+        return not self.origins
+
+    @property
+    def identity_key(self) -> bytes | None:
+        return self.identity_secret.encode() if self.identity_secret else None
 
 
 def load_sources(config: Config) -> dict[str, SourceConfig]:
@@ -110,7 +127,13 @@ def load_sources(config: Config) -> dict[str, SourceConfig]:
             scheme, host = scheme.lower(), host.lower()
             host = host.removesuffix({"https": ":443", "http": ":80"}.get(scheme, "\0"))
             origins.append(origin if origin == "*" else f"{scheme}://{host}")
-        by_key[source.write_key] = SourceConfig(source.write_key, origins, name, source.historical)
+        if source.identity_secret and not origins:
+            raise ConfigError(
+                f"Config '{where}.identity_secret' is set on a server-side source (no origins): its userIds "
+                "are trusted already. It is for browser sources; remove it, or list the browser origins."
+            )
+        by_key[source.write_key] = SourceConfig(source.write_key, origins, name, source.historical,
+                                                source.identity_secret)
     return by_key
 
 

@@ -5,6 +5,9 @@
 nothing, so an SDK never has half a batch acknowledged); ``write`` appends them
 and returns only once the log says they are durable.
 
+Events that carry a userId are keyed by identity links before the append
+(:mod:`collector.identity`), and the links they teach are appended with them.
+
 An event the collector acknowledges but will not pass on (it breaks its catalog
 schema, or it is older than ``max_age_days`` from a source that is not
 ``historical``) goes to the invalid topic with the reason.
@@ -22,6 +25,7 @@ from typing import Any
 import orjson
 
 from tripwire.envelope import EnvelopeError, format_time_ms, log_key, normalize_timed
+from tripwire.identity import Link
 from tripwire.log import EVENTS, INVALID, EventLog
 
 from . import metrics
@@ -29,6 +33,7 @@ from .catalog import Catalog, Violation
 from .config import OPEN_SOURCE_NAME, SourceConfig
 from .enrich import IpPolicy
 from .errors import CollectorError, too_large
+from .identity import Noted, key_by_links, trust_of
 from .nesting import MAX_DEPTH, Serialiser, too_deep_field
 
 Entry = tuple[bytes, bytes]
@@ -102,13 +107,17 @@ class Intake:
         library: dict[str, str],
         batch: Mapping[str, Any] | None = None,
         historical: bool = False,
+        trusted: bool = False,
+        identity_secret: bytes | None = None,
     ) -> Prepared:
         """The request's log entries, ready for :meth:`write`.
 
         Events are normalised in place (``raws`` belong to the request). What every
         event of the request shares (receive time, peer, batch fields) is worked out
         once, before the loop. ``historical`` (the source's ``historical = true``)
-        lifts the bound on event age.
+        lifts the bound on event age. ``trusted`` (a server-side source) and
+        ``identity_secret`` say how far the source vouches for the userIds it sends
+        (:mod:`collector.identity`).
         """
         received_ms = int(time.time() * 1000)
         received_at = format_time_ms(received_ms)
@@ -125,8 +134,8 @@ class Intake:
                 raise CollectorError(400, "invalid_event", "context must be a JSON object", field="context")
             if batch_integrations is not None and not isinstance(batch_integrations, dict):
                 raise CollectorError(400, "invalid_event", "integrations must be a JSON object", field="integrations")
-        out = Prepared(source)
-        valid, times, add_delay = out.valid, out.times, out.delays_ms.append
+        out = Prepared(source, received_ms)
+        valid, times, add_delay, noted = out.valid, out.times, out.delays_ms.append, out.noted
         catalog = self.catalog
         max_event_bytes = self.max_event_bytes if batch is not None else None
         dumps = orjson.dumps
@@ -173,6 +182,7 @@ class Intake:
                 ctx["userAgent"] = user_agent
             if "library" not in ctx:
                 ctx["library"] = library
+            claimed_hash = ctx.pop("userHash", None)  # a credential for the userId: checked, never stored
             inner[0] = env
             try:
                 value = dumps(outer)[wrap:end]
@@ -195,6 +205,11 @@ class Intake:
                 raise too_large("max_event_bytes", max_event_bytes, f"batch[{i}]")
             key = log_key(env).encode()
             if violation is None:
+                user_id = env.get("userId")
+                if user_id is not None:
+                    trust, may_link = trust_of(user_id, claimed_hash, trusted_source=trusted, secret=identity_secret)
+                    noted.append(Noted(len(valid), user_id, env.get("anonymousId"),
+                                       env.get("previousId") if env["type"] == "alias" else None, trust, may_link))
                 valid.append((key, value))
                 times.append(event_ms)
             else:
@@ -220,12 +235,16 @@ class Intake:
         key's events are read in the order they happened, whatever order a device's
         queue or an SDK's batch sent them in.
         """
+        links: Sequence[Link] = ()
+        if prepared.noted:
+            links = await key_by_links(self.log, prepared.valid, prepared.times, prepared.noted,
+                                       source=prepared.source, received_ms=prepared.received_ms)
         valid, invalid, reasons = prepared.in_time_order(), prepared.invalid, prepared.reasons
         start = time.perf_counter()
         if invalid and valid:
-            await asyncio.gather(self.log.append(EVENTS, valid), self.log.append(INVALID, invalid))
+            await asyncio.gather(self.log.append(EVENTS, valid, links), self.log.append(INVALID, invalid))
         elif valid:
-            await self.log.append(EVENTS, valid)
+            await self.log.append(EVENTS, valid, links)
         elif invalid:
             await self.log.append(INVALID, invalid)
         elapsed = time.perf_counter() - start
@@ -242,15 +261,17 @@ class Intake:
 class Prepared:
     """One request's entries: valid ones (with their event times), invalid ones, and delays."""
 
-    __slots__ = ("source", "valid", "times", "invalid", "reasons", "delays_ms")
+    __slots__ = ("source", "received_ms", "valid", "times", "invalid", "reasons", "delays_ms", "noted")
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, received_ms: int = 0) -> None:
         self.source = source
+        self.received_ms = received_ms
         self.valid: list[Entry] = []
         self.times: list[int] = []  # event time (ms) of each valid entry
         self.invalid: list[Entry] = []
         self.reasons: list[str] = []
         self.delays_ms: list[int] = []  # receivedAt - event time of every event, valid or not
+        self.noted: list[Noted] = []  # valid events that carry a userId (collector.identity)
 
     def refuse(self, key: bytes, value: bytes, env: dict[str, Any], violation: Violation) -> None:
         self.reasons.append(violation.reason)

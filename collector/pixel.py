@@ -108,6 +108,8 @@ class PixelEndpoint:
                 [event],
                 source=source.name,
                 historical=source.historical,
+                trusted=source.trusted,
+                identity_secret=source.identity_key,
                 default_type=kind,
                 client_ip=peer,
                 user_agent=ua.decode("utf-8", "replace") if ua is not None else None,

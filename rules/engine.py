@@ -40,9 +40,12 @@ from collections.abc import Iterable
 from heapq import heappop as _heappop
 from typing import Any, NamedTuple
 
+from tripwire.identity import FORGET
+
 from .codec import (FP_MASK, TIME_SHIFT, compact_mid, decode_rule_state, encode_rule_state, key_fp, loads_state,
                     mid_text, parse_event_time, parse_time_field, seen_entries, snapshot_bytes)
 from .dedup import OldIds, id_hash
+from .identity import learn
 from .matching import Matcher
 from .partition import (NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, pack,
                         slim_of, wheel_entries)
@@ -176,7 +179,10 @@ class Engine(Matcher, PartitionTimers):
         if t is None:
             t = parse_event_time(env)
             if t is None:
-                stats.errors += 1
+                if env.get("type") == FORGET:  # an erasure's control record carries no time
+                    self._forget(self.partitions.get(partition) or self.partition(partition), env.get("key"))
+                else:
+                    stats.errors += 1
                 return out
         ps = self.partitions.get(partition) or self.partition(partition)
         if t < ps.watermark:
@@ -196,6 +202,10 @@ class Engine(Matcher, PartitionTimers):
                         self._advance(ps, wm, out)
                     else:
                         ps.watermark = wm
+        # Events that carry a userId say how the collector keyed them (tripwire.identity): the one lookup
+        # this costs every event.
+        kb = env.get("keyedBy")
+        routed = learn(ps.identity, kb, env) if kb is not None else None
         kind = env.get("type")
         if kind == "track":
             name = env.get("event")
@@ -212,7 +222,8 @@ class Engine(Matcher, PartitionTimers):
         if type(mid) is not str and not isinstance(mid, str):
             stats.errors += 1
             return out
-        anonymous_id = env.get("anonymousId")
+        # A userId-only event keyed through a link is the linked anonymousId's, for every rule.
+        anonymous_id = env.get("anonymousId") or routed
         log_key = anonymous_id or env.get("userId")
         # A messageId repeats an event only for the same source and key (fp); another visitor's
         # reuse of the id is remembered beside it, under (id, fp).
@@ -286,6 +297,18 @@ class Engine(Matcher, PartitionTimers):
                             except Exception as exc:  # noqa: BLE001
                                 self._rule_failed(entry[0], mid, exc)
         return out
+
+    def _forget(self, ps: PartitionState, key: Any) -> None:
+        """An erasure: drop every state of ``key`` and what the engine remembers of it."""
+        if type(key) is not str:
+            self.stats.errors += 1
+            return
+        for uid, per in ps.rules.items():
+            if per.pop(key, None) is not None:
+                self._dirty(ps, uid, key)
+        ps.fired.pop(key, None)
+        ps.identity.pop(key, None)
+        self.stats.forgotten += 1
 
     def set_clock(self, now_ms: int) -> None:
         """The wall clock, once per batch (the service): events older than max lateness before it are

@@ -173,9 +173,13 @@ def explain(plan: RulePlan) -> str:
         lines.append(f'  Then posts to endpoint "{plan.endpoint}" (the matched events, no payload).')
     else:
         aliases = {s.alias for s in steps if s.alias}
-        bare = any(p.parts[0] not in aliases for p in _paths(post.payload))
+        paths = _paths(post.payload)
+        person = {("userId",), ("anonymousId",)}
+        bare = any(p.parts[0] not in aliases and p.parts not in person for p in paths)
         last = max(i for i, s in enumerate(steps) if not s.absent)
         where = f" (paths without a step name read step {last + 1}'s event)" if bare and len(steps) > 1 else ""
+        if any(p.parts in person for p in paths):
+            where += " (bare userId and anonymousId: the person the trigger is for)"
         lines.append(f'  Then posts to endpoint "{plan.endpoint}" with payload {template(post.payload)}{where}; '
                      "a missing field is null.")
     return "\n".join(x for x in lines if x)

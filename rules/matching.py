@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .identity import identity_of
 from .partition import OFFSET_MASK, TIME_SHIFT, EngineStats, Match, PartitionState, RuleState, Run, remember_fired, slim_of
 from .plan import RulePlan, Slim
 
@@ -296,11 +297,12 @@ class Matcher:
                 else:
                     events.append(m)
             events = tuple(events)
+        identity = identity_of(ps.identity, key)
         payload = None
         if rule.payload is not None:
             try:
-                payload = rule.payload(matched)
+                payload = rule.payload((*matched, identity))  # bare userId/anonymousId read the last item
             except Exception:  # noqa: BLE001 - a broken template still fires, without payload
                 self.stats.errors += 1
         self.stats.matches += 1
-        out.append(Match(rule, key, events, t, payload, ps.partition))
+        out.append(Match(rule, key, events, t, payload, ps.partition, identity))

@@ -73,6 +73,7 @@ class Match(NamedTuple):
     fired_at_ms: int
     payload: Any
     partition: int
+    identity: tuple[str | None, str | None, str | None] = (None, None, None)  # rules.identity.identity_of
 
     @property
     def message_ids(self) -> list[str]:
@@ -90,6 +91,7 @@ class EngineStats:
     errors: int = 0
     out_of_order: int = 0  # older than a pending run of its key by more than the lateness
     late_cancels: int = 0  # would have cancelled an absence that had fired
+    forgotten: int = 0  # keys whose state an erasure (tripwire lake forget) dropped
 
 
 class Run:
@@ -120,7 +122,7 @@ class RuleState:
 class PartitionState:
     __slots__ = ("partition", "grace", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
                  "next_sweep", "dirty", "new_seen", "seen_cutoff", "last_wake", "last_uid", "marks", "old", "seen_floor",
-                 "fired")
+                 "fired", "identity")
 
     def __init__(self, partition: int, grace: int = 0) -> None:
         self.partition = partition
@@ -144,6 +146,7 @@ class PartitionState:
         # key -> rule uid -> (steps, anchor, deadline) of the absences that fired (to count late cancels)
         self.fired: OrderedDict[str, dict[str, tuple[Any, int, int]]] = OrderedDict()
         self.last_wake, self.last_uid = 0, ""  # the latest registration: its group is the tail of that wake's list
+        self.identity: dict[str, Any] = {}  # key -> (userId, anonymousId, trust) last read (rules.identity)
         self.marks: dict[str, tuple[str]] = {}  # uid -> (uid,): the group marker in wheel lists
 
     @property

@@ -143,6 +143,10 @@ def projector(needs: tuple[tuple[str, ...], ...]) -> Any:
     return lambda env: tuple(_shared(g(env, None)) for g in getters)
 
 
+# Bare paths of a payload that name the trigger's person, not the last matched event's fields.
+_TRIGGER_IDENTITY: dict[tuple[str, ...], int] = {("userId",): 0, ("anonymousId",): 1}
+
+
 class StepScope:
     """What names mean inside one step's predicate (or the payload)."""
 
@@ -183,6 +187,10 @@ class StepScope:
         if self.current >= 0:
             return env_getter(path.parts)
         assert self.payload_default is not None
+        who = _TRIGGER_IDENTITY.get(path.parts)
+        if who is not None:
+            # The trigger's own userId / anonymousId (rules.identity): the renderer's last item.
+            return lambda env, st: st[-1][who]
         return self._slot(self.payload_default, path.parts)
 
     def _slot(self, j: int, parts: tuple[str, ...]) -> Getter:

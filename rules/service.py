@@ -310,6 +310,7 @@ class RulesService:
                 trig = Trigger(
                     id=trigger_id(m.rule.name, m.key, m.message_ids), rule=m.rule.name, endpoint=m.rule.endpoint,
                     key=m.key, fired_at=format_time_ms(m.fired_at_ms), events=events, payload=m.payload,
+                    user_id=m.identity[0], anonymous_id=m.identity[1], identity=m.identity[2],
                 )
                 rows.append((trig.id, m.key.encode("utf-8", "surrogatepass"), trig.to_json(), m.partition))
             except Exception as exc:  # noqa: BLE001 - one rule's trigger that cannot be written stops that rule only

@@ -93,12 +93,17 @@ def linked_ids(lake: Lake, user: str) -> tuple[set[str], set[str]]:
     return anonymous | previous, previous
 
 
-def forget(lake: Lake, cfg: SinkConfig, user: str, *, dry_run: bool = False, exact: bool = False) -> Erasure:
+def forget(lake: Lake, cfg: SinkConfig, user: str, *, dry_run: bool = False, exact: bool = False,
+           also_linked: AbstractSet[str] = frozenset()) -> Erasure:
+    """``also_linked``: anonymous ids linked to ``user`` elsewhere (the event log's identity links), erased
+    like the ones the lake shows."""
     if not user:
         raise ValueError("forget needs a non-empty user id")
     report = Erasure(user)
     lake.cleanup_swaps()
     linked, previous = (set[str](), set[str]()) if exact else linked_ids(lake, user)
+    if not exact:
+        linked |= set(also_linked) - {user}
     report.linked = sorted(linked)
     for directory, files in sorted(data_files(lake).items()):
         puts: dict[str, bytes] = {}

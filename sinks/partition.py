@@ -36,6 +36,7 @@ from typing import Protocol
 
 import orjson
 
+from tripwire.identity import is_control
 from tripwire.log import Record
 
 from . import metrics
@@ -119,6 +120,8 @@ class PartitionWriter:
                 metrics.INVALID.inc()
                 logger.warning("skipping %s/%d@%d: not an envelope (%s)", r.topic, r.partition, o, exc)
                 continue
+            if is_control(env):
+                continue  # an erasure order for the engine (tripwire.identity), not an event
             directory, ts_ms = self.kind.route(env, r)
             if o < self._skip_until:
                 skip = self._skip.get(directory)

@@ -14,10 +14,18 @@ the shape and adds what the server owns:
   ``receivedAt``;
 * ``source``: the name of the write key's source.
 
+The collector then adds ``keyedBy`` to every event that carries a userId (a
+client's ``keyedBy`` is dropped here): which log key the event was given and
+why, ``{"key", "via": "anonymousId"|"userId"|"link", "trust":
+"trusted"|"claimed"}`` (see :mod:`tripwire.identity`). Segment's spec has no
+field of that name.
+
 All times are ISO 8601 strings in UTC with milliseconds (``...T12:00:00.000Z``,
 see :mod:`tripwire.times`).
 The log key is ``anonymousId``, or else ``userId``: stable per browser, so all of
-one visitor's events share a partition.
+one visitor's events share a partition. An event with only a ``userId`` whose
+person is linked to an anonymousId (:mod:`tripwire.identity`) is keyed by that
+anonymousId instead, so a person's server and browser events meet.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from tripwire.identity import KEYED_BY
 from tripwire.times import PARSED as _PARSED
 from tripwire.times import format_time_ms as format_time_ms  # re-exported: the envelope's time format
 from tripwire.times import parse_iso_ms
@@ -168,6 +177,8 @@ def normalize_timed(
         raise EnvelopeError("type", f"must be one of {', '.join(sorted(TYPES))}")
     env["type"] = kind
 
+    if KEYED_BY in env:
+        del env[KEYED_BY]  # the collector's to set: a client must not choose its key or its trust
     for name in _OBJECT_FIELDS:
         if name in env:
             value = env[name]
@@ -198,7 +209,7 @@ def normalize_timed(
         if name is not None and not isinstance(name, str):
             raise EnvelopeError("name", "must be a string")
     elif kind == "alias":
-        if _id(env, "previousId") is None:
+        if _normalize_id(env, "previousId") is None:  # an id like userId (a string): it becomes a link's key
             raise EnvelopeError("previousId", "alias calls need previousId")
     elif kind == "group":
         if _id(env, "groupId") is None:

@@ -210,7 +210,8 @@ class Dispatcher:
                     "skipping unreadable trigger record %s/%d@%d", record.topic, record.partition, record.offset
                 )
                 continue
-            body = build_body(trigger, self._settings.event_type)
+            endpoint = self._endpoints.get(trigger.endpoint)
+            body = build_body(trigger, self._settings.event_type, endpoint.events if endpoint is not None else "minimal")
             if trigger.endpoint not in self._endpoints:
                 logger.warning("trigger %s names endpoint %s, which is not configured: dead letter", trigger.id, trigger.endpoint)
                 items.append(NewDelivery(trigger.id, trigger.endpoint, body, at, DEAD, f"endpoint {trigger.endpoint!r} is not configured"))

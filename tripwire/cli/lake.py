@@ -7,7 +7,10 @@ forgotten ``--config`` must not read as "0 row(s) removed", nor create a lake th
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
+import time
 from datetime import date as Date
 from pathlib import Path
 
@@ -37,11 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                             "before them, from their JSON columns")
     m.add_argument("--lake", metavar="URL", help="directory or s3://bucket/prefix (overrides sink.lake_url)")
     m.set_defaults(handler=migrate_command)
-    f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId)",
+    f = lake_sub.add_parser("forget", help="erase every row of one user (userId or anonymousId), their identity "
+                                           "links and the rules engine's state of them",
                             description="Rewrite every file holding rows whose userId, anonymousId or previousId "
                                         "is ID, without them, and the rows without a userId of the anonymous ids "
-                                        "seen with it (the history from before login). Covers what is in the lake: "
-                                        "run it again after sink.max_late_file_age_s, or stop the sink first.")
+                                        "seen with it or linked to it in the event log (the history from before "
+                                        "login). Then delete its identity links from the event log and tell the "
+                                        "rules engine to drop its state of ID and of those anonymous ids. Covers "
+                                        "what is in the lake: run it again after sink.max_late_file_age_s, or stop "
+                                        "the sink first.")
     f.add_argument("--user", required=True, metavar="ID", help="the userId or anonymousId to erase")
     f.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     f.add_argument("--exact", action="store_true",
@@ -166,17 +173,76 @@ def compact_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def forget_command(args: argparse.Namespace, config: Config) -> int:
-    from tripwire.sinks.errors import SinkError
     from tripwire.sinks.forget import forget
 
     cfg, lake = _open(args, config)
     if _missing("forget", lake):
         return 1
+
+    def erase_lake(also_linked: set[str]):  # type: ignore[no-untyped-def]
+        return forget(lake, cfg, args.user, dry_run=args.dry_run, exact=args.exact, also_linked=also_linked)
+
+    if config.log.backend == "kafka" or (config.data_dir / "log.db").exists():
+        return asyncio.run(_forget_everywhere(args, config, erase_lake))
+    from tripwire.sinks.errors import SinkError
+
+    print(f"no event log at {(config.data_dir / 'log.db').resolve()}: no identity links to follow, "
+          "no engine state to erase (check --config)")
     try:
-        report = forget(lake, cfg, args.user, dry_run=args.dry_run, exact=args.exact)
+        report = erase_lake(set())
     except (SinkError, ValueError) as exc:
         print(f"tripwire lake forget: {exc}", file=sys.stderr)
         return 1
+    _print_erasure(args, report, [])
+    return 0
+
+
+async def _forget_everywhere(args: argparse.Namespace, config: Config, erase_lake) -> int:  # type: ignore[no-untyped-def]
+    """The lake, then the event log (tripwire.erasure): the identity links of the user, and the engine's state
+    of every key erased. The links are read first: they name anonymous ids the lake may not show."""
+    from tripwire.erasure import erase, linked_ids
+    from tripwire.log import LogError, open_log
+    from tripwire.sinks.errors import SinkError
+
+    log = open_log(config)
+    in_log: list[str] = []
+    log_error: Exception | None = None
+    try:
+        try:
+            await log.start()
+            if not await log.ready():
+                raise LogError("not reachable")
+            in_log = await linked_ids(log, args.user)
+        except LogError as exc:
+            log_error = exc
+        try:
+            report = await asyncio.to_thread(erase_lake, set(in_log))
+        except (SinkError, ValueError) as exc:
+            print(f"tripwire lake forget: {exc}", file=sys.stderr)
+            return 1
+        _print_erasure(args, report, in_log)
+        if args.dry_run or log_error is not None:
+            if log_error is not None:
+                print(f"tripwire lake forget: the event log: {log_error}; the lake is done, run it again to erase "
+                      "the identity links and the rules engine's state", file=sys.stderr)
+                return 1
+            return 0
+        keys = [] if args.exact else sorted(set(in_log) | set(report.linked))
+        try:
+            links = await erase(log, args.user, keys, int(time.time() * 1000))
+        except LogError as exc:
+            print(f"tripwire lake forget: the event log: {exc}; run it again to erase the identity links and the "
+                  "rules engine's state", file=sys.stderr)
+            return 1
+        print(f"event log: {len(links)} identity link(s) of {args.user} deleted; the rules engine forgets "
+              f"{1 + len(keys)} key(s) ({', '.join([args.user, *keys])})")
+        return 0
+    finally:
+        with contextlib.suppress(LogError):
+            await log.stop()
+
+
+def _print_erasure(args: argparse.Namespace, report, in_log: list[str]) -> None:  # type: ignore[no-untyped-def]
     verb = "would remove" if args.dry_run else "removed"
     rewrote, deleted = ("would rewrite", "would delete") if args.dry_run else ("rewrote", "deleted")
     for path, n in sorted(report.rewritten.items()):
@@ -186,7 +252,8 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
     linked = f" with the anonymous ids seen with it: {', '.join(report.linked)}" if report.linked else ""
     print(f"{report.files_scanned} files scanned, {verb} {report.rows_removed} row(s) of {args.user}{linked} "
           f"in {len(report.rewritten) + len(report.deleted)} file(s)")
-    return 0
+    if in_log and not args.exact:
+        print(f"identity links in the event log: {', '.join(in_log)}")
 
 
 def migrate_command(args: argparse.Namespace, config: Config) -> int:

@@ -169,6 +169,8 @@ def describe(msg_id: str, delivery: dict[str, Any], *, verified: bool) -> str:
         f"rule {data.get('rule')!r} key {data.get('key')!r} fired_at {data.get('fired_at')} "
         f"({len(data.get('events') or [])} events)"
     )
+    if data.get("userId") is not None:
+        head += f"\n  userId {data['userId']!r} anonymousId {data.get('anonymousId')!r} ({data.get('identity')})"
     payload = data.get("payload")
     return head if payload is None else f"{head}\n  payload {json.dumps(payload, ensure_ascii=False)}"
 

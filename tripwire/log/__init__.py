@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from .base import (
     EVENTS,
+    IDENTITIES,
     INVALID,
     TOPICS,
     TRIGGERS,
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from tripwire.config import Config
 
 __all__ = [
-    "EVENTS", "INVALID", "TRIGGERS", "TOPICS", "Consumer", "EventLog", "GroupTaken", "LogClosed", "LogError",
+    "EVENTS", "IDENTITIES", "INVALID", "TRIGGERS", "TOPICS", "Consumer", "EventLog", "GroupTaken", "LogClosed", "LogError",
     "LogUnavailable", "RebalanceListener", "Record", "TopicPartition", "open_log", "records_between",
 ]
 

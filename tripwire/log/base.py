@@ -22,6 +22,16 @@ Semantics (identical for SQLite, Kafka and the in-memory twin):
   consumer starts at the group's committed offset (or at the beginning) unless
   the listener calls ``seek`` — which is how a service that keeps its offsets
   next to its own state (the rules engine, the sink) resumes exactly.
+* Identity links (:mod:`tripwire.identity`) given to ``append`` are durable
+  when it returns, with its records (SQLite: in the same transaction; Kafka:
+  acknowledged or spilled with them, on the compacted ``identities`` topic).
+  The store keeps one link per (userId, anonymousId) pair, the version with the
+  greater (trust, time) (:func:`tripwire.identity.wins`). ``links`` answers from
+  what this process knows: every link appended through this log object at once;
+  on Kafka, links other processes appended once this process has read them from
+  the identities topic (it reads the topic from the start on first use, then
+  follows it). ``forget_links`` deletes a user's links everywhere (Kafka:
+  tombstones).
 
 Logical topic names are used everywhere; the Kafka backend maps them to
 ``<prefix>.<name>``.
@@ -36,14 +46,17 @@ Exceptions::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
+
+from tripwire.identity import Link
 
 EVENTS = "events"
 INVALID = "invalid"
 TRIGGERS = "triggers"
 TOPICS = (EVENTS, INVALID, TRIGGERS)
+IDENTITIES = "identities"  # Kafka only: the compacted topic of identity links (SQLite keeps a table)
 
 
 class LogError(Exception):
@@ -150,8 +163,16 @@ class EventLog(abc.ABC):
         """Flush what was accepted and close; safe to call twice."""
 
     @abc.abstractmethod
-    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
-        """Durably append; returns when every entry is durable (see module doc)."""
+    async def append(self, topic: str, entries: Sequence[Entry], links: Sequence[Link] = ()) -> None:
+        """Durably append; returns when every entry, and every identity link given, is durable (see module doc)."""
+
+    @abc.abstractmethod
+    async def links(self, user_ids: Collection[str]) -> dict[str, list[Link]]:
+        """The stored identity links of each of ``user_ids`` (a user without any is left out)."""
+
+    @abc.abstractmethod
+    async def forget_links(self, user_id: str) -> list[Link]:
+        """Delete every identity link of ``user_id`` (durably); the links it had."""
 
     @abc.abstractmethod
     async def ready(self) -> bool:

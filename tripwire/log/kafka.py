@@ -31,6 +31,14 @@ A broker that loses acknowledged records (a single broker whose disk is gone,
 tansu with memory storage) is not recovered from: what it had acknowledged and
 nobody had consumed is lost, and offsets start again at 0 (see deploy/README.md).
 
+Identity links (:mod:`tripwire.log.kafka_identities`) go to the compacted
+``<prefix>.identities`` topic in the same group commit as the events of their
+append, through the same spill when the broker is away; ``links`` answers from
+this process's local copy of that topic, which the first ``links`` (or
+``forget_links``) call starts reading from the start (waiting, bounded, until it
+has read what was there) and which then follows the topic. While the copy is
+not caught up, ``ready()`` is False.
+
 If the writer or the forwarder task dies, a done-callback fails every queued
 append with :class:`LogUnavailable` and ``append`` keeps failing, so nothing is
 acknowledged that was not stored.
@@ -41,14 +49,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from tripwire.identity import Link
+
 from .base import (
+    IDENTITIES,
     TOPICS,
     Consumer,
     Entry,
@@ -60,6 +71,7 @@ from .base import (
     Record,
 )
 from .kafka_consumer import KafkaConsumer
+from .kafka_identities import IdentityFollower, LocalLinks
 from .kafka_producer import OrderedProducer
 from .kafka_reader import KafkaReader
 from .spill import Spill, SpilledRecord, SpillFull
@@ -77,6 +89,7 @@ MAX_RECORD_BYTES = 1_000_000  # under Kafka's default message.max.bytes and aiok
 class _Append:
     topic: str
     entries: Sequence[Entry]
+    links: Sequence[Link]
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -98,7 +111,10 @@ class KafkaLog(EventLog):
         reconnect_backoff_ms: int = 500,
         max_batch_records: int = 10_000,
         client_id: str = "tripwire",
+        identities_dir: str | Path | None = None,
     ) -> None:
+        """``identities_dir``: where this process keeps its copy of the identity links (default: beside the
+        spill, ``<spill_dir>/../identities``)."""
         self.bootstrap = bootstrap
         self.topic_prefix = topic_prefix
         self._timeout_ms = request_timeout_ms
@@ -108,9 +124,13 @@ class KafkaLog(EventLog):
         self.spill = Spill(
             spill_dir, spill_max_bytes, segment_bytes=spill_segment_bytes, retry_after_s=spill_retry_after_s
         )
+        self._local_links = LocalLinks(Path(identities_dir) if identities_dir is not None
+                                       else Path(spill_dir).parent / "identities")
+        self._follower: IdentityFollower | None = None
         self._producer = OrderedProducer(
             bootstrap,
-            [self.topic(t) for t in TOPICS],
+            [self.topic(t) for t in (*TOPICS, IDENTITIES)],
+            compacted=[self.topic(IDENTITIES)],
             partitions=partitions,
             replication_factor=replication_factor,
             idempotent=idempotent,
@@ -135,6 +155,7 @@ class KafkaLog(EventLog):
         return cls(
             log.kafka_bootstrap,
             spill_dir=config.data_dir / "spill",
+            identities_dir=config.data_dir / "identities",
             topic_prefix=log.topic_prefix,
             partitions=log.partitions,
             replication_factor=log.kafka_replication_factor,
@@ -195,8 +216,11 @@ class KafkaLog(EventLog):
         self._fail_queued(LogClosed("event log stopped"))
         if self._reader is not None:
             await self._reader.stop()
+        if self._follower is not None:
+            await self._follower.stop()
         await self._producer.stop()
         await asyncio.to_thread(self.spill.close)
+        self._local_links.close()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -219,8 +243,8 @@ class KafkaLog(EventLog):
 
     # writing -----------------------------------------------------------------
 
-    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
-        if not entries:
+    async def append(self, topic: str, entries: Sequence[Entry], links: Sequence[Link] = ()) -> None:
+        if not entries and not links:
             return
         if not self._started or self._queue is None:
             raise LogClosed("event log not started")
@@ -235,9 +259,49 @@ class KafkaLog(EventLog):
                     f"a record of {len(value) + len(key or b'')} bytes is over the Kafka log's "
                     f"limit of {MAX_RECORD_BYTES} bytes"
                 )
-        item = _Append(self.topic(topic), entries)
+        item = _Append(self.topic(topic), entries, links)
         self._queue.put_nowait(item)
         await asyncio.shield(item.future)
+        if links:  # known here at once; other processes read them from the topic
+            if not self._local_links.opened:
+                self._local_links.open()
+            self._local_links.apply(links)
+
+    # identity links ------------------------------------------------------------
+
+    async def _following(self) -> IdentityFollower:
+        """The follower of the identities topic, started (and waited for, bounded) on first use."""
+        if self._follower is None:
+            if not self._started or self._closed:
+                raise LogClosed("event log not running")
+            if not self._local_links.opened:
+                self._local_links.open()
+            self._follower = IdentityFollower(self.bootstrap, self.topic(IDENTITIES), self._local_links,
+                                              request_timeout_ms=self._timeout_ms, client_id=self._client_id)
+            self._follower.start()
+            if not await self._follower.wait_caught_up(self._timeout_ms / 1000):
+                logger.warning("identity links: %s not read to its end within %.0fs; events with only a userId "
+                               "are keyed by it until it is", self.topic(IDENTITIES), self._timeout_ms / 1000)
+        return self._follower
+
+    async def links(self, user_ids: Collection[str]) -> dict[str, list[Link]]:
+        await self._following()
+        return self._local_links.select(user_ids) if user_ids else {}
+
+    async def forget_links(self, user_id: str) -> list[Link]:
+        follower = await self._following()
+        if not follower.caught_up:
+            raise LogUnavailable(f"the identity links of {self.topic(IDENTITIES)} could not be read")
+        links = self._local_links.select([user_id]).get(user_id, [])
+        if not links:
+            return []
+        tombstones = [(self.topic(IDENTITIES), link.pair_key(), None) for link in links]
+        async with self._gate:  # after appends already queued, never between a batch's records
+            failed = await self._produce(tombstones)  # type: ignore[arg-type]
+        if failed:
+            raise LogUnavailable(f"Kafka did not acknowledge the deletion of {len(failed)} identity link(s)")
+        self._local_links.delete_pairs([(link.user_id, link.anonymous_id) for link in links])
+        return links
 
     async def _write_loop(self) -> None:
         assert self._queue is not None
@@ -259,8 +323,13 @@ class KafkaLog(EventLog):
                         self._queue.task_done()
 
     async def _write(self, batch: list[_Append]) -> None:
-        records = [(a.topic, key, value) for a in batch for key, value in a.entries]
-        owner = [i for i, a in enumerate(batch) for _ in a.entries]
+        records: list[SpilledRecord] = []
+        owner: list[int] = []
+        identities = self.topic(IDENTITIES)
+        for i, a in enumerate(batch):
+            records += [(a.topic, key, value) for key, value in a.entries]
+            records += [(identities, link.pair_key(), link.to_json()) for link in a.links]
+            owner += [i] * (len(a.entries) + len(a.links))
         if self.spill.depth == 0 and self._reachable:
             self.produce_batches += 1
             failed = await self._produce(records)
@@ -385,6 +454,8 @@ class KafkaLog(EventLog):
             return False
         if not self._reachable or self.spill.depth:
             return False
+        if self._follower is not None and not self._follower.caught_up:
+            return False  # a collector that has not read the identity links yet would key by userId
         return await self._producer.ping(min(2.0, self._timeout_ms / 1000))
 
     def spill_depth(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -41,9 +41,12 @@ class OrderedProducer:
         linger_ms: int,
         request_timeout_ms: int,
         client_id: str,
+        compacted: Collection[str] = (),
     ) -> None:
+        """``compacted``: topics (of ``topics``) created with ``cleanup.policy=compact``."""
         self.bootstrap = bootstrap
         self.topics = list(topics)
+        self._compacted = set(compacted)
         self._partitions = partitions
         self._replication_factor = replication_factor
         self._idempotent = idempotent
@@ -86,9 +89,11 @@ class OrderedProducer:
             missing = [t for t in self.topics if t not in existing]
             if not missing:
                 return
-            response = await admin.create_topics(
-                [NewTopic(t, self._partitions, self._replication_factor) for t in missing]
-            )
+            response = await admin.create_topics([
+                NewTopic(t, self._partitions, self._replication_factor,
+                         topic_configs={"cleanup.policy": "compact"} if t in self._compacted else None)
+                for t in missing
+            ])
             for name, code, *_ in response.topic_errors:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):  # another process may have been faster
                     raise for_code(code)(f"cannot create Kafka topic {name!r}")

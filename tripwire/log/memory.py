@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+
+from tripwire.identity import Link, wins
 
 from .base import Consumer, Entry, EventLog, LogClosed, RebalanceListener, Record, TopicPartition
 from .partition import partition_for
@@ -21,6 +23,7 @@ class MemoryLog(EventLog):
         self._offsets: dict[tuple[str, TopicPartition], int] = {}
         self._appended = asyncio.Event()
         self._running = False
+        self._links: dict[str, dict[str, Link]] = {}  # userId -> anonymousId -> link
 
     async def start(self) -> None:
         self._running = True
@@ -31,9 +34,13 @@ class MemoryLog(EventLog):
     async def ready(self) -> bool:
         return self._running
 
-    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
+    async def append(self, topic: str, entries: Sequence[Entry], links: Sequence[Link] = ()) -> None:
         if not self._running:
             raise LogClosed("event log not running")
+        for link in links:
+            pairs = self._links.setdefault(link.user_id, {})
+            if wins(link, pairs.get(link.anonymous_id)):
+                pairs[link.anonymous_id] = link
         ts = int(time.time() * 1000)
         for key, value in entries:
             tp = TopicPartition(topic, partition_for(key, self._partitions))
@@ -41,6 +48,14 @@ class MemoryLog(EventLog):
             part.append(Record(topic, tp.partition, len(part), key, value, ts))
         self._appended.set()
         self._appended = asyncio.Event()
+
+    async def links(self, user_ids: Collection[str]) -> dict[str, list[Link]]:
+        return {u: list(self._links[u].values()) for u in user_ids if self._links.get(u)}
+
+    async def forget_links(self, user_id: str) -> list[Link]:
+        if not self._running:
+            raise LogClosed("event log not running")
+        return list(self._links.pop(user_id, {}).values())
 
     async def partitions(self, topic: str) -> list[int]:
         return list(range(self._partitions))

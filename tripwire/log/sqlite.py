@@ -22,6 +22,11 @@ Several processes may append to the same file (SQLite serialises writers).
 The partition count is fixed when the file is created and stored in it.
 Read the log through :class:`SqliteLog` (``read``/``read_sync``), not its tables.
 
+Identity links live in their own table (:mod:`tripwire.log.links_sqlite`),
+written in the group-committed transaction of the append that carries them, so
+an acknowledged identify's link is as durable as its event; retention never
+touches them. ``links`` is a primary-key read answered on the event loop.
+
 Retention runs while the log does, in small steps between group commits
 (:mod:`tripwire.log.sqlite_retention`); a consumer whose position retention
 took goes on from the first record still there, with a warning
@@ -35,10 +40,13 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tripwire.identity import Link
+
+from . import links_sqlite
 from .base import Consumer, Entry, EventLog, LogClosed, RebalanceListener, Record, TopicPartition
 from .sqlite_batch import decode_batch, frame
 from .sqlite_codec import SCHEMA as _CODEC_SCHEMA
@@ -107,6 +115,7 @@ class SqliteLog(EventLog):
         self._codec = Codec(lambda: connect(self.path))
         self._writer: Writer | None = None
         self._reader: sqlite3.Connection | None = None
+        self._links_reader: sqlite3.Connection | None = None  # used on the event loop only
         self._read_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._appended = asyncio.Event()
@@ -127,7 +136,7 @@ class SqliteLog(EventLog):
         self._loop = asyncio.get_running_loop()
         self._appended = asyncio.Event()
         conn = connect(self.path)
-        conn.executescript(_SCHEMA + _CODEC_SCHEMA)
+        conn.executescript(_SCHEMA + _CODEC_SCHEMA + links_sqlite.SCHEMA)
         self._codec.load(conn)
         row = conn.execute("SELECT value FROM meta WHERE name = 'partitions'").fetchone()
         if row is None:
@@ -140,6 +149,7 @@ class SqliteLog(EventLog):
                     self.path, self._partitions, self._requested_partitions,
                 )
         self._reader = connect(self.path)
+        self._links_reader = connect(self.path)
         self._writer = Writer(conn, self._loop, max_batch_records=self._max_batch_records, codec=self._codec,
                               retention=self.retention, committed=self._committed)
         self._writer.start()
@@ -155,6 +165,8 @@ class SqliteLog(EventLog):
             await asyncio.to_thread(trainer.join, 10)
         if self._reader is not None:
             self._reader.close()
+        if self._links_reader is not None:
+            self._links_reader.close()
 
     async def ready(self) -> bool:
         return self._started and not self._closed and self._writer is not None and self._writer.alive()
@@ -176,19 +188,44 @@ class SqliteLog(EventLog):
         self._writer.put(Op(apply, future, records))
         await future
 
-    async def append(self, topic: str, entries: Sequence[Entry]) -> None:
-        if not entries:
+    async def append(self, topic: str, entries: Sequence[Entry], links: Sequence[Link] = ()) -> None:
+        if not entries and not links:
             return
         if not self._started:
             raise LogClosed("event log not started")
         if self._closed:
             raise LogClosed("event log stopped")
-        self._codec.sample(topic, entries)
-        parts = frame(entries, self._partitions)
+        parts = None
+        if entries:
+            self._codec.sample(topic, entries)
+            parts = frame(entries, self._partitions)
+        apply = None
+        if links:
+            rows = list(links)
+
+            def apply(txn: Txn) -> None:
+                links_sqlite.upsert(txn.conn, rows)
+
         assert self._loop is not None and self._writer is not None
         future: asyncio.Future[None] = self._loop.create_future()
-        self._writer.put(Op(None, future, len(entries), topic, parts))
+        self._writer.put(Op(apply, future, len(entries), topic, parts))
         await future
+
+    async def links(self, user_ids: Collection[str]) -> dict[str, list[Link]]:
+        if not user_ids:
+            return {}
+        if self._links_reader is None or self._closed:
+            raise LogClosed("event log stopped")
+        return links_sqlite.select(self._links_reader, user_ids)
+
+    async def forget_links(self, user_id: str) -> list[Link]:
+        gone: list[Link] = []
+
+        def apply(txn: Txn) -> None:
+            gone[:] = links_sqlite.delete_user(txn.conn, user_id)
+
+        await self._submit(apply, 1)
+        return gone
 
     async def commit_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         rows = [(group, tp.topic, tp.partition, off) for tp, off in offsets.items()]

@@ -58,7 +58,7 @@ class Txn:
 
 
 class Op:
-    """One queued write: an append's framed ``parts`` for ``topic``, or ``apply`` run inside the transaction."""
+    """One queued write: an append's framed ``parts`` for ``topic``, and/or ``apply`` run inside the transaction."""
 
     __slots__ = ("apply", "future", "records", "topic", "parts")
 
@@ -167,8 +167,9 @@ class Writer:
         others: list[Op] = []
         for op in batch:
             if op.apply is not None:
-                others.append(op)
-                continue
+                others.append(op)  # runs in the same transaction as the batch's records (identity links)
+                if op.parts is None:
+                    continue
             topic = op.topic
             for part in op.parts:  # type: ignore[union-attr]
                 tp = (topic, part[0])

@@ -86,3 +86,13 @@ def test_timestamps_are_plain_digits(receiver: Receiver) -> None:
     headers = {"webhook-id": "msg_t", "webhook-timestamp": spaced, "webhook-signature": sig}
     answer = httpx.post(f"http://127.0.0.1:{receiver.port}/", content=BODY, headers=headers, timeout=5)
     assert answer.status_code == 401 and "not an integer" in answer.text
+
+
+def test_the_printed_delivery_names_the_person_when_the_trigger_does() -> None:
+    from tripwire.cli.receiver import describe
+
+    data = {"rule": "abandoned cart", "key": "anon-1", "userId": "user-demo", "anonymousId": "anon-1",
+            "identity": "claimed", "events": [{}], "payload": {"sku": "s"}}
+    text = describe("trg_1", {"type": "trigger.fired", "data": data}, verified=True)
+    assert text.splitlines()[1] == "  userId 'user-demo' anonymousId 'anon-1' (claimed)"
+    assert "userId" not in describe("trg_2", {"type": "trigger.fired", "data": {"key": "anon-2"}}, verified=True)

@@ -70,7 +70,8 @@ class ScriptedLog(MemoryLog):
         self.hold: asyncio.Event | None = None  # a poll that read records waits for this before returning
         self.holding = asyncio.Event()
 
-    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None) -> Consumer:
+    def consumer(self, group: str, topics: Sequence[str], listener: RebalanceListener | None = None,
+                 exclusive: bool = False) -> Consumer:
         return ScriptedConsumer(self, group, topics, listener)
 
 
