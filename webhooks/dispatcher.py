@@ -10,8 +10,8 @@ Three parts share one :class:`~tripwire.webhooks.group_commit.AsyncStore`:
   re-read record is never delivered twice;
 * one :class:`~tripwire.webhooks.lane.Lane` per endpoint: ``concurrency``
   workers over the endpoint's own keep-alive connection pool, fed from a
-  bounded window of claimed deliveries, so a hanging endpoint only ever
-  occupies its own slots and the backlog stays on disk;
+  bounded window of claimed deliveries (4 x ``concurrency``), so a hanging
+  endpoint only ever occupies its own slots and the backlog stays on disk;
 * the *recorder* loop, which in one transaction records every attempt result
   reported since the last one, claims due deliveries for the lanes with room,
   and (every ``scan_interval_s``) reads the endpoints' state to see the CLI's
@@ -49,7 +49,7 @@ from .config import WebhooksConfig
 from .endpoint import build_body, check_endpoints
 from .errors import WebhookConfigError
 from .group_commit import AsyncStore
-from .lane import Lane
+from .lane import WINDOW_PER_SLOT, Lane
 from .retention import Windows, op_prune_step
 from .ssrf import Guard, Resolver, ip_literal, refusal_reason
 from .store import DEAD, DELIVERED, PENDING, Claimed, EndpointState, NewDelivery, Outcome, Store, now_ms
@@ -90,8 +90,8 @@ class Dispatcher:
         self._guard = Guard(settings.hosts(), settings.networks(), resolver)
         self._ssl_context = ssl_context or _ssl_context(settings.ca_bundle)
         self._schedule = list(settings.retry_schedule_s)
-        # a queued claim waits at most one attempt before its own (see lane.py)
-        self._lease_ms = int(2 * settings.attempt_timeout_s * 1000) + 2000
+        # a claim waits in its lane's window for at most WINDOW_PER_SLOT - 1 attempts before its own
+        self._lease_ms = int(WINDOW_PER_SLOT * settings.attempt_timeout_s * 1000) + 2000
         self._scan_ms = int(settings.scan_interval_s * 1000)
         self._windows = Windows(
             history_ms=int(settings.delivered_history_s * 1000),

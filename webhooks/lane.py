@@ -1,11 +1,12 @@
 """One endpoint's deliveries in a dispatcher: a bounded window of claimed rows and its workers.
 
-The lane holds at most ``window`` (twice the endpoint's ``concurrency``) claimed
-deliveries: up to ``concurrency`` in flight, one worker each, and as many
-queued for the next free worker, so a worker never waits for the store
-between two attempts. Everything else waits in the store, on disk. A queued
-delivery waits at most one attempt of the worker before it, which is why its
-lease covers two attempts.
+The lane holds at most ``window`` (:data:`WINDOW_PER_SLOT` times the endpoint's
+``concurrency``) claimed deliveries: up to ``concurrency`` in flight, one worker
+each, and the rest queued for the next free worker, so a worker does not wait
+for the store between two attempts (claims come in batches, one transaction
+at a time). Everything else waits in the store, on disk. The last queued
+delivery starts after at most ``WINDOW_PER_SLOT - 1`` attempts of each worker,
+which is why a claim's lease covers ``WINDOW_PER_SLOT`` attempts.
 
 Workers report each result to the dispatcher (``report``) and go on at once;
 the dispatcher records results in batches.
@@ -25,12 +26,14 @@ from .store import Claimed
 
 logger = logging.getLogger(__name__)
 
+WINDOW_PER_SLOT = 4
+
 
 class Lane:
     def __init__(self, endpoint: Endpoint, sender: Sender, report: Callable[[Lane, Claimed, Result], None]) -> None:
         self.endpoint = endpoint
         self.sender = sender
-        self.window = 2 * endpoint.concurrency
+        self.window = WINDOW_PER_SLOT * endpoint.concurrency
         self.queue: deque[Claimed] = deque()
         self.inflight: dict[str, Claimed] = {}
         self.idle_until_ms = 0  # the store had nothing due for this lane before then (0: ask it)
