@@ -42,7 +42,10 @@ class WebhooksConfig:
     consumer_group: str = "webhooks"
     event_type: str = "trigger.fired"  # the body's "type"
     max_response_bytes: int = 4096  # read at most this much of a receiver's answer
-    retention_days: float = 30.0  # delivered and dead rows kept (dedup window, history)
+    retention_days: float = 30.0  # dead letters kept (for `webhooks failed` and replay)
+    # A delivered trigger's id is remembered this long: read again within it, it is not sent again.
+    dedup_window_s: float = 86_400.0
+    delivered_history_s: float = 3_600.0  # a delivered row keeps its body and attempts this long (replay)
     scan_interval_s: float = 1.0  # re-read the store this often (replays/enables by the CLI)
     stop_grace_s: float = 5.0  # on stop, wait this long for attempts in flight
 
@@ -53,9 +56,13 @@ class WebhooksConfig:
             raise WebhookConfigError(f"Config 'webhooks.retry_schedule_s' has value {self.retry_schedule_s!r}. Delays must be >= 0.")
         if not 0 <= self.retry_jitter < 1:
             raise WebhookConfigError(f"Config 'webhooks.retry_jitter' has value {self.retry_jitter!r}. Must be in [0, 1).")
-        for key in ("attempt_timeout_s", "scan_interval_s", "disable_after_s"):
+        for key in ("attempt_timeout_s", "scan_interval_s", "disable_after_s", "dedup_window_s"):
             if getattr(self, key) <= 0:
                 raise WebhookConfigError(f"Config 'webhooks.{key}' has value {getattr(self, key)!r}. Must be > 0.")
+        if self.delivered_history_s < 0:
+            raise WebhookConfigError(
+                f"Config 'webhooks.delivered_history_s' has value {self.delivered_history_s!r}. Must be >= 0."
+            )
         self.networks()  # validate early, naming the bad entry
 
     def networks(self) -> list[IPNetwork]:

@@ -1,12 +1,15 @@
-"""The durable delivery store: one SQLite file (WAL, synchronous=FULL) in the data dir.
+"""The durable delivery store: one SQLite file (WAL) in the data dir.
 
 State contract:
 
-* A delivery row is written (and fsynced) before the triggers-topic offset
+* A delivery row is written, and fsynced, before the triggers-topic offset
   past its record is committed, so a trigger is never lost; its primary key is
   the trigger id, and inserting an id already present is a no-op, so a replayed
-  or re-read trigger record never causes a second delivery (within
-  ``retention_days``, after which delivered and dead rows are pruned).
+  or re-read trigger record never causes a second delivery. Once delivered, a
+  row keeps its body and attempts for ``delivered_history_s``, then only its id
+  is kept (table ``seen``) until ``dedup_window_s`` after the delivery: within
+  that window a re-read trigger is still not sent again; after it, it would be.
+  Dead letters are kept ``retention_days``. See :mod:`tripwire.webhooks.retention`.
 * ``state`` is ``pending``, ``delivered`` or ``dead``. A pending row is due at
   ``next_attempt_ms``. Claiming a row for an attempt counts the attempt and
   moves ``next_attempt_ms`` past the attempt's lease in the same transaction:
@@ -14,7 +17,14 @@ State contract:
   ends and is retried with the same id (the one in-flight attempt may thus
   reach the receiver twice; nothing else can). Two processes sharing the file
   never claim the same row twice, and re-enabling an endpoint never makes a
-  leased row due early.
+  leased row due early. A claim given back unused (:meth:`Store.op_unclaim`)
+  uncounts its attempt.
+* Claims and attempt outcomes are committed without waiting for the disk
+  (``synchronous=NORMAL``, ``durable=False``): a committed transaction survives
+  the process being killed; only a power cut or an OS crash can undo the last
+  ones, and what it undoes is an outcome or a lease, so the worst case is a
+  delivery sent again (delivery is at least once), never one lost. New rows,
+  endpoint state and the operator's commands wait for the disk (``FULL``).
 * Endpoint state (disabled with a reason, failing since) lives next to it, so
   the CLI in another process can read status, replay dead letters and
   re-enable endpoints; a running dispatcher picks such changes up on its next
@@ -29,13 +39,29 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .rows import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    AttemptStats,
+    Claimed,
+    DeliveryRow,
+    EndpointState,
+    NewDelivery,
+    Outcome,
+    now_ms,
+)
+
 T = TypeVar("T")
+
+__all__ = [  # the store's vocabulary is re-exported from .rows
+    "DEAD", "DELIVERED", "PENDING", "AttemptStats", "Claimed", "DeliveryRow", "EndpointState", "NewDelivery", "Outcome",
+    "Store", "now_ms",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -58,6 +84,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     status INTEGER, outcome TEXT NOT NULL, error TEXT, duration_ms INTEGER NOT NULL,
     PRIMARY KEY (id, n)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (
+    id TEXT PRIMARY KEY,
+    delivered_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_age ON seen (delivered_ms);
 CREATE TABLE IF NOT EXISTS endpoints (
     name TEXT PRIMARY KEY,
     disabled_reason TEXT,
@@ -66,67 +97,6 @@ CREATE TABLE IF NOT EXISTS endpoints (
     last_success_ms INTEGER
 );
 """
-
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(frozen=True)
-class NewDelivery:
-    id: str
-    endpoint: str
-    body: bytes
-    due_ms: int
-    state: str = PENDING
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: str
-    endpoint: str
-    body: bytes
-    attempt: int  # 1-based number of this attempt
-
-
-@dataclass(frozen=True)
-class EndpointState:
-    name: str
-    disabled_reason: str | None
-    disabled_ms: int | None
-    failing_since_ms: int | None
-    last_success_ms: int | None
-
-
-@dataclass(frozen=True)
-class DeliveryRow:
-    id: str
-    endpoint: str
-    state: str
-    attempts: int
-    next_attempt_ms: int
-    created_ms: int
-    updated_ms: int
-    last_status: int | None
-    last_error: str | None
-
-
-@dataclass(frozen=True)
-class AttemptStats:
-    """One endpoint's attempts over a period: how many, how many succeeded, and how long they took."""
-
-    attempts: int
-    successes: int
-    p50_ms: int | None  # of every attempt's duration (None: no attempts)
-    p95_ms: int | None
-
-    @property
-    def success_rate(self) -> float | None:
-        return self.successes / self.attempts if self.attempts else None
-
 
 _ROW_COLUMNS = "id, endpoint, state, attempts, next_attempt_ms, created_ms, updated_ms, last_status, last_error"
 
@@ -141,6 +111,8 @@ class Store:
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._durable = True
+        self.transactions = 0  # committed write transactions, for tests and benchmarks
 
     def close(self) -> None:
         with self._lock:
@@ -148,9 +120,16 @@ class Store:
 
     # transactions -----------------------------------------------------------
 
-    def transaction(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
-        """Run ``ops`` in one write transaction (one fsync); returns their results."""
+    def transaction(self, ops: Sequence[Callable[[sqlite3.Connection], Any]], durable: bool = True) -> list[Any]:
+        """Run ``ops`` in one write transaction; returns their results.
+
+        ``durable``: the commit returns once it is on disk (an fsync); otherwise once
+        it is in the OS (see the module doc for what may use that).
+        """
         with self._lock:
+            if durable != self._durable:
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 results = [op(self._conn) for op in ops]
@@ -158,10 +137,11 @@ class Store:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            self.transactions += 1
             return results
 
-    def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        result: T = self.transaction([op])[0]
+    def write(self, op: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        result: T = self.transaction([op], durable)[0]
         return result
 
     def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -176,8 +156,8 @@ class Store:
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (id, endpoint, body, state, next_attempt_ms, created_ms, updated_ms, last_error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(d.id, d.endpoint, d.body, d.state, d.due_ms, at_ms, at_ms, d.error) for d in items],
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM seen WHERE id = ?)",
+                [(d.id, d.endpoint, d.body, d.state, d.due_ms, at_ms, at_ms, d.error, d.id) for d in items],
             )
             return conn.total_changes - before
 
@@ -207,6 +187,48 @@ class Store:
         return op
 
     @staticmethod
+    def op_outcomes(outcomes: Sequence[Outcome]) -> Callable[[sqlite3.Connection], dict[str, int | None]]:
+        """Record attempts; per endpoint among them, its failing-since time (None once it succeeded).
+
+        An outcome whose row was claimed again meanwhile (its lease ended) is ignored.
+        """
+
+        def op(conn: sqlite3.Connection) -> dict[str, int | None]:
+            conn.executemany(
+                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(o.claimed.id, o.claimed.attempt, o.at_ms, o.status, o.outcome, o.error, o.duration_ms) for o in outcomes],
+            )
+            conn.executemany(
+                "UPDATE deliveries SET state = ?, next_attempt_ms = ?, lease_until_ms = 0, updated_ms = ?, "
+                "last_status = ?, last_error = ? WHERE id = ? AND state = 'pending' AND attempts = ?",
+                [(o.state, o.next_attempt_ms, o.at_ms, o.status, o.error, o.claimed.id, o.claimed.attempt)
+                 for o in outcomes],
+            )
+            # Applied in order, a batch leaves per endpoint: its last success, and its first failure after it.
+            latest: dict[str, tuple[int | None, int | None]] = {}
+            for o in outcomes:
+                success, failure = latest.get(o.claimed.endpoint, (None, None))
+                if o.state == DELIVERED:
+                    latest[o.claimed.endpoint] = (o.at_ms, None)
+                else:
+                    latest[o.claimed.endpoint] = (success, o.at_ms if failure is None else failure)
+            out: dict[str, int | None] = {}
+            for endpoint, (success, failure) in latest.items():
+                conn.execute("INSERT OR IGNORE INTO endpoints (name) VALUES (?)", (endpoint,))
+                if success is not None:
+                    conn.execute("UPDATE endpoints SET failing_since_ms = ?, last_success_ms = ? WHERE name = ?",
+                                 (failure, success, endpoint))
+                    out[endpoint] = failure
+                    continue
+                conn.execute("UPDATE endpoints SET failing_since_ms = coalesce(failing_since_ms, ?) WHERE name = ?",
+                             (failure, endpoint))
+                (since,) = conn.execute("SELECT failing_since_ms FROM endpoints WHERE name = ?", (endpoint,)).fetchone()
+                out[endpoint] = int(since)
+            return out
+
+        return op
+
+    @staticmethod
     def op_outcome(
         claimed: Claimed,
         *,
@@ -219,30 +241,33 @@ class Store:
         next_attempt_ms: int,
     ) -> Callable[[sqlite3.Connection], int | None]:
         """Record one attempt; returns the endpoint's failing-since time (None after a success)."""
+        record = Store.op_outcomes(
+            [Outcome(claimed, at_ms, status, outcome, error, duration_ms, state, next_attempt_ms)]
+        )
+        return lambda conn: record(conn)[claimed.endpoint]
+
+    @staticmethod
+    def op_unclaim(claims: Sequence[Claimed], at_ms: int) -> Callable[[sqlite3.Connection], None]:
+        """Claims given back before their attempt began: due again now, the attempt not counted."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET attempts = attempts - 1, next_attempt_ms = ?, lease_until_ms = 0 "
+                "WHERE id = ? AND state = 'pending' AND attempts = ?",
+                [(at_ms, c.id, c.attempt) for c in claims],
+            )
+
+        return op
+
+    @staticmethod
+    def op_next_due(endpoint: str) -> Callable[[sqlite3.Connection], int | None]:
+        """When the earliest pending delivery of ``endpoint`` is due (leased ones: when the lease ends)."""
 
         def op(conn: sqlite3.Connection) -> int | None:
-            conn.execute(
-                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (claimed.id, claimed.attempt, at_ms, status, outcome, error, duration_ms),
-            )
-            conn.execute(
-                "UPDATE deliveries SET state = ?, next_attempt_ms = ?, lease_until_ms = 0, updated_ms = ?, "
-                "last_status = ?, last_error = ? WHERE id = ? AND state = 'pending' AND attempts = ?",
-                (state, next_attempt_ms, at_ms, status, error, claimed.id, claimed.attempt),
-            )
-            conn.execute("INSERT OR IGNORE INTO endpoints (name) VALUES (?)", (claimed.endpoint,))
-            if state == DELIVERED:
-                conn.execute(
-                    "UPDATE endpoints SET failing_since_ms = NULL, last_success_ms = ? WHERE name = ?",
-                    (at_ms, claimed.endpoint),
-                )
-                return None
-            conn.execute(
-                "UPDATE endpoints SET failing_since_ms = coalesce(failing_since_ms, ?) WHERE name = ?",
-                (at_ms, claimed.endpoint),
-            )
-            (since,) = conn.execute("SELECT failing_since_ms FROM endpoints WHERE name = ?", (claimed.endpoint,)).fetchone()
-            return int(since)
+            row = conn.execute(
+                "SELECT min(next_attempt_ms) FROM deliveries WHERE endpoint = ? AND state = 'pending'", (endpoint,)
+            ).fetchone()
+            return int(row[0]) if row and row[0] is not None else None
 
         return op
 
@@ -316,19 +341,6 @@ class Store:
 
         return self.write(op)
 
-    @staticmethod
-    def op_prune(before_ms: int) -> Callable[[sqlite3.Connection], int]:
-        def op(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "DELETE FROM attempts WHERE id IN (SELECT id FROM deliveries WHERE state != 'pending' AND updated_ms < ?)",
-                (before_ms,),
-            )
-            return conn.execute(
-                "DELETE FROM deliveries WHERE state != 'pending' AND updated_ms < ?", (before_ms,)
-            ).rowcount
-
-        return op
-
     # reads -------------------------------------------------------------------
 
     def next_due_ms(self, endpoints: Sequence[str]) -> dict[str, int]:
@@ -343,7 +355,12 @@ class Store:
         return out
 
     def endpoint_states(self) -> dict[str, EndpointState]:
-        rows = self.read("SELECT name, disabled_reason, disabled_ms, failing_since_ms, last_success_ms FROM endpoints")
+        with self._lock:
+            return self.endpoint_states_in(self._conn)
+
+    @staticmethod
+    def endpoint_states_in(conn: sqlite3.Connection) -> dict[str, EndpointState]:
+        rows = conn.execute("SELECT name, disabled_reason, disabled_ms, failing_since_ms, last_success_ms FROM endpoints")
         return {r[0]: EndpointState(*r) for r in rows}
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -370,6 +387,11 @@ class Store:
     def get(self, delivery_id: str) -> DeliveryRow | None:
         rows = self.read(f"SELECT {_ROW_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,))
         return DeliveryRow(*rows[0]) if rows else None
+
+    def delivered_ms(self, delivery_id: str) -> int | None:
+        """When ``delivery_id`` was delivered, if only its id is kept now (its row left with its history)."""
+        rows = self.read("SELECT delivered_ms FROM seen WHERE id = ?", (delivery_id,))
+        return int(rows[0][0]) if rows else None
 
     def body(self, delivery_id: str) -> bytes | None:
         rows = self.read("SELECT body FROM deliveries WHERE id = ?", (delivery_id,))

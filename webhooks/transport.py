@@ -1,29 +1,42 @@
-"""An httpx transport whose every TCP connection passes the SSRF guard.
+"""Keep-alive connections to one endpoint, every new TCP connection through the SSRF guard.
 
-httpcore asks its network backend to ``connect_tcp(host, port)`` with the URL's
-host; :class:`GuardedBackend` resolves that host once through the
-:class:`~tripwire.webhooks.ssrf.Guard`, and opens the socket to one of the checked
-addresses. httpcore then starts TLS on that socket with the URL's hostname as
-SNI and for certificate verification, and the request keeps its ``Host``
-header: the receiver sees a normal request for its name, while the address
-actually reached is the one that was checked (no second DNS lookup to rebind).
-Proxies from the environment are never used.
+httpcore (httpx's connection layer) asks its network backend to
+``connect_tcp(host, port)`` with the URL's host; :class:`GuardedBackend`
+resolves that host once through the :class:`~tripwire.webhooks.ssrf.Guard` and
+opens the socket to one of the checked addresses. httpcore then starts TLS on
+that socket with the URL's hostname as SNI and for certificate verification,
+and the request keeps its ``Host`` header: the receiver sees a normal request
+for its name, while the address actually reached is the one that was checked
+(no second DNS lookup to rebind). The guard decides on every *connection*; a
+connection it refused is never opened, so there is nothing to reuse. Proxies
+from the environment are never used.
+
+:class:`EndpointPool` holds at most ``max_connections`` HTTP/1.1 keep-alive
+connections (the endpoint's concurrency) and sends a prepared POST straight to
+them: httpx's client layer (cookies, auth flows, redirects, environment proxies)
+does nothing a delivery needs, and costs more CPU than the request itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import select
+import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import certifi
 import httpcore
-import httpx
 
 from .errors import DestinationRefused
 from .ssrf import Guard
+
+# An idle connection is closed after this long: below the 5 s idle timeout of common servers (uvicorn,
+# Node), so a request is never sent on a connection the receiver is just closing.
+KEEPALIVE_EXPIRY_S = 4.0
+
+Headers = Sequence[tuple[bytes, bytes]]
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -48,9 +61,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for ip in addresses:
             try:
-                return await self._inner.connect_tcp(
+                return _KeptSocketStream(await self._inner.connect_tcp(
                     str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
+                ))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
@@ -65,85 +78,90 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-_ERRORS: list[tuple[type[Exception], type[httpx.TransportError]]] = [
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-]
+class _KeptSocketStream(httpcore.AsyncNetworkStream):
+    """anyio's stream, with the socket looked up once.
 
+    Before every request the pool asks each kept-alive connection whether the
+    server closed it (``is_readable``); anyio builds its table of stream
+    attributes on every lookup, which cost more than the rest of the check.
+    """
 
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        for core, mapped in _ERRORS:
-            if isinstance(exc, core):
-                raise mapped(str(exc)) from exc
-        raise
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
 
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
 
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped():
-            async for chunk in self._stream:
-                yield chunk
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
-        if hasattr(self._stream, "aclose"):
-            with _mapped():
-                await self._stream.aclose()
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _KeptSocketStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._socket
+        if info == "is_readable":  # data or EOF waiting on an idle connection: the server closed it
+            if self._socket is None or self._socket.fileno() < 0:
+                return True
+            poll = select.poll()
+            poll.register(self._socket, select.POLLIN)
+            return bool(poll.poll(0))
+        return self._inner.get_extra_info(info)
 
 
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 connection pool over :class:`GuardedBackend`."""
+class EndpointPool:
+    """HTTP/1.1 keep-alive connection pool for one endpoint, over :class:`GuardedBackend`.
 
-    def __init__(self, guard: Guard, *, max_connections: int = 10, ssl_context: ssl.SSLContext | None = None) -> None:
+    ``post`` raises httpcore's errors (``httpcore.TimeoutException``, ``httpcore.NetworkError``,
+    ``httpcore.ProtocolError``, ...) and :class:`DestinationRefused`.
+    """
+
+    def __init__(
+        self, guard: Guard, *, max_connections: int, ssl_context: ssl.SSLContext | None = None,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+    ) -> None:
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context or make_ssl_context(),
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
-            keepalive_expiry=5.0,
+            keepalive_expiry=keepalive_expiry_s,
             http1=True,
             http2=False,
             network_backend=GuardedBackend(guard),
         )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _mapped():
-            response = await self._pool.handle_async_request(core_request)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
-        )
+    @property
+    def connections(self) -> int:
+        """Connections open now (idle or busy)."""
+        return len(self._pool.connections)
+
+    async def post(
+        self, url: httpcore.URL, headers: Headers, body: bytes, *, timeout_s: float, max_response_bytes: int
+    ) -> tuple[int, Headers, bytes]:
+        """POST ``body``; the status, the headers and at most ``max_response_bytes`` of the answer.
+
+        ``headers`` must hold ``host`` and ``content-length``. An answer read to its end leaves
+        its connection in the pool for the next request; one cut short closes it.
+        """
+        timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+        request = httpcore.Request(b"POST", url, headers=list(headers), content=body, extensions={"timeout": timeouts})
+        response = await self._pool.handle_async_request(request)
+        data = b""
+        try:
+            async for chunk in response.stream:  # type: ignore[union-attr]
+                data += chunk
+                if len(data) >= max_response_bytes:
+                    break
+        finally:
+            await response.aclose()
+        return response.status, response.headers, data[:max_response_bytes]
 
     async def aclose(self) -> None:
         await self._pool.aclose()

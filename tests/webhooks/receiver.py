@@ -25,6 +25,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float  # time.monotonic()
+    peer: str = ""  # the client's "host:port": one per connection
 
     @property
     def id(self) -> str:
@@ -76,7 +77,9 @@ class Receiver:
     async def _app(self, scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
         request = Request(scope, receive)
         body = await request.body()
-        received = Received(request.url.path, {k.lower(): v for k, v in request.headers.items()}, body, time.monotonic())
+        client = scope.get("client") or ("", 0)
+        received = Received(request.url.path, {k.lower(): v for k, v in request.headers.items()}, body, time.monotonic(),
+                            f"{client[0]}:{client[1]}")
         with self._lock:
             self.requests.append(received)
             n = sum(1 for r in self.requests if r.id == received.id)

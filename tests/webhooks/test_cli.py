@@ -136,6 +136,8 @@ async def test_create_service_from_config(log, tmp_path):
         ({"retry_schedule_s": [0, -1]}, {}, "webhooks.retry_schedule_s"),
         ({"allow_networks": ["not-a-net"]}, {}, "webhooks.allow_networks"),
         ({"attempt_timeout_s": 0}, {}, "webhooks.attempt_timeout_s"),
+        ({"dedup_window_s": 0}, {}, "webhooks.dedup_window_s"),
+        ({"delivered_history_s": -1}, {}, "webhooks.delivered_history_s"),
         ({"colour": "red"}, {}, "webhooks.colour"),
         ({"ca_bundle": "/nonexistent/ca.pem"}, {}, "webhooks.ca_bundle"),
         ({}, {"crm": {"url": "https://x.example.com", "secret": ""}}, "endpoints.crm.secret"),

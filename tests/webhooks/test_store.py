@@ -86,15 +86,6 @@ def test_enable_makes_waiting_rows_due_but_not_leased_ones(tmp_path):
     store.close()
 
 
-def test_prune_keeps_pending_and_recent(tmp_path):
-    store = Store(tmp_path / "w.db")
-    store.write(Store.op_add([NewDelivery("old_dead", "crm", b"{}", T0, DEAD, "x"), NewDelivery("old_pending", "crm", b"{}", T0)], T0))
-    store.write(Store.op_add([NewDelivery("new_dead", "crm", b"{}", T0, DEAD, "x")], T0 + 100))
-    assert store.write(Store.op_prune(T0 + 50)) == 1
-    assert store.get("old_dead") is None and store.get("old_pending") and store.get("new_dead")
-    store.close()
-
-
 def test_two_stores_on_one_file_never_claim_the_same_row(tmp_path):
     path = tmp_path / "w.db"
     setup = Store(path)

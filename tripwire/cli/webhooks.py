@@ -175,7 +175,12 @@ def replay_command(args: argparse.Namespace, config: Config) -> int:
             return 0
         row = store.get(args.id)
         if row is None:
-            print(f"tripwire: no delivery with id {args.id!r}", file=sys.stderr)
+            delivered_ms = store.delivered_ms(args.id)
+            if delivered_ms is not None:
+                print(f"tripwire: {args.id} was delivered at {_time(delivered_ms)}; its body is no longer kept "
+                      "(webhooks.delivered_history_s), so it cannot be sent again", file=sys.stderr)
+            else:
+                print(f"tripwire: no delivery with id {args.id!r}", file=sys.stderr)
             return 1
         if row.state == "pending":
             _out(f"{args.id} is already pending ({row.attempts} attempt(s) so far)")
