@@ -23,6 +23,9 @@ connections left waiting); it prints the sweep, the choice and why. ``--connecti
 Then ``--rounds`` interleaved rounds at that count, baseline and collector back to back
 (their order alternating), give one ratio per round: other load on a shared machine hits
 both runs of a round alike, so the spread of the round ratios says how far to trust them.
+Each round also reads the server's CPU time per request (/proc, all its threads): a server
+pinned to a CPU that other programs share loses wall time but not CPU time, so the ratio of
+CPU per request is the steadier estimate of the same quantity on a busy machine.
 Last, latency at half the collector's maximum rate (each connection paced), and the raw
 ``orjson.loads`` rate of the batch. Asserts nothing (machines here are noisy).
 
@@ -140,13 +143,21 @@ def wrk(url: str, body: bytes, workdir: Path, duration_s: int, connections: int,
         return m.group(1)
 
     rps = float(find(r"Requests/sec:\s+([\d.]+)"))
+    requests = int(find(r"(\d+) requests in"))
     p50 = _ms(find(r"^\s+50%\s+(\S+)\s*$"))
     p99 = _ms(find(r"^\s+99%\s+(\S+)\s*$"))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     connect, read, write, timeout = (int(n) for n in errors.groups()) if errors else (0, 0, 0, 0)
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+    return {"rps": rps, "requests": requests, "p50_ms": p50, "p99_ms": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "timeouts": timeout, "socket_errors": connect + read + write}
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process (all its threads) has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def troubled(r: dict[str, Any]) -> bool:
@@ -279,7 +290,9 @@ def main() -> int:
         ports = {"baseline": base_port, "collector": coll_port}
         cmd = [sys.executable, "-m", "tripwire", "--log-level", "warning", "--config", str(config), "collector", "--port", str(coll_port)]
         fsync_before = fsync_ms(workdir)
-        with server([sys.executable, __file__, "--serve-baseline", str(base_port)], base_port, env), server(cmd, coll_port, env):
+        with server([sys.executable, __file__, "--serve-baseline", str(base_port)], base_port, env) as base_proc, \
+                server(cmd, coll_port, env) as coll_proc:
+            pids = {"baseline": base_proc.pid, "collector": coll_proc.pid}  # taskset execs: the server's own pid
             for name, path, body in scenarios:  # warm-up
                 for port in ports.values():
                     wrk(f"http://127.0.0.1:{port}{path}", body, workdir, 2, given[name] or 32)
@@ -297,7 +310,9 @@ def main() -> int:
                 order = list(ports.items()) if i % 2 == 0 else list(reversed(ports.items()))
                 for name, path, body in scenarios:
                     for who, port in order:
+                        before = cpu_s(pids[who])
                         result = wrk(f"http://127.0.0.1:{port}{path}", body, workdir, args.duration, conns[name])
+                        result["cpu_us"] = (cpu_s(pids[who]) - before) / max(result["requests"], 1) * 1e6
                         runs.setdefault(f"{who}_{name}", []).append(result)
             results = {k: max(v, key=lambda r: r["rps"]) for k, v in runs.items()}
             # Latency at half the collector's maximum: each connection pauses between requests.
@@ -332,8 +347,9 @@ def main() -> int:
                 print(f"    -c{c:<4} " + "  ".join(cells))
         print(f"  {label}: -c{conns[name]}: {why[name]}")
     print()
-    ratios = {name: [coll["rps"] / base["rps"] for base, coll in zip(runs[f"baseline_{name}"], runs[f"collector_{name}"])]
-              for name in ("track", "batch")}
+    pairs = {name: list(zip(runs[f"baseline_{name}"], runs[f"collector_{name}"])) for name in ("track", "batch")}
+    ratios = {name: [coll["rps"] / base["rps"] for base, coll in pairs[name]] for name in pairs}
+    cpu_ratios = {name: [base["cpu_us"] / coll["cpu_us"] for base, coll in pairs[name]] for name in pairs}
     print(f"  {args.rounds} interleaved rounds of {args.duration}s; ratio = collector / baseline in the same round")
     print(f"  {'scenario':<26}{'conns':>6}{'baseline req/s':>16}{'collector req/s':>17}{'ratio (median)':>16}   {'rounds':<22}target")
     bt, ct = results["baseline_track"], results["collector_track"]
@@ -345,6 +361,14 @@ def main() -> int:
         print(f"  {label:<26}{conns[name]:>6}{base_r['rps']:>16,.0f}{coll_r['rps']:>17,.0f}{statistics.median(rs):>16.2f}   "
               f"{spread:<22}{target}")
     print("  (req/s: the best round of each)")
+    print("  CPU time per request (the server process, all threads; steadier than req/s when other programs share")
+    print("  the CPU, as the server only pays for the time it runs): ratio = baseline CPU / collector CPU")
+    for name, label in (("track", "POST /v1/track (1 event)"), ("batch", "POST /v1/batch (100 ev.)")):
+        base_us = statistics.median(b["cpu_us"] for b, _ in pairs[name])
+        coll_us = statistics.median(c["cpu_us"] for _, c in pairs[name])
+        rs = cpu_ratios[name]
+        spread = f"{min(rs):.2f}-{max(rs):.2f}" if len(rs) > 1 else ""
+        print(f"  {label:<26}{'':>6}{base_us:>13,.1f} us{coll_us:>14,.1f} us{statistics.median(rs):>16.2f}   {spread}")
     print()
     print(f"  /v1/batch events/s per worker: collector {cb['rps'] * 100:,.0f}; baseline parse-only {bb['rps'] * 100:,.0f}")
     print(f"  raw orjson.loads of the same batch body, in-process: {parse_rate:,.0f} events/s")
