@@ -1,13 +1,17 @@
 """In-process micro-benchmark of the collector's /v1/batch path (no HTTP server, no wrk).
 
-    python bench/collector_micro.py [--seconds 3] [--concurrency 32] [--profile]
+    python bench/collector_micro.py [--seconds 3] [--concurrency 32] [--cpu 0] [--profile]
 
 Drives the ASGI app directly with the same 100-event batch body as bench/collector.py and
-prints events/s per core for: orjson.loads alone, ``Intake.prepare`` (envelope,
-enrichment, serialisation), ``SqliteLog.append`` of prepared entries (group commit,
-synchronous=FULL), and the whole handler (parse + prepare + durable append), with
-``--concurrency`` requests in flight so appends share commits as under load.
-``--profile`` prints a cProfile of the whole-handler loop instead. Asserts nothing.
+prints, per stage, events/s and the CPU time of one 100-event request: orjson.loads alone,
+``Intake.prepare`` (envelope, enrichment, serialisation), ``SqliteLog.append`` of prepared
+entries (group commit, synchronous=FULL), and the whole handler (parse + prepare + durable
+append), with ``--concurrency`` requests in flight so appends share commits as under load.
+The process is pinned to one CPU (``--cpu``, -1 for none) as bench/collector.py pins the
+server: unpinned, the log's writer thread runs on another core and its work (compression,
+SQLite, fsync) vanishes from the rates. The CPU time of the appends is the event loop's
+plus the writer thread's (Linux). ``--profile`` prints a cProfile of the whole-handler loop
+instead. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import importlib.util  # noqa: E402
+import os  # noqa: E402
 
 from tripwire.collector import create_app  # noqa: E402
 from tripwire.collector.enrich import IpPolicy  # noqa: E402
@@ -54,12 +59,23 @@ BATCH_BODY: bytes = _BENCH.BATCH_BODY
 WRITE_KEY: str = _BENCH.WRITE_KEY
 
 
-def rate(fn: Any, seconds: float) -> float:
-    n, start = 0, time.perf_counter()
+def rate(fn: Any, seconds: float) -> tuple[float, float]:
+    """Events/s of ``fn`` (one request) and its CPU microseconds per request."""
+    n, start, cpu = 0, time.perf_counter(), time.thread_time()
     while time.perf_counter() - start < seconds:
         fn()
         n += 1
-    return n * EVENTS_PER_BODY / (time.perf_counter() - start)
+    return n * EVENTS_PER_BODY / (time.perf_counter() - start), (time.thread_time() - cpu) / n * 1e6
+
+
+def thread_cpu_s(native_id: int) -> float:
+    """CPU seconds of one thread of this process (0 where /proc is missing)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -67,6 +83,10 @@ async def main_async(args: argparse.Namespace) -> None:
         config = from_dict({"data_dir": tmp, "sources": {"bench": {"write_key": WRITE_KEY}}})
         log = SqliteLog(Path(tmp) / "log.db", 4)
         await log.start()
+        writer = log._writer._thread.native_id if log._writer is not None else None  # noqa: SLF001 (a bench)
+
+        def writer_cpu_s() -> float:
+            return thread_cpu_s(writer) if writer is not None else 0.0
         app = create_app(config, log)
         auth = b"Basic " + base64.b64encode(f"{WRITE_KEY}:".encode())
         scope = {
@@ -91,10 +111,10 @@ async def main_async(args: argparse.Namespace) -> None:
         # the same settings as the app's defaults (truncate IPs /24, /48; no trusted proxies)
         intake = Intake(log, {}, catalog=None, ip_policy=IpPolicy([], True), max_event_bytes=32 * 1024)
 
-        async def handler_loop(seconds: float) -> float:
+        async def handler_loop(seconds: float) -> tuple[float, float]:
             done = 0
             stop_at = time.perf_counter() + seconds
-            start = time.perf_counter()
+            start, cpu, wcpu = time.perf_counter(), time.thread_time(), writer_cpu_s()
 
             async def worker() -> None:
                 nonlocal done
@@ -103,12 +123,13 @@ async def main_async(args: argparse.Namespace) -> None:
                     done += 1
 
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-            return done * EVENTS_PER_BODY / (time.perf_counter() - start)
+            used = time.thread_time() - cpu + writer_cpu_s() - wcpu
+            return done * EVENTS_PER_BODY / (time.perf_counter() - start), used / done * 1e6
 
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            got = await handler_loop(args.seconds)
+            got, _ = await handler_loop(args.seconds)
             prof.disable()
             print(f"whole handler under the profiler: {got:,.0f} events/s")
             pstats.Stats(prof).sort_stats("tottime").print_stats(30)
@@ -127,10 +148,10 @@ async def main_async(args: argparse.Namespace) -> None:
         doc = orjson.loads(BATCH_BODY)
         entries = [((e["anonymousId"]).encode(), orjson.dumps(e)) for e in doc["batch"]]
 
-        async def append_loop(seconds: float) -> float:
+        async def append_loop(seconds: float) -> tuple[float, float]:
             done = 0
             stop_at = time.perf_counter() + seconds
-            start = time.perf_counter()
+            start, cpu, wcpu = time.perf_counter(), time.thread_time(), writer_cpu_s()
 
             async def worker() -> None:
                 nonlocal done
@@ -139,25 +160,31 @@ async def main_async(args: argparse.Namespace) -> None:
                     done += 1
 
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-            return done * EVENTS_PER_BODY / (time.perf_counter() - start)
+            used = time.thread_time() - cpu + writer_cpu_s() - wcpu
+            return done * EVENTS_PER_BODY / (time.perf_counter() - start), used / done * 1e6
 
         append = await append_loop(args.seconds)
         whole = await handler_loop(args.seconds)
         await log.stop()
 
-    print(f"in-process /v1/batch (100 events/body, {args.concurrency} in flight, {args.seconds:g}s each), events/s:")
-    print(f"  orjson.loads only            {parse:>12,.0f}")
-    print(f"  parse + Intake.prepare       {prepare_rate:>12,.0f}")
-    print(f"  SqliteLog.append only        {append:>12,.0f}")
-    print(f"  whole handler (ASGI)         {whole:>12,.0f}")
+    pinned = f"pinned to CPU {args.cpu}" if args.cpu >= 0 else "not pinned"
+    print(f"in-process /v1/batch (100 events/body, {args.concurrency} in flight, {args.seconds:g}s each, {pinned}):")
+    print(f"  {'stage':<29}{'events/s':>12}{'CPU us/request':>16}")
+    for label, (events_s, cpu_us) in (("orjson.loads only", parse), ("parse + Intake.prepare", prepare_rate),
+                                      ("SqliteLog.append only", append), ("whole handler (ASGI)", whole)):
+        print(f"  {label:<29}{events_s:>12,.0f}{cpu_us:>16,.1f}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--cpu", type=int, default=0, help="pin the process to this CPU (-1: do not pin)")
     parser.add_argument("--profile", action="store_true")
-    asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})  # before the log starts its writer thread, which inherits it
+    asyncio.run(main_async(args))
     return 0
 
 

@@ -9,7 +9,9 @@ prometheus_client's ``Histogram.observe`` takes a lock and searches the buckets
 once per call, about a microsecond, which the batch path cannot pay per event.
 So the intake keeps a request's delays in a list (an append each) and, once they
 are durable, :meth:`DelayHistogram.add` buckets them all at once in C
-(``map(bisect_left, ...)`` into a ``Counter``) and adds them under one lock.
+(``map(bisect_left, ...)`` into a ``Counter``; when the smallest and the largest
+fall in one bucket, as a batch's usually do, that bucket gets them all) and adds
+them under one lock.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import repeat
 
 from prometheus_client.core import HistogramMetricFamily
@@ -52,8 +54,13 @@ class DelayHistogram(Collector):
         """Observe one request's delays (ms; a negative one, from a clock ahead, counts as 0)."""
         if not delays_ms:
             return
-        per_bucket = Counter(map(bisect_left, repeat(_BOUNDS_MS), delays_ms))  # bucket i: delays <= bound i
-        total_ms = sum(filter((0).__lt__, delays_ms))
+        lo, hi = min(delays_ms), max(delays_ms)
+        first = bisect_left(_BOUNDS_MS, lo)  # bucket i: delays <= bound i
+        if first == bisect_left(_BOUNDS_MS, hi):  # all in one bucket (a batch flushed at once): no per-delay work
+            per_bucket: Mapping[int, int] = {first: len(delays_ms)}
+        else:
+            per_bucket = Counter(map(bisect_left, repeat(_BOUNDS_MS), delays_ms))
+        total_ms = sum(delays_ms) if lo >= 0 else sum(filter((0).__lt__, delays_ms))
         with self._lock:
             mine = self._by_source.get(source)
             if mine is None:

@@ -214,9 +214,10 @@ def normalize_timed(
     elif kind == "group":
         if _id(env, "groupId") is None:
             raise EnvelopeError("groupId", "group calls need groupId")
-    for name in ("previousId", "groupId"):  # an id is an id on every call: the same bounds
-        if name in env and (kind != "alias" or name != "previousId") and (kind != "group" or name != "groupId"):
-            _id(env, name)
+    if "previousId" in env or "groupId" in env:  # an id is an id on every call: the same bounds
+        for name in ("previousId", "groupId"):
+            if name in env and (kind != "alias" or name != "previousId") and (kind != "group" or name != "groupId"):
+                _id(env, name)
 
     message_id = env.get("messageId")
     if type(message_id) is not str or not 0 < len(message_id) <= MAX_ID_CHARS:

@@ -17,8 +17,8 @@ PARSED: dict[str, int] = {}  # recent strings (a batch's events share sentAt, of
 _PARSED_MAX = 1024
 
 _SECONDS: dict[int, str] = {}  # formatted whole seconds: strftime is the slow part of the hot path
+_SECONDS_MAX = 4096
 _MILLIS = tuple(f"{i:03d}Z" for i in range(1000))  # "000Z" .. "999Z"
-_LAST_FORMATTED: tuple[int, str] = (0, "1970-01-01T00:00:00.000Z")  # a request's events share receivedAt
 
 
 def parse_iso_ms(value: Any, *, cache: bool = True) -> int | None:
@@ -58,22 +58,22 @@ def format_time_ms(ms: int) -> str:
 
     Raises ValueError, OverflowError or OSError outside the years 1-9999.
     """
-    global _LAST_FORMATTED
-    last = _LAST_FORMATTED
-    if ms == last[0]:
-        return last[1]
-    seconds = ms // 1000
-    prefix = _SECONDS.get(seconds)
+    # One dict lookup and one concatenation when the second was seen lately (the events of a
+    # request are seconds apart): the collector formats every event's corrected time.
+    prefix = _SECONDS.get(ms // 1000)
     if prefix is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        dt = datetime.fromtimestamp(seconds, UTC)  # %Y would not zero-pad years before 1000
-        prefix = _SECONDS[seconds] = (
-            f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
-        )
-    text = prefix + _MILLIS[ms - seconds * 1000]
-    _LAST_FORMATTED = (ms, text)
-    return text
+        prefix = _format_second(ms // 1000)
+    return prefix + _MILLIS[ms % 1000]  # floor division and modulo: right for times before 1970 too
+
+
+def _format_second(seconds: int) -> str:
+    if len(_SECONDS) >= _SECONDS_MAX:
+        _SECONDS.clear()
+    dt = datetime.fromtimestamp(seconds, UTC)  # %Y would not zero-pad years before 1000
+    prefix = _SECONDS[seconds] = (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
+    )
+    return prefix
 
 
 def format_datetime(dt: datetime) -> str:

@@ -120,6 +120,31 @@ async def test_each_events_delivery_delay_is_observed_per_source(make_collector:
     assert sample(f"{name}_count", source=source) == 5
 
 
+async def test_a_batch_whose_delays_share_a_bucket_is_counted_like_any_other(make_collector: MakeCollector) -> None:
+    # The histogram takes a shortcut when a request's smallest and largest delay fall in one bucket.
+    source = "delay-one-bucket"  # a name no other test uses: the registry is process-wide
+    c = await make_collector({"sources": {source: {"write_key": SERVER_KEY}}})
+    name = "tripwire_collector_event_delay_seconds"
+    now = int(time.time() * 1000)
+
+    def batch(*offsets_ms: int) -> dict[str, object]:
+        return {"batch": [{"type": "track", "event": "E", "userId": "u", "timestamp": format_time_ms(now + off)}
+                          for off in offsets_ms]}
+
+    # An SDK's flush: every delay in (10 s, 20 s].
+    assert (await c.client.post("/v1/batch", json=batch(-12_000, -15_000, -19_000), headers=basic(SERVER_KEY))).status_code == 200
+    assert sample(f"{name}_count", source=source) == 3
+    assert sample(f"{name}_bucket", source=source, le="10.0") == 0
+    assert sample(f"{name}_bucket", source=source, le="20.0") == 3
+    assert 46 <= sample(f"{name}_sum", source=source) < 46 + 30
+    # A clock ahead: negative delays, all in the first bucket, and they add 0 (not a negative) to the sum.
+    before = sample(f"{name}_sum", source=source)
+    assert (await c.client.post("/v1/batch", json=batch(3_000, 4_000), headers=basic(SERVER_KEY))).status_code == 200
+    assert sample(f"{name}_count", source=source) == 5
+    assert sample(f"{name}_bucket", source=source, le="0.1") == 2
+    assert sample(f"{name}_sum", source=source) == before
+
+
 async def test_a_requests_events_are_appended_in_event_time_order_per_key(make_collector: MakeCollector) -> None:
     # An offline device's queue (or an SDK's batch) need not be in time order; the engine reads the log in order.
     c = await make_collector({})
