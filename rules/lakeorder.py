@@ -5,18 +5,19 @@ name order): the order a backtest of the whole day in memory would use. A day's 
 small even when its rows are not, so:
 
 1. Each file's ``timestamp`` column is read alone (8 bytes a row). A file is a *source* read
-   forward in record batches; a file whose rows are so far from time order that delivering them
-   in order would hold more than ``MAX_HELD_ROWS`` rows read ahead (sink files are in arrival
-   order: close to time order) is first sorted out of core instead: runs of ``RUN_ROWS`` rows,
-   sorted with Arrow and spilled as Arrow IPC files (``$TMPDIR``), each run a source.
+   forward in record batches, holding the rows it reads ahead of the one due (sink files are in
+   arrival order: close to time order). The rows held are bounded for the whole day
+   (``MAX_HELD_ROWS``): the files furthest from time order beyond that budget are first sorted
+   out of core instead: runs of ``RUN_ROWS`` rows, sorted with Arrow and spilled as Arrow IPC
+   files (``$TMPDIR``), each run a source.
 2. The sources' times, concatenated in source order, are sorted once (a stable Arrow sort):
    for each row of the day in order, which source it comes from and its row there.
 3. Rows are handed out in that order: each source reads its batches as its rows come due, keeps
    the rows read ahead of the one due, and is closed after its last row.
 
-Memory: about 20 bytes a row of the day for the keys, plus per open source a batch and the rows
-it holds ahead. Rows without an event time come first, as ``(None, None)`` (a backtest counts
-them as skipped).
+Memory: about 20 bytes a row of the day for the keys, at most ``MAX_HELD_ROWS`` envelopes read
+ahead, and a batch per open source (per file overlapping in time). Rows without an event time
+come first, as ``(None, None)`` (a backtest counts them as skipped).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import pyarrow.compute as pc
 
 from .errors import RulesError
 
-MAX_HELD_ROWS = 20_000
+MAX_HELD_ROWS = 50_000  # rows read ahead, all files of a day together
 RUN_ROWS = 100_000
-BATCH_ROWS = 2048
+BATCH_ROWS = 256  # a batch is turned into envelopes at once: per open file, this many are held
 _CHUNK = 65_536  # positions of the day's order turned into Python ints at a time
 TIME = "timestamp"
 
@@ -107,10 +108,8 @@ def day_in_order(files: Sequence[str], read: Callable[[str], tuple[int, pa.Array
     ``read(file)`` gives the file's row count, its ``timestamp`` column (None: it has none) and a
     function giving its record batches (with that column); ``convert`` turns a batch into envelopes."""
     with ExitStack() as stack:
-        sources: list[Source] = []
-        times: list[pa.Array] = []
+        files_in: list[tuple[int, int, pa.Array, Batches]] = []  # (rows held ahead, index, times, batches)
         untimed = 0
-        tmp: list[str] = []
         for f in files:
             rows, column, batches = read(f)
             if column is None:
@@ -120,22 +119,32 @@ def day_in_order(files: Sequence[str], read: Callable[[str], tuple[int, pa.Array
             untimed += t.null_count
             if t.null_count:
                 t = t.drop_null()
-            if not len(t):
-                continue
-            if held_ahead(t) <= MAX_HELD_ROWS:
+            if len(t):
+                files_in.append((held_ahead(t), len(files_in), t, batches))
+        # Read ahead in the files closest to time order, within one budget for the day; sort the rest.
+        budget = MAX_HELD_ROWS
+        spill = set()
+        for held, i, _, _ in sorted(files_in, key=lambda x: x[:2]):
+            if held > budget:
+                spill.add(i)
+            else:
+                budget -= held
+        sources: list[Source] = []
+        times: list[pa.Array] = []
+        tmp = ""
+        for _, i, t, batches in files_in:
+            if i not in spill:
                 sources.append(Source(len(t), batches, convert))
                 times.append(t)
                 continue
-            if not tmp:
-                tmp.append(stack.enter_context(tempfile.TemporaryDirectory(prefix="tripwire-backtest-")))
-            for path, run_times in _spill(batches(), Path(tmp[0]) / f"{len(sources)}-"):
+            tmp = tmp or stack.enter_context(tempfile.TemporaryDirectory(prefix="tripwire-backtest-"))
+            for path, run_times in _spill(batches(), Path(tmp) / f"{i}-"):
                 sources.append(Source(len(run_times), lambda p=path: _read_run(p), convert))  # type: ignore[misc]
                 times.append(run_times)
         for _ in range(untimed):
             yield None, None
-        if not sources:
-            return
-        yield from _merged(sources, times)
+        if sources:
+            yield from _merged(sources, times)
 
 
 def _merged(sources: list[Source], times: list[pa.Array]) -> Iterator[tuple[int, dict[str, Any]]]:
