@@ -40,6 +40,7 @@ snippet: js-snippet/node_modules/.installed
 bench: deps
 	$(PY) bench/collector.py
 	$(PY) bench/rules.py
+	$(PY) bench/backtest.py
 	$(PY) bench/sink.py
 	$(PY) bench/kafka_log.py
 	$(PY) bench/e2e.py

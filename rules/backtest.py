@@ -1,10 +1,17 @@
 """Replaying history through the same engine, in event time (``tripwire rules backtest``).
 
-Events must come in event-time order (a JSONL file is sorted here; the lake is
-read day by day, each day sorted). The engine runs with no allowed lateness,
-one partition, and the watermark advancing with the events only, so absences
-fire when later history shows their deadline passed; matches still waiting
-when history ends are reported as pending, not fired.
+Events must come in event-time order, and are streamed: a JSONL file is read
+in order or sorted out of core (:mod:`rules.history`), the lake day by day, each
+day sorted with bounded memory (:mod:`rules.lake`). The engine runs with no
+allowed lateness, one partition, and the watermark advancing with the events
+only, so absences fire when later history shows their deadline passed; matches
+still waiting when history ends are reported as pending, not fired.
+
+Memory is bounded by the rules' windows, not by the history: in time order no
+event is ever behind the watermark, so the engine's long memory of messageIds
+(a day of them, for retries that arrive late) would never be read; the replay's
+engine keeps ids only for its exact span (:class:`Repeats` counts repeats
+within that same span).
 
 Each trigger can be written out as the live engine would write it
 (:func:`trigger_record`: rule, key, fired_at, the matched messageIds, the
@@ -16,12 +23,10 @@ key), also where no rule listens to the event.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
@@ -34,6 +39,9 @@ from .engine import Engine, Match, parse_event_time
 from .gctune import relax_for_long_lived_state
 from .partition import RuleState
 from .plan import Plan
+from .progress import Progress
+
+__all__ = ["BacktestResult", "Progress", "RuleReport", "backtest", "format_report", "trigger_record"]
 
 
 @dataclass
@@ -69,61 +77,6 @@ class BacktestResult:
             "rules": {n: {"triggers": r.total, "per_day": dict(sorted(r.per_day.items())), "samples": r.samples}
                       for n, r in self.rules.items()},
         }
-
-
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most every 0.2 s."""
-
-    def __init__(self, total: int | None, out: TextIO | None = None, label: str = "backtest") -> None:
-        self.total = total
-        self.out = out or sys.stderr
-        self.label = label
-        self.start = time.monotonic()
-        self._last = 0.0
-        self.drawn = False
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < 0.2:
-            return
-        self._last = now
-        rate = done / max(now - self.start, 1e-6)
-        if self.total:
-            frac = min(1.0, done / self.total)
-            bar = "#" * int(frac * 30)
-            text = f"\r{self.label} [{bar:<30}] {frac:6.1%} {done:,}/{self.total:,} events {rate:,.0f}/s"
-        else:
-            text = f"\r{self.label} {done:,} events {rate:,.0f}/s"
-        self.out.write(text)
-        self.out.flush()
-        self.drawn = True
-
-    def close(self, done: int) -> None:
-        self.update(done, force=True)
-        self.out.write("\n")
-        self.out.flush()
-
-
-def read_jsonl(lines: Iterable[bytes]) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-    """(time, envelope) pairs sorted by event time (stable), and the count of unusable lines."""
-    events = []
-    skipped = 0
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            env = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            skipped += 1
-            continue
-        t = parse_event_time(env) if isinstance(env, dict) else None
-        if t is None:
-            skipped += 1
-            continue
-        events.append((t, env))
-    events.sort(key=lambda x: x[0])
-    return events, skipped
 
 
 def trigger_record(m: Match) -> dict[str, Any]:
@@ -164,13 +117,14 @@ class Repeats:
             order.append((t, h))
 
 
-def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, dict[str, Any]]], *,
+def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int | None, dict[str, Any]]], *,
              samples: int = 3, progress: Callable[[int], None] | None = None, skipped: int = 0,
              on_trigger: Callable[[dict[str, Any]], None] | None = None) -> BacktestResult:
-    """Replay ``events`` (envelopes, or (time, envelope) pairs) in the order given; ``on_trigger`` gets each
-    trigger's :func:`trigger_record` as it fires."""
+    """Replay ``events`` in event-time order: envelopes, or (time, envelope) pairs (time None: the event
+    has none usable, and is skipped). ``on_trigger`` gets each trigger's :func:`trigger_record` as it fires."""
     relax_for_long_lived_state()  # large acyclic state: see rules/gctune.py
-    engine = Engine(plan, 0)
+    # The engine's exact span of messageIds is all an in-order replay reads (see the module docstring).
+    engine = Engine(plan, 0, dedup_window_ms=Engine(plan, 0).recent_ms)
     repeats = Repeats(engine.recent_ms)
     reports = {r.name: RuleReport(r.name) for r in plan.rules}
     count = no_mid = no_key = 0
@@ -180,10 +134,10 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int, 
             t, env = item
         else:
             env = item
-            t = parse_event_time(env)  # type: ignore[assignment]
-            if t is None:
-                skipped += 1
-                continue
+            t = parse_event_time(env)
+        if t is None:
+            skipped += 1
+            continue
         count += 1
         first = t if first is None else first
         last = t

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
 from tripwire.cli.args import whole_number
 from tripwire.config import Config
+
+if TYPE_CHECKING:  # the rules room is imported by the commands that use it
+    from tripwire.rules.backtest import BacktestResult, Progress
+    from tripwire.rules.plan import Plan
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bt.add_argument("paths", nargs="+", metavar="PATH", help=paths_help)
     source = bt.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", metavar="FILE.jsonl", help="Segment envelopes, one JSON object per line ('-' = stdin); each needs timestamp, messageId "
-                             "and anonymousId or userId")
+                             "and anonymousId or userId. Streamed: a file in time order is read as it is, another is "
+                             "sorted first in temporary files ($TMPDIR)")
     source.add_argument("--lake", metavar="DIR|s3://...", help="the Parquet lake written by the sink (S3 credentials and endpoint: the usual AWS_* variables or [rules] storage_options)")
     bt.add_argument("--since", metavar="YYYY-MM-DD", type=_day,
                     help="first day (UTC, of the event time) to replay: the first lake partition read, or the "
@@ -186,13 +191,6 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
     return plan, errors, warnings
 
 
-def _in_days(t_ms: int, since: str | None, until: str | None) -> bool:
-    from tripwire.envelope import format_time_ms
-
-    day = format_time_ms(t_ms)[:10]
-    return (since is None or day >= since) and (until is None or day <= until)
-
-
 def check_command(args: argparse.Namespace, config: Config) -> int:
     plan, errors, warnings = _compile(args.paths, config, args.strict)
     n = len(plan.rules)  # type: ignore[attr-defined]
@@ -214,7 +212,7 @@ def explain_command(args: argparse.Namespace, config: Config) -> int:
 
 
 def backtest_command(args: argparse.Namespace, config: Config) -> int:
-    from tripwire.rules.backtest import Progress, backtest, format_report, read_jsonl
+    from tripwire.rules.backtest import Progress, backtest, format_report
     from tripwire.rules.errors import RulesError
 
     if args.since and args.until and args.since > args.until:
@@ -223,7 +221,7 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
     plan, errors, _ = _compile(args.paths, config)
     if errors:
         return 1
-    show = not args.no_progress
+    bar = None if args.no_progress else Progress()
     out = None
     if args.out is not None:
         try:
@@ -234,20 +232,11 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
     on_trigger = None if out is None else _line_writer(out)
     try:
         if args.events is not None:
-            if args.events == "-":
-                events, skipped = read_jsonl(sys.stdin.buffer)
-            else:
-                with open(args.events, "rb") as f:
-                    events, skipped = read_jsonl(f)
-            if args.since or args.until:
-                events = [e for e in events if _in_days(e[0], args.since, args.until)]
-            bar = Progress(len(events)) if show else None
-            result = backtest(plan, iter(events), samples=args.samples, skipped=skipped,  # type: ignore[arg-type]
-                              progress=bar.update if bar else None, on_trigger=on_trigger)
+            result = _backtest_jsonl(args, plan, bar, out, on_trigger)  # type: ignore[arg-type]
         else:
-            from tripwire.rules.lake import LakeReader
-
             from tripwire.rules.config import rules_config
+            from tripwire.rules.fields import fields_read
+            from tripwire.rules.lake import LakeReader
 
             reader = LakeReader(args.lake, rules_config(config).storage_options or None)
             days = reader.days(args.since, args.until)
@@ -255,9 +244,10 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
                 span = f" from {args.since or 'the start'} to {args.until or 'the end'}" if args.since or args.until else ""
                 print(f"tripwire: no date=YYYY-MM-DD partitions with Parquet files in {args.lake}{span}",
                       file=sys.stderr)
-            bar = Progress(reader.count(days)) if show else None
-            result = backtest(plan, reader.envelopes(days), samples=args.samples,  # type: ignore[arg-type]
-                              progress=bar.update if bar else None, on_trigger=on_trigger)
+            if bar is not None:
+                bar.phase("backtest", total=reader.count(days))
+            result = backtest(plan, reader.envelopes(days, fields_read(plan)),  # type: ignore[arg-type]
+                              samples=args.samples, progress=bar.update if bar else None, on_trigger=on_trigger)
         if bar is not None:
             bar.close(result.events)
     except _OutFailed as exc:
@@ -277,6 +267,35 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
     else:
         print(format_report(result))
     return 0
+
+
+def _backtest_jsonl(args: argparse.Namespace, plan: Plan, bar: Progress | None, out: BinaryIO | None,
+                    on_trigger: Callable[[dict[str, Any]], None] | None) -> BacktestResult:
+    """Replay ``--events``: as the file has them while they are in time order (the common case); if they
+    are not, start over on the file sorted out of core. Starting over needs a file that can be read
+    again and an ``--out`` that can be emptied; without them, sort from the start."""
+    from tripwire.rules.backtest import backtest
+    from tripwire.rules.history import JsonlHistory, NotInOrder
+
+    history = JsonlHistory(args.events, args.since, args.until, progress=bar)
+
+    def replay(events: Iterator[tuple[int, dict[str, Any]]]) -> BacktestResult:
+        result = backtest(plan, events, samples=args.samples, progress=bar.update if bar else None,
+                          on_trigger=on_trigger)
+        result.skipped += history.skipped
+        return result
+
+    if history.rereadable and (out is None or out.seekable()):
+        try:
+            return replay(history.in_file_order())
+        except NotInOrder as exc:
+            if bar is not None:
+                bar.end_line()
+            print(f"tripwire: {exc}: sorting the events first", file=sys.stderr)
+            if out is not None:
+                out.seek(0)
+                out.truncate()
+    return replay(history.in_time_order())
 
 
 class _OutFailed(Exception):
