@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -54,19 +53,11 @@ class Endpoint:
     concurrency: int
     configured_on: bool
     events: str = "minimal"  # what of the matched events deliveries carry (build_body)
-    client: httpx.AsyncClient | None = None
-    inflight: int = 0
     disabled_reason: str | None = None
 
     @property
     def active(self) -> bool:
         return self.configured_on and self.disabled_reason is None
-
-
-@dataclass
-class Tasks:
-    background: list[asyncio.Task[None]] = field(default_factory=list)
-    attempts: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def check_endpoints(endpoints: Mapping[str, EndpointConfig]) -> dict[str, Endpoint]:

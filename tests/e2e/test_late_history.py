@@ -121,7 +121,7 @@ def test_history_sent_live_gives_the_backtests_webhooks_and_refuses_what_is_too_
         assert f"{len(old):,} older than max lateness (not matched)" in text
         assert any(line.startswith(SOURCE) and f"{len(old):,}" in line for line in text.splitlines()), text
         # logged once per source and hour, with the count so far
-        assert re.search(rf"source {SOURCE}: \d+ event\(s\) older than \[rules\] max_lateness", stack.run.output())
+        assert re.search(rf"source {SOURCE}: \d+ event\(s\) delivered later than \[rules\] max_lateness", stack.run.output())
 
         # What was refused is exactly what the old part would have fired.
         _, everything = backtest("all", events)
