@@ -155,5 +155,9 @@ def late_stack(tmp_path: Path, rules: str) -> Iterator[Stack]:
 
 
 def counter(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    """A counter's value (0 when it has no sample yet, as Prometheus reads an absent series in a sum)."""
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+    """A counter's value summed over `tripwire run`'s processes (its engine and sink run in processes of their
+    own: their samples carry a ``process`` label); 0 when it has no sample yet, as Prometheus reads an absent
+    series in a sum."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in metrics.items()
+               if n == name and {(k, x) for k, x in ls if k != "process"} == want)
