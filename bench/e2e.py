@@ -3,10 +3,11 @@
     python bench/e2e.py [--duration 30] [--latency-samples 200] [--no-components]
 
 1. Starts ``tripwire run`` (collector, rules engine, webhook dispatcher and sink
-   in one process, embedded SQLite log, lake on local disk) with the demo
+   on one machine: the collector, dispatcher and console in one process, the engine(s) and
+   sink(s) in their own, embedded SQLite log, lake on local disk) with the demo
    catalog and a rule set of one positive rule ("big order": fires on the
    event itself) and one absence rule, and a webhook receiver in this process.
-2. Sustained rate: ``wrk`` (pinned to CPU 1; ``tripwire run`` to CPU 0) posts
+2. Sustained rate: ``wrk`` (sharing the cores with the stack) posts
    the snippet's batch format (``{"batch": [...20 events...], "sentAt",
    "writeKey"}``, the events shaped as t.js builds them, unique messageIds) for
    ``--duration`` seconds. Prints the acknowledged rate, then how long the
@@ -17,7 +18,7 @@
 3. Latency: one "Order Completed" (total 500) at a time, ``--latency-samples``
    times, each POSTed as a snippet batch; from just before the POST to the
    signed webhook arriving at the receiver: p50/p99, on the idle stack and
-   under a paced background load of a quarter of the sustained rate.
+   under a paced background load of half the sustained rate (issue 16: p99 <= 50 ms there).
 4. Per component, unless ``--no-components``: ``bench/collector.py``,
    ``bench/rules.py``, ``bench/sink.py`` and ``bench/kafka_log.py`` (each when
    present) with short settings; their output is printed as is.
@@ -228,6 +229,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--latency-samples", type=int, default=200)
     ap.add_argument("--no-components", action="store_true", help="skip the per-component benchmarks")
+    ap.add_argument("--engines", type=int, default=1, help="tripwire run --engines (engine processes)")
+    ap.add_argument("--sinks", type=int, default=1, help="tripwire run --sinks (sink processes)")
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -266,9 +269,11 @@ max_file_age_s = 1
 """)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         log = (tmp / "run.log").open("wb")
-        procs.append(subprocess.Popen(["taskset", "-c", SERVER_CPU, sys.executable, "-m", "tripwire", "--config",
-                                       str(tmp / "tripwire.toml"), "--log-level", "warning", "run"],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT))
+        # Not pinned: the collector, the engine(s) and the sink(s) are processes of their own, on every core.
+        procs.append(subprocess.Popen([sys.executable, "-m", "tripwire", "--config", str(tmp / "tripwire.toml"),
+                                       "--log-level", "warning", "run", "--engines", str(args.engines),
+                                       "--sinks", str(args.sinks)],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/readyz")
         lua = tmp / "batch.lua"
@@ -300,22 +305,24 @@ max_file_age_s = 1
                 caught["sink"] = time.monotonic() - t0
             time.sleep(0.2)
         sustained = accepted / max(caught.values()) if len(caught) == 2 else float("nan")
-        loaded = asyncio.run(probe_latency(base, receiver, out, args.latency_samples, "loaded", background_eps=sustained / 4))
+        loaded = asyncio.run(probe_latency(base, receiver, out, args.latency_samples, "loaded", background_eps=sustained / 2))
 
-        print(f"Tripwire end to end: `tripwire run` (embedded SQLite log, local lake) on CPU {SERVER_CPU}, "
-              f"wrk -c{args.connections} on CPU {LOAD_CPU}; snippet batch format, {BATCH} events per request")
+        print(f"Tripwire end to end: `tripwire run --engines {args.engines} --sinks {args.sinks}` (embedded SQLite log, "
+              f"local lake) and wrk -c{args.connections} sharing the machine's {os.cpu_count()} cores; snippet batch "
+              f"format, {BATCH} events per request; the baseline on CPU {SERVER_CPU}")
         print()
         print(f"  baseline (bare Starlette, parse only): {baseline['rps'] * BATCH:>10,.0f} events/s")
         print(f"  acknowledged by the collector:        {accepted / t_load:>10,.0f} events/s over {t_load:.0f} s "
               f"({accepted:,.0f} events, {load['non2xx']:.0f} non-2xx)   ratio to baseline {accepted / t_load / (baseline['rps'] * BATCH):.2f}")
         print(f"  engine caught up after {caught.get('engine', float('nan')):.1f} s, sink (rows written) after "
               f"{caught.get('sink', float('nan')):.1f} s")
-        print(f"  sustained through the whole stack:   {sustained:>10,.0f} events/s (acknowledged, matched and in the lake)")
+        print(f"  sustained through the whole stack:   {sustained:>10,.0f} events/s (acknowledged, matched and in the lake;"
+              f" target >= 40,000)")
         print()
         print(f"  ingest-to-webhook latency, positive rule (POST -> signed webhook at a loopback receiver):")
         print(f"    idle stack:                 p50 {statistics.median(idle):7.1f} ms   p99 {pct(idle, 0.99):7.1f} ms   (n={len(idle)})")
-        print(f"    under {sustained / 4:,.0f} events/s (1/4):  p50 {statistics.median(loaded):7.1f} ms   "
-              f"p99 {pct(loaded, 0.99):7.1f} ms   (n={len(loaded)})")
+        print(f"    under {sustained / 2:,.0f} events/s (1/2):  p50 {statistics.median(loaded):7.1f} ms   "
+              f"p99 {pct(loaded, 0.99):7.1f} ms   (n={len(loaded)}; target p99 <= 50 ms)")
         sys.stdout.flush()
     finally:
         for p in procs:
