@@ -42,8 +42,7 @@ from .errors import RulesError
 from .gctune import relax_for_long_lived_state
 from .reload import RuleSet
 from .state import CheckpointStore, SqliteStateStore
-from .status import FILE_NAME as STATUS_FILE
-from .status import build_status, instance_name, write_status
+from .status import build_status, embedded_status_path, forget_silent, instance_name, status_documents, write_status
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +199,7 @@ class RulesService:
     async def _handle(self, batch: Batch) -> None:
         engine = self.engine
         engine.set_clock(int(time.time() * 1000))
+        quarantined = len(engine.quarantined)
         records: Sequence[Record] = batch.records
         matches: list[Match] = []
         envs: dict[tuple[int, int], dict[str, Any]] = {}
@@ -235,7 +235,7 @@ class RulesService:
             self._last_save = now
         self.triggers_written += len(triggers)
         self._export_metrics(matches)
-        await self._write_status()
+        await self._write_status(force=len(engine.quarantined) != quarantined)  # a rule stopped: say so now
 
     def _export_metrics(self, matches: list[Match]) -> None:
         engine = self.engine
@@ -377,7 +377,11 @@ def build_service(config: Config, log: EventLog) -> RulesService:
         import fsspec
 
         durability = EmbeddedDurability(engine, log, SqliteStateStore(config.data_dir / "rules-state.db", rc.group))
-        status_at = (fsspec.filesystem("file"), str(config.data_dir / STATUS_FILE))
+        status_at = (fsspec.filesystem("file"), embedded_status_path(config.data_dir))
+    try:
+        forget_silent(*status_documents(config))
+    except Exception as exc:  # noqa: BLE001 - housekeeping of status documents never stops the engine
+        logger.warning("old rules status documents not removed: %s", exc)
     return RulesService(log, ruleset, rc, engine, durability, status_at)
 
 

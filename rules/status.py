@@ -1,8 +1,9 @@
 """What the running engine reports about itself, for ``tripwire rules status``.
 
-The engine service writes a *status document* every few seconds, atomically, next
-to its state: ``<data_dir>/rules-status.json`` on the embedded log, and
-``<checkpoint_url>/<group>/status/<instance>.json`` per engine instance on Kafka.
+The engine service writes a *status document* every few seconds (and at once when a
+rule is quarantined, and when it stops), atomically, one per engine process next to its
+state: ``<data_dir>/rules-status/<instance>.json`` on the embedded log (``tripwire run
+--engines N`` runs N), ``<checkpoint_url>/<group>/status/<instance>.json`` on Kafka.
 It holds, per rule, whether it runs or is quarantined (with the error, file:line and
 the messageId that raised), the pending partial matches, triggers, errors and late
 cancels; the files that do not compile; and, per source, the events refused as older
@@ -13,6 +14,7 @@ instances and adds, per source, the collector's delivery delay (p50/p99 from its
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -25,8 +27,9 @@ import orjson
 from .engine import Engine
 from .reload import RuleSet
 
-FILE_NAME = "rules-status.json"
+DIR_NAME = "rules-status"
 STALE_S = 120.0  # an instance whose document is older than this is reported as not running
+_FORGOTTEN_S = 86_400.0  # documents of instances silent this long are removed (each process is an instance)
 
 
 def instance_name() -> str:
@@ -75,15 +78,18 @@ def write_status(fs: Any, path: str, doc: Mapping[str, Any]) -> None:
         fs.pipe_file(path, data)
 
 
-def read_status(fs: Any, paths: Iterable[str]) -> list[dict[str, Any]]:
+def read_status(fs: Any, paths: Iterable[str], keep_paths: bool = False) -> list[dict[str, Any]]:
+    """The documents at ``paths`` (unreadable ones left out, or as ``{}`` with ``keep_paths``)."""
     docs = []
     for path in paths:
         try:
             doc = orjson.loads(fs.cat_file(path))
         except (FileNotFoundError, orjson.JSONDecodeError):
-            continue
+            doc = None
         if isinstance(doc, dict):
             docs.append(doc)
+        elif keep_paths:
+            docs.append({})
     return docs
 
 
@@ -114,10 +120,14 @@ def merge(docs: list[dict[str, Any]], now: float | None = None) -> dict[str, Any
     return out
 
 
-def engine_status(config: Any) -> dict[str, Any]:
-    """The running engine's status as :func:`merge` gives it, read where the configured deployment writes it:
-    ``<data_dir>/rules-status.json`` on the embedded log, one document per instance under the checkpoint
-    URL on Kafka."""
+def embedded_status_path(data_dir: Path) -> str:
+    """Where this process's status document goes on the embedded log."""
+    return str(data_dir / DIR_NAME / f"{instance_name()}.json")
+
+
+def status_documents(config: Any) -> tuple[Any, list[str]]:
+    """(filesystem, paths) of every engine instance's status document, where the configured deployment
+    writes them."""
     import fsspec
 
     from .config import checkpoint_url, rules_config
@@ -126,10 +136,23 @@ def engine_status(config: Any) -> dict[str, Any]:
     rc = rules_config(config)
     if config.log.backend == "kafka":
         store = CheckpointStore(checkpoint_url(config, rc), rc.group, rc.storage_options)
-        fs, paths = store.status_path("x")[0], store.status_paths()
-    else:
-        fs, paths = fsspec.filesystem("file"), [str(config.data_dir / FILE_NAME)]
+        return store.status_path("x")[0], store.status_paths()
+    return fsspec.filesystem("file"), sorted(str(p) for p in (Path(config.data_dir) / DIR_NAME).glob("*.json"))
+
+
+def engine_status(config: Any) -> dict[str, Any]:
+    """The running engines' status as :func:`merge` gives it."""
+    fs, paths = status_documents(config)
     return merge(read_status(fs, paths))
+
+
+def forget_silent(fs: Any, paths: list[str], now: float | None = None) -> None:
+    """Remove documents of instances silent for a day (every restart is a new instance)."""
+    now = time.time() if now is None else now
+    for doc, path in zip(read_status(fs, paths, keep_paths=True), paths, strict=False):
+        if now - float(doc.get("written_at", 0)) > _FORGOTTEN_S:
+            with contextlib.suppress(OSError):
+                fs.rm_file(path)
 
 
 # The collector's delay histogram -----------------------------------------------------------------

@@ -109,7 +109,10 @@ class ChildProcess:
         logger.info("%s runs in process %d", self.name, self._proc.pid)
 
     def signal_stop(self) -> None:
-        """Ask it to stop (SIGTERM), without waiting: children stop side by side."""
+        """Ask it to stop (SIGTERM, once: a second one tells a tripwire process to exit at once), without
+        waiting: children stop side by side."""
+        if self._stopping:
+            return
         self._stopping = True
         proc = self._proc
         if proc is not None and proc.returncode is None:

@@ -148,7 +148,7 @@ def late_stack(tmp_path: Path, rules: str) -> Iterator[Stack]:
             stack = Stack(config, run, received)
             # The engine's first idle turn lets every partition's watermark follow the wall clock;
             # it writes its status document right after: from then on, "late" means late.
-            wait_until(lambda: (config.parent / "data" / "rules-status.json").exists(), 30,
+            wait_until(lambda: any((config.parent / "data" / "rules-status").glob("*.json")), 30,
                        "the rules engine's first status document")
             yield stack
             assert run.stop() == 0, run.output()[-3000:]

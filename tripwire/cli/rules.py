@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st = rules_sub.add_parser(
         "status", help="what the running engine does: each rule's state, late and refused events per source",
         description="Read the running engine's status (written every few seconds next to its state: "
-                    "<data_dir>/rules-status.json, or one per instance under rules.checkpoint_url on Kafka) and print "
+                    "one per engine process: <data_dir>/rules-status/, or under rules.checkpoint_url on Kafka) and print "
                     "each rule: running or quarantined (with the error), pending partial matches, triggers, errors, "
                     "late cancels; rule files that do not compile; and per source the collector's delivery delay "
                     "(p50/p99, from its /metrics) next to the grace, and events refused as older than max lateness.")
