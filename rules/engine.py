@@ -420,8 +420,6 @@ class Engine:
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
 
-    encode_state = staticmethod(encode_rule_state)
-
     @staticmethod
     def decode_state(data: bytes) -> RuleState:
         rs: RuleState = decode_rule_state(data, RuleState, Run)

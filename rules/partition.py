@@ -204,11 +204,6 @@ class PartitionState:
         self.identity: dict[str, Identity] = {}  # key -> (userId, anonymousId, trust) last read (rules.identity)
         self.marks: dict[str, tuple[str]] = {}  # uid -> (uid,): the group marker in wheel lists
 
-    @property
-    def states(self) -> dict[tuple[str, str], State]:
-        """Every (rule uid, key) state (a copy; for inspection and snapshots)."""
-        return {(uid, key): rs for uid, per in self.rules.items() for key, rs in per.items()}
-
     def pending(self) -> int:
         """Number of (rule, key) states held."""
         return sum(len(per) for per in self.rules.values())
