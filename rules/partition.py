@@ -50,7 +50,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, final
+from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 from .codec import TIME_SHIFT, MidKey, Stamp, mid_text, stamp_offset, stamp_time
 from .dedup import OldIds
@@ -124,26 +124,28 @@ class RuleState:
         return not self.acc and not self.fires and (self.runs is None or not any(self.runs))
 
 
-@final
-class Compact(tuple[Any, ...]):
-    """The compact form: the one run of an "A then B within T" rule (no cap) waiting at B, as
-    ``(messageId as the duplicate memory keys it, *projection of A)``; A's time and offset are in that
-    memory (:func:`slim_of`). A tuple, so it costs what a tuple does (plus the one item slot any tuple
-    subclass instance carries)."""
+if TYPE_CHECKING:
+    @final
+    class Compact(tuple[Any, ...]):
+        """The compact form: the one run of an "A then B within T" rule (no cap) waiting at B, as
+        ``(messageId as the duplicate memory keys it, *projection of A)``; A's time and offset are in that
+        memory (:func:`slim_of`)."""
 
-    __slots__ = ()
-
-
-@final
-class Counted(list[Slim]):
-    """The count-list form: a one-step count rule's counted events, in event-time order."""
-
-    __slots__ = ()
+    @final
+    class Counted(list[Slim]):
+        """The count-list form: a one-step count rule's counted events, in event-time order."""
+else:
+    # At run time the two forms are the builtins themselves, as for a NewType: an instance of a
+    # subclass costs an item slot more, and the interpreter's fast paths (indexing, the collector
+    # untracking tuples of plain values) are for exact tuples and lists. mypy checks them as the
+    # distinct classes above, so no other tuple or list can be stored as a state.
+    Compact = tuple
+    Counted = list
 
 
 State = Compact | Counted | RuleState
 """A (rule, key) state, in one of its three forms, told apart by ``type(state) is ...`` (the classes are final,
-so that narrows for mypy too)."""
+so that narrows for mypy too; at run time ``Compact is tuple`` and ``Counted is list``)."""
 
 
 def holds_partial(state: State) -> bool:
