@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from . import ast
 from .plan import MISSING, RulePlan
@@ -66,14 +67,20 @@ def _leaf_text(node: ast.Expr) -> str:
 
 
 def leaves(rule: RulePlan, index: int) -> Tests | None:
-    """The tests of step ``index``'s condition (None: it has none). Paths into earlier steps read the same
-    projection slots as the rule's own predicates (the rule's ``needs`` lists are extended only with what
-    they already hold)."""
-    step = rule.rule.steps[index]
-    if step.where is None:
-        return None
-    needs = [list(s.needs) for s in rule.steps]
-    return compile_tests(step.where, StepScope(rule.rule.steps, index, needs, Ctx(rule.file, [])))
+    """The tests of step ``index``'s condition (None: it has none), compiled once per rule. Paths into
+    earlier steps read the same projection slots as the rule's own predicates (the rule's ``needs``
+    lists are extended only with what they already hold)."""
+    per_step = _COMPILED.get(rule)
+    if per_step is None:
+        needs = [list(s.needs) for s in rule.steps]
+        per_step = _COMPILED[rule] = tuple(
+            None if step.where is None else compile_tests(step.where, StepScope(rule.rule.steps, i, needs, Ctx(rule.file, [])))
+            for i, step in enumerate(rule.rule.steps))
+    return per_step[index]
+
+
+# A console page explains every rule for a person: each rule's tests are compiled once, and go with it.
+_COMPILED: WeakKeyDictionary[RulePlan, tuple[Tests | None, ...]] = WeakKeyDictionary()
 
 
 def _expr_text(node: ast.Expr, top: bool = True) -> str:
