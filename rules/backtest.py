@@ -37,7 +37,7 @@ from .codec import compact_mid, key_fp
 from .dedup import id_hash
 from .engine import Engine, Match, parse_event_time
 from .gctune import relax_for_long_lived_state
-from .partition import RuleState
+from .partition import holds_partial
 from .plan import Plan
 from .progress import Progress
 
@@ -163,17 +163,9 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int |
 def waiting(engine: Engine) -> int:
     """(rule, key) states holding a partial match. ``Engine.pending()`` also counts states that only
     remember fire times for an ``at most`` cap; those matches fired, so a report must not call them
-    pending. State shapes: a tuple (compact ``A then B`` run), a list (one-step count's events) or a
-    RuleState."""
-    n = 0
-    for ps in engine.partitions.values():
-        for per in ps.rules.values():
-            for rs in per.values():
-                if type(rs) is tuple or type(rs) is list:
-                    n += 1 if rs else 0
-                elif isinstance(rs, RuleState) and (rs.acc or (rs.runs is not None and any(rs.runs))):
-                    n += 1
-    return n
+    pending."""
+    return sum(1 for ps in engine.partitions.values() for per in ps.rules.values() for rs in per.values()
+               if holds_partial(rs))
 
 
 def format_report(result: BacktestResult) -> str:

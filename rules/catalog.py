@@ -79,6 +79,9 @@ _TYPES = {"string": "string", "number": "number", "integer": "number", "boolean"
           "object": "object", "null": "null"}
 
 
+_JSON_TYPES: dict[type, str] = {str: "string", list: "array", dict: "object"}
+
+
 def _type_of(value: Any) -> str | None:
     if value is None:
         return "null"
@@ -86,7 +89,7 @@ def _type_of(value: Any) -> str | None:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value))
+    return _JSON_TYPES.get(type(value))
 
 
 def json_types(schema: Mapping[str, Any] | None) -> frozenset[str] | None:

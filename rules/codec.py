@@ -74,12 +74,43 @@ def time_ms(ts: Any) -> int | None:
 
 
 # messageIds ----------------------------------------------------------------------------------
-# The duplicate memory holds, per messageId, ``t << TIME_SHIFT | fingerprint << 64 | offset``. The
-# fingerprint (30 bits, never 0; 0 marks ids stored before fingerprints existed and matches any)
-# is of the event's source and log key: a messageId repeats an event only for the same source and
-# key, so a visitor who reuses or guesses another's id cannot suppress it.
+# The duplicate memory holds, per messageId, the event's *stamp*: its time, the fingerprint of its
+# source and key, and its log offset packed into one int ordered by time,
+# ``t << TIME_SHIFT | fingerprint << FP_SHIFT | offset`` (0 <= offset < 2**64). The fingerprint
+# (30 bits, never 0; 0 marks ids stored before fingerprints existed and matches any) tells a
+# messageId repeating an event (same source and key) from a visitor who reuses or guesses another's
+# id, which must not suppress it.
 TIME_SHIFT = 94
+FP_SHIFT = 64
 FP_MASK = (1 << 30) - 1
+OFFSET_MASK = (1 << 64) - 1
+
+Stamp = int
+"""``time << TIME_SHIFT | fingerprint << FP_SHIFT | offset``: see :func:`stamp`."""
+
+MidKey = int | str | tuple[int | str, int]
+"""A messageId as the duplicate memory keys it: :func:`compact_mid`, or (that, fingerprint) when another
+source or key sent the same id first."""
+
+
+def stamp(t: int, offset: int, fp: int = 0) -> Stamp:
+    """An event's stamp: time ``t`` (ms), log ``offset``, source/key fingerprint ``fp``. The per-event loop
+    inlines it."""
+    return t << TIME_SHIFT | fp << FP_SHIFT | offset
+
+
+def stamp_time(s: Stamp) -> int:
+    return s >> TIME_SHIFT
+
+
+def stamp_fp(s: Stamp) -> int:
+    return (s >> FP_SHIFT) & FP_MASK
+
+
+def stamp_offset(s: Stamp) -> int:
+    return s & OFFSET_MASK
+
+
 _SOURCE_CRC: dict[str, int] = {}
 
 
@@ -106,7 +137,7 @@ def compact_mid(mid: str) -> int | str:
     return int(mid.replace("-", ""), 16) if _CANONICAL_UUID(mid) else mid
 
 
-def mid_text(mid: int | str | tuple[int | str, int]) -> str:
+def mid_text(mid: MidKey) -> str:
     """The messageId :func:`compact_mid` was given (also from the ``(compact id, fingerprint)`` form)."""
     if type(mid) is int:
         h = f"{mid:032x}"

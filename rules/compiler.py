@@ -29,8 +29,8 @@ from .errors import Diagnostic
 from .grammar import RESERVED
 from .parser import parse_text
 from .plan import Plan, Predicate, RulePlan, StepPlan
-from .predcode import fast_predicate
-from .predicates import ENVELOPE_FIELDS, Ctx, StepScope, compile_expr, compile_template, projector
+from .predcode import compile_condition
+from .predicates import ENVELOPE_FIELDS, Ctx, StepScope, compile_template, projector
 
 __all__ = ["ENVELOPE_FIELDS", "build_plan", "compile_rule", "compile_text", "fingerprint"]
 
@@ -93,7 +93,7 @@ def _residual(step: ast.Step, known: ast.Expr, steps: Sequence[ast.Step], ctx: C
         expr = ast.And(c.line, c.column, expr, c)
     scratch = Ctx(ctx.filename, ctx.lines)  # the full predicate's diagnostics were reported already
     scope = StepScope(steps, 0, [[] for _ in steps], scratch)
-    return fast_predicate(expr, scope, compile_expr(expr, scope))
+    return compile_condition(expr, scope)
 
 
 # rules ---------------------------------------------------------------------------
@@ -190,8 +190,8 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
     preds: list[Predicate | None] = []
     for i, step in enumerate(steps):
         scope = StepScope(steps, i, needs, ctx)
-        # the closure tree reports errors and projection slots; the engine runs one compiled function
-        preds.append(fast_predicate(step.where, scope, compile_expr(step.where, scope)) if step.where is not None else None)
+        # compiling reports what is wrong and adds the fields of earlier steps it reads to their projections
+        preds.append(compile_condition(step.where, scope) if step.where is not None else None)
     payload = None
     if posts and posts[0].payload is not None:
         positives = [i for i, s in enumerate(steps) if not s.absent]

@@ -22,10 +22,12 @@ Contract (see LANGUAGE.md for the user-facing semantics):
 How the work is split: this module holds :class:`Engine` and its public API,
 the dispatch table (rules are reached by event name, with each rule's
 first-step predicate tried before any state is touched), the per-event loop
-(:meth:`Engine.process`), change tracking and snapshots. The state it keeps
-and its timers are in :mod:`rules.partition` (which describes the layout);
-matching an event against a rule's steps is in :mod:`rules.matching`. Both are
-mixed into :class:`Engine`, so the hot path calls their methods directly.
+(:meth:`Engine.process`), change tracking and snapshots. The engine has a
+:class:`~rules.matching.Matcher` (an event against a rule's steps), a
+:class:`~rules.timers.Timers` (the watermark firing what it passed) and a
+:class:`~rules.firing.Firing` (completed runs become matches) that both use;
+the state they work on is in :mod:`rules.partition` (which describes the
+layout). Each part gets the plan's rules on every plan change.
 
 Snapshot contents (:meth:`snapshot_partition`): watermark, highest event time,
 the messageIds still remembered, every (rule uid, key) state. Timers are not
@@ -42,15 +44,18 @@ from typing import Any, NamedTuple
 
 from tripwire.identity import FORGET
 
-from .codec import (FP_MASK, TIME_SHIFT, compact_mid, decode_rule_state, encode_rule_state, key_fp, loads_state,
-                    mid_text, parse_event_time, parse_time_field, seen_entries, snapshot_bytes)
+from .codec import (FP_MASK, FP_SHIFT, TIME_SHIFT, MidKey, compact_mid, decode_rule_state, encode_rule_state, key_fp,
+                    loads_state, mid_text, parse_event_time, parse_time_field, seen_entries, snapshot_bytes, stamp,
+                    stamp_fp, stamp_time)
 from .dedup import OldIds, id_hash
+from .firing import Firing
 from .identity import learn
 from .matching import Matcher
-from .partition import (NEG_INF, EngineStats, Match, PartitionState, PartitionTimers, RuleState, Run, pack,
-                        slim_of, wheel_entries)
-from .plan import Plan, RulePlan
-from .predicates import env_getter
+from .partition import (NEG_INF, Compact, Counted, EngineStats, Forms, Match, PartitionState, RuleState, Run, State,
+                        slim_of)
+from .plan import Plan, Predicate, RulePlan
+from .predicates import Getter, env_getter
+from .timers import Timers
 
 __all__ = ["NEG_INF", "Engine", "EngineStats", "Match", "Quarantine", "RuleState", "Run", "parse_event_time"]
 
@@ -70,7 +75,16 @@ class Quarantine(NamedTuple):
     error: str
 
 
-class Engine(Matcher, PartitionTimers):
+# The dispatch table, per event name: the rules that follow it (uid, by anonymousId, rule, step indexes
+# descending); the rules it starts, tried always; those looked up by a field's value. A starter is
+# (rule, uid, by anonymousId, the predicate left to test).
+_Starter = tuple[RulePlan, str, bool, "Predicate | None"]
+_Follower = tuple[str, bool, RulePlan, tuple[int, ...]]
+_ByValue = tuple[tuple[Getter, dict[str, tuple[_Starter, ...]]], ...]
+_Dispatch = tuple["tuple[_Follower, ...] | None", "tuple[_Starter, ...] | None", "_ByValue | None"]
+
+
+class Engine:
     def __init__(self, plan: Plan, allowed_lateness_ms: int = 5000, *, track_dirty: bool = False,
                  grace_ms: int = 0, max_lateness_ms: int | None = None, dedup_window_ms: int = 86_400_000,
                  dedup_max_ids: int = 4_000_000) -> None:
@@ -91,6 +105,11 @@ class Engine(Matcher, PartitionTimers):
         self.too_late_age: dict[str, int] = {}  # source -> oldest age (ms behind the watermark) refused
         self.quarantined: dict[str, Quarantine] = {}  # rule uid -> why it stopped
         self._clock_floor = NEG_INF  # set_clock(): the wall clock minus max lateness (none: backtests, tests)
+        firing = Firing(self.stats, self.suppressed_by_rule)
+        self._timers = Timers(self.stats, firing, track_dirty=track_dirty, dedup_window_ms=dedup_window_ms,
+                              dedup_max_ids=dedup_max_ids)
+        self._matcher = Matcher(self.stats, self.late_cancels_by_rule, self._timers, firing, track_dirty=track_dirty,
+                                lateness_ms=allowed_lateness_ms)
         self.set_plan(plan)
 
     # plan changes (hot reload) -------------------------------------------------
@@ -102,32 +121,27 @@ class Engine(Matcher, PartitionTimers):
         self.plan = plan
         if self.quarantined:
             plan = Plan.build(tuple(r for r in plan.rules if r.uid not in self.quarantined))
-        self._rules = {r.uid: r for r in plan.rules}
+        self._forms = Forms.of(plan.rules)
         # Ids are kept exactly while a pending state may read them: the longest window, plus the grace
         # and the lateness before its timer fires, plus a minute of slack.
         self.recent_ms = max(plan.horizon_ms + self.grace_ms + self.lateness + 60_000, _RECENT_MIN_MS)
+        self._timers.use(self._forms, self.recent_ms)
+        self._matcher.use(self._forms)
         self._index(plan)
         for ps in self.partitions.values():
-            for uid in [u for u in ps.rules if u not in self._rules]:
+            for uid in [u for u in ps.rules if u not in self._forms.rules]:
                 for key in ps.rules.pop(uid):
                     self._dirty(ps, uid, key)
             self._prepare(ps)
 
     def _index(self, plan: Plan) -> None:
-        """Dispatch table: event name -> (followers, starters tried always, starters looked up by a value)."""
-        # Rules "A then B within T" (single events, no cap): a key's state is at most one run waiting
-        # at B, kept as the Slim of its A alone (the deadline follows from it): the compact form.
-        self._compact = {r.uid: r.steps[1].within_ms or 0 for r in plan.rules
-                         if len(r.steps) == 2 and r.steps[0].count == 1 and r.steps[1].count == 1 and r.cap_times is None}
-        # One-step count rules ("3 X within T"): a key's state is the list of its counted events
-        # (time order) until the rule fires under a cap (then the general form keeps fire times).
-        self._counts = {r.uid: r.steps[0].within_ms or 0 for r in plan.rules if len(r.steps) == 1 and r.steps[0].count > 1}
+        """The dispatch table: event name -> (followers, starters tried always, starters looked up by a value)."""
 
-        def starter(r: RulePlan, indexed: bool = False) -> tuple[Any, ...]:
+        def starter(r: RulePlan, indexed: bool = False) -> _Starter:
             # Reached through the index on a field's value, the step's residual predicate is enough.
             return (r, r.uid, r.by_anonymous_id, r.steps[0].residual if indexed else r.steps[0].pred)
 
-        table: dict[str, tuple[Any, ...]] = {}
+        table: dict[str, _Dispatch] = {}
         for name in plan.event_names:
             fs = tuple((r.uid, r.by_anonymous_id, r, tuple(reversed(idxs))) for r, idxs in plan.followers.get(name, ()))
             st = plan.starters.get(name)
@@ -156,7 +170,7 @@ class Engine(Matcher, PartitionTimers):
 
     def _prepare(self, ps: PartitionState) -> None:
         """One state dict per rule, and the followers of each event name pointing straight at them."""
-        for uid in self._rules:
+        for uid in self._forms.rules:
             ps.rules.setdefault(uid, {})
         ps.follow = {name: tuple((ps.rules[uid], rule, idxs, by_anon) for uid, by_anon, rule, idxs in followers)
                      for name, (followers, _, _) in self._dispatch.items() if followers is not None}
@@ -167,7 +181,7 @@ class Engine(Matcher, PartitionTimers):
     def pending(self, partition: int | None = None) -> int:
         """Number of (rule, key) states held (in one partition, or in all)."""
         parts = self.partitions.values() if partition is None else [self.partition(partition)]
-        return sum(len(per) for ps in parts for per in ps.rules.values())
+        return sum(ps.pending() for ps in parts)
 
     # events --------------------------------------------------------------------
 
@@ -199,7 +213,7 @@ class Engine(Matcher, PartitionTimers):
                 wm = t - self.lateness
                 if wm > ps.watermark:
                     if (ps.timers and ps.timers[0] <= wm) or wm >= ps.next_sweep:
-                        self._advance(ps, wm, out)
+                        self._timers.advance(ps, wm, out)
                     else:
                         ps.watermark = wm
         # Events that carry a userId say how the collector keyed them (tripwire.identity): the one lookup
@@ -229,24 +243,26 @@ class Engine(Matcher, PartitionTimers):
         # reuse of the id is remembered beside it, under (id, fp).
         fp = key_fp(env.get("source"), log_key if type(log_key) is str else "")
         seen = ps.seen
-        cmid: Any = compact_mid(mid)
-        e = seen.get(cmid)
+        cid = compact_mid(mid)
+        cmid: MidKey = cid
+        e = seen.get(cid)
         if e is not None:
-            efp = (e >> 64) & FP_MASK
+            efp = (e >> FP_SHIFT) & FP_MASK
             if efp == fp or efp == 0:
                 stats.duplicates += 1
                 return out
-            cmid = (cmid, fp)
+            cmid = (cid, fp)
             if cmid in seen:
                 stats.duplicates += 1
                 return out
-        elif t < ps.seen_floor + _OLD_LOOKUP_MS and (t, id_hash(cmid, fp)) in ps.old:
+        elif t < ps.seen_floor + _OLD_LOOKUP_MS and (t, id_hash(cid, fp)) in ps.old:
             stats.duplicates += 1  # a retry of an event older than the recent span
             return out
-        seen[cmid] = tp = t << TIME_SHIFT | fp << 64 | offset  # partition.pack; a compact state finds tp here
+        seen[cmid] = event_stamp = t << TIME_SHIFT | fp << FP_SHIFT | offset  # codec.stamp(), inlined
         if self.track_dirty:
             ps.new_seen.append((mid, t, fp))
         followers, always, by_value = disp
+        matcher = self._matcher
         # A rule must never take the engine down: an error in one rule's step quarantines that rule.
         if followers is not None:
             # Later steps only matter where a run of that rule is pending for this key. The same key
@@ -260,17 +276,17 @@ class Engine(Matcher, PartitionTimers):
                     rs = per.get(key)
                     if rs is not None and (anon_ok or not by_anon):
                         try:
-                            if type(rs) is tuple:
-                                self._follow_compact(ps, rule, per, key, rs, env, mid, t, offset, out)
-                            else:
-                                self._follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
+                            if type(rs) is Compact:
+                                matcher.follow_compact(ps, rule, per, key, rs, env, mid, t, offset, out)
+                            elif type(rs) is RuleState:
+                                matcher.follow(ps, rule, per, key, rs, env, mid, t, offset, idxs, out)
                         except Exception as exc:  # noqa: BLE001
                             self._rule_failed(rule, mid, exc)
                 if ps.fired:
                     fired = ps.fired.get(key)
                     if fired:
                         try:
-                            self._late_cancels(ps, name, key, fired, env, t)
+                            matcher.late_cancels(ps, name, key, fired, env, t)
                         except Exception:  # noqa: BLE001 - counting only; the rule's own errors surface when it runs
                             stats.errors += 1
         if always is not None:
@@ -280,7 +296,7 @@ class Engine(Matcher, PartitionTimers):
                     try:
                         pred = entry[3]
                         if pred is None or pred(env, ()) is True:
-                            self._start(ps, entry[0], key, env, mid, t, tp, cmid, out)
+                            matcher.start(ps, entry[0], key, env, mid, t, event_stamp, cmid, out)
                     except Exception as exc:  # noqa: BLE001
                         self._rule_failed(entry[0], mid, exc)
         if by_value is not None:
@@ -293,7 +309,7 @@ class Engine(Matcher, PartitionTimers):
                             try:
                                 pred = entry[3]
                                 if pred is None or pred(env, ()) is True:
-                                    self._start(ps, entry[0], key, env, mid, t, tp, cmid, out)
+                                    matcher.start(ps, entry[0], key, env, mid, t, event_stamp, cmid, out)
                             except Exception as exc:  # noqa: BLE001
                                 self._rule_failed(entry[0], mid, exc)
         return out
@@ -349,13 +365,13 @@ class Engine(Matcher, PartitionTimers):
         """The service could not fire one of ``rule``'s matches (its trigger would not encode)."""
         self._rule_failed(rule, mid, exc)
 
-    # time (the timers themselves: rules.partition) ---------------------------------
+    # time (the timers themselves: rules.timers) ---------------------------------
 
     def advance_watermark(self, partition: int, wm: int) -> list[Match]:
         out: list[Match] = []
         ps = self.partition(partition)
         if wm > ps.watermark:
-            self._advance(ps, wm, out)
+            self._timers.advance(ps, wm, out)
         return out
 
     def advance_wall(self, now_ms: int, partitions: Iterable[int] | None = None) -> list[Match]:
@@ -365,56 +381,29 @@ class Engine(Matcher, PartitionTimers):
             ps = self.partition(p)
             wm = now_ms - self.lateness
             if wm > ps.watermark:
-                self._advance(ps, wm, out)
+                self._timers.advance(ps, wm, out)
         return out
 
     def next_wake_ms(self) -> int | None:
         """Event time at which the earliest pending timer fires (watermark needed, plus lateness)."""
         best = None
         for ps in self.partitions.values():
-            timers, wheel, prules, grace = ps.timers, ps.wheel, ps.rules, ps.grace
-            while timers:
-                wake = timers[0]
-                flat = wheel[wake]
-                live, moved = False, []
-                for uid, key in wheel_entries(flat):
-                    per = prules.get(uid)
-                    rs = per.get(key) if per is not None else None
-                    if rs is None:
-                        continue
-                    if type(rs) is RuleState:
-                        if rs.wake == wake:
-                            live = True
-                            break
-                        continue  # superseded registration
-                    w = self._due_of(ps, uid, rs) + grace
-                    if w <= wake:  # fires when this registration pops (a count's early events included)
-                        live = True
-                        break
-                    moved.append((w, uid, key))  # a compact state replaced by a later run
-                if live:
-                    break
-                _heappop(timers)
-                ps.registered -= sum(1 for _ in wheel_entries(wheel.pop(wake)))
-                if wake == ps.last_wake:
-                    ps.last_wake = 0
-                for w, uid, key in moved:
-                    ps.register(w, uid, key)
-            if timers and (best is None or timers[0] < best):
-                best = timers[0]
+            wake = self._timers.next_wake(ps)
+            if wake is not None and (best is None or wake < best):
+                best = wake
         return None if best is None else best + self.lateness
 
     # changes and snapshots ---------------------------------------------------------
 
-    def _encode(self, p: int, uid: str, rs: Any) -> bytes:
-        if type(rs) is list:  # a one-step count's events: stored like the general form
+    def _encode(self, p: int, uid: str, rs: State) -> bytes:
+        if type(rs) is Counted:  # a one-step count's events: stored like the general form
             full = RuleState(1)
             full.acc = list(rs)
             rs = full
-        elif type(rs) is tuple:  # a compact state is stored like the general form it stands for
+        elif type(rs) is Compact:  # a compact state is stored like the general form it stands for
             full = RuleState(2)
             first = slim_of(rs, self.partition(p))
-            full.runs[1] = Run((first,), first[1], first[1] + self._compact.get(uid, 0))  # type: ignore[index]
+            full.runs[1] = Run((first,), first[1], first[1] + self._forms.compact.get(uid, 0))  # type: ignore[index]
             rs = full
         return encode_rule_state(rs)
 
@@ -431,11 +420,10 @@ class Engine(Matcher, PartitionTimers):
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
 
-    encode_state = staticmethod(encode_rule_state)
-
     @staticmethod
     def decode_state(data: bytes) -> RuleState:
-        return decode_rule_state(data, RuleState, Run)
+        rs: RuleState = decode_rule_state(data, RuleState, Run)
+        return rs
 
     def meta_of(self, p: int) -> tuple[int, int]:
         ps = self.partition(p)
@@ -443,7 +431,7 @@ class Engine(Matcher, PartitionTimers):
 
     def snapshot_partition(self, p: int) -> bytes:
         ps = self.partition(p)
-        seen = [(mid_text(m), tp >> TIME_SHIFT, (tp >> 64) & FP_MASK) for m, tp in ps.seen.items()]
+        seen = [(mid_text(m), stamp_time(s), stamp_fp(s)) for m, s in ps.seen.items()]
         return snapshot_bytes(ps.max_t, ps.watermark, seen,
                               {(uid, key): self._encode(p, uid, rs) for uid, per in ps.rules.items() for key, rs in per.items()},
                               ps.old.dump())
@@ -462,19 +450,17 @@ class Engine(Matcher, PartitionTimers):
         ps = self.partitions[p] = self._new_partition(p)
         ps.max_t, ps.watermark = max_t, watermark
         ps.old = OldIds.load(old)
-        # as process() remembers them: compact_mid(messageId) -> pack(t, 0, fp) (the offset is not needed)
+        # as process() remembers them: compact_mid(messageId) -> stamp(t, 0, fp) (the offset is not needed)
         mem = ps.seen
         for m, t, fp in seen_entries(seen):
-            c: Any = compact_mid(m) if type(m) is str else m
-            e = mem.get(c)
-            if e is not None and (e >> 64) & FP_MASK != fp:
-                c = (c, fp)
-            mem[c] = pack(t, 0, fp)
+            cid = compact_mid(m) if type(m) is str else m
+            e = mem.get(cid)
+            mem[(cid, fp) if e is not None and stamp_fp(e) != fp else cid] = stamp(t, 0, fp)
         if watermark > NEG_INF:
-            self._sweep_seen(ps, watermark)  # ids past the recent span go to the long memory
+            self._timers.sweep_seen(ps, watermark)  # ids past the recent span go to the long memory
             ps.seen_cutoff = None
         for (uid, key), rs in states:
-            rule = self._rules.get(uid)
+            rule = self._forms.rules.get(uid)
             if rule is None:
                 self._dirty(ps, uid, key)  # its rule is gone: forget it durably too
                 continue
@@ -483,4 +469,4 @@ class Engine(Matcher, PartitionTimers):
                 per = ps.rules[uid] = {}
             per[key] = rs
             rs.wake = 0
-            self._reschedule(ps, rule, per, key, rs)
+            self._timers.reschedule(ps, rule, per, key, rs)

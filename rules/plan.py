@@ -98,10 +98,6 @@ class RulePlan:
     horizon_ms: int  # longest time any state of this rule is kept (windows + cap)
     rule: ast.Rule = field(repr=False)
 
-    @property
-    def absence_last(self) -> bool:
-        return self.steps[-1].absent
-
 
 @dataclass(frozen=True, eq=False)
 class Starters:

@@ -1,50 +1,148 @@
-"""Predicates compiled to one Python function each (``compile()`` once, at rule load).
+"""Conditions compiled to Python functions: the one evaluator of what a ``where`` means.
 
-:func:`rules.predicates.compile_expr` builds a tree of closures (one call per
-``and``, comparison and field read) and returns the three-valued result. The
-engine only ever asks whether a ``where`` *holds* (``pred(env, steps) is
-True``), so here the same expression is translated into a single boolean
-Python expression that is true exactly when the closure tree returns ``True``:
+A step's condition is translated to Python source and compiled (``compile()``)
+into one of two functions of ``(event, earlier steps of the run)``:
 
-* ``T(e)``: e is True; ``F(e)``: e is False (needed under ``not``);
-* a comparison or ``in`` with a missing or null field (or a ``null`` literal)
-  is neither; ``exists`` is never unknown;
+* :func:`compile_condition`: the engine's predicate, true exactly where the
+  condition holds (callers test ``pred(env, steps) is True``);
+* :func:`compile_tests`: for "why not" (:mod:`rules.whycheck`), each test of the
+  condition (a comparison, ``in``, string operator or ``exists``) with its
+  three-valued result and the values it read.
+
+Both are built from the same translation of each test (:meth:`_Gen.test`):
+``known``, true when the test's result is known (every field it compares is
+present and not null, no operand is a ``null`` literal; ``exists`` is always
+known), and ``value``, its result when known. A test is True where ``known and
+value``, False where ``known and not value``, unknown (None) elsewhere; the
+three-valued logic above the tests follows from
+
 * ``T(a and b) = T(a) and T(b)``, ``F(a and b) = F(a) or F(b)``,
-  ``T(a or b) = T(a) or T(b)``, ``F(a or b) = F(a) and F(b)``,
-  ``T(not a) = F(a)``, ``F(not a) = T(a)``.
+* ``T(a or b) = T(a) or T(b)``, ``F(a or b) = F(a) and F(b)``,
+* ``T(not a) = F(a)``, ``F(not a) = T(a)``,
 
-Each field path is read once per call, into a local, before the expression;
-comparisons use the same helpers as the closures (string/number fast paths
-inline), so the verdicts are the same (``tests/rules/test_predcode.py``
-checks it on random envelopes). Anything this module does not know falls back
-to the closure.
+so a condition holds only when it is True: an event missing a field the
+condition compares never matches, and nothing raises. Each field is read once
+per call, into a local, before the expression. How values compare is
+:func:`rules.predicates.compare_values` (string and number tests against a
+constant are written inline, to the same effect); where a path is read is
+:meth:`rules.predicates.StepScope.resolve`. What is wrong with a condition (a
+test on a constant, a ``null`` literal) is reported to the scope's context as
+it is compiled.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import ast
 from .plan import MISSING, Predicate
-from .predicates import StepScope, _eq, _order, compare_values
+from .predicates import Ctx, EnvField, Ref, StepField, StepScope, TriggerIdentity, compare_values, in_values
 
-__all__ = ["fast_predicate"]
+__all__ = ["Test", "TestResults", "Tests", "compile_condition", "compile_tests"]
+
+Leaf = ast.Compare | ast.StringOp | ast.InList | ast.Exists
+TestResults = tuple[tuple["bool | None", tuple[Any, ...]], ...]
 
 
-def _in(v: Any, values: tuple[Any, ...]) -> bool:
-    return any(_eq(v, x) for x in values)
+@dataclass(frozen=True)
+class Test:
+    """One test of a condition."""
+
+    node: Leaf
+    negated: bool  # under an odd number of `not`s
+    paths: tuple[ast.Path, ...]  # the fields it reads, in the order :attr:`Tests.run` gives their values
 
 
-class _Unsupported(Exception):
-    pass
+@dataclass(frozen=True)
+class Tests:
+    """The tests of a condition, left to right, and one function running them all on an event."""
+
+    tests: tuple[Test, ...]
+    # (event, earlier steps) -> per test: (True | False | None: unknown, the values of its paths; MISSING when absent)
+    run: Callable[[Mapping[str, Any], tuple[Any, ...]], TestResults]
+
+
+def compile_condition(node: ast.Expr, scope: StepScope) -> Predicate:
+    """The predicate of condition ``node`` in ``scope``: True exactly where the condition holds, else False."""
+    gen = _Gen(scope)
+    expr = gen.truth(node, True)
+    pred: Predicate = gen.function("pred", f"True if {expr} else False")
+    return pred
+
+
+def compile_tests(node: ast.Expr, scope: StepScope) -> Tests:
+    """The tests of condition ``node`` in ``scope`` (diagnostics go to the scope's context, as they did when
+    the rule was compiled: pass a scratch one)."""
+    gen = _Gen(scope)
+    tests: list[Test] = []
+    results: list[str] = []
+    todo: list[tuple[ast.Expr, bool]] = [(node, False)]
+    while todo:
+        n, negated = todo.pop()
+        if isinstance(n, (ast.And, ast.Or)):
+            todo += [(n.right, negated), (n.left, negated)]
+        elif isinstance(n, ast.Not):
+            todo.append((n.operand, not negated))
+        else:
+            code = gen.test(n)
+            result = code.value if code.known is None else f"({code.value} if {code.known} else None)"
+            tests.append(Test(n, negated, _paths(n)))
+            results.append(f"({result}, ({''.join(r + ', ' for r in code.reads)}))")
+    run: Callable[[Mapping[str, Any], tuple[Any, ...]], TestResults] = gen.function(
+        "tests", f"({''.join(r + ', ' for r in results)})")
+    return Tests(tuple(tests), run)
+
+
+@dataclass(frozen=True)
+class _Code:
+    """A test as Python expressions: ``value`` is its result where ``known`` (None: always) holds."""
+
+    known: str | None
+    value: str
+    reads: tuple[str, ...]  # the locals of the fields it reads, per path operand
+
+
+def _present(v: str) -> str:
+    return f"{v} is not MISSING and {v} is not None"
+
+
+def _paths(node: Leaf) -> tuple[ast.Path, ...]:
+    operands: tuple[ast.Operand, ...] = (node.left, node.right) if isinstance(node, (ast.Compare, ast.StringOp)) \
+        else (node.operand,)
+    return tuple(x for x in operands if isinstance(x, ast.Path))
+
+
+def _chain(node: ast.And | ast.Or) -> list[ast.Expr]:
+    """The operands of a run of the same operator (``a and b and c``), left to right."""
+    out: list[ast.Expr] = []
+    todo: list[ast.Expr] = [node]
+    while todo:
+        n = todo.pop()
+        if type(n) is type(node):
+            assert isinstance(n, (ast.And, ast.Or))
+            todo += [n.right, n.left]
+        else:
+            out.append(n)
+    return out
 
 
 class _Gen:
     def __init__(self, scope: StepScope) -> None:
         self.scope = scope
-        self.consts: dict[str, Any] = {"MISSING": MISSING, "_test": compare_values, "_eq": _eq, "_order": _order, "_in": _in}
-        self.reads: dict[tuple[Any, ...], str] = {}  # field reference -> local name
+        self.consts: dict[str, Any] = {"MISSING": MISSING, "_test": compare_values, "_in": in_values}
+        self.reads: dict[tuple[str, ...] | StepField, str] = {}  # field -> the local holding it
         self.lines: list[str] = []
+
+    def function(self, name: str, expr: str) -> Any:
+        src = "\n".join([f"def {name}(env, st):", *self.lines, f"    return {expr}"])
+        namespace = dict(self.consts)
+        exec(compile(src, f"<rule {name}>", "exec"), namespace)  # noqa: S102 - generated from the parsed rule only
+        fn = namespace[name]
+        fn.source = src  # for debugging: what the condition compiled to
+        return fn
 
     def const(self, value: Any) -> str:
         name = f"k{len(self.consts)}"
@@ -52,92 +150,84 @@ class _Gen:
         return name
 
     def operand(self, node: ast.Operand) -> tuple[str, bool]:
-        """(Python expression, may be MISSING)."""
+        """(Python expression, whether it is a field)."""
         if isinstance(node, ast.Literal):
             v = node.value
-            if type(v) is str or type(v) is int or type(v) is bool or v is None:
+            if type(v) is str or type(v) is bool or v is None or (type(v) is int and abs(v) < 2**64):
                 return repr(v), False
             return self.const(v), False
-        return self.local(self._ref(node)), True
+        return self.local(self.scope.resolve(node)), True
 
-    def local(self, ref: tuple[Any, ...]) -> str:
-        """The local holding a field reference, read once at the top of the function."""
-        name = self.reads.get(ref)
-        if name is not None:
-            return name
-        if ref[0] == "slot":
-            _, j, k, count = ref
-            return self._assign(ref, f"st[{j}][-1][4][{k}]" if count else f"st[{j}][4][{k}]")
-        parts = ref[1]
-        if not all(type(p) is str for p in parts):
-            raise _Unsupported
-        # as env_getter: a missing key or a non-object on the way is MISSING; JSON null stays None.
-        # Each prefix is a local read from the one before (a loop: a path may have hundreds of parts).
-        name = self.reads.get(("env", parts[:1])) or self._assign(("env", parts[:1]), f"env.get({parts[0]!r}, MISSING)")
-        for n in range(2, len(parts) + 1):
-            parent, name = name, self.reads.get(("env", parts[:n]))
+    def local(self, ref: Ref) -> str:
+        """The local holding a field, read once at the top of the function (a path that reads nothing:
+        MISSING)."""
+        if ref is None:
+            return "MISSING"
+        if isinstance(ref, TriggerIdentity):
+            raise TypeError("only a payload reads the trigger's identity")
+        if isinstance(ref, StepField):
+            name = self.reads.get(ref)
             if name is None:
-                code = f"({parent}.get({parts[n - 1]!r}, MISSING) if type({parent}) is dict else MISSING)"
-                name = self._assign(("env", parts[:n]), code)
+                last = "[-1]" if ref.count else ""
+                name = self._assign(ref, f"st[{ref.step}]{last}[4][{ref.slot}]")
+            return name
+        # A missing key or a non-object on the way is MISSING; JSON null stays None (as env_getter). Each
+        # prefix is a local read from the one before (a loop: a path may have hundreds of parts).
+        parts = ref.parts
+        name = self.reads.get(parts[:1]) or self._assign(parts[:1], f"env.get({parts[0]!r}, MISSING)")
+        for n in range(2, len(parts) + 1):
+            parent, found = name, self.reads.get(parts[:n])
+            if found is None:
+                found = self._assign(parts[:n], f"({parent}.get({parts[n - 1]!r}, MISSING) if type({parent}) is dict else MISSING)")
+            name = found
         return name
 
-    def _assign(self, ref: tuple[Any, ...], code: str) -> str:
-        name = self.reads[ref] = f"v{len(self.reads)}"
+    def _assign(self, key: tuple[str, ...] | StepField, code: str) -> str:
+        name = self.reads[key] = f"v{len(self.reads)}"
         self.lines.append(f"    {name} = {code}")
         return name
 
-    def _ref(self, path: ast.Path) -> tuple[Any, ...]:
-        """Mirror of StepScope.getter (which ran first: diagnostics and projection slots are done)."""
-        s = self.scope
-        head, rest = path.parts[0], path.parts[1:]
-        if head in s.aliases:
-            j = s.aliases[head]
-            if j == s.current:
-                if not rest:
-                    raise _Unsupported
-                return ("env", rest)
-            if j > s.current or s.steps[j].absent or not rest or s.current < 0:
-                raise _Unsupported
-            return ("slot", j, s.needs[j].index(rest), s.steps[j].count > 1)
-        if s.current < 0:
-            raise _Unsupported
-        return ("env", path.parts)
-
     def truth(self, node: ast.Expr, want: bool) -> str:
         """Python boolean expression: ``node`` evaluates to ``want`` (True or False, never unknown)."""
-        if isinstance(node, ast.And):
-            a, b = self.truth(node.left, want), self.truth(node.right, want)
-            return f"({a} and {b})" if want else f"({a} or {b})"
-        if isinstance(node, ast.Or):
-            a, b = self.truth(node.left, want), self.truth(node.right, want)
-            return f"({a} or {b})" if want else f"({a} and {b})"
+        if isinstance(node, (ast.And, ast.Or)):
+            joiner = " and " if isinstance(node, ast.And) == want else " or "
+            return "(" + joiner.join(self.truth(x, want) for x in _chain(node)) + ")"
         if isinstance(node, ast.Not):
             return self.truth(node.operand, not want)
-        if isinstance(node, ast.Exists):
-            if isinstance(node.operand, ast.Literal):
-                raise _Unsupported
-            v, _ = self.operand(node.operand)
-            holds = f"({v} in (MISSING, None))" if node.negated else f"({v} not in (MISSING, None))"
-            return holds if want else f"(not {holds})"
-        if isinstance(node, ast.InList):
-            if isinstance(node.operand, ast.Literal):
-                raise _Unsupported
-            v, _ = self.operand(node.operand)
-            values = self.const(tuple(x.value for x in node.values))
-            found = f"_in({v}, {values})"
-            holds = found if want != node.negated else f"not {found}"
-            return f"({v} is not MISSING and {v} is not None and {holds})"
-        if isinstance(node, (ast.Compare, ast.StringOp)):
-            if any(isinstance(x, ast.Literal) and x.value is None for x in (node.left, node.right)):
-                return "False"  # a comparison with null is unknown: neither true nor false
-            (a, a_missing), (b, b_missing) = self.operand(node.left), self.operand(node.right)
-            present = [f"{x} is not MISSING and {x} is not None" for x, m in ((a, a_missing), (b, b_missing)) if m]
-            test = self._test(node.op, a, b, node.right if not b_missing else None)
-            holds = test if want else f"not {test}"
-            return "(" + " and ".join([*present, holds]) + ")"
-        raise _Unsupported
+        code = self.test(node)
+        value = code.value if want else f"(not {code.value})"
+        return value if code.known is None else f"({code.known} and {value})"
 
-    def _test(self, op: str, a: str, b: str, const: ast.Operand | None) -> str:
+    def test(self, node: Leaf) -> _Code:
+        ctx = self.scope.ctx
+        if isinstance(node, ast.Exists):
+            v, field = self.operand(node.operand)
+            if not field:
+                ctx.error(node, "`exists` applies to a field, not a constant")
+                return _Code(None, "False", ())
+            return _Code(None, f"({v} in (MISSING, None))" if node.negated else f"({v} not in (MISSING, None))", (v,))
+        if isinstance(node, ast.InList):
+            v, field = self.operand(node.operand)
+            if not field:
+                ctx.error(node, "`in` applies to a field, not a constant")
+                return _Code(None, "False", ())
+            for x in node.values:
+                if x.value is None:
+                    ctx.error(x, "null in a list never matches (null counts as missing)", "warning")
+            found = f"_in({v}, {self.const(tuple(x.value for x in node.values))})"
+            return _Code(_present(v), f"(not {found})" if node.negated else found, (v,))
+        (a, a_field), (b, b_field) = self.operand(node.left), self.operand(node.right)
+        reads = tuple(x for x, field in ((a, a_field), (b, b_field)) if field)
+        if not reads:
+            ctx.error(node, "this compares two constants; one side should be a field")
+        if any(isinstance(x, ast.Literal) and x.value is None for x in (node.left, node.right)):
+            _null_warning(node, ctx)
+            return _Code("False", "False", reads)  # a `null` literal: unknown, whatever the field holds
+        known = " and ".join(_present(x) for x in reads) or None
+        return _Code(known, self._compare(node.op, a, b, node.right if not b_field else None), reads)
+
+    def _compare(self, op: str, a: str, b: str, const: ast.Operand | None) -> str:
+        """``a op b`` on present values, as :func:`compare_values` (inline for a string or number constant)."""
         c = const.value if isinstance(const, ast.Literal) else MISSING
         if type(c) is str:
             if op == "==":
@@ -153,16 +243,12 @@ class _Gen:
         return f"_test({op!r}, {a}, {b})"
 
 
-def fast_predicate(node: ast.Expr, scope: StepScope, closure: Predicate) -> Predicate:
-    """One compiled function true exactly where ``closure`` returns True (or ``closure`` itself)."""
-    gen = _Gen(scope)
-    try:
-        expr = gen.truth(node, True)
-    except (_Unsupported, ValueError):
-        return closure
-    src = "\n".join(["def pred(env, st):", *gen.lines, f"    return True if {expr} else False"])
-    namespace = dict(gen.consts)
-    exec(compile(src, "<rule predicate>", "exec"), namespace)  # noqa: S102 - generated from the parsed rule only
-    fn: Predicate = namespace["pred"]
-    fn.source = src  # type: ignore[attr-defined]  # for debugging: what the rule compiled to
-    return fn
+def _written(x: ast.Operand) -> str:
+    return str(x) if isinstance(x, ast.Path) else json.dumps(x.value, ensure_ascii=False)
+
+
+def _null_warning(node: ast.Compare | ast.StringOp, ctx: Ctx) -> None:
+    field = next((x for x in (node.left, node.right) if isinstance(x, ast.Path)), None)
+    written = f"{_written(node.left)} {node.op} {_written(node.right)}"
+    fix = f"; write `{field} {'exists' if node.op == '!=' else 'does not exist'}`" if field and node.op in ("==", "!=") else ""
+    ctx.error(node, f"`{written}` is never true: null counts as missing{fix}", "warning")

@@ -1,25 +1,32 @@
-"""Predicates and payload templates -> closures over (event, earlier steps of the run).
+"""What a rule's names mean, how values compare, and payload templates as closures.
 
-Three-valued logic: a comparison with a missing field is unknown (None), which
-``not`` keeps unknown and which never satisfies a ``where``. A JSON null counts
-as missing in every comparison (``==``, ``!=``, ordering, ``in``, the string
-operators; a ``null`` literal included), as it does for ``exists``: two null
-fields are not equal. Values of different types never compare equal or ordered.
-Nothing here raises at run time.
+Conditions (``where``) are compiled by :mod:`rules.predcode`, the one
+evaluator of what a condition means; this module gives it its parts:
+
+* :class:`StepScope` resolves a path as written in one step (an envelope
+  field of the event at hand, a field an earlier step kept in its projection,
+  or nothing) and reports what is wrong with it;
+* :func:`compare_values` and its helpers: values of different types never
+  compare equal or ordered; a number is an int or a float, never a bool;
+* :func:`env_getter` / :func:`projector`: what pending state keeps of an event;
+* :func:`compile_template`: a ``post ... with {...}`` payload as a closure.
+
+A JSON null counts as missing in every comparison (``==``, ``!=``, ordering,
+``in``, the string operators; a ``null`` literal included), as it does for
+``exists``: two null fields are not equal. Nothing here raises at run time.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import operator
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import ast
 from .errors import Diagnostic
-from .plan import MISSING, Predicate, Renderer, get_path
+from .plan import MISSING, Renderer, get_path
 
 ENVELOPE_FIELDS = frozenset({
     "type", "event", "name", "category", "messageId", "anonymousId", "userId", "timestamp",
@@ -73,6 +80,11 @@ def compare_values(op: str, a: Any, b: Any) -> bool:
     return _order(op, a, b)
 
 
+def in_values(v: Any, values: tuple[Any, ...]) -> bool:
+    """``in`` on a present value: equal (as ``==`` compares) to one of ``values``."""
+    return any(_eq(v, x) for x in values)
+
+
 def _order(op: str, a: Any, b: Any) -> bool:
     if not ((_is_num(a) and _is_num(b)) or (type(a) is str and type(b) is str)):
         return False
@@ -85,7 +97,7 @@ def _order(op: str, a: Any, b: Any) -> bool:
     return bool(a >= b)
 
 
-Getter = Any  # Callable[[env, steps], value]
+Getter = Callable[[Any, Any], Any]  # (event, earlier steps of the run) -> value
 _intern = sys.intern
 
 
@@ -147,6 +159,48 @@ def projector(needs: tuple[tuple[str, ...], ...]) -> Any:
 _TRIGGER_IDENTITY: dict[tuple[str, ...], int] = {("userId",): 0, ("anonymousId",): 1}
 
 
+@dataclass(frozen=True)
+class EnvField:
+    """A field of the event at hand."""
+
+    parts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StepField:
+    """Slot ``slot`` of the projection earlier step ``step`` kept (of its last event when ``count``)."""
+
+    step: int
+    slot: int
+    count: bool
+
+
+@dataclass(frozen=True)
+class TriggerIdentity:
+    """A payload's bare ``userId`` / ``anonymousId``: the trigger's person (item ``who`` of the identity)."""
+
+    who: int
+
+
+Ref = EnvField | StepField | TriggerIdentity | None
+"""Where a path's value is read (None: nowhere, it is always missing)."""
+
+
+def getter_of(ref: Ref) -> Getter:
+    """A closure reading ``ref`` from (event, earlier steps of the run)."""
+    if isinstance(ref, EnvField):
+        return env_getter(ref.parts)
+    if isinstance(ref, StepField):
+        j, k = ref.step, ref.slot
+        if ref.count:
+            return lambda env, st: st[j][-1][4][k]
+        return lambda env, st: st[j][4][k]
+    if isinstance(ref, TriggerIdentity):
+        who = ref.who
+        return lambda env, st: st[-1][who]  # the renderer's last item: rules.identity
+    return lambda env, st: MISSING
+
+
 class StepScope:
     """What names mean inside one step's predicate (or the payload)."""
 
@@ -159,7 +213,9 @@ class StepScope:
         self.payload_default = payload_default  # payload: unaliased paths read this step
         self.aliases = {s.alias: i for i, s in enumerate(rule_steps) if s.alias}
 
-    def getter(self, path: ast.Path) -> Getter:
+    def resolve(self, path: ast.Path) -> Ref:
+        """Where ``path`` is read; what is wrong with it is reported to the context. A field of an earlier
+        step is added to that step's projection (``needs``)."""
         head, rest = path.parts[0], path.parts[1:]
         if head in self.aliases:
             j = self.aliases[head]
@@ -168,176 +224,38 @@ class StepScope:
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 self.ctx.error(path, f"'{rest[0]}' is not an event field{hint} ({path} is always missing)", "warning")
             if j == self.current:
-                return env_getter(rest) if rest else (lambda env, st: MISSING)
+                return EnvField(rest) if rest else None
             if j > self.current and self.current >= 0:
                 self.ctx.error(path, f"step '{head}' comes later in the rule; only earlier steps can be referenced")
-                return lambda env, st: MISSING
+                return None
             if self.steps[j].absent:
                 self.ctx.error(path, f"step '{head}' is an absence (`then no`); it has no event to reference")
-                return lambda env, st: MISSING
+                return None
             if not rest:
                 self.ctx.error(path, f"name a field of step '{head}', e.g. {head}.properties.price")
-                return lambda env, st: MISSING
+                return None
             return self._slot(j, rest)
         if head not in ENVELOPE_FIELDS:
             known = sorted(self.aliases)
             hint = f" (steps: {', '.join(known)})" if known else ""
             self.ctx.error(path, f"unknown step or field '{head}'{hint}; event fields start with properties., context., traits., userId, ...")
-            return lambda env, st: MISSING
+            return None
         if self.current >= 0:
-            return env_getter(path.parts)
+            return EnvField(path.parts)
         assert self.payload_default is not None
         who = _TRIGGER_IDENTITY.get(path.parts)
         if who is not None:
-            # The trigger's own userId / anonymousId (rules.identity): the renderer's last item.
-            return lambda env, st: st[-1][who]
+            return TriggerIdentity(who)
         return self._slot(self.payload_default, path.parts)
 
-    def _slot(self, j: int, parts: tuple[str, ...]) -> Getter:
+    def getter(self, path: ast.Path) -> Getter:
+        return getter_of(self.resolve(path))
+
+    def _slot(self, j: int, parts: tuple[str, ...]) -> StepField:
         needs = self.needs[j]
         if parts not in needs:
             needs.append(parts)
-        k = needs.index(parts)
-        if self.steps[j].count > 1:
-            return lambda env, st: st[j][-1][4][k]
-        return lambda env, st: st[j][4][k]
-
-
-def _operand(node: ast.Operand, scope: StepScope) -> tuple[Getter, Any]:
-    """(getter, constant) - exactly one is used: constant when the operand is a literal."""
-    if isinstance(node, ast.Literal):
-        return None, node.value
-    return scope.getter(node), None
-
-
-def compile_expr(node: ast.Expr, scope: StepScope) -> Predicate:
-    if isinstance(node, ast.And):
-        left, right = compile_expr(node.left, scope), compile_expr(node.right, scope)
-
-        def and_(env: Any, st: Any) -> bool | None:
-            a = left(env, st)
-            if a is False:
-                return False
-            b = right(env, st)
-            if b is False:
-                return False
-            return None if a is None or b is None else True
-        return and_
-    if isinstance(node, ast.Or):
-        left, right = compile_expr(node.left, scope), compile_expr(node.right, scope)
-
-        def or_(env: Any, st: Any) -> bool | None:
-            a = left(env, st)
-            if a is True:
-                return True
-            b = right(env, st)
-            if b is True:
-                return True
-            return None if a is None or b is None else False
-        return or_
-    if isinstance(node, ast.Not):
-        inner = compile_expr(node.operand, scope)
-
-        def not_(env: Any, st: Any) -> bool | None:
-            v = inner(env, st)
-            return None if v is None else not v
-        return not_
-    if isinstance(node, ast.Exists):
-        get, const = _operand(node.operand, scope)
-        if get is None:
-            scope.ctx.error(node, "`exists` applies to a field, not a constant")
-            return lambda env, st: False
-        negated = node.negated
-        return lambda env, st: (get(env, st) in (MISSING, None)) if negated else (get(env, st) not in (MISSING, None))
-    if isinstance(node, ast.InList):
-        get, const = _operand(node.operand, scope)
-        values = tuple(v.value for v in node.values)
-        negated = node.negated
-        if get is None:
-            scope.ctx.error(node, "`in` applies to a field, not a constant")
-            return lambda env, st: False
-        for v in node.values:
-            if v.value is None:
-                scope.ctx.error(v, "null in a list never matches (null counts as missing)", "warning")
-
-        def in_(env: Any, st: Any) -> bool | None:
-            v = get(env, st)
-            if v is MISSING or v is None:
-                return None
-            found = any(_eq(v, x) for x in values)
-            return not found if negated else found
-        return in_
-    if isinstance(node, (ast.Compare, ast.StringOp)):
-        lget, lconst = _operand(node.left, scope)
-        rget, rconst = _operand(node.right, scope)
-        if lget is None and rget is None:
-            scope.ctx.error(node, "this compares two constants; one side should be a field")
-        op = node.op
-        if (lget is None and lconst is None) or (rget is None and rconst is None):
-            _null_warning(node, scope.ctx)
-            return lambda env, st: None  # a `null` literal: unknown, whatever the field holds
-        fast = _const_compare(op, lget, rconst) if lget is not None and rget is None else None
-        if fast is not None:
-            return fast
-
-        def test(a: Any, b: Any) -> bool:
-            return compare_values(op, a, b)
-
-        def cmp(env: Any, st: Any) -> bool | None:
-            a = lconst if lget is None else lget(env, st)
-            b = rconst if rget is None else rget(env, st)
-            if a is MISSING or b is MISSING or a is None or b is None:
-                return None
-            return test(a, b)
-        return cmp
-    raise TypeError(f"unknown expression node {node!r}")  # pragma: no cover
-
-
-def _written(x: ast.Operand) -> str:
-    return str(x) if isinstance(x, ast.Path) else json.dumps(x.value, ensure_ascii=False)
-
-
-def _null_warning(node: ast.Compare | ast.StringOp, ctx: Ctx) -> None:
-    field = next((x for x in (node.left, node.right) if isinstance(x, ast.Path)), None)
-    written = f"{_written(node.left)} {node.op} {_written(node.right)}"
-    fix = f"; write `{field} {'exists' if node.op == '!=' else 'does not exist'}`" if field and node.op in ("==", "!=") else ""
-    ctx.error(node, f"`{written}` is never true: null counts as missing{fix}", "warning")
-
-
-_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-
-
-def _const_compare(op: str, get: Getter, c: Any) -> Predicate | None:
-    """`field <op> constant` without the generic dispatch (same results as ``cmp`` below), or None."""
-    if op in ("==", "!=") and type(c) is str:
-        neg = op == "!="
-
-        def eq_str(env: Any, st: Any) -> bool | None:
-            a = get(env, st)
-            if a is MISSING or a is None:
-                return None
-            return (type(a) is not str or a != c) if neg else (type(a) is str and a == c)
-        return eq_str
-    if op in ("starts with", "ends with") and type(c) is str:
-        method = str.startswith if op == "starts with" else str.endswith
-
-        def affix(env: Any, st: Any) -> bool | None:
-            a = get(env, st)
-            if a is MISSING or a is None:
-                return None
-            return type(a) is str and method(a, c)
-        return affix
-    if op in _ORDER and (type(c) is int or type(c) is float):
-        f = _ORDER[op]
-
-        def order_num(env: Any, st: Any) -> bool | None:
-            a = get(env, st)
-            if a is MISSING or a is None:
-                return None
-            t = type(a)
-            return bool(f(a, c)) if (t is int or t is float) else False
-        return order_num
-    return None
+        return StepField(j, needs.index(parts), self.steps[j].count > 1)
 
 
 def compile_template(node: ast.Template, scope: StepScope) -> Renderer:

@@ -78,8 +78,10 @@ class RuleSet:
                 old.stamp = stamp
                 continue
             text, bad = decode_rules(data, str(path))
+            plans: list[RulePlan]
+            diagnostics: list[Diagnostic]
             if text is None:
-                plans, diagnostics = [], [bad]
+                plans, diagnostics = [], [bad] if bad is not None else []
             else:
                 try:
                     plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints,

@@ -61,8 +61,8 @@ def _duration_hint(rest: str) -> str | None:
         ms = float(m.group(1)) * UNITS_MS.get(unit, 0)
         better = next((f"{int(ms) // UNITS_MS[u]}{u}" for u in ("d", "h", "m", "s", "ms")
                        if ms >= 1 and ms.is_integer() and int(ms) % UNITS_MS[u] == 0), None)
-        fix = f"write {better}" if better else "ms, s, m, h or d, e.g. 30s"
-        return f"a duration is a whole number and a unit: {fix} (found '{_short(w)}')"
+        advice = f"write {better}" if better else "ms, s, m, h or d, e.g. 30s"
+        return f"a duration is a whole number and a unit: {advice} (found '{_short(w)}')"
     m = re.fullmatch(r"([0-9]+)([ \t]*)([A-Za-z]+)", w)
     if m:
         n, space, unit = m.groups()
@@ -205,7 +205,8 @@ def syntax_diagnostic(exc: UnexpectedInput, text: str, filename: str, lines: lis
     except Exception:  # noqa: BLE001 - labelling is best effort; the generic message follows
         label = None
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        pos = exc.pos_in_stream
+        char = text[pos] if pos is not None and pos < len(text) else ""
         if char == "=":
             message = "`=` is not a comparison; use `==`"
         elif char == "'":

@@ -1,25 +1,26 @@
 """The tests of a rule step's condition, one by one, with the values they read (for ``why_not``).
 
 A step's ``where`` is split into its tests (comparisons, ``in``, string
-operators, ``exists``), each under the ``not``s above it, and each test is
-compiled by the engine's compiler (:func:`rules.predicates.compile_expr`) in
-the step's scope, so it reads the same fields, and the same projection slots of
-earlier steps, with the same three-valued logic as the rule itself.
+operators, ``exists``), each under the ``not``s above it, compiled by the
+compiler of the rule's own predicate (:func:`rules.predcode.compile_tests`) in
+the step's scope, so each test reads the same fields, and the same projection
+slots of earlier steps, with the same three-valued logic as the rule itself.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from . import ast
 from .plan import MISSING, RulePlan
-from .predicates import Ctx, StepScope, compile_expr
+from .predcode import Tests, compile_tests
+from .predicates import Ctx, StepScope
 
-__all__ = ["Check", "Leaf", "checks", "leaves", "step_texts"]
+__all__ = ["Check", "checks", "leaves", "step_texts"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z").match
 
@@ -65,48 +66,21 @@ def _leaf_text(node: ast.Expr) -> str:
     raise TypeError(node)  # pragma: no cover
 
 
-def _operands(node: ast.Expr) -> list[ast.Path]:
-    if isinstance(node, (ast.Compare, ast.StringOp)):
-        items: list[Any] = [node.left, node.right]
-    elif isinstance(node, ast.InList | ast.Exists):
-        items = [node.operand]
-    else:
-        items = []
-    return [x for x in items if isinstance(x, ast.Path)]
+def leaves(rule: RulePlan, index: int) -> Tests | None:
+    """The tests of step ``index``'s condition (None: it has none), compiled once per rule. Paths into
+    earlier steps read the same projection slots as the rule's own predicates (the rule's ``needs``
+    lists are extended only with what they already hold)."""
+    per_step = _COMPILED.get(rule)
+    if per_step is None:
+        needs = [list(s.needs) for s in rule.steps]
+        per_step = _COMPILED[rule] = tuple(
+            None if step.where is None else compile_tests(step.where, StepScope(rule.rule.steps, i, needs, Ctx(rule.file, [])))
+            for i, step in enumerate(rule.rule.steps))
+    return per_step[index]
 
 
-Pred = Callable[[Any, Any], "bool | None"]
-
-
-@dataclass(frozen=True)
-class Leaf:
-    text: str
-    negated: bool  # under an odd number of `not`s
-    test: Pred
-    reads: tuple[tuple[str, Pred], ...]  # (path as written, getter)
-
-
-def leaves(rule: RulePlan, index: int) -> list[Leaf]:
-    """The tests of step ``index``'s condition, compiled as the engine compiles them. Paths into earlier
-    steps read the same projection slots as the rule's own predicates (the rule's ``needs`` lists are
-    extended only with what they already hold)."""
-    step = rule.rule.steps[index]
-    if step.where is None:
-        return []
-    needs = [list(s.needs) for s in rule.steps]
-    scope = StepScope(rule.rule.steps, index, needs, Ctx(rule.file, []))
-    out: list[Leaf] = []
-    todo: list[tuple[ast.Expr, bool]] = [(step.where, False)]
-    while todo:
-        node, negated = todo.pop()
-        if isinstance(node, ast.And | ast.Or):
-            todo += [(node.right, negated), (node.left, negated)]
-        elif isinstance(node, ast.Not):
-            todo.append((node.operand, not negated))
-        else:
-            reads = tuple((str(p), scope.getter(p)) for p in _operands(node))
-            out.append(Leaf(_leaf_text(node), negated, compile_expr(node, scope), reads))
-    return out
+# A console page explains every rule for a person: each rule's tests are compiled once, and go with it.
+_COMPILED: WeakKeyDictionary[RulePlan, tuple[Tests | None, ...]] = WeakKeyDictionary()
 
 
 def _expr_text(node: ast.Expr, top: bool = True) -> str:
@@ -136,12 +110,13 @@ def step_texts(rule: ast.Rule) -> list[str]:
     return out
 
 
-def checks(tests: list[Leaf], env: dict[str, Any], st: tuple[Any, ...]) -> tuple[Check, ...]:
+def checks(tests: Tests | None, env: dict[str, Any], st: tuple[Any, ...]) -> tuple[Check, ...]:
     """The tests that are not as the condition needs them (false, unknown, or true under a `not`)."""
+    if tests is None:
+        return ()
     out = []
-    for leaf in tests:
-        result = leaf.test(env, st)
-        if result is None or result is leaf.negated:
-            values = tuple((path, get(env, st)) for path, get in leaf.reads)
-            out.append(Check(("not " if leaf.negated else "") + leaf.text, result, values))
+    for test, (result, values) in zip(tests.tests, tests.run(env, st)):
+        if result is None or result is test.negated:
+            out.append(Check(("not " if test.negated else "") + _leaf_text(test.node), result,
+                             tuple(zip(map(str, test.paths), values))))
     return tuple(out)

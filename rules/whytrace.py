@@ -16,7 +16,7 @@ each step, instead of the engine's compact state:
 
 Conditions are evaluated with the rule's own compiled predicates, and each
 test of a condition that did not hold is reported with the values it read
-(:func:`_leaves`: the same compiler, :mod:`rules.predicates`). The engine's
+(:func:`rules.whycheck.leaves`: the same compiler, :mod:`rules.predcode`). The engine's
 real triggers are passed in: an attempt fires only when the engine wrote a
 trigger for exactly its events, so the trace can never claim a trigger the
 engine did not write.

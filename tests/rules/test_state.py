@@ -45,6 +45,19 @@ def test_snapshot_restores_runs_counts_timers_and_seen_ids() -> None:
         assert engine.stats.duplicates == 1
 
 
+def test_a_capped_count_keeps_its_uncounted_events_through_a_snapshot() -> None:
+    # A one-step count holds its events in the count-list form until it fires under a cap; then the
+    # general form keeps the events not yet counted, and a snapshot must carry them as plain data.
+    text = 'rule "fan" when 2 PageView within 10m at most 2 times per 1h post crm'
+    original = Engine(plan_of(text), 3_600_000)  # the watermark stays an hour behind: nothing expires
+    first = feed(original, [ev("PageView", 0, mid="p1"), ev("PageView", 1200, mid="p2"), ev("PageView", 1260, mid="p3")])
+    assert ids(first) == [["p2", "p3"]]
+    restored = Engine(plan_of(text), 3_600_000)
+    restored.restore_partition(0, original.snapshot_partition(0))
+    for engine in (original, restored):
+        assert ids(feed(engine, [ev("PageView", 300, mid="p4")])) == [["p1", "p4"]]
+
+
 def test_snapshot_of_a_removed_rule_is_dropped_on_restore() -> None:
     data = busy_engine().snapshot_partition(0)
     engine = Engine(plan_of('rule "fan" when 3 PageView within 10m post crm'), 0)
