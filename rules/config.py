@@ -8,6 +8,7 @@
     grace = "30s"                  # absences fire and waits expire once the watermark is this far past them
     max_lateness = "24h"           # older events are not matched (at most dedup_window_ms)
     dedup_window_ms = 86400000     # messageIds remembered this long (at most dedup_max_ids per partition)
+    max_pending = 1000000          # partial matches held per partition; at it, new ones do not start (counted)
     group = "tripwire-rules"       # consumer group (Kafka: instances of `tripwire engine` share it)
     checkpoint_url = ""            # Kafka mode: local dir or s3://bucket/prefix (default <data_dir>/rules-checkpoints)
     checkpoint_interval_ms = 1000
@@ -40,6 +41,7 @@ class RulesConfig:
     max_lateness: str = "24h"
     dedup_window_ms: int = 86_400_000
     dedup_max_ids: int = 4_000_000  # per partition, 8 bytes each beyond the rules' longest window
+    max_pending: int = 1_000_000  # partial matches held per partition (about 300 bytes each); beyond: not started
 
     def __post_init__(self) -> None:
         if self.allowed_lateness_ms < 0:
@@ -48,6 +50,8 @@ class RulesConfig:
             raise ConfigError(f"Config 'rules.max_records' has value {self.max_records!r}. Must be >= 1.")
         if self.dedup_window_ms < 60_000:
             raise ConfigError(f"Config 'rules.dedup_window_ms' has value {self.dedup_window_ms!r}. Must be >= 60000.")
+        if self.max_pending < 1:
+            raise ConfigError(f"Config 'rules.max_pending' has value {self.max_pending!r}. Must be >= 1.")
         if self.dedup_max_ids < 1000:
             raise ConfigError(f"Config 'rules.dedup_max_ids' has value {self.dedup_max_ids!r}. Must be >= 1000.")
         if self.max_lateness_ms > self.dedup_window_ms:

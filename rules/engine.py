@@ -87,7 +87,7 @@ _Dispatch = tuple["tuple[_Follower, ...] | None", "tuple[_Starter, ...] | None",
 class Engine:
     def __init__(self, plan: Plan, allowed_lateness_ms: int = 5000, *, track_dirty: bool = False,
                  grace_ms: int = 0, max_lateness_ms: int | None = None, dedup_window_ms: int = 86_400_000,
-                 dedup_max_ids: int = 4_000_000) -> None:
+                 dedup_max_ids: int = 4_000_000, max_pending: int = 1 << 62) -> None:
         self.lateness = allowed_lateness_ms
         self.grace_ms = grace_ms
         # messageIds are remembered for dedup_window_ms (at most dedup_max_ids per partition); an event
@@ -108,8 +108,10 @@ class Engine:
         firing = Firing(self.stats, self.suppressed_by_rule)
         self._timers = Timers(self.stats, firing, track_dirty=track_dirty, dedup_window_ms=dedup_window_ms,
                               dedup_max_ids=dedup_max_ids)
+        self.refused_by_rule: Counter[str] = Counter()  # partial matches not started at max_pending
         self._matcher = Matcher(self.stats, self.late_cancels_by_rule, self._timers, firing, track_dirty=track_dirty,
-                                lateness_ms=allowed_lateness_ms)
+                                lateness_ms=allowed_lateness_ms, refused_by_rule=self.refused_by_rule,
+                                max_pending=max_pending)
         self.set_plan(plan)
 
     # plan changes (hot reload) -------------------------------------------------

@@ -28,13 +28,16 @@ __all__ = ["Matcher"]
 class Matcher:
     """Step matching of an engine's partitions. :meth:`use` gives it the plan's rules."""
 
-    __slots__ = ("_rules", "_compact", "_counts", "_stats", "_late_cancels_by_rule", "_timers", "_firing", "_track",
-                 "_lateness")
+    __slots__ = ("_rules", "_compact", "_counts", "_stats", "_late_cancels_by_rule", "_refused_by_rule", "_timers",
+                 "_firing", "_track", "_lateness", "_max_pending")
 
     def __init__(self, stats: EngineStats, late_cancels_by_rule: Counter[str], timers: Timers, firing: Firing, *,
-                 track_dirty: bool, lateness_ms: int) -> None:
+                 track_dirty: bool, lateness_ms: int, refused_by_rule: Counter[str] | None = None,
+                 max_pending: int = 1 << 62) -> None:
+        self._max_pending = max_pending  # states per partition (rules.config: max_pending)
         self._stats = stats
         self._late_cancels_by_rule = late_cancels_by_rule
+        self._refused_by_rule: Counter[str] = refused_by_rule if refused_by_rule is not None else Counter()
         self._timers = timers
         self._firing = firing
         self._track = track_dirty
@@ -171,6 +174,8 @@ class Matcher:
             # A start the watermark has nearly passed (a late event) takes the general form: the recent
             # span of ``seen``, where a compact state finds its time, may not outlive its timer.
             if rs is not None or due + ps.grace > ps.watermark:
+                if rs is None and not self._room(ps, rule):
+                    return
                 if self._track:
                     ps.dirty.add((uid, key))
                 per[key] = Compact((cmid, *proj(env)) if proj is not None else (cmid,))
@@ -185,6 +190,8 @@ class Matcher:
         if rs is None:
             if n == 1 and step.count == 1 and rule.cap_times is None:
                 self._firing.complete(ps, rule, key, None, (s,), t, out)  # nothing to remember
+                return
+            if not self._room(ps, rule):
                 return
             rs = per[key] = RuleState(n)
         else:
@@ -225,6 +232,8 @@ class Matcher:
         step = rule.steps[0]
         within = step.within_ms or 0
         if acc is None:
+            if not self._room(ps, rule):
+                return
             per[key] = Counted((s,))  # its timer: when this first event leaves the window
             ps.register(ps.wheel_time(s[1] + within + 1), rule.uid, key)
             return
@@ -241,6 +250,22 @@ class Matcher:
         rs.acc = list(acc) or None
         self._firing.complete(ps, rule, key, rs, (group,), t, out)
         self._timers.reschedule(ps, rule, per, key, rs)
+
+    def _room(self, ps: PartitionState, rule: RulePlan) -> bool:
+        """Whether a new partial match may start: the partition holds fewer than ``max_pending`` states. The
+        states are counted when the budget of the last count runs out, then on each sweep of the partition
+        and every 1,024 refusals (states expire meanwhile); a start refused is counted (the event itself is in
+        the log and the lake as any other)."""
+        ps.budget -= 1
+        if ps.budget >= 0:
+            return True
+        if ps.budget & 1023 == 1023:  # -1, -1025, ...: count again
+            ps.budget = self._max_pending - ps.pending() - 1
+            if ps.budget >= 0:
+                return True
+        self._stats.refused += 1
+        self._refused_by_rule[rule.name] += 1
+        return False
 
     @staticmethod
     def _count_first(rs: RuleState, n: int, within: int, s: Slim) -> tuple[Slim, ...] | None:

@@ -15,6 +15,8 @@ OUT_OF_ORDER = Counter("tripwire_rules_out_of_order_events",
                        "Events older than a pending run of their own key by more than the allowed lateness "
                        "(matched against the state they found)")
 RULE_ERRORS = Counter("tripwire_rules_rule_errors", "Exceptions raised by a rule (it is quarantined)", ["rule"])
+REFUSED = Counter("tripwire_rules_pending_refused",
+                  "Partial matches not started because the partition held [rules] max_pending states", ["rule"])
 QUARANTINED = Gauge("tripwire_rules_quarantined", "Rules stopped by an error until their file changes")
 DUPLICATES = Counter("tripwire_rules_duplicate_events", "Events whose messageId was already matched")
 TRIGGERS = Counter("tripwire_rules_triggers", "Triggers written to the triggers topic", ["rule"])

@@ -91,6 +91,7 @@ class EngineStats:
     out_of_order: int = 0  # older than a pending run of its key by more than the lateness
     late_cancels: int = 0  # would have cancelled an absence that had fired
     forgotten: int = 0  # keys whose state an erasure (tripwire lake forget) dropped
+    refused: int = 0  # partial matches not started: the partition held max_pending states
 
 
 # (rule, key) states ------------------------------------------------------------------
@@ -180,7 +181,7 @@ class Forms:
 class PartitionState:
     __slots__ = ("partition", "grace", "max_t", "watermark", "rules", "follow", "timers", "wheel", "registered", "seen",
                  "next_sweep", "dirty", "new_seen", "seen_cutoff", "last_wake", "last_uid", "marks", "old", "seen_floor",
-                 "fired", "identity")
+                 "fired", "identity", "budget")
 
     def __init__(self, partition: int, grace: int = 0) -> None:
         self.partition = partition
@@ -198,6 +199,7 @@ class PartitionState:
         self.dirty: set[tuple[str, str]] = set()  # changed since the last take_changes()
         self.new_seen: list[tuple[str, int, int]] = []  # (messageId, event time, fingerprint)
         self.seen_cutoff: int | None = None
+        self.budget = 0  # new states that may start before they are counted again against [rules] max_pending
         self.old = OldIds()  # ids older than seen_floor
         self.seen_floor = NEG_INF  # seen holds every id of an event at or after this time
         # key -> rule uid -> (steps, anchor, deadline) of the absences that fired (to count late cancels)

@@ -255,6 +255,10 @@ class RulesService:
                 metrics.RULE_ERRORS.labels(rule=name).inc(n - self._exported.get(("error", name), 0))
                 self._exported[("error", name)] = n
             metrics.QUARANTINED.set(len(engine.quarantined))
+        if s.refused != last.refused:
+            for name, n in engine.refused_by_rule.items():
+                metrics.REFUSED.labels(rule=name).inc(n - self._exported.get(("refused", name), 0))
+                self._exported[("refused", name)] = n
         self._seen_stats = EngineStats(**vars(s))
         for m in matches:
             if m.rule.uid not in engine.quarantined:  # else its trigger was not written
@@ -367,7 +371,7 @@ def build_service(config: Config, log: EventLog) -> RulesService:
     kafka = config.log.backend == "kafka"
     engine = Engine(ruleset.plan, rc.allowed_lateness_ms, track_dirty=not kafka, grace_ms=rc.grace_ms,
                     max_lateness_ms=rc.max_lateness_ms, dedup_window_ms=rc.dedup_window_ms,
-                    dedup_max_ids=rc.dedup_max_ids)
+                    dedup_max_ids=rc.dedup_max_ids, max_pending=rc.max_pending)
     durability: Durability
     if kafka:
         store = CheckpointStore(checkpoint_url(config, rc), rc.group, rc.storage_options)

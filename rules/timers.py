@@ -201,6 +201,8 @@ class Timers:
 
     def sweep_seen(self, ps: PartitionState, wm: int) -> None:
         """Move ids older than the recent span from ``seen`` to the long memory; expire that memory."""
+        if ps.budget < 0:
+            ps.budget = 0  # at max_pending: the next start counts the states again (some may have gone)
         recent = self.recent_ms
         cutoff = wm - recent
         if ps.seen and cutoff > ps.seen_floor:

@@ -339,3 +339,14 @@ def test_count_state_out_of_order_capped_and_expired() -> None:
     assert uncapped.next_wake_ms() == T0 + 36_001  # d leaves the window (b's registration moved there)
     uncapped.advance_watermark(0, T0 + 36_001)
     assert uncapped.pending() == 0 and uncapped.next_wake_ms() is None
+
+
+def test_at_max_pending_new_partial_matches_do_not_start_and_are_counted() -> None:
+    engine = Engine(plan_of('rule "cart" when A then B within 1d post crm'), 0, max_pending=3)
+    starts = [ev("A", 60 * i, key=f"k{i}") for i in range(6)]
+    assert feed(engine, starts) == []
+    assert engine.stats.refused == 3 and engine.refused_by_rule == {"cart": 3}
+    done = feed(engine, [ev("B", 600, key="k0"), ev("B", 601, key="k5")])
+    assert [m.key for m in done] == ["k0"]  # a held state completes; a refused one never started
+    # Room again once a state is gone (looked at on the partition's next sweep): the next start is held
+    assert feed(engine, [ev("A", 6 * 3600, key="k6"), ev("B", 6 * 3600 + 60, key="k6")])[0].key == "k6"
