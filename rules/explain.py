@@ -138,7 +138,7 @@ def explain(plan: RulePlan) -> str:
                          f"after step {i}." if step.within else "")
         else:
             lines.append(f"  {i + 1}. Then {what}{cond}{named} within {duration(step.within.ms)} after step {i}"
-                         f"{' (other events may come between)' if True else ''}.")
+                         " (other events may come between).")
     lines.append(f"  Per {key}, using event time.")
     semantics = []
     if len(steps) > 1:

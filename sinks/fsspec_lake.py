@@ -145,10 +145,6 @@ class FsspecLake(Lake):
         self.fs.invalidate_cache(self._p(path))
         return True
 
-    @property
-    def atomic_swap(self) -> bool:
-        return False
-
     def swap(self, directory: str, puts: Mapping[str, bytes], deletes: Sequence[str]) -> None:
         for name, data in puts.items():
             self.write(f"{directory}/{name}", data)

@@ -64,9 +64,6 @@ class Cut:
     def to_json(self) -> list[Any]:
         return [self.directory, self.first, self.end]
 
-    def covers(self, directory: str, offset: int) -> bool:
-        return self.directory == directory and self.first <= offset < self.end
-
 
 def file_name(topic: str, partition: int, first: int) -> str:
     return lake_layout.file_name(topic, partition, first)
