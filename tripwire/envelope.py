@@ -97,11 +97,6 @@ class _RandomPool:
 new_message_id = _RandomPool().uuid4
 
 
-def event_time_ms(envelope: Mapping[str, Any]) -> int:
-    """The corrected event time of a normalised envelope."""
-    return parse_time_ms(envelope["timestamp"], "timestamp")
-
-
 def log_key(envelope: Mapping[str, Any]) -> str:
     return envelope.get("anonymousId") or envelope["userId"]
 

@@ -139,7 +139,6 @@ CONTEXT_COLUMNS = (("context_page_url", "page", "url"), ("context_page_path", "p
                    ("context_library_name", "library", "name"), ("context_library_version", "library", "version"))
 # JSON text: what has no column of its own ("properties"/"traits": an object, "{}" when empty)
 JSON_COLUMNS = ("properties", "traits", "context", "extra")
-TYPED_FIELDS = ("properties", "traits")
 
 _UNSAFE = re.compile(r"[^a-z0-9_]+")
 

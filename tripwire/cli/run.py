@@ -51,18 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.set_defaults(handler=lambda args, config: run_loop(run_command(args, config)))
 
 
-def build_services(config: Config, log: EventLog, factories: Sequence[Factory] | None = None) -> list[Service]:
-    services = []
-    for factory in service_factories() if factories is None else factories:
-        service = factory(config, log)
-        if service is not None:
-            services.append(service)
-    return services
-
-
 def supervised_services(config: Config, log: EventLog, engines: int = 0, sinks: int = 0,
                         child_args: Sequence[str] = ()) -> list[Service]:
-    """``build_services``, each service downstream of the log under a :class:`~tripwire.service.Supervisor`:
+    """The services the config enables, each downstream of the log under a :class:`~tripwire.service.Supervisor`:
     whatever happens to the engine, the dispatcher or the sink, the collector keeps acknowledging into
     the log, the buffer they resume from. Only the collector's own death stops the process.
 

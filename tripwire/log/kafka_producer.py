@@ -101,10 +101,6 @@ class OrderedProducer:
         finally:
             await admin.close()
 
-    def partition_count(self, topic: str) -> int:
-        """Partitions of ``topic`` as of the last :meth:`connect`."""
-        return self._counts[topic]
-
     async def ping(self, timeout_s: float) -> bool:
         """True when a broker answers a metadata request within ``timeout_s``."""
         if self._producer is None:
