@@ -36,6 +36,8 @@ from tripwire.config import Config, from_dict
 from tripwire.log import EVENTS
 from tripwire.log.sqlite import SqliteLog
 
+from tests.fixtures.waiting import wait_until
+
 WRITE_KEY = "wk_site"
 TRACKER = Path(__file__).resolve().parents[2] / "collector" / "static" / "t.js"
 T = TypeVar("T")
@@ -222,15 +224,8 @@ def read_events(config: Config) -> list[dict[str, Any]]:
 
 
 def wait_for(probe: Callable[[], T], timeout_s: float = 10, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last value {value!r}")
-        time.sleep(0.05)
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s`` with its last value."""
+    return wait_until(probe, timeout_s, what, detail=probe)
 
 
 # The page side ----------------------------------------------------------------------------------
