@@ -13,6 +13,8 @@ from tripwire.config import from_dict
 from tripwire.log.sqlite import SqliteLog
 from tripwire.service import run_services
 
+from tests.fixtures.waiting import until
+
 
 class Sink:
     name = "sink"
@@ -37,10 +39,8 @@ async def test_collector_readyz_follows_the_log_and_every_service_of_the_process
     task = asyncio.create_task(run_services([sink, collector], stop))
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            for _ in range(500):
-                if collector.port and collector._server is not None and collector._server.started:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: collector.port and collector._server is not None and collector._server.started, 10,
+                        "the collector's server to start")
             url = f"http://127.0.0.1:{collector.port}/readyz"
             assert (await client.get(url)).status_code == 200
             sink.failed = True  # its background task died
