@@ -117,7 +117,7 @@ class Repeats:
             order.append((t, h))
 
 
-def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int | None, dict[str, Any]]], *,
+def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int | None, dict[str, Any] | None]], *,
              samples: int = 3, progress: Callable[[int], None] | None = None, skipped: int = 0,
              on_trigger: Callable[[dict[str, Any]], None] | None = None) -> BacktestResult:
     """Replay ``events`` in event-time order: envelopes, or (time, envelope) pairs (time None: the event
@@ -135,7 +135,7 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int |
         else:
             env = item
             t = parse_event_time(env)
-        if t is None:
+        if t is None or env is None:
             skipped += 1
             continue
         count += 1
@@ -169,7 +169,8 @@ def waiting(engine: Engine) -> int:
     for ps in engine.partitions.values():
         for per in ps.rules.values():
             for rs in per.values():
-                if type(rs) is tuple or type(rs) is list:
+                shape: type = type(rs)  # the engine stores bare tuples and lists as well as RuleStates
+                if shape is tuple or shape is list:
                     n += 1 if rs else 0
                 elif isinstance(rs, RuleState) and (rs.acc or (rs.runs is not None and any(rs.runs))):
                     n += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import builtins
 import re
 from typing import Any
 
@@ -102,7 +103,7 @@ class _BuildError(Exception):
 _OPS = frozenset({"or_expr", "and_expr", "not_expr"})
 
 
-def _check_conditions(tree: Tree) -> None:
+def _check_conditions(tree: Tree[Token]) -> None:
     """Refuse a `where` with more and/or/not than MAX_CONDITION_OPS (iteratively: no recursion yet)."""
     for where in tree.find_data("where"):
         ops = sum(1 for t in where.iter_subtrees() if t.data in _OPS)
@@ -123,7 +124,7 @@ _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 def _string(token: Token) -> str:
     line, column = token.line or 1, token.column or 1
     try:
-        value = json.loads(str(token))
+        value: str = json.loads(str(token))  # a STRING token is a JSON string
     except ValueError:
         raise _BuildError(line, column, "this string has an invalid escape sequence") from None
     try:
@@ -180,7 +181,7 @@ def _pos(meta: Any, fallback: Token | None = None) -> tuple[int, int]:
 
 
 @v_args(meta=True)
-class _Builder(Transformer):  # type: ignore[type-arg]
+class _Builder(Transformer[Token, Any]):
     """Lark tree -> ast nodes."""
 
     def __init__(self, text: str) -> None:
@@ -303,29 +304,29 @@ class _Builder(Transformer):  # type: ignore[type-arg]
     def list(self, meta: Any, c: list[Any]) -> tuple[ast.Literal, ...]:
         return tuple(x for x in c if x is not None)
 
-    def string(self, meta: Any, c: list[Token]) -> ast.Literal:
+    def string(self, meta: Any, c: builtins.list[Token]) -> ast.Literal:
         return ast.Literal(*_pos(meta, c[0]), _string(c[0]))
 
-    def number(self, meta: Any, c: list[Token]) -> ast.Literal:
+    def number(self, meta: Any, c: builtins.list[Token]) -> ast.Literal:
         return ast.Literal(*_pos(meta, c[0]), _number(c[0]))
 
-    def true(self, meta: Any, c: list[Any]) -> ast.Literal:
+    def true(self, meta: Any, c: builtins.list[Any]) -> ast.Literal:
         return ast.Literal(*_pos(meta), True)
 
-    def false(self, meta: Any, c: list[Any]) -> ast.Literal:
+    def false(self, meta: Any, c: builtins.list[Any]) -> ast.Literal:
         return ast.Literal(*_pos(meta), False)
 
-    def null(self, meta: Any, c: list[Any]) -> ast.Literal:
+    def null(self, meta: Any, c: builtins.list[Any]) -> ast.Literal:
         return ast.Literal(*_pos(meta), None)
 
     # templates
-    def object(self, meta: Any, c: list[Any]) -> ast.TemplateObject:
+    def object(self, meta: Any, c: builtins.list[Any]) -> ast.TemplateObject:
         return ast.TemplateObject(*_pos(meta), tuple(x for x in c if x is not None))
 
-    def pair(self, meta: Any, c: list[Any]) -> tuple[str, Any]:
+    def pair(self, meta: Any, c: builtins.list[Any]) -> tuple[str, Any]:
         tok, value = c
         return (_string(tok) if tok.type == "STRING" else str(tok), value)
 
-    def array(self, meta: Any, c: list[Any]) -> ast.TemplateArray:
+    def array(self, meta: Any, c: builtins.list[Any]) -> ast.TemplateArray:
         return ast.TemplateArray(*_pos(meta), tuple(x for x in c if x is not None))
 

@@ -298,7 +298,7 @@ class RulesService:
             return []
         wanted = {(p, off): mid for m in matches for mid, _, p, off, _ in m.events if (p, off) not in envs}
         found = await self._read_events(wanted) if wanted else {}
-        rows = []
+        rows: list[TriggerRow] = []
         for m in matches:
             events = [envs.get((p, off)) or found.get((p, off)) or {"messageId": mid, "timestamp": format_time_ms(t)}
                       for mid, t, p, off, _ in m.events]  # the fallback: no longer in the log (retention)

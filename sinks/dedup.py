@@ -151,9 +151,9 @@ class Dedup:
         self.expire()
 
 
-def _front(ids: dict[int, int], pred: object) -> Iterable[int]:
+def _front(ids: dict[int, int], pred: Callable[[int], bool]) -> Iterable[int]:
     for h, o in ids.items():
-        if not pred(o):  # type: ignore[operator]
+        if not pred(o):
             return
         yield h
 
