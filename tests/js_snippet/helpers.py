@@ -205,7 +205,7 @@ def read_events(config: Config) -> list[dict[str, Any]]:
     """Every record of the events topic (all partitions), decoded."""
 
     async def read() -> list[dict[str, Any]]:
-        log = SqliteLog(config.data_dir / "log.db", config.log.partitions, retention_hours=0)
+        log = SqliteLog(config.data_dir / "log.db", config.log.partitions, retention_s=0)
         await log.start()
         try:
             out: list[dict[str, Any]] = []
