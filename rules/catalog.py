@@ -79,6 +79,9 @@ _TYPES = {"string": "string", "number": "number", "integer": "number", "boolean"
           "object": "object", "null": "null"}
 
 
+_JSON_TYPES: dict[type, str] = {str: "string", list: "array", dict: "object"}
+
+
 def _type_of(value: Any) -> str | None:
     if value is None:
         return "null"
@@ -87,9 +90,6 @@ def _type_of(value: Any) -> str | None:
     if isinstance(value, (int, float)):
         return "number"
     return _JSON_TYPES.get(type(value))
-
-
-_JSON_TYPES: dict[type, str] = {str: "string", list: "array", dict: "object"}
 
 
 def json_types(schema: Mapping[str, Any] | None) -> frozenset[str] | None:

@@ -67,7 +67,7 @@ def _name(name: str) -> str:
 def _tests(node: ast.Expr) -> list[ast.Expr]:
     """The comparisons, `in` and `exists` tests of a condition, and its `not`s."""
     out: list[ast.Expr] = []
-    todo: list[ast.Expr] = [node]
+    todo = [node]
     while todo:
         n = todo.pop()
         if isinstance(n, (ast.And, ast.Or)):
@@ -138,7 +138,7 @@ def explain(plan: RulePlan) -> str:
             lines.append(f"  {i + 1}. Then fires if NO {_name(step.event)} event{cond} arrives within {duration(step.within.ms)} "
                          f"after step {i}." if step.within else "")
         else:
-            assert step.within is not None, "the compiler gives every step after the first a bound"
+            assert step.within is not None  # the compiler requires a time bound on every later step
             lines.append(f"  {i + 1}. Then {what}{cond}{named} within {duration(step.within.ms)} after step {i}"
                          " (other events may come between).")
     lines.append(f"  Per {key}, using event time.")

@@ -7,9 +7,10 @@ import re
 
 from lark import Lark
 
-from tripwire.config import DURATION_UNITS_MS as UNITS_MS  # noqa: F401 - the grammar's units, for the parser
+from tripwire.config import DURATION_UNITS_MS as UNITS_MS
 
 __all__ = ["DURATION", "RESERVED", "UNITS_MS", "lark_parser"]
+
 DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d)")  # the DURATION terminal of grammar.lark
 # The language's keywords (LANGUAGE.md). The parser reads most of them as a name where only a name
 # fits, so `as post` parsed, but `as true` could never be referenced and `as rule` splits the file.

@@ -15,9 +15,9 @@ conditions with more and/or/not than :data:`MAX_CONDITION_OPS`. No input makes
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
-import builtins
 import re
 from typing import Any
 
@@ -124,7 +124,7 @@ _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 def _string(token: Token) -> str:
     line, column = token.line or 1, token.column or 1
     try:
-        value: str = json.loads(str(token))  # a STRING token is a JSON string
+        value: str = json.loads(str(token))
     except ValueError:
         raise _BuildError(line, column, "this string has an invalid escape sequence") from None
     try:
@@ -301,6 +301,7 @@ class _Builder(Transformer[Token, Any]):
     def path(self, meta: Any, c: list[Token]) -> ast.Path:
         return ast.Path(*_pos(meta, c[0]), tuple(_string(t) if t.type == "STRING" else str(t) for t in c))
 
+    # named after the grammar's rule: below it, the builtin is builtins.list
     def list(self, meta: Any, c: list[Any]) -> tuple[ast.Literal, ...]:
         return tuple(x for x in c if x is not None)
 

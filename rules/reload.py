@@ -77,12 +77,12 @@ class RuleSet:
             if old is not None and old.digest == digest:
                 old.stamp = stamp
                 continue
-            text, bad = decode_rules(data, str(path))  # one of them is None
-            plans: list[RulePlan] = []
-            diagnostics: list[Diagnostic] = []
-            if bad is not None:
-                diagnostics = [bad]
-            elif text is not None:
+            text, bad = decode_rules(data, str(path))
+            plans: list[RulePlan]
+            diagnostics: list[Diagnostic]
+            if text is None:
+                plans, diagnostics = [], [bad] if bad is not None else []
+            else:
                 try:
                     plans, diagnostics = compile_text(text, str(path), endpoints=self.endpoints,
                                                       endpoint_severity=self.endpoint_severity, catalog=self.catalog)
