@@ -7,10 +7,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps run bench snippet
+.PHONY: test deps typecheck run bench snippet
 
-test: deps
+test: deps typecheck
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# mypy --strict over the spine and the rooms (config: [tool.mypy] in pyproject.toml)
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
 
 deps: $(VENV)/.installed js-snippet/node_modules/.installed tests/sdk/node_modules/.installed
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }

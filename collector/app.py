@@ -87,9 +87,9 @@ def create_app(config: Config, log: EventLog, *, own_log: bool = False) -> Starl
             max_decompressed_bytes=settings.max_decompressed_bytes,
         )
         # Segment's browser SDK (analytics.js) posts to one-letter paths: /v1/t, /v1/p, ..., /v1/b.
-        for path in (f"/v1/{kind}", f"/v1/{kind[0]}"):
-            routes.append(Route(path, endpoint, methods=["POST", "OPTIONS"]))
-            fast[path] = endpoint
+        for route_path in (f"/v1/{kind}", f"/v1/{kind[0]}"):
+            routes.append(Route(route_path, endpoint, methods=["POST", "OPTIONS"]))
+            fast[route_path] = endpoint
     pixel = PixelEndpoint(intake, settings.max_event_bytes)
     routes.append(Route(settings.pixel_path, pixel, methods=["GET"]))
     routes.append(Route(settings.pixel_path + "/{type}", pixel, methods=["GET"]))

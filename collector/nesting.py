@@ -87,7 +87,7 @@ def _deeper(container: dict[str, Any] | list[Any], budget: int) -> bool:
     """Whether ``container`` (one level) and what it holds nest more than ``budget`` levels."""
     if budget <= 0:
         return True
-    for value in container.values() if type(container) is dict else container:
+    for value in container.values() if isinstance(container, dict) else container:
         t = type(value)
         if (t is dict or t is list) and _deeper(value, budget - 1):
             return True

@@ -206,7 +206,7 @@ def _pixel_paths(pixel_path: str, max_event_bytes: int) -> dict[str, Any]:
             {"required": ["anonymousId"], "properties": {"anonymousId": {"minLength": 1}}},
         ]}]
         for k, fields in needs.items():
-            then = {"anyOf": [{"required": ["data"]},
+            then: dict[str, Any] = {"anyOf": [{"required": ["data"]},
                               {"required": fields, "properties": {f: _EVENT_NAME if f == "event" else {"minLength": 1}
                                                                   for f in fields}}]}
             if kind is not None:
@@ -214,7 +214,7 @@ def _pixel_paths(pixel_path: str, max_event_bytes: int) -> dict[str, Any]:
                     rules.append(then)
                 continue
             # Without a type in the path, ?type= names it; absent or empty means track.
-            named = {"required": ["type"], "properties": {"type": {"const": k}}}
+            named: dict[str, Any] = {"required": ["type"], "properties": {"type": {"const": k}}}
             if k == "track":
                 named = {"anyOf": [{"not": {"required": ["type"]}}, {"properties": {"type": {"enum": ["track", ""]}}}]}
             rules.append({"if": named, "then": then})

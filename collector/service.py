@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 
@@ -60,16 +61,16 @@ def listen_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def uvicorn_config(app: object, **kwargs: object) -> uvicorn.Config:
+def uvicorn_config(app: Any, **kwargs: Any) -> uvicorn.Config:
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         lifespan="on",
         access_log=False,
         server_header=False,
         proxy_headers=False,  # X-Forwarded-For is judged by collector.trusted_proxies, not by uvicorn
         log_config=None,
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

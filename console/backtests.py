@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +39,6 @@ class Job:
     total: int | None = None
     done: int = 0
     error: str = ""
-    started: float = 0.0
-    finished: float | None = None
     result: BacktestResult | None = None
 
     @property
@@ -66,7 +63,7 @@ class Backtests:
         return next((j for j in self.jobs.values() if j.state in ("starting", "counting", "running")), None)
 
     def start(self, path: Path, since: str | None, until: str | None) -> Job:
-        job = Job(str(next(self._ids)), path.name, since, until, redact(self.lake), started=time.time())
+        job = Job(str(next(self._ids)), path.name, since, until, redact(self.lake))
         self.jobs[job.id] = job
         for old in list(self.jobs)[:-KEEP]:
             del self.jobs[old]
@@ -98,8 +95,6 @@ class Backtests:
         except Exception as exc:  # noqa: BLE001 - a job must end, and say why
             logger.exception("console backtest %s failed", job.id)
             job.state, job.error = "failed", redact(f"{type(exc).__name__}: {exc}")
-        finally:
-            job.finished = time.time()
 
     async def stop(self) -> None:
         for task in list(self._tasks):

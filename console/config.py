@@ -23,9 +23,6 @@ from tripwire.config import Config
 
 from .errors import ConsoleConfigError
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
 @dataclass(frozen=True)
 class ConsoleConfig:
     enabled: bool = True

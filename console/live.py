@@ -128,7 +128,6 @@ class Tailer:
         self.subscriptions: set[Subscription] = set()
         # minute (epoch s of its start) -> source -> events (estimated when decoding was sampled)
         self.minutes: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self.chart_since: float | None = None  # when counting began (the backfill's oldest record)
         self.estimated = False
         self.recent: deque[tuple[str, dict[str, Any]]] = deque(maxlen=RECENT)  # newest last: what a new page starts with
         self._task: asyncio.Task[None] | None = None
@@ -205,7 +204,6 @@ class Tailer:
         """The chart's last hour from what the log still holds (newest records first, bounded)."""
         since_ms = (int(time.time()) // 60 - CHART_MINUTES + 1) * 60_000
         scan = await newest(self.log, EVENTS, since_ms, BACKFILL_PER_PARTITION)
-        self.chart_since = time.time() if not scan.records else min(r.timestamp_ms for r in scan.records) / 1000
         if not scan.complete:
             self.estimated = True  # the hour held more than was read back
         sample = self._count(scan.records)

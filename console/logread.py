@@ -73,7 +73,7 @@ async def by_keys(log: EventLog, topic: str, keys: Collection[str], limit: int) 
         wanted.setdefault(partition_for(raw, count), set()).add(raw)
     out = Scan([], 0, True, None)
     for partition, raw_keys in sorted(wanted.items()):
-        scan = await read_back(log, topic, partition, limit, lambda r, ks=raw_keys: r.key in ks)  # type: ignore[misc]
+        scan = await read_back(log, topic, partition, limit, _key_in(raw_keys))
         out.records += scan.records
         out.scanned += scan.scanned
         out.complete = out.complete and scan.complete
@@ -99,3 +99,7 @@ def decode(record: Record) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _key_in(keys: set[bytes]) -> Callable[[Record], bool]:
+    return lambda r: r.key in keys

@@ -32,7 +32,8 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 
 
 def _console(request: Request) -> Console:
-    return request.app.state.console  # type: ignore[no-any-return]
+    console: Console = request.app.state.console
+    return console
 
 
 async def live(request: Request) -> Response:

@@ -117,7 +117,7 @@ class Repeats:
             order.append((t, h))
 
 
-def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int | None, dict[str, Any]]], *,
+def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int | None, dict[str, Any] | None]], *,
              samples: int = 3, progress: Callable[[int], None] | None = None, skipped: int = 0,
              on_trigger: Callable[[dict[str, Any]], None] | None = None) -> BacktestResult:
     """Replay ``events`` in event-time order: envelopes, or (time, envelope) pairs (time None: the event
@@ -135,7 +135,7 @@ def backtest(plan: Plan, events: Iterable[dict[str, Any]] | Iterator[tuple[int |
         else:
             env = item
             t = parse_event_time(env)
-        if t is None:
+        if t is None or env is None:
             skipped += 1
             continue
         count += 1

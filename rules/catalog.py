@@ -110,7 +110,8 @@ def json_types(schema: Mapping[str, Any] | None) -> frozenset[str] | None:
     branches = schema.get("anyOf") or schema.get("oneOf")
     if isinstance(branches, list) and branches:
         found = [json_types(b) for b in branches]
-        return None if any(t is None for t in found) else frozenset().union(*found)  # type: ignore[arg-type]
+        known = [t for t in found if t is not None]
+        return None if len(known) < len(found) else frozenset().union(*known)
     return None
 
 

@@ -3,13 +3,11 @@
 ::
 
     RulesError
-     ├── RuleCheckError     a rule file does not parse or compile (carries diagnostics)
      └── StateError         durable engine state cannot be read or written
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -39,15 +37,6 @@ class Diagnostic:
 
 class RulesError(Exception):
     """Root of the rules room's errors."""
-
-
-class RuleCheckError(RulesError):
-    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
-        self.diagnostics = list(diagnostics)
-        errors = [d for d in self.diagnostics if d.severity == "error"]
-        first = errors[0].headline() if errors else "rule check failed"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(first + more)
 
 
 class StateError(RulesError):

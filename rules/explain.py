@@ -140,7 +140,7 @@ def explain(plan: RulePlan) -> str:
         else:
             assert step.within is not None  # the compiler requires a time bound on every later step
             lines.append(f"  {i + 1}. Then {what}{cond}{named} within {duration(step.within.ms)} after step {i}"
-                         f"{' (other events may come between)' if True else ''}.")
+                         " (other events may come between).")
     lines.append(f"  Per {key}, using event time.")
     semantics = []
     if len(steps) > 1:

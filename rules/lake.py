@@ -15,7 +15,7 @@ hold them are read (:func:`lake_columns`): the envelopes lack the rest, and read
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -258,7 +258,7 @@ class LakeReader:
             raise LakeReadError(f"lake file {path} cannot be read: {exc}") from exc
         columns = names if wanted is None else [c for c in names if c in wanted]
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def batches() -> Generator[pa.RecordBatch, None, None]:
             try:
                 with self.fs.open(path, "rb") as fh:
                     # one thread: the replay is one, and per-thread allocator heaps would hold memory

@@ -22,8 +22,9 @@ come first, as ``(None, None)`` (a backtest counts them as skipped).
 
 from __future__ import annotations
 
+import functools
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ BATCH_ROWS = 256  # a batch is turned into envelopes at once: per open file, thi
 _CHUNK = 65_536  # positions of the day's order turned into Python ints at a time
 TIME = "timestamp"
 
-Batches = Callable[[], Iterator[pa.RecordBatch]]  # a file's record batches, in row order, from the start
+Batches = Callable[[], Generator[pa.RecordBatch, None, None]]  # a file's record batches, in row order, from the start
 Convert = Callable[[pa.RecordBatch], list[dict[str, Any]]]
 
 
@@ -76,7 +77,7 @@ class Source:
         self.rows = rows
         self._open = batches
         self._convert = convert
-        self._batches: Iterator[pa.RecordBatch] | None = None
+        self._batches: Generator[pa.RecordBatch, None, None] | None = None
         self._held: dict[int, dict[str, Any]] = {}
         self._read = 0
         self._taken = 0
@@ -96,7 +97,7 @@ class Source:
             self._read = read + batch.num_rows
         self._taken += 1
         if self._taken == self.rows and self._batches is not None:
-            self._batches.close()  # type: ignore[attr-defined]
+            self._batches.close()
             self._batches = None
         return held.pop(i)
 
@@ -139,7 +140,7 @@ def day_in_order(files: Sequence[str], read: Callable[[str], tuple[int, pa.Array
                 continue
             tmp = tmp or stack.enter_context(tempfile.TemporaryDirectory(prefix="tripwire-backtest-"))
             for path, run_times in _spill(batches(), Path(tmp) / f"{i}-"):
-                sources.append(Source(len(run_times), lambda p=path: _read_run(p), convert))  # type: ignore[misc]
+                sources.append(Source(len(run_times), functools.partial(_read_run, path), convert))
                 times.append(run_times)
         for _ in range(untimed):
             yield None, None
@@ -194,7 +195,7 @@ def _write_run(batches: list[pa.RecordBatch], path: Path) -> tuple[Path, pa.Arra
     return path, pc.take(times, order)
 
 
-def _read_run(path: Path) -> Iterator[pa.RecordBatch]:
+def _read_run(path: Path) -> Generator[pa.RecordBatch, None, None]:
     with pa.OSFile(str(path), "rb") as f:
         reader = pa.ipc.open_file(f)
         for i in range(reader.num_record_batches):

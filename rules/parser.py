@@ -181,7 +181,7 @@ def _pos(meta: Any, fallback: Token | None = None) -> tuple[int, int]:
 
 
 @v_args(meta=True)
-class _Builder(Transformer):  # type: ignore[type-arg]
+class _Builder(Transformer[Token, Any]):
     """Lark tree -> ast nodes."""
 
     def __init__(self, text: str) -> None:

@@ -96,7 +96,6 @@ class RulesService:
         self.durability = durability
         self.max_records = rc.max_records
         self.runner = Runner(log, rc.group, [EVENTS], self, stop_grace_s=5.0)
-        self.triggers_written = 0
         self._assigned: set[int] = set()
         self._positions: dict[int, int] = {}
         self._started = False
@@ -233,7 +232,6 @@ class RulesService:
             await self.durability.save(positions, triggers)
             self._unsaved = False
             self._last_save = now
-        self.triggers_written += len(triggers)
         self._export_metrics(matches)
         await self._write_status(force=len(engine.quarantined) != quarantined)  # a rule stopped: say so now
 

@@ -19,16 +19,14 @@ least ``_SNAPSHOT_MIN_BYTES``), the commit writes a full snapshot of the
 partition (the engine's, as in Kafka mode) instead and drops the journal
 before it, so loading reads one snapshot plus a bounded journal. (A snapshot
 encodes every state and remembered id: taken when the journal is
-``_JOURNAL_FACTOR`` times the last one, its cost per journal byte stays small.) Databases
-written before the journal (one row per state and per messageId in ``states``
-and ``seen``) load as the base the journal applies to, until the partition's
-first snapshot replaces them.
+``_JOURNAL_FACTOR`` times the last one, its cost per journal byte stays small.)
 
 So after a kill -9 the engine resumes exactly at a batch boundary: the events
 after the stored offsets are replayed through the restored state and produce
 the same matches with the same trigger ids. The outbox is forwarded to the
 ``triggers`` topic after the commit; ``trigger_marks`` records how far the
-triggers topic had got when the outbox was last emptied, so on start the
+triggers topic had got when an engine's outbox was last emptied (``outbox_marks``,
+per owner: engines sharing the file each forward their own partitions' rows), so on start the
 forwarder skips outbox rows whose id already reached the topic (a crash
 between the append and the outbox delete never duplicates a trigger).
 
@@ -72,17 +70,9 @@ CREATE TABLE IF NOT EXISTS partitions (
     grp TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     max_t INTEGER NOT NULL, watermark INTEGER NOT NULL, PRIMARY KEY (grp, partition)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS states (
-    grp TEXT NOT NULL, partition INTEGER NOT NULL, rule TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL,
-    PRIMARY KEY (grp, partition, rule, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen (
-    grp TEXT NOT NULL, partition INTEGER NOT NULL, mid TEXT NOT NULL, t INTEGER NOT NULL,
-    PRIMARY KEY (grp, partition, mid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS seen_by_time ON seen (grp, partition, t);
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, id TEXT NOT NULL, key BLOB, value BLOB NOT NULL
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, id TEXT NOT NULL, key BLOB, value BLOB NOT NULL,
+    owner INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     grp TEXT NOT NULL, partition INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (grp, partition)
@@ -91,9 +81,6 @@ CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, partition INTEGER NOT NULL, data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_by_partition ON journal (grp, partition, seq);
-CREATE TABLE IF NOT EXISTS trigger_marks (
-    grp TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY (grp, partition)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_marks (
     grp TEXT NOT NULL, owner INTEGER NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, owner, partition)
@@ -141,9 +128,6 @@ class SqliteStateStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA journal_size_limit={64 << 20}")  # a big snapshot's WAL does not stay that big
             conn.executescript(_SCHEMA)
-            if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:
-                # Engines of one group share this file, each forwarding its own partitions' triggers.
-                conn.execute("ALTER TABLE outbox ADD COLUMN owner INTEGER NOT NULL DEFAULT -1")
         except sqlite3.Error as exc:
             raise StateError(f"rules state database {self.path} cannot be opened: {exc}") from exc
         self._conn = conn
@@ -159,7 +143,7 @@ class SqliteStateStore:
         return self._conn
 
     def load(self, partition: int) -> LoadedPartition:
-        """The partition as of the last commit: its snapshot (or rows of the old layout), then its journal."""
+        """The partition as of the last commit: its snapshot (if any), then its journal."""
         g = self.group
         with self._lock:
             db = self._db()
@@ -168,16 +152,13 @@ class SqliteStateStore:
             ).fetchone()
             snap = db.execute("SELECT data FROM snapshots WHERE grp = ? AND partition = ?", (g, partition)).fetchone()
             old = None
+            entries: list[tuple[str, int, int]] = []
+            states: dict[tuple[str, str], bytes] = {}
             if snap is not None:
                 base = loads_state(snap[0])
                 entries = seen_entries(base["seen"])
-                states: dict[tuple[str, str], bytes] = base["states"]
+                states = base["states"]
                 old = base.get("old")
-            else:
-                entries = [(m, t, 0) for m, t in db.execute("SELECT mid, t FROM seen WHERE grp = ? AND partition = ?",
-                                                            (g, partition))]
-                states = {(r, k): d for r, k, d in db.execute(
-                    "SELECT rule, key, data FROM states WHERE grp = ? AND partition = ?", (g, partition))}
             seen = {(m, fp): t for m, t, fp in entries}
             journal = 0
             for (data,) in db.execute("SELECT data FROM journal WHERE grp = ? AND partition = ? ORDER BY seq", (g, partition)):
@@ -221,8 +202,7 @@ class SqliteStateStore:
                         )
                         if d.snapshot is not None:
                             db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)", (g, p, d.snapshot))
-                            for table in ("journal", "states", "seen"):
-                                db.execute(f"DELETE FROM {table} WHERE grp = ? AND partition = ?", (g, p))  # noqa: S608
+                            db.execute("DELETE FROM journal WHERE grp = ? AND partition = ?", (g, p))
                         elif data is not None:
                             db.execute("INSERT INTO journal (grp, partition, data) VALUES (?, ?, ?)", (g, p, data))
                     if triggers:
@@ -242,9 +222,8 @@ class SqliteStateStore:
                     sizes[1] += len(data)
 
     def outbox(self, owners: Collection[int], limit: int = 10_000) -> list[tuple[int, str, bytes | None, bytes]]:
-        """Triggers of the events partitions ``owners`` committed but not yet forwarded (rows written before
-        owners existed, -1, go with partition 0)."""
-        wanted = sorted(set(owners) | ({-1} if 0 in owners else set()))
+        """Triggers of the events partitions ``owners`` committed but not yet forwarded."""
+        wanted = sorted(set(owners))
         if not wanted:
             return []
         marks = ", ".join("?" * len(wanted))
@@ -272,22 +251,13 @@ class SqliteStateStore:
                 raise
 
     def marks(self, owner: int) -> dict[int, int]:
-        """Per triggers partition, an offset before which none of ``owner``'s unforwarded triggers can be.
-        Marks written before owners existed (``trigger_marks``) hold for every owner until it has its own;
-        owner 0 also answers for the rows of that time (owner -1), which lie after those marks."""
+        """Per triggers partition, an offset before which none of ``owner``'s unforwarded triggers can be."""
         with self._lock:
-            db = self._db()
-            legacy = dict(db.execute("SELECT partition, offset FROM trigger_marks WHERE grp = ?", (self.group,)))
-            own = dict(db.execute("SELECT partition, offset FROM outbox_marks WHERE grp = ? AND owner = ?",
-                                  (self.group, owner)))
-        out = {**legacy, **own}
-        if owner == 0:
-            out.update({q: min(o, own.get(q, o)) for q, o in legacy.items()})
-        return out
+            return dict(self._db().execute("SELECT partition, offset FROM outbox_marks WHERE grp = ? AND owner = ?",
+                                           (self.group, owner)))
 
 
 _MAGIC = b"TWCK2"  # + offset (int64) + triggers-topic mark (int64) + snapshot
-_MAGIC_V1 = b"TWCK1"  # + offset + snapshot
 
 
 class CheckpointStore:
@@ -356,7 +326,4 @@ class CheckpointStore:
         if data.startswith(_MAGIC) and len(data) >= n + 16:
             offset, mark = struct.unpack(">qq", data[n : n + 16])
             return offset, (mark if mark >= 0 else None), data[n + 16 :]
-        if data.startswith(_MAGIC_V1) and len(data) >= n + 8:
-            (offset,) = struct.unpack(">q", data[n : n + 8])
-            return offset, None, data[n + 8 :]
         raise StateError(f"checkpoint {self.url}/{self.group}/{topic}-{partition} is not a tripwire checkpoint")

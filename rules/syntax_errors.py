@@ -66,12 +66,13 @@ def _duration_hint(rest: str) -> str | None:
     m = re.fullmatch(r"([0-9]+)([ \t]*)([A-Za-z]+)", w)
     if m:
         n, space, unit = m.groups()
-        fix = unit if unit in UNITS_MS else _WORD_UNITS.get(unit.lower()) or (unit.lower() if unit.lower() in UNITS_MS else None)
+        known: str | None = unit if unit in UNITS_MS else (
+            _WORD_UNITS.get(unit.lower()) or (unit.lower() if unit.lower() in UNITS_MS else None))
         if unit.lower() in ("w", "wk", "week", "weeks"):
             return f"there is no week unit: write {int(n) * 7}d (found '{_short(w)}')"
-        if fix is not None and (space or fix != unit):
-            return f"write {n}{fix} (found '{_short(w)}'; units are ms, s, m, h and d, right after the number)"
-        if fix is None:
+        if known is not None and (space or known != unit):
+            return f"write {n}{known} (found '{_short(w)}'; units are ms, s, m, h and d, right after the number)"
+        if known is None:
             return f"unknown unit '{_short(unit)}': use ms, s, m, h or d, e.g. 30s (found '{_short(w)}')"
     return None
 

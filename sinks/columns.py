@@ -34,7 +34,8 @@ to the JSON column when its files are written (:func:`sinks.schema.conform`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from tripwire.lake_layout import ColumnRegistry, Conflict, TypedColumn, column_name
@@ -68,7 +69,7 @@ class Slot:
     kind: str
     origin: str
     order: int  # position in the registry: files list typed columns in this order
-    events: set[str] = field(default_factory=set)
+    events: set[str] = dataclasses.field(default_factory=set)
     first_seen: str | None = None  # the earliest date a row with it was written for
 
 

@@ -18,15 +18,8 @@ gives the same answers as the first pass.
 Persistence: ``take_segment()`` returns the ids added since the last call as a
 compact blob (``int64`` triples: hash, offset, append time) that the sink writes
 to the lake next to its state; ``load()`` rebuilds the state from the blobs the
-state file lists, each with its format:
-
-* ``FORMAT`` (2): hashes of (source, log key, messageId);
-* ``LEGACY_FORMAT`` (1): hashes of the messageId alone, written before ids were
-  scoped. They still load, so a client retry of an event the previous version
-  wrote is still dropped: within the window, an id held only in that form is
-  matched by the id alone, as it was then. They expire with the window like any
-  other id, count against ``max_ids`` (evicted first, being the oldest) and a
-  snapshot keeps them as a legacy segment of their own.
+state file lists, each with its format (``FORMAT``, 2: hashes of (source, log key,
+messageId); any other is refused).
 """
 
 from __future__ import annotations
@@ -38,7 +31,6 @@ from collections.abc import Callable, Iterable
 
 _SLACK_MS = 3_600_000
 FORMAT = 2
-LEGACY_FORMAT = 1
 
 
 def id_hash(source: str, key: bytes, message_id: str) -> int:
@@ -49,17 +41,11 @@ def id_hash(source: str, key: bytes, message_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
-def legacy_hash(message_id: str) -> int:
-    """How ids were remembered in segments of ``LEGACY_FORMAT``."""
-    return int.from_bytes(hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
-
-
 class Dedup:
     def __init__(self, window_ms: int, max_ids: int) -> None:
         self.window_ms = window_ms
         self.max_ids = max_ids
         self._ids: dict[int, int] = {}  # insertion order ~ offset order
-        self._legacy: dict[int, int] = {}  # ids loaded from LEGACY_FORMAT segments, same order
         self._mark_offsets: list[int] = []  # (offset, append time) samples, for expiry and snapshots
         self._mark_ts: list[int] = []
         self._new = array("q")
@@ -68,7 +54,7 @@ class Dedup:
         self.rewrite = False  # ids were forgotten: persist a snapshot, not a segment on top of old ones
 
     def __len__(self) -> int:
-        return len(self._ids) + len(self._legacy)
+        return len(self._ids)
 
     def seen(self, source: str, key: bytes, message_id: str, offset: int, ts_ms: int) -> bool:
         """True when ``message_id`` of ``source`` and log ``key`` is a duplicate at ``offset``;
@@ -81,10 +67,6 @@ class Dedup:
             if first > offset:
                 self._ids[h] = offset
             return False
-        if self._legacy:
-            old = self._legacy.get(legacy_hash(message_id))
-            if old is not None and old < offset:
-                return True  # first seen by the previous version, which did not keep its scope
         self._ids[h] = offset
         self._new.extend((h, offset, ts_ms))
         if not self._mark_ts or ts_ms - self._mark_ts[-1] >= 1000:
@@ -101,14 +83,11 @@ class Dedup:
         epoch): an earlier run saw those records ahead of its resume point, and
         they will now come again at new offsets, not at the ones remembered.
         """
-        count = 0
-        for ids in (self._ids, self._legacy):
-            gone = [h for h, o in ids.items() if start <= o < end and not written(o)]
-            for h in gone:
-                del ids[h]
-            count += len(gone)
-        self.rewrite = self.rewrite or bool(count)
-        return count
+        gone = [h for h, o in self._ids.items() if start <= o < end and not written(o)]
+        for h in gone:
+            del self._ids[h]
+        self.rewrite = self.rewrite or bool(gone)
+        return len(gone)
 
     def expire(self) -> None:
         """Forget ids older than the window (relative to the newest append time seen)."""
@@ -119,17 +98,13 @@ class Dedup:
             del self._mark_offsets[:cut]
             del self._mark_ts[:cut]
         if cutoff is not None:
-            for ids in (self._legacy, self._ids):
-                for h in list(_front(ids, lambda o: o < cutoff)):
-                    del ids[h]
+            for h in list(_front(self._ids, lambda o: o < cutoff)):
+                del self._ids[h]
         over = len(self) - self.max_ids
         if over > 0:
             self.evicted_early += over
-            for ids in (self._legacy, self._ids):  # the legacy ids are the oldest
-                n = min(over, len(ids))
-                for h in list(_take(ids, n)):
-                    del ids[h]
-                over -= n
+            for h in list(_take(self._ids, over)):
+                del self._ids[h]
 
     def take_segment(self) -> bytes | None:
         """The ids added since the last call, as a segment of ``FORMAT`` (None when there are none)."""
@@ -141,11 +116,7 @@ class Dedup:
 
     def snapshot(self) -> list[tuple[int, bytes]]:
         """Every id held now as ``(format, segment)`` pairs (they replace the listed segments)."""
-        out = []
-        for fmt, ids in ((FORMAT, self._ids), (LEGACY_FORMAT, self._legacy)):
-            if fmt == LEGACY_FORMAT and not ids:
-                continue
-            out.append((fmt, self._entries(ids).tobytes()))
+        out = [(FORMAT, self._entries(self._ids).tobytes())]
         self._new = array("q")
         self.rewrite = False
         return out
@@ -160,16 +131,16 @@ class Dedup:
 
     def load(self, segments: Iterable[tuple[int, bytes]]) -> None:
         """Rebuild the state from ``(format, segment)`` pairs."""
-        entries: list[tuple[int, int, int, int]] = []
+        entries: list[tuple[int, int, int]] = []
         for fmt, data in segments:
-            if fmt not in (FORMAT, LEGACY_FORMAT):
-                raise ValueError(f"message-id segment format {fmt} is unknown")
+            if fmt != FORMAT:
+                raise ValueError(f"message-id segment format {fmt} is unknown (this build reads {FORMAT})")
             a = array("q")
             a.frombytes(data)
-            entries.extend((o, h, t, fmt) for h, o, t in zip(a[0::3], a[1::3], a[2::3]))
+            entries.extend((o, h, t) for h, o, t in zip(a[0::3], a[1::3], a[2::3]))
         entries.sort()
-        for o, h, t, fmt in entries:
-            ids = self._ids if fmt == FORMAT else self._legacy
+        ids = self._ids
+        for o, h, t in entries:
             if h not in ids or ids[h] > o:
                 ids[h] = o
             if not self._mark_ts or t - self._mark_ts[-1] >= 1000:
@@ -180,9 +151,9 @@ class Dedup:
         self.expire()
 
 
-def _front(ids: dict[int, int], pred: object) -> Iterable[int]:
+def _front(ids: dict[int, int], pred: Callable[[int], bool]) -> Iterable[int]:
     for h, o in ids.items():
-        if not pred(o):  # type: ignore[operator]
+        if not pred(o):
             return
         yield h
 

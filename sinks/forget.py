@@ -16,7 +16,7 @@ single PUT (atomic per object) and emptied ones are deleted. Every other row
 stays exactly once. Running it again is harmless (and finishes an interrupted
 run).
 
-Not covered by a run: events still in the event log (kept ``log.retention_hours``)
+Not covered by a run: events still in the event log (kept ``log.retention``)
 or in files the sink has not written yet (at most ``sink.max_late_file_age_s``);
 run it again after that long, or stop the sink first.
 """

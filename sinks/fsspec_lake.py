@@ -145,19 +145,16 @@ class FsspecLake(Lake):
         self.fs.invalidate_cache(self._p(path))
         return True
 
-    @property
-    def atomic_swap(self) -> bool:
-        return False
-
     def swap(self, directory: str, puts: Mapping[str, bytes], deletes: Sequence[str]) -> None:
         for name, data in puts.items():
             self.write(f"{directory}/{name}", data)
         self.delete([f"{directory}/{n}" for n in deletes if n not in puts])
 
 
-def _precondition_failed(exc: BaseException) -> bool:
+def _precondition_failed(error: BaseException) -> bool:
     """S3 refused a conditional PUT: 412 (the object changed) or 409 (a concurrent conditional write)."""
     seen: set[int] = set()
+    exc: BaseException | None = error
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         response = getattr(exc, "response", None)
@@ -169,5 +166,5 @@ def _precondition_failed(exc: BaseException) -> bool:
         text = str(exc)
         if "PreconditionFailed" in text or "ConditionalRequestConflict" in text or "(412)" in text:
             return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        exc = exc.__cause__ or exc.__context__
     return False

@@ -85,11 +85,6 @@ class Lake(abc.ABC):
     def swap(self, directory: str, puts: Mapping[str, bytes], deletes: Sequence[str]) -> None:
         """Add/replace ``puts`` (names in ``directory``) and remove ``deletes`` together."""
 
-    @property
-    @abc.abstractmethod
-    def atomic_swap(self) -> bool:
-        """True when readers never observe a ``swap`` half done."""
-
     @contextlib.contextmanager
     def lock(self, directory: str, exclusive: bool) -> Iterator[None]:
         yield
@@ -175,10 +170,6 @@ class LocalLake(Lake):
                 dirs.add(self._p(path).parent)
         for d in dirs:
             _fsync_dir(d)
-
-    @property
-    def atomic_swap(self) -> bool:
-        return True
 
     def swap(self, directory: str, puts: Mapping[str, bytes], deletes: Sequence[str]) -> None:
         live = self._p(directory)

@@ -199,8 +199,8 @@ def merge(registry: ColumnRegistry, proposal: Proposal, max_columns: int) -> Col
                 break
             have.events.append(event)
             changed = True
-    for c in proposal.conflicts:
-        record(c)
+    for conflict in proposal.conflicts:
+        record(conflict)
     if changed:
         out.revision += 1
         return out

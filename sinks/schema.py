@@ -255,7 +255,8 @@ def _demote(table: pa.Table, name: str, field: str, key: str) -> pa.Table:
     for i, v in enumerate(values):
         if v is None:
             continue
-        obj = orjson.loads(texts[i]) if texts[i] else {}
+        text = texts[i]
+        obj = orjson.loads(text) if text else {}
         obj[key] = format_datetime(v) if isinstance(v, datetime) else v
         texts[i] = orjson.dumps(obj).decode()
     table = table.drop_columns([name])

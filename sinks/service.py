@@ -137,7 +137,7 @@ class SinkService:
         if tick or any(pw.sealed for w in writers for pw in w.parts.values()):
             if tick:
                 self._last_tick = now
-                await asyncio.to_thread(self._each, lambda w: w.seal_aged(now) or {})
+                await asyncio.to_thread(self._each_writer, lambda w: w.seal_aged(now))
             offsets = await asyncio.to_thread(self._each, lambda w: w.flush())
             # Informational (the lake's state is where a sink resumes): a refusal is only logged.
             await batch.commit(offsets)
@@ -162,6 +162,10 @@ class SinkService:
         for topic, w in self.writers.items():
             out.update({TopicPartition(topic, p): o for p, o in step(w).items()})
         return out
+
+    def _each_writer(self, step: Callable[[LakeWriter], None]) -> None:
+        for w in self.writers.values():
+            step(w)
 
     async def _lag(self) -> None:
         if self.writer is None:

@@ -29,9 +29,7 @@ leaves an exact state. Resume offset for a restarted sink: ``min(resume,
 first of every pending cut still to write)``.
 
 ``_tripwire_sink/dedup/<topic>-<partition>/<seq>.bin`` hold the message-id
-segments listed under ``dedup`` (see :mod:`sinks.dedup`). Version 1 state files
-listed ``[seq, newest]`` pairs: those segments are of the legacy format (ids
-not scoped by source and key) and still load.
+segments listed under ``dedup`` (see :mod:`sinks.dedup`).
 ``_tripwire_sink/removed/<dir>.json`` lists data files that compaction or
 erasure removed on purpose, so a pending cut whose file is gone for that reason
 is not written again.
@@ -47,12 +45,10 @@ import orjson
 from tripwire import lake_layout
 from tripwire.lake_layout import SINK_DIR
 
-from .dedup import LEGACY_FORMAT
 from .errors import StateError
 from .lake import Lake
 
 VERSION = 2
-_READABLE = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +59,6 @@ class Cut:
 
     def to_json(self) -> list[Any]:
         return [self.directory, self.first, self.end]
-
-    def covers(self, directory: str, offset: int) -> bool:
-        return self.directory == directory and self.first <= offset < self.end
 
 
 def file_name(topic: str, partition: int, first: int) -> str:
@@ -104,7 +97,7 @@ class PartitionState:
     def from_bytes(cls, data: bytes, where: str) -> PartitionState:
         try:
             doc = orjson.loads(data)
-            if doc.get("version") not in _READABLE:
+            if doc.get("version") != VERSION:
                 raise StateError(f"sink state {where} has version {doc.get('version')!r}, expected {VERSION}")
             return cls(
                 topic=str(doc["topic"]), partition=int(doc["partition"]), resume=int(doc["resume"]),
@@ -119,8 +112,6 @@ class PartitionState:
 
 
 def _segment(entry: Any) -> tuple[int, int, int]:
-    if len(entry) == 2:  # version 1: every segment was of the legacy format
-        return int(entry[0]), int(entry[1]), LEGACY_FORMAT
     seq, newest, fmt = entry
     return int(seq), int(newest), int(fmt)
 

@@ -33,7 +33,7 @@ class Builder(Protocol):
 class Rows(Protocol):
     table: Table
 
-    def route(self, record: Mapping[str, Any], log_record: Record) -> tuple[str, int]:
+    def route(self, record: Mapping[str, Any], log_record: Record, /) -> tuple[str, int]:
         """The folder of a decoded record, and its time (ms)."""
 
     def builder(self, directory: str) -> Builder: ...

@@ -75,7 +75,6 @@ class LogConfig:
     partitions: int = 4  # per topic; Kafka: used when creating missing topics (existing ones keep theirs)
     group_commit_max_records: int = 10_000
     # Embedded backend: records older than this are deleted while the log runs ("0": kept for ever).
-    # The older key retention_hours (a whole number of hours) still works; see from_dict.
     retention: str = "7d"
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "tripwire"
@@ -196,7 +195,6 @@ def from_dict(data: Mapping[str, Any], source: Path | None = None, env_keys: Map
             f"Unknown config key '{unknown[0]}'. The only top-level key is data_dir; "
             f"settings go in sections such as [{unknown[0]}] (TRIPWIRE_{unknown[0].upper()}__<KEY>)."
         )
-    data = _older_log_keys(data)
     data_dir = Path(_coerce(top.get("data_dir", "data"), str, "data_dir")).expanduser()
     if source is not None and not data_dir.is_absolute():
         data_dir = source.parent / data_dir
@@ -204,24 +202,6 @@ def from_dict(data: Mapping[str, Any], source: Path | None = None, env_keys: Map
     return dataclasses.replace(
         cfg, server=cfg.section("server", ServerConfig), log=cfg.section("log", LogConfig)
     )
-
-
-def _older_log_keys(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``data`` with ``log.retention_hours`` (a whole number of hours, the older key) as ``log.retention``."""
-    log = data.get("log")
-    if not isinstance(log, Mapping) or "retention_hours" not in log:
-        return data
-    log = dict(log)
-    hours = _coerce(log.pop("retention_hours"), int, "log.retention_hours")
-    if "retention" in log:
-        raise ConfigError(
-            "Config 'log.retention_hours' and 'log.retention' are both set: keep 'log.retention' "
-            "(a duration such as '7d'); 'log.retention_hours' is its older spelling."
-        )
-    if hours < 0:
-        raise ConfigError(f"Config 'log.retention_hours' has value {hours!r}. Must be >= 0 (0 keeps records for ever).")
-    log["retention"] = f"{hours}h" if hours else "0"
-    return {**data, "log": log}
 
 
 _QUOTED_KEY = re.compile(r"'\[?([A-Za-z_][\w.\-]*)")

@@ -97,13 +97,9 @@ class _RandomPool:
 new_message_id = _RandomPool().uuid4
 
 
-def event_time_ms(envelope: Mapping[str, Any]) -> int:
-    """The corrected event time of a normalised envelope."""
-    return parse_time_ms(envelope["timestamp"], "timestamp")
-
-
 def log_key(envelope: Mapping[str, Any]) -> str:
-    return envelope.get("anonymousId") or envelope["userId"]
+    key: str = envelope.get("anonymousId") or envelope["userId"]
+    return key
 
 
 def _id(raw: Mapping[str, Any], field: str) -> str | None:
@@ -205,8 +201,8 @@ def normalize_timed(
         if len(event) > MAX_EVENT_NAME_CHARS:
             raise EnvelopeError("event", f"longer than {MAX_EVENT_NAME_CHARS} characters")
     elif kind in ("page", "screen"):
-        name = env.get("name")
-        if name is not None and not isinstance(name, str):
+        page_name = env.get("name")
+        if page_name is not None and not isinstance(page_name, str):
             raise EnvelopeError("name", "must be a string")
     elif kind == "alias":
         if _normalize_id(env, "previousId") is None:  # an id like userId (a string): it becomes a link's key

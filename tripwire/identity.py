@@ -97,10 +97,6 @@ def pair_key(user_id: str, anonymous_id: str) -> bytes:
     return orjson.dumps([user_id, anonymous_id])
 
 
-def is_trust(value: Any) -> bool:
-    return value in _RANK
-
-
 def wins(new: Link, old: Link | None) -> bool:
     """Whether ``new`` replaces ``old``, the stored version of the same pair."""
     return old is None or new.rank > old.rank

@@ -29,7 +29,8 @@ instead: it refuses a file lacking a column it was asked for.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -139,7 +140,6 @@ CONTEXT_COLUMNS = (("context_page_url", "page", "url"), ("context_page_path", "p
                    ("context_library_name", "library", "name"), ("context_library_version", "library", "version"))
 # JSON text: what has no column of its own ("properties"/"traits": an object, "{}" when empty)
 JSON_COLUMNS = ("properties", "traits", "context", "extra")
-TYPED_FIELDS = ("properties", "traits")
 
 _UNSAFE = re.compile(r"[^a-z0-9_]+")
 
@@ -183,7 +183,7 @@ class TypedColumn:
     origin: str = "catalog"  # catalog | promote | inferred
     first_seen: str | None = None  # the earliest event date (partition) with a value, YYYY-MM-DD
     widened: str | None = None  # date it went from integer to number
-    events: list[str] = field(default_factory=list)  # event names seen with it (bounded)
+    events: list[str] = dataclasses.field(default_factory=list)  # event names seen with it (bounded)
 
 
 @dataclass(slots=True)
@@ -219,8 +219,8 @@ class ColumnRegistry:
 
     partitioning: str | None = None
     revision: int = 0
-    columns: list[TypedColumn] = field(default_factory=list)
-    conflicts: list[Conflict] = field(default_factory=list)
+    columns: list[TypedColumn] = dataclasses.field(default_factory=list)
+    conflicts: list[Conflict] = dataclasses.field(default_factory=list)
 
     def column(self, name: str) -> TypedColumn | None:
         for c in self.columns:

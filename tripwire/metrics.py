@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # No '<name>_created' gauge next to every counter and histogram: one more series per label set,
 # holding a start timestamp that no dashboard or alert uses. Every service imports this module.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 CHECK_TIMEOUT_S = 5.0
 
@@ -213,7 +213,7 @@ async def exposition() -> bytes:
             return iter(families.values())
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged())  # type: ignore[arg-type]
+    registry.register(_Merged())
     return generate_latest(registry)
 
 

@@ -24,7 +24,7 @@ import httpcore
 import httpx
 
 from .errors import DestinationRefused
-from .signing import sign, signature
+from .signing import signature
 from .transport import EndpointPool
 
 USER_AGENT = "tripwire-webhooks/1"
@@ -50,16 +50,6 @@ def fixed_headers(extra: Mapping[str, str]) -> dict[str, str]:
     if not any(k.lower() == "user-agent" for k in headers):
         headers["user-agent"] = USER_AGENT
     headers["content-type"] = "application/json"
-    return headers
-
-
-def headers_for(
-    msg_id: str, body: bytes, keys: Sequence[bytes], extra: Mapping[str, str], timestamp: int | None = None
-) -> dict[str, str]:
-    """Every header of an attempt but ``host`` and ``content-length`` (which the transport adds)."""
-    ts = int(time.time()) if timestamp is None else timestamp
-    headers = fixed_headers(extra)
-    headers.update({"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sign(keys, msg_id, ts, body)})
     return headers
 
 

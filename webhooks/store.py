@@ -229,24 +229,6 @@ class Store:
         return op
 
     @staticmethod
-    def op_outcome(
-        claimed: Claimed,
-        *,
-        at_ms: int,
-        status: int | None,
-        outcome: str,
-        error: str | None,
-        duration_ms: int,
-        state: str,
-        next_attempt_ms: int,
-    ) -> Callable[[sqlite3.Connection], int | None]:
-        """Record one attempt; returns the endpoint's failing-since time (None after a success)."""
-        record = Store.op_outcomes(
-            [Outcome(claimed, at_ms, status, outcome, error, duration_ms, state, next_attempt_ms)]
-        )
-        return lambda conn: record(conn)[claimed.endpoint]
-
-    @staticmethod
     def op_unclaim(claims: Sequence[Claimed], at_ms: int) -> Callable[[sqlite3.Connection], None]:
         """Claims given back before their attempt began: due again now, the attempt not counted."""
 
@@ -342,17 +324,6 @@ class Store:
         return self.write(op)
 
     # reads -------------------------------------------------------------------
-
-    def next_due_ms(self, endpoints: Sequence[str]) -> dict[str, int]:
-        """When the earliest pending delivery of each endpoint is due (endpoints with none are left out)."""
-        out = {}
-        for endpoint in endpoints:  # one indexed min() each: cheap however large the backlog
-            rows = self.read(
-                "SELECT min(next_attempt_ms) FROM deliveries WHERE endpoint = ? AND state = 'pending'", (endpoint,)
-            )
-            if rows and rows[0][0] is not None:
-                out[endpoint] = int(rows[0][0])
-        return out
 
     def endpoint_states(self) -> dict[str, EndpointState]:
         with self._lock:

@@ -23,8 +23,8 @@ import asyncio
 import select
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, Iterable, Sequence
+from typing import Any, cast
 
 import certifi
 import httpcore
@@ -155,7 +155,7 @@ class EndpointPool:
         response = await self._pool.handle_async_request(request)
         data = b""
         try:
-            async for chunk in response.stream:  # type: ignore[union-attr]
+            async for chunk in cast(AsyncIterable[bytes], response.stream):  # an async pool's stream
                 data += chunk
                 if len(data) >= max_response_bytes:
                     break

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import orjson
 
 from tests.fixtures.servers import run_command
 from tests.fixtures.tansu import TansuBroker
+from tests.fixtures.waiting import wait_until
 from tripwire.log import EVENTS
 from tripwire.log.kafka import KafkaLog
 
@@ -53,14 +53,16 @@ def test_collector_spills_while_the_broker_is_down_then_forwards(tmp_path: Path)
                 assert spill_depth(client) == len(sent)
 
                 broker.start()
-                deadline = time.monotonic() + 60
-                while spill_depth(client) > 0 or client.get("/readyz").status_code != 200:
-                    assert time.monotonic() < deadline, "the spill did not drain after the broker came up"
-                    time.sleep(0.2)
+                wait_until(lambda: spill_depth(client) == 0 and client.get("/readyz").status_code == 200, 60,
+                           "the spill to drain after the broker came up", interval_s=0.2,
+                           detail=lambda: f"spill depth {spill_depth(client)}")
             assert proc.stop() == 0
-        deadline = time.monotonic() + 30
-        while (found := asyncio.run(kafka_ids(broker.bootstrap, tmp_path / "reader-spill"))) < set(sent):
-            assert time.monotonic() < deadline, f"missing in Kafka: {sorted(set(sent) - found)[:5]}"
-            time.sleep(0.5)
+        found: set[str] = set()
+
+        def all_in_kafka() -> bool:
+            found.update(asyncio.run(kafka_ids(broker.bootstrap, tmp_path / "reader-spill")))
+            return found >= set(sent)
+        wait_until(all_in_kafka, 30, "every acknowledged event in Kafka", interval_s=0.5,
+                   detail=lambda: f"missing {sorted(set(sent) - found)[:5]}")
     finally:
         broker.close()

@@ -19,6 +19,8 @@ from tripwire.config import from_dict
 from tripwire.log import EVENTS
 from tripwire.log.sqlite import SqliteLog
 
+from tests.fixtures.waiting import until
+
 from .conftest import SOURCES, WRITE_KEY, basic
 
 
@@ -78,9 +80,8 @@ async def test_service_drains_in_flight_requests_on_stop(tmp_path: Path) -> None
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", timeout=20) as client:
         tasks = [asyncio.create_task(send(client, i)) for i in range(300)]
-        async with asyncio.timeout(20):
-            while len(acked) < 20:
-                await asyncio.sleep(0.001)
+        await until(lambda: len(acked) >= 20, 20, "20 acknowledged requests before the stop", interval_s=0.001,
+                    detail=lambda: f"{len(acked)} acknowledged")
         await service.stop()
         await service.stop()  # safe twice
         await asyncio.gather(*tasks)

@@ -26,6 +26,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from tests.fixtures.browser import chromium  # noqa: F401  (fixture)
 from tests.fixtures.servers import REPO, Process, run_command
 from tests.fixtures.tansu import free_port
+from tests.fixtures.waiting import wait_until
 from tests.js_snippet.helpers import Site, stored
 from tests.webhooks.receiver import Receiver, Reply
 
@@ -151,14 +152,7 @@ def _answers(url: str) -> bool:
 
 
 def _wait(probe: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
+    return wait_until(probe, timeout_s, what, interval_s=0.1)
 
 
 def _shop_page(stack: Stack, context: BrowserContext) -> tuple[Page, str]:
@@ -300,7 +294,7 @@ def test_the_live_page_stays_responsive_at_1000_events_per_second(stack: Stack, 
                     batch = [track("PageView", anonymous_id=f"load-{i % 300}", n=i) for i in range(100)]
                     client.post(f"{stack.collector}/v1/batch", json={"batch": batch}, auth=(BACKEND_KEY, ""))
                     sent[0] += 100
-                time.sleep(max(0.0, 1 - (time.monotonic() - start)))
+                time.sleep(max(0.0, 1 - (time.monotonic() - start)))  # paces the sender (not a wait)
 
     thread = threading.Thread(target=blast, daemon=True)
     thread.start()

@@ -19,6 +19,8 @@ from tripwire.console import ConsoleConfigError, ConsoleService
 from tripwire.log.sqlite import SqliteLog
 from tripwire.webhooks import Store
 
+from tests.fixtures.waiting import until
+
 from .helpers import HOOK, RULES, SECRET, Running, config_for, envelope, running
 
 NOW = int(time.time() * 1000)
@@ -177,11 +179,7 @@ async def test_the_live_stream_samples_a_burst_and_says_so(console: Running) -> 
 
 
 async def _until(probe, what: str, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    await until(probe, timeout_s, what)
 
 
 async def test_rules_whynot_in_the_terminal_gives_the_same_answer(tmp_path: Path) -> None:

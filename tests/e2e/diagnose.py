@@ -127,3 +127,44 @@ def missing_triggers(missing: Sequence[str], bootstrap: str, store_path: Path, p
         lines.append(f"... and {len(missing) - SHOWN} more")
     lines.append("processes: " + services(procs))
     return "\n  ".join(lines)
+
+
+def behind(bootstrap: str, checkpoints: Path, lake_url: str, store_path: Path) -> list[str]:
+    """What has not yet handled everything on the log (empty when the stack is settled): an engine
+    whose checkpoint is short of the events topic's end (triggers are produced before the checkpoint
+    that covers them), the sink's state short of it (its rows are in files before its state moves),
+    a trigger on the triggers topic the dispatcher has not delivered."""
+    from tripwire.rules.state import CheckpointStore
+    from tripwire.sinks.lake import LocalLake
+    from tripwire.sinks.state import load_state
+    from tripwire.webhooks import Store
+    from tripwire.webhooks.store import DELIVERED
+
+    async def ends() -> dict[int, int]:
+        reader = KafkaReader(bootstrap, lambda name: f"tripwire.{name}", 5000, "tripwire-diagnosis")
+        try:
+            return await reader.end_offsets(EVENTS)
+        finally:
+            await reader.stop()
+
+    out = []
+    engine = CheckpointStore(str(checkpoints), "tripwire-rules")
+    lake = LocalLake(lake_url)
+    for p, end in asyncio.run(ends()).items():
+        checkpoint = engine.load(EVENTS, p)
+        if (checkpoint[0] if checkpoint else 0) < end:
+            out.append(f"engine checkpoint of {EVENTS}/{p} at {checkpoint[0] if checkpoint else None} of {end}")
+        state = load_state(lake, EVENTS, p)
+        if (state.resume if state else 0) < end:
+            out.append(f"sink state of {EVENTS}/{p} at {state.resume if state else None} of {end}")
+    found = index(bootstrap, TRIGGERS, "id")
+    if isinstance(found, str):
+        return [*out, found]
+    store = Store(store_path)
+    try:
+        undelivered = [tid for tid in found if (row := store.get(tid)) is None or row.state != DELIVERED]
+    finally:
+        store.close()
+    if undelivered:
+        out.append(f"{len(undelivered)} trigger(s) on the topic not delivered, e.g. {sorted(undelivered)[:3]}")
+    return out

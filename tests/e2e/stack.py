@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,6 +12,8 @@ from typing import Any, TypeVar
 
 import duckdb
 from standardwebhooks.webhooks import Webhook
+
+from tests.fixtures import waiting
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -51,15 +52,9 @@ def fast_env(receiver_port: int, **extra: str) -> dict[str, str]:
     }
 
 
-def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
+def wait_until(probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1,
+               detail: Callable[[], object] | None = None) -> T:
+    return waiting.wait_until(probe, timeout_s, what, interval_s=interval_s, detail=detail)  # type: ignore[return-value]
 
 
 def deliveries(out: Path) -> list[dict[str, Any]]:

@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.diagnose import missing_events, missing_triggers
+from tests.e2e.diagnose import behind, missing_events, missing_triggers
 from tests.e2e.procs import Proc, collector
 from tests.e2e.stack import SECRET, deliveries, lake_rows, wait_until
 from tests.fixtures.tansu import TansuBroker, free_port
@@ -254,7 +254,7 @@ class Load:
                 waiting = held
                 for i, batch in batches.items():
                     pool.submit(self._send, clients[i], batch, start + deadline_s)
-                time.sleep(TICK_S)
+                time.sleep(TICK_S)  # paces the load (not a wait)
             pool.shutdown(wait=True)
             while any(self._unacked.values()):
                 assert time.monotonic() - start < deadline_s, "load not acknowledged in time"
@@ -279,7 +279,7 @@ class Load:
                 pass
             with self._lock:
                 self.failed_attempts += 1
-            time.sleep(0.25)
+            time.sleep(0.25)  # a client's pause before its retry (not a wait)
 
 
 # -- the stack and the faults ---------------------------------------------------------------------
@@ -334,7 +334,7 @@ class Faults:
 
     def at(self, t0: float, at_s: float, what: str, action: Any) -> None:
         def run() -> None:
-            time.sleep(max(0.0, t0 + at_s - time.monotonic()))
+            time.sleep(max(0.0, t0 + at_s - time.monotonic()))  # the fault's moment (not a wait)
             try:
                 action()
                 self.done.append((at_s, what))
@@ -362,7 +362,7 @@ def spilled(proc: Proc) -> int:
 def kill_and_restart(proc: Proc, pause_s: float = 1.5) -> Any:
     def action() -> None:
         proc.kill9()
-        time.sleep(pause_s)
+        time.sleep(pause_s)  # how long the process stays dead (the fault, not a wait)
         proc.start()
     return action
 
@@ -370,7 +370,7 @@ def kill_and_restart(proc: Proc, pause_s: float = 1.5) -> Any:
 def down_for(stop: Any, start: Any, seconds: float) -> Any:
     def action() -> None:
         stop()
-        time.sleep(seconds)
+        time.sleep(seconds)  # how long the outage lasts (the fault, not a wait)
         start()
     return action
 
@@ -446,7 +446,10 @@ def test_invariants_hold_under_kills_and_outages(tmp_path: Path) -> None:
             where = missing_triggers(sorted(missing), broker.bootstrap, site / "d" / "webhooks.db", procs)
             raise AssertionError(f"{len(missing)} expected triggers never delivered ({dict(rules)})\n  {where}"
                                  f"\nfaults:\n  {faults.report()}") from None
-        time.sleep(3)  # anything unexpected still in flight shows up too
+        # Every part has handled everything on the log: a repeat or an unexpected trigger is in by now.
+        wait_until(lambda: not behind(broker.bootstrap, site / "checkpoints", str(site / "lake"), site / "d" / "webhooks.db"),
+                   120, "the engines, the sink and the dispatcher to handle everything on the log", interval_s=1,
+                   detail=lambda: behind(broker.bootstrap, site / "checkpoints", str(site / "lake"), site / "d" / "webhooks.db"))
         rows = lake_rows(str(site / "lake"), "SELECT message_id FROM t")
         got = deliveries(out)
 

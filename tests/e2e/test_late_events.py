@@ -111,7 +111,7 @@ def _send(stack: Stack, schedule: list[tuple[float, dict[str, Any]]]) -> None:
                 i += 1
             ahead = start + at - time.monotonic()
             if ahead > 0:
-                time.sleep(ahead)
+                time.sleep(ahead)  # paces the sender along the schedule (not a wait)
             stack.post(batch, client)
 
 

@@ -13,12 +13,24 @@ from tripwire.config import from_dict
 from tripwire.log.sqlite import SqliteLog
 from tripwire.service import run_services
 
+from tests.fixtures.waiting import until
+
 
 class Sink:
+    """A service that is up but not ready (a consumer whose broker went away), and ready again.
+
+    Not ``failed``: run_services stops the whole process on a failed service, whenever its watcher
+    looks; what /readyz says about a failed one is tested where that cannot race
+    (tests/tripwire/test_metrics.py)."""
+
     name = "sink"
 
     def __init__(self) -> None:
         self.failed = False
+        self.up = True
+
+    async def ready(self) -> bool:
+        return self.up
 
     async def start(self) -> None:
         pass
@@ -37,16 +49,16 @@ async def test_collector_readyz_follows_the_log_and_every_service_of_the_process
     task = asyncio.create_task(run_services([sink, collector], stop))
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            for _ in range(500):
-                if collector.port and collector._server is not None and collector._server.started:
-                    break
-                await asyncio.sleep(0.01)
+            async def ready() -> bool:  # every service started (until then /readyz says "starting")
+                if not (collector.port and collector._server is not None and collector._server.started):
+                    return False
+                return (await client.get(f"http://127.0.0.1:{collector.port}/readyz")).status_code == 200
+            await until(ready, 10, "/readyz to answer 200 once every service has started")
             url = f"http://127.0.0.1:{collector.port}/readyz"
-            assert (await client.get(url)).status_code == 200
-            sink.failed = True  # its background task died
+            sink.up = False
             r = await client.get(url)
             assert r.status_code == 503 and "service:sink" in r.json()["message"]
-            sink.failed = False
+            sink.up = True
             assert (await client.get(url)).status_code == 200
             await log.stop()
             assert (await client.get(url)).status_code == 503

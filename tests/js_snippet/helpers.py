@@ -36,6 +36,8 @@ from tripwire.config import Config, from_dict
 from tripwire.log import EVENTS
 from tripwire.log.sqlite import SqliteLog
 
+from tests.fixtures.waiting import wait_until
+
 WRITE_KEY = "wk_site"
 TRACKER = Path(__file__).resolve().parents[2] / "collector" / "static" / "t.js"
 T = TypeVar("T")
@@ -203,7 +205,7 @@ def read_events(config: Config) -> list[dict[str, Any]]:
     """Every record of the events topic (all partitions), decoded."""
 
     async def read() -> list[dict[str, Any]]:
-        log = SqliteLog(config.data_dir / "log.db", config.log.partitions, retention_hours=0)
+        log = SqliteLog(config.data_dir / "log.db", config.log.partitions, retention_s=0)
         await log.start()
         try:
             out: list[dict[str, Any]] = []
@@ -222,15 +224,8 @@ def read_events(config: Config) -> list[dict[str, Any]]:
 
 
 def wait_for(probe: Callable[[], T], timeout_s: float = 10, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last value {value!r}")
-        time.sleep(0.05)
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s`` with its last value."""
+    return wait_until(probe, timeout_s, what, detail=probe)
 
 
 # The page side ----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def static_site(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 def invalid_records(collector: Collector) -> list[dict[str, Any]]:
     async def read() -> list[dict[str, Any]]:
-        log = SqliteLog(collector.config.data_dir / "log.db", collector.config.log.partitions, retention_hours=0)
+        log = SqliteLog(collector.config.data_dir / "log.db", collector.config.log.partitions, retention_s=0)
         await log.start()
         try:
             return [orjson.loads(r.value) for p in await log.partitions(INVALID) for r in await log.read(INVALID, p, 0)]

@@ -16,12 +16,15 @@ from tripwire.log import EVENTS
 from tripwire.log.sqlite import SqliteLog
 
 from .procs import EngineProcess
-from .test_crash import env, read_triggers, wait, write_config
+from tests.fixtures.waiting import until
+
+from .test_crash import committed_offsets, env, read_triggers, write_config
 
 
 async def test_two_engine_processes_share_the_partitions_and_fire_each_trigger_once(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     log = SqliteLog(tmp_path / "data" / "log.db", partitions=4)
+    state = tmp_path / "data" / "rules-state.db"
     await log.start()
     procs: list[EngineProcess] = []
     expected: set[tuple[str, str]] = set()
@@ -33,7 +36,9 @@ async def test_two_engine_processes_share_the_partitions_and_fire_each_trigger_o
         async def split() -> bool:
             got = a.last_assignment(), b.last_assignment()
             return all(got) and not set(got[0] or ()) & set(got[1] or ())
-        await wait(split, 30)  # each owns a share of the partitions, none both
+        await until(split, 30, "the engines to split the partitions",
+                    detail=lambda: (a.last_assignment(), b.last_assignment()))
+        appended = 0
 
         rng = random.Random(7)
         for round_ in range(4):
@@ -41,15 +46,22 @@ async def test_two_engine_processes_share_the_partitions_and_fire_each_trigger_o
             await log.append(EVENTS, [env("AddToCart", k, f"{k}-cart", sku=k) for k in keys])
             await log.append(EVENTS, [env("Checkout", k, f"{k}-co") for k in keys[:12]])
             expected |= {("abandoned cart", k) for k in keys[12:]} | {("bought", k) for k in keys[:12]}
-            await asyncio.sleep(rng.uniform(0.3, 2.0))
+            appended += 36
+            await asyncio.sleep(rng.uniform(0.3, 2.0))  # paces the fault: a kill at a random point
             a.kill9()  # its partitions go to b (after b looks at the group), their states from the last commit
             a = EngineProcess(cfg, tmp_path / f"engine-a{round_}.log")
             procs.append(a)
 
+        missing = set(expected)
+
         async def settled() -> bool:
-            return {(t.rule, t.key) for t in await read_triggers(log)} >= expected
-        await wait(settled, 60)
-        await asyncio.sleep(1.0)  # a repeat would show up now
+            missing.intersection_update(expected - {(t.rule, t.key) for t in await read_triggers(log)})
+            return not missing
+        await until(settled, 60, "every expected trigger", detail=lambda: f"missing {sorted(missing)[:5]}")
+
+        async def handled() -> bool:  # every event handled and committed: a repeat is written by now
+            return committed_offsets(state) >= appended
+        await until(handled, 30, "the engines to commit every event", detail=lambda: committed_offsets(state))
         triggers = await read_triggers(log)
         ids = [t.id for t in triggers]
         assert len(ids) == len(set(ids)), "a trigger id was written twice"

@@ -4,7 +4,7 @@ the pending absence timers and fires them."""
 
 from __future__ import annotations
 
-import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -17,6 +17,8 @@ from tripwire.log import EVENTS, TRIGGERS
 from tripwire.log.kafka import KafkaLog
 from tripwire.log.partition import partition_for
 from tripwire.triggers import Trigger
+
+from tests.fixtures.waiting import until
 
 from .procs import EngineProcess
 
@@ -41,13 +43,6 @@ async def read_triggers(log: KafkaLog) -> list[Trigger]:
     return out
 
 
-async def wait(cond, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not await cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
 async def test_two_engines_split_partitions_and_the_survivor_fires_the_dead_ones_timers(tmp_path: Path, tansu: TansuBroker) -> None:
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "shop.rules").write_text(RULES)
@@ -70,7 +65,7 @@ async def test_two_engines_split_partitions_and_the_survivor_fires_the_dead_ones
         async def split() -> bool:
             pa, pb = a.last_assignment(), b.last_assignment()  # type: ignore[union-attr]
             return bool(pa) and bool(pb) and not set(pa) & set(pb) and set(pa) | set(pb) == {0, 1, 2, 3}  # type: ignore[arg-type]
-        await wait(split, 60, "the two engines to split the 4 partitions")
+        await until(split, 60, "the two engines to split the 4 partitions")
         owned_by_a = set(a.last_assignment() or [])
 
         keys = [f"visitor-{i}" for i in range(40)]
@@ -90,13 +85,13 @@ async def test_two_engines_split_partitions_and_the_survivor_fires_the_dead_ones
                 got = store.load(EVENTS, p)
                 total += got[0] if got else 0
             return total >= len(keys)
-        await wait(checkpointed, 30, "both engines to checkpoint the carts")
+        await until(checkpointed, 30, "both engines to checkpoint the carts")
         a.kill9()  # a's absence timers (8 s) are pending in its checkpoints only
         assert time.time() * 1000 < now + 8000, "the kill must happen before the deadline"
 
         async def all_fired() -> bool:
             return {t.key for t in await read_triggers(log)} >= set(keys)
-        await wait(all_fired, 90, "the survivor to fire every pending timer")
+        await until(all_fired, 90, "the survivor to fire every pending timer")
         triggers = await read_triggers(log)
         assert len({t.id for t in triggers}) == len(triggers) == len(keys)
         assert all(t.rule == "abandoned cart" and t.payload == {"sku": t.key} for t in triggers)
@@ -140,13 +135,19 @@ async def test_kafka_engine_killed_after_producing_does_not_produce_again(tmp_pa
 
         async def produced() -> bool:
             return len(await read_triggers(log)) >= len(keys)
-        await wait(produced, 30, "the first engine to produce")
+        await until(produced, 30, "the first engine to produce")
         first.kill9()  # no checkpoint was written (10-minute interval): everything is replayed
         assert not list(ckpt.rglob("*.ckpt"))
 
         second = EngineProcess(cfg, tmp_path / "second.log", env_overrides={"TRIPWIRE_DATA_DIR": str(tmp_path / "d2")})
         second.wait_output("partitions assigned", 90)
-        await asyncio.sleep(3)  # time to replay the 12 events
+        # its status document (written after each handled batch, every few seconds) counts what it read
+        status = ckpt / "tripwire-rules" / "status" / f"{socket.gethostname()}-{second.proc.pid}.json"
+
+        def read_again() -> int:
+            return int(orjson.loads(status.read_bytes())["events"]["read"]) if status.exists() else 0
+        await until(lambda: read_again() >= 2 * len(keys), 60, "the second engine to read every event again",
+                    detail=read_again)
         second.terminate()
         triggers = await read_triggers(log)
         assert sorted(t.key for t in triggers) == sorted(keys)  # each exactly once

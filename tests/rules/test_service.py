@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tripwire.rules.service import build_service
+from tripwire.rules.service import RulesService, build_service
 from tripwire.config import from_dict
 from tripwire.envelope import format_time_ms
 from tripwire.log import EVENTS, TRIGGERS
 from tripwire.log.sqlite import SqliteLog
 from tripwire.triggers import Trigger, trigger_id
+
+from tests.fixtures.waiting import until
 
 ABANDONED = """
 rule "abandoned cart"
@@ -49,10 +50,14 @@ async def triggers(log: SqliteLog) -> list[Trigger]:
 
 
 async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+    await until(predicate, timeout_s, f"the condition {predicate.__name__!r}")
+
+
+async def handled_all(service: RulesService, log: SqliteLog) -> bool:
+    """Every event appended so far was handled by ``service``: its triggers are on the topic."""
+    ends = await log.end_offsets(EVENTS)
+    handled = {tp.partition: offset for tp, offset in service.runner.handled().items() if tp.topic == EVENTS}
+    return all(handled.get(p, 0) >= end for p, end in ends.items() if end)
 
 
 async def test_absence_fires_on_the_wall_clock_with_full_envelopes(tmp_path: Path, sqlite_log: SqliteLog) -> None:
@@ -68,7 +73,10 @@ async def test_absence_fires_on_the_wall_clock_with_full_envelopes(tmp_path: Pat
         async def one() -> bool:
             return len(await triggers(sqlite_log)) >= 1
         await wait_for(one)
-        await asyncio.sleep(0.3)
+
+        async def nothing_pending() -> bool:  # u1 fired and u2's checkout came: nothing more can fire
+            return await handled_all(service, sqlite_log) and service.engine.pending() == 0
+        await wait_for(nothing_pending)
         (t,) = await triggers(sqlite_log)
         assert t.id == trigger_id("abandoned cart", "u1", ["m1"])
         assert t.endpoint == "crm" and t.key == "u1" and t.payload == {"sku": "S1"}
@@ -97,13 +105,18 @@ async def test_restart_resumes_pending_timer_without_duplicates(tmp_path: Path, 
         async def both() -> bool:
             return len(await triggers(sqlite_log)) >= 2
         await wait_for(both)
+        pending = service.engine.pending()  # u1's "bought", which waits for a checkout
         # the same events again (a client retry) never make a second trigger
         await sqlite_log.append(EVENTS, [event("AddToCart", "u3", "m4", price=25, sku="S3"),
                                          event("Checkout", "u3", "m5")])
-        await asyncio.sleep(3)
+
+        async def retries_handled() -> bool:
+            return await handled_all(service, sqlite_log)
+        await wait_for(retries_handled)
         got = await triggers(sqlite_log)
         assert sorted(t.rule for t in got) == ["abandoned cart", "bought"]
         assert service.engine.stats.duplicates == 2
+        assert service.engine.pending() == pending == 1  # the retried cart started no run that fires later
     finally:
         await service.stop()
 

@@ -285,37 +285,6 @@ def test_sqlite_store_journals_each_commit_and_snapshots_when_the_journal_outgro
     assert _rows(db, "journal") < 40 and _rows(db, "snapshots") == 1
 
 
-def test_sqlite_store_reads_the_row_per_state_layout_until_a_snapshot_replaces_it(tmp_path: Path) -> None:
-    # A database written before the journal: states and remembered ids one row each. It loads as
-    # the base the journal applies to; the partition's first snapshot replaces those rows.
-    import sqlite3
-
-    db = tmp_path / "state.db"
-    store = SqliteStateStore(db, "g")
-    store.open()
-    store.close()
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO partitions VALUES ('g', 0, 7, 100, 90)")
-        conn.executemany("INSERT INTO states VALUES ('g', 0, ?, ?, ?)", [("r1", "k1", b"s1"), ("r1", "k2", b"s2")])
-        conn.executemany("INSERT INTO seen VALUES ('g', 0, ?, ?)", [("m1", 50), ("m2", 80)])
-    store = SqliteStateStore(db, "g")
-    store.open()
-    loaded = store.load(0)
-    assert (loaded.offset, loaded.max_t, loaded.watermark) == (7, 100, 90)
-    assert dict(loaded.states) == {("r1", "k1"): b"s1", ("r1", "k2"): b"s2"} and _ids(loaded.seen) == {"m1": 50, "m2": 80}
-    store.commit([PartitionDelta(0, 8, 110, 95, [("r1", "k1", None), ("r1", "k3", b"s3")], [("m3", 105)], 60)], [])
-    loaded = store.load(0)
-    # ids older than a cutoff stay: the engine moves them to its long memory on load
-    assert dict(loaded.states) == {("r1", "k2"): b"s2", ("r1", "k3"): b"s3"}
-    assert _ids(loaded.seen) == {"m1": 50, "m2": 80, "m3": 105}
-    snapshot = pickle.dumps({"max_t": 120, "watermark": 99, "seen": {"m3": 105}, "states": {("r1", "k3"): b"s3"}})
-    store.commit([PartitionDelta(0, 9, 120, 99, [], [], None, snapshot)], [])
-    assert [_rows(db, t) for t in ("states", "seen", "journal")] == [0, 0, 0]
-    loaded = store.load(0)
-    store.close()
-    assert loaded.offset == 9 and dict(loaded.states) == {("r1", "k3"): b"s3"} and _ids(loaded.seen) == {"m3": 105}
-
-
 def _ids(seen: list[tuple[str, int, int]]) -> dict[str, int]:
     return {m: t for m, t, _ in seen}
 

@@ -108,7 +108,7 @@ async def test_kill_9_at_random_points_then_restart_gives_every_event_once(
     async def feed(stop: asyncio.Event) -> None:
         while not stop.is_set():
             await send(log, batch(rng.randint(5, 30)))
-            await asyncio.sleep(rng.uniform(0.01, 0.06))
+            await asyncio.sleep(rng.uniform(0.01, 0.06))  # paces the feed (not a wait)
 
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -117,7 +117,8 @@ async def test_kill_9_at_random_points_then_restart_gives_every_event_once(
             proc = start_sink(lake, tmp_path)
             stop = asyncio.Event()
             feeder = asyncio.create_task(feed(stop))
-            await asyncio.sleep(rng.uniform(1.1, 2.4))  # ~1 s of it is interpreter start-up
+            # paces the fault: a kill at a random point (~1 s of it is interpreter start-up)
+            await asyncio.sleep(rng.uniform(1.1, 2.4))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             stop.set()

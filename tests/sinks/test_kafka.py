@@ -10,28 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tripwire.sinks.service import SinkService
 from tests.fixtures.tansu import TansuBroker
+from tests.fixtures.waiting import until
 from tests.sinks.helpers import event, send, wait_caught_up
 from tests.sinks.lakes import make_lake
 from tripwire.log import EVENTS
 from tripwire.log.kafka import KafkaLog
 from tripwire.sinks.lake import LocalLake
-
-
-async def _wait(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def owned(sink: SinkService) -> int:
@@ -51,14 +41,14 @@ async def test_two_sinks_share_the_partitions_and_hand_them_over_exactly(tansu: 
         try:
             await b.start()
             try:
-                await _wait(lambda: owned(a) == 2 and owned(b) == 2, 40, "the partitions split 2/2")
+                await until(lambda: owned(a) == 2 and owned(b) == 2, 40, "the partitions split 2/2")
                 more = [event(1000 + i, user=f"u{i % 13}") for i in range(150)]
                 await send(log, more + sent[:20])  # the repeats are client retries
                 sent += more
                 await wait_caught_up(lake.lake, await log.end_offsets(EVENTS), timeout_s=40)
             finally:
                 await b.stop()
-            await _wait(lambda: owned(a) == 4, 40, "the remaining sink owning every partition")
+            await until(lambda: owned(a) == 4, 40, "the remaining sink owning every partition")
             last = [event(2000 + i, user=f"u{i % 13}") for i in range(100)]
             await send(log, last)
             sent += last
@@ -73,17 +63,21 @@ async def test_two_sinks_share_the_partitions_and_hand_them_over_exactly(tansu: 
 async def test_a_sink_stops_promptly_while_the_broker_is_away(tansu: TansuBroker, tmp_path: Path) -> None:
     # With the broker away a Kafka offset commit retries for ever: a sink stopped then did not exit
     # (593 s seen) until it was killed. Its files and state are in the lake; the commit is bounded.
-    import asyncio
-
     lake = make_lake("local", tmp_path, None, max_file_rows=25)
     async with KafkaLog(tansu.bootstrap, spill_dir=tmp_path / "spill", partitions=4) as log:
         sent = [event(i, user=f"u{i % 13}") for i in range(60)]
         await send(log, sent)
         sink = SinkService(lake.cfg, log, lake.lake)
         await sink.start()
-        await _wait(lambda: owned(sink) == 4, 40, "the sink owning every partition")
+        await until(lambda: owned(sink) == 4, 40, "the sink owning every partition")
         await send(log, [event(100 + i, user=f"u{i % 13}") for i in range(20)])
-        await asyncio.sleep(1.0)  # the sink holds some of these in open files
+        ends = await log.end_offsets(EVENTS)
+
+        def handled() -> dict[int, int]:
+            return {tp.partition: o for tp, o in sink.runner.handled().items() if tp.topic == EVENTS}
+        # the sink has read everything, and holds some of it in open files
+        await until(lambda: all(handled().get(p, 0) >= end for p, end in ends.items()), 40,
+                    "the sink to handle every record", detail=lambda: f"handled {handled()}, ends {ends}")
         tansu.kill()  # the broker is gone: connections refused
         await asyncio.wait_for(sink.stop(), 60)  # a bound, not a speed figure: it used to never return
     written = lake.duckdb("SELECT message_id FROM lake")
@@ -148,21 +142,21 @@ async def test_a_sink_whose_group_moved_on_rejoins_and_resumes_from_the_lake(
         sink = SinkService(setup.cfg, log, lake)
         await sink.start()
         try:
-            await _wait(lambda: owned(sink) == 4, 40, "the sink owning every events partition")
+            await until(lambda: owned(sink) == 4, 40, "the sink owning every events partition")
             await wait_caught_up(lake, await log.end_offsets(EVENTS), timeout_s=40)
             lake.open.clear()
             more = [event(100 + i, user=f"u{i % 13}") for i in range(40)]
             await send(log, more)
             sent += more
-            await _wait(lake.waiting.is_set, 30, "the sink writing the new events")
+            await until(lake.waiting.is_set, 30, "the sink writing the new events")
             rival.start()
             assert assigned.wait(60), "the rival member never got partitions"  # holds the loop: no heartbeat
             lake.open.set()
-            await _wait(lambda: sink.failed or logged("not committed") > 0, 30, "the sink's commit refused by the group")
+            await until(lambda: sink.failed or logged("not committed") > 0, 30, "the sink's commit refused by the group")
             assert not sink.failed, f"the sink stopped: {sink.error!r}"
             assert "rebalanced" in next(r.getMessage() for r in caplog.records if "not committed" in r.getMessage())
             # It rejoins and takes a share of the partitions from the lake's state, next to the rival...
-            await _wait(lambda: logged("sink owns") >= 2, 60, "the sink back in the group")
+            await until(lambda: logged("sink owns") >= 2, 60, "the sink back in the group")
             assert not sink.failed
             # ... and all of them once the rival has left (not earlier: tansu loses a rebalance whose
             # elected leader leaves half-way).

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -14,6 +12,7 @@ from prometheus_client import REGISTRY
 from tripwire.sinks.errors import LakeError
 from tripwire.sinks.lake import LocalLake, data_files
 from tripwire.sinks.service import SinkService
+from tests.fixtures.waiting import until
 from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send, wait_caught_up
 from tests.sinks.lakes import LakeSetup
 from tripwire.log.sqlite import SqliteLog
@@ -147,13 +146,6 @@ async def test_hourly_partitioning_gives_a_typed_hour_column(tmp_path: Path, log
         assert row.hour == int(e["timestamp"][11:13])
 
 
-async def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 class FlakyLake(LocalLake):
     """The local lake, refusing writes while ``broken`` (an S3 outage, a full disk)."""
 
@@ -180,7 +172,7 @@ async def test_a_lake_outage_costs_time_not_events(tmp_path: Path, log: SqliteLo
         await wait_caught_up(lake, await log.end_offsets("events"))
         lake.broken = True
         await send(log, [event(100 + i) for i in range(100)] + [event(5)])
-        await _until(lambda: not service.up, "the sink failing on the outage")
+        await until(lambda: not service.up, 30, "the sink failing on the outage")
         lake.broken = False
         await wait_caught_up(lake, await log.end_offsets("events"), timeout_s=30)
         assert service.up and service.restarts >= 1
@@ -208,11 +200,8 @@ async def test_sinks_of_one_group_share_the_partitions_on_the_embedded_log(
             a, b = first.consumer.assignment(), second.consumer.assignment()  # type: ignore[union-attr]
             return bool(a) and bool(b) and not a & b
 
-        for _ in range(200):
-            if await split():
-                break
-            await asyncio.sleep(0.05)
-        assert await split(), "the second sink never got a share of the partitions"
+        await until(split, 30, "the second sink to get a share of the partitions",
+                    detail=lambda: (first.consumer.assignment(), second.consumer.assignment()))  # type: ignore[union-attr]
         await send(log, sent[200:])
         await wait_caught_up(lake.lake, await log.end_offsets("events"), timeout_s=60)
     finally:

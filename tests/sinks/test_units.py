@@ -13,7 +13,7 @@ from tripwire.lake_layout import ColumnRegistry
 from tripwire.sinks.catalog import Promoted, read_catalog
 from tripwire.sinks.config import SinkConfig, sink_config
 from tripwire.sinks.dedup import FORMAT as DEDUP_FORMAT
-from tripwire.sinks.dedup import LEGACY_FORMAT, Dedup
+from tripwire.sinks.dedup import Dedup
 from tripwire.sinks.errors import CatalogError
 from tripwire.sinks.lake import LocalLake
 from tripwire.sinks.columns import Columns
@@ -227,64 +227,18 @@ def test_dedup_forgets_after_the_window_and_stays_bounded() -> None:
     assert len(snap) == len(d) <= 3 and seen(snap, "new", 500, 9_700_001)
 
 
-def _legacy_segment(entries: list[tuple[str, int, int]]) -> bytes:
-    """A message-id segment as sinks before scoped ids wrote it: hash of the id alone."""
-    from array import array
-
-    from tripwire.sinks.dedup import legacy_hash
-
-    out = array("q")
-    for mid, offset, ts in entries:
-        out.extend((legacy_hash(mid), offset, ts))
-    return out.tobytes()
-
-
-def test_legacy_ids_still_drop_retries_then_expire_and_stay_bounded() -> None:
-    d = Dedup(window_ms=60_000, max_ids=5)
-    d.load([(LEGACY_FORMAT, _legacy_segment([("old-1", 0, 1000), ("old-2", 1, 1000), ("old-3", 2, 1000)]))])
-    assert len(d) == 3
-    assert seen(d, "old-1", 10, 2000) is True  # a retry of an event the previous version wrote
-    assert seen(d, "old-2", 1, 1000) is False  # replaying the original itself
-    assert seen(d, "fresh", 11, 2000) is False
-    snap = Dedup(60_000, 5)
-    snap.load(d.snapshot())  # legacy ids survive a snapshot, in their own segment
-    assert seen(snap, "old-3", 12, 2000) is True and seen(snap, "fresh", 13, 2000) is True
-    for i in range(5):  # over max_ids: the legacy ids, the oldest, go first
-        seen(d, f"n{i}", 20 + i, 3000)
-    d.expire()
-    assert len(d) == 5 and seen(d, "old-3", 30, 3000) is False
-    later = Dedup(60_000, 100)
-    later.load([(LEGACY_FORMAT, _legacy_segment([("old-1", 0, 1000), ("old-2", 1, 2000)]))])
-    seen(later, "now", 2, 2000 + 60_000 + 3_600_000 + 5000)
-    later.expire()  # past the window (and its slack): forgotten
-    assert seen(later, "old-1", 3, 2000 + 60_000 + 3_600_000 + 5000) is False
-
-
-async def test_a_lake_whose_state_predates_scoped_ids_loads_and_keeps_dropping_retries(tmp_path: Path) -> None:
-    from tripwire.log.memory import MemoryLog
-    from tripwire.sinks.state import dedup_path, load_state, state_path
-    from tripwire.sinks.writer import LakeWriter
-    from tests.sinks.helpers import lake_table, send
+def test_a_state_or_segment_of_another_format_is_refused_by_name(tmp_path: Path) -> None:
+    from tripwire.sinks.errors import StateError
+    from tripwire.sinks.state import load_state, state_path
 
     lake = LocalLake(tmp_path)
-    log = MemoryLog(1)
-    await log.start()
-    now_ms = int(time.time() * 1000)
-    first = event(1)
-    await send(log, [first, event(2)])
-    # What the previous version left after writing offsets 0-1: a version-1 state, one legacy segment.
     lake.write(state_path("events", 0), orjson.dumps({
         "version": 1, "topic": "events", "partition": 0, "resume": 2, "closed": [], "pending": [],
-        "dedup": [[1, now_ms]], "seq": 1}))
-    lake.write(dedup_path("events", 0, 1), _legacy_segment([("m-1", 0, now_ms), ("m-2", 1, now_ms)]))
-    await send(log, [first, event(3)])  # a client retry of m-1, and a new event
-    writer = LakeWriter(lake, SinkConfig(lake_url=str(tmp_path)))
-    assert writer.assign(0) == 2
-    writer.process(await log.read("events", 0, 2, 100))
-    writer.close()
-    assert list(lake_table(lake).message_id) == ["m-3"]
-    state = load_state(lake, "events", 0)
-    assert state is not None and state.resume == 4 and {fmt for _, _, fmt in state.dedup} == {LEGACY_FORMAT, DEDUP_FORMAT}
+        "dedup": [[1, 1000]], "seq": 1}))
+    with pytest.raises(StateError, match=r"sink state .*events-000.* has version 1, expected 2"):
+        load_state(lake, "events", 0)
+    with pytest.raises(ValueError, match="message-id segment format 1 is unknown"):
+        Dedup(1000, 10).load([(1, b"")])
 
 
 def test_config_defaults_env_overrides_and_errors(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -265,14 +264,14 @@ def test_a_second_signal_while_stopping_exits_at_once(tmp_path: Path) -> None:
     import signal
 
     from tests.fixtures.servers import run_command
+    from tests.fixtures.waiting import wait_until
 
     with run_command(["run", "--port", "0"], cwd=tmp_path) as proc:
         proc.proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 20
-        while not any(line.endswith("tripwire.service: stopping") for line in proc.lines):
-            assert time.monotonic() < deadline, proc.output()
-            time.sleep(0.01)
+        wait_until(lambda: any(line.endswith("tripwire.service: stopping") for line in proc.lines), 20,
+                   "the 'stopping' line after the first SIGINT", interval_s=0.01, detail=proc.output)
         proc.proc.send_signal(signal.SIGINT)  # (sent at once, the kernel merges two pending SIGINTs)
         assert proc.proc.wait(20) == 130
-        time.sleep(0.2)  # the output pump catches up
-        assert any("second signal while stopping: exiting now" in line for line in proc.lines)
+        # the output pump reads what the process wrote before it exited
+        wait_until(lambda: any("second signal while stopping: exiting now" in line for line in proc.lines), 10,
+                   "the 'second signal' line", detail=proc.output)

@@ -8,10 +8,10 @@ import pytest
 
 from tripwire.envelope import (
     EnvelopeError,
-    event_time_ms,
     format_time_ms,
     log_key,
     normalize,
+    normalize_timed,
     parse_time_ms,
 )
 
@@ -43,15 +43,16 @@ def test_message_ids_are_kept_or_unique() -> None:
 
 def test_clock_skew_is_corrected_with_sent_at() -> None:
     # the device clock is 1 h behind; the event happened 5 s before the request was sent
-    env = norm(
+    env, event_ms = normalize_timed(
         {
             "event": "E", "anonymousId": "a",
             "timestamp": "2026-11-29T10:59:55.000Z", "sentAt": "2026-11-29T11:00:00.000Z",
-        }
+        },
+        received_at_ms=RECEIVED, source="web", default_type="track",
     )
     assert env["timestamp"] == "2026-11-29T11:59:55.000Z"
     assert env["originalTimestamp"] == "2026-11-29T10:59:55.000Z"
-    assert event_time_ms(env) == RECEIVED - 5000
+    assert event_ms == parse_time_ms(env["timestamp"], "timestamp") == RECEIVED - 5000
 
 
 def test_timestamp_without_sent_at_is_trusted_and_offsets_are_honoured() -> None:

@@ -12,6 +12,8 @@ from tripwire.log import open_log
 from tripwire.metrics import Readiness, MetricsServer
 from tripwire.service import run_services
 
+from tests.fixtures.waiting import until
+
 
 class Flaky:
     name = "flaky"
@@ -66,10 +68,8 @@ async def test_run_services_registers_each_service() -> None:
     stop = asyncio.Event()
     service = Flaky()
     task = asyncio.create_task(run_services([service], stop))
-    for _ in range(100):
-        if "service:flaky" in READINESS.names():
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: "service:flaky" in READINESS.names(), 10, "the service's readiness check to be registered",
+                detail=READINESS.names)
     assert (await READINESS.check())["service:flaky"] is True
     service.failed = True
     assert (await READINESS.check())["service:flaky"] is False

@@ -19,6 +19,8 @@ from tripwire.log import GroupTaken, LogUnavailable
 from tripwire.metrics import READINESS
 from tripwire.service import Supervisor, run_services
 
+from tests.fixtures import waiting
+
 
 class Instance:
     """One instance of a service: ``start`` may raise; ``fail()`` makes it fail once running."""
@@ -66,10 +68,7 @@ class Factory:
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        await asyncio.sleep(0.005)
+    await waiting.until(predicate, timeout_s, what, interval_s=0.005)
 
 
 def delays(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -18,6 +18,8 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tests.fixtures.waiting import until
+
 
 @dataclass(frozen=True)
 class Received:
@@ -144,8 +146,4 @@ def bind_port() -> socket.socket:
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    await until(predicate, timeout_s, what)

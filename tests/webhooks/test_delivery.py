@@ -164,9 +164,9 @@ async def test_410_disables_endpoint_until_enabled(log, receivers, tmp_path, cap
     def handler(req: Received, n: int) -> Reply:
         return Reply(410) if gone else Reply(200)
 
-    rx = receivers(handler)
-    d = dispatcher(log, tmp_path, {"crm": endpoint(rx.url, new_secret())})
-    t1, t2 = make_trigger("crm", 1), make_trigger("crm", 2)
+    rx, witness = receivers(handler), receivers()
+    d = dispatcher(log, tmp_path, {"crm": endpoint(rx.url, new_secret()), "ops": endpoint(witness.url, new_secret())})
+    t1, t2, w = make_trigger("crm", 1), make_trigger("crm", 2), make_trigger("ops", 3)
     await d.start()
     try:
         await publish(log, [t1])
@@ -175,11 +175,12 @@ async def test_410_disables_endpoint_until_enabled(log, receivers, tmp_path, cap
         assert metric("tripwire_webhook_endpoint_disabled", endpoint="crm") == 1
         said = [r.getMessage() for r in caplog.records if t1.id in r.getMessage()]
         assert said and not any("next in" in m for m in said), said  # it waits for `enable`, not 2 s
-        await publish(log, [t2])
-        await wait_until(lambda: d.store.get(t2.id) is not None)
+        await publish(log, [t2, w])
+        # The claim that took w for the healthy endpoint was made in the same transaction as any
+        # claim for crm (every lane with room, at once): once w is delivered, t2 was passed over.
+        await wait_until(lambda: state_of(d, w.id) == DELIVERED, what="the witness endpoint's delivery")
         # disabled: nothing more is sent, deliveries wait
-        await asyncio.sleep(0.5)
-        assert rx.ids() == [t1.id]
+        assert d.store.get(t2.id).attempts == 0 and rx.ids() == [t1.id]
         assert state_of(d, t1.id) == PENDING and state_of(d, t2.id) == PENDING
         gone = False
         assert d.store.enable("crm")  # what `tripwire webhooks enable crm` does
@@ -190,25 +191,47 @@ async def test_410_disables_endpoint_until_enabled(log, receivers, tmp_path, cap
 
 
 async def test_failing_continuously_disables_and_reports(log, receivers, tmp_path, caplog):
-    rx = receivers(lambda req, n: Reply(500))
+    rx, witness = receivers(lambda req, n: Reply(500)), receivers()
     d = dispatcher(
-        log, tmp_path, {"crm": endpoint(rx.url, new_secret())},
+        log, tmp_path, {"crm": endpoint(rx.url, new_secret()), "ops": endpoint(witness.url, new_secret())},
         retry_schedule_s=[0] + [0.1] * 50, disable_after_s=0.6,
     )
-    trigger = make_trigger("crm")
+    trigger, w = make_trigger("crm"), make_trigger("ops", 2)
     await d.start()
     try:
         await publish(log, [trigger])
         await wait_until(lambda: (d.store.endpoint_states().get("crm") or None) is not None
                          and d.store.endpoint_states()["crm"].disabled_reason is not None)
         count = len(rx.requests)
-        await asyncio.sleep(0.4)
-        assert len(rx.requests) == count  # no attempt after disabling
+        row = d.store.get(trigger.id)
+        # Past the moment its next attempt would have been due, a delivery to a healthy endpoint is
+        # claimed in the same transaction as any claim for crm: once it is delivered, crm was passed over.
+        await wait_until(lambda: time.time() * 1000 > row.next_attempt_ms, what="the retry's due time")
+        await publish(log, [w])
+        await wait_until(lambda: state_of(d, w.id) == DELIVERED, what="the witness endpoint's delivery")
+        assert len(rx.requests) == count and d.store.get(trigger.id).attempts == row.attempts  # none after disabling
     finally:
         await d.stop()
     assert "failing continuously since" in d_reason(tmp_path)
     assert any("disabled" in r.getMessage() and "crm" in r.getMessage() for r in caplog.records)
-    assert 3 <= count < 50
+    # Disabled once failing for disable_after_s (0.6 s) and not before; attempts went on until then
+    # (a failure recorded past it disables at once, so only the last can be that late), none after.
+    attempts, state = attempts_of(tmp_path, trigger.id)
+    assert len(attempts) == count and state.disabled_ms is not None
+    first = attempts[0][1]
+    assert state.disabled_ms - first >= 600, (state.disabled_ms - first, attempts)
+    assert all(at_ms - first < 600 for _, at_ms, *_ in attempts[:-1]), attempts
+    assert all(at_ms <= state.disabled_ms for _, at_ms, *_ in attempts), (state.disabled_ms, attempts)
+
+
+def attempts_of(tmp_path, delivery_id: str):  # type: ignore[no-untyped-def]
+    from tripwire.webhooks import Store
+
+    store = Store(tmp_path / "webhooks.db")
+    try:
+        return store.attempts(delivery_id), store.endpoint_states()["crm"]
+    finally:
+        store.close()
 
 
 def d_reason(tmp_path) -> str:
@@ -276,7 +299,9 @@ async def test_replayed_trigger_record_is_not_delivered_twice(log, receivers, tm
         other = make_trigger("crm", 2)
         await publish(log, [other])
         await wait_until(lambda: state_of(d, other.id) == DELIVERED)
-        await asyncio.sleep(0.3)
+        # the replayed record came before `other`: it was handled by now, and made no new attempt
+        row = d.store.get(trigger.id)
+        assert row.state == DELIVERED and row.attempts == 1
     finally:
         await d.stop()
     assert sorted(rx.ids()) == sorted([trigger.id, other.id])
@@ -333,7 +358,7 @@ async def test_per_endpoint_concurrency_limit(log, receivers, tmp_path, concurre
         with lock:
             state["now"] += 1
             state["max"] = max(state["max"], state["now"])
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a slow endpoint: holds the request so the overlap shows (not a wait)
         with lock:
             state["now"] -= 1
         return Reply(200)

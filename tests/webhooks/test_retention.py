@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from tripwire.webhooks.retention import Windows, op_prune_step
-from tripwire.webhooks.store import DEAD, DELIVERED, NewDelivery, Store
+from tripwire.webhooks.store import DEAD, DELIVERED, NewDelivery, Outcome, Store
 
 from .helpers import dispatcher, endpoint, make_trigger, new_secret, publish, state_of
 from .receiver import wait_until
@@ -17,8 +17,8 @@ WINDOWS = Windows(history_ms=100, dedup_ms=1_000, dead_ms=500)
 def _deliver(store: Store, delivery_id: str, at: int) -> None:
     store.write(Store.op_add([NewDelivery(delivery_id, "crm", b"{}", at)], at))
     (claimed,) = store.write(Store.op_claim("crm", 1, at, 10_000))
-    store.write(Store.op_outcome(claimed, at_ms=at, status=200, outcome="success", error=None, duration_ms=1,
-                                 state=DELIVERED, next_attempt_ms=at))
+    store.write(Store.op_outcomes([Outcome(claimed, at_ms=at, status=200, outcome="success", error=None, duration_ms=1,
+                                 state=DELIVERED, next_attempt_ms=at)]))
 
 
 def test_a_delivered_row_leaves_its_id_stays_for_the_dedup_window(tmp_path):

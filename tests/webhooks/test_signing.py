@@ -10,7 +10,9 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from tripwire.webhooks import WebhookConfigError, parse_secrets, sign
-from tripwire.webhooks.attempt import headers_for
+from tripwire.webhooks.attempt import Sender
+from tripwire.webhooks.ssrf import Guard
+from tripwire.webhooks.transport import EndpointPool
 from tripwire.webhooks.store import DELIVERED
 
 from .helpers import dispatcher, endpoint, make_trigger, new_secret, publish, state_of
@@ -24,8 +26,14 @@ def test_matches_the_reference_implementation() -> None:
     ours = sign(parse_secrets(secret, "t"), "trg_1", ts, body)
     theirs = Webhook(secret).sign("trg_1", _dt(ts), body.decode())
     assert ours == theirs
-    headers = headers_for("trg_1", body, parse_secrets(secret, "t"), {}, ts)
-    assert Webhook(secret).verify(body, headers) == {"type": "trigger.fired", "data": {"x": "é"}}
+    assert Webhook(secret).verify(body, dict(_sent(secret, body))) == {"type": "trigger.fired", "data": {"x": "é"}}
+
+
+def _sent(secret: str, body: bytes, extra: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The headers the dispatcher's sender puts on a request with ``body`` (no request is made)."""
+    pool = EndpointPool(Guard(), max_connections=1)
+    sender = Sender(pool, "http://127.0.0.1:9/hook", parse_secrets(secret, "t"), extra or {}, timeout_s=1)
+    return [(k.decode(), v.decode()) for k, v in sender.headers(b"trg_1", body)]
 
 
 def _dt(ts: int):  # noqa: ANN202
@@ -37,7 +45,7 @@ def _dt(ts: int):  # noqa: ANN202
 def test_tampered_body_or_wrong_secret_fails() -> None:
     secret = new_secret()
     body = b'{"a":1}'
-    headers = headers_for("trg_1", body, parse_secrets(secret, "t"), {})
+    headers = dict(_sent(secret, body))
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(b'{"a":2}', headers)
     with pytest.raises(WebhookVerificationError):
@@ -46,13 +54,15 @@ def test_tampered_body_or_wrong_secret_fails() -> None:
 
 def test_extra_headers_cannot_override_webhook_headers() -> None:
     secret = new_secret()
-    headers = headers_for(
-        "trg_1", b"{}", parse_secrets(secret, "t"),
-        {"Webhook-Id": "forged", "webhook-signature": "v1,forged", "X-Team": "growth", "User-Agent": "mine"},
-    )
-    assert headers["webhook-id"] == "trg_1" and "forged" not in headers["webhook-signature"]
-    assert headers["X-Team"] == "growth" and headers["User-Agent"] == "mine"
-    assert "user-agent" not in headers
+    sent = _sent(secret, b"{}", {"Webhook-Id": "forged", "webhook-signature": "v1,forged", "X-Team": "growth",
+                                 "User-Agent": "mine"})
+    values: dict[str, list[str]] = {}
+    for name, value in sent:
+        values.setdefault(name.lower(), []).append(value)
+    assert values["webhook-id"] == ["trg_1"] and len(values["webhook-signature"]) == 1
+    assert "forged" not in values["webhook-signature"][0]
+    assert values["x-team"] == ["growth"] and values["user-agent"] == ["mine"]  # no default user agent beside it
+    assert Webhook(secret).verify(b"{}", dict(sent)) == {}
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "whsec_!!notbase64!!", "whsec_"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tripwire.webhooks.store import DEAD, DELIVERED, PENDING, NewDelivery, Store
+from tripwire.webhooks.store import DEAD, DELIVERED, PENDING, NewDelivery, Outcome, Store
 
 from .helpers import dispatcher, endpoint, make_trigger, new_secret, publish, state_of
 from .receiver import Reply, wait_until
@@ -15,10 +15,10 @@ LEASE = 10_000
 
 
 def _outcome(store: Store, claimed, state: str, at: int, next_ms: int | None = None) -> None:
-    store.write(Store.op_outcome(
+    store.write(Store.op_outcomes([Outcome(
         claimed, at_ms=at, status=500, outcome="http_error", error="HTTP 500", duration_ms=1,
         state=state, next_attempt_ms=next_ms if next_ms is not None else at,
-    ))
+    )]))
 
 
 def test_insert_is_idempotent_by_id(tmp_path):
@@ -27,9 +27,9 @@ def test_insert_is_idempotent_by_id(tmp_path):
     assert store.write(Store.op_add([d, d], T0)) == 1
     assert store.write(Store.op_add([d, NewDelivery("trg_2", "crm", b"{}", T0)], T0)) == 1
     (claimed,) = store.write(Store.op_claim("crm", 1, T0, LEASE))
-    store.write(Store.op_outcome(
+    store.write(Store.op_outcomes([Outcome(
         claimed, at_ms=T0, status=200, outcome="success", error=None, duration_ms=1, state=DELIVERED, next_attempt_ms=T0,
-    ))
+    )]))
     assert store.write(Store.op_add([d], T0 + 1)) == 0  # a replayed record after delivery: nothing new
     assert store.get("trg_1").state == DELIVERED
     store.close()
@@ -141,14 +141,14 @@ def test_attempt_stats_count_successes_and_durations_per_endpoint_since_a_time(t
     store.write(Store.op_add([NewDelivery(f"trg_{i}", "crm" if i < 4 else "ads", b"{}", T0) for i in range(5)], T0))
     for i, c in enumerate(store.write(Store.op_claim("crm", 4, T0, LEASE))):
         ok = i < 3
-        store.write(Store.op_outcome(
+        store.write(Store.op_outcomes([Outcome(
             c, at_ms=T0 + i, status=200 if ok else 500, outcome="success" if ok else "http_error",
             error=None if ok else "HTTP 500", duration_ms=10 * (i + 1), state=DELIVERED if ok else PENDING,
             next_attempt_ms=T0,
-        ))
+        )]))
     (old,) = store.write(Store.op_claim("ads", 1, T0, LEASE))
-    store.write(Store.op_outcome(old, at_ms=T0 - 5, status=200, outcome="success", error=None, duration_ms=7,
-                                 state=DELIVERED, next_attempt_ms=T0))
+    store.write(Store.op_outcomes([Outcome(old, at_ms=T0 - 5, status=200, outcome="success", error=None, duration_ms=7,
+                                 state=DELIVERED, next_attempt_ms=T0)]))
     stats = store.attempt_stats(T0)
     assert set(stats) == {"crm"}  # the ads attempt is older than the period
     crm = stats["crm"]

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +25,7 @@ from tripwire.service import run_services
 logger = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "collector",
         help="run only the HTTP collector (scale-out: --log kafka://host:port)",
@@ -105,12 +105,15 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
     after the services already started have stopped."""
     from tripwire.collector.errors import CollectorError
 
+    run: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
     try:
         import uvloop
     except ImportError:
-        uvloop = None
+        pass
+    else:
+        run = uvloop.run
     try:
-        return uvloop.run(main) if uvloop is not None else asyncio.run(main)
+        return run(main)
     except CollectorError as exc:
         print(f"tripwire: {exc}", file=sys.stderr)
         return 1

@@ -36,7 +36,7 @@ SECTIONS: dict[str, type[Any]] = {
 TABLES = ("sources", "endpoints")  # tables keyed by user names
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = sub.add_parser("config", help="show or check the effective configuration")
     cmd_sub = cmd.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     show = cmd_sub.add_parser("show", help="print every key with its effective value as TOML (secrets masked)")

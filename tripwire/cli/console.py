@@ -11,7 +11,7 @@ from tripwire.log import open_log
 from tripwire.service import run_services
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "console", help="run the web console alone (live events, rules, people, backtests, deliveries)",
         description="Serve the web console on console.host:console.port (loopback by default; any other address "

@@ -13,7 +13,7 @@ from tripwire.service import Supervisor, run_services
 logger = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     engine = sub.add_parser(
         "engine",
         help="run the rules engine alone; with Kafka, instances sharing rules.group split the partitions",

@@ -14,7 +14,7 @@ from tripwire.config import Config
 from tripwire.log import TOPICS, EventLog, LogError, open_log
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     events = sub.add_parser("events", help="inspect the event log")
     events_sub = events.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)
     tail = events_sub.add_parser("tail", help="print the last records of a topic as JSON lines")

@@ -11,14 +11,21 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable, Sequence
 from datetime import date as Date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tripwire.cli.args import whole_number
 from tripwire.config import Config
 
+if TYPE_CHECKING:  # the sink room is imported by the commands that use it
+    from tripwire.sinks.config import SinkConfig
+    from tripwire.sinks.forget import Erasure
+    from tripwire.sinks.lake import Lake
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lake = sub.add_parser("lake", help="the Parquet lake: its columns, compaction, erasure, typed columns for old files")
     lake_sub = lake.add_subparsers(dest="lake_command", metavar="SUBCOMMAND", required=True)
     s = lake_sub.add_parser("schema", help="typed columns, their types, first-seen dates and conflicts",
@@ -64,7 +71,7 @@ def lake_url_arg(url: str) -> str:
     return str(Path(url.removeprefix("file://")).expanduser().resolve())
 
 
-def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-def]
+def _open(args: argparse.Namespace, config: Config) -> tuple[SinkConfig, Lake]:
     from dataclasses import replace
 
     from tripwire.sinks.config import sink_config
@@ -76,7 +83,7 @@ def _open(args: argparse.Namespace, config: Config):  # type: ignore[no-untyped-
     return cfg, open_lake(cfg.lake_url, cfg.storage_options() if cfg.is_s3 else None)
 
 
-def _missing(command: str, lake) -> bool:  # type: ignore[no-untyped-def]
+def _missing(command: str, lake: Lake) -> bool:
     """True (and says so) when ``lake`` holds neither the sink's registry nor a data file."""
     from tripwire.sinks.errors import SinkError
     from tripwire.sinks.lake import data_files
@@ -136,7 +143,7 @@ def schema_command(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
@@ -179,7 +186,7 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
     if _missing("forget", lake):
         return 1
 
-    def erase_lake(also_linked: set[str]):  # type: ignore[no-untyped-def]
+    def erase_lake(also_linked: set[str]) -> Erasure:
         return forget(lake, cfg, args.user, dry_run=args.dry_run, exact=args.exact, also_linked=also_linked)
 
     if config.log.backend == "kafka" or (config.data_dir / "log.db").exists():
@@ -197,7 +204,7 @@ def forget_command(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-async def _forget_everywhere(args: argparse.Namespace, config: Config, erase_lake) -> int:  # type: ignore[no-untyped-def]
+async def _forget_everywhere(args: argparse.Namespace, config: Config, erase_lake: Callable[[set[str]], Erasure]) -> int:
     """The lake, then the event log (tripwire.erasure): the identity links of the user, and the engine's state
     of every key erased. The links are read first: they name anonymous ids the lake may not show."""
     from tripwire.erasure import erase, linked_ids
@@ -242,7 +249,7 @@ async def _forget_everywhere(args: argparse.Namespace, config: Config, erase_lak
             await log.stop()
 
 
-def _print_erasure(args: argparse.Namespace, report, in_log: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _print_erasure(args: argparse.Namespace, report: Erasure, in_log: list[str]) -> None:
     verb = "would remove" if args.dry_run else "removed"
     rewrote, deleted = ("would rewrite", "would delete") if args.dry_run else ("rewrote", "deleted")
     for path, n in sorted(report.rewritten.items()):

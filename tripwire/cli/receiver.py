@@ -175,7 +175,7 @@ def describe(msg_id: str, delivery: dict[str, Any], *, verified: bool) -> str:
     return head if payload is None else f"{head}\n  payload {json.dumps(payload, ensure_ascii=False)}"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hooks = sub.choices.get("webhooks")
     if hooks is None:  # registered before tripwire.cli.webhooks: make the group ourselves
         hooks = sub.add_parser("webhooks", help="webhook tools")

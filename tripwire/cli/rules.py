@@ -17,10 +17,10 @@ from tripwire.config import Config
 
 if TYPE_CHECKING:  # the rules room is imported by the commands that use it
     from tripwire.rules.backtest import BacktestResult, Progress
-    from tripwire.rules.plan import Plan
+    from tripwire.rules.plan import Plan, RulePlan
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rules = sub.add_parser("rules", help="check, explain and backtest trigger rule files",
                            description="Tools for trigger rule files (*.rules); the language: rules/LANGUAGE.md.")
     rules_sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND", required=True)
@@ -135,7 +135,7 @@ def _unread(paths: list[str]) -> list[str]:
     return notes
 
 
-def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[object, int, int]:
+def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[Plan, int, int]:
     """Compile everything, print diagnostics to stderr; (plan, errors, warnings)."""
     from tripwire.rules.catalog import rules_catalog
     from tripwire.rules.compiler import build_plan, compile_text
@@ -161,7 +161,7 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
     except RulesError as exc:
         print(f"tripwire: warning: {exc}; catalog checks skipped", file=sys.stderr)
         errors, warnings = (errors + 1, warnings) if strict else (errors, warnings + 1)
-    compiled = []
+    compiled: list[list[RulePlan]] = []
     for f in files:
         try:
             text, bad = decode_rules(f.read_bytes(), str(f))
@@ -193,7 +193,7 @@ def _compile(paths: list[str], config: Config, strict: bool = False) -> tuple[ob
 
 def check_command(args: argparse.Namespace, config: Config) -> int:
     plan, errors, warnings = _compile(args.paths, config, args.strict)
-    n = len(plan.rules)  # type: ignore[attr-defined]
+    n = len(plan.rules)
     summary = f"{n} rule(s) ok" if not errors else f"{errors} error(s)"
     if warnings:
         summary += f", {warnings} warning(s)"
@@ -205,7 +205,7 @@ def explain_command(args: argparse.Namespace, config: Config) -> int:
     from tripwire.rules.explain import explain
 
     plan, errors, _ = _compile(args.paths, config)
-    for rule in plan.rules:  # type: ignore[attr-defined]
+    for rule in plan.rules:
         print(explain(rule))
         print()
     return 1 if errors else 0
@@ -232,7 +232,7 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
     on_trigger = None if out is None else _line_writer(out)
     try:
         if args.events is not None:
-            result = _backtest_jsonl(args, plan, bar, out, on_trigger)  # type: ignore[arg-type]
+            result = _backtest_jsonl(args, plan, bar, out, on_trigger)
         else:
             from tripwire.rules.config import rules_config
             from tripwire.rules.fields import fields_read
@@ -246,7 +246,7 @@ def backtest_command(args: argparse.Namespace, config: Config) -> int:
                       file=sys.stderr)
             if bar is not None:
                 bar.phase("backtest", total=reader.count(days))
-            result = backtest(plan, reader.envelopes(days, fields_read(plan)),  # type: ignore[arg-type]
+            result = backtest(plan, reader.envelopes(days, fields_read(plan)),
                               samples=args.samples, progress=bar.update if bar else None, on_trigger=on_trigger)
         if bar is not None:
             bar.close(result.events)

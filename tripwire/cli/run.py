@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Sequence
 
 from tripwire.children import global_args
@@ -15,9 +16,9 @@ from tripwire.service import Service, Supervisor, run_services
 Factory = Callable[[Config, EventLog], "Service | None"]
 
 
-def service_factories() -> list[Factory]:
-    """Each room's ``create_service(config, log) -> Service | None`` (None when that part is switched off
-    in config). Started in this order, stopped in reverse: the consumers are running before the
+def service_factories() -> list[tuple[str, Factory]]:
+    """Each part's role and its room's ``create_service(config, log) -> Service | None`` (None when that
+    part is switched off in config). Started in this order, stopped in reverse: the consumers are running before the
     collector takes its first request, and on SIGTERM the collector stops taking requests first (its
     in-flight appends complete), so the engine, dispatcher and sink still see every acknowledged event
     before they stop. Imported here, not at the top: ``tripwire rules check`` needs none of them."""
@@ -28,10 +29,11 @@ def service_factories() -> list[Factory]:
     from tripwire.webhooks import service as webhooks
 
     # The console first: an address it refuses (no token) stops start-up before anything runs.
-    return [console, sinks.create_service, webhooks.create_service, rules.create_service, collector.create_service]
+    return [("console", console), ("sink", sinks.create_service), ("dispatcher", webhooks.create_service),
+            ("engine", rules.create_service), ("collector", collector.create_service)]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run", help="run collector, rules engine, webhooks and sink on one machine (embedded log)",
         description="Run the whole stack on one machine: the collector on server.host:server.port (also "
@@ -51,53 +53,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.set_defaults(handler=lambda args, config: run_loop(run_command(args, config)))
 
 
-def build_services(config: Config, log: EventLog, factories: Sequence[Factory] | None = None) -> list[Service]:
-    services = []
-    for factory in service_factories() if factories is None else factories:
-        service = factory(config, log)
-        if service is not None:
-            services.append(service)
-    return services
-
-
 def supervised_services(config: Config, log: EventLog, engines: int = 0, sinks: int = 0,
                         child_args: Sequence[str] = ()) -> list[Service]:
-    """``build_services``, each service downstream of the log under a :class:`~tripwire.service.Supervisor`:
+    """The services the config enables, each downstream of the log under a :class:`~tripwire.service.Supervisor`:
     whatever happens to the engine, the dispatcher or the sink, the collector keeps acknowledging into
     the log, the buffer they resume from. Only the collector's own death stops the process.
 
     ``engines`` / ``sinks`` > 0: that many engine / sink processes of their own (:mod:`tripwire.children`)
     instead of one in this process; they share the partitions of their consumer group."""
     from tripwire.children import ChildProcess
-    from tripwire.collector import service as collector
     from tripwire.rules.config import rules_config
     from tripwire.sinks.config import sink_config
 
     services: list[Service] = []
-    for factory in service_factories():
-        role = _ROLES.get(factory.__module__)
-        count = {"engine": engines, "sink": sinks}.get(role or "", 0)
-        enabled = {"engine": rules_config(config).enabled, "sink": sink_config(config).enabled}.get(role or "", True)
+    for role, factory in service_factories():
+        # the roles that can run in processes of their own
+        count = {"engine": engines, "sink": sinks}.get(role, 0)
+        enabled = {"engine": rules_config(config).enabled, "sink": sink_config(config).enabled}.get(role, True)
         if count and enabled:
             for i in range(count):
                 name = role if count == 1 else f"{role}-{i + 1}"
-                services.append(Supervisor(lambda role=role, name=name: ChildProcess(role, name, child_args)))  # type: ignore[misc]
+                services.append(Supervisor(functools.partial(ChildProcess, role, name, child_args)))
             continue
         first = factory(config, log)
         if first is None:
             continue
-        if factory is collector.create_service:
+        if role == "collector":
             services.append(first)
         else:
-            services.append(Supervisor(lambda factory=factory: _enabled(factory(config, log)), first))  # type: ignore[misc]
+            services.append(Supervisor(functools.partial(_enabled, factory, config, log), first))
     return services
 
 
-# The service modules whose role can run in processes of their own.
-_ROLES = {"tripwire.rules.service": "engine", "tripwire.sinks.service": "sink"}
-
-
-def _enabled(service: Service | None) -> Service:
+def _enabled(factory: Factory, config: Config, log: EventLog) -> Service:
+    service = factory(config, log)
     assert service is not None, "what the config enabled once stays enabled (the config does not change)"
     return service
 

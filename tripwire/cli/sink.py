@@ -15,7 +15,7 @@ from tripwire.log import open_log
 from tripwire.service import Supervisor, run_services
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "sink", help="consume the events topic into the Parquet lake (sink.lake_url)",
         description="Write the events topic into the Hive-partitioned Parquet lake (sink.lake_url, default "

@@ -21,11 +21,11 @@ import orjson
 from tripwire.cli.args import whole_number
 from tripwire.config import Config
 from tripwire.log import open_log
-from tripwire.service import Supervisor, run_services
+from tripwire.service import Service, Supervisor, run_services
 from tripwire.triggers import endpoints
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hooks = sub.add_parser("webhooks", help="inspect and steer webhook delivery (status, dead letters, replay)")
     cmds = hooks.add_subparsers(dest="webhooks_command", metavar="SUBCOMMAND", required=True)
 
@@ -223,6 +223,11 @@ async def dispatcher_command(args: argparse.Namespace, config: Config) -> int:
             print("tripwire: webhooks.enabled is false; nothing to run", file=sys.stderr)
             return 1
         # Restarted in the process after any failure; only a configuration error at the first start exits.
-        return await run_services([Supervisor(lambda: create_service(config, log), service)])  # type: ignore[arg-type,return-value]
+        def restart() -> Service:
+            again = create_service(config, log)
+            assert again is not None, "webhooks.enabled does not change while the dispatcher runs"
+            return again
+
+        return await run_services([Supervisor(restart, service)])
     finally:
         await log.stop()

@@ -156,6 +156,11 @@ class Runner:
     async def ready(self) -> bool:
         return self._task is not None and not self._task.done() and not self.failed
 
+    def handled(self) -> dict[TopicPartition, int]:
+        """Per owned partition, the next offset to hand to the handler: every record before it was
+        handled (the handler's ``handle`` returned), or lies before the resume point."""
+        return {tp: offset for tp, offset in self._positions.items() if tp in self._owned}
+
     def _done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return

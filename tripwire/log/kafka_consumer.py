@@ -263,11 +263,11 @@ class KafkaConsumer(Consumer):
         """From the high watermark of the last fetch response: no request of its own."""
         consumer = self._require()
         ktp = self._kafka(tp)
-        highwater = consumer.highwater(ktp)
+        highwater: int | None = consumer.highwater(ktp)
         if highwater is None or tp not in self._assignment:
             return None
         try:
-            position = await asyncio.wait_for(consumer.position(ktp), 0.1)  # waits only while resetting
+            position: int = await asyncio.wait_for(consumer.position(ktp), 0.1)  # waits only while resetting
         except (KafkaError, TimeoutError):
             return None
         return max(0, highwater - position)

@@ -22,9 +22,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
 from .partition import partition_for
-from .spill import SpilledRecord
 
 logger = logging.getLogger(__name__)
+
+# (topic, key, value): a spilled record, or a tombstone (value None) deleting a key of a compacted topic
+ProducedRecord = tuple[str, "bytes | None", "bytes | None"]
 
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -101,10 +103,6 @@ class OrderedProducer:
         finally:
             await admin.close()
 
-    def partition_count(self, topic: str) -> int:
-        """Partitions of ``topic`` as of the last :meth:`connect`."""
-        return self._counts[topic]
-
     async def ping(self, timeout_s: float) -> bool:
         """True when a broker answers a metadata request within ``timeout_s``."""
         if self._producer is None:
@@ -125,7 +123,7 @@ class OrderedProducer:
         except (KafkaError, TimeoutError) as exc:
             logger.warning("Kafka producer did not stop cleanly: %s", exc)
 
-    async def produce(self, records: Sequence[SpilledRecord]) -> list[int]:
+    async def produce(self, records: Sequence[ProducedRecord]) -> list[int]:
         """Produce ``records`` in order; the indexes of those not acknowledged (retry them, in order)."""
         producer = self._producer
         if producer is None:

@@ -9,7 +9,8 @@ from aiokafka.partitioner import murmur2
 
 @functools.lru_cache(maxsize=65536)
 def _hash(key: bytes) -> int:
-    return murmur2(key) & 0x7FFFFFFF
+    h: int = murmur2(key)  # aiokafka's partitioner is untyped
+    return h & 0x7FFFFFFF
 
 
 def partition_for(key: bytes | None, count: int) -> int:

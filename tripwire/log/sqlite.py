@@ -101,16 +101,12 @@ class SqliteLog(EventLog):
         *,
         max_batch_records: int = 10_000,
         retention_s: float = 7 * 86400,
-        retention_hours: float | None = None,
     ) -> None:
-        """``retention_s``: records older than this are deleted (0: kept for ever); ``retention_hours``
-        is its older spelling and wins when given."""
+        """``retention_s``: records older than this are deleted (0: kept for ever)."""
         self.path = Path(path)
         self._requested_partitions = partitions
         self._partitions = partitions
         self._max_batch_records = max_batch_records
-        if retention_hours is not None:
-            retention_s = retention_hours * 3600
         self.retention = Retention(int(retention_s * 1000))
         self._codec = Codec(lambda: connect(self.path))
         self._writer: Writer | None = None

@@ -14,9 +14,16 @@ def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path: Path) -> No
     # 400 rules is far more than a pipe holds); no traceback follows.
     rules = tmp_path / "many.rules"
     rules.write_text("".join(f'rule "r{i}" when AddToCart then no Checkout within 30s post crm\n' for i in range(400)))
-    proc = subprocess.run(
-        f"'{sys.executable}' -m tripwire rules explain '{rules}' | head -1",
-        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0 and proc.stdout.count("\n") == 1
-    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    errors = tmp_path / "stderr"
+    with errors.open("wb") as stderr:
+        tripwire = subprocess.Popen([sys.executable, "-m", "tripwire", "rules", "explain", str(rules)],
+                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr)
+        assert tripwire.stdout is not None
+        head = subprocess.Popen(["head", "-1"], stdin=tripwire.stdout, stdout=subprocess.PIPE, text=True)
+        tripwire.stdout.close()  # head holds the only read end: the pipe closes when it exits
+        out, _ = head.communicate(timeout=60)
+        code = tripwire.wait(60)
+    assert out.count("\n") == 1
+    assert code == 141, f"tripwire exited {code}, not 128 + SIGPIPE"  # its own status, not the pipeline's
+    stderr_text = errors.read_text()
+    assert "Traceback" not in stderr_text and "BrokenPipe" not in stderr_text, stderr_text

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
 from tripwire.log import Consumer, EventLog, Record
 
+from tests.fixtures.waiting import until
+
 
 async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await until(predicate, timeout_s, what, interval_s=0.05)
 
 
 async def poll_until(consumer: Consumer, count: int, timeout_s: float = 30.0) -> list[Record]:

@@ -10,7 +10,6 @@ each real backend is :mod:`tests.tripwire.log.test_consume_contract`.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from tripwire.log import EVENTS, Consumer, LogUnavailable, RebalanceListener, Re
 from tripwire.log.consume import Batch, Runner
 from tripwire.log.memory import MemoryConsumer, MemoryLog
 from tripwire.log.sqlite import SqliteLog
+
+from tests.fixtures import waiting
 
 TP0 = TopicPartition(EVENTS, 0)
 
@@ -98,10 +99,7 @@ class ScriptedConsumer(MemoryConsumer):
 
 
 async def until(predicate, what: str, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        await asyncio.sleep(0.01)
+    await waiting.until(predicate, timeout_s, what, interval_s=0.01)
 
 
 def entries(first: int, n: int) -> list[tuple[bytes, bytes]]:
@@ -231,7 +229,7 @@ async def test_stop_lets_the_batch_in_hand_finish_then_revokes() -> None:
     await log.append(EVENTS, entries(0, 2))
     await until(lambda: runner._busy and handler.batches == [], "the batch in hand")
     stopping = asyncio.create_task(runner.stop())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # lets stop() begin (not a wait for a result): it must then wait for the batch
     assert not stopping.done()
     release.set()
     await asyncio.wait_for(stopping, 10)
