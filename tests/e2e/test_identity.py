@@ -120,7 +120,7 @@ def check_outcome(out: Path, anon: dict[str, str]) -> dict[str, Any]:
 
 
 def test_the_snippet_and_the_segment_sdk_meet_in_one_rule_state(tmp_path: Path, demo_site: tuple[Path, int]) -> None:
-    config = example_config(tmp_path / "site", abandon_after="4s")
+    config = example_config(tmp_path / "site", abandon_after="20s")
     order_cancels_the_cart(config)
     out = tmp_path / "received.jsonl"
     site_root, site_port = demo_site
@@ -138,7 +138,7 @@ def test_the_snippet_and_the_segment_sdk_meet_in_one_rule_state(tmp_path: Path, 
 
 def test_scale_out_link_learned_at_one_collector_keys_an_order_at_the_other(
         tmp_path: Path, tansu: TansuBroker, demo_site: tuple[Path, int]) -> None:
-    config = example_config(tmp_path / "site", abandon_after="4s")
+    config = example_config(tmp_path / "site", abandon_after="20s")
     order_cancels_the_cart(config)
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -223,7 +223,7 @@ def read_events(config: Config) -> list[dict[str, Any]]:
         return pool.submit(asyncio.run, read()).result(30)
 
 
-def wait_for(probe: Callable[[], T], timeout_s: float = 10, what: str = "condition") -> T:
+def wait_for(probe: Callable[[], T], timeout_s: float = 30, what: str = "condition") -> T:
     """Poll ``probe`` until it returns something truthy; fail after ``timeout_s`` with its last value."""
     return wait_until(probe, timeout_s, what, detail=probe)
 
