@@ -9,10 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test deps typecheck run bench snippet
 
-# Two workers, a test file each at a time (--dist loadfile): most of the suite's time is spent
-# waiting on services, deadlines and browsers, not computing.
 test: deps typecheck
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # mypy --strict over the spine and the rooms (config: [tool.mypy] in pyproject.toml)
 typecheck: $(VENV)/.installed
