@@ -6,25 +6,12 @@ Records go to ``murmur2(key) % partitions`` exactly like
 :func:`tripwire.log.partition.partition_for` (keyless records to partition 0);
 the partition is chosen here, not by the client's partitioner.
 
-Write path and its contract (:mod:`tripwire.log.kafka_writer`). One writer task group-commits
-appends: it takes every append queued while the previous batch was in flight and
-
-* when nothing is spilled and the broker is reachable, produces the batch with
-  ``acks=all`` and answers each append once Kafka acknowledged all its records;
-* when a produce fails or times out, writes the records that were not
-  acknowledged (per partition: the first failed one and everything after it, so
-  per-key order holds) to the :class:`~tripwire.log.spill.Spill` and answers
-  once they are fsync'd;
-* while anything is spilled, writes new appends to the spill too, behind the
-  older records, so a key's records never overtake each other.
-
-A forwarder task replays the spill oldest-first once the broker is back and
-deletes a segment only after Kafka acknowledged every record in it; it also
-replays a spill left over by a previous run on start. When the spill is full,
-``append`` raises :class:`LogUnavailable` with ``retry_after_s`` (HTTP 503).
-Delivery is at-least-once: a produce that timed out may still have landed, so
-a replay can duplicate records (``messageId`` identifies them), never lose or
-reorder them. ``ready()`` is False while anything is spilled or the broker is
+Appends go through the write path (:mod:`tripwire.log.kafka_writer`, which states its contract):
+group-committed produces with ``acks=all``, a spill on disk while the broker is away, and a
+forwarder that replays it. When the spill is full, ``append`` raises :class:`LogUnavailable`
+with ``retry_after_s`` (HTTP 503). Delivery is at-least-once: a produce that timed out
+may still have landed, so a replay can duplicate records (``messageId`` identifies them),
+never lose or reorder them. ``ready()`` is False while anything is spilled or the broker is
 unreachable.
 
 A broker that loses acknowledged records (a single broker whose disk is gone,
@@ -38,10 +25,6 @@ this process's local copy of that topic, which the first ``links`` (or
 ``forget_links``) call starts reading from the start (waiting, bounded, until it
 has read what was there) and which then follows the topic. While the copy is
 not caught up, ``ready()`` is False.
-
-If the writer or the forwarder task dies, a done-callback fails every queued
-append with :class:`LogUnavailable` and ``append`` keeps failing, so nothing is
-acknowledged that was not stored.
 """
 
 from __future__ import annotations
