@@ -32,12 +32,11 @@ class Matcher:
                  "_firing", "_track", "_lateness", "_max_pending")
 
     def __init__(self, stats: EngineStats, late_cancels_by_rule: Counter[str], timers: Timers, firing: Firing, *,
-                 track_dirty: bool, lateness_ms: int, refused_by_rule: Counter[str] | None = None,
-                 max_pending: int = 1 << 62) -> None:
+                 track_dirty: bool, lateness_ms: int, refused_by_rule: Counter[str], max_pending: int) -> None:
         self._max_pending = max_pending  # states per partition (rules.config: max_pending)
         self._stats = stats
         self._late_cancels_by_rule = late_cancels_by_rule
-        self._refused_by_rule: Counter[str] = refused_by_rule if refused_by_rule is not None else Counter()
+        self._refused_by_rule = refused_by_rule
         self._timers = timers
         self._firing = firing
         self._track = track_dirty
