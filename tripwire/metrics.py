@@ -201,12 +201,13 @@ async def exposition() -> bytes:
         for fam in text_string_to_metric_families(text):
             if name and (fam.name.startswith("process_") or fam.name.startswith("python_")):
                 continue  # the parent's own process figures stand for the process
-            merged = families.get(fam.name)
-            if merged is None:
-                merged = families[fam.name] = fam
-                merged.samples = []
-            merged.samples += [Sample(s.name, {**s.labels, "process": name} if name else s.labels, s.value,
-                                      s.timestamp, s.exemplar) for s in fam.samples]
+            samples = [Sample(s.name, {**s.labels, "process": name} if name else s.labels, s.value,
+                              s.timestamp, s.exemplar) for s in fam.samples]
+            merged = families.setdefault(fam.name, fam)
+            if merged is fam:
+                fam.samples = samples
+            else:
+                merged.samples += samples
 
     class _Merged:
         def collect(self) -> Any:

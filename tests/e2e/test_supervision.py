@@ -43,7 +43,9 @@ async def _trigger_ids(db: Path) -> list[str]:
 
 
 def _metric(text: str, name: str) -> float | None:
-    m = re.search(rf'^{name}\{{(?:process="engine",)?service="engine"\}} (\S+)$', text, re.M)
+    """The engine process's own figure for its engine service (the parent's page also has its own sample
+    for the child process, which stays up while the child restarts the engine inside)."""
+    m = re.search(rf'^{name}\{{process="engine",service="engine"\}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else None
 
 

@@ -89,3 +89,25 @@ def test_metrics_page_has_no_created_series() -> None:
     assert "tripwire_collector_events_accepted_total" in page
     assert "tripwire_sink_rows_written_total" in page
     assert "_created" not in page
+
+
+async def test_merged_page_keeps_this_process_samples_next_to_each_childs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # tripwire run's /metrics: its own samples (the collector's counters, the dispatcher's backlog) as
+    # they are, every child's labelled with its process. The first family read is this process's own.
+    import tripwire.children
+    import tripwire.metrics
+    from prometheus_client import CollectorRegistry, Counter
+
+    own = CollectorRegistry()
+    Counter("tripwire_demo_events", "demo", ["source"], registry=own).labels("web").inc(3)
+    child = '# HELP tripwire_demo_events_total demo\n# TYPE tripwire_demo_events_total counter\n' \
+            'tripwire_demo_events_total{source="web"} 5.0\n'
+
+    async def scrape() -> list[tuple[str, str]]:
+        return [("engine-0", child)]
+
+    monkeypatch.setattr(tripwire.children, "scrape", scrape)
+    monkeypatch.setattr(tripwire.metrics, "REGISTRY", own)
+    page = (await tripwire.metrics.exposition()).decode()
+    assert 'tripwire_demo_events_total{source="web"} 3.0' in page, page
+    assert 'tripwire_demo_events_total{process="engine-0",source="web"} 5.0' in page, page
