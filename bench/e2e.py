@@ -43,6 +43,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -159,57 +160,71 @@ def order_event(i: int) -> dict:
             "context": {"library": {"name": "tripwire.js", "version": "0.1.0"}, "page": {"path": "/checkout"}}}
 
 
-async def probe_latency(base: str, receiver: Receiver, out: Path, samples: int, tag: str,
-                        background_eps: float = 0.0) -> list[float]:
-    """ms from just before the POST to the webhook arriving, one probe at a time."""
+def background_load(base: str, eps: float, tag: str, stop: Any) -> None:
+    """Paced snippet batches of "Product Viewed" at ``eps`` events/s until ``stop`` is set. Runs in a process
+    of its own, so neither its CPU nor its GIL delays the receiver thread that timestamps the probes."""
     import httpx
 
-    sent: dict[str, float] = {}
-    stop = asyncio.Event()
-    inflight: set[asyncio.Future] = set()
-
-    async def background(client: httpx.AsyncClient) -> None:
-        if background_eps <= 0:
-            return
-        interval = BATCH / background_eps
+    async def go() -> None:
+        interval = BATCH / eps
+        inflight: set[asyncio.Future] = set()
         n = 0
         next_t = time.perf_counter()
-        while not stop.is_set():
-            events = []
-            for _ in range(BATCH):
-                n += 1
-                e = order_event(n)
-                e.update(event="Product Viewed", messageId=f"bg-{tag}-{n}-{time.time_ns()}", anonymousId=f"bg-{n % 5000}",
-                         properties={"sku": f"SKU-{n % 500}"})
-                events.append(e)
-            inflight.add(asyncio.ensure_future(client.post("/v1/batch", content=snippet_batch(events),
-                                                           headers={"Content-Type": "text/plain"})))
-            inflight.difference_update([t for t in inflight if t.done() and not t.exception()])
-            next_t += interval
-            await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
-        results = await asyncio.gather(*inflight, return_exceptions=True)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+            while not stop.is_set():
+                events = []
+                for _ in range(BATCH):
+                    n += 1
+                    e = order_event(n)
+                    e.update(event="Product Viewed", messageId=f"bg-{tag}-{n}-{time.time_ns()}",
+                             anonymousId=f"bg-{n % 5000}", properties={"sku": f"SKU-{n % 500}"})
+                    events.append(e)
+                inflight.add(asyncio.ensure_future(client.post("/v1/batch", content=snippet_batch(events),
+                                                               headers={"Content-Type": "text/plain"})))
+                inflight.difference_update([t for t in inflight if t.done() and not t.exception()])
+                next_t += interval
+                await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
+            results = await asyncio.gather(*inflight, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException) or r.status_code != 200]
         if errors:
             print(f"  WARNING: {len(errors)} background request(s) failed: {errors[0]!r}", file=sys.stderr)
 
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=64)) as client:
-        bg = asyncio.create_task(background(client))
-        await asyncio.sleep(1.0 if background_eps else 0)
-        lat = []
-        for i in range(samples):
-            e = order_event(i)
-            oid = f"{tag}-{i}"
-            e["properties"]["order_id"] = oid
-            before = receiver.received
-            sent[oid] = time.time()
-            r = await client.post("/v1/batch", content=snippet_batch([e]), headers={"Content-Type": "text/plain"})
-            assert r.status_code == 200, r.text
-            deadline = time.monotonic() + 30
-            while receiver.received == before and time.monotonic() < deadline:
-                await asyncio.sleep(0.0005)
-            await asyncio.sleep(0.02 + (i % 5) * 0.01)  # spread probes across group-commit phases
+    asyncio.run(go())
+
+
+async def probe_latency(base: str, receiver: Receiver, out: Path, samples: int, tag: str,
+                        background_eps: float = 0.0) -> list[float]:
+    """ms from just before the POST to the webhook arriving, one probe at a time."""
+    import multiprocessing
+
+    import httpx
+
+    sent: dict[str, float] = {}
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    bg = ctx.Process(target=background_load, args=(base, background_eps, tag, stop)) if background_eps > 0 else None
+    if bg is not None:
+        bg.start()
+        await asyncio.sleep(1.0)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            for i in range(samples):
+                e = order_event(i)
+                oid = f"{tag}-{i}"
+                e["properties"]["order_id"] = oid
+                before = receiver.received
+                sent[oid] = time.time()
+                r = await client.post("/v1/batch", content=snippet_batch([e]), headers={"Content-Type": "text/plain"})
+                assert r.status_code == 200, r.text
+                deadline = time.monotonic() + 30
+                while receiver.received == before and time.monotonic() < deadline:
+                    await asyncio.sleep(0.0005)
+                await asyncio.sleep(0.02 + (i % 5) * 0.01)  # spread probes across group-commit phases
+    finally:
         stop.set()
-        await bg
+        if bg is not None:
+            bg.join(60)
+    lat = []
     for line in out.read_text().splitlines():
         d = json.loads(line)
         oid = (d["body"]["data"].get("payload") or {}).get("order_id")
