@@ -209,7 +209,7 @@ def compile_rule(rule: ast.Rule, ctx: Ctx, endpoints: set[str] | None, endpoint_
                  _residual(s, disc[1], steps, ctx) if i == 0 and disc is not None else preds[i])
         for i, s in enumerate(steps)
     )
-    horizon = sum(s.within_ms or 0 for s in step_plans) + (cap_per or 0)
+    horizon = sum(s.within_ms or 0 for s in step_plans)
     return RulePlan(
         name=rule.name, uid=fingerprint(rule), file=ctx.filename, line=rule.line, steps=step_plans,
         by_anonymous_id=by_anonymous, cap_times=cap_times, cap_per_ms=cap_per, endpoint=endpoint,

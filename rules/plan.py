@@ -95,7 +95,7 @@ class RulePlan:
     cap_per_ms: int | None
     endpoint: str
     payload: Renderer | None
-    horizon_ms: int  # longest time any state of this rule is kept (windows + cap)
+    horizon_ms: int  # longest a partial match lives (its windows); the cap keeps fire times, not events
     rule: ast.Rule = field(repr=False)
 
 

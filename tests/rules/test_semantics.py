@@ -317,6 +317,19 @@ def test_state_expires_with_the_window() -> None:
     assert engine.partitions[0].seen == {} and len(engine.partitions[0].old) == 100
 
 
+def test_an_at_most_cap_does_not_keep_ids_exactly() -> None:
+    # Exact ids (about a hundred bytes each) are kept only while a partial match may read them: the
+    # rule's windows. A cap remembers fire times, not events, so "at most once per 1h" must not
+    # hold an hour of traffic's ids in memory (the long memory keeps their 8-byte hashes).
+    engine = Engine(plan_of('rule "s" when A then no B within 10s at most once per 1h post crm'), 0)
+    got = feed(engine, [ev("A", i / 100, key=f"k{i}") for i in range(100)], until_s=30)
+    assert len(got) == 100
+    engine.advance_watermark(0, T0 + 1_000_000)  # past the windows and the recent span's 5-minute floor
+    assert engine.partitions[0].seen == {} and len(engine.partitions[0].old) == 100
+    late = feed(engine, [ev("A", 40, key="k1"), ev("A", 40.5, key="k2")], until_s=2000)
+    assert late == [] and engine.stats.suppressed == 2  # still capped: the cap reads fire times
+
+
 def test_count_state_out_of_order_capped_and_expired() -> None:
     # A one-step count keeps its counted events (a list) until it fires under a cap; an event
     # counted out of order (within the lateness) still counts, and everything expires with the window.
