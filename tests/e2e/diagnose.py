@@ -129,6 +129,14 @@ def missing_triggers(missing: Sequence[str], bootstrap: str, store_path: Path, p
     return "\n  ".join(lines)
 
 
+def engine_offsets(checkpoints: Path, partitions: int) -> tuple[int | None, ...]:
+    """The engines' checkpointed offset of each events partition (None: no checkpoint yet)."""
+    from tripwire.rules.state import CheckpointStore
+
+    store = CheckpointStore(str(checkpoints), "tripwire-rules")
+    return tuple((c[0] if (c := store.load(EVENTS, p)) else None) for p in range(partitions))
+
+
 def behind(bootstrap: str, checkpoints: Path, lake_url: str, store_path: Path) -> list[str]:
     """What has not yet handled everything on the log (empty when the stack is settled): an engine
     whose checkpoint is short of the events topic's end (triggers are produced before the checkpoint

@@ -290,5 +290,16 @@ def _ids(seen: list[tuple[str, int, int]]) -> dict[str, int]:
 
 
 def _normal(snapshot: bytes) -> dict[str, object]:
+    """A snapshot with its id memory as one set of (minute, hash): an id kept exactly or already moved to
+    the long memory is remembered alike (a loaded engine moves old ids at once, a running one on its sweep)."""
+    from array import array
+
+    from tripwire.rules.codec import compact_mid
+    from tripwire.rules.dedup import BUCKET_MS, id_hash
+
     snap = pickle.loads(snapshot)
-    return {**snap, "seen": sorted(snap["seen"])}
+    ids = {(t // BUCKET_MS, id_hash(compact_mid(m), fp)) for m, t, fp in snap.pop("seen")}
+    old = snap.pop("old")
+    for minute, raw in old["buckets"].items():
+        ids |= {(minute, h) for h in array("q", raw)}
+    return {**snap, "ids": ids, "floor": old["floor"]}
