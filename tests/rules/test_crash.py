@@ -130,11 +130,11 @@ async def test_kill_9_loses_no_timer_and_duplicates_no_trigger(tmp_path: Path) -
         async def settled() -> bool:
             missing.intersection_update(expected - {(t.rule, t.key) for t in await read_triggers(log)})
             return not missing
-        await until(settled, 30, "every expected trigger", detail=lambda: f"missing {sorted(missing)[:5]}")
+        await until(settled, 120, "every expected trigger", detail=lambda: f"missing {sorted(missing)[:5]}")
 
         async def replayed() -> bool:  # what the killed engines left is handled: a repeat is written by now
             return committed_offsets(state_db) >= appended
-        await until(replayed, 30, "the last engine to commit every event", detail=lambda: committed_offsets(state_db))
+        await until(replayed, 120, "the last engine to commit every event", detail=lambda: committed_offsets(state_db))
         assert engine.terminate() == 0
         triggers = await read_triggers(log)
         ids = [t.id for t in triggers]

@@ -57,15 +57,18 @@ async def test_two_engine_processes_share_the_partitions_and_fire_each_trigger_o
         async def settled() -> bool:
             missing.intersection_update(expected - {(t.rule, t.key) for t in await read_triggers(log)})
             return not missing
-        await until(settled, 60, "every expected trigger", detail=lambda: f"missing {sorted(missing)[:5]}")
+        await until(settled, 120, "every expected trigger", detail=lambda: f"missing {sorted(missing)[:5]}")
 
         async def handled() -> bool:  # every event handled and committed: a repeat is written by now
             return committed_offsets(state) >= appended
-        await until(handled, 30, "the engines to commit every event", detail=lambda: committed_offsets(state))
+        await until(handled, 120, "the engines to commit every event", detail=lambda: committed_offsets(state))
         triggers = await read_triggers(log)
         ids = [t.id for t in triggers]
         assert len(ids) == len(set(ids)), "a trigger id was written twice"
         assert {(t.rule, t.key) for t in triggers} == expected
+        # b may have done all the work alone: the last a must have started (on a loaded machine it can
+        # still be importing) before its SIGTERM means "stop cleanly" rather than the default action
+        a.wait_output("engine started", 120)
         assert a.terminate() == 0 and b.terminate() == 0
     finally:
         for p in procs:
