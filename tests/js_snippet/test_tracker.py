@@ -170,7 +170,10 @@ def test_queue_cap_holds_and_counts_drops(context: BrowserContext, site: Site, c
     page = open_page(context, site.add("/cap.html", collector.url, attrs=FAST + ' data-cap="5" data-batch="2"'))
     for i in range(20):
         page.evaluate(f"tw('track', 'E{i}')")
-        assert len(queued(page)) <= 5
+        # Each call trims to the cap; a failed batch of 2 (data-batch) trimmed while in flight comes back
+        # when its fetch fails, and is trimmed at the next call (src/index.js says so): on a loaded machine
+        # that return can land between two calls.
+        assert len(queued(page)) <= 5 + 2
     created = 21  # the page view and 20 tracks
     settle(0.3)  # failed batches come back, trimmed to the cap again
     assert len(queued(page)) == 5
