@@ -15,8 +15,9 @@
    backlog and what was acknowledged and delivered.
 4. Stops the load and prints how long the webhook backlog took to drain; then stops the stack and
    checks the lake: acknowledged events missing from it (lost) and rows written twice (duplicates),
-   and webhook ids delivered twice. Last: the RSS change between the first and the last fifth of
-   the soak (the first minute left out as warm-up), and whether log.db stopped growing.
+   and webhook ids delivered twice. Last: the RSS change (in all, and per process) between the first
+   and the last fifth of the soak after ``--warmup`` minutes (while the engine's exact id memory, as
+   long as the longest rule window, fills), and whether log.db stopped growing.
 
 Asserts nothing: it prints what it saw (machines here are noisy; run it alone).
 """
@@ -138,23 +139,25 @@ def metric_max(text: str, name: str) -> float:
     return max(values, default=0.0)
 
 
-def rss_mib(root_pid: int) -> float:
-    """RSS of ``root_pid`` and its children (tripwire run's engine and sink processes)."""
+def rss_mib(root_pid: int) -> dict[str, float]:
+    """RSS (MiB) of ``root_pid`` (``run``) and of each child (tripwire run's engine and sink processes, by role)."""
     pids = [root_pid]
     try:
         out = subprocess.run(["pgrep", "-P", str(root_pid)], capture_output=True, text=True).stdout
         pids += [int(p) for p in out.split()]
     except OSError:
         pass
-    total = 0
+    rss: dict[str, float] = {}
     for pid in pids:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         m = re.search(r"VmRSS:\s+(\d+) kB", status)
-        total += int(m.group(1)) if m else 0
-    return total / 1024
+        role = "run" if pid == root_pid else next((a.decode() for a in argv if a in (b"engine", b"sink")), "child")
+        rss[role] = rss.get(role, 0.0) + (int(m.group(1)) / 1024 if m else 0.0)
+    return rss
 
 
 def size_mib(*paths: Path) -> float:
@@ -278,6 +281,9 @@ def main() -> None:
     ap.add_argument("--visitors", type=int, default=20_000)
     ap.add_argument("--retention", default="10m", help="log.retention: short, so log.db must plateau")
     ap.add_argument("--engines", type=int, default=1)
+    ap.add_argument("--warmup", type=float, default=12,
+                    help="minutes left out of the RSS comparison while the stack's bounded memories fill (default 12: "
+                         "the engine keeps ids exactly for the longest window, 10 min here, plus the grace and a minute)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tripwire-soak-"))
@@ -316,7 +322,7 @@ def main() -> None:
               f"log.retention {args.retention}, {args.engines} engine process(es)")
         print(f"{'min':>4} {'acked':>10} {'RSS MiB':>8} {'log.db':>7} {'state':>6} {'hooks':>6} {'lag s':>6} "
               f"{'backlog':>8} {'delivered':>10}")
-        samples: list[tuple[float, float, float]] = []  # (minute, rss, log.db MiB)
+        samples: list[tuple[float, dict[str, float], float]] = []  # (minute, RSS by process, log.db MiB)
         total_acked, all_batches = 0, []
         first_id = next_id
         minutes = int(args.minutes)
@@ -330,7 +336,7 @@ def main() -> None:
             logdb = size_mib(data / "log.db", data / "log.db-wal")
             samples.append((minute, rss, logdb))
             stats = json.loads(get(f"http://127.0.0.1:{receiver_port}/stats"))
-            print(f"{minute:>4} {total_acked:>10,} {rss:>8.0f} {logdb:>7.0f} "
+            print(f"{minute:>4} {total_acked:>10,} {sum(rss.values()):>8.0f} {logdb:>7.0f} "
                   f"{size_mib(data / 'rules-state.db', data / 'rules-state.db-wal'):>6.0f} "
                   f"{size_mib(data / 'webhooks.db', data / 'webhooks.db-wal'):>6.0f} "
                   f"{metric_max(m, 'tripwire_rules_watermark_lag_seconds'):>6.1f} "
@@ -369,13 +375,17 @@ def main() -> None:
     print(f"soak {soak_s / 60:.1f} min: {total_acked:,} events acknowledged ({total_acked / soak_s:,.0f}/s); "
           f"lost {lost:,}; duplicate rows {len(ids) - len(in_lake):,}; webhooks delivered {stats['delivered']:,}, "
           f"delivered twice {stats['duplicates']:,}")
-    if len(samples) >= 5:
-        body = samples[1:]  # the first minute is warm-up
+    body = [s for s in samples if s[0] > args.warmup]
+    if len(body) >= 5:
         fifth = max(1, len(body) // 5)
-        first_rss = sum(s[1] for s in body[:fifth]) / fifth
-        last_rss = sum(s[1] for s in body[-fifth:]) / fifth
-        print(f"RSS first fifth {first_rss:.0f} MiB, last fifth {last_rss:.0f} MiB: "
+
+        def mean(part: list[tuple[float, dict[str, float], float]], role: str | None) -> float:
+            return sum(sum(s[1].values()) if role is None else s[1].get(role, 0.0) for s in part) / len(part)
+        first_rss, last_rss = mean(body[:fifth], None), mean(body[-fifth:], None)
+        print(f"RSS after the {args.warmup:g}-minute warm-up, first fifth {first_rss:.0f} MiB, last fifth {last_rss:.0f} MiB: "
               f"{(last_rss - first_rss) / first_rss * 100:+.1f}% (target within ±10%)")
+        print("  by process: " + ", ".join(f"{role} {mean(body[:fifth], role):.0f} -> {mean(body[-fifth:], role):.0f} MiB"
+                                         for role in sorted(body[-1][1])))
         first_db = sum(s[2] for s in body[:fifth]) / fifth
         last_db = sum(s[2] for s in body[-fifth:]) / fifth
         print(f"log.db first fifth {first_db:.0f} MiB, last fifth {last_db:.0f} MiB "
