@@ -19,6 +19,15 @@ are routed, see :mod:`sinks.partition`.
 
 Every cut is journaled before its file is written (see :mod:`sinks.state`), so
 these wall-clock decisions replay identically after a crash.
+
+**Few record batches per bucket.** Each poll's rows of a bucket become a record
+batch (compact Arrow memory, counted in ``nbytes``), but a record batch costs
+some 35 KB of Arrow objects outside the memory pool (arrays, buffers, schema)
+whatever its rows, and a steady site's polls are small: a 30 s file of a few
+rows per poll held thousands of them, ten times its data and unseen by
+``max_buffer_bytes`` (a soak's sink grew past 1 GB). So the small batches at a
+bucket's end are merged once there are ``_MAX_SMALL_BATCHES`` of them, until
+the merged one has ``_SMALL_BATCH_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from .config import SinkConfig
 from .tables import Builder, Rows
 
 T = TypeVar("T")
+
+_SMALL_BATCH_ROWS = 8192  # a batch with fewer rows is merged with the next ones
+_MAX_SMALL_BATCHES = 32
 
 
 @dataclass(eq=False)
@@ -51,6 +63,7 @@ class Bucket:
     opened: float = field(default_factory=time.monotonic)
     force_end: int | None = None  # a journaled cut being replayed
     overflow: bool = False  # part of its partition's overflow (rows beyond max_open_files), cut with it
+    small: int = 0  # batches at the end of ``batches`` with fewer than _SMALL_BATCH_ROWS rows
 
     def __post_init__(self) -> None:
         self.builder = self.kind.builder(self.directory)
@@ -75,6 +88,23 @@ class Bucket:
             self.batches.append(batch)
             self.nbytes += batch.nbytes
             self.builder = self.kind.builder(self.directory)
+            self.small = self.small + 1 if batch.num_rows < _SMALL_BATCH_ROWS else 0
+            if self.small >= _MAX_SMALL_BATCHES:
+                self._merge_small()
+
+    def _merge_small(self) -> None:
+        """One batch of the small ones at the end (columns some lack are null there, as in the file)."""
+        tail = self.batches[-self.small :]
+        try:
+            table = pa.concat_tables([pa.Table.from_batches([b]) for b in tail], promote_options="default")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column changed type (widened, or the lake's registry
+            self.small = 0  # differs): the file conforms each batch; merge the next ones among themselves
+            return
+        merged = table.combine_chunks().to_batches()
+        del self.batches[-self.small :]
+        self.batches += merged
+        self.nbytes += sum(b.nbytes for b in merged) - sum(b.nbytes for b in tail)
+        self.small = 1 if len(merged) == 1 and merged[0].num_rows < _SMALL_BATCH_ROWS else 0
 
     def table(self) -> pa.Table:
         """The file's rows, with the columns and types the lake has now."""

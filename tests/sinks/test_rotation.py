@@ -11,13 +11,14 @@ from tests.sinks.helpers import BASE_MS, DAY_MS, event, lake_table, send
 from tripwire.log.memory import MemoryLog
 
 
-async def write(tmp_path: Path, events: list[dict[str, object]], **cfg: object) -> tuple[LakeWriter, MemoryLog]:
+async def write(tmp_path: Path, events: list[dict[str, object]], read: int = 10,
+                **cfg: object) -> tuple[LakeWriter, MemoryLog]:
     log = MemoryLog(1)
     await log.start()
     await send(log, events)
     writer = LakeWriter(LocalLake(tmp_path), SinkConfig(lake_url=str(tmp_path), **cfg))  # type: ignore[arg-type]
     offset = writer.assign(0)
-    while records := await log.read("events", 0, offset, 10):
+    while records := await log.read("events", 0, offset, read):
         offset = records[-1].offset + 1
         writer.process(records)
         writer.flush()
@@ -112,3 +113,24 @@ async def test_a_burst_of_distinct_past_dates_opens_a_bounded_number_of_files_an
     per_file = df.groupby("_file").size()
     assert len(per_file) == 401  # one file per day: 400 past days and today
     assert per_file.min() == 3 and per_file.max() == 30
+
+
+async def test_small_polls_do_not_pile_up_record_batches(tmp_path: Path) -> None:
+    # A steady site's polls are small (a client batch or two), and each poll's rows of a bucket became a
+    # record batch of its own: a 30 s file held thousands of few-row batches, each some 35 KB of Arrow
+    # objects outside the memory pool and outside the buffered bytes, so a soak's sink grew past 1 GB.
+    events = []
+    for i in range(600):
+        props: dict[str, object] = {"sku": f"sku-{i}", "qty": i % 5 if i < 300 else i % 5 + 0.5}  # widened halfway
+        if i % 7 == 0:
+            props["coupon"] = f"c-{i}"  # a column only some polls have
+        events.append(event(i, props=props))
+    writer, _ = await write(tmp_path, events, read=1)
+    (bucket,) = writer.parts[0].open.values()
+    assert bucket.rows == 600 and len(bucket.batches) <= 64
+    assert bucket.nbytes == sum(b.nbytes for b in bucket.batches)
+    writer.close()
+    df = lake_table(LocalLake(tmp_path))
+    assert list(df.message_id) == [f"m-{i}" for i in range(600)]
+    assert list(df.properties_qty) == [i % 5 if i < 300 else i % 5 + 0.5 for i in range(600)]
+    assert df.properties_coupon.notna().sum() == 86 and df.properties_coupon[7] == "c-7"
