@@ -12,7 +12,7 @@
    from a bounded set of visitors, whose sessions view, add to cart, check out and order (about
    one event in six fires a trigger). Every minute it prints the RSS of the stack's processes,
    the sizes of log.db, rules-state.db and webhooks.db, the engine's watermark lag, the webhook
-   backlog and what was acknowledged and delivered.
+   backlog, what was acknowledged and delivered, and the p99 of the load's requests.
 4. Stops the load and prints how long the webhook backlog took to drain; then stops the stack and
    checks the lake: acknowledged events missing from it (lost) and rows written twice (duplicates),
    and webhook ids delivered twice. Last: the RSS change (in all, and per process) between the first
@@ -195,7 +195,7 @@ def visitor_events(rng: random.Random, visitor: str, n0: int) -> list[dict]:
 def load_process(url: str, rate: float, seconds: float, visitors: int, seed: int, start_id: int,
                  out: mp.Queue) -> None:  # type: ignore[type-arg]
     """Sends batches of 20 events at ``rate`` events/s (0: as fast as it can) for ``seconds``; puts
-    (events acknowledged, the acknowledged batches as (first id, count)) on ``out``."""
+    (events acknowledged, the acknowledged batches as (first id, count), the next id, each request's ms) on ``out``."""
     import httpx
 
     rng = random.Random(seed)
@@ -203,6 +203,7 @@ def load_process(url: str, rate: float, seconds: float, visitors: int, seed: int
     n = start_id
     acked = 0
     batches: list[tuple[int, int]] = []
+    latency: list[float] = []
     t0 = time.monotonic()
     with httpx.Client(base_url=url, timeout=30, auth=(WRITE_KEY, "")) as client:
         while time.monotonic() - t0 < seconds:
@@ -212,11 +213,13 @@ def load_process(url: str, rate: float, seconds: float, visitors: int, seed: int
                 pending += evs
             batch, pending = pending[:BATCH], pending[BATCH:]
             first = int(batch[0]["messageId"][2:])
+            sent = time.perf_counter()
             try:
                 r = client.post("/v1/batch", content=json.dumps({"batch": batch}),
                                 headers={"Content-Type": "application/json"})
             except httpx.HTTPError:
                 continue
+            latency.append((time.perf_counter() - sent) * 1000)
             if r.status_code == 200:
                 acked += len(batch)
                 batches.append((first, len(batch)))
@@ -224,13 +227,13 @@ def load_process(url: str, rate: float, seconds: float, visitors: int, seed: int
                 ahead = acked / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)  # paces the sender to the rate; it waits for nothing
-    out.put((acked, batches, n))
+    out.put((acked, batches, n, latency))
 
 
 def run_load(url: str, rate: float, seconds: float, visitors: int, seed: int, start_id: int, senders: int = SENDERS
-             ) -> tuple[int, list[tuple[int, int]], int]:
+             ) -> tuple[int, list[tuple[int, int]], int, list[float]]:
     """``senders`` processes, each sending ``rate / senders`` events/s (0: as fast as it can) with ids of
-    its own range; returns (events acknowledged, acknowledged batches, the next free id)."""
+    its own range; returns (events acknowledged, acknowledged batches, the next free id, request ms sorted)."""
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     step = 10_000_000  # ids per sender and run: far more than one sends in a minute
     procs = [mp.Process(target=load_process, args=(url, rate / senders, seconds, visitors, seed * 100 + k,
@@ -240,7 +243,8 @@ def run_load(url: str, rate: float, seconds: float, visitors: int, seed: int, st
     got = [q.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join(30)
-    return sum(g[0] for g in got), [b for g in got for b in g[1]], start_id + senders * step
+    return (sum(g[0] for g in got), [b for g in got for b in g[1]], start_id + senders * step,
+            sorted(ms for g in got for ms in g[3]))
 
 
 # -- the stack --------------------------------------------------------------------------------
@@ -305,7 +309,7 @@ def main() -> None:
         rate = args.rate
         if not rate:
             m0, t0 = get(f"{base}/metrics"), time.monotonic()
-            acked, _, next_id = run_load(base, 0, 30, args.visitors, 1, next_id)
+            acked, _, next_id, _ = run_load(base, 0, 30, args.visitors, 1, next_id)
             warm_acked = acked
             el = time.monotonic() - t0
             m1 = get(f"{base}/metrics")
@@ -321,14 +325,17 @@ def main() -> None:
         print(f"soaking at {rate:,.0f} events/s for {args.minutes:g} min, {args.visitors:,} visitors, "
               f"log.retention {args.retention}, {args.engines} engine process(es)")
         print(f"{'min':>4} {'acked':>10} {'RSS MiB':>8} {'log.db':>7} {'state':>6} {'hooks':>6} {'lag s':>6} "
-              f"{'backlog':>8} {'delivered':>10}")
+              f"{'backlog':>8} {'delivered':>10} {'req p99 ms':>10}")
+        worst_p99 = 0.0  # the worst minute's request p99 (a state snapshot must not stall a request)
         samples: list[tuple[float, dict[str, float], float]] = []  # (minute, RSS by process, log.db MiB)
         total_acked, all_batches = 0, []
         first_id = next_id
         minutes = int(args.minutes)
         start = time.monotonic()
         for minute in range(1, minutes + 1):
-            acked, batches, next_id = run_load(base, rate, 60, args.visitors, 100 + minute, next_id)
+            acked, batches, next_id, latency = run_load(base, rate, 60, args.visitors, 100 + minute, next_id)
+            req_p99 = latency[min(len(latency) - 1, int(0.99 * len(latency)))] if latency else float("nan")
+            worst_p99 = max(worst_p99, req_p99)
             total_acked += acked
             all_batches += batches
             m = get(f"{base}/metrics")
@@ -340,7 +347,7 @@ def main() -> None:
                   f"{size_mib(data / 'rules-state.db', data / 'rules-state.db-wal'):>6.0f} "
                   f"{size_mib(data / 'webhooks.db', data / 'webhooks.db-wal'):>6.0f} "
                   f"{metric_max(m, 'tripwire_rules_watermark_lag_seconds'):>6.1f} "
-                  f"{metric_sum(m, 'tripwire_webhook_pending'):>8.0f} {stats['delivered']:>10,}", flush=True)
+                  f"{metric_sum(m, 'tripwire_webhook_pending'):>8.0f} {stats['delivered']:>10,} {req_p99:>10.1f}", flush=True)
         soak_s = time.monotonic() - start
         t = time.monotonic()
         while True:
@@ -348,6 +355,7 @@ def main() -> None:
             if backlog == 0 or time.monotonic() - t > 600:
                 break
             time.sleep(1)
+        print(f"request p99 in the worst minute: {worst_p99:.1f} ms (target <= 100 ms)")
         print(f"load stopped: webhook backlog {backlog:.0f} after {time.monotonic() - t:.0f} s")
         # The sink cuts its last files by age (max_file_age_s = 30): wait for every acknowledged row.
         t = time.monotonic()
