@@ -5,7 +5,6 @@ from tests.fixtures import reaper
 reaper.start()  # services started by the tests die with the run, even a killed one
 
 
-
 def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg]
     """The end-to-end files first: they are the longest, and `make test` hands files to two workers
     (pytest-xdist, --dist loadfile) in this order, so the long ones start early and the short ones
