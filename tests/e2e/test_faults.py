@@ -427,25 +427,22 @@ def test_invariants_hold_under_kills_and_outages(tmp_path: Path) -> None:
         assert load.acked == {e.mid for e in stream}
 
         # -- invariants ------------------------------------------------------------------------------
-        def lake_complete() -> list | None:
-            rows = lake_rows(str(site / "lake"), "SELECT message_id FROM t")
-            return rows if len({r[0] for r in rows}) >= len(load.acked) else None
-        def lake_count() -> int:
-            return len(lake_rows(str(site / "lake"), "SELECT message_id FROM t"))
+        def lake_ids() -> frozenset[str]:  # a set: the rows' order may differ between reads
+            return frozenset(r[0] for r in lake_rows(str(site / "lake"), "SELECT message_id FROM t"))
         try:  # the pace is the loaded machine's: wait while the sink makes progress
-            rows = wait_while_progressing(lake_complete, lake_count, STALL_S, "every acknowledged event in the lake")
+            wait_while_progressing(lake_ids, lambda ids: len(ids) >= len(load.acked), STALL_S,
+                                   "every acknowledged event in the lake", detail=lambda ids: f"{len(ids)} ids")
         except AssertionError as exc:  # slow, or lost? say where each missing one is
             missing = load.acked - {r[0] for r in lake_rows(str(site / "lake"), "SELECT message_id FROM t")}
             raise AssertionError(f"{exc}\n  {missing_events(sorted(missing), broker.bootstrap, str(site / 'lake'), procs)}"
                                  f"\nfaults:\n  {faults.report()}") from None
 
-        def delivered() -> list | None:
-            got = deliveries(out)
+        def delivered(seen: tuple[object, list]) -> list | None:
+            got = seen[1]
             return got if set(expected) <= {d["webhook_id"] for d in got} else None
-        def trigger_progress() -> tuple[object, int]:
-            return engine_offsets(site / "checkpoints", PARTITIONS), len(deliveries(out))
         try:  # absences fire a lateness after the stream; then wait while the engines and the dispatcher progress
-            got = wait_while_progressing(delivered, trigger_progress, LATENESS_MS / 1000 + STALL_S,
+            got = wait_while_progressing(lambda: (engine_offsets(site / "checkpoints", PARTITIONS), deliveries(out)),
+                                         delivered, LATENESS_MS / 1000 + STALL_S,
                                          "every expected trigger at the receiver", interval_s=2)
         except AssertionError:
             got = deliveries(out)
@@ -455,10 +452,11 @@ def test_invariants_hold_under_kills_and_outages(tmp_path: Path) -> None:
             raise AssertionError(f"{len(missing)} expected triggers never delivered ({dict(rules)})\n  {where}"
                                  f"\nfaults:\n  {faults.report()}") from None
         # Every part has handled everything on the log: a repeat or an unexpected trigger is in by now.
-        def lagging() -> list[str]:
-            return behind(broker.bootstrap, site / "checkpoints", str(site / "lake"), site / "d" / "webhooks.db")
-        wait_while_progressing(lambda: not lagging(), lagging, STALL_S,
-                               "the engines, the sink and the dispatcher to handle everything on the log")
+        wait_while_progressing(lambda: behind(broker.bootstrap, site / "checkpoints", str(site / "lake"),
+                                              site / "d" / "webhooks.db"),
+                               lambda lagging: not lagging, STALL_S,
+                               "the engines, the sink and the dispatcher to handle everything on the log",
+                               detail=lambda lagging: lagging)
         rows = lake_rows(str(site / "lake"), "SELECT message_id FROM t")
         got = deliveries(out)
 
