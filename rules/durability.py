@@ -15,6 +15,7 @@ go out with a later save (``behind()``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ import orjson
 
 from tripwire.log import EVENTS, TRIGGERS, EventLog, LogError
 
+from .dedup import StoredOldIds
 from .engine import Engine
 from .state import CheckpointStore, PartitionDelta, SqliteStateStore
 
@@ -77,9 +79,10 @@ class EmbeddedDurability:
 
     async def restore(self, p: int) -> int | None:
         loaded = await asyncio.to_thread(self.store.load, p)
+        old = StoredOldIds.load(functools.partial(self.store.old_ids, p), loaded.old_counts, loaded.old)
         self.engine.load_partition(
             p, loaded.max_t, loaded.watermark, loaded.seen,
-            ((sk, self.engine.decode_state(data)) for sk, data in loaded.states), loaded.old,
+            ((sk, self.engine.decode_state(data)) for sk, data in loaded.states), old,
         )
         self._owned.add(p)
         await self._recover_outbox(p)
@@ -91,8 +94,11 @@ class EmbeddedDurability:
             states, seen, cutoff = self.engine.take_changes(p)
             max_t, wm = self.engine.meta_of(p)
             snapshot = self.engine.snapshot_partition(p) if self.store.wants_snapshot(p) else None
-            deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff, snapshot))
+            old, old_below = self.engine.take_long_memory(p)
+            deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff, snapshot, old, old_below))
         await asyncio.to_thread(self.store.commit, deltas, triggers)
+        for p in positions:
+            self.engine.long_memory_committed(p)
         if triggers or self._outbox_waiting:
             self._outbox_waiting = True
             try:

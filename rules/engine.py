@@ -47,7 +47,7 @@ from tripwire.identity import FORGET
 from .codec import (FP_MASK, FP_SHIFT, TIME_SHIFT, MidKey, compact_mid, decode_rule_state, encode_rule_state, key_fp,
                     loads_state, mid_text, parse_event_time, parse_time_field, seen_entries, snapshot_bytes, stamp,
                     stamp_fp, stamp_time)
-from .dedup import OldIds, id_hash
+from .dedup import LongMemory, OldIds, StoredOldIds, id_hash
 from .firing import Firing
 from .identity import learn
 from .matching import Matcher
@@ -422,6 +422,16 @@ class Engine:
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
 
+    def take_long_memory(self, p: int) -> tuple[list[tuple[int, bytes]], int | None]:
+        """What the partition's stored long memory writes with the next commit (chunks, minutes below to delete)."""
+        old = self.partition(p).old
+        return old.take() if isinstance(old, StoredOldIds) else ([], None)
+
+    def long_memory_committed(self, p: int) -> None:
+        old = self.partition(p).old
+        if isinstance(old, StoredOldIds):
+            old.committed()
+
     @staticmethod
     def decode_state(data: bytes) -> RuleState:
         rs: RuleState = decode_rule_state(data, RuleState, Run)
@@ -447,11 +457,13 @@ class Engine:
                             ((sk, self.decode_state(b)) for sk, b in snap["states"].items()), snap.get("old"))
 
     def load_partition(self, p: int, max_t: int, watermark: int, seen: Any,
-                       states: Iterable[tuple[tuple[str, str], RuleState]], old: dict[str, Any] | None = None) -> None:
-        """``seen``: (messageId, time, fingerprint) entries, or a snapshot's older dict messageId -> time."""
+                       states: Iterable[tuple[tuple[str, str], RuleState]],
+                       old: dict[str, Any] | LongMemory | None = None) -> None:
+        """``seen``: (messageId, time, fingerprint) entries, or a snapshot's older dict messageId -> time.
+        ``old``: the long memory, or a snapshot's (:meth:`rules.dedup.OldIds.dump`) to hold in memory."""
         ps = self.partitions[p] = self._new_partition(p)
         ps.max_t, ps.watermark = max_t, watermark
-        ps.old = OldIds.load(old)
+        ps.old = OldIds.load(old) if old is None or isinstance(old, dict) else old
         # as process() remembers them: compact_mid(messageId) -> stamp(t, 0, fp) (the offset is not needed)
         mem = ps.seen
         for m, t, fp in seen_entries(seen):

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 from .codec import TIME_SHIFT, MidKey, Stamp, mid_text, stamp_offset, stamp_time
-from .dedup import OldIds
+from .dedup import LongMemory, OldIds
 from .identity import Identity
 from .plan import RulePlan, Slim
 
@@ -200,7 +200,7 @@ class PartitionState:
         self.new_seen: list[tuple[str, int, int]] = []  # (messageId, event time, fingerprint)
         self.seen_cutoff: int | None = None
         self.budget = 0  # new states that may start before they are counted again against [rules] max_pending
-        self.old = OldIds()  # ids older than seen_floor
+        self.old: LongMemory = OldIds()  # ids older than seen_floor (embedded engines: StoredOldIds)
         self.seen_floor = NEG_INF  # seen holds every id of an event at or after this time
         # key -> rule uid -> (steps, anchor, deadline) of the absences that fired (to count late cancels)
         self.fired: OrderedDict[str, dict[str, tuple[Any, int, int]]] = OrderedDict()

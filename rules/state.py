@@ -9,7 +9,11 @@ transaction (at once for a batch that produced triggers, else at least every
   (its new bytes, or None when it became empty) and the messageIds first seen in
   the batch (duplicate detection after a restart), with the duplicate memory's
   new cutoff;
-* the triggers the batch produced, in an *outbox*.
+* the triggers the batch produced, in an *outbox*;
+* the ids the batch moved past the recent span into the long memory, as sorted
+  64-bit hashes per minute of event time (``old_ids``, :class:`rules.dedup.StoredOldIds`),
+  and the deletion of the minutes that left the dedup window. They are not in the
+  snapshots: a day of them would make every snapshot gigabytes.
 
 A batch of 5,000 events changes some 15,000 states and remembers 5,000 ids: one
 row per partition instead of a row each is what lets the embedded engine keep
@@ -81,6 +85,10 @@ CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, grp TEXT NOT NULL, partition INTEGER NOT NULL, data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_by_partition ON journal (grp, partition, seq);
+CREATE TABLE IF NOT EXISTS old_ids (
+    grp TEXT NOT NULL, partition INTEGER NOT NULL, bucket INTEGER NOT NULL, data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS old_ids_by_bucket ON old_ids (grp, partition, bucket);
 CREATE TABLE IF NOT EXISTS outbox_marks (
     grp TEXT NOT NULL, owner INTEGER NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, owner, partition)
@@ -100,6 +108,8 @@ class PartitionDelta:
     seen: list[tuple[str, int, int]] = field(default_factory=list)  # (messageId, event time, fingerprint)
     seen_cutoff: int | None = None  # the recent span's floor moved here (older ids: the engine's long memory)
     snapshot: bytes | None = None  # the whole partition (Engine.snapshot_partition): replaces its journal
+    old: list[tuple[int, bytes]] = field(default_factory=list)  # long-memory chunks: (minute, sorted int64 hashes)
+    old_below: int | None = None  # long-memory minutes below this leave the database
 
 
 @dataclass
@@ -110,6 +120,7 @@ class LoadedPartition:
     seen: list[tuple[str, int, int]]  # (messageId, event time, fingerprint): the engine sorts recent from old
     states: list[tuple[tuple[str, str], bytes]]
     old: dict[str, Any] | None = None  # the snapshot's long memory (rules.dedup.OldIds.dump)
+    old_counts: dict[int, int] = field(default_factory=dict)  # minute -> ids in old_ids (StoredOldIds)
 
 
 class SqliteStateStore:
@@ -118,6 +129,8 @@ class SqliteStateStore:
         self.group = group
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None  # long-memory lookups, beside the writer (WAL)
+        self._read_lock = threading.Lock()
         self._sizes: dict[int, list[int]] = {}  # partition -> [last snapshot's bytes, journal bytes since]
 
     def open(self) -> None:
@@ -128,14 +141,30 @@ class SqliteStateStore:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA journal_size_limit={64 << 20}")  # a big snapshot's WAL does not stay that big
             conn.executescript(_SCHEMA)
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         except sqlite3.Error as exc:
             raise StateError(f"rules state database {self.path} cannot be opened: {exc}") from exc
-        self._conn = conn
+        self._conn, self._reader = conn, reader
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        with self._read_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                reader.close()
+
+    def old_ids(self, partition: int, bucket: int) -> list[bytes]:
+        """The long-memory chunks of one minute of a partition (committed ones: the reader sees the last commit)."""
+        with self._read_lock:
+            if self._reader is None:
+                raise StateError(f"rules state database {self.path} is not open")
+            try:
+                return [row[0] for row in self._reader.execute(
+                    "SELECT data FROM old_ids WHERE grp = ? AND partition = ? AND bucket = ?", (self.group, partition, bucket))]
+            except sqlite3.Error as exc:
+                raise StateError(f"rules state database {self.path}: reading remembered ids failed: {exc}") from exc
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -173,10 +202,12 @@ class SqliteStateStore:
                 for m, t, fp in seen_entries(new_seen):
                     seen[(m, fp)] = t
             self._sizes[partition] = [len(snap[0]) if snap is not None else 0, journal]
+            counts = {b: n // 8 for b, n in db.execute(
+                "SELECT bucket, SUM(length(data)) FROM old_ids WHERE grp = ? AND partition = ? GROUP BY bucket", (g, partition))}
         ids = [(m, t, fp) for (m, fp), t in seen.items()]
         if row is None:
-            return LoadedPartition(None, -(2**62), -(2**62), ids, list(states.items()), old)
-        return LoadedPartition(row[0], row[1], row[2], ids, list(states.items()), old)
+            return LoadedPartition(None, -(2**62), -(2**62), ids, list(states.items()), old, counts)
+        return LoadedPartition(row[0], row[1], row[2], ids, list(states.items()), old, counts)
 
     def wants_snapshot(self, partition: int) -> bool:
         """The partition's journal outgrew its last snapshot: the next commit should carry a snapshot."""
@@ -205,6 +236,10 @@ class SqliteStateStore:
                             db.execute("DELETE FROM journal WHERE grp = ? AND partition = ?", (g, p))
                         elif data is not None:
                             db.execute("INSERT INTO journal (grp, partition, data) VALUES (?, ?, ?)", (g, p, data))
+                        if d.old:
+                            db.executemany("INSERT INTO old_ids VALUES (?, ?, ?, ?)", [(g, p, b, raw) for b, raw in d.old])
+                        if d.old_below is not None:  # after the inserts: a chunk of a minute that left goes too
+                            db.execute("DELETE FROM old_ids WHERE grp = ? AND partition = ? AND bucket < ?", (g, p, d.old_below))
                     if triggers:
                         db.executemany("INSERT INTO outbox (grp, id, key, value, owner) VALUES (?, ?, ?, ?, ?)",
                                        [(g, i, k, v, owner) for i, k, v, owner in triggers])

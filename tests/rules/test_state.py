@@ -303,3 +303,64 @@ def _normal(snapshot: bytes) -> dict[str, object]:
     for minute, raw in old["buckets"].items():
         ids |= {(minute, h) for h in array("q", raw)}
     return {**snap, "ids": ids, "floor": old["floor"]}
+
+
+def test_the_embedded_long_memory_is_in_the_state_database_and_survives_a_restart(tmp_path: Path) -> None:
+    # Ids older than the recent span keep an 8-byte hash for the dedup window (a day): at thousands of
+    # events a second that is gigabytes, which memory would hold for a day before it stopped growing, and
+    # every snapshot would carry. The embedded engine writes them to rules-state.db with the commit that
+    # moved them; a lookup reads them back; a restart finds them there; minutes past the window leave.
+    import asyncio
+    import sqlite3
+
+    from tripwire.log.sqlite import SqliteLog
+    from tripwire.rules.dedup import BUCKET_MS
+    from tripwire.rules.durability import EmbeddedDurability
+
+    text = 'rule "r" when A then B within 1m post crm'
+    db = tmp_path / "rules-state.db"
+    n = 3000  # over five minutes, keyed by 50 visitors
+    events = [ev("A", i / 10, key=f"k{i % 50}", mid=f"m{i}") for i in range(n)]
+
+    def stored() -> tuple[int, int]:
+        with sqlite3.connect(db) as c:
+            rows, size = c.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM old_ids").fetchone()
+        return rows, size // 8
+
+    async def engine_on(state: Path) -> tuple[Engine, EmbeddedDurability]:
+        engine = Engine(plan_of(text), 0, track_dirty=True, dedup_window_ms=3_600_000)
+        durable = EmbeddedDurability(engine, SqliteLog(tmp_path / "log.db", 1), SqliteStateStore(state, "g"))
+        await durable.open()
+        await durable.restore(0)
+        return engine, durable
+
+    def retry(engine: Engine, i: int) -> list[object]:
+        before = engine.stats.duplicates
+        got = engine.process(0, n + i, ev("A", i / 10, key=f"k{i % 50}", mid=f"m{i}"))
+        assert engine.stats.duplicates == before + 1, f"m{i} was not recognised as a retry"
+        return list(got)
+
+    async def go() -> None:
+        engine, durable = await engine_on(db)
+        assert feed(engine, events, until_s=20 * 60) == []  # past the recent span: the ids moved to the long memory
+        assert engine.partitions[0].seen == {} and len(engine.partitions[0].old) == n
+        assert retry(engine, 7) == []  # moved but not committed yet: still recognised
+        await durable.save({0: n}, [])
+        assert stored() == (len({(T0 + i * 100) // BUCKET_MS for i in range(n)}), n)  # a chunk per minute, each id once
+        snap = pickle.loads(engine.snapshot_partition(0))
+        assert snap["old"] == {"floor": None, "stored": True}  # the snapshot does not carry them
+        assert retry(engine, 1234) == [] and retry(engine, n - 1) == []  # read back from the database
+        engine.process(0, 2 * n, ev("A", 100, key="k1", mid="new"))
+        assert engine.stats.duplicates == 3  # a new id is no retry
+        await durable.close()
+
+        again, durable = await engine_on(db)  # a restart: the hashes are found in the database
+        assert len(again.partitions[0].old) == n
+        assert retry(again, 42) == [] and retry(again, 2999) == []
+        again.advance_watermark(0, T0 + 2 * 3_600_000)  # past the dedup window: every minute leaves
+        await durable.save({0: n}, [])
+        assert len(again.partitions[0].old) == 0 and stored() == (0, 0)
+        assert (T0 + 60 * BUCKET_MS) // BUCKET_MS not in again.partitions[0].old.counts  # type: ignore[attr-defined]
+        await durable.close()
+
+    asyncio.run(go())
