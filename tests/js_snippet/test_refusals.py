@@ -130,9 +130,12 @@ def test_a_503_keeps_the_queue_and_backs_off_then_delivers_each_event_once(
     kept = queued(page)
     assert [e.get("event") for e in kept] == ["While Unavailable"] * 2, "the events the collector could not take are kept"
     waiting = {e["messageId"] for e in kept}
+    # The next page load retries them. Reloaded while the collector is down (refused: nothing in flight can
+    # arrive): a retry in flight at the reload that reached a collector already back up would arrive, and be
+    # sent again by the next page, which cannot know (at least once; the messageId is the same).
     collector.server.stop()
-    collector.server.start()  # with a fresh log
     page.reload()
+    collector.server.start()  # with a fresh log
     wait_for(lambda: waiting <= {e["messageId"] for e in collector.events()}, what="the kept events in the log")
     wait_for(lambda: queued(page) == [] and backoff(page) == 0, what="an empty queue")
     settle()
