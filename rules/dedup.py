@@ -232,11 +232,12 @@ class StoredOldIds:
                 end = (b + 1) * BUCKET_MS
                 self.floor = end if self.floor is None else max(self.floor, end)
 
-    def take(self) -> tuple[list[tuple[int, bytes]], int | None]:
-        """For the next commit: the chunks not taken yet, as (minute, bytes), and delete the minutes below this."""
+    def take(self) -> tuple[list[tuple[int, bytes]], int | None, int | None]:
+        """For the next commit: the chunks not taken yet, as (minute, bytes), delete the minutes below this,
+        and the floor when they include minutes forgotten early (the floor must survive with the deletion)."""
         drop, self._drop_below = self._drop_below, None
         start, self._taken = self._taken, len(self._unsaved)
-        return [(b, arr.tobytes()) for b, arr in self._unsaved[start:]], drop
+        return [(b, arr.tobytes()) for b, arr in self._unsaved[start:]], drop, self.floor if drop is not None else None
 
     def committed(self) -> None:
         """What was taken is in the database: lookups read it from there."""
@@ -250,11 +251,13 @@ class StoredOldIds:
         return {"floor": self.floor, "stored": True}
 
     @classmethod
-    def load(cls, read: Reader, counts: dict[int, int], data: dict[str, object] | None) -> StoredOldIds:
-        """The stored minutes (``counts``) and the snapshot's part; a snapshot that still holds the hashes
-        (:meth:`OldIds.dump`, before they moved to the database) hands them over for the next commit."""
+    def load(cls, read: Reader, counts: dict[int, int], data: dict[str, object] | None,
+             floor: int | None = None) -> StoredOldIds:
+        """The stored minutes (``counts``), the stored floor and the snapshot's part; a snapshot that still holds
+        the hashes (:meth:`OldIds.dump`, before they moved to the database) hands them over for the next commit."""
         held = OldIds.load(data)
-        out = cls(read, counts, held.floor)
+        floors = [f for f in (held.floor, floor) if f is not None]
+        out = cls(read, counts, max(floors) if floors else None)
         out.add((b * BUCKET_MS, h) for b, arr in held.buckets.items() for h in arr)
         out._restored = True
         return out

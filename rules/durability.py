@@ -79,7 +79,7 @@ class EmbeddedDurability:
 
     async def restore(self, p: int) -> int | None:
         loaded = await asyncio.to_thread(self.store.load, p)
-        old = StoredOldIds.load(functools.partial(self.store.old_ids, p), loaded.old_counts, loaded.old)
+        old = StoredOldIds.load(functools.partial(self.store.old_ids, p), loaded.old_counts, loaded.old, loaded.old_floor)
         self.engine.load_partition(
             p, loaded.max_t, loaded.watermark, loaded.seen,
             ((sk, self.engine.decode_state(data)) for sk, data in loaded.states), old,
@@ -94,8 +94,8 @@ class EmbeddedDurability:
             states, seen, cutoff = self.engine.take_changes(p)
             max_t, wm = self.engine.meta_of(p)
             snapshot = self.engine.snapshot_partition(p) if self.store.wants_snapshot(p) else None
-            old, old_below = self.engine.take_long_memory(p)
-            deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff, snapshot, old, old_below))
+            old, old_below, old_floor = self.engine.take_long_memory(p)
+            deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff, snapshot, old, old_below, old_floor))
         await asyncio.to_thread(self.store.commit, deltas, triggers)
         for p in positions:
             self.engine.long_memory_committed(p)

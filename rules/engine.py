@@ -422,10 +422,10 @@ class Engine:
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
 
-    def take_long_memory(self, p: int) -> tuple[list[tuple[int, bytes]], int | None]:
-        """What the partition's stored long memory writes with the next commit (chunks, minutes below to delete)."""
+    def take_long_memory(self, p: int) -> tuple[list[tuple[int, bytes]], int | None, int | None]:
+        """What the partition's stored long memory writes with the next commit (:meth:`StoredOldIds.take`)."""
         old = self.partition(p).old
-        return old.take() if isinstance(old, StoredOldIds) else ([], None)
+        return old.take() if isinstance(old, StoredOldIds) else ([], None, None)
 
     def long_memory_committed(self, p: int) -> None:
         old = self.partition(p).old

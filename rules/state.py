@@ -89,6 +89,9 @@ CREATE TABLE IF NOT EXISTS old_ids (
     grp TEXT NOT NULL, partition INTEGER NOT NULL, bucket INTEGER NOT NULL, data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS old_ids_by_bucket ON old_ids (grp, partition, bucket);
+CREATE TABLE IF NOT EXISTS old_floor (
+    grp TEXT NOT NULL, partition INTEGER NOT NULL, floor INTEGER NOT NULL, PRIMARY KEY (grp, partition)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox_marks (
     grp TEXT NOT NULL, owner INTEGER NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, owner, partition)
@@ -110,6 +113,7 @@ class PartitionDelta:
     snapshot: bytes | None = None  # the whole partition (Engine.snapshot_partition): replaces its journal
     old: list[tuple[int, bytes]] = field(default_factory=list)  # long-memory chunks: (minute, sorted int64 hashes)
     old_below: int | None = None  # long-memory minutes below this leave the database
+    old_floor: int | None = None  # ids before this time were forgotten early (at dedup_max_ids): too late from now on
 
 
 @dataclass
@@ -121,6 +125,7 @@ class LoadedPartition:
     states: list[tuple[tuple[str, str], bytes]]
     old: dict[str, Any] | None = None  # the snapshot's long memory (rules.dedup.OldIds.dump)
     old_counts: dict[int, int] = field(default_factory=dict)  # minute -> ids in old_ids (StoredOldIds)
+    old_floor: int | None = None
 
 
 class SqliteStateStore:
@@ -204,10 +209,11 @@ class SqliteStateStore:
             self._sizes[partition] = [len(snap[0]) if snap is not None else 0, journal]
             counts = {b: n // 8 for b, n in db.execute(
                 "SELECT bucket, SUM(length(data)) FROM old_ids WHERE grp = ? AND partition = ? GROUP BY bucket", (g, partition))}
+            floor = db.execute("SELECT floor FROM old_floor WHERE grp = ? AND partition = ?", (g, partition)).fetchone()
         ids = [(m, t, fp) for (m, fp), t in seen.items()]
         if row is None:
-            return LoadedPartition(None, -(2**62), -(2**62), ids, list(states.items()), old, counts)
-        return LoadedPartition(row[0], row[1], row[2], ids, list(states.items()), old, counts)
+            return LoadedPartition(None, -(2**62), -(2**62), ids, list(states.items()), old, counts, floor and floor[0])
+        return LoadedPartition(row[0], row[1], row[2], ids, list(states.items()), old, counts, floor and floor[0])
 
     def wants_snapshot(self, partition: int) -> bool:
         """The partition's journal outgrew its last snapshot: the next commit should carry a snapshot."""
@@ -240,6 +246,8 @@ class SqliteStateStore:
                             db.executemany("INSERT INTO old_ids VALUES (?, ?, ?, ?)", [(g, p, b, raw) for b, raw in d.old])
                         if d.old_below is not None:  # after the inserts: a chunk of a minute that left goes too
                             db.execute("DELETE FROM old_ids WHERE grp = ? AND partition = ? AND bucket < ?", (g, p, d.old_below))
+                        if d.old_floor is not None:
+                            db.execute("INSERT OR REPLACE INTO old_floor VALUES (?, ?, ?)", (g, p, d.old_floor))
                     if triggers:
                         db.executemany("INSERT INTO outbox (grp, id, key, value, owner) VALUES (?, ?, ?, ?, ?)",
                                        [(g, i, k, v, owner) for i, k, v, owner in triggers])

@@ -364,3 +364,44 @@ def test_the_embedded_long_memory_is_in_the_state_database_and_survives_a_restar
         await durable.close()
 
     asyncio.run(go())
+
+
+def test_ids_forgotten_early_at_the_cap_stay_forgotten_after_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Beyond dedup_max_ids the oldest minutes leave the database and the floor rises: events older than
+    # it are too late (a retry there could not be told from a first delivery). The floor is committed
+    # with the deletion: a restart from the last snapshot (taken before the eviction) and the journal
+    # (whose ids are stored already, so they do not evict again) must not match such an event as new.
+    import asyncio
+
+    from tripwire.log.sqlite import SqliteLog
+    from tripwire.rules.durability import EmbeddedDurability
+
+    snapshot = [True]
+    monkeypatch.setattr(SqliteStateStore, "wants_snapshot", lambda self, p: snapshot[0])
+
+    async def engine_on() -> tuple[Engine, EmbeddedDurability]:
+        engine = Engine(plan_of('rule "r" when A then B within 1m post crm'), 0, track_dirty=True,
+                        dedup_window_ms=3_600_000, dedup_max_ids=1000)
+        durable = EmbeddedDurability(engine, SqliteLog(tmp_path / "log.db", 1), SqliteStateStore(tmp_path / "s.db", "g"))
+        await durable.open()
+        await durable.restore(0)
+        return engine, durable
+
+    async def go() -> None:
+        engine, durable = await engine_on()
+        feed(engine, [ev("A", i / 10, key=f"k{i % 50}", mid=f"m{i}") for i in range(800)], until_s=20 * 60)
+        assert engine.partitions[0].old.floor is None
+        await durable.save({0: 800}, [])  # with a snapshot
+        snapshot[0] = False
+        feed(engine, [ev("A", 100 + i / 10, key=f"k{i % 50}", mid=f"n{i}") for i in range(800)], until_s=30 * 60)
+        floor = engine.partitions[0].old.floor
+        assert floor is not None and len(engine.partitions[0].old) <= 1000
+        await durable.save({0: 1600}, [])  # a journal row
+        await durable.close()
+        again, durable = await engine_on()
+        assert again.partitions[0].old.floor == floor
+        again.process(0, 1600, ev("A", 1, key="k10", mid="m10"))  # before the floor: a retry or not, too late
+        assert again.stats.too_late == 1 and again.stats.duplicates == 0
+        await durable.close()
+
+    asyncio.run(go())
