@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import sys
 from array import array
 from collections.abc import Callable, Iterable
 
@@ -46,6 +47,8 @@ class Dedup:
         self.window_ms = window_ms
         self.max_ids = max_ids
         self._ids: dict[int, int] = {}  # insertion order ~ offset order
+        self._table_bytes = sys.getsizeof(self._ids)  # the dict's size when it last grew or was copied
+        self._dead = 0  # ids deleted since then: the dict keeps their slots
         self._mark_offsets: list[int] = []  # (offset, append time) samples, for expiry and snapshots
         self._mark_ts: list[int] = []
         self._new = array("q")
@@ -86,6 +89,7 @@ class Dedup:
         gone = [h for h, o in self._ids.items() if start <= o < end and not written(o)]
         for h in gone:
             del self._ids[h]
+        self._dead += len(gone)
         self.rewrite = self.rewrite or bool(gone)
         return len(gone)
 
@@ -98,13 +102,26 @@ class Dedup:
             del self._mark_offsets[:cut]
             del self._mark_ts[:cut]
         if cutoff is not None:
-            for h in list(_front(self._ids, lambda o: o < cutoff)):
+            gone = list(_front(self._ids, lambda o: o < cutoff))
+            for h in gone:
                 del self._ids[h]
+            self._dead += len(gone)
         over = len(self) - self.max_ids
         if over > 0:
             self.evicted_early += over
             for h in list(_take(self._ids, over)):
                 del self._ids[h]
+            self._dead += over
+        size = sys.getsizeof(self._ids)
+        if size > self._table_bytes:
+            if self._dead:
+                # A dict keeps the slots of deleted keys until it runs out of room, then resizes for
+                # three times the keys it holds: a queue at its cap (ids added at the end, evicted at
+                # the front) would settle at twice the table it needs. A copy holds the live ids only.
+                self._ids = dict(self._ids)
+                self._dead = 0
+                size = sys.getsizeof(self._ids)
+            self._table_bytes = size
 
     def take_segment(self) -> bytes | None:
         """The ids added since the last call, as a segment of ``FORMAT`` (None when there are none)."""

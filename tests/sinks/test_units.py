@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -225,6 +226,36 @@ def test_dedup_forgets_after_the_window_and_stays_bounded() -> None:
     snap = Dedup(1000, 100)
     snap.load(d.snapshot())
     assert len(snap) == len(d) <= 3 and seen(snap, "new", 500, 9_700_001)
+
+
+def test_dedup_at_its_cap_holds_no_more_memory_as_ids_go_by() -> None:
+    # At the cap every poll adds ids at the end and evicts as many at the front. The table must
+    # stay the size it had when the cap was reached (a dict used as a queue keeps the slots of
+    # deleted keys, then resizes for three times the keys it holds: twice the table, for good).
+    cap = 30_000
+    d = Dedup(window_ms=86_400_000, max_ids=cap)
+    offset = 0
+
+    def poll(n: int) -> None:
+        nonlocal offset
+        for _ in range(n):
+            seen(d, f"m{offset}", offset, 1000)
+            offset += 1
+        d.expire()
+        d.take_segment()  # as each flush does
+
+    while offset < cap:
+        poll(500)
+    at_cap = sys.getsizeof(d._ids)
+    largest = at_cap
+    while offset < 6 * cap:
+        poll(500)
+        largest = max(largest, sys.getsizeof(d._ids))
+    assert len(d) == cap and d.evicted_early == 5 * cap
+    assert largest <= at_cap
+    # Still exact: the newest ids are duplicates, the evicted ones are new events again.
+    assert seen(d, f"m{offset - 1}", offset, 1000) is True
+    assert seen(d, "m0", offset + 1, 1000) is False
 
 
 def test_a_state_or_segment_of_another_format_is_refused_by_name(tmp_path: Path) -> None:
