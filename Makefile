@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: test deps typecheck run bench snippet
 
 test: deps typecheck
-	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # mypy --strict over the spine and the rooms (config: [tool.mypy] in pyproject.toml)
 typecheck: $(VENV)/.installed
