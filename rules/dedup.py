@@ -82,17 +82,42 @@ def _holds(arr: array[int], h: int) -> bool:
     return i < len(arr) and arr[i] == h
 
 
-class OldIds:
-    __slots__ = ("buckets", "size", "floor", "evicted")
+class _Bounded:
+    """What both long memories share: their size, their floor and the ids they forgot early."""
 
-    def __init__(self) -> None:
-        self.buckets: dict[int, array[int]] = {}  # minute of event time -> sorted hashes
-        self.size = 0
-        self.floor: int | None = None  # ids older than this event time were forgotten early (max_ids)
+    __slots__ = ("size", "floor", "evicted")
+
+    def __init__(self, size: int = 0, floor: int | None = None) -> None:
+        self.size = size
+        self.floor = floor  # ids older than this event time were forgotten early (max_ids)
         self.evicted = 0
 
     def __len__(self) -> int:
         return self.size
+
+    def _expired(self, minutes: Iterable[int], size_of: Callable[[int], int], cutoff: int, max_ids: int) -> list[int]:
+        """The minutes to forget, oldest first: those before ``cutoff``, then the oldest while over ``max_ids``
+        (forgotten early: counted in :attr:`evicted`, raising :attr:`floor`). :attr:`size` follows."""
+        gone = []
+        for b in sorted(minutes):
+            end = (b + 1) * BUCKET_MS
+            if end > cutoff and self.size <= max_ids:
+                break
+            n = size_of(b)
+            gone.append(b)
+            self.size -= n
+            if end > cutoff:  # still inside the window: forgotten early
+                self.evicted += n
+                self.floor = end if self.floor is None else max(self.floor, end)
+        return gone
+
+
+class OldIds(_Bounded):
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buckets: dict[int, array[int]] = {}  # minute of event time -> sorted hashes
 
     def add(self, entries: Iterable[tuple[int, int]]) -> None:
         """Remember (event time, hash) pairs."""
@@ -115,17 +140,8 @@ class OldIds:
 
     def expire(self, cutoff: int, max_ids: int) -> None:
         """Forget ids older than ``cutoff``, then the oldest beyond ``max_ids`` (raising :attr:`floor`)."""
-        if not self.buckets:
-            return
-        for b in sorted(self.buckets):
-            if (b + 1) * BUCKET_MS > cutoff and self.size <= max_ids:
-                break
-            arr = self.buckets.pop(b)
-            self.size -= len(arr)
-            if (b + 1) * BUCKET_MS > cutoff:  # still inside the window: forgotten early
-                self.evicted += len(arr)
-                end = (b + 1) * BUCKET_MS
-                self.floor = end if self.floor is None else max(self.floor, end)
+        for b in self._expired(self.buckets, lambda b: len(self.buckets[b]), cutoff, max_ids):
+            del self.buckets[b]
 
     def dump(self) -> dict[str, object]:
         return {"buckets": {b: arr.tobytes() for b, arr in self.buckets.items()}, "floor": self.floor}
@@ -150,7 +166,7 @@ class OldIds:
 Reader = Callable[[int], list[bytes]]  # minute -> the stored chunks (sorted int64 hashes) of that minute
 
 
-class StoredOldIds:
+class StoredOldIds(_Bounded):
     """The long memory in the embedded state database; see the module docstring.
 
     The durability layer takes what to write with :meth:`take` (chunks since the last take,
@@ -158,13 +174,11 @@ class StoredOldIds:
     Until then the chunks stay here, where lookups see them.
     """
 
-    __slots__ = ("counts", "size", "floor", "evicted", "_read", "_unsaved", "_taken", "_drop_below", "_cache", "_restored")
+    __slots__ = ("counts", "_read", "_unsaved", "_taken", "_drop_below", "_cache", "_restored")
 
     def __init__(self, read: Reader, counts: dict[int, int] | None = None, floor: int | None = None) -> None:
         self.counts: dict[int, int] = dict(counts or {})  # minute -> ids stored (chunks may overlap a little)
-        self.size = sum(self.counts.values())
-        self.floor = floor
-        self.evicted = 0
+        super().__init__(sum(self.counts.values()), floor)
         self._read = read
         self._unsaved: list[tuple[int, array[int]]] = []  # (minute, sorted hashes) not yet committed
         self._taken = 0  # the first this many of _unsaved are in a commit under way
@@ -173,9 +187,6 @@ class StoredOldIds:
         # Restored: the first add is the restore moving the journal's ids past the recent span, some of
         # which a commit before the restart stored already (it moved them then): those are not added twice.
         self._restored = False
-
-    def __len__(self) -> int:
-        return self.size
 
     def add(self, entries: Iterable[tuple[int, int]]) -> None:
         if self._restored:
@@ -220,17 +231,12 @@ class StoredOldIds:
         return arr
 
     def expire(self, cutoff: int, max_ids: int) -> None:
-        for b in sorted(self.counts):
-            if (b + 1) * BUCKET_MS > cutoff and self.size <= max_ids:
-                break
-            n = self.counts.pop(b)
-            self.size -= n
+        gone = self._expired(self.counts, self.counts.__getitem__, cutoff, max_ids)
+        for b in gone:
+            del self.counts[b]
             self._cache.pop(b, None)
-            self._drop_below = b + 1 if self._drop_below is None else max(self._drop_below, b + 1)
-            if (b + 1) * BUCKET_MS > cutoff:  # still inside the window: forgotten early
-                self.evicted += n
-                end = (b + 1) * BUCKET_MS
-                self.floor = end if self.floor is None else max(self.floor, end)
+        if gone:  # minutes go oldest first: those of an earlier expire were older
+            self._drop_below = gone[-1] + 1
 
     def take(self) -> tuple[list[tuple[int, bytes]], int | None, int | None]:
         """For the next commit: the chunks not taken yet, as (minute, bytes), delete the minutes below this,

@@ -67,6 +67,7 @@ class EmbeddedDurability:
         self.log = log
         self.store = store
         self._owned: set[int] = set()
+        self._old: dict[int, StoredOldIds] = {}  # each owned partition's long memory, given to the engine
         self._outbox_waiting = False
         self._marked = 0.0
 
@@ -79,7 +80,8 @@ class EmbeddedDurability:
 
     async def restore(self, p: int) -> int | None:
         loaded = await asyncio.to_thread(self.store.load, p)
-        old = StoredOldIds.load(functools.partial(self.store.old_ids, p), loaded.old_counts, loaded.old, loaded.old_floor)
+        old = self._old[p] = StoredOldIds.load(functools.partial(self.store.old_ids, p), loaded.old_counts, loaded.old,
+                                               loaded.old_floor)
         self.engine.load_partition(
             p, loaded.max_t, loaded.watermark, loaded.seen,
             ((sk, self.engine.decode_state(data)) for sk, data in loaded.states), old,
@@ -94,11 +96,11 @@ class EmbeddedDurability:
             states, seen, cutoff = self.engine.take_changes(p)
             max_t, wm = self.engine.meta_of(p)
             snapshot = self.engine.snapshot_partition(p) if self.store.wants_snapshot(p) else None
-            old, old_below, old_floor = self.engine.take_long_memory(p)
+            old, old_below, old_floor = self._old[p].take()
             deltas.append(PartitionDelta(p, offset, max_t, wm, states, seen, cutoff, snapshot, old, old_below, old_floor))
         await asyncio.to_thread(self.store.commit, deltas, triggers)
         for p in positions:
-            self.engine.long_memory_committed(p)
+            self._old[p].committed()
         if triggers or self._outbox_waiting:
             self._outbox_waiting = True
             try:
@@ -112,6 +114,7 @@ class EmbeddedDurability:
         if offset is not None:
             await self.save({p: offset}, [])
         self._owned.discard(p)
+        self._old.pop(p, None)
 
     async def _forward(self, owners: set[int]) -> None:
         rows = await asyncio.to_thread(self.store.outbox, owners)

@@ -47,7 +47,7 @@ from tripwire.identity import FORGET
 from .codec import (FP_MASK, FP_SHIFT, TIME_SHIFT, MidKey, compact_mid, decode_rule_state, encode_rule_state, key_fp,
                     loads_state, mid_text, parse_event_time, parse_time_field, seen_entries, snapshot_bytes, stamp,
                     stamp_fp, stamp_time)
-from .dedup import LongMemory, OldIds, StoredOldIds, id_hash
+from .dedup import LongMemory, OldIds, id_hash
 from .firing import Firing
 from .identity import learn
 from .matching import Matcher
@@ -421,16 +421,6 @@ class Engine:
         seen, cutoff = ps.new_seen, ps.seen_cutoff
         ps.dirty, ps.new_seen, ps.seen_cutoff = set(), [], None
         return states, seen, cutoff
-
-    def take_long_memory(self, p: int) -> tuple[list[tuple[int, bytes]], int | None, int | None]:
-        """What the partition's stored long memory writes with the next commit (:meth:`StoredOldIds.take`)."""
-        old = self.partition(p).old
-        return old.take() if isinstance(old, StoredOldIds) else ([], None, None)
-
-    def long_memory_committed(self, p: int) -> None:
-        old = self.partition(p).old
-        if isinstance(old, StoredOldIds):
-            old.committed()
 
     @staticmethod
     def decode_state(data: bytes) -> RuleState:
