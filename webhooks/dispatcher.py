@@ -350,10 +350,10 @@ class Dispatcher:
                 raise
             if states is not None:
                 self._apply_states(states)
-            for lane, (claimed, next_due) in zip(asking, claims, strict=True):
+            for lane, (claimed, short, next_due) in zip(asking, claims, strict=True):
                 lane.add(claimed)
-                if next_due is not None:  # fewer than asked for: nothing more is due before next_due
-                    lane.idle_until_ms = min(next_due if next_due > at else at + self._scan_ms, at + self._scan_ms)
+                if short:  # fewer than asked for: nothing more is due before next_due (None: nothing pending)
+                    lane.idle_until_ms = at + self._scan_ms if next_due is None or next_due <= at else min(next_due, at + self._scan_ms)
             self._check_failing(failing, at)
         if at >= self._next_gauges_ms or (self._gauges_stale and at >= self._last_gauges_ms + self._scan_ms):
             self._next_gauges_ms, self._last_gauges_ms = at + _GAUGE_INTERVAL_MS, at
@@ -388,7 +388,8 @@ class Dispatcher:
             got = []
             for claim, next_due, room in claims:
                 claimed = claim(conn)
-                got.append((claimed, next_due(conn) if len(claimed) < room else None))
+                short = len(claimed) < room
+                got.append((claimed, short, next_due(conn) if short else None))
             return failing, states, got
 
         return op

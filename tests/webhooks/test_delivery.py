@@ -409,3 +409,24 @@ async def test_a_second_dispatcher_of_the_group_on_the_embedded_log_stops(log, r
         await second.stop()
         await first.stop()
         await other.stop()
+
+
+async def test_an_idle_dispatcher_asks_its_store_once_a_scan_interval(log, receivers, tmp_path):
+    # With nothing pending for an endpoint, the claim found nothing and no next due time: the lane must
+    # wait for new work or the next scan, not ask again at once (it did: `tripwire run` idle burnt a core,
+    # and the fault suite's dispatcher used 600 CPU-seconds). A loaded machine makes fewer cycles, not more.
+    rx = receivers()
+    d = dispatcher(log, tmp_path, {"crm": endpoint(rx.url, new_secret())}, scan_interval_s=0.5)
+    trigger = make_trigger("crm")
+    await d.start()
+    try:
+        await publish(log, [trigger])
+        await wait_until(lambda: state_of(d, trigger.id) == DELIVERED)
+        store, transactions = d.store, []
+        real = store.transaction
+        store.transaction = lambda ops, durable=True: transactions.append(len(ops)) or real(ops, durable)  # type: ignore[method-assign]
+        await asyncio.sleep(2.0)  # the observation: four scan intervals with nothing to do
+    finally:
+        await d.stop()
+    # per scan interval at most a claim-and-states cycle, a prune step and a gauge read; one interval more at the edges
+    assert len(transactions) <= 3 * (4 + 1), f"{len(transactions)} store transactions in 2 s idle (scan interval 0.5 s)"
