@@ -19,6 +19,10 @@ REFUSED = Counter("tripwire_rules_pending_refused",
                   "Partial matches not started because the partition held [rules] max_pending states", ["rule"])
 QUARANTINED = Gauge("tripwire_rules_quarantined", "Rules stopped by an error until their file changes")
 DUPLICATES = Counter("tripwire_rules_duplicate_events", "Events whose messageId was already matched")
+BUSY = Counter("tripwire_rules_busy_seconds",
+               "Time spent handling batches, by phase: match (decode, match, advance timers), triggers (read matched "
+               "events back, build trigger records), save (state, offsets and triggers made durable); the rest of "
+               "the engine's time is reading the log and waiting for it", ["phase"])
 TRIGGERS = Counter("tripwire_rules_triggers", "Triggers written to the triggers topic", ["rule"])
 SUPPRESSED = Counter("tripwire_rules_suppressed", "Complete matches suppressed by `at most ... per`", ["rule"])
 ERRORS = Counter("tripwire_rules_errors", "Events or rules that could not be evaluated (bad JSON, bad time, ...)")

@@ -109,6 +109,7 @@ class RulesService:
         self._last_status = 0.0
         self._triggers_by_rule: Counter[str] = Counter()
         self._too_late_logged: dict[str, float] = {}  # source -> when its refusals were last logged
+        self.busy: Counter[str] = Counter()  # seconds spent per phase of _handle (metrics.BUSY)
 
     @property
     def failed(self) -> bool:
@@ -196,6 +197,7 @@ class RulesService:
         return changed
 
     async def _handle(self, batch: Batch) -> None:
+        started = time.perf_counter()
         engine = self.engine
         engine.set_clock(int(time.time() * 1000))
         quarantined = len(engine.quarantined)
@@ -219,7 +221,9 @@ class RulesService:
         if not batch.full:  # else more is waiting: no partition is caught up
             caught_up = sorted(tp.partition for tp in await batch.caught_up() if tp.topic == EVENTS)
             matches.extend(engine.advance_wall(int(time.time() * 1000), caught_up))
+        matched = time.perf_counter()
         triggers = await self._to_triggers(matches, envs)
+        built = time.perf_counter()
         positions = {p: self._positions[p] for p in self._assigned if p in self._positions}
         # Triggers are committed (and forwarded) at once; progress without triggers can wait a
         # little: a crash then replays a few more events, deterministically.
@@ -232,8 +236,14 @@ class RulesService:
             await self.durability.save(positions, triggers)
             self._unsaved = False
             self._last_save = now
+        self._account(match=matched - started, triggers=built - matched, save=time.perf_counter() - built)
         self._export_metrics(matches)
         await self._write_status(force=len(engine.quarantined) != quarantined)  # a rule stopped: say so now
+
+    def _account(self, **seconds: float) -> None:
+        for phase, s in seconds.items():
+            self.busy[phase] += s
+            metrics.BUSY.labels(phase).inc(s)
 
     def _export_metrics(self, matches: list[Match]) -> None:
         engine = self.engine

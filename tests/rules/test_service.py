@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import REGISTRY
 
 from tripwire.rules.service import RulesService, build_service
 from tripwire.config import from_dict
@@ -81,6 +82,9 @@ async def test_absence_fires_on_the_wall_clock_with_full_envelopes(tmp_path: Pat
         assert t.id == trigger_id("abandoned cart", "u1", ["m1"])
         assert t.endpoint == "crm" and t.key == "u1" and t.payload == {"sku": "S1"}
         assert t.events[0]["properties"] == {"price": 25, "sku": "S1"}  # the whole envelope, read back
+        # where the time went, per phase (bench/rules.py prints the split); a trigger was built and saved
+        assert {phase for phase, s in service.busy.items() if s > 0} == {"match", "triggers", "save"}
+        assert REGISTRY.get_sample_value("tripwire_rules_busy_seconds_total", {"phase": "save"}) >= service.busy["save"]
     finally:
         await service.stop()
 
