@@ -109,7 +109,7 @@ class RulesService:
         self._last_status = 0.0
         self._triggers_by_rule: Counter[str] = Counter()
         self._too_late_logged: dict[str, float] = {}  # source -> when its refusals were last logged
-        self.busy: Counter[str] = Counter()  # seconds spent per phase of _handle (metrics.BUSY)
+        self.busy: dict[str, float] = {}  # seconds spent per phase of _handle (metrics.BUSY)
 
     @property
     def failed(self) -> bool:
@@ -242,7 +242,7 @@ class RulesService:
 
     def _account(self, **seconds: float) -> None:
         for phase, s in seconds.items():
-            self.busy[phase] += s
+            self.busy[phase] = self.busy.get(phase, 0.0) + s
             metrics.BUSY.labels(phase).inc(s)
 
     def _export_metrics(self, matches: list[Match]) -> None:
